@@ -1,0 +1,1056 @@
+"""The sans-IO DHT node: a Kademlia state machine driven by datagrams, timers and commands.
+
+Theory of operation
+-------------------
+The node follows the connection model of aioquic's ``QuicConnection``: the driver feeds it
+datagrams (:meth:`DhtNode.receive_datagram`) and timer expiries (:meth:`DhtNode.handle_timer`),
+then sends what :meth:`DhtNode.datagrams_to_send` returns, arms a timer at
+:meth:`DhtNode.get_timer` and consumes :meth:`DhtNode.next_event`. Commands (``find_node``,
+``get``, ``put``, ``listen``, ``bootstrap``) only queue work and return a query id that later
+events carry. Nothing here reads a clock, touches a socket or draws OS randomness.
+
+Protocol (Kademlia, Maymounkov & Mazieres 2002; hardening from S/Kademlia, BEP 5/44, discv5):
+
+* Requests carry a random 8-byte tid. Responses are signed by the responder's node key over
+  the requester's node id and the envelope, so a response proves both key ownership and
+  presence at the address: that is the challenge a contact passes before entering a bucket.
+  A node that sends us a request is verified with a Ping before it is added.
+* Every response carries a write token, ``BLAKE2b(secret, epoch || ip || port)``, bound to the
+  requester's address and valid for one to two epochs. Store and Listen require it. A request
+  without a valid token comes from an unvalidated address: its reply is never larger than the
+  request (amplification <= 1.0); replies are cut or dropped to honour that, so requesters
+  without a fresh token pad their requests.
+* Requests are rate limited per source IP and per /24; storage is charged per /24.
+* Lookups are asynchronous with ``alpha`` queries in flight (see :mod:`dhtchat.core.lookup`);
+  timeouts come from a per-address RTT estimator (RFC 6298); a contact is evicted after
+  ``max_failures`` consecutive failures.
+* Owners republish their records; storers push new records to listeners; when a closer node
+  joins, records it should hold are handed over to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import random
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+
+from dhtchat.core.addresses import Address, is_valid_contact_address, pack_ip, subnet_of, unpack_ip
+from dhtchat.core.errors import InvalidRecord, LocalProtocolError, RemoteProtocolError
+from dhtchat.core.events import (
+    BootstrapCompleted,
+    ContactAdded,
+    ContactEvicted,
+    Event,
+    GetCompleted,
+    ListenStarted,
+    LookupCompleted,
+    PeerMisbehaved,
+    PutCompleted,
+    RecordStored,
+    ValueFound,
+)
+from dhtchat.core.identity import SigningIdentity, verify_signature
+from dhtchat.core.ids import ID_BITS, ID_BYTES, distance, node_id_from_public_key
+from dhtchat.core.lookup import Candidate, Lookup
+from dhtchat.core.ratelimit import TokenBuckets
+from dhtchat.core.records import Record, encoded_size, validate_record
+from dhtchat.core.routing import AddResult, RoutingTable
+from dhtchat.core.storage import RecordStore
+from dhtchat.core.wire import (
+    FLAG_READ_ONLY,
+    MAX_DATAGRAM_BYTES,
+    MAX_NODES_PER_REPLY,
+    MAX_RECORDS_PER_REPLY,
+    Envelope,
+    Error,
+    ErrorCode,
+    FindNode,
+    GetValues,
+    Listen,
+    Listening,
+    NodeInfo,
+    Nodes,
+    Ping,
+    Pong,
+    Push,
+    RequestBody,
+    ResponseBody,
+    Store,
+    Stored,
+    StoreStatus,
+    Values,
+    decode,
+    encode_envelope,
+    encode_request,
+    pack,
+    response_signed_bytes,
+)
+
+_ZERO_SIGNATURE: Final = bytes(64)
+_MAX_TRACKED_ADDRESSES: Final = 8192
+_VALUES_OVERHEAD: Final = 160  # envelope, signature and Values fields around the lists
+_NODE_INFO_SIZE: Final = 60  # upper bound of one encoded NodeInfo (IPv6)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DhtConfig:
+    """Tunables of a node. Defaults are documented in docs/protocol.md."""
+
+    k: int = 8
+    alpha: int = 3
+    max_failures: int = 3
+    initial_rto: float = 1.0
+    min_rto: float = 0.2
+    max_rto: float = 4.0
+    max_lookup_queries: int = 128
+    max_per_subnet_bucket: int = 2
+    max_per_subnet_table: int = 10
+    token_epoch: float = 300.0
+    rate_per_ip: float = 100.0
+    burst_per_ip: float = 200.0
+    rate_per_subnet: float = 400.0
+    burst_per_subnet: float = 800.0
+    max_records: int = 50_000
+    max_bytes: int = 64 * 1024 * 1024
+    quota_records_per_subnet: int = 512
+    quota_bytes_per_subnet: int = 512 * 1024
+    listen_duration: float = 120.0
+    max_listeners_per_key: int = 32
+    max_listeners: int = 4096
+    republish_interval: float = 1200.0
+    bucket_refresh_interval: float = 900.0
+    maintenance_interval: float = 5.0
+    max_pending_verifications: int = 64
+    handover_limit: int = 64
+    store_retries: int = 1
+    verify_signatures: bool = True
+    read_only: bool = False
+    max_queued_events: int = 10_000
+
+    @property
+    def request_pad(self) -> int:
+        """Size to pad requests to when we hold no fresh token: a full Nodes reply fits."""
+        return min(MAX_DATAGRAM_BYTES, 152 + 56 * min(self.k, MAX_NODES_PER_REPLY))
+
+
+class _Purpose(Enum):
+    BOOTSTRAP_PING = "bootstrap-ping"
+    VERIFY = "verify"
+    LIVENESS = "liveness"
+    LOOKUP = "lookup"
+    PAGE = "page"
+    STORE = "store"
+    LISTEN = "listen"
+    HANDOVER = "handover"
+
+
+@dataclass(slots=True)
+class _Transaction:
+    tid: bytes
+    address: Address
+    expected_id: bytes | None
+    purpose: _Purpose
+    query_id: int | None
+    body: RequestBody
+    sent_at: float
+    deadline: float
+    attempts: int = 1
+    token_retry_done: bool = False
+
+
+class _Kind(Enum):
+    BOOTSTRAP = "bootstrap"
+    FIND_NODE = "find_node"
+    GET = "get"
+    PUT = "put"
+    LISTEN = "listen"
+
+
+@dataclass(slots=True)
+class _Query:
+    query_id: int
+    kind: _Kind
+    target: bytes
+    lookup: Lookup | None = None
+    owner: bytes | None = None
+    record: Record | None = None
+    records: dict[bytes, Record] = field(default_factory=dict)
+    pending: int = 0  # outstanding non-lookup requests (pages, stores, listens, pings)
+    stored: int = 0
+    attempted: int = 0
+    renew_at: float = 0.0
+    announced: bool = False
+    internal: bool = False
+    seen: set[tuple[bytes, int]] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Rtt:
+    srtt: float | None = None
+    rttvar: float = 0.0
+    backoff: float = 1.0
+
+
+@dataclass(slots=True)
+class _Listener:
+    tid: bytes
+    node_id: bytes
+    expires: float
+
+
+@dataclass(slots=True)
+class _Owned:
+    record: Record
+    next_publish: float
+
+
+class DhtNode:
+    """A Kademlia node as a pure state machine (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_key: SigningIdentity,
+        *,
+        rng: random.Random,
+        now: float,
+        config: DhtConfig | None = None,
+    ) -> None:
+        self.config = config if config is not None else DhtConfig()
+        self.node_key = node_key
+        self.public_key = node_key.public_key
+        self.node_id = node_id_from_public_key(self.public_key)
+        self._rng = rng
+        self._token_secret = rng.randbytes(32)
+        self.table = RoutingTable(
+            self.node_id,
+            k=self.config.k,
+            max_failures=self.config.max_failures,
+            max_per_subnet_bucket=self.config.max_per_subnet_bucket,
+            max_per_subnet_table=self.config.max_per_subnet_table,
+        )
+        self.store = RecordStore(
+            max_records=self.config.max_records,
+            max_bytes=self.config.max_bytes,
+            quota_records_per_subnet=self.config.quota_records_per_subnet,
+            quota_bytes_per_subnet=self.config.quota_bytes_per_subnet,
+        )
+        self.stats: Counter[str] = Counter()
+        self._flags = FLAG_READ_ONLY if self.config.read_only else 0
+        self._outbox: list[tuple[bytes, Address]] = []
+        self._events: deque[Event] = deque()
+        self._transactions: dict[bytes, _Transaction] = {}
+        self._deadlines: list[tuple[float, bytes]] = []
+        self._queries: dict[int, _Query] = {}
+        self._next_query_id = 1
+        self._rtt: OrderedDict[Address, _Rtt] = OrderedDict()
+        self._peer_tokens: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
+        self._ip_limiter = TokenBuckets(self.config.rate_per_ip, self.config.burst_per_ip)
+        self._subnet_limiter = TokenBuckets(
+            self.config.rate_per_subnet, self.config.burst_per_subnet
+        )
+        self._listeners: dict[bytes, dict[Address, _Listener]] = {}
+        self._listener_count = 0
+        self._listen_tids: dict[bytes, tuple[int, float]] = {}
+        self._owned: dict[tuple[bytes, bytes], _Owned] = {}
+        self._verifying: dict[bytes, float] = {}
+        self._next_maintenance = now + self.config.maintenance_interval
+
+    # ------------------------------------------------------------------ sans-IO verbs
+
+    def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
+        """Process one datagram. Invalid input never raises: it is counted and reported."""
+        self.stats["datagrams_received"] += 1
+        try:
+            datagram = decode(data)
+            envelope = datagram.envelope
+            if isinstance(envelope.body, RequestBody):
+                self._handle_request(envelope, address, len(data), now)
+            else:
+                self._handle_response(envelope, datagram.envelope_bytes, datagram.signature,
+                                      address, now)
+        except RemoteProtocolError as exc:
+            self._misbehaved(address, str(exc))
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Datagrams queued for sending, oldest first; the queue is emptied."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """Absolute time at which :meth:`handle_timer` must be called next."""
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, tid = deadlines[0]
+            txn = self._transactions.get(tid)
+            if txn is not None and txn.deadline == deadline:
+                return min(deadline, self._next_maintenance)
+            heapq.heappop(deadlines)
+        return self._next_maintenance
+
+    def handle_timer(self, now: float) -> None:
+        """Expire transactions and run periodic maintenance due at ``now``."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            deadline, tid = heapq.heappop(deadlines)
+            txn = self._transactions.get(tid)
+            if txn is None or txn.deadline != deadline:
+                continue
+            self._on_timeout(txn, now)
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + self.config.maintenance_interval
+            self._maintenance(now)
+
+    def next_event(self) -> Event | None:
+        """The oldest unread event, or None."""
+        return self._events.popleft() if self._events else None
+
+    # ------------------------------------------------------------------ commands
+
+    def bootstrap(self, addresses: list[Address], now: float) -> int:
+        """Ping ``addresses`` (ids unknown), then look up our own id to fill the table."""
+        query = self._new_query(_Kind.BOOTSTRAP, self.node_id)
+        for address in addresses:
+            if not is_valid_contact_address(*address):
+                raise LocalProtocolError(f"invalid bootstrap address {address!r}")
+            query.pending += 1
+            self._send_request(address, Ping(), now, purpose=_Purpose.BOOTSTRAP_PING,
+                               query_id=query.query_id)
+        if not addresses:
+            self._start_lookup(query, now)
+        return query.query_id
+
+    def add_known_contacts(self, contacts: list[tuple[bytes, Address]], now: float) -> None:
+        """Re-verify contacts remembered from an earlier run (they join once they answer)."""
+        for node_id, address in contacts:
+            if len(node_id) == ID_BYTES and is_valid_contact_address(*address):
+                self._send_request(address, Ping(), now, purpose=_Purpose.VERIFY,
+                                   expected_id=node_id)
+
+    def find_node(self, target: bytes, now: float) -> int:
+        """Look up the k closest nodes to ``target``; ends with :class:`LookupCompleted`."""
+        self._check_id(target)
+        query = self._new_query(_Kind.FIND_NODE, target)
+        self._start_lookup(query, now)
+        return query.query_id
+
+    def get(self, key: bytes, now: float, *, owner: bytes | None = None) -> int:
+        """Fetch the records under ``key``; ends with :class:`GetCompleted`."""
+        self._check_id(key)
+        if owner is not None and len(owner) != 32:
+            raise LocalProtocolError("owner filter must be a 32-byte public key")
+        query = self._new_query(_Kind.GET, key)
+        query.owner = owner
+        for record in self.store.records(key, now, owner):
+            query.records[record.owner] = record
+        self._start_lookup(query, now)
+        return query.query_id
+
+    def put(self, record: Record, now: float, *, republish: bool = False) -> int:
+        """Store ``record`` on the k closest nodes; ends with :class:`PutCompleted`.
+
+        With ``republish`` the node keeps re-storing it every ``republish_interval`` until it
+        expires (the owner's republish duty).
+        """
+        try:
+            validate_record(record, record.key, now)
+        except InvalidRecord as exc:
+            raise LocalProtocolError(f"cannot put this record: {exc}") from None
+        query = self._new_query(_Kind.PUT, record.key)
+        query.record = record
+        if republish:
+            self._owned[(record.key, record.owner)] = _Owned(
+                record, now + self.config.republish_interval
+            )
+        self._start_lookup(query, now)
+        return query.query_id
+
+    def listen(self, key: bytes, now: float) -> int:
+        """Subscribe to new records under ``key``: :class:`ValueFound` events until cancelled."""
+        self._check_id(key)
+        query = self._new_query(_Kind.LISTEN, key)
+        self._start_lookup(query, now)
+        return query.query_id
+
+    def cancel(self, query_id: int) -> None:
+        """Stop a query (in particular a ``listen``); its late replies are ignored."""
+        self._queries.pop(query_id, None)
+        for tid in [t for t, (q, _) in self._listen_tids.items() if q == query_id]:
+            del self._listen_tids[tid]
+
+    def owned_records(self) -> list[Record]:
+        """Records this node republishes as their owner."""
+        return [owned.record for owned in self._owned.values()]
+
+    # ------------------------------------------------------------------ internals: queries
+
+    def _check_id(self, identifier: bytes) -> None:
+        if len(identifier) != ID_BYTES:
+            raise LocalProtocolError(f"ids and keys are {ID_BYTES} bytes")
+
+    def _new_query(self, kind: _Kind, target: bytes, *, internal: bool = False) -> _Query:
+        query = _Query(self._next_query_id, kind, target, internal=internal)
+        self._next_query_id += 1
+        self._queries[query.query_id] = query
+        return query
+
+    def _start_lookup(self, query: _Query, now: float) -> None:
+        lookup = Lookup(query.target, k=self.config.k, alpha=self.config.alpha,
+                        max_queries=self.config.max_lookup_queries)
+        for contact in self.table.closest(query.target, self.config.k):
+            lookup.add(contact.node_id, contact.address)
+        query.lookup = lookup
+        self._pump(query, now)
+
+    def _pump(self, query: _Query, now: float) -> None:
+        lookup = query.lookup
+        if lookup is None:
+            return
+        for cand in lookup.next_queries():
+            body: RequestBody
+            if query.kind is _Kind.GET:
+                body = GetValues(query.target, query.owner or b"")
+            else:
+                body = FindNode(query.target)
+            self._send_request(cand.address, body, now, purpose=_Purpose.LOOKUP,
+                               query_id=query.query_id, expected_id=cand.node_id)
+        if lookup.finished and query.pending == 0:
+            query.lookup = None
+            self._lookup_done(query, lookup, now)
+
+    def _lookup_done(self, query: _Query, lookup: Lookup, now: float) -> None:
+        closest = lookup.closest_answered()
+        if query.kind is _Kind.FIND_NODE:
+            self._finish(query, LookupCompleted(
+                query_id=query.query_id, target=query.target,
+                contacts=tuple((c.node_id, c.address) for c in closest),
+                queries=lookup.queries_sent, hops=lookup.max_hops()))
+        elif query.kind is _Kind.BOOTSTRAP:
+            self._finish(query, BootstrapCompleted(query_id=query.query_id,
+                                                   contacts=len(self.table)))
+        elif query.kind is _Kind.GET:
+            records = tuple(sorted(query.records.values(), key=lambda r: r.owner))
+            self._finish(query, GetCompleted(query_id=query.query_id, key=query.target,
+                                             records=records, queries=lookup.queries_sent,
+                                             hops=lookup.max_hops()))
+        elif query.kind is _Kind.PUT:
+            record = query.record
+            assert record is not None
+            if self._should_store_locally(query.target, closest):
+                query.attempted += 1
+                status = self._store_record(record, None, now)
+                if status is StoreStatus.OK:
+                    query.stored += 1
+            for cand in closest:
+                query.attempted += 1
+                query.pending += 1
+                self._send_request(cand.address, Store(record), now, purpose=_Purpose.STORE,
+                                   query_id=query.query_id, expected_id=cand.node_id)
+            self._maybe_finish_put(query)
+        elif query.kind is _Kind.LISTEN:
+            query.stored = 0
+            query.renew_at = now + self.config.listen_duration / 2
+            for cand in closest:
+                query.pending += 1
+                self._send_request(cand.address, Listen(query.target), now,
+                                   purpose=_Purpose.LISTEN, query_id=query.query_id,
+                                   expected_id=cand.node_id)
+            self._maybe_announce_listen(query)
+
+    def _should_store_locally(self, key: bytes, closest: list[Candidate]) -> bool:
+        """Are we ourselves among the k closest nodes to ``key``?"""
+        if self.config.read_only:
+            return False
+        if len(closest) < self.config.k:
+            return True
+        return distance(self.node_id, key) < closest[-1].distance
+
+    def _maybe_finish_put(self, query: _Query) -> None:
+        if query.pending == 0 and query.record is not None:
+            self._finish(query, PutCompleted(query_id=query.query_id, key=query.target,
+                                             stored=query.stored, attempted=query.attempted))
+
+    def _maybe_announce_listen(self, query: _Query) -> None:
+        if query.pending == 0 and not query.announced:
+            query.announced = True
+            self._emit(ListenStarted(query_id=query.query_id, key=query.target,
+                                     storers=query.stored))
+
+    def _finish(self, query: _Query, event: Event) -> None:
+        self._queries.pop(query.query_id, None)
+        if not query.internal:
+            self._emit(event)
+
+    # ------------------------------------------------------------------ internals: sending
+
+    def _send_request(
+        self,
+        address: Address,
+        body: RequestBody,
+        now: float,
+        *,
+        purpose: _Purpose,
+        query_id: int | None = None,
+        expected_id: bytes | None = None,
+    ) -> bytes:
+        tid = self._rng.randbytes(8)
+        while tid in self._transactions:
+            tid = self._rng.randbytes(8)
+        rto = self._rto(address)
+        txn = _Transaction(tid, address, expected_id, purpose, query_id, body, now, now + rto)
+        self._transactions[tid] = txn
+        heapq.heappush(self._deadlines, (txn.deadline, tid))
+        self._transmit(txn, now)
+        return tid
+
+    def _transmit(self, txn: _Transaction, now: float) -> None:
+        token, fresh = self._token_for(txn.address, now)
+        pad_to = 0 if fresh else self.config.request_pad
+        data = encode_request(txn.tid, self.public_key, self._flags, token, txn.body, pad_to)
+        self._outbox.append((data, txn.address))
+        self.stats["requests_sent"] += 1
+        self.stats["bytes_sent"] += len(data)
+
+    def _token_for(self, address: Address, now: float) -> tuple[bytes, bool]:
+        entry = self._peer_tokens.get(address)
+        if entry is None:
+            return b"", False
+        token, received = entry
+        return token, now - received < self.config.token_epoch
+
+    def _rto(self, address: Address) -> float:
+        est = self._rtt.get(address)
+        cfg = self.config
+        if est is None or est.srtt is None:
+            base = cfg.initial_rto
+        else:
+            base = est.srtt + max(0.01, 4 * est.rttvar)
+        backoff = est.backoff if est is not None else 1.0
+        return min(cfg.max_rto, max(cfg.min_rto, base) * backoff)
+
+    def _rtt_sample(self, address: Address, sample: float) -> None:
+        est = self._rtt.pop(address, None) or _Rtt()
+        if est.srtt is None:
+            est.srtt, est.rttvar = sample, sample / 2
+        else:
+            est.rttvar = 0.75 * est.rttvar + 0.25 * abs(est.srtt - sample)
+            est.srtt = 0.875 * est.srtt + 0.125 * sample
+        est.backoff = 1.0
+        self._rtt[address] = est
+        if len(self._rtt) > _MAX_TRACKED_ADDRESSES:
+            self._rtt.popitem(last=False)
+
+    def _respond(
+        self, tid: bytes, requester_id: bytes, address: Address, body: ResponseBody, now: float
+    ) -> bytes:
+        token = self._make_token(address, now, self._epoch(now))
+        envelope_bytes = encode_envelope(
+            Envelope(tid, self.public_key, self._flags, token, body)
+        )
+        if self.config.verify_signatures:
+            signature = self.node_key.sign(response_signed_bytes(requester_id, envelope_bytes))
+        else:
+            signature = _ZERO_SIGNATURE
+        return pack(envelope_bytes, signature)
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+        if len(self._events) > self.config.max_queued_events:
+            self._events.popleft()
+            self.stats["events_dropped"] += 1
+
+    def _misbehaved(self, address: Address, reason: str) -> None:
+        self.stats["misbehaved"] += 1
+        self._emit(PeerMisbehaved(address=address, reason=reason))
+
+    # ------------------------------------------------------------------ tokens
+
+    def _epoch(self, now: float) -> int:
+        return int(now // self.config.token_epoch)
+
+    def _make_token(self, address: Address, now: float, epoch: int) -> bytes:
+        h = hashlib.blake2b(key=self._token_secret, digest_size=16)
+        h.update(epoch.to_bytes(8, "big", signed=True))
+        h.update(address[0].encode())
+        h.update(address[1].to_bytes(2, "big"))
+        return h.digest()
+
+    def _token_valid(self, token: bytes, address: Address, now: float) -> bool:
+        if len(token) != 16:
+            return False
+        epoch = self._epoch(now)
+        return any(
+            hmac.compare_digest(token, self._make_token(address, now, e))
+            for e in (epoch, epoch - 1)
+        )
+
+    # ------------------------------------------------------------------ requests (server)
+
+    def _handle_request(
+        self, envelope: Envelope, address: Address, request_size: int, now: float
+    ) -> None:
+        if self.config.read_only:
+            self.stats["requests_ignored_read_only"] += 1
+            return
+        host = address[0]
+        if not (self._ip_limiter.allow(host, now)
+                and self._subnet_limiter.allow(subnet_of(host), now)):
+            self.stats["rate_limited"] += 1
+            return
+        self.stats["requests_received"] += 1
+        requester_id = node_id_from_public_key(envelope.sender)
+        validated = self._token_valid(envelope.token, address, now)
+        body = envelope.body
+        reply: ResponseBody
+        if isinstance(body, Ping):
+            reply = Pong(pack_ip(host), address[1])
+        elif isinstance(body, FindNode):
+            reply = Nodes(self._nodes_for(body.target, requester_id))
+        elif isinstance(body, GetValues):
+            reply = self._values_for(body, requester_id, now)
+        elif isinstance(body, Store):
+            reply = self._handle_store(body.record, address, validated, now)
+        elif isinstance(body, Listen):
+            reply = self._handle_listen(body.key, envelope.tid, requester_id, address,
+                                        validated, now)
+        else:  # pragma: no cover - RequestBody is exhaustive
+            raise RemoteProtocolError("unexpected request")
+        data: bytes | None = self._respond(envelope.tid, requester_id, address, reply, now)
+        if not validated and data is not None and len(data) > request_size:
+            data = self._shrink_reply(envelope.tid, requester_id, address, reply, request_size,
+                                      now)
+        if data is None:
+            self.stats["replies_dropped_amplification"] += 1
+        else:
+            self._outbox.append((data, address))
+            self.stats["bytes_sent"] += len(data)
+        if not envelope.flags & FLAG_READ_ONLY:
+            self._consider_contact(requester_id, address, now)
+
+    def _shrink_reply(
+        self,
+        tid: bytes,
+        requester_id: bytes,
+        address: Address,
+        reply: ResponseBody,
+        limit: int,
+        now: float,
+    ) -> bytes | None:
+        """Largest variant of ``reply`` that is no bigger than the request, or None."""
+        variants: list[ResponseBody] = []
+        if isinstance(reply, Nodes):
+            variants = [Nodes(reply.nodes[:n]) for n in range(len(reply.nodes) - 1, -1, -1)]
+        elif isinstance(reply, Values):
+            for n in range(len(reply.records) - 1, -1, -1):
+                variants.append(Values(reply.records[:n], reply.total, True, reply.nodes))
+            variants += [Values([], reply.total, True, reply.nodes[:n])
+                         for n in range(len(reply.nodes) - 1, -1, -1)]
+        for variant in variants:
+            data = self._respond(tid, requester_id, address, variant, now)
+            if len(data) <= limit:
+                return data
+        return None
+
+    def _nodes_for(self, target: bytes, requester_id: bytes) -> list[NodeInfo]:
+        out: list[NodeInfo] = []
+        for contact in self.table.closest(target, self.config.k + 1):
+            if contact.node_id != requester_id and len(out) < self.config.k:
+                out.append(NodeInfo(contact.node_id, pack_ip(contact.address[0]),
+                                    contact.address[1]))
+        return out
+
+    def _values_for(self, body: GetValues, requester_id: bytes, now: float) -> Values:
+        if len(body.owner) not in (0, 32):
+            raise RemoteProtocolError("owner filter must be empty or 32 bytes")
+        records = self.store.records(body.key, now, body.owner or None)
+        nodes = self._nodes_for(body.key, requester_id) if body.offset == 0 else []
+        budget = MAX_DATAGRAM_BYTES - _VALUES_OVERHEAD - _NODE_INFO_SIZE * len(nodes)
+        page: list[Record] = []
+        for record in records[body.offset : body.offset + MAX_RECORDS_PER_REPLY]:
+            size = encoded_size(record)
+            if size > budget and not page and nodes:
+                nodes = []  # one large record per datagram: leave the contacts out
+                budget = MAX_DATAGRAM_BYTES - _VALUES_OVERHEAD
+            if size > budget:
+                break
+            page.append(record)
+            budget -= size
+        return Values(page, len(records), False, nodes)
+
+    def _handle_store(
+        self, record: Record, address: Address, validated: bool, now: float
+    ) -> Stored:
+        if not validated:
+            self.stats["store_bad_token"] += 1
+            return Stored(StoreStatus.BAD_TOKEN)
+        return Stored(self._store_record(record, address, now))
+
+    def _store_record(self, record: Record, source: Address | None, now: float) -> StoreStatus:
+        """Validate and store a record from ``source`` (None: this node itself)."""
+        key = record.key
+        try:
+            validate_record(record, key, now, verify_signature_=self.config.verify_signatures)
+        except InvalidRecord as exc:
+            self.stats["store_invalid"] += 1
+            if source is not None:
+                self._misbehaved(source, f"invalid record: {exc}")
+            return StoreStatus.INVALID
+        previous = self.store.records(key, now, record.owner)
+        subnet = subnet_of(source[0]) if source is not None else "self"
+        status = self.store.put(record, encoded_size(record), subnet, now)
+        self.stats[f"store_{status.name.lower()}"] += 1
+        if status is StoreStatus.OK and (not previous or previous[0] != record):
+            if source is not None:
+                self._emit(RecordStored(key=key, owner=record.owner, seq=record.seq,
+                                        source=source))
+            self._notify_listeners(key, record, now)
+        return status
+
+    def _handle_listen(
+        self,
+        key: bytes,
+        tid: bytes,
+        requester_id: bytes,
+        address: Address,
+        validated: bool,
+        now: float,
+    ) -> Listening | Error:
+        if not validated:
+            return Error(ErrorCode.TOKEN_REQUIRED, "token required")
+        listeners = self._listeners.setdefault(key, {})
+        if address not in listeners and (
+            len(listeners) >= self.config.max_listeners_per_key
+            or self._listener_count >= self.config.max_listeners
+        ):
+            if not listeners:
+                del self._listeners[key]
+            return Error(ErrorCode.OVERLOADED, "too many listeners")
+        if address not in listeners:
+            self._listener_count += 1
+        duration = self.config.listen_duration
+        listeners[address] = _Listener(tid, requester_id, now + duration)
+        return Listening(int(duration))
+
+    def _notify_listeners(self, key: bytes, record: Record, now: float) -> None:
+        for address, listener in list(self._listeners.get(key, {}).items()):
+            if listener.expires <= now:
+                continue
+            data = self._respond(listener.tid, listener.node_id, address, Push(key, record), now)
+            self._outbox.append((data, address))
+            self.stats["pushes_sent"] += 1
+        for query in list(self._queries.values()):
+            if query.kind is _Kind.LISTEN and query.target == key:
+                self._deliver_push(query, record)
+
+    # ------------------------------------------------------------------ responses (client)
+
+    def _handle_response(
+        self,
+        envelope: Envelope,
+        envelope_bytes: bytes,
+        signature: bytes,
+        address: Address,
+        now: float,
+    ) -> None:
+        body = envelope.body
+        sender_id = node_id_from_public_key(envelope.sender)
+        if self.config.verify_signatures and not verify_signature(
+            envelope.sender, response_signed_bytes(self.node_id, envelope_bytes), signature
+        ):
+            raise RemoteProtocolError("response signature invalid")
+        if isinstance(body, Push):
+            self._handle_push(envelope.tid, body, address, now)
+            return
+        txn = self._transactions.get(envelope.tid)
+        if txn is None or txn.address != address:
+            self.stats["responses_unmatched"] += 1
+            return
+        if txn.expected_id is not None and sender_id != txn.expected_id:
+            del self._transactions[envelope.tid]
+            self._misbehaved(address, "responder is not the node we asked")
+            self._fail(txn, now)
+            return
+        del self._transactions[envelope.tid]
+        self.stats["responses_received"] += 1
+        if txn.attempts == 1:
+            self._rtt_sample(address, max(0.0, now - txn.sent_at))
+        if envelope.token:
+            self._peer_tokens.pop(address, None)
+            self._peer_tokens[address] = (envelope.token, now)
+            if len(self._peer_tokens) > _MAX_TRACKED_ADDRESSES:
+                self._peer_tokens.popitem(last=False)
+        if not envelope.flags & FLAG_READ_ONLY:
+            self._on_verified(sender_id, address, now)
+        if isinstance(body, Error | Stored) and self._retry_with_token(txn, body, now):
+            return
+        if isinstance(body, RequestBody):  # pragma: no cover - routed to _handle_request
+            return
+        self._dispatch(txn, body, sender_id, address, now)
+
+    def _retry_with_token(self, txn: _Transaction, body: Error | Stored, now: float) -> bool:
+        needs_token = (isinstance(body, Error) and body.code == ErrorCode.TOKEN_REQUIRED) or (
+            isinstance(body, Stored) and body.status == StoreStatus.BAD_TOKEN
+        )
+        if not needs_token or txn.token_retry_done:
+            return False
+        txn.token_retry_done = True
+        txn.sent_at = now
+        txn.attempts += 1
+        txn.deadline = now + self._rto(txn.address)
+        self._transactions[txn.tid] = txn
+        heapq.heappush(self._deadlines, (txn.deadline, txn.tid))
+        self._transmit(txn, now)
+        return True
+
+    def _dispatch(
+        self, txn: _Transaction, body: ResponseBody, sender_id: bytes, address: Address,
+        now: float,
+    ) -> None:
+        query = self._queries.get(txn.query_id) if txn.query_id is not None else None
+        purpose = txn.purpose
+        if purpose is _Purpose.BOOTSTRAP_PING:
+            if query is not None:
+                query.pending -= 1
+                if query.pending == 0:
+                    self._start_lookup(query, now)
+            return
+        if query is None:
+            return
+        if purpose is _Purpose.LOOKUP and query.lookup is not None:
+            closer: list[tuple[bytes, Address]] = []
+            nodes = body.nodes if isinstance(body, Nodes | Values) else []
+            for info in nodes:
+                try:
+                    host = unpack_ip(info.ip)
+                except RemoteProtocolError:
+                    continue
+                if info.node_id != self.node_id and is_valid_contact_address(host, info.port):
+                    closer.append((info.node_id, (host, info.port)))
+            if isinstance(body, Values):
+                self._collect_values(query, txn, body, address, now)
+            query.lookup.on_response(sender_id, closer)
+            self._pump(query, now)
+        elif purpose is _Purpose.PAGE:
+            query.pending -= 1
+            if isinstance(body, Values):
+                self._collect_values(query, txn, body, address, now)
+            self._pump(query, now)
+        elif purpose is _Purpose.STORE:
+            query.pending -= 1
+            if isinstance(body, Stored) and body.status == StoreStatus.OK:
+                query.stored += 1
+            self._maybe_finish_put(query)
+        elif purpose is _Purpose.LISTEN:
+            query.pending -= 1
+            if isinstance(body, Listening):
+                query.stored += 1
+                self._listen_tids[txn.tid] = (query.query_id, now + body.duration + 5)
+            self._maybe_announce_listen(query)
+
+    def _collect_values(
+        self, query: _Query, txn: _Transaction, body: Values, address: Address, now: float
+    ) -> None:
+        for record in body.records:
+            if query.owner is not None and record.owner != query.owner:
+                continue
+            try:
+                validate_record(record, query.target, now,
+                                verify_signature_=self.config.verify_signatures)
+            except InvalidRecord as exc:
+                self._misbehaved(address, f"invalid record in reply: {exc}")
+                continue
+            held = query.records.get(record.owner)
+            if held is None or record.seq > held.seq:
+                query.records[record.owner] = record
+        assert isinstance(txn.body, GetValues)
+        offset = txn.body.offset
+        if body.truncated or (body.records and offset + len(body.records) < min(body.total, 4096)):
+            next_offset = offset + len(body.records)
+        else:
+            return
+        query.pending += 1
+        self._send_request(address, GetValues(query.target, query.owner or b"", next_offset),
+                           now, purpose=_Purpose.PAGE, query_id=query.query_id,
+                           expected_id=txn.expected_id)
+
+    def _handle_push(self, tid: bytes, body: Push, address: Address, now: float) -> None:
+        entry = self._listen_tids.get(tid)
+        if entry is None:
+            self.stats["pushes_unmatched"] += 1
+            return
+        query = self._queries.get(entry[0])
+        if query is None or query.target != body.key:
+            self.stats["pushes_unmatched"] += 1
+            return
+        try:
+            validate_record(body.record, body.key, now,
+                            verify_signature_=self.config.verify_signatures)
+        except InvalidRecord as exc:
+            self._misbehaved(address, f"invalid pushed record: {exc}")
+            return
+        self._deliver_push(query, body.record)
+
+    def _deliver_push(self, query: _Query, record: Record) -> None:
+        marker = (record.owner, record.seq)
+        if marker in query.seen:
+            return
+        query.seen.add(marker)
+        if len(query.seen) > 4096:
+            query.seen.clear()
+            query.seen.add(marker)
+        self._emit(ValueFound(query_id=query.query_id, key=query.target, record=record))
+
+    # ------------------------------------------------------------------ failures
+
+    def _on_timeout(self, txn: _Transaction, now: float) -> None:
+        est = self._rtt.get(txn.address)
+        if est is None:
+            est = self._rtt[txn.address] = _Rtt()
+        est.backoff = min(8.0, est.backoff * 2)
+        retries = self.config.store_retries if txn.purpose in (
+            _Purpose.STORE, _Purpose.LISTEN, _Purpose.PAGE, _Purpose.HANDOVER,
+            _Purpose.BOOTSTRAP_PING) else 0
+        if txn.attempts <= retries:
+            txn.attempts += 1
+            txn.sent_at = now
+            txn.deadline = now + self._rto(txn.address)
+            heapq.heappush(self._deadlines, (txn.deadline, txn.tid))
+            self.stats["retransmissions"] += 1
+            self._transmit(txn, now)
+            return
+        del self._transactions[txn.tid]
+        self.stats["timeouts"] += 1
+        self._fail(txn, now)
+
+    def _fail(self, txn: _Transaction, now: float) -> None:
+        if txn.expected_id is not None:
+            contact = self.table.get(txn.expected_id)
+            address = contact.address if contact is not None else txn.address
+            if self.table.record_failure(txn.expected_id, now):
+                self._emit(ContactEvicted(node_id=txn.expected_id, address=address))
+        self._verifying.pop(txn.expected_id or b"", None)
+        query = self._queries.get(txn.query_id) if txn.query_id is not None else None
+        if query is None:
+            return
+        purpose = txn.purpose
+        if purpose is _Purpose.BOOTSTRAP_PING:
+            query.pending -= 1
+            if query.pending == 0:
+                self._start_lookup(query, now)
+        elif purpose is _Purpose.LOOKUP and query.lookup is not None:
+            assert txn.expected_id is not None
+            query.lookup.on_failure(txn.expected_id)
+            self._pump(query, now)
+        elif purpose is _Purpose.PAGE:
+            query.pending -= 1
+            self._pump(query, now)
+        elif purpose is _Purpose.STORE:
+            query.pending -= 1
+            self._maybe_finish_put(query)
+        elif purpose is _Purpose.LISTEN:
+            query.pending -= 1
+            self._maybe_announce_listen(query)
+
+    # ------------------------------------------------------------------ contacts
+
+    def _consider_contact(self, node_id: bytes, address: Address, now: float) -> None:
+        """A node sent us a request: verify it with a signed challenge before adding it."""
+        contact = self.table.get(node_id)
+        if contact is not None and contact.address == address:
+            contact.last_seen = now
+            return
+        if node_id == self.node_id or node_id in self._verifying:
+            return
+        if not is_valid_contact_address(*address):
+            return
+        if len(self._verifying) >= self.config.max_pending_verifications:
+            self.stats["verifications_skipped"] += 1
+            return
+        self._verifying[node_id] = now
+        self._send_request(address, Ping(), now, purpose=_Purpose.VERIFY, expected_id=node_id)
+
+    def _on_verified(self, node_id: bytes, address: Address, now: float) -> None:
+        self._verifying.pop(node_id, None)
+        if not is_valid_contact_address(*address):
+            return
+        result, lru = self.table.add(node_id, address, now)
+        if result is AddResult.ADDED:
+            self._emit(ContactAdded(node_id=node_id, address=address))
+            self._hand_over(node_id, address, now)
+        elif result is AddResult.CACHED and lru is not None and (
+            lru.failures > 0 or now - lru.last_seen > 60.0
+        ) and not any(t.expected_id == lru.node_id for t in self._liveness_checks()):
+            self._send_request(lru.address, Ping(), now, purpose=_Purpose.LIVENESS,
+                               expected_id=lru.node_id)
+        elif result is AddResult.REJECTED_DIVERSITY:
+            self.stats["contacts_rejected_diversity"] += 1
+
+    def _liveness_checks(self) -> list[_Transaction]:
+        return [t for t in self._transactions.values() if t.purpose is _Purpose.LIVENESS]
+
+    def _hand_over(self, node_id: bytes, address: Address, now: float) -> None:
+        """Give a newly verified node the records it is now among the k closest for."""
+        if self.config.read_only:
+            return
+        sent = 0
+        for key in self.store.held_keys():
+            if sent >= self.config.handover_limit:
+                break
+            if distance(node_id, key) >= distance(self.node_id, key):
+                continue
+            closest = self.table.closest(key, self.config.k)
+            if not any(c.node_id == node_id for c in closest):
+                continue
+            for record in self.store.records(key, now):
+                self._send_request(address, Store(record), now, purpose=_Purpose.HANDOVER,
+                                   expected_id=node_id)
+                sent += 1
+                self.stats["handover_sent"] += 1
+
+    # ------------------------------------------------------------------ maintenance
+
+    def _maintenance(self, now: float) -> None:
+        self.stats["expired_records"] += self.store.expire(now)
+        for key in list(self._listeners):
+            listeners = self._listeners[key]
+            for address in [a for a, item in listeners.items() if item.expires <= now]:
+                del listeners[address]
+                self._listener_count -= 1
+            if not listeners:
+                del self._listeners[key]
+        for tid in [t for t, (_, exp) in self._listen_tids.items() if exp <= now]:
+            del self._listen_tids[tid]
+        for vid in [n for n, at in self._verifying.items() if now - at > 30.0]:
+            del self._verifying[vid]
+        for owned_key, owned in list(self._owned.items()):
+            if owned.record.expires <= now:
+                del self._owned[owned_key]
+            elif owned.next_publish <= now:
+                owned.next_publish = now + self.config.republish_interval
+                query = self._new_query(_Kind.PUT, owned.record.key, internal=True)
+                query.record = owned.record
+                self._start_lookup(query, now)
+                self.stats["republished"] += 1
+        for query in list(self._queries.values()):
+            if query.kind is _Kind.LISTEN and query.lookup is None and query.pending == 0 \
+                    and query.renew_at <= now:
+                self._start_lookup(query, now)
+        if len(self.table):
+            for index in self.table.stale_buckets(now, self.config.bucket_refresh_interval)[:8]:
+                self.table.touch_bucket(index, now)
+                target = self._random_id_in_bucket(index)
+                query = self._new_query(_Kind.FIND_NODE, target, internal=True)
+                self._start_lookup(query, now)
+                self.stats["bucket_refreshes"] += 1
+
+    def _random_id_in_bucket(self, index: int) -> bytes:
+        own = int.from_bytes(self.node_id, "big")
+        flip = 1 << (ID_BITS - 1 - index)
+        low_mask = flip - 1
+        value = ((own ^ flip) & ~low_mask) | (self._rng.getrandbits(ID_BITS) & low_mask)
+        return value.to_bytes(ID_BYTES, "big")
+

@@ -1,0 +1,222 @@
+"""Kademlia routing table (Maymounkov & Mazieres 2002, sec. 2.2 and 2.4) with IP diversity.
+
+Theory of operation
+-------------------
+Contacts are grouped by the length of the prefix their id shares with ours: bucket ``i``
+holds ids whose first differing bit with ours is bit ``i``. Each bucket holds at most ``k``
+contacts in least-recently-seen order and keeps a small replacement cache. Only *verified*
+contacts enter (they answered a signed challenge); a contact is evicted after
+``max_failures`` consecutive failed requests, not after one, and the freshest replacement
+takes its place. IP diversity (discv5; S/Kademlia sec. 4.2): at most ``max_per_subnet_bucket``
+contacts of one /24 (IPv6 /64) per bucket and ``max_per_subnet_table`` per table.
+
+``closest(target, n)`` is exact: bucket ``c = cpl(own, target)`` holds every contact sharing
+``c + 1`` bits with the target, then all buckets ``> c`` (distance bit ``c`` set), then
+buckets ``c-1 .. 0`` in that order (each strictly farther than everything before).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from enum import Enum
+
+from dhtchat.core.addresses import Address, subnet_of
+from dhtchat.core.ids import ID_BITS, common_prefix_length, distance
+
+
+@dataclass(slots=True)
+class Contact:
+    """A verified peer in the routing table."""
+
+    node_id: bytes
+    address: Address
+    last_seen: float
+    failures: int = 0
+    subnet: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.subnet:
+            self.subnet = subnet_of(self.address[0])
+
+
+class AddResult(Enum):
+    """Outcome of :meth:`RoutingTable.add`."""
+
+    ADDED = "added"
+    UPDATED = "updated"
+    CACHED = "cached"  # bucket full: kept as a replacement candidate
+    REJECTED_DIVERSITY = "rejected-diversity"
+    REJECTED_SELF = "rejected-self"
+
+
+class _Bucket:
+    __slots__ = ("contacts", "last_changed", "replacements")
+
+    def __init__(self) -> None:
+        self.contacts: OrderedDict[bytes, Contact] = OrderedDict()  # LRU first
+        self.replacements: OrderedDict[bytes, Contact] = OrderedDict()
+        self.last_changed = 0.0
+
+
+class RoutingTable:
+    """k-buckets around ``own_id`` holding verified contacts."""
+
+    def __init__(
+        self,
+        own_id: bytes,
+        *,
+        k: int = 8,
+        max_failures: int = 3,
+        max_per_subnet_bucket: int = 2,
+        max_per_subnet_table: int = 10,
+        replacement_cache_size: int | None = None,
+    ) -> None:
+        self.own_id = own_id
+        self.k = k
+        self.max_failures = max_failures
+        self.max_per_subnet_bucket = max_per_subnet_bucket
+        self.max_per_subnet_table = max_per_subnet_table
+        self.replacement_cache_size = k if replacement_cache_size is None else \
+            replacement_cache_size
+        self._buckets = [_Bucket() for _ in range(ID_BITS)]
+        self._subnet_counts: Counter[str] = Counter()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __contains__(self, node_id: bytes) -> bool:
+        return self.get(node_id) is not None
+
+    def bucket_index(self, node_id: bytes) -> int:
+        """Index of the bucket ``node_id`` belongs in."""
+        return common_prefix_length(self.own_id, node_id)
+
+    def get(self, node_id: bytes) -> Contact | None:
+        """The contact with this id, if present."""
+        if node_id == self.own_id:
+            return None
+        return self._buckets[self.bucket_index(node_id)].contacts.get(node_id)
+
+    def contacts(self) -> list[Contact]:
+        """Every contact, bucket by bucket."""
+        return [c for b in self._buckets for c in b.contacts.values()]
+
+    def add(self, node_id: bytes, address: Address, now: float) -> tuple[AddResult, Contact | None]:
+        """Insert or refresh a verified contact.
+
+        Returns the result and, when the bucket is full, its least-recently-seen contact so
+        the caller can ping it (Kademlia's eviction check).
+        """
+        if node_id == self.own_id:
+            return AddResult.REJECTED_SELF, None
+        bucket = self._buckets[self.bucket_index(node_id)]
+        existing = bucket.contacts.get(node_id)
+        if existing is not None:
+            if existing.address != address:
+                # A verified id moved: accept the new address only within diversity limits.
+                new_subnet = subnet_of(address[0])
+                if new_subnet != existing.subnet and not self._subnet_allows(bucket, new_subnet):
+                    return AddResult.REJECTED_DIVERSITY, None
+                self._subnet_counts[existing.subnet] -= 1
+                existing.address, existing.subnet = address, new_subnet
+                self._subnet_counts[new_subnet] += 1
+            existing.last_seen = now
+            existing.failures = 0
+            bucket.contacts.move_to_end(node_id)
+            return AddResult.UPDATED, None
+        contact = Contact(node_id, address, now)
+        if not self._subnet_allows(bucket, contact.subnet):
+            return AddResult.REJECTED_DIVERSITY, None
+        if len(bucket.contacts) < self.k:
+            self._insert(bucket, contact, now)
+            return AddResult.ADDED, None
+        bucket.replacements.pop(node_id, None)
+        bucket.replacements[node_id] = contact
+        while len(bucket.replacements) > self.replacement_cache_size:
+            bucket.replacements.popitem(last=False)
+        return AddResult.CACHED, next(iter(bucket.contacts.values()))
+
+    def _subnet_allows(self, bucket: _Bucket, subnet: str) -> bool:
+        if self._subnet_counts[subnet] >= self.max_per_subnet_table:
+            return False
+        in_bucket = sum(1 for c in bucket.contacts.values() if c.subnet == subnet)
+        return in_bucket < self.max_per_subnet_bucket
+
+    def _insert(self, bucket: _Bucket, contact: Contact, now: float) -> None:
+        bucket.contacts[contact.node_id] = contact
+        bucket.last_changed = now
+        self._subnet_counts[contact.subnet] += 1
+        self._size += 1
+
+    def remove(self, node_id: bytes, now: float) -> Contact | None:
+        """Remove a contact and promote the freshest replacement. Returns the promoted one."""
+        bucket = self._buckets[self.bucket_index(node_id)]
+        contact = bucket.contacts.pop(node_id, None)
+        bucket.replacements.pop(node_id, None)
+        if contact is None:
+            return None
+        self._subnet_counts[contact.subnet] -= 1
+        if self._subnet_counts[contact.subnet] <= 0:
+            del self._subnet_counts[contact.subnet]
+        self._size -= 1
+        while bucket.replacements:
+            _, candidate = bucket.replacements.popitem(last=True)
+            if self._subnet_allows(bucket, candidate.subnet):
+                self._insert(bucket, candidate, now)
+                return candidate
+        return None
+
+    def record_failure(self, node_id: bytes, now: float) -> bool:
+        """Count a failed request; returns True if the contact was evicted."""
+        contact = self.get(node_id)
+        if contact is None:
+            return False
+        contact.failures += 1
+        if contact.failures >= self.max_failures:
+            self.remove(node_id, now)
+            return True
+        return False
+
+    def closest(self, target: bytes, count: int) -> list[Contact]:
+        """The ``count`` known contacts closest to ``target`` by XOR distance (exact)."""
+        if count <= 0:
+            return []
+        c = common_prefix_length(self.own_id, target)
+        result: list[Contact] = []
+
+        def take(group: list[Contact]) -> None:
+            needed = count - len(result)
+            if len(group) > needed:
+                group = heapq.nsmallest(needed, group, key=lambda x: distance(x.node_id, target))
+            else:
+                group.sort(key=lambda x: distance(x.node_id, target))
+            result.extend(group)
+
+        if c < ID_BITS:
+            take(list(self._buckets[c].contacts.values()))
+            if len(result) < count:
+                take([x for b in self._buckets[c + 1 :] for x in b.contacts.values()])
+            start = c - 1
+        else:  # target is our own id: every bucket, deepest (closest) first
+            start = ID_BITS - 1
+        for i in range(start, -1, -1):
+            if len(result) >= count:
+                break
+            if self._buckets[i].contacts:
+                take(list(self._buckets[i].contacts.values()))
+        return result
+
+    def stale_buckets(self, now: float, max_age: float) -> list[int]:
+        """Indices of buckets not refreshed within ``max_age`` seconds, up to the deepest one
+        in use (buckets past it hold no one to find)."""
+        deepest = max((i for i, b in enumerate(self._buckets) if b.contacts), default=-1)
+        return [
+            i for i in range(deepest + 1) if now - self._buckets[i].last_changed >= max_age
+        ]
+
+    def touch_bucket(self, index: int, now: float) -> None:
+        """Mark a bucket as refreshed (a lookup into its range was done)."""
+        self._buckets[index].last_changed = now
