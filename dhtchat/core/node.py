@@ -967,6 +967,11 @@ class DhtNode:
             return
         if not is_valid_contact_address(*address):
             return
+        if not self.table.has_room_for(node_id, address):
+            # A full bucket keeps its long-lived contacts (Kademlia sec. 2.2); new ones only
+            # get in through the replacement cache, fed by verified lookup replies.
+            self.stats["verifications_not_needed"] += 1
+            return
         if len(self._verifying) >= self.config.max_pending_verifications:
             self.stats["verifications_skipped"] += 1
             return

@@ -139,6 +139,15 @@ class RoutingTable:
             bucket.replacements.popitem(last=False)
         return AddResult.CACHED, next(iter(bucket.contacts.values()))
 
+    def has_room_for(self, node_id: bytes, address: Address) -> bool:
+        """Whether an unknown contact would enter its bucket now (not full, diverse enough)."""
+        if node_id == self.own_id:
+            return False
+        bucket = self._buckets[self.bucket_index(node_id)]
+        return len(bucket.contacts) < self.k and self._subnet_allows(
+            bucket, subnet_of(address[0])
+        )
+
     def _subnet_allows(self, bucket: _Bucket, subnet: str) -> bool:
         if self._subnet_counts[subnet] >= self.max_per_subnet_table:
             return False

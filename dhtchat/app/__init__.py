@@ -1,0 +1,1 @@
+"""Application layer: profile and keystore, the command-line interface and the demo."""

@@ -1,0 +1,422 @@
+"""The ``dhtchat`` command line.
+
+Exit codes: 0 success, 1 the operation failed or found nothing, 2 usage error (bad arguments,
+bad user id, wrong passphrase, missing identity). Errors are one clear line on stderr, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import getpass
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+import segno
+
+from dhtchat import __version__
+from dhtchat.app.demo import run_demo
+from dhtchat.app.keystore import (
+    KeystoreError,
+    is_encrypted,
+    load_identity_document,
+    open_identity,
+    save_identity_file,
+)
+from dhtchat.app.profile import NodeState, Profile, resolve_profile_dir
+from dhtchat.core.addresses import Address, format_address, parse_address
+from dhtchat.core.errors import DhtChatError, InvalidUserId, LocalProtocolError
+from dhtchat.core.events import (
+    BootstrapCompleted,
+    ContactAdded,
+    ContactEvicted,
+    Event,
+    PeerMisbehaved,
+    RecordStored,
+)
+from dhtchat.core.identity import (
+    SEED_BYTES,
+    SigningIdentity,
+    decode_user_id,
+    encode_user_id,
+    fingerprint,
+)
+from dhtchat.core.ids import short
+from dhtchat.core.node import DhtConfig
+from dhtchat.core.records import MAX_VALUE_BYTES, RecordType, app_salt, make_app_record, record_key
+from dhtchat.net.udp import UdpDhtNode
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("dhtchat")
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported on one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _profile(args: argparse.Namespace) -> tuple[Profile, bool]:
+    root, chosen = resolve_profile_dir(args.profile)
+    return Profile(root), chosen
+
+
+def _read_passphrase(confirm: bool) -> str:
+    env = os.environ.get("DHTCHAT_PASSPHRASE")
+    if env is not None:
+        if not env:
+            raise UsageError("DHTCHAT_PASSPHRASE is empty; use --no-passphrase for no passphrase")
+        return env
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "a passphrase is needed: set DHTCHAT_PASSPHRASE or run in a terminal"
+        )
+    first = getpass.getpass("Passphrase: ")
+    if not first:
+        raise UsageError("empty passphrase; use --no-passphrase to store the key unencrypted")
+    if confirm and getpass.getpass("Repeat passphrase: ") != first:
+        raise UsageError("the passphrases differ")
+    return first
+
+
+def _load_identity(profile: Profile) -> SigningIdentity:
+    doc = load_identity_document(profile.identity_path)
+    passphrase = _read_passphrase(confirm=False) if is_encrypted(doc) else None
+    return open_identity(doc, passphrase)
+
+
+def _bind_host_for(address: Address) -> str:
+    host = address[0]
+    if ":" in host:
+        return "::1" if host == "::1" else "::"
+    return "127.0.0.1" if host.startswith("127.") else "0.0.0.0"
+
+
+def _parse_bootstrap(values: Sequence[str] | None) -> list[Address]:
+    out = []
+    for value in values or []:
+        try:
+            out.append(parse_address(value))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return out
+
+
+def _describe(event: Event) -> str | None:
+    if isinstance(event, ContactAdded):
+        return f"contact added {short(event.node_id)} at {format_address(event.address)}"
+    if isinstance(event, ContactEvicted):
+        return f"contact evicted {short(event.node_id)} at {format_address(event.address)}"
+    if isinstance(event, RecordStored):
+        return (f"stored record {short(event.key)} seq {event.seq} from "
+                f"{format_address(event.source)}")
+    if isinstance(event, PeerMisbehaved):
+        return f"dropped bad datagram from {format_address(event.address)}: {event.reason}"
+    if isinstance(event, BootstrapCompleted):
+        return f"bootstrap complete: {event.contacts} contacts"
+    return None
+
+
+# ---------------------------------------------------------------------------- id
+
+
+def cmd_id_new(args: argparse.Namespace) -> int:
+    profile, _ = _profile(args)
+    if profile.has_identity():
+        raise UsageError(f"an identity already exists in {profile.root}")
+    if args.no_passphrase:
+        passphrase = None
+        print("warning: the identity key is stored UNENCRYPTED; anyone who can read "
+              f"{profile.identity_path} can impersonate you", file=sys.stderr)
+    else:
+        passphrase = _read_passphrase(confirm=True)
+    identity = SigningIdentity.from_seed(secrets.token_bytes(SEED_BYTES))
+    save_identity_file(profile.identity_path, identity, passphrase)
+    print(identity.user_id)
+    return EXIT_OK
+
+
+def cmd_id_show(args: argparse.Namespace) -> int:
+    profile, _ = _profile(args)
+    doc = load_identity_document(profile.identity_path)
+    try:
+        public_key = base64.b64decode(str(doc.get("public_key", "")), validate=True)
+        user_id = encode_user_id(public_key)
+    except (ValueError, LocalProtocolError):
+        raise KeystoreError(f"identity file {profile.identity_path} is malformed") from None
+    print(user_id)
+    if args.qr:
+        segno.make(user_id, error="m").terminal(compact=True)
+    print(f"fingerprint: {fingerprint(public_key)}", file=sys.stderr)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- node
+
+
+async def _run_node(args: argparse.Namespace) -> int:
+    bootstrap = _parse_bootstrap(args.bootstrap)
+    profile_root, chosen = resolve_profile_dir(args.profile)
+    state: NodeState | None = None
+    node_key: SigningIdentity | None = None
+    if chosen:
+        state = NodeState(Profile(profile_root).node_db_path)
+        node_key = state.node_key()
+
+    def on_event(event: Event) -> None:
+        line = _describe(event)
+        if line is not None:
+            log.info("%s", line)
+
+    try:
+        node = await UdpDhtNode.create(args.host, args.port, node_key=node_key,
+                                       on_event=on_event)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    log.info("node %s listening on %s", node.node_id.hex(), format_address(node.address))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if state is not None:
+        remembered = state.contacts()
+        if remembered:
+            log.info("re-verifying %d remembered contacts", len(remembered))
+            node.add_known_contacts(remembered)
+    if bootstrap:
+        try:
+            contacts = await node.bootstrap(bootstrap)
+            log.info("joined through %s: %d contacts",
+                     ", ".join(format_address(a) for a in bootstrap), contacts)
+        except TimeoutError:
+            log.warning("bootstrap through %s timed out; will keep trying via refresh",
+                        ", ".join(format_address(a) for a in bootstrap))
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 30.0)
+        if state is not None:
+            state.save_contacts(node.contacts())
+    if state is not None:
+        state.save_contacts(node.contacts())
+        state.close()
+    await node.close()
+    log.info("node stopped")
+    return EXIT_OK
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    return asyncio.run(_run_node(args))
+
+
+# ---------------------------------------------------------------------------- dht
+
+
+async def _client(bootstrap: list[Address]) -> UdpDhtNode:
+    if not bootstrap:
+        raise UsageError("--bootstrap HOST:PORT is required")
+    node = await UdpDhtNode.create(_bind_host_for(bootstrap[0]), 0,
+                                   config=DhtConfig(read_only=True))
+    try:
+        contacts = await node.bootstrap(bootstrap, timeout=10.0)
+    except TimeoutError:
+        contacts = len(node.core.table)
+    if contacts == 0:
+        await node.close()
+        raise DhtUnreachable("no DHT node answered at " +
+                             ", ".join(format_address(a) for a in bootstrap))
+    return node
+
+
+class DhtUnreachable(Exception):
+    """No bootstrap node answered."""
+
+
+async def _dht_put(args: argparse.Namespace) -> int:
+    bootstrap = _parse_bootstrap(args.bootstrap)
+    value = args.value.encode("utf-8")
+    if len(value) > MAX_VALUE_BYTES:
+        raise UsageError(f"VALUE is {len(value)} bytes; the limit is {MAX_VALUE_BYTES}")
+    if not 1 <= args.ttl <= 7 * 24 * 3600:
+        raise UsageError("--ttl must be between 1 second and 7 days")
+    profile, chosen = _profile(args)
+    if chosen and profile.has_identity():
+        signer = _load_identity(profile)
+    else:
+        signer = SigningIdentity.from_seed(secrets.token_bytes(SEED_BYTES))
+    now = time.time()
+    record = make_app_record(signer, args.key, value, seq=int(now * 1000),
+                             expires=int(now) + args.ttl)
+    node = await _client(bootstrap)
+    try:
+        result = await node.put(record, timeout=args.timeout)
+    except TimeoutError:
+        print("error: no storer acknowledged within the timeout", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await node.close()
+    print(record.key.hex())
+    print(f"owner {signer.user_id}; stored on {result.stored} of {result.attempted} nodes",
+          file=sys.stderr)
+    return EXIT_OK if result.stored > 0 else EXIT_FAILED
+
+
+async def _dht_get(args: argparse.Namespace) -> int:
+    bootstrap = _parse_bootstrap(args.bootstrap)
+    owner: bytes | None = None
+    if args.record_key:
+        if args.owner or args.key:
+            raise UsageError("give either --record-key HEX or --owner ID KEY, not both")
+        try:
+            key = bytes.fromhex(args.record_key)
+        except ValueError:
+            raise UsageError("--record-key must be 64 hex digits") from None
+        if len(key) != 32:
+            raise UsageError("--record-key must be 64 hex digits")
+    elif args.owner:
+        if not args.key:
+            raise UsageError("--owner ID needs the application KEY")
+        owner = decode_user_id(args.owner)
+        key = record_key(RecordType.APP, owner, app_salt(args.key))
+    else:
+        raise UsageError("give --record-key HEX or --owner ID KEY")
+    node = await _client(bootstrap)
+    try:
+        records = await node.get(key, owner=owner, timeout=args.timeout)
+    except TimeoutError:
+        records = []
+    finally:
+        await node.close()
+    if not records:
+        print("not found", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps([
+            {
+                "owner": encode_user_id(r.owner),
+                "type": r.type,
+                "seq": r.seq,
+                "expires": r.expires,
+                "value": r.value.decode("utf-8", errors="replace"),
+                "value_base64": base64.b64encode(r.value).decode("ascii"),
+            }
+            for r in records
+        ], indent=2))
+    else:
+        for record in records:
+            print(record.value.decode("utf-8", errors="replace"))
+    return EXIT_OK
+
+
+def cmd_dht_put(args: argparse.Namespace) -> int:
+    return asyncio.run(_dht_put(args))
+
+
+def cmd_dht_get(args: argparse.Namespace) -> int:
+    return asyncio.run(_dht_get(args))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return asyncio.run(run_demo(nodes=args.nodes, keep_running=args.keep_running))
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="dhtchat", description="Serverless end-to-end encrypted messenger on a DHT."
+    )
+    parser.add_argument("--version", action="version", version=f"dhtchat {__version__}")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="profile directory (default: $DHTCHAT_HOME or the user data dir)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    id_parser = sub.add_parser("id", help="manage your identity")
+    id_sub = id_parser.add_subparsers(dest="id_command", required=True)
+    new = id_sub.add_parser("new", help="create a new identity and print its user id")
+    new.add_argument("--no-passphrase", action="store_true",
+                     help="store the key unencrypted (not recommended)")
+    new.set_defaults(func=cmd_id_new)
+    show = id_sub.add_parser("show", help="print your user id")
+    show.add_argument("--qr", action="store_true", help="also print a terminal QR code")
+    show.set_defaults(func=cmd_id_show)
+
+    node = sub.add_parser("node", help="run a headless DHT node until SIGINT/SIGTERM")
+    node.add_argument("--port", type=int, required=True, help="UDP port (0: any free port)")
+    node.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    node.add_argument("--bootstrap", metavar="HOST:PORT", nargs="+", action="extend",
+                      help="known node(s) to join through")
+    node.set_defaults(func=cmd_node)
+
+    dht = sub.add_parser("dht", help="store and fetch signed values")
+    dht_sub = dht.add_subparsers(dest="dht_command", required=True)
+    put = dht_sub.add_parser("put", help="store VALUE under the application key KEY")
+    put.add_argument("--bootstrap", metavar="HOST:PORT", nargs="+", action="extend",
+                     required=True)
+    put.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    put.add_argument("--timeout", type=float, default=15.0)
+    put.add_argument("key", metavar="KEY")
+    put.add_argument("value", metavar="VALUE")
+    put.set_defaults(func=cmd_dht_put)
+    get = dht_sub.add_parser("get", help="fetch a value")
+    get.add_argument("--bootstrap", metavar="HOST:PORT", nargs="+", action="extend",
+                     required=True)
+    get.add_argument("--record-key", metavar="HEX")
+    get.add_argument("--owner", metavar="ID", help="owner's user id (with KEY)")
+    get.add_argument("--json", action="store_true", help="print records as JSON")
+    get.add_argument("--timeout", type=float, default=15.0)
+    get.add_argument("key", metavar="KEY", nargs="?")
+    get.set_defaults(func=cmd_dht_get)
+
+    demo = sub.add_parser("demo", help="run a local network on loopback and show it working")
+    demo.add_argument("--nodes", type=int, default=16)
+    demo.add_argument("--keep-running", action="store_true",
+                      help="keep the network up until Ctrl-C")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dhtchat`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.func(args)
+    except (UsageError, InvalidUserId, KeystoreError, LocalProtocolError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DhtUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except DhtChatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

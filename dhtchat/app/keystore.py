@@ -1,0 +1,167 @@
+"""The identity file: an Ed25519 seed encrypted at rest with a passphrase.
+
+Format (JSON, one file ``identity.json`` in the profile directory, mode 0600)::
+
+    {"format": "dhtchat-identity", "version": 1, "public_key": b64,
+     "kdf": {"name": "argon2id", "opslimit": N, "memlimit": N, "salt": b64},
+     "cipher": "xchacha20poly1305-ietf", "nonce": b64, "ciphertext": b64}
+
+The key-encryption key is Argon2id(passphrase, salt) (RFC 9106); the seed is sealed with
+XChaCha20-Poly1305 with the public key as associated data, so a wrong passphrase or any
+tampering fails authentication. ``kdf.name == "none"`` stores the seed in clear (only with
+``--no-passphrase``, which the CLI warns about).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Final
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.pwhash
+
+from dhtchat.core.errors import DhtChatError
+from dhtchat.core.identity import SEED_BYTES, SigningIdentity
+
+FORMAT: Final = "dhtchat-identity"
+VERSION: Final = 1
+OPSLIMIT: Final = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
+MEMLIMIT: Final = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
+
+
+class KeystoreError(DhtChatError):
+    """The identity file is missing, unreadable or malformed."""
+
+
+class WrongPassphrase(KeystoreError):
+    """The passphrase does not open the identity file."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise KeystoreError(f"identity file: {what} is missing")
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise KeystoreError(f"identity file: {what} is not valid base64") from None
+
+
+def _derive_key(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:
+    return nacl.pwhash.argon2id.kdf(
+        nacl.bindings.crypto_aead_xchacha20poly1305_ietf_KEYBYTES,
+        passphrase.encode("utf-8"),
+        salt,
+        opslimit=opslimit,
+        memlimit=memlimit,
+    )
+
+
+def seal_identity(identity: SigningIdentity, passphrase: str | None) -> dict[str, Any]:
+    """The JSON document protecting ``identity`` (``None``: unencrypted)."""
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "public_key": _b64(identity.public_key),
+    }
+    if passphrase is None:
+        doc["kdf"] = {"name": "none"}
+        doc["seed"] = _b64(identity.seed)
+        return doc
+    salt = secrets.token_bytes(nacl.pwhash.argon2id.SALTBYTES)
+    nonce = secrets.token_bytes(nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES)
+    key = _derive_key(passphrase, salt, OPSLIMIT, MEMLIMIT)
+    ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        identity.seed, identity.public_key, nonce, key
+    )
+    doc["kdf"] = {"name": "argon2id", "opslimit": OPSLIMIT, "memlimit": MEMLIMIT,
+                  "salt": _b64(salt)}
+    doc["cipher"] = "xchacha20poly1305-ietf"
+    doc["nonce"] = _b64(nonce)
+    doc["ciphertext"] = _b64(ciphertext)
+    return doc
+
+
+def is_encrypted(doc: dict[str, Any]) -> bool:
+    """Whether opening ``doc`` needs a passphrase."""
+    kdf = doc.get("kdf")
+    return not (isinstance(kdf, dict) and kdf.get("name") == "none")
+
+
+def open_identity(doc: dict[str, Any], passphrase: str | None) -> SigningIdentity:
+    """Decrypt an identity document; raises :class:`WrongPassphrase` or :class:`KeystoreError`."""
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise KeystoreError("not a dhtchat identity file (or a newer version)")
+    public_key = _unb64(doc.get("public_key"), "public_key")
+    kdf = doc.get("kdf")
+    if not isinstance(kdf, dict):
+        raise KeystoreError("identity file: kdf is missing")
+    if kdf.get("name") == "none":
+        seed = _unb64(doc.get("seed"), "seed")
+    elif kdf.get("name") == "argon2id":
+        if passphrase is None:
+            raise WrongPassphrase("this identity is protected by a passphrase")
+        opslimit, memlimit = kdf.get("opslimit"), kdf.get("memlimit")
+        if not isinstance(opslimit, int) or not isinstance(memlimit, int) or not (
+            1 <= opslimit <= 64 and 8192 <= memlimit <= 4 * 1024**3
+        ):
+            raise KeystoreError("identity file: bad argon2id parameters")
+        key = _derive_key(passphrase, _unb64(kdf.get("salt"), "salt"), opslimit, memlimit)
+        try:
+            seed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                _unb64(doc.get("ciphertext"), "ciphertext"), public_key,
+                _unb64(doc.get("nonce"), "nonce"), key,
+            )
+        except nacl.exceptions.CryptoError:
+            raise WrongPassphrase("wrong passphrase (or the identity file was altered)") from None
+    else:
+        raise KeystoreError(f"identity file: unknown kdf {kdf.get('name')!r}")
+    if len(seed) != SEED_BYTES:
+        raise KeystoreError("identity file: seed has the wrong length")
+    identity = SigningIdentity.from_seed(seed)
+    if identity.public_key != public_key:
+        raise KeystoreError("identity file: public key does not match the secret key")
+    return identity
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Atomically write ``data`` to ``path`` readable only by the owner."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def save_identity_file(path: Path, identity: SigningIdentity, passphrase: str | None) -> None:
+    """Write the identity file (refusing to overwrite an existing one)."""
+    if path.exists():
+        raise KeystoreError(f"an identity already exists at {path}")
+    doc = seal_identity(identity, passphrase)
+    write_private_file(path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
+
+
+def load_identity_document(path: Path) -> dict[str, Any]:
+    """Read the identity JSON document."""
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise KeystoreError(f"no identity in {path.parent} (create one with `dhtchat id new`)") \
+            from None
+    except (OSError, ValueError) as exc:
+        raise KeystoreError(f"cannot read identity file {path}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise KeystoreError(f"identity file {path} is malformed")
+    return doc

@@ -1,0 +1,102 @@
+"""The profile directory: where a person's identity and a node's state live.
+
+Resolution order: ``--profile DIR``, then ``$DHTCHAT_HOME``, then the platform's user data
+directory (``platformdirs.user_data_dir("dhtchat")``, e.g. ``~/.local/share/dhtchat``).
+
+Node state (``node.sqlite``) holds the node key (separate from the identity key, so the DHT
+never links an IP address to a person) and the contacts last known, so a restarted node
+rejoins the network without a bootstrap address.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from dhtchat.app.keystore import write_private_file
+from dhtchat.core.addresses import Address
+from dhtchat.core.identity import SEED_BYTES, SigningIdentity
+
+
+def resolve_profile_dir(explicit: str | None) -> tuple[Path, bool]:
+    """The profile directory and whether the user chose it (flag or environment)."""
+    if explicit:
+        return Path(explicit).expanduser(), True
+    env = os.environ.get("DHTCHAT_HOME")
+    if env:
+        return Path(env).expanduser(), True
+    return Path(platformdirs.user_data_dir("dhtchat", appauthor=False)), False
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Paths inside a profile directory."""
+
+    root: Path
+
+    @property
+    def identity_path(self) -> Path:
+        """The encrypted identity file."""
+        return self.root / "identity.json"
+
+    @property
+    def node_db_path(self) -> Path:
+        """SQLite database with the node key and known contacts."""
+        return self.root / "node.sqlite"
+
+    def has_identity(self) -> bool:
+        """Whether an identity file exists."""
+        return self.identity_path.exists()
+
+
+class NodeState:
+    """Persistent node key and contacts (SQLite)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            write_private_file(path, b"")
+        self._db = sqlite3.connect(path)
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS contacts (
+                node_id BLOB PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL,
+                last_seen REAL NOT NULL);
+            """
+        )
+
+    def node_key(self) -> SigningIdentity:
+        """The node key, created on first use."""
+        row = self._db.execute("SELECT value FROM meta WHERE name='node_key'").fetchone()
+        if row is not None and len(row[0]) == SEED_BYTES:
+            return SigningIdentity.from_seed(bytes(row[0]))
+        seed = secrets.token_bytes(SEED_BYTES)
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('node_key', ?)", (seed,))
+        return SigningIdentity.from_seed(seed)
+
+    def contacts(self, limit: int = 200) -> list[tuple[bytes, Address]]:
+        """Most recently seen contacts first."""
+        rows = self._db.execute(
+            "SELECT node_id, host, port FROM contacts ORDER BY last_seen DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [(bytes(node_id), (host, int(port))) for node_id, host, port in rows]
+
+    def save_contacts(self, contacts: list[tuple[bytes, Address, float]]) -> None:
+        """Replace the stored contacts."""
+        with self._db:
+            self._db.execute("DELETE FROM contacts")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?)",
+                [(nid, host, port, seen) for nid, (host, port), seen in contacts],
+            )
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()

@@ -1,0 +1,1 @@
+"""asyncio network drivers around the sans-IO core."""
