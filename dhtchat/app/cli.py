@@ -366,16 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
     dht = sub.add_parser("dht", help="store and fetch signed values")
     dht_sub = dht.add_subparsers(dest="dht_command", required=True)
     put = dht_sub.add_parser("put", help="store VALUE under the application key KEY")
-    put.add_argument("--bootstrap", metavar="HOST:PORT", nargs="+", action="extend",
-                     required=True)
+    # One address per flag (repeatable): nargs="+" would swallow the positional KEY VALUE.
+    put.add_argument("--bootstrap", metavar="HOST:PORT", action="append", required=True,
+                     help="a known node (repeat the flag for several)")
     put.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     put.add_argument("--timeout", type=float, default=15.0)
     put.add_argument("key", metavar="KEY")
     put.add_argument("value", metavar="VALUE")
     put.set_defaults(func=cmd_dht_put)
     get = dht_sub.add_parser("get", help="fetch a value")
-    get.add_argument("--bootstrap", metavar="HOST:PORT", nargs="+", action="extend",
-                     required=True)
+    get.add_argument("--bootstrap", metavar="HOST:PORT", action="append", required=True,
+                     help="a known node (repeat the flag for several)")
     get.add_argument("--record-key", metavar="HEX")
     get.add_argument("--owner", metavar="ID", help="owner's user id (with KEY)")
     get.add_argument("--json", action="store_true", help="print records as JSON")

@@ -1,14 +1,18 @@
 """Signed, typed DHT records (design sec. 4; BEP 44 "mutable items" is the closest relative).
 
-A record is owned by an Ed25519 key. Its storage key is bound to the owner:
-``key = BLAKE2b-256("dhtchat/record-key/v1" || type(u16 be) || owner || salt)``, so nobody
-else can write under it, and one key holds at most one record per owner (several owners may
-share a key when the application derives it the same way, e.g. an inbox).
+A record is signed by its owner's Ed25519 key and lives in a *namespace*, the public key
+whose key space it belongs to: ``namespace`` is empty (the owner's own space) or, for
+open-write types such as a mailbox, the recipient's key. The storage key is bound to it:
+``key = BLAKE2b-256("dhtchat/record-key/v1" || type(u16 be) || namespace_key || salt)``
+with ``namespace_key = namespace or owner``. Owner-only types (app values, presence, prekeys,
+signalling) require ``namespace`` to be empty or the owner, so nobody else can write under the
+key; open-write types let many owners store under one key (one record per owner), which is
+how an inbox holds messages from many senders.
 
 Validation order, used by storers and readers alike: bounded sizes (enforced by the decoder
 before anything else), type policy, key binding, expiry, and only then the Ed25519 signature
-over ``"dhtchat/record/v1" || msgpack([type, owner, salt, seq, expires, value])``. Sequence
-numbers may only grow: a storer refuses an older ``seq`` for the same (key, owner) and a
+over ``"dhtchat/record/v1" || msgpack([type, owner, namespace, salt, seq, expires, value])``.
+Sequence numbers may only grow: a storer refuses an older ``seq`` for the same (key, owner) and a
 different value under the same ``seq``.
 """
 
@@ -50,6 +54,7 @@ class RecordPolicy:
 
     max_value_bytes: int = MAX_VALUE_BYTES
     max_ttl: int = 24 * 3600
+    open_write: bool = False  # may owners other than the namespace's key write under it?
 
 
 DEFAULT_POLICY: Final = RecordPolicy()
@@ -57,13 +62,14 @@ POLICIES: Final[dict[int, RecordPolicy]] = {
     RecordType.APP: RecordPolicy(max_ttl=7 * 24 * 3600),
     RecordType.PRESENCE: RecordPolicy(max_ttl=3600),
     RecordType.PREKEYS: RecordPolicy(max_ttl=30 * 24 * 3600),
-    RecordType.MAILBOX: RecordPolicy(max_ttl=14 * 24 * 3600),
+    RecordType.MAILBOX: RecordPolicy(max_ttl=14 * 24 * 3600, open_write=True),
     RecordType.SIGNAL: RecordPolicy(max_ttl=600),
-    RecordType.CONTACT_REQUEST: RecordPolicy(max_ttl=14 * 24 * 3600),
+    RecordType.CONTACT_REQUEST: RecordPolicy(max_ttl=14 * 24 * 3600, open_write=True),
 }
 
 Bytes32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 Bytes64 = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+Namespace = Annotated[bytes, msgspec.Meta(max_length=32)]
 Salt = Annotated[bytes, msgspec.Meta(max_length=MAX_SALT_BYTES)]
 Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
 U16 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
@@ -76,6 +82,7 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
 
     type: U16
     owner: Bytes32
+    namespace: Namespace
     salt: Salt
     seq: Seq
     expires: Timestamp
@@ -85,20 +92,22 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
     @property
     def key(self) -> bytes:
         """The storage key this record belongs under."""
-        return record_key(self.type, self.owner, self.salt)
+        return record_key(self.type, self.namespace or self.owner, self.salt)
 
     def signed_bytes(self) -> bytes:
         """The exact bytes covered by :attr:`signature`."""
-        return _signed_bytes(self.type, self.owner, self.salt, self.seq, self.expires, self.value)
+        return _signed_bytes(self.type, self.owner, self.namespace, self.salt, self.seq,
+                             self.expires, self.value)
 
 
 _encoder = msgspec.msgpack.Encoder()
 
 
 def _signed_bytes(
-    type_: int, owner: bytes, salt: bytes, seq: int, expires: int, value: bytes
+    type_: int, owner: bytes, namespace: bytes, salt: bytes, seq: int, expires: int,
+    value: bytes,
 ) -> bytes:
-    return _SIG_DOMAIN + _encoder.encode((type_, owner, salt, seq, expires, value))
+    return _SIG_DOMAIN + _encoder.encode((type_, owner, namespace, salt, seq, expires, value))
 
 
 def encoded_size(record: Record) -> int:
@@ -106,9 +115,9 @@ def encoded_size(record: Record) -> int:
     return len(_encoder.encode(record))
 
 
-def record_key(type_: int, owner: bytes, salt: bytes) -> bytes:
-    """Storage key of the record of ``type_`` owned by ``owner`` with ``salt``."""
-    return blake2b_256(_KEY_DOMAIN, type_.to_bytes(2, "big"), owner, salt)
+def record_key(type_: int, namespace_key: bytes, salt: bytes) -> bytes:
+    """Storage key for records of ``type_`` in the namespace of ``namespace_key``."""
+    return blake2b_256(_KEY_DOMAIN, type_.to_bytes(2, "big"), namespace_key, salt)
 
 
 def app_salt(app_key: str) -> bytes:
@@ -129,9 +138,20 @@ def make_record(
     *,
     seq: int,
     expires: int,
+    namespace: bytes = b"",
 ) -> Record:
-    """Create and sign a record. Raises :class:`LocalProtocolError` on out-of-range input."""
+    """Create and sign a record. Raises :class:`LocalProtocolError` on out-of-range input.
+
+    ``namespace`` is the recipient's public key for open-write types (e.g. a mailbox), empty
+    for a record in the signer's own key space.
+    """
     policy = policy_for(type_)
+    if namespace == signer.public_key:
+        namespace = b""
+    if namespace and (len(namespace) != 32 or not policy.open_write):
+        raise LocalProtocolError(
+            f"records of type {type_} can only be written in the owner's own namespace"
+        )
     if not 0 <= type_ <= 0xFFFF:
         raise LocalProtocolError("record type must fit in 16 bits")
     if len(value) > policy.max_value_bytes:
@@ -143,8 +163,10 @@ def make_record(
         raise LocalProtocolError(f"salt is limited to {MAX_SALT_BYTES} bytes")
     if not 0 <= seq <= MAX_SEQ:
         raise LocalProtocolError("seq out of range")
-    signature = signer.sign(_signed_bytes(type_, signer.public_key, salt, seq, expires, value))
-    return Record(type_, signer.public_key, salt, seq, expires, value, signature)
+    signature = signer.sign(
+        _signed_bytes(type_, signer.public_key, namespace, salt, seq, expires, value)
+    )
+    return Record(type_, signer.public_key, namespace, salt, seq, expires, value, signature)
 
 
 def make_app_record(
@@ -159,12 +181,15 @@ def validate_record(
 ) -> None:
     """Check a record received for ``key``; raises :class:`InvalidRecord` with the reason.
 
-    Sizes were bounded by the decoder; this checks the type policy, the key binding and the
-    expiry before spending time on the signature.
+    Sizes were bounded by the decoder; this checks the type policy (value size, who may
+    write), the key binding and the expiry before spending time on the signature.
     """
     policy = policy_for(record.type)
     if len(record.value) > policy.max_value_bytes:
         raise InvalidRecord("value larger than its type allows")
+    if record.namespace and (len(record.namespace) != 32 or record.namespace == record.owner
+                             or not policy.open_write):
+        raise InvalidRecord("this record type is writable only by its namespace's owner")
     if record.key != key:
         raise InvalidRecord("record is not bound to this key (owner/type/salt mismatch)")
     if record.expires <= now:
