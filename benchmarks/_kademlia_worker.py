@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dht_loopback import (  # noqa: E402  (path set up just above)
+from dht_loopback import (
     Op,
     add_worker_arguments,
     base_result,
@@ -49,8 +49,9 @@ def table_size(server: Any) -> int:
 
 async def run(args: argparse.Namespace) -> int:
     try:
-        import kademlia
-        from kademlia.network import Server
+        import kademlia  # noqa: PLC0415  (optional: reported as unavailable)
+        from kademlia.network import Server  # noqa: PLC0415
+        from kademlia.utils import digest  # noqa: PLC0415
     except Exception as exc:
         return emit_unavailable(IMPL, f"{type(exc).__name__}: {exc} (python {sys.executable})")
     # The library logs every lookup at INFO and missing neighbours at WARNING.
@@ -60,6 +61,7 @@ async def run(args: argparse.Namespace) -> int:
 
     result = base_result(IMPL, args)
     result["version"] = getattr(kademlia, "__version__", "unknown")
+    result["ksize"] = args.ksize
     result["bind"] = "one loopback /24 per node: 127.0.0.1, 127.0.1.1, ..."
     plan = make_plan(args.nodes, args.ops, args.seed, args.value_size)
     t_start = time.perf_counter()
@@ -68,7 +70,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         for i in range(args.nodes):
             node_id = hashlib.sha1(f"dht-loopback/{args.seed}/kademlia-node-{i}".encode())
-            server = Server(node_id=node_id.digest())
+            server = Server(ksize=args.ksize, node_id=node_id.digest())
             await server.listen(0, interface=host_for(i))
             servers.append(server)
         result["startup_s"] = time.perf_counter() - t_start
@@ -79,8 +81,9 @@ async def run(args: argparse.Namespace) -> int:
         boot_failures = 0
         for server in servers[1:]:
             try:
-                found = await asyncio.wait_for(server.bootstrap([(host, port)]),
-                                               min(30.0, args.settle_timeout + 1.0))
+                found = await asyncio.wait_for(
+                    server.bootstrap([(host, port)]), min(30.0, args.settle_timeout + 1.0)
+                )
                 boot_failures += 0 if found else 1
             except Exception:
                 boot_failures += 1
@@ -88,8 +91,11 @@ async def run(args: argparse.Namespace) -> int:
         result["bootstrap_failures"] = boot_failures
         result["settle_s"] = 0.0  # bootstrap() returns once the self-lookup is done
         result["routing_table"] = summarize_sizes([table_size(s) for s in servers])
-        log(IMPL, f"bootstrapped in {result['bootstrap_s']:.2f} s, "
-                  f"routing tables {result['routing_table']}")
+        log(
+            IMPL,
+            f"bootstrapped in {result['bootstrap_s']:.2f} s, "
+            f"routing tables {result['routing_table']}",
+        )
 
         idle = await measure_idle_async(args.idle)
         result["udp_sockets"] = udp_sockets()
@@ -98,11 +104,19 @@ async def run(args: argparse.Namespace) -> int:
             ok = await servers[op.put_node].set(op.key, op.value)
             return bool(ok), None
 
+        def count_local_hits() -> None:
+            # Server.get answers from the local store when the getting node holds the key.
+            result["get_local_hits"] = sum(
+                1 for o in plan if servers[o.get_node].storage.get(digest(o.key)) is not None
+            )
+
         async def get(op: Op) -> bool:
             value = await servers[op.get_node].get(op.key)
             return bool(value == op.value)
 
-        puts, gets, stored = await run_async_phases(IMPL, plan, put, get, args.op_timeout)
+        puts, gets, stored = await run_async_phases(
+            IMPL, plan, put, get, args.op_timeout, between=count_local_hits
+        )
         finish_result(result, puts, gets, idle, stored)
         result["total_s"] = time.perf_counter() - t_start
         emit_result(result)
@@ -117,7 +131,10 @@ async def run(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description="kademlia worker of dht_loopback.py")
     add_worker_arguments(parser)
+    parser.add_argument("--ksize", type=int, default=20, help="k (the library's default: 20)")
     args = parser.parse_args()
+    if not 1 <= args.ksize <= 64:
+        raise SystemExit("--ksize must be within 1..64")
     check_worker_args(args)
     return asyncio.run(run(args))
 

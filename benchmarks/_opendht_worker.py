@@ -28,12 +28,13 @@ import socket
 import sys
 import threading
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dht_loopback import (  # noqa: E402  (path set up just above)
+from dht_loopback import (
     Phase,
     add_worker_arguments,
     base_result,
@@ -96,14 +97,12 @@ def get_once(runner: Any, key: Any, expected: bytes, timeout: float) -> tuple[bo
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import opendht
+        import opendht  # noqa: PLC0415  (optional: reported as unavailable)
     except Exception as exc:
         return emit_unavailable(IMPL, f"{type(exc).__name__}: {exc} (python {sys.executable})")
 
     result = base_result(IMPL, args)
     try:
-        from importlib.metadata import version
-
         result["version"] = version("opendht")
     except Exception:
         result["version"] = "unknown"
@@ -124,8 +123,11 @@ def run(args: argparse.Namespace) -> int:
         result["bound_ipv4"] = str(bound4)
         result["bound_ipv6"] = str(bound6)
         result["startup_s"] = time.perf_counter() - t_start
-        log(IMPL, f"{len(runners)} nodes up in {result['startup_s']:.2f} s; node 0 bound "
-                  f"IPv4 {bound4}, IPv6 {bound6}")
+        log(
+            IMPL,
+            f"{len(runners)} nodes up in {result['startup_s']:.2f} s; node 0 bound "
+            f"IPv4 {bound4}, IPv6 {bound6}",
+        )
 
         t0 = time.perf_counter()
         port = str(bound4.getPort())
@@ -144,8 +146,11 @@ def run(args: argparse.Namespace) -> int:
         result["settle_s"] = time.perf_counter() - t0
         result["settled"] = min(sizes) >= want
         result["routing_table"] = summarize_sizes(sizes)
-        log(IMPL, f"settled={result['settled']} after {result['settle_s']:.2f} s, "
-                  f"routing tables {result['routing_table']}")
+        log(
+            IMPL,
+            f"settled={result['settled']} after {result['settle_s']:.2f} s, "
+            f"routing tables {result['routing_table']}",
+        )
 
         idle = measure_idle_sync(args.idle)
         result["udp_sockets"] = udp_sockets()
@@ -155,16 +160,16 @@ def run(args: argparse.Namespace) -> int:
         puts.start()
         for op in plan:
             t1 = time.perf_counter()
-            ok, error = put_once(runners[op.put_node], keys[op.index],
-                                 opendht.Value(op.value), args.op_timeout)
+            ok, error = put_once(
+                runners[op.put_node], keys[op.index], opendht.Value(op.value), args.op_timeout
+            )
             puts.record(time.perf_counter() - t1, ok, error)
         puts.stop()
         log(IMPL, f"puts: {puts.ok}/{len(plan)} ok in {puts.wall_s:.2f} s")
         gets.start()
         for op in plan:
             t1 = time.perf_counter()
-            ok, error = get_once(runners[op.get_node], keys[op.index], op.value,
-                                 args.op_timeout)
+            ok, error = get_once(runners[op.get_node], keys[op.index], op.value, args.op_timeout)
             gets.record(time.perf_counter() - t1, ok, error)
         gets.stop()
         log(IMPL, f"gets: {gets.ok}/{len(plan)} ok in {gets.wall_s:.2f} s")

@@ -28,14 +28,18 @@ dependencies.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
 import json
 import math
 import os
 import platform
 import random
+import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,14 +77,13 @@ def host_for(index: int) -> str:
 
 def _proc_net_address(hex_address: str) -> str:
     """``0100007F:1F90`` (from /proc/net/udp) -> ``127.0.0.1``; IPv6 words likewise."""
-    import ipaddress
-    import socket
-
-    host_hex = hex_address.split(":")[0]
+    host_hex = hex_address.split(":", maxsplit=1)[0]
     raw = bytes.fromhex(host_hex)
     # /proc prints each 32-bit word in host byte order.
-    words = [raw[i:i + 4][::-1] if sys.byteorder == "little" else raw[i:i + 4]
-             for i in range(0, len(raw), 4)]
+    words = [
+        raw[i : i + 4][::-1] if sys.byteorder == "little" else raw[i : i + 4]
+        for i in range(0, len(raw), 4)
+    ]
     packed = b"".join(words)
     if len(packed) == 4:
         return socket.inet_ntop(socket.AF_INET, packed)
@@ -122,8 +125,9 @@ def udp_sockets() -> JsonDict | None:
     return {
         "count": sum(ips.values()),
         "by_table": families,
-        "non_loopback": {ip: n for ip, n in ips.items()
-                         if not (ip.startswith("127.") or ip == "::1")},
+        "non_loopback": {
+            ip: n for ip, n in ips.items() if not (ip.startswith("127.") or ip == "::1")
+        },
         "loopback": loopback,
         "distinct_ips": len(ips),
     }
@@ -236,8 +240,6 @@ def measure_idle_sync(seconds: float) -> float:
 
 async def measure_idle_async(seconds: float) -> float:
     """:func:`measure_idle_sync` with the event loop running."""
-    import asyncio
-
     wall0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.sleep(seconds)
     return (time.process_time() - cpu0) / max(1e-9, time.perf_counter() - wall0)
@@ -248,16 +250,23 @@ GetFn = Callable[[Op], Awaitable[bool]]
 
 
 async def run_async_phases(
-    impl: str, plan: Sequence[Op], put: PutFn, get: GetFn, op_timeout: float
+    impl: str,
+    plan: Sequence[Op],
+    put: PutFn,
+    get: GetFn,
+    op_timeout: float,
+    *,
+    between: Callable[[], None] | None = None,
 ) -> tuple[Phase, Phase, list[int]]:
     """Sequential put phase then get phase for asyncio implementations.
+
+    ``between`` runs after the put phase and before the get phase, outside both
+    measurements.
 
     ``put`` returns (ok, storers acknowledged or None when the implementation does not say);
     ``get`` returns whether the expected value came back. Each op is bounded by
     ``op_timeout``; a timed-out op counts as failed with its elapsed time as latency.
     """
-    import asyncio
-
     stored: list[int] = []
     puts, gets = Phase("put"), Phase("get")
     puts.start()
@@ -275,6 +284,8 @@ async def run_async_phases(
         puts.record(time.perf_counter() - t0, ok, error)
     puts.stop()
     log(impl, f"puts: {puts.ok}/{len(plan)} ok in {puts.wall_s:.2f} s")
+    if between is not None:
+        between()
     gets.start()
     for op in plan:
         t0 = time.perf_counter()
@@ -338,11 +349,15 @@ def emit_result(result: JsonDict) -> None:
 
 def emit_crash(impl: str, exc: BaseException) -> int:
     """Report a worker that failed part-way (the traceback goes to stderr)."""
-    import traceback
-
     traceback.print_exception(exc, file=sys.stderr)
-    emit_result({"impl": impl, "available": True, "crashed": True,
-                 "reason": f"crashed: {type(exc).__name__}: {exc}"})
+    emit_result(
+        {
+            "impl": impl,
+            "available": True,
+            "crashed": True,
+            "reason": f"crashed: {type(exc).__name__}: {exc}",
+        }
+    )
     return 1
 
 
@@ -392,10 +407,11 @@ async def _dhtchat_main(args: argparse.Namespace) -> int:
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))  # benchmark the working tree's dhtchat
     try:
-        import dhtchat
-        from dhtchat.core.identity import SigningIdentity
-        from dhtchat.core.records import Record, make_app_record
-        from dhtchat.net.udp import UdpDhtNode
+        # Imported here: the rest of this module must load without the project installed.
+        import dhtchat  # noqa: PLC0415
+        from dhtchat.core.identity import SigningIdentity  # noqa: PLC0415
+        from dhtchat.core.records import Record, make_app_record  # noqa: PLC0415
+        from dhtchat.net.udp import UdpDhtNode  # noqa: PLC0415
     except Exception as exc:
         return emit_unavailable("dhtchat", f"{type(exc).__name__}: {exc}")
 
@@ -425,8 +441,11 @@ async def _dhtchat_main(args: argparse.Namespace) -> int:
         result["bootstrap_failures"] = boot_failures
         result["settle_s"] = 0.0  # bootstrap() returns once the self-lookup is done
         result["routing_table"] = summarize_sizes([len(n.contacts()) for n in nodes])
-        log(impl, f"bootstrapped in {result['bootstrap_s']:.2f} s, "
-                  f"routing tables {result['routing_table']}")
+        log(
+            impl,
+            f"bootstrapped in {result['bootstrap_s']:.2f} s, "
+            f"routing tables {result['routing_table']}",
+        )
 
         idle = await measure_idle_async(args.idle)
         result["udp_sockets"] = udp_sockets()
@@ -449,8 +468,7 @@ async def _dhtchat_main(args: argparse.Namespace) -> int:
             return done.stored > 0, done.stored
 
         async def get(op: Op) -> bool:
-            found = await nodes[op.get_node].get(records[op.index].key,
-                                                 timeout=args.op_timeout)
+            found = await nodes[op.get_node].get(records[op.index].key, timeout=args.op_timeout)
             return any(r.value == op.value for r in found)
 
         puts, gets, stored = await run_async_phases(impl, plan, put, get, args.op_timeout + 1.0)
@@ -466,8 +484,6 @@ async def _dhtchat_main(args: argparse.Namespace) -> int:
 
 def dhtchat_worker(args: argparse.Namespace) -> int:
     """Run the dhtchat side of the benchmark in this process."""
-    import asyncio
-
     check_worker_args(args)
     try:
         return asyncio.run(_dhtchat_main(args))
@@ -492,17 +508,33 @@ class WorkerOutcome:
 def worker_command(impl: str, args: argparse.Namespace) -> list[str]:
     """argv of the worker process for ``impl``."""
     passthrough = [
-        "--nodes", str(args.nodes), "--ops", str(args.ops), "--seed", str(args.seed),
-        "--value-size", str(args.value_size), "--settle-timeout", str(args.settle_timeout),
-        "--idle", str(args.idle), "--op-timeout", str(args.op_timeout),
+        "--nodes",
+        str(args.nodes),
+        "--ops",
+        str(args.ops),
+        "--seed",
+        str(args.seed),
+        "--value-size",
+        str(args.value_size),
+        "--settle-timeout",
+        str(args.settle_timeout),
+        "--idle",
+        str(args.idle),
+        "--op-timeout",
+        str(args.op_timeout),
     ]
     if impl == "dhtchat":
-        return [sys.executable, str(Path(__file__).resolve()), "--worker", "dhtchat",
-                *passthrough]
+        return [sys.executable, str(Path(__file__).resolve()), "--worker", "dhtchat", *passthrough]
     if impl == "opendht":
         return [args.opendht_python, str(BENCH_DIR / "_opendht_worker.py"), *passthrough]
     if impl == "kademlia":
-        return [args.kademlia_python, str(BENCH_DIR / "_kademlia_worker.py"), *passthrough]
+        return [
+            args.kademlia_python,
+            str(BENCH_DIR / "_kademlia_worker.py"),
+            *passthrough,
+            "--ksize",
+            str(args.kademlia_ksize),
+        ]
     raise ValueError(impl)
 
 
@@ -512,25 +544,39 @@ def run_worker(impl: str, args: argparse.Namespace) -> WorkerOutcome:
     print(f"== {impl}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     if not Path(cmd[0]).exists() and os.sep in cmd[0]:
-        return WorkerOutcome(impl, {"impl": impl, "available": False,
-                                    "reason": f"interpreter {cmd[0]} not found"}, None, 0.0)
+        return WorkerOutcome(
+            impl,
+            {"impl": impl, "available": False, "reason": f"interpreter {cmd[0]} not found"},
+            None,
+            0.0,
+        )
     try:
         proc = subprocess.run(
-            cmd, stdout=subprocess.PIPE, stderr=None, text=True, timeout=args.worker_timeout,
-            check=False, cwd=str(REPO_ROOT),
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            text=True,
+            timeout=args.worker_timeout,
+            check=False,
+            cwd=str(REPO_ROOT),
         )
     except subprocess.TimeoutExpired:
-        return WorkerOutcome(impl, None, None, time.perf_counter() - t0,
-                             f"killed after {args.worker_timeout:.0f} s")
+        return WorkerOutcome(
+            impl, None, None, time.perf_counter() - t0, f"killed after {args.worker_timeout:.0f} s"
+        )
     except OSError as exc:
-        return WorkerOutcome(impl, {"impl": impl, "available": False,
-                                    "reason": f"cannot start {cmd[0]}: {exc}"}, None, 0.0)
+        return WorkerOutcome(
+            impl,
+            {"impl": impl, "available": False, "reason": f"cannot start {cmd[0]}: {exc}"},
+            None,
+            0.0,
+        )
     elapsed = time.perf_counter() - t0
     result: JsonDict | None = None
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             try:
-                result = json.loads(line[len(RESULT_PREFIX):])
+                result = json.loads(line[len(RESULT_PREFIX) :])
             except json.JSONDecodeError:
                 result = None
     note = "" if result is not None else f"no result line (exit status {proc.returncode})"
@@ -557,12 +603,7 @@ RATIO_LABELS = [label for label, _, _ in METRICS if "success" not in label]
 
 def metric(result: JsonDict, phase: str, path: str) -> float:
     """A number from a worker result, NaN when absent."""
-    node: Any = result.get(phase, {})
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return math.nan
-        node = node[part]
-    return float(node) if isinstance(node, int | float) else math.nan
+    return _num(result, phase, *path.split("."))
 
 
 def fmt(value: float, label: str) -> str:
@@ -579,16 +620,52 @@ def ratio(a: float, b: float) -> float:
     return a / b
 
 
+def _num(result: JsonDict, *path: str) -> float:
+    node: Any = result
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return float(node) if isinstance(node, int | float) else math.nan
+
+
+def _cell(value: float, spec: str) -> str:
+    return "n/a" if math.isnan(value) else format(value, spec)
+
+
+_EXTRA_ROWS: list[tuple[str, Callable[[JsonDict], str]]] = [
+    ("idle CPU (cores)", lambda r: _cell(_num(r, "idle_cpu_frac"), ".4f")),
+    (
+        "routing table min/mean",
+        lambda r: (
+            _cell(_num(r, "routing_table", "min"), ".0f")
+            + "/"
+            + _cell(_num(r, "routing_table", "mean"), ".1f")
+        ),
+    ),
+    ("storers per put (mean)", lambda r: _cell(_num(r, "put", "storers_mean"), ".1f")),
+    ("gets answered locally", lambda r: _cell(_num(r, "get_local_hits"), ".0f")),
+    (
+        "bootstrap+settle s",
+        lambda r: _cell(_num(r, "bootstrap_s") + _num(r, "settle_s"), ".2f"),
+    ),
+    ("worker wall s", lambda r: _cell(_num(r, "worker_wall_s"), ".1f")),
+]
+
+
 def build_report(outcomes: Sequence[WorkerOutcome]) -> tuple[str, JsonDict]:
     """The printed table and the ratios, from the worker results."""
-    ok = {o.impl: o.result for o in outcomes
-          if o.result is not None and o.result.get("available") and "put" in o.result}
+    ok = {
+        o.impl: o.result
+        for o in outcomes
+        if o.result is not None and o.result.get("available") and "put" in o.result
+    }
     lines: list[str] = []
     for o in outcomes:
         if o.impl in ok:
             continue
-        reason = (o.result or {}).get("reason") or o.note or "failed"
-        lines.append(f"{o.impl}: UNAVAILABLE ({reason})")
+        res = o.result or {}
+        reason = res.get("reason") or o.note or "failed"
+        state = "UNAVAILABLE" if res.get("available") is False else "FAILED"
+        lines.append(f"{o.impl}: {state} ({reason})")
     names = [o.impl for o in outcomes if o.impl in ok]
     if names:
         width = max(len(label) for label, _, _ in METRICS) + 2
@@ -596,16 +673,7 @@ def build_report(outcomes: Sequence[WorkerOutcome]) -> tuple[str, JsonDict]:
         for label, phase, path in METRICS:
             cells = [f"{fmt(metric(ok[n], phase, path), label):>12}" for n in names]
             lines.append(f"{label:<{width}}" + "".join(cells))
-        extra = [
-            ("idle CPU (cores)", lambda r: f"{r.get('idle_cpu_frac', math.nan):.3f}"),
-            ("routing table min/mean", lambda r: "{}/{}".format(
-                r.get("routing_table", {}).get("min", "?"),
-                r.get("routing_table", {}).get("mean", "?"))),
-            ("bootstrap+settle s", lambda r: "{:.2f}".format(
-                r.get("bootstrap_s", math.nan) + r.get("settle_s", 0.0))),
-            ("worker wall s", lambda r: f"{r.get('_elapsed_s', math.nan):.1f}"),
-        ]
-        for label, getter in extra:
+        for label, getter in _EXTRA_ROWS:
             lines.append(f"{label:<{width}}" + "".join(f"{getter(ok[n]):>12}" for n in names))
     ratios: JsonDict = {}
     if "dhtchat" in ok:
@@ -614,7 +682,8 @@ def build_report(outcomes: Sequence[WorkerOutcome]) -> tuple[str, JsonDict]:
                 continue
             ratios[f"dhtchat/{other}"] = {
                 label: ratio(metric(ok["dhtchat"], phase, path), metric(ok[other], phase, path))
-                for label, phase, path in METRICS if label in RATIO_LABELS
+                for label, phase, path in METRICS
+                if label in RATIO_LABELS
             }
     if ratios:
         lines.append("")
@@ -631,20 +700,51 @@ def build_report(outcomes: Sequence[WorkerOutcome]) -> tuple[str, JsonDict]:
     return "\n".join(lines), ratios
 
 
+def cpu_model() -> str:
+    """The CPU's model name on Linux, else what :mod:`platform` says."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="64-node loopback DHT benchmark: dhtchat vs OpenDHT vs kademlia",
     )
     add_worker_arguments(parser)
-    parser.add_argument("--only", default=",".join(IMPLEMENTATIONS),
-                        help="comma-separated subset of dhtchat,opendht,kademlia")
+    parser.add_argument(
+        "--only",
+        default=",".join(IMPLEMENTATIONS),
+        help="comma-separated subset of dhtchat,opendht,kademlia",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write all results as JSON")
-    parser.add_argument("--opendht-python", default="/usr/bin/python3",
-                        help="interpreter with Debian's python3-opendht (/usr/bin/python3)")
-    parser.add_argument("--kademlia-python", default=sys.executable,
-                        help="interpreter with the kademlia package (this one)")
-    parser.add_argument("--worker-timeout", type=float, default=900.0,
-                        help="wall-clock limit per worker process, s (900)")
+    parser.add_argument(
+        "--opendht-python",
+        default="/usr/bin/python3",
+        help="interpreter with Debian's python3-opendht (/usr/bin/python3)",
+    )
+    parser.add_argument(
+        "--kademlia-python",
+        default=sys.executable,
+        help="interpreter with the kademlia package (this one)",
+    )
+    parser.add_argument(
+        "--kademlia-ksize",
+        type=int,
+        default=20,
+        help="k of the kademlia servers (20, the library's default)",
+    )
+    parser.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=900.0,
+        help="wall-clock limit per worker process, s (900)",
+    )
     parser.add_argument("--worker", choices=["dhtchat"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -664,36 +764,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     for impl in selected:
         outcome = run_worker(impl, args)
         if outcome.result is not None:
-            outcome.result["_elapsed_s"] = outcome.elapsed_s
+            outcome.result["worker_wall_s"] = outcome.elapsed_s
         outcomes.append(outcome)
-        print(f"== {impl}: finished in {outcome.elapsed_s:.1f} s"
-              f"{' (' + outcome.note + ')' if outcome.note else ''}", file=sys.stderr, flush=True)
+        print(
+            f"== {impl}: finished in {outcome.elapsed_s:.1f} s"
+            f"{' (' + outcome.note + ')' if outcome.note else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     table, ratios = build_report(outcomes)
     print()
-    print(f"DHT loopback benchmark: {args.nodes} nodes, {args.ops} puts + {args.ops} gets, "
-          f"seed {args.seed}, {args.value_size}-byte values, "
-          f"{os.cpu_count()} CPUs, {platform.platform()}")
+    print(
+        f"DHT loopback benchmark: {args.nodes} nodes, {args.ops} puts + {args.ops} gets, "
+        f"seed {args.seed}, {args.value_size}-byte values, "
+        f"{os.cpu_count()} CPUs ({cpu_model()}), {platform.platform()}"
+    )
+    print(
+        "latency: wall time of one op (sequential ops, failures included); "
+        "CPU: process CPU of the whole N-node network per op"
+    )
     print(table)
 
     if args.json:
         report = {
             "config": {k: v for k, v in vars(args).items() if k not in ("worker",)},
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                        "processor": platform.processor()},
-            "results": {o.impl: o.result or {"impl": o.impl, "available": False,
-                                              "reason": o.note} for o in outcomes},
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "processor": cpu_model(),
+            },
+            "results": {
+                o.impl: o.result or {"impl": o.impl, "available": False, "reason": o.note}
+                for o in outcomes
+            },
             "ratios": ratios,
         }
         Path(args.json).write_text(
-            json.dumps(without_nan(report), indent=2, allow_nan=False) + "\n")
+            json.dumps(without_nan(report), indent=2, allow_nan=False) + "\n"
+        )
         print(f"\nwrote {args.json}")
 
     dhtchat = next((o for o in outcomes if o.impl == "dhtchat"), None)
     if dhtchat is None:
         return 0
-    good = (dhtchat.result is not None and dhtchat.result.get("available")
-            and "put" in dhtchat.result)
+    good = (
+        dhtchat.result is not None and dhtchat.result.get("available") and "put" in dhtchat.result
+    )
     return 0 if good else 1
 
 

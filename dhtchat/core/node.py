@@ -757,18 +757,27 @@ class DhtNode:
         now: float,
     ) -> None:
         body = envelope.body
-        sender_id = node_id_from_public_key(envelope.sender)
+        # Match before verifying: a flood of unsolicited replies costs a dict lookup each,
+        # not a signature check.
+        txn: _Transaction | None = None
+        if isinstance(body, Push):
+            if envelope.tid not in self._listen_tids:
+                self.stats["pushes_unmatched"] += 1
+                return
+        else:
+            txn = self._transactions.get(envelope.tid)
+            if txn is None or txn.address != address:
+                self.stats["responses_unmatched"] += 1
+                return
         if self.config.verify_signatures and not verify_signature(
             envelope.sender, response_signed_bytes(self.node_id, envelope_bytes), signature
         ):
             raise RemoteProtocolError("response signature invalid")
-        if isinstance(body, Push):
+        if txn is None:
+            assert isinstance(body, Push)
             self._handle_push(envelope.tid, body, address, now)
             return
-        txn = self._transactions.get(envelope.tid)
-        if txn is None or txn.address != address:
-            self.stats["responses_unmatched"] += 1
-            return
+        sender_id = node_id_from_public_key(envelope.sender)
         if txn.expected_id is not None and sender_id != txn.expected_id:
             del self._transactions[envelope.tid]
             self._misbehaved(address, "responder is not the node we asked")
