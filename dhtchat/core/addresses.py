@@ -42,8 +42,11 @@ def subnet_of(host: str) -> str:
 
 def is_valid_contact_address(host: str, port: int) -> bool:
     """False for addresses a contact can never have (port 0, unspecified, multicast)."""
-    if not 0 < port < 65536:
-        return False
+    return 0 < port < 65536 and _is_valid_contact_host(host)
+
+
+@lru_cache(maxsize=65536)
+def _is_valid_contact_host(host: str) -> bool:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

@@ -866,15 +866,16 @@ class DhtNode:
         for record in body.records:
             if query.owner is not None and record.owner != query.owner:
                 continue
+            held = query.records.get(record.owner)
+            if held is not None and (held == record or held.seq > record.seq):
+                continue  # already verified (each storer returns the same record) or older
             try:
                 validate_record(record, query.target, now,
                                 verify_signature_=self.config.verify_signatures)
             except InvalidRecord as exc:
                 self._misbehaved(address, f"invalid record in reply: {exc}")
                 continue
-            held = query.records.get(record.owner)
-            if held is None or record.seq > held.seq:
-                query.records[record.owner] = record
+            query.records[record.owner] = record
         assert isinstance(txn.body, GetValues)
         offset = txn.body.offset
         if body.truncated or (body.records and offset + len(body.records) < min(body.total, 4096)):

@@ -83,6 +83,7 @@ class RoutingTable:
         self._buckets = [_Bucket() for _ in range(ID_BITS)]
         self._subnet_counts: Counter[str] = Counter()
         self._size = 0
+        self._deepest = -1  # highest index of a non-empty bucket
 
     def __len__(self) -> int:
         return self._size
@@ -159,6 +160,7 @@ class RoutingTable:
         bucket.last_changed = now
         self._subnet_counts[contact.subnet] += 1
         self._size += 1
+        self._deepest = max(self._deepest, self.bucket_index(contact.node_id))
 
     def remove(self, node_id: bytes, now: float) -> Contact | None:
         """Remove a contact and promote the freshest replacement. Returns the promoted one."""
@@ -176,6 +178,8 @@ class RoutingTable:
             if self._subnet_allows(bucket, candidate.subnet):
                 self._insert(bucket, candidate, now)
                 return candidate
+        while self._deepest >= 0 and not self._buckets[self._deepest].contacts:
+            self._deepest -= 1
         return None
 
     def record_failure(self, node_id: bytes, now: float) -> bool:
@@ -207,11 +211,12 @@ class RoutingTable:
         if c < ID_BITS:
             take(list(self._buckets[c].contacts.values()))
             if len(result) < count:
-                take([x for b in self._buckets[c + 1 :] for x in b.contacts.values()])
+                take([x for b in self._buckets[c + 1 : self._deepest + 1]
+                      for x in b.contacts.values()])
             start = c - 1
         else:  # target is our own id: every bucket, deepest (closest) first
-            start = ID_BITS - 1
-        for i in range(start, -1, -1):
+            start = self._deepest
+        for i in range(min(start, self._deepest), -1, -1):
             if len(result) >= count:
                 break
             if self._buckets[i].contacts:
@@ -221,9 +226,9 @@ class RoutingTable:
     def stale_buckets(self, now: float, max_age: float) -> list[int]:
         """Indices of buckets not refreshed within ``max_age`` seconds, up to the deepest one
         in use (buckets past it hold no one to find)."""
-        deepest = max((i for i, b in enumerate(self._buckets) if b.contacts), default=-1)
         return [
-            i for i in range(deepest + 1) if now - self._buckets[i].last_changed >= max_age
+            i for i in range(self._deepest + 1)
+            if now - self._buckets[i].last_changed >= max_age
         ]
 
     def touch_bucket(self, index: int, now: float) -> None:
