@@ -130,6 +130,28 @@ def _describe(event: Event) -> str | None:
     return None
 
 
+class _LogBudget:
+    """At most ``per_minute`` lines per minute; reports how many were suppressed."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._window_start = 0.0
+        self._used = 0
+        self._suppressed = 0
+
+    def allow(self, now: float) -> bool:
+        if now - self._window_start >= 60.0:
+            if self._suppressed:
+                log.info("suppressed %d more bad-datagram lines in the last minute",
+                         self._suppressed)
+            self._window_start, self._used, self._suppressed = now, 0, 0
+        if self._used < self.per_minute:
+            self._used += 1
+            return True
+        self._suppressed += 1
+        return False
+
+
 # ---------------------------------------------------------------------------- id
 
 
@@ -176,10 +198,15 @@ async def _run_node(args: argparse.Namespace) -> int:
         state = NodeState(Profile(profile_root).node_db_path)
         node_key = state.node_key()
 
+    misbehaviour = _LogBudget(per_minute=20)
+
     def on_event(event: Event) -> None:
         line = _describe(event)
-        if line is not None:
-            log.info("%s", line)
+        if line is None:
+            return
+        if isinstance(event, PeerMisbehaved) and not misbehaviour.allow(time.monotonic()):
+            return  # a flood of bad datagrams must not flood the log too
+        log.info("%s", line)
 
     try:
         node = await UdpDhtNode.create(args.host, args.port, node_key=node_key,
