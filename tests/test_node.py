@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.events import (
     BootstrapCompleted,
     ContactEvicted,
@@ -18,7 +21,18 @@ from dhtchat.core.ids import distance
 from dhtchat.core.lookup import Lookup
 from dhtchat.core.node import DhtConfig, DhtNode
 from dhtchat.core.records import RecordType, make_app_record, make_record
-from dhtchat.core.wire import FindNode, decode
+from dhtchat.core.wire import (
+    Envelope,
+    FindNode,
+    GetValues,
+    Ping,
+    Values,
+    decode,
+    encode_envelope,
+    encode_request,
+    pack,
+    response_signed_bytes,
+)
 from tests.support import MemoryNetwork, build_network, node_key
 
 NOW = 1_700_000_000.0
@@ -233,3 +247,55 @@ def test_spoofed_and_wrong_responses_are_ignored() -> None:
     assert center.stats["misbehaved"] == 1
     center.receive_datagram(reply, dst, NOW)
     assert center.stats["responses_received"] == 1
+
+
+def _signed_reply(peer_key_seed: int, requester_id: bytes, tid: bytes, body: object) -> bytes:
+    key = node_key(peer_key_seed)
+    envelope_bytes = encode_envelope(Envelope(tid, key.public_key, 0, b"t" * 16, body))  # type: ignore[arg-type]
+    return pack(envelope_bytes, key.sign(response_signed_bytes(requester_id, envelope_bytes)))
+
+
+def test_a_storer_that_never_delivers_pages_cannot_stall_a_get() -> None:
+    center, _peers, addresses = _star(1)
+    key = random.Random(1).randbytes(32)
+    qid = center.get(key, NOW)
+    requests = 0
+    now = NOW
+    for _ in range(50):
+        out = [(d, a) for d, a in center.datagrams_to_send(now)
+               if isinstance(decode(d).envelope.body, GetValues)]
+        if not out:
+            break
+        for data, address in out:
+            requests += 1
+            tid = decode(data).envelope.tid
+            # "there are 5 records, but you get none of them": truncated, empty, forever
+            reply = _signed_reply(100, center.node_id, tid, Values([], 5, True, []))
+            now += 0.01
+            center.receive_datagram(reply, address, now)
+    assert requests <= 2  # the first answer, then one retry with a token, then stop
+    events = []
+    while (event := center.next_event()) is not None:
+        events.append(event)
+    assert any(isinstance(e, GetCompleted) and e.query_id == qid for e in events)
+    assert addresses
+
+
+def test_spoofed_requests_naming_a_contact_do_not_get_it_evicted() -> None:
+    center, peers, addresses = _star(3, DhtConfig(max_failures=2, maintenance_interval=1e9))
+    victim = peers[0]
+    for i in range(6):
+        spoof = encode_request(bytes([i]) * 8, victim.public_key, 0, b"", Ping(), 600)
+        center.receive_datagram(spoof, ("10.66.0.1", 9999), NOW + i)
+        center.datagrams_to_send(NOW + i)  # the verification pings go to the spoofer
+        center.handle_timer(NOW + i + 10.0)  # ...and time out
+    assert victim.node_id in center.table
+    assert center.table.get(victim.node_id).address == addresses[0]  # type: ignore[union-attr]
+
+
+def test_config_rejects_a_k_whose_replies_would_not_fit() -> None:
+    with pytest.raises(LocalProtocolError):
+        DhtConfig(k=21)
+    with pytest.raises(LocalProtocolError):
+        DhtConfig(alpha=0)
+    assert DhtConfig(k=20).request_pad <= 1400

@@ -213,29 +213,40 @@ async def _run_node(args: argparse.Namespace) -> int:
                                        on_event=on_event)
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
-    log.info("node %s listening on %s", node.node_id.hex(), format_address(node.address))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    log.info("node %s listening on %s", node.node_id.hex(), format_address(node.address))
     if state is not None:
         remembered = state.contacts()
         if remembered:
             log.info("re-verifying %d remembered contacts", len(remembered))
             node.add_known_contacts(remembered)
-    if bootstrap:
+    where = ", ".join(format_address(a) for a in bootstrap)
+
+    async def join() -> None:
         try:
             contacts = await node.bootstrap(bootstrap)
-            log.info("joined through %s: %d contacts",
-                     ", ".join(format_address(a) for a in bootstrap), contacts)
         except TimeoutError:
-            log.warning("bootstrap through %s timed out; will keep trying via refresh",
-                        ", ".join(format_address(a) for a in bootstrap))
+            contacts = len(node.core.table)
+        if contacts:
+            log.info("joined through %s: %d contacts", where, contacts)
+        else:
+            log.warning("no node answered at %s; retrying every 30 s", where)
+
+    join_task: asyncio.Task[None] | None = None
     while not stop.is_set():
+        if bootstrap and len(node.core.table) == 0 and (join_task is None or join_task.done()):
+            join_task = asyncio.create_task(join())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 30.0)
         if state is not None:
             state.save_contacts(node.contacts())
+    if join_task is not None and not join_task.done():
+        join_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await join_task
     if state is not None:
         state.save_contacts(node.contacts())
         state.close()
@@ -278,8 +289,8 @@ async def _dht_put(args: argparse.Namespace) -> int:
         raise UsageError(f"VALUE is {len(value)} bytes; the limit is {MAX_VALUE_BYTES}")
     if not 1 <= args.ttl <= 7 * 24 * 3600:
         raise UsageError("--ttl must be between 1 second and 7 days")
-    profile, chosen = _profile(args)
-    if chosen and profile.has_identity():
+    profile, _ = _profile(args)
+    if profile.has_identity():  # publish as yourself when you have an identity
         signer = _load_identity(profile)
     else:
         signer = SigningIdentity.from_seed(secrets.token_bytes(SEED_BYTES))
@@ -442,6 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `dhtchat id show --qr | head`
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return EXIT_FAILED
     return code
 
 

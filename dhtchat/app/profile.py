@@ -5,7 +5,9 @@ directory (``platformdirs.user_data_dir("dhtchat")``, e.g. ``~/.local/share/dhtc
 
 Node state (``node.sqlite``) holds the node key (separate from the identity key, so the DHT
 never links an IP address to a person) and the contacts last known, so a restarted node
-rejoins the network without a bootstrap address.
+rejoins the network without a bootstrap address. ``dhtchat node`` keeps node state only when
+a profile is given explicitly (``--profile`` or ``$DHTCHAT_HOME``); otherwise it runs with an
+ephemeral node key, as a throwaway bootstrap node would.
 """
 
 from __future__ import annotations

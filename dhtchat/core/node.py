@@ -95,6 +95,8 @@ _ZERO_SIGNATURE: Final = bytes(64)
 _MAX_TRACKED_ADDRESSES: Final = 8192
 _VALUES_OVERHEAD: Final = 160  # envelope, signature and Values fields around the lists
 _NODE_INFO_SIZE: Final = 60  # upper bound of one encoded NodeInfo (IPv6)
+_MAX_RECORDS_PER_GET: Final = 4096  # a get follows pages up to this many records per storer
+_MAX_PAGES_PER_QUERY: Final = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,6 +133,16 @@ class DhtConfig:
     verify_signatures: bool = True
     read_only: bool = False
     max_queued_events: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= MAX_NODES_PER_REPLY:
+            raise LocalProtocolError(
+                f"k must be 1..{MAX_NODES_PER_REPLY} (a Nodes reply must fit in a datagram)"
+            )
+        if not 1 <= self.alpha <= 32:
+            raise LocalProtocolError("alpha must be 1..32")
+        if self.max_failures < 1 or self.min_rto <= 0 or self.max_rto < self.min_rto:
+            raise LocalProtocolError("max_failures >= 1 and 0 < min_rto <= max_rto required")
 
     @property
     def request_pad(self) -> int:
@@ -181,6 +193,7 @@ class _Query:
     record: Record | None = None
     records: dict[bytes, Record] = field(default_factory=dict)
     pending: int = 0  # outstanding non-lookup requests (pages, stores, listens, pings)
+    pages: int = 0
     stored: int = 0
     attempted: int = 0
     renew_at: float = 0.0
@@ -858,6 +871,8 @@ class DhtNode:
             if isinstance(body, Listening):
                 query.stored += 1
                 self._listen_tids[txn.tid] = (query.query_id, now + body.duration + 5)
+                # renew before the shortest subscription a storer granted runs out
+                query.renew_at = min(query.renew_at, now + max(1.0, body.duration / 2))
             self._maybe_announce_listen(query)
 
     def _collect_values(
@@ -878,11 +893,18 @@ class DhtNode:
             query.records[record.owner] = record
         assert isinstance(txn.body, GetValues)
         offset = txn.body.offset
-        if body.truncated or (body.records and offset + len(body.records) < min(body.total, 4096)):
-            next_offset = offset + len(body.records)
-        else:
+        more = offset + len(body.records) < min(body.total, _MAX_RECORDS_PER_GET)
+        if body.records:
+            if not more:
+                return
+        elif not (body.truncated and txn.purpose is _Purpose.LOOKUP):
+            return  # no progress: never ask for the same page twice
+        if query.pages >= _MAX_PAGES_PER_QUERY:
+            self.stats["page_budget_exhausted"] += 1
             return
+        query.pages += 1
         query.pending += 1
+        next_offset = offset + len(body.records)
         self._send_request(address, GetValues(query.target, query.owner or b"", next_offset),
                            now, purpose=_Purpose.PAGE, query_id=query.query_id,
                            expected_id=txn.expected_id)
@@ -939,9 +961,11 @@ class DhtNode:
     def _fail(self, txn: _Transaction, now: float) -> None:
         if txn.expected_id is not None:
             contact = self.table.get(txn.expected_id)
-            address = contact.address if contact is not None else txn.address
-            if self.table.record_failure(txn.expected_id, now):
-                self._emit(ContactEvicted(node_id=txn.expected_id, address=address))
+            # Only a failure at the contact's known address counts against it: a spoofed
+            # request naming the contact from elsewhere must not get it evicted.
+            if contact is not None and contact.address == txn.address and \
+                    self.table.record_failure(txn.expected_id, now):
+                self._emit(ContactEvicted(node_id=txn.expected_id, address=txn.address))
         self._verifying.pop(txn.expected_id or b"", None)
         query = self._queries.get(txn.query_id) if txn.query_id is not None else None
         if query is None:
@@ -977,7 +1001,7 @@ class DhtNode:
             return
         if not is_valid_contact_address(*address):
             return
-        if not self.table.has_room_for(node_id, address):
+        if contact is None and not self.table.has_room_for(node_id, address):
             # A full bucket keeps its long-lived contacts (Kademlia sec. 2.2); new ones only
             # get in through the replacement cache, fed by verified lookup replies.
             self.stats["verifications_not_needed"] += 1
@@ -1021,6 +1045,8 @@ class DhtNode:
             if not any(c.node_id == node_id for c in closest):
                 continue
             for record in self.store.records(key, now):
+                if sent >= self.config.handover_limit:
+                    break
                 self._send_request(address, Store(record), now, purpose=_Purpose.HANDOVER,
                                    expected_id=node_id)
                 sent += 1

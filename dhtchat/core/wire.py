@@ -29,7 +29,7 @@ MAGIC: Final = b"dc\x01"  # protocol name + version 1
 MAX_DATAGRAM_BYTES: Final = 1400
 TID_BYTES: Final = 8
 TOKEN_BYTES: Final = 16
-MAX_NODES_PER_REPLY: Final = 32
+MAX_NODES_PER_REPLY: Final = 20  # 20 IPv6 contacts + envelope fit in MAX_DATAGRAM_BYTES
 MAX_RECORDS_PER_REPLY: Final = 16
 MAX_PAD_BYTES: Final = MAX_DATAGRAM_BYTES
 

@@ -37,6 +37,7 @@ log = logging.getLogger("dhtchat.net")
 _E = TypeVar("_E", bound=Event)
 
 _SOCKET_BUFFER = 4 * 1024 * 1024
+_MAX_TIMER_DELAY = 5.0
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -167,7 +168,11 @@ class UdpDhtNode:
         sub = Subscription(self, query_id)
         self._subscriptions[query_id] = sub
         self._flush()
-        await asyncio.wait_for(asyncio.shield(sub.started), timeout)
+        try:
+            await asyncio.wait_for(asyncio.shield(sub.started), timeout)
+        except TimeoutError:
+            sub.close()
+            raise
         return sub
 
     def contacts(self) -> list[tuple[bytes, Address, float]]:
@@ -245,7 +250,9 @@ class UdpDhtNode:
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
-            delay = max(0.0, deadline - now)
+            # Capped so that a wall-clock step backwards delays timers by seconds, not hours;
+            # an early call is harmless (the core only acts on what is due).
+            delay = min(max(0.0, deadline - now), _MAX_TIMER_DELAY)
             self._timer = self._loop.call_at(self._loop.time() + delay, self._on_timer)
 
     def _dispatch(self, event: Event) -> None:
