@@ -80,7 +80,9 @@ class RoutingTable:
         self.max_per_subnet_table = max_per_subnet_table
         self.replacement_cache_size = k if replacement_cache_size is None else \
             replacement_cache_size
-        self._buckets = [_Bucket() for _ in range(ID_BITS)]
+        # Buckets are created on first use: a node fills ~log2(N) of the 256 (memory matters
+        # when the simulator runs 100k nodes).
+        self._buckets: list[_Bucket | None] = [None] * ID_BITS
         self._subnet_counts: Counter[str] = Counter()
         self._size = 0
         self._deepest = -1  # highest index of a non-empty bucket
@@ -99,11 +101,12 @@ class RoutingTable:
         """The contact with this id, if present."""
         if node_id == self.own_id:
             return None
-        return self._buckets[self.bucket_index(node_id)].contacts.get(node_id)
+        bucket = self._buckets[self.bucket_index(node_id)]
+        return bucket.contacts.get(node_id) if bucket is not None else None
 
     def contacts(self) -> list[Contact]:
         """Every contact, bucket by bucket."""
-        return [c for b in self._buckets for c in b.contacts.values()]
+        return [c for b in self._buckets if b is not None for c in b.contacts.values()]
 
     def add(self, node_id: bytes, address: Address, now: float) -> tuple[AddResult, Contact | None]:
         """Insert or refresh a verified contact.
@@ -113,7 +116,7 @@ class RoutingTable:
         """
         if node_id == self.own_id:
             return AddResult.REJECTED_SELF, None
-        bucket = self._buckets[self.bucket_index(node_id)]
+        bucket = self._bucket(self.bucket_index(node_id))
         existing = bucket.contacts.get(node_id)
         if existing is not None:
             if existing.address != address:
@@ -144,10 +147,16 @@ class RoutingTable:
         """Whether an unknown contact would enter its bucket now (not full, diverse enough)."""
         if node_id == self.own_id:
             return False
-        bucket = self._buckets[self.bucket_index(node_id)]
+        bucket = self._bucket(self.bucket_index(node_id))
         return len(bucket.contacts) < self.k and self._subnet_allows(
             bucket, subnet_of(address[0])
         )
+
+    def _bucket(self, index: int) -> _Bucket:
+        bucket = self._buckets[index]
+        if bucket is None:
+            bucket = self._buckets[index] = _Bucket()
+        return bucket
 
     def _subnet_allows(self, bucket: _Bucket, subnet: str) -> bool:
         if self._subnet_counts[subnet] >= self.max_per_subnet_table:
@@ -165,6 +174,8 @@ class RoutingTable:
     def remove(self, node_id: bytes, now: float) -> Contact | None:
         """Remove a contact and promote the freshest replacement. Returns the promoted one."""
         bucket = self._buckets[self.bucket_index(node_id)]
+        if bucket is None:
+            return None
         contact = bucket.contacts.pop(node_id, None)
         bucket.replacements.pop(node_id, None)
         if contact is None:
@@ -178,7 +189,7 @@ class RoutingTable:
             if self._subnet_allows(bucket, candidate.subnet):
                 self._insert(bucket, candidate, now)
                 return candidate
-        while self._deepest >= 0 and not self._buckets[self._deepest].contacts:
+        while self._deepest >= 0 and not self._contacts_in(self._deepest):
             self._deepest -= 1
         return None
 
@@ -209,9 +220,9 @@ class RoutingTable:
             result.extend(group)
 
         if c < ID_BITS:
-            take(list(self._buckets[c].contacts.values()))
+            take(self._contacts_in(c))
             if len(result) < count:
-                take([x for b in self._buckets[c + 1 : self._deepest + 1]
+                take([x for b in self._buckets[c + 1 : self._deepest + 1] if b is not None
                       for x in b.contacts.values()])
             start = c - 1
         else:  # target is our own id: every bucket, deepest (closest) first
@@ -219,8 +230,9 @@ class RoutingTable:
         for i in range(min(start, self._deepest), -1, -1):
             if len(result) >= count:
                 break
-            if self._buckets[i].contacts:
-                take(list(self._buckets[i].contacts.values()))
+            group = self._contacts_in(i)
+            if group:
+                take(group)
         return result
 
     def stale_buckets(self, now: float, max_age: float) -> list[int]:
@@ -228,9 +240,17 @@ class RoutingTable:
         in use (buckets past it hold no one to find)."""
         return [
             i for i in range(self._deepest + 1)
-            if now - self._buckets[i].last_changed >= max_age
+            if now - self._last_changed(i) >= max_age
         ]
 
     def touch_bucket(self, index: int, now: float) -> None:
         """Mark a bucket as refreshed (a lookup into its range was done)."""
-        self._buckets[index].last_changed = now
+        self._bucket(index).last_changed = now
+
+    def _contacts_in(self, index: int) -> list[Contact]:
+        bucket = self._buckets[index]
+        return list(bucket.contacts.values()) if bucket is not None else []
+
+    def _last_changed(self, index: int) -> float:
+        bucket = self._buckets[index]
+        return bucket.last_changed if bucket is not None else 0.0
