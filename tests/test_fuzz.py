@@ -60,6 +60,10 @@ def _capture_corpus() -> tuple[MemoryNetwork, list[bytes]]:
     net = build_network(12, seed=7)
     net.tap = lambda data, src, dst: corpus.append(data)
     addresses = list(net.nodes)
+    newcomer = ("10.77.0.1", 4000)  # a join: pings and pongs
+    net.add_node(newcomer, 555)
+    net.command(newcomer, lambda n, now: n.bootstrap([addresses[0]], now))
+    net.run(duration=5.0)
     signer = node_key(4242)
     for i in range(6):
         rec = make_app_record(signer, f"k{i}", b"x" * (i * 150), seq=1,

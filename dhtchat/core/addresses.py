@@ -14,13 +14,13 @@ from dhtchat.core.errors import RemoteProtocolError
 Address = tuple[str, int]
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=1 << 18)
 def pack_ip(host: str) -> bytes:
     """4 or 16 byte packed form of an IP literal."""
     return ipaddress.ip_address(host).packed
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=1 << 18)
 def unpack_ip(packed: bytes) -> str:
     """Textual form of a packed IP; raises :class:`RemoteProtocolError` on a bad length."""
     if len(packed) == 4:
@@ -30,7 +30,7 @@ def unpack_ip(packed: bytes) -> str:
     raise RemoteProtocolError("an IP address is 4 or 16 bytes")
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=1 << 18)
 def subnet_of(host: str) -> str:
     """The diversity group of an address: its IPv4 /24 or IPv6 /64."""
     ip = ipaddress.ip_address(host)
@@ -45,7 +45,7 @@ def is_valid_contact_address(host: str, port: int) -> bool:
     return 0 < port < 65536 and _is_valid_contact_host(host)
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=1 << 18)
 def _is_valid_contact_host(host: str) -> bool:
     try:
         ip = ipaddress.ip_address(host)

@@ -23,7 +23,10 @@ class BootstrapCompleted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LookupCompleted(Event):
-    """A ``find_node`` finished with the closest contacts that answered."""
+    """A ``find_node`` finished with the closest contacts that answered.
+
+    ``hops`` is the number of sequential requests it took to reach the closest of them.
+    """
 
     query_id: int
     target: bytes

@@ -67,8 +67,12 @@ class Lookup:
         self.responses = 0
         self.failures = 0
 
-    def add(self, node_id: bytes, address: Address, hops: int = 0) -> None:
-        """Offer a candidate (ignored if known, or farther than a full shortlist)."""
+    def add(self, node_id: bytes, address: Address, hops: int = 1) -> None:
+        """Offer a candidate (ignored if known, or farther than a full shortlist).
+
+        ``hops`` is the number of sequential requests needed to reach it: 1 for contacts from
+        our own table, one more than the node that named it otherwise.
+        """
         if node_id in self._candidates:
             return
         cand = Candidate(node_id, address, distance(node_id, self.target), hops)
@@ -150,6 +154,79 @@ class Lookup:
         n = self.k if count is None else count
         return [c for c in self._sorted if c.state is CandidateState.ANSWERED][:n]
 
-    def max_hops(self) -> int:
-        """Deepest hop count among the k closest answered candidates."""
-        return max((c.hops for c in self.closest_answered()), default=0)
+    def hops(self) -> int:
+        """Sequential requests it took to reach the closest node that answered (0: none)."""
+        closest = self.closest_answered(1)
+        return closest[0].hops if closest else 0
+
+    def owns(self, node_id: bytes) -> bool:
+        """Whether ``node_id`` is a candidate of this lookup."""
+        return node_id in self._candidates
+
+
+class DisjointLookup:
+    """``d`` lookups over disjoint sets of nodes (S/Kademlia, Baumgart & Mies 2007, sec. 4.4).
+
+    Our own closest contacts are dealt round-robin to the paths; a contact a path learns joins
+    that path only if no other path has it, so a node (honest or not) influences one path at
+    most. The lookup ends when every path has ended; the result is the union of the paths'
+    answers, closest first. ``alpha`` applies per path.
+    """
+
+    def __init__(self, target: bytes, *, k: int, alpha: int, paths: int,
+                 max_queries: int = 128) -> None:
+        self.target = target
+        self.k = k
+        self.paths = [Lookup(target, k=k, alpha=alpha, max_queries=max_queries)
+                      for _ in range(paths)]
+        self._path_of: dict[bytes, Lookup] = {}
+        self._next_seed = 0
+
+    def add(self, node_id: bytes, address: Address, hops: int = 1) -> None:
+        """Deal a seed contact to the next path."""
+        if node_id in self._path_of:
+            return
+        path = self.paths[self._next_seed % len(self.paths)]
+        self._next_seed += 1
+        self._path_of[node_id] = path
+        path.add(node_id, address, hops)
+
+    def next_queries(self) -> list[Candidate]:
+        """Queries to send now, over all paths."""
+        return [cand for path in self.paths for cand in path.next_queries()]
+
+    def on_response(self, node_id: bytes, closer: list[tuple[bytes, Address]]) -> None:
+        """Route an answer to its path; unclaimed contacts join that path."""
+        path = self._path_of.get(node_id)
+        if path is None:
+            return
+        fresh = [(n, a) for n, a in closer if self._path_of.setdefault(n, path) is path]
+        path.on_response(node_id, fresh)
+
+    def on_failure(self, node_id: bytes) -> None:
+        """Route a failure to its path."""
+        path = self._path_of.get(node_id)
+        if path is not None:
+            path.on_failure(node_id)
+
+    @property
+    def finished(self) -> bool:
+        """True when every path has finished."""
+        return all(path.finished for path in self.paths)
+
+    @property
+    def queries_sent(self) -> int:
+        """Requests sent over all paths."""
+        return sum(path.queries_sent for path in self.paths)
+
+    def closest_answered(self, count: int | None = None) -> list[Candidate]:
+        """Union of the paths' answers, nearest first."""
+        n = self.k if count is None else count
+        merged = sorted((c for path in self.paths for c in path.closest_answered()),
+                        key=lambda c: c.distance)
+        return merged[:n]
+
+    def hops(self) -> int:
+        """Hops to the closest node any path reached."""
+        closest = self.closest_answered(1)
+        return closest[0].hops if closest else 0

@@ -56,7 +56,7 @@ from dhtchat.core.events import (
 )
 from dhtchat.core.identity import SigningIdentity, verify_signature
 from dhtchat.core.ids import ID_BITS, ID_BYTES, distance, node_id_from_public_key
-from dhtchat.core.lookup import Candidate, Lookup
+from dhtchat.core.lookup import Candidate, DisjointLookup, Lookup
 from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record, encoded_size, validate_record
 from dhtchat.core.routing import AddResult, RoutingTable
@@ -110,6 +110,8 @@ class DhtConfig:
     min_rto: float = 0.2
     max_rto: float = 4.0
     max_lookup_queries: int = 128
+    disjoint_paths: int = 1
+    refresh_on_join: bool = True
     max_per_subnet_bucket: int = 2
     max_per_subnet_table: int = 10
     token_epoch: float = 300.0
@@ -141,6 +143,8 @@ class DhtConfig:
             )
         if not 1 <= self.alpha <= 32:
             raise LocalProtocolError("alpha must be 1..32")
+        if not 1 <= self.disjoint_paths <= 16:
+            raise LocalProtocolError("disjoint_paths must be 1..16")
         if self.max_failures < 1 or self.min_rto <= 0 or self.max_rto < self.min_rto:
             raise LocalProtocolError("max_failures >= 1 and 0 < min_rto <= max_rto required")
 
@@ -188,7 +192,7 @@ class _Query:
     query_id: int
     kind: _Kind
     target: bytes
-    lookup: Lookup | None = None
+    lookup: Lookup | DisjointLookup | None = None
     owner: bytes | None = None
     record: Record | None = None
     records: dict[bytes, Record] = field(default_factory=dict)
@@ -245,6 +249,7 @@ class DhtNode:
             max_failures=self.config.max_failures,
             max_per_subnet_bucket=self.config.max_per_subnet_bucket,
             max_per_subnet_table=self.config.max_per_subnet_table,
+            now=now,
         )
         self.store = RecordStore(
             max_records=self.config.max_records,
@@ -412,9 +417,17 @@ class DhtNode:
         return query
 
     def _start_lookup(self, query: _Query, now: float) -> None:
-        lookup = Lookup(query.target, k=self.config.k, alpha=self.config.alpha,
-                        max_queries=self.config.max_lookup_queries)
-        for contact in self.table.closest(query.target, self.config.k):
+        lookup: Lookup | DisjointLookup
+        if self.config.disjoint_paths > 1:
+            lookup = DisjointLookup(query.target, k=self.config.k, alpha=self.config.alpha,
+                                    paths=self.config.disjoint_paths,
+                                    max_queries=self.config.max_lookup_queries)
+            seeds = self.config.k * self.config.disjoint_paths
+        else:
+            lookup = Lookup(query.target, k=self.config.k, alpha=self.config.alpha,
+                            max_queries=self.config.max_lookup_queries)
+            seeds = self.config.k
+        for contact in self.table.closest(query.target, seeds):
             lookup.add(contact.node_id, contact.address)
         query.lookup = lookup
         self._pump(query, now)
@@ -435,21 +448,28 @@ class DhtNode:
             query.lookup = None
             self._lookup_done(query, lookup, now)
 
-    def _lookup_done(self, query: _Query, lookup: Lookup, now: float) -> None:
+    def _lookup_done(
+        self, query: _Query, lookup: Lookup | DisjointLookup, now: float
+    ) -> None:
         closest = lookup.closest_answered()
         if query.kind is _Kind.FIND_NODE:
             self._finish(query, LookupCompleted(
                 query_id=query.query_id, target=query.target,
                 contacts=tuple((c.node_id, c.address) for c in closest),
-                queries=lookup.queries_sent, hops=lookup.max_hops()))
+                queries=lookup.queries_sent, hops=lookup.hops()))
         elif query.kind is _Kind.BOOTSTRAP:
             self._finish(query, BootstrapCompleted(query_id=query.query_id,
                                                    contacts=len(self.table)))
+            if self.config.refresh_on_join and closest:
+                # Kademlia sec. 2.3: refresh every bucket farther than the closest neighbour.
+                nearest = self.table.bucket_index(closest[0].node_id)
+                for index in range(nearest):
+                    self._refresh_bucket(index, now)
         elif query.kind is _Kind.GET:
             records = tuple(sorted(query.records.values(), key=lambda r: r.owner))
             self._finish(query, GetCompleted(query_id=query.query_id, key=query.target,
                                              records=records, queries=lookup.queries_sent,
-                                             hops=lookup.max_hops()))
+                                             hops=lookup.hops()))
         elif query.kind is _Kind.PUT:
             record = query.record
             assert record is not None
@@ -1082,11 +1102,15 @@ class DhtNode:
                 self._start_lookup(query, now)
         if len(self.table):
             for index in self.table.stale_buckets(now, self.config.bucket_refresh_interval)[:8]:
-                self.table.touch_bucket(index, now)
-                target = self._random_id_in_bucket(index)
-                query = self._new_query(_Kind.FIND_NODE, target, internal=True)
-                self._start_lookup(query, now)
-                self.stats["bucket_refreshes"] += 1
+                self._refresh_bucket(index, now)
+
+    def _refresh_bucket(self, index: int, now: float) -> None:
+        """Look up a random id in bucket ``index``'s range (Kademlia sec. 2.3)."""
+        self.table.touch_bucket(index, now)
+        query = self._new_query(_Kind.FIND_NODE, self._random_id_in_bucket(index),
+                                internal=True)
+        self._start_lookup(query, now)
+        self.stats["bucket_refreshes"] += 1
 
     def _random_id_in_bucket(self, index: int) -> bytes:
         own = int.from_bytes(self.node_id, "big")

@@ -72,6 +72,7 @@ class RoutingTable:
         max_per_subnet_bucket: int = 2,
         max_per_subnet_table: int = 10,
         replacement_cache_size: int | None = None,
+        now: float = 0.0,
     ) -> None:
         self.own_id = own_id
         self.k = k
@@ -86,6 +87,7 @@ class RoutingTable:
         self._subnet_counts: Counter[str] = Counter()
         self._size = 0
         self._deepest = -1  # highest index of a non-empty bucket
+        self._created = now  # an empty bucket counts as refreshed when the table was made
 
     def __len__(self) -> int:
         return self._size
@@ -156,6 +158,7 @@ class RoutingTable:
         bucket = self._buckets[index]
         if bucket is None:
             bucket = self._buckets[index] = _Bucket()
+            bucket.last_changed = self._created
         return bucket
 
     def _subnet_allows(self, bucket: _Bucket, subnet: str) -> bool:
@@ -253,4 +256,4 @@ class RoutingTable:
 
     def _last_changed(self, index: int) -> float:
         bucket = self._buckets[index]
-        return bucket.last_changed if bucket is not None else 0.0
+        return bucket.last_changed if bucket is not None else self._created
