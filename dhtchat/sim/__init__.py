@@ -1,0 +1,1 @@
+"""Discrete-event simulator running the real sans-IO DHT core on virtual time."""
