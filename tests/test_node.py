@@ -122,6 +122,7 @@ def test_contact_evicted_after_repeated_failures_not_one() -> None:
     for i in range(6):
         qid = net.command(observer, lambda n, now, t=victim.node_id: n.find_node(t, now))
         _by_query(net, observer, qid)
+        net.run(duration=node.config.max_rto + 1.0)  # past the hard timeout of the query
         failures_seen.append(victim.node_id in node.table)
         if victim.node_id not in node.table:
             break

@@ -33,6 +33,8 @@ class LookupCompleted(Event):
     contacts: tuple[tuple[bytes, Address], ...]
     queries: int
     hops: int
+    requests_sent: int = 0
+    bytes_sent: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +46,8 @@ class GetCompleted(Event):
     records: tuple[Record, ...]
     queries: int
     hops: int
+    requests_sent: int = 0
+    bytes_sent: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

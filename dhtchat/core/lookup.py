@@ -7,7 +7,9 @@ Theory of operation
 The lookup keeps a shortlist of candidates sorted by XOR distance to the target. Up to
 ``alpha`` queries are in flight at any time; whenever one answers or times out, the next
 unqueried candidate among the ``k`` closest live ones is queried at once (no lockstep rounds,
-so one slow node never stalls the others). The lookup ends when the ``k`` closest candidates
+so one slow node never stalls the others). A query past its RTO becomes *slow*: its slot goes
+to the next candidate, but its answer is still used if it arrives before the hard timeout.
+The lookup ends when the ``k`` closest candidates
 that have not failed have all answered. The shortlist is bounded and the number of queries is
 capped so a hostile network cannot make a lookup run forever.
 
@@ -30,6 +32,7 @@ class CandidateState(Enum):
     IN_FLIGHT = 1
     ANSWERED = 2
     FAILED = 3
+    SLOW = 4  # past its RTO: its slot is given to another query, a late answer still counts
 
 
 @dataclass(slots=True)
@@ -101,7 +104,7 @@ class Lookup:
         for cand in self._sorted:
             if self.in_flight >= self.alpha or live >= self.k:
                 break
-            if cand.state is CandidateState.FAILED:
+            if cand.state is CandidateState.FAILED or cand.state is CandidateState.SLOW:
                 continue
             live += 1
             if cand.state is CandidateState.NEW:
@@ -116,21 +119,31 @@ class Lookup:
     def on_response(self, node_id: bytes, closer: list[tuple[bytes, Address]]) -> None:
         """Record an answer and the contacts it returned."""
         cand = self._candidates.get(node_id)
-        if cand is None or cand.state is not CandidateState.IN_FLIGHT:
+        if cand is None or cand.state not in (CandidateState.IN_FLIGHT, CandidateState.SLOW):
             return
+        if cand.state is CandidateState.IN_FLIGHT:
+            self.in_flight -= 1
         cand.state = CandidateState.ANSWERED
-        self.in_flight -= 1
         self.responses += 1
         for other_id, address in closer:
             self.add(other_id, address, cand.hops + 1)
 
-    def on_failure(self, node_id: bytes) -> None:
-        """Record a timeout or refusal."""
+    def on_slow(self, node_id: bytes) -> None:
+        """The query passed its RTO: free its slot, keep accepting a late answer."""
         cand = self._candidates.get(node_id)
         if cand is None or cand.state is not CandidateState.IN_FLIGHT:
             return
-        cand.state = CandidateState.FAILED
+        cand.state = CandidateState.SLOW
         self.in_flight -= 1
+
+    def on_failure(self, node_id: bytes) -> None:
+        """Record a hard timeout or refusal."""
+        cand = self._candidates.get(node_id)
+        if cand is None or cand.state not in (CandidateState.IN_FLIGHT, CandidateState.SLOW):
+            return
+        if cand.state is CandidateState.IN_FLIGHT:
+            self.in_flight -= 1
+        cand.state = CandidateState.FAILED
         self.failures += 1
 
     @property
@@ -140,14 +153,15 @@ class Lookup:
             return self.in_flight == 0
         live = 0
         for cand in self._sorted:
-            if cand.state is CandidateState.FAILED:
+            if cand.state is CandidateState.FAILED or cand.state is CandidateState.SLOW:
                 continue
             if cand.state is not CandidateState.ANSWERED:
                 return False
             live += 1
             if live >= self.k:
-                break
-        return True
+                return True
+        # Fewer than k answers: a slow query may still bring the rest, wait for it.
+        return not any(c.state is CandidateState.SLOW for c in self._sorted)
 
     def closest_answered(self, count: int | None = None) -> list[Candidate]:
         """The closest candidates that answered, nearest first."""
@@ -202,6 +216,12 @@ class DisjointLookup:
             return
         fresh = [(n, a) for n, a in closer if self._path_of.setdefault(n, path) is path]
         path.on_response(node_id, fresh)
+
+    def on_slow(self, node_id: bytes) -> None:
+        """Route a soft timeout to its path."""
+        path = self._path_of.get(node_id)
+        if path is not None:
+            path.on_slow(node_id)
 
     def on_failure(self, node_id: bytes) -> None:
         """Route a failure to its path."""

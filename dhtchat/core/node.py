@@ -35,6 +35,7 @@ import heapq
 import hmac
 import random
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
@@ -112,6 +113,9 @@ class DhtConfig:
     max_lookup_queries: int = 128
     disjoint_paths: int = 1
     refresh_on_join: bool = True
+    # How a node id follows from a node public key. Only the simulator changes it, to model
+    # an attacker who can grind keys for chosen ids (Sybils next to a target).
+    node_id_function: Callable[[bytes], bytes] = node_id_from_public_key
     max_per_subnet_bucket: int = 2
     max_per_subnet_table: int = 10
     token_epoch: float = 300.0
@@ -177,6 +181,7 @@ class _Transaction:
     deadline: float
     attempts: int = 1
     token_retry_done: bool = False
+    slow: bool = False  # a lookup query past its RTO, still waiting until max_rto
 
 
 class _Kind(Enum):
@@ -198,6 +203,8 @@ class _Query:
     records: dict[bytes, Record] = field(default_factory=dict)
     pending: int = 0  # outstanding non-lookup requests (pages, stores, listens, pings)
     pages: int = 0
+    requests_sent: int = 0
+    bytes_sent: int = 0
     stored: int = 0
     attempted: int = 0
     renew_at: float = 0.0
@@ -240,7 +247,8 @@ class DhtNode:
         self.config = config if config is not None else DhtConfig()
         self.node_key = node_key
         self.public_key = node_key.public_key
-        self.node_id = node_id_from_public_key(self.public_key)
+        self._node_id_of = self.config.node_id_function
+        self.node_id = self._node_id_of(self.public_key)
         self._rng = rng
         self._token_secret = rng.randbytes(32)
         self.table = RoutingTable(
@@ -456,7 +464,8 @@ class DhtNode:
             self._finish(query, LookupCompleted(
                 query_id=query.query_id, target=query.target,
                 contacts=tuple((c.node_id, c.address) for c in closest),
-                queries=lookup.queries_sent, hops=lookup.hops()))
+                queries=lookup.queries_sent, hops=lookup.hops(),
+                requests_sent=query.requests_sent, bytes_sent=query.bytes_sent))
         elif query.kind is _Kind.BOOTSTRAP:
             self._finish(query, BootstrapCompleted(query_id=query.query_id,
                                                    contacts=len(self.table)))
@@ -469,7 +478,9 @@ class DhtNode:
             records = tuple(sorted(query.records.values(), key=lambda r: r.owner))
             self._finish(query, GetCompleted(query_id=query.query_id, key=query.target,
                                              records=records, queries=lookup.queries_sent,
-                                             hops=lookup.hops()))
+                                             hops=lookup.hops(),
+                                             requests_sent=query.requests_sent,
+                                             bytes_sent=query.bytes_sent))
         elif query.kind is _Kind.PUT:
             record = query.record
             assert record is not None
@@ -547,6 +558,11 @@ class DhtNode:
         self._outbox.append((data, txn.address))
         self.stats["requests_sent"] += 1
         self.stats["bytes_sent"] += len(data)
+        if txn.query_id is not None:
+            query = self._queries.get(txn.query_id)
+            if query is not None:
+                query.requests_sent += 1
+                query.bytes_sent += len(data)
 
     def _token_for(self, address: Address, now: float) -> tuple[bytes, bool]:
         entry = self._peer_tokens.get(address)
@@ -635,7 +651,7 @@ class DhtNode:
             self.stats["rate_limited"] += 1
             return
         self.stats["requests_received"] += 1
-        requester_id = node_id_from_public_key(envelope.sender)
+        requester_id = self._node_id_of(envelope.sender)
         validated = self._token_valid(envelope.token, address, now)
         body = envelope.body
         reply: ResponseBody
@@ -810,7 +826,7 @@ class DhtNode:
             assert isinstance(body, Push)
             self._handle_push(envelope.tid, body, address, now)
             return
-        sender_id = node_id_from_public_key(envelope.sender)
+        sender_id = self._node_id_of(envelope.sender)
         if txn.expected_id is not None and sender_id != txn.expected_id:
             del self._transactions[envelope.tid]
             self._misbehaved(address, "responder is not the node we asked")
@@ -959,6 +975,21 @@ class DhtNode:
     # ------------------------------------------------------------------ failures
 
     def _on_timeout(self, txn: _Transaction, now: float) -> None:
+        if txn.purpose is _Purpose.LOOKUP and not txn.slow:
+            # Soft timeout (Jimenez et al. 2011): give the slot to the next candidate now but
+            # keep listening for this answer until the hard limit.
+            txn.slow = True
+            hard = txn.sent_at + self.config.max_rto
+            if hard > now:
+                txn.deadline = hard
+                heapq.heappush(self._deadlines, (hard, txn.tid))
+                self.stats["soft_timeouts"] += 1
+                query = self._queries.get(txn.query_id) if txn.query_id is not None else None
+                if query is not None and query.lookup is not None and \
+                        txn.expected_id is not None:
+                    query.lookup.on_slow(txn.expected_id)
+                    self._pump(query, now)
+                return
         est = self._rtt.get(txn.address)
         if est is None:
             est = self._rtt[txn.address] = _Rtt()

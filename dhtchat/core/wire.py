@@ -234,6 +234,9 @@ def encode_request(
 ) -> bytes:
     """Encode an (unsigned) request, padded to ``pad_to`` bytes when its body has a pad field.
 
+    Length headers grow at 256 and 65536 bytes, so a few sizes cannot be hit exactly; the
+    result is then at most 2 bytes short of ``pad_to`` (never longer).
+
     Padding lets a requester without a token receive a full-size reply while the responder
     keeps its reply no larger than the request (anti-amplification, cf. RFC 9000 sec. 8.1).
     """
@@ -244,7 +247,7 @@ def encode_request(
     missing = target - len(data)
     best = data
     # The msgpack bin header of the pad grows from 1 to 3 bytes with its length: try each.
-    for overhead in (0, 1, 2, 3):
+    for overhead in range(7):
         padded = msgspec.structs.replace(body, pad=b"\0" * max(0, missing - overhead))
         candidate = pack(encode_envelope(Envelope(tid, sender, flags, token, padded)))
         if len(best) < len(candidate) <= target:

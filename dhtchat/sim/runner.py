@@ -1,0 +1,482 @@
+"""Scenarios: build a network, join it, run a workload, measure.
+
+A :class:`Scenario` is plain data (loaded from TOML, see ``simulations/``); :func:`run` turns
+it into a :class:`RunResult` with deterministic metrics (a pure function of the scenario,
+including its seed) and a separate wall-clock timing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dhtchat.core.events import Event, GetCompleted, LookupCompleted, PutCompleted
+from dhtchat.core.identity import SigningIdentity
+from dhtchat.core.node import DhtConfig
+from dhtchat.core.records import make_app_record
+from dhtchat.sim.models import CHURN_PRESETS, ChurnModel, Distribution, latency_from_spec
+from dhtchat.sim.network import (
+    SIM_EPOCH,
+    MisroutingNode,
+    SimNetwork,
+    SimNode,
+    derive_seed,
+    id_near,
+)
+from dhtchat.sim.oracle import ClosestOracle
+
+
+@dataclass
+class Scenario:
+    """Everything a run depends on. Field names match the TOML keys (see simulations/)."""
+
+    name: str = "default"
+    nodes: int = 1000
+    seed: int = 1
+    join: str = "realistic"  # "realistic" (bootstrap + self-lookup + refresh) or "oracle"
+    join_interval: float = 0.05  # seconds between realistic joins
+    settle: float = 30.0  # seconds between the last join and the workload
+    workload: str = "lookup"  # "lookup" or "putget"
+    lookups: int = 1000  # lookups, or put/get pairs for "putget"
+    rate: float = 100.0  # operations started per second
+    k: int = 8
+    alpha: int = 3
+    disjoint_paths: int = 1
+    verify_signatures: bool = False
+    latency: dict[str, Any] = field(default_factory=lambda: {"model": "lognormal",
+                                                              "median_ms": 50, "sigma": 0.6})
+    loss: float = 0.0
+    nat_fraction: float = 0.0
+    churn: str = ""  # preset name from CHURN_PRESETS, or "" for none
+    churn_session: dict[str, Any] = field(default_factory=dict)  # custom {kind, mean|scale...}
+    churn_downtime: dict[str, Any] = field(default_factory=dict)
+    adversary: str = ""  # "", "drop", "misroute" or "sybil"
+    adversary_fraction: float = 0.0
+    baseline: str = ""  # "" or "kademlia"
+    baseline_k: int = 20
+
+    @classmethod
+    def from_toml(cls, path: Path) -> Scenario:
+        """Load a scenario file; unknown keys are an error (typos must not pass silently)."""
+        data = tomllib.loads(path.read_text("utf-8"))
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, dict) and key not in ("latency", "churn_session",
+                                                       "churn_downtime"):
+                flat.update(value)  # [sections] are only for readability
+            else:
+                flat[key] = value
+        flat.setdefault("name", path.stem)
+        return cls.from_dict(flat)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scenario:
+        """Build from a flat dict, checking names and types."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown scenario keys: {', '.join(unknown)}")
+        scenario = cls(**data)
+        scenario.validate()
+        return scenario
+
+    def validate(self) -> None:
+        """Raise ValueError with a clear message on out-of-range parameters."""
+        if not 2 <= self.nodes <= 2_000_000:
+            raise ValueError("nodes must be 2..2,000,000")
+        if self.join not in ("realistic", "oracle"):
+            raise ValueError("join must be 'realistic' or 'oracle'")
+        if self.workload not in ("lookup", "putget"):
+            raise ValueError("workload must be 'lookup' or 'putget'")
+        if self.lookups < 0 or self.rate <= 0:
+            raise ValueError("lookups must be >= 0 and rate > 0")
+        if not 0 <= self.loss < 1 or not 0 <= self.nat_fraction < 1:
+            raise ValueError("loss and nat_fraction must be in [0, 1)")
+        if self.adversary not in ("", "drop", "misroute", "sybil"):
+            raise ValueError("adversary must be '', 'drop', 'misroute' or 'sybil'")
+        if not 0 <= self.adversary_fraction < 1:
+            raise ValueError("adversary_fraction must be in [0, 1)")
+        if self.churn and self.churn not in CHURN_PRESETS:
+            raise ValueError(f"unknown churn preset {self.churn!r}; "
+                             f"known: {', '.join(sorted(CHURN_PRESETS))}")
+        if self.baseline not in ("", "kademlia"):
+            raise ValueError("baseline must be '' or 'kademlia'")
+        DhtConfig(k=self.k, alpha=self.alpha, disjoint_paths=self.disjoint_paths)
+
+    def churn_model(self) -> ChurnModel | None:
+        """The churn model, if any."""
+        if self.churn:
+            return CHURN_PRESETS[self.churn]
+        if self.churn_session:
+            return ChurnModel(Distribution(**self.churn_session),
+                              Distribution(**(self.churn_downtime or self.churn_session)),
+                              "custom")
+        return None
+
+
+@dataclass
+class LookupRecord:
+    """One measured operation."""
+
+    index: int
+    kind: str
+    source: int
+    start_s: float
+    latency_ms: float
+    hops: int
+    queries: int
+    requests: int
+    bytes: int
+    success: bool
+    exact: bool
+
+
+@dataclass
+class RunResult:
+    """Deterministic metrics, per-operation rows and the wall-clock time taken."""
+
+    metrics: dict[str, Any]
+    lookups: list[LookupRecord]
+    wall_seconds: float
+    timeline: list[tuple[float, float]]  # (minute, success rate) under churn
+
+
+class _Progress:
+    """A one-line progress bar on stderr, shown only for runs longer than a few seconds."""
+
+    def __init__(self, total: float, label: str) -> None:
+        self.total = total
+        self.label = label
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def update(self, done: float) -> None:
+        now = time.monotonic()
+        if now - self.start < 3.0 or now - self.last < 0.5:
+            return
+        self.last = now
+        self.shown = True
+        frac = min(1.0, done / self.total) if self.total else 1.0
+        bar = "#" * int(frac * 30)
+        print(f"\r{self.label} [{bar:<30}] {frac:6.1%} {now - self.start:6.1f}s",
+              end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.shown:
+            print(file=sys.stderr, flush=True)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    pos = (len(sorted_values) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _r(value: float) -> float:
+    return round(value, 6)
+
+
+def run(scenario: Scenario, *, progress: bool = True) -> RunResult:
+    """Run one scenario."""
+    wall_start = time.monotonic()
+    sim = _Simulation(scenario)
+    sim.build()
+    sim.join(progress)
+    sim.start_churn()
+    sim.run_workload(progress)
+    metrics = sim.metrics()
+    return RunResult(metrics, sim.records, time.monotonic() - wall_start, sim.timeline())
+
+
+class _Simulation:
+    def __init__(self, scenario: Scenario) -> None:
+        self.s = scenario
+        self.rng = random.Random(derive_seed(scenario.seed, "workload"))
+        config = DhtConfig(k=scenario.k, alpha=scenario.alpha,
+                           disjoint_paths=scenario.disjoint_paths,
+                           verify_signatures=scenario.verify_signatures,
+                           # simulated addresses are one per /24: limits behave as deployed
+                           refresh_on_join=True)
+        self.net = SimNetwork(seed=scenario.seed,
+                              latency=latency_from_spec(scenario.latency, scenario.seed),
+                              loss=scenario.loss, config=config)
+        self.net.on_event = self._on_event
+        self.records: list[LookupRecord] = []
+        self._pending: dict[tuple[int, int], tuple[int, str, float, bytes]] = {}
+        self.honest: list[SimNode] = []
+        self.target_key: bytes | None = None
+        self.oracle: ClosestOracle | None = None
+        self._ops_done = 0
+        self._stored: dict[int, tuple[bytes, bytes]] = {}  # op index -> (key, value)
+
+    # ---------------------------------------------------------------- setup
+
+    def build(self) -> None:
+        s = self.s
+        n_adv = round(s.nodes * s.adversary_fraction) if s.adversary else 0
+        adversary_slots = set(self.rng.sample(range(1, s.nodes), n_adv)) if n_adv else set()
+        if s.adversary == "sybil":
+            self.target_key = self.rng.randbytes(32)
+        bits = max(1, int(math.log2(s.nodes)))
+        for i in range(s.nodes):
+            nat = i > 0 and self.rng.random() < s.nat_fraction
+            if i in adversary_slots:
+                kind = "misroute" if s.adversary == "sybil" else s.adversary
+                node_id = None
+                if s.adversary == "sybil" and self.target_key is not None:
+                    # a cluster around the target: closer than any honest node is likely to be
+                    node_id = id_near(self.target_key, bits + 2 + self.rng.randrange(8),
+                                      self.rng)
+                self.net.add_node(kind=kind, node_id=node_id)
+            else:
+                node = self.net.add_node(nat=nat)
+                self.honest.append(node)
+        accomplices = [(n.core.node_id, n.address) for n in self.net.nodes
+                       if n.kind == "misroute"]
+        for node in self.net.nodes:
+            if isinstance(node.core, MisroutingNode):
+                node.core.accomplices = accomplices
+        self.oracle = ClosestOracle([n.core.node_id for n in self.net.nodes])
+
+    def join(self, progress: bool) -> None:
+        s = self.s
+        net = self.net
+        nodes = net.nodes
+        if s.join == "oracle":
+            net.warm_start(nodes)
+            net.run(net.loop.now + 1.0)
+        else:
+            bar = _Progress(len(nodes), "join") if progress else None
+            nodes[0].joined = True
+            net.process(nodes[0])
+            for i, node in enumerate(nodes[1:], start=1):
+                # join through a random node that already joined (and is reachable)
+                via = nodes[self.rng.randrange(i)]
+                while via.nat or via.kind != "honest":
+                    via = nodes[self.rng.randrange(i)]
+                net.run(net.loop.now + s.join_interval)
+                net.join_realistic(node, via)
+                if bar is not None and i % 100 == 0:
+                    bar.update(i)
+            if bar is not None:
+                bar.close()
+        net.run(net.loop.now + s.settle)
+
+    def start_churn(self) -> None:
+        model = self.s.churn_model()
+        if model is None:
+            return
+        self.churn = model
+        for node in self.net.nodes[1:]:
+            stream = random.Random(derive_seed(self.s.seed, "churn", node.index))
+            node_rng = stream
+            self.net.loop.schedule(self.net.loop.now + model.session.sample(node_rng),
+                                   self._leave, (node, node_rng))
+
+    def _leave(self, item: tuple[SimNode, random.Random]) -> None:
+        node, rng = item
+        self.net.set_online(node, False)
+        self.net.loop.schedule(self.net.loop.now + self.churn.downtime.sample(rng),
+                               self._return, item)
+
+    def _return(self, item: tuple[SimNode, random.Random]) -> None:
+        node, rng = item
+        self.net.set_online(node, True)
+        self.net.loop.schedule(self.net.loop.now + self.churn.session.sample(rng),
+                               self._leave, item)
+
+    # ---------------------------------------------------------------- workload
+
+    def run_workload(self, progress: bool) -> None:
+        s = self.s
+        net = self.net
+        start = net.loop.now
+        self.workload_start = start
+        interval = 1.0 / s.rate
+        if s.workload == "lookup":
+            for j in range(s.lookups):
+                net.loop.schedule(start + j * interval, self._start_lookup, j)
+        else:
+            for j in range(s.lookups):
+                net.loop.schedule(start + j * interval, self._start_put, j)
+        end = start + s.lookups * interval
+        bar = _Progress(end - start, "run") if progress else None
+        step = max(1.0, (end - start) / 200)
+        t = start
+        while t < end + 120.0 and (self._ops_done < s.lookups * (2 if s.workload == "putget"
+                                                                  else 1)):
+            t += step
+            net.run(t)
+            if bar is not None:
+                bar.update(min(t, end) - start)
+        if bar is not None:
+            bar.close()
+
+    def _pick_source(self) -> SimNode:
+        while True:
+            node = self.honest[self.rng.randrange(len(self.honest))]
+            if node.online and node.joined:
+                return node
+
+    def _start_lookup(self, j: int) -> None:
+        node = self._pick_source()
+        target = self.target_key if self.target_key is not None else self.rng.randbytes(32)
+        qid = self.net.command(node, lambda core, now: core.find_node(target, now))
+        self._pending[(node.index, qid)] = (j, "lookup", self.net.loop.now, target)
+
+    def _start_put(self, j: int) -> None:
+        node = self._pick_source()
+        signer = SigningIdentity.from_seed(random.Random(derive_seed(self.s.seed, "signer", j))
+                                           .randbytes(32))
+        value = f"value-{j}".encode()
+        record = make_app_record(signer, f"key-{j}", value, seq=1,
+                                 expires=int(self.net.loop.now) + 24 * 3600)
+        self._stored[j] = (record.key, value)
+        qid = self.net.command(node, lambda core, now: core.put(record, now))
+        self._pending[(node.index, qid)] = (j, "put", self.net.loop.now, record.key)
+
+    def _start_get(self, j: int) -> None:
+        node = self._pick_source()
+        key, _ = self._stored[j]
+        qid = self.net.command(node, lambda core, now: core.get(key, now))
+        self._pending[(node.index, qid)] = (j, "get", self.net.loop.now, key)
+
+    def _on_event(self, node: SimNode, event: Event) -> None:
+        query_id = getattr(event, "query_id", None)
+        if query_id is None:
+            return
+        entry = self._pending.pop((node.index, query_id), None)
+        if entry is None:
+            return
+        j, kind, started, target = entry
+        now = self.net.loop.now
+        latency_ms = (now - started) * 1000
+        if isinstance(event, LookupCompleted):
+            found = [c[0] for c in event.contacts]
+            truth = self._truth(target, node.index)
+            success = bool(truth) and truth[0] in found
+            exact = found == truth
+            self._record(j, kind, node, started, latency_ms, event.hops, event.queries,
+                         event.requests_sent, event.bytes_sent, success, exact)
+        elif isinstance(event, PutCompleted):
+            self._record(j, kind, node, started, latency_ms, 0, 0, 0, 0, event.stored > 0,
+                         event.stored > 0)
+            self.net.loop.schedule(now + 1.0, self._start_get, j)
+        elif isinstance(event, GetCompleted):
+            _, value = self._stored[j]
+            ok = any(r.value == value for r in event.records)
+            self._record(j, kind, node, started, latency_ms, event.hops, event.queries,
+                         event.requests_sent, event.bytes_sent, ok, ok)
+
+    def _truth(self, target: bytes, source: int) -> list[bytes]:
+        assert self.oracle is not None
+        nodes = self.net.nodes
+
+        def accept(index: int) -> bool:
+            other = nodes[index]
+            return index != source and other.online and other.kind == "honest" and \
+                other.joined
+
+        return [nodes[i].core.node_id for i in self.oracle.closest(target, self.s.k, accept)]
+
+    def _record(self, j: int, kind: str, node: SimNode, started: float, latency_ms: float,
+                hops: int, queries: int, requests: int, size: int, success: bool,
+                exact: bool) -> None:
+        self._ops_done += 1
+        self.records.append(LookupRecord(j, kind, node.index,
+                                         _r(started - self.workload_start),
+                                         _r(latency_ms), hops, queries, requests, size,
+                                         success, exact))
+
+    # ---------------------------------------------------------------- metrics
+
+    def metrics(self) -> dict[str, Any]:
+        s = self.s
+        net = self.net
+        main = [r for r in self.records if r.kind in ("lookup", "get")]
+        main.sort(key=lambda r: (r.kind, r.index))
+        latencies = sorted(r.latency_ms for r in main)
+        hops = [r.hops for r in main]
+        histogram: dict[str, int] = {}
+        for h in hops:
+            histogram[str(h)] = histogram.get(str(h), 0) + 1
+        received = sorted(n.core.stats["datagrams_received"] for n in net.nodes)
+        fresh_total = fresh_live = 0
+        for node in net.nodes:
+            if node.kind != "honest" or not node.online:
+                continue
+            for contact in node.core.table.contacts():
+                fresh_total += 1
+                other = net.by_address.get(contact.address)
+                fresh_live += 1 if other is not None and other.online else 0
+        expected_hops = math.log2(s.nodes) / (1.33 + math.log2(s.k))
+        count = len(main)
+        puts = [r for r in self.records if r.kind == "put"]
+        result: dict[str, Any] = {
+            "scenario": asdict(s),
+            "nodes": s.nodes,
+            "seed": s.seed,
+            "signatures_verified": s.verify_signatures,
+            "lookups": {
+                "kind": "get" if s.workload == "putget" else "find_node",
+                "count": count,
+                "issued": s.lookups,
+                "success_rate": _r(sum(r.success for r in main) / count) if count else 0.0,
+                "exact_k_rate": _r(sum(r.exact for r in main) / count) if count else 0.0,
+                "hops": {
+                    "mean": _r(sum(hops) / count) if count else 0.0,
+                    "expected_stutzbach_rejaie": _r(expected_hops),
+                    "histogram": histogram,
+                },
+                "latency_ms": {
+                    "p50": _r(_percentile(latencies, 0.5)),
+                    "p95": _r(_percentile(latencies, 0.95)),
+                    "p99": _r(_percentile(latencies, 0.99)),
+                    "mean": _r(sum(latencies) / count) if count else 0.0,
+                },
+                "requests_mean": _r(sum(r.requests for r in main) / count) if count else 0.0,
+                "bytes_mean": _r(sum(r.bytes for r in main) / count) if count else 0.0,
+            },
+            "puts": {
+                "count": len(puts),
+                "success_rate": _r(sum(r.success for r in puts) / len(puts)) if puts else 0.0,
+            },
+            "messages_total": net.messages,
+            "bytes_total": net.bytes,
+            "datagrams_dropped": net.dropped,
+            "events": net.loop.events,
+            "virtual_seconds": _r(net.loop.now - SIM_EPOCH),
+            "node_load": {
+                "received_p50": _r(_percentile([float(x) for x in received], 0.5)),
+                "received_p99": _r(_percentile([float(x) for x in received], 0.99)),
+                "received_max": received[-1] if received else 0,
+            },
+            "routing_table": {
+                "mean_size": _r(sum(len(n.core.table) for n in net.nodes) / len(net.nodes)),
+                "live_fraction": _r(fresh_live / fresh_total) if fresh_total else 0.0,
+            },
+            "online_at_end": sum(1 for n in net.nodes if n.online),
+        }
+        return result
+
+    def timeline(self) -> list[tuple[float, float]]:
+        """Success rate per minute of the workload (for the churn plot)."""
+        buckets: dict[int, list[bool]] = {}
+        for r in self.records:
+            if r.kind in ("lookup", "get"):
+                buckets.setdefault(int(r.start_s // 60), []).append(r.success)
+        return [(float(m), _r(sum(v) / len(v))) for m, v in sorted(buckets.items())]
+
+
+ProgressHook = Callable[[float], None]
