@@ -366,6 +366,13 @@ def cmd_dht_get(args: argparse.Namespace) -> int:
     return asyncio.run(_dht_get(args))
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    # Imported here: the simulator pulls matplotlib and friends, which a chat node never needs.
+    from dhtchat.sim.cli import simulate_main  # noqa: PLC0415
+
+    return simulate_main(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(nodes=args.nodes, keep_running=args.keep_running))
 
@@ -422,6 +429,23 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("key", metavar="KEY", nargs="?")
     get.set_defaults(func=cmd_dht_get)
 
+    sim = sub.add_parser(
+        "simulate", help="simulate a large DHT on virtual time (see docs/simulator.md)",
+        description="Run a scenario (TOML, see simulations/) with optional overrides, or "
+                    "`dhtchat simulate sweep SWEEP.toml ...` for parameter sweeps.")
+    sim.add_argument("scenario", nargs="?", metavar="SCENARIO.toml")
+    sim.add_argument("--nodes", type=int)
+    sim.add_argument("--lookups", type=int)
+    sim.add_argument("--seed", type=int)
+    sim.add_argument("--k", type=int)
+    sim.add_argument("--alpha", type=int)
+    sim.add_argument("--join", choices=["realistic", "oracle"])
+    sim.add_argument("--churn", metavar="PRESET")
+    sim.add_argument("--baseline", choices=["kademlia"])
+    sim.add_argument("--out", metavar="DIR", default="sim-out")
+    sim.add_argument("--no-plots", action="store_true")
+    sim.set_defaults(func=cmd_simulate)
+
     demo = sub.add_parser("demo", help="run a local network on loopback and show it working")
     demo.add_argument("--nodes", type=int, default=16)
     demo.add_argument("--keep-running", action="store_true",
@@ -432,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dhtchat`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["simulate", "sweep"]:
+        from dhtchat.sim.sweep import sweep_main  # noqa: PLC0415
+
+        return sweep_main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -18,11 +18,12 @@ This class only decides *whom* to ask; the node sends the requests and feeds res
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from enum import Enum
+from operator import attrgetter
 
 from dhtchat.core.addresses import Address
-from dhtchat.core.ids import distance
 
 
 class CandidateState(Enum):
@@ -46,6 +47,9 @@ class Candidate:
     state: CandidateState = CandidateState.NEW
 
 
+_by_distance = attrgetter("distance")
+
+
 class Lookup:
     """The shortlist and scheduling decisions of one iterative lookup."""
 
@@ -59,6 +63,7 @@ class Lookup:
         max_candidates: int | None = None,
     ) -> None:
         self.target = target
+        self._target_key = int.from_bytes(target, "big")
         self.k = k
         self.alpha = alpha
         self.max_queries = max_queries
@@ -78,7 +83,8 @@ class Lookup:
         """
         if node_id in self._candidates:
             return
-        cand = Candidate(node_id, address, distance(node_id, self.target), hops)
+        cand = Candidate(node_id, address,
+                         int.from_bytes(node_id, "big") ^ self._target_key, hops)
         if len(self._sorted) >= self.max_candidates:
             worst = self._sorted[-1]
             if worst.distance <= cand.distance or worst.state is CandidateState.IN_FLIGHT:
@@ -86,14 +92,7 @@ class Lookup:
             self._sorted.pop()
             del self._candidates[worst.node_id]
         self._candidates[node_id] = cand
-        lo, hi = 0, len(self._sorted)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._sorted[mid].distance < cand.distance:
-                lo = mid + 1
-            else:
-                hi = mid
-        self._sorted.insert(lo, cand)
+        bisect.insort(self._sorted, cand, key=_by_distance)
 
     def next_queries(self) -> list[Candidate]:
         """Candidates to query now (marked in flight); empty when waiting or finished."""
@@ -148,20 +147,23 @@ class Lookup:
 
     @property
     def finished(self) -> bool:
-        """True when the k closest live candidates have all answered (or the budget is spent)."""
+        """True when the k closest live candidates have all answered (or the budget is spent).
+
+        A slow candidate among those k is waited for (until it answers or hits the hard
+        timeout): skipping it would return a wrong k closest; meanwhile its slot serves others.
+        """
         if self.queries_sent >= self.max_queries:
             return self.in_flight == 0
         live = 0
         for cand in self._sorted:
-            if cand.state is CandidateState.FAILED or cand.state is CandidateState.SLOW:
+            if cand.state is CandidateState.FAILED:
                 continue
             if cand.state is not CandidateState.ANSWERED:
                 return False
             live += 1
             if live >= self.k:
                 return True
-        # Fewer than k answers: a slow query may still bring the rest, wait for it.
-        return not any(c.state is CandidateState.SLOW for c in self._sorted)
+        return True
 
     def closest_answered(self, count: int | None = None) -> list[Candidate]:
         """The closest candidates that answered, nearest first."""

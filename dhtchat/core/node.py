@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import math
 import random
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
@@ -169,6 +170,12 @@ class _Purpose(Enum):
     HANDOVER = "handover"
 
 
+_MAX_REJOINS: Final = 4
+_REJOIN_DELAY: Final = 5.0
+_BACKGROUND: Final = frozenset({_Purpose.VERIFY, _Purpose.LIVENESS})
+_SENT_STAT: Final = {purpose: f"sent_{purpose.value}" for purpose in _Purpose}
+
+
 @dataclass(slots=True)
 class _Transaction:
     tid: bytes
@@ -285,6 +292,8 @@ class DhtNode:
         self._owned: dict[tuple[bytes, bytes], _Owned] = {}
         self._verifying: dict[bytes, float] = {}
         self._next_maintenance = now + self.config.maintenance_interval
+        self._rejoin_at = math.inf
+        self._rejoins = 0
 
     # ------------------------------------------------------------------ sans-IO verbs
 
@@ -469,11 +478,18 @@ class DhtNode:
         elif query.kind is _Kind.BOOTSTRAP:
             self._finish(query, BootstrapCompleted(query_id=query.query_id,
                                                    contacts=len(self.table)))
+            if len(self.table) < self.config.k and self._rejoins < _MAX_REJOINS:
+                # Joined through a node that knew too little (e.g. one still joining itself):
+                # look ourselves up again soon, with backoff, instead of waiting for refresh.
+                self._rejoin_at = now + _REJOIN_DELAY * 2**self._rejoins
+                self._rejoins += 1
             if self.config.refresh_on_join and closest:
-                # Kademlia sec. 2.3: refresh every bucket farther than the closest neighbour.
+                # Kademlia sec. 2.3: refresh the buckets farther than the closest neighbour;
+                # those the self-lookup already gave contacts are left to the periodic refresh.
                 nearest = self.table.bucket_index(closest[0].node_id)
                 for index in range(nearest):
-                    self._refresh_bucket(index, now)
+                    if self.table.bucket_size(index) == 0:
+                        self._refresh_bucket(index, now)
         elif query.kind is _Kind.GET:
             records = tuple(sorted(query.records.values(), key=lambda r: r.owner))
             self._finish(query, GetCompleted(query_id=query.query_id, key=query.target,
@@ -544,9 +560,12 @@ class DhtNode:
         tid = self._rng.randbytes(8)
         while tid in self._transactions:
             tid = self._rng.randbytes(8)
-        rto = self._rto(address)
+        # Nobody waits on a verification or liveness ping: give it the longest timeout, so a
+        # slow but live node is not counted as failed.
+        rto = self.config.max_rto if purpose in _BACKGROUND else self._rto(address)
         txn = _Transaction(tid, address, expected_id, purpose, query_id, body, now, now + rto)
         self._transactions[tid] = txn
+        self.stats[_SENT_STAT[purpose]] += 1
         heapq.heappush(self._deadlines, (txn.deadline, tid))
         self._transmit(txn, now)
         return tid
@@ -705,12 +724,11 @@ class DhtNode:
         return None
 
     def _nodes_for(self, target: bytes, requester_id: bytes) -> list[NodeInfo]:
-        out: list[NodeInfo] = []
-        for contact in self.table.closest(target, self.config.k + 1):
-            if contact.node_id != requester_id and len(out) < self.config.k:
-                out.append(NodeInfo(contact.node_id, pack_ip(contact.address[0]),
-                                    contact.address[1]))
-        return out
+        k = self.config.k
+        closest = self.table.closest(target, k)
+        if any(c.node_id == requester_id for c in closest):  # never tell a node about itself
+            closest = [c for c in self.table.closest(target, k + 1) if c.node_id != requester_id]
+        return [NodeInfo(c.node_id, pack_ip(c.address[0]), c.address[1]) for c in closest]
 
     def _values_for(self, body: GetValues, requester_id: bytes, now: float) -> Values:
         if len(body.owner) not in (0, 32):
@@ -1118,6 +1136,11 @@ class DhtNode:
             del self._listen_tids[tid]
         for vid in [n for n, at in self._verifying.items() if now - at > 30.0]:
             del self._verifying[vid]
+        if self._rejoin_at <= now:
+            self._rejoin_at = math.inf
+            self.stats["rejoins"] += 1
+            self._start_lookup(self._new_query(_Kind.BOOTSTRAP, self.node_id, internal=True),
+                               now)
         for owned_key, owned in list(self._owned.items()):
             if owned.record.expires <= now:
                 del self._owned[owned_key]

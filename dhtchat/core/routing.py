@@ -17,13 +17,12 @@ buckets ``c-1 .. 0`` in that order (each strictly farther than everything before
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
 from dhtchat.core.addresses import Address, subnet_of
-from dhtchat.core.ids import ID_BITS, common_prefix_length, distance
+from dhtchat.core.ids import ID_BITS, common_prefix_length
 
 
 @dataclass(slots=True)
@@ -35,10 +34,12 @@ class Contact:
     last_seen: float
     failures: int = 0
     subnet: str = field(default="", compare=False)
+    key: int = field(default=0, compare=False)  # node_id as an integer, for XOR sorting
 
     def __post_init__(self) -> None:
         if not self.subnet:
             self.subnet = subnet_of(self.address[0])
+        self.key = int.from_bytes(self.node_id, "big")
 
 
 class AddResult(Enum):
@@ -75,6 +76,7 @@ class RoutingTable:
         now: float = 0.0,
     ) -> None:
         self.own_id = own_id
+        self._own_key = int.from_bytes(own_id, "big")
         self.k = k
         self.max_failures = max_failures
         self.max_per_subnet_bucket = max_per_subnet_bucket
@@ -211,16 +213,13 @@ class RoutingTable:
         """The ``count`` known contacts closest to ``target`` by XOR distance (exact)."""
         if count <= 0:
             return []
-        c = common_prefix_length(self.own_id, target)
+        t = int.from_bytes(target, "big")
+        c = ID_BITS - (t ^ self._own_key).bit_length()
         result: list[Contact] = []
 
         def take(group: list[Contact]) -> None:
-            needed = count - len(result)
-            if len(group) > needed:
-                group = heapq.nsmallest(needed, group, key=lambda x: distance(x.node_id, target))
-            else:
-                group.sort(key=lambda x: distance(x.node_id, target))
-            result.extend(group)
+            group.sort(key=lambda x: x.key ^ t)
+            result.extend(group[: count - len(result)])
 
         if c < ID_BITS:
             take(self._contacts_in(c))
@@ -249,6 +248,11 @@ class RoutingTable:
     def touch_bucket(self, index: int, now: float) -> None:
         """Mark a bucket as refreshed (a lookup into its range was done)."""
         self._bucket(index).last_changed = now
+
+    def bucket_size(self, index: int) -> int:
+        """Number of contacts in bucket ``index``."""
+        bucket = self._buckets[index]
+        return len(bucket.contacts) if bucket is not None else 0
 
     def _contacts_in(self, index: int) -> list[Contact]:
         bucket = self._buckets[index]

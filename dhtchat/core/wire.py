@@ -246,10 +246,13 @@ def encode_request(
     target = min(pad_to, MAX_DATAGRAM_BYTES)
     missing = target - len(data)
     best = data
-    # The msgpack bin header of the pad grows from 1 to 3 bytes with its length: try each.
-    for overhead in range(7):
-        padded = msgspec.structs.replace(body, pad=b"\0" * max(0, missing - overhead))
+    # A pad of n bytes adds n (+1 once its length header grows past 255), and the envelope's
+    # own length header may grow by a byte: the exact n is one of the first few below.
+    for n in range(missing, max(-1, missing - 7), -1):
+        padded = msgspec.structs.replace(body, pad=bytes(n))
         candidate = pack(encode_envelope(Envelope(tid, sender, flags, token, padded)))
-        if len(best) < len(candidate) <= target:
-            best = candidate
+        if len(candidate) <= target:
+            if len(candidate) > len(best):
+                best = candidate
+            break
     return best
