@@ -127,11 +127,11 @@ class SimNetwork:
     # ---------------------------------------------------------------- building
 
     def add_node(self, *, kind: str = "honest", nat: bool = False,
-                 node_id: bytes | None = None) -> SimNode:
-        """Create a node (not yet joined). ``node_id`` overrides the key-derived id (Sybils)."""
+                 node_id: bytes | None = None, address: Address | None = None) -> SimNode:
+        """Create a node (not yet joined). ``node_id`` overrides the key-derived id (Sybils);
+        ``address`` overrides the default one-/24-per-node address."""
         index = len(self.nodes)
-        rng = random.Random(derive_seed(self.seed, "node", index))
-        key = SigningIdentity.from_seed(rng.randbytes(32))
+        rng, key = self._key_stream(index)
         cls: type[DhtNode] = DhtNode
         if kind == "misroute":
             cls = MisroutingNode
@@ -140,11 +140,19 @@ class SimNetwork:
         if node_id is not None:
             self.chosen_ids[key.public_key] = node_id
         core = cls(key, rng=rng, now=self.loop.now, config=self.config)
-        node = SimNode(index, sim_address(index), core,
+        node = SimNode(index, address or sim_address(index), core,
                        random.Random(derive_seed(self.seed, "link", index)), kind, nat=nat)
         self.nodes.append(node)
         self.by_address[node.address] = node
         return node
+
+    def _key_stream(self, index: int) -> tuple[random.Random, SigningIdentity]:
+        rng = random.Random(derive_seed(self.seed, "node", index))
+        return rng, SigningIdentity.from_seed(rng.randbytes(32))
+
+    def future_node_id(self, index: int) -> bytes:
+        """The id the node with this index will get (if its id is not chosen)."""
+        return node_id_from_public_key(self._key_stream(index)[1].public_key)
 
     def _node_id_of(self, public_key: bytes) -> bytes:
         chosen = self.chosen_ids.get(public_key)

@@ -59,6 +59,7 @@ class Scenario:
     churn_downtime: dict[str, Any] = field(default_factory=dict)
     adversary: str = ""  # "", "drop", "misroute" or "sybil"
     adversary_fraction: float = 0.0
+    sybil_subnets: int = 16  # /24 networks the Sybil cluster's addresses come from
     baseline: str = ""  # "" or "kademlia"
     baseline_k: int = 20
 
@@ -226,19 +227,29 @@ class _Simulation:
         s = self.s
         n_adv = round(s.nodes * s.adversary_fraction) if s.adversary else 0
         adversary_slots = set(self.rng.sample(range(1, s.nodes), n_adv)) if n_adv else set()
+        self.victim: int | None = None
         if s.adversary == "sybil":
-            self.target_key = self.rng.randbytes(32)
+            # Eclipse of one node (S/Kademlia sec. 5): Sybils surround an honest victim's id;
+            # a lookup succeeds when it still finds the victim.
+            honest_slots = [i for i in range(1, s.nodes) if i not in adversary_slots]
+            self.victim = honest_slots[self.rng.randrange(len(honest_slots))]
+            self.target_key = self.net.future_node_id(self.victim)
         bits = max(1, int(math.log2(s.nodes)))
         for i in range(s.nodes):
             nat = i > 0 and self.rng.random() < s.nat_fraction
             if i in adversary_slots:
                 kind = "misroute" if s.adversary == "sybil" else s.adversary
                 node_id = None
+                address = None
                 if s.adversary == "sybil" and self.target_key is not None:
-                    # a cluster around the target: closer than any honest node is likely to be
+                    # a cluster around the target, closer than any honest node is likely to
+                    # be, from the few /24 networks the attacker controls
                     node_id = id_near(self.target_key, bits + 2 + self.rng.randrange(8),
                                       self.rng)
-                self.net.add_node(kind=kind, node_id=node_id)
+                    sybils = len(self.net.nodes)
+                    address = (f"203.{sybils % max(1, s.sybil_subnets)}."
+                               f"{(sybils // 256) % 256}.{sybils % 256}", 4000)
+                self.net.add_node(kind=kind, node_id=node_id, address=address)
             else:
                 node = self.net.add_node(nat=nat)
                 self.honest.append(node)
@@ -326,7 +337,7 @@ class _Simulation:
     def _pick_source(self) -> SimNode:
         while True:
             node = self.honest[self.rng.randrange(len(self.honest))]
-            if node.online and node.joined:
+            if node.online and node.joined and node.index != self.victim:
                 return node
 
     def _start_lookup(self, j: int) -> None:
@@ -385,8 +396,9 @@ class _Simulation:
 
         def accept(index: int) -> bool:
             other = nodes[index]
+            # NAT'ed nodes cannot be reached unsolicited, so they never serve in the DHT
             return index != source and other.online and other.kind == "honest" and \
-                other.joined
+                other.joined and not other.nat
 
         return [nodes[i].core.node_id for i in self.oracle.closest(target, self.s.k, accept)]
 

@@ -1,0 +1,205 @@
+"""The simulator: determinism, correctness against an oracle, models, outputs and CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dhtchat.sim.engine import EventLoop
+from dhtchat.sim.models import (
+    CHURN_PRESETS,
+    ConstantLatency,
+    Distribution,
+    MatrixLatency,
+    PairwiseLatency,
+    latency_from_spec,
+)
+from dhtchat.sim.network import SimNetwork
+from dhtchat.sim.oracle import ClosestOracle
+from dhtchat.sim.output import metrics_json, write_outputs
+from dhtchat.sim.runner import Scenario, run
+from dhtchat.sim.sweep import load_sweep, plan_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_same_seed_gives_byte_identical_metrics(tmp_path: Path) -> None:
+    scenario = Scenario(nodes=200, lookups=200, seed=7, churn="exponential-1h",
+                        loss=0.01, nat_fraction=0.1)
+    first = run(scenario, progress=False)
+    second = run(scenario, progress=False)
+    write_outputs(first, tmp_path / "a", plots=False)
+    write_outputs(second, tmp_path / "b", plots=False)
+    assert (tmp_path / "a" / "metrics.json").read_bytes() == \
+        (tmp_path / "b" / "metrics.json").read_bytes()
+    assert (tmp_path / "a" / "lookups.csv").read_bytes() == \
+        (tmp_path / "b" / "lookups.csv").read_bytes()
+    other = run(Scenario(nodes=200, lookups=200, seed=8, churn="exponential-1h", loss=0.01,
+                         nat_fraction=0.1), progress=False)
+    assert metrics_json(other.metrics) != metrics_json(first.metrics)
+
+
+def test_adding_a_node_does_not_perturb_the_others_streams() -> None:
+    small = SimNetwork(seed=3, latency=ConstantLatency(0.05))
+    large = SimNetwork(seed=3, latency=ConstantLatency(0.05))
+    for _ in range(5):
+        small.add_node()
+    for _ in range(50):
+        large.add_node()
+    assert [n.core.node_id for n in small.nodes] == [n.core.node_id for n in large.nodes[:5]]
+
+
+@pytest.mark.parametrize("join", ["oracle", "realistic"])
+def test_static_network_lookups_find_the_true_k_closest(join: str) -> None:
+    result = run(Scenario(nodes=1000, lookups=1000, join=join, seed=1), progress=False)
+    lookups = result.metrics["lookups"]
+    print(join, lookups)
+    assert lookups["count"] == 1000
+    assert lookups["exact_k_rate"] >= 0.999
+    assert lookups["success_rate"] >= 0.999
+    expected = math.log2(1000) / (1.33 + math.log2(8))
+    assert abs(lookups["hops"]["mean"] - expected) / expected <= 0.15
+
+
+@pytest.mark.slow
+def test_hops_match_stutzbach_rejaie_at_10k_nodes() -> None:
+    result = run(Scenario(nodes=10_000, lookups=2000, join="oracle", rate=500.0, seed=2),
+                 progress=False)
+    lookups = result.metrics["lookups"]
+    expected = math.log2(10_000) / (1.33 + math.log2(8))
+    print(lookups)
+    assert lookups["exact_k_rate"] >= 0.999
+    assert abs(lookups["hops"]["mean"] - expected) / expected <= 0.15
+
+
+def test_put_get_workload_and_metrics_fields() -> None:
+    result = run(Scenario(nodes=150, lookups=60, workload="putget", join="oracle"),
+                 progress=False)
+    m = result.metrics
+    for key in ("nodes", "seed", "messages_total", "bytes_total", "events"):
+        assert key in m
+    assert m["lookups"]["kind"] == "get"
+    assert m["lookups"]["count"] == 60 and m["lookups"]["success_rate"] == 1.0
+    assert m["puts"]["success_rate"] == 1.0
+    for p in ("p50", "p95", "p99"):
+        assert m["lookups"]["latency_ms"][p] > 0
+    assert m["signatures_verified"] is False
+
+
+def test_signature_verification_can_be_on() -> None:
+    result = run(Scenario(nodes=60, lookups=30, join="oracle", verify_signatures=True),
+                 progress=False)
+    assert result.metrics["signatures_verified"] is True
+    assert result.metrics["lookups"]["success_rate"] == 1.0
+
+
+def test_misrouting_adversaries_hurt_and_disjoint_paths_help() -> None:
+    def success(paths: int) -> float:
+        scenario = Scenario(nodes=400, lookups=200, join="oracle", adversary="sybil",
+                            adversary_fraction=0.2, disjoint_paths=paths, seed=4)
+        return float(run(scenario, progress=False).metrics["lookups"]["success_rate"])
+
+    one, four = success(1), success(4)
+    print("sybil 20%: d=1", one, "d=4", four)
+    assert one < 0.9  # the eclipse works against a single path
+    assert four > one
+
+
+def test_dropping_nodes_and_nat_reduce_but_do_not_break_lookups() -> None:
+    result = run(Scenario(nodes=300, lookups=200, adversary="drop", adversary_fraction=0.1,
+                          nat_fraction=0.3), progress=False)
+    lookups = result.metrics["lookups"]
+    assert lookups["success_rate"] >= 0.9
+    assert result.metrics["datagrams_dropped"] > 0
+
+
+def test_oracle_matches_brute_force() -> None:
+    rng = random.Random(5)
+    ids = [rng.randbytes(32) for _ in range(500)]
+    oracle = ClosestOracle(ids)
+    def accept(index: int) -> bool:
+        return index % 3 != 0
+
+    for _ in range(100):
+        target = rng.randbytes(32)
+        expected = sorted((i for i in range(500) if accept(i)),
+                          key=lambda i: int.from_bytes(ids[i], "big") ^
+                          int.from_bytes(target, "big"))[:8]
+        assert oracle.closest(target, 8, accept) == expected
+
+
+def test_event_loop_orders_by_time_then_insertion() -> None:
+    loop = EventLoop()
+    seen: list[str] = []
+    loop.schedule(2.0, seen.append, "c")
+    loop.schedule(1.0, seen.append, "a")
+    loop.schedule(1.0, seen.append, "b")
+    loop.run(10.0)
+    assert seen == ["a", "b", "c"] and loop.now == 10.0 and loop.events == 3
+
+
+def test_latency_and_churn_models(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    pair = PairwiseLatency(median=0.05, sigma=0.5, jitter=0.0, seed=3)
+    assert pair.delay(1, 2, rng) == pair.delay(2, 1, rng) == pair.delay(1, 2, random.Random(9))
+    samples = sorted(PairwiseLatency(seed=s, jitter=0.0).delay(0, 1, rng) for s in range(2001))
+    assert 0.045 < samples[1000] < 0.055  # median as configured
+    matrix = tmp_path / "m.txt"
+    matrix.write_text("0 10\n10 0\n")
+    assert MatrixLatency.from_file(matrix).delay(0, 1, rng) == pytest.approx(0.01)
+    assert latency_from_spec({"model": "constant", "ms": 20}, 1).delay(0, 1, rng) == 0.02
+    with pytest.raises(ValueError):
+        latency_from_spec({"model": "warp"}, 1)
+    for preset in CHURN_PRESETS.values():
+        draws = sorted(preset.session.sample(rng) for _ in range(4001))
+        assert draws[2000] == pytest.approx(preset.session.median(), rel=0.15)
+    ipfs = CHURN_PRESETS["ipfs"].session
+    assert ipfs.median() == pytest.approx(7200, rel=1e-6)  # half gone within ~2 h
+    with pytest.raises(ValueError):
+        Distribution("gamma").sample(rng)
+
+
+def test_scenario_files_parse_and_reject_typos(tmp_path: Path) -> None:
+    files = sorted((ROOT / "simulations").glob("*.toml"))
+    assert len(files) >= 6
+    for path in files:
+        if path.stem.endswith("_sweep"):
+            assert plan_sweep(load_sweep(path))
+        else:
+            assert Scenario.from_toml(path).name == path.stem
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nodse = 10\n")
+    with pytest.raises(ValueError, match="unknown scenario keys: nodse"):
+        Scenario.from_toml(bad)
+
+
+def test_simulate_cli_writes_outputs_with_baseline(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dhtchat.app.cli", "simulate", "--nodes", "120", "--lookups",
+         "60", "--seed", "3", "--join", "oracle", "--baseline", "kademlia", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("nodes", "seed", "messages_total", "bytes_total", "events"):
+        assert key in metrics
+    for key in ("count", "success_rate"):
+        assert key in metrics["lookups"]
+        assert key in metrics["baseline"]["kademlia"]["lookups"]
+    assert {"p50", "p95", "p99"} <= set(metrics["lookups"]["latency_ms"])
+    assert "mean" in metrics["lookups"]["hops"]
+    assert "dhtchat/kademlia" in metrics["ratios"]
+    assert "wall_seconds" in json.loads((out / "timing.json").read_text())
+    for png in ("latency_cdf.png", "hops_histogram.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+    assert (out / "lookups.csv").read_text().count("\n") == 61
+    bad = subprocess.run([sys.executable, "-m", "dhtchat.app.cli", "simulate", "--nodes", "1"],
+                         capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    assert bad.returncode == 2 and "nodes must be" in bad.stderr
