@@ -108,7 +108,10 @@ def test_timeouts_follow_measured_rtt() -> None:
     node = net.nodes[a]
     known = node.table.contacts()[0]
     assert node._rto(known.address) == 0.2  # measured RTT ~0.04 s: floor of 0.2 s
-    assert node._rto(("10.200.0.1", 1)) == 1.0  # never measured: RFC 6298 initial RTO
+    # never measured: the RTT over all peers is the prior, not RFC 6298's generic 1 s
+    assert node._rto(("10.200.0.1", 1)) == 0.2
+    fresh = DhtNode(node_key(999), rng=random.Random(9), now=NOW, config=cfg)
+    assert fresh._rto(("10.200.0.1", 1)) == 1.0  # nothing measured at all yet
 
 
 def test_contact_evicted_after_repeated_failures_not_one() -> None:

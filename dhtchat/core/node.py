@@ -258,6 +258,7 @@ class DhtNode:
         self.node_id = self._node_id_of(self.public_key)
         self._rng = rng
         self._token_secret = rng.randbytes(32)
+        self._token_cache: dict[tuple[Address, int], bytes] = {}
         self.table = RoutingTable(
             self.node_id,
             k=self.config.k,
@@ -281,6 +282,7 @@ class DhtNode:
         self._queries: dict[int, _Query] = {}
         self._next_query_id = 1
         self._rtt: OrderedDict[Address, _Rtt] = OrderedDict()
+        self._overall_rtt = _Rtt()  # over every peer: the prior for addresses never measured
         self._peer_tokens: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
         self._ip_limiter = TokenBuckets(self.config.rate_per_ip, self.config.burst_per_ip)
         self._subnet_limiter = TokenBuckets(
@@ -594,7 +596,11 @@ class DhtNode:
         est = self._rtt.get(address)
         cfg = self.config
         if est is None or est.srtt is None:
-            base = cfg.initial_rto
+            # Never measured: the RTT seen across all peers is a far better prior than the
+            # generic 1 s of RFC 6298 (which would hold every lookup step to a dead node).
+            overall = self._overall_rtt
+            base = cfg.initial_rto if overall.srtt is None else min(
+                cfg.initial_rto, overall.srtt + max(0.01, 4 * overall.rttvar))
         else:
             base = est.srtt + max(0.01, 4 * est.rttvar)
         backoff = est.backoff if est is not None else 1.0
@@ -609,6 +615,12 @@ class DhtNode:
             est.srtt = 0.875 * est.srtt + 0.125 * sample
         est.backoff = 1.0
         self._rtt[address] = est
+        overall = self._overall_rtt
+        if overall.srtt is None:
+            overall.srtt, overall.rttvar = sample, sample / 2
+        else:
+            overall.rttvar = 0.75 * overall.rttvar + 0.25 * abs(overall.srtt - sample)
+            overall.srtt = 0.875 * overall.srtt + 0.125 * sample
         if len(self._rtt) > _MAX_TRACKED_ADDRESSES:
             self._rtt.popitem(last=False)
 
@@ -641,11 +653,18 @@ class DhtNode:
         return int(now // self.config.token_epoch)
 
     def _make_token(self, address: Address, now: float, epoch: int) -> bytes:
+        cached = self._token_cache.get((address, epoch))
+        if cached is not None:
+            return cached
         h = hashlib.blake2b(key=self._token_secret, digest_size=16)
         h.update(epoch.to_bytes(8, "big", signed=True))
         h.update(address[0].encode())
         h.update(address[1].to_bytes(2, "big"))
-        return h.digest()
+        token = h.digest()
+        if len(self._token_cache) >= _MAX_TRACKED_ADDRESSES:
+            self._token_cache.clear()
+        self._token_cache[(address, epoch)] = token
+        return token
 
     def _token_valid(self, token: bytes, address: Address, now: float) -> bool:
         if len(token) != 16:
@@ -997,7 +1016,8 @@ class DhtNode:
             # Soft timeout (Jimenez et al. 2011): give the slot to the next candidate now but
             # keep listening for this answer until the hard limit.
             txn.slow = True
-            hard = txn.sent_at + self.config.max_rto
+            # hard limit: three RTOs (a dead node must not hold a lookup for max_rto)
+            hard = txn.sent_at + min(self.config.max_rto, 3 * (txn.deadline - txn.sent_at))
             if hard > now:
                 txn.deadline = hard
                 heapq.heappush(self._deadlines, (hard, txn.tid))

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Simulator scale benchmark: wall time and peak memory of large runs on this machine.
+
+Usage::
+
+    python benchmarks/sim_scale.py [--only 10k,100k] [--json OUT]
+
+Runs, each in a fresh process (so peak RSS is the run's own):
+
+* ``10k``: 10,000 nodes with realistic joins (bootstrap, self-lookup, refresh) then 10,000
+  lookups. Target: under 2 minutes.
+* ``100k``: 100,000 nodes with the oracle warm start then 100,000 lookups. Target: under 30
+  minutes and under 8 GB peak memory.
+
+Printed next to each: the target, the ratio to it, and the PeerSim anchor from the issue
+(PeerSim, Java: 18.5 min for 10k nodes; 4.6 h and 12.7-16.5 GB for 100k), with the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RUNS: dict[str, dict[str, Any]] = {
+    "10k": {"scenario": "simulations/scaling_10k.toml", "target_s": 120.0,
+            "peersim_s": 18.5 * 60, "peersim_gb": None, "target_gb": None},
+    "100k": {"scenario": "simulations/scaling_100k.toml", "target_s": 1800.0,
+             "peersim_s": 4.6 * 3600, "peersim_gb": 12.7, "target_gb": 8.0},
+}
+
+
+def _child(scenario: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    from dhtchat.sim.runner import Scenario, run  # noqa: PLC0415
+
+    spec = Scenario.from_toml(ROOT / scenario)
+    started = time.perf_counter()
+    result = run(spec, progress=True)
+    wall = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    lookups = result.metrics["lookups"]
+    print("RESULT " + json.dumps({
+        "nodes": spec.nodes, "join": spec.join, "lookups": lookups["count"],
+        "wall_s": round(wall, 1), "peak_gb": round(peak_kb / 1024**2, 3),
+        "success_rate": lookups["success_rate"], "exact_k_rate": lookups["exact_k_rate"],
+        "hops_mean": lookups["hops"]["mean"],
+        "hops_expected": lookups["hops"]["expected_stutzbach_rejaie"],
+        "messages_total": result.metrics["messages_total"],
+        "events": result.metrics["events"],
+        "us_per_event": round(wall / max(1, result.metrics["events"]) * 1e6, 2),
+    }), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="10k,100k", help="comma-separated: 10k,100k")
+    parser.add_argument("--json", metavar="OUT")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child)
+        return 0
+    results = {}
+    for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+        if name not in RUNS:
+            print(f"unknown run {name!r}; choose from {', '.join(RUNS)}", file=sys.stderr)
+            return 2
+        spec = RUNS[name]
+        print(f"== {name}: {spec['scenario']}", file=sys.stderr, flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--child", spec["scenario"]],
+                              stdout=subprocess.PIPE, text=True, check=False, cwd=ROOT,
+                              timeout=3 * 3600)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            print(f"{name}: failed (exit {proc.returncode})", file=sys.stderr)
+            return 1
+        result = json.loads(line[len("RESULT "):])
+        result["target_s"] = spec["target_s"]
+        result["time_vs_target"] = round(result["wall_s"] / spec["target_s"], 3)
+        result["time_vs_peersim"] = round(result["wall_s"] / spec["peersim_s"], 4)
+        if spec["target_gb"]:
+            result["memory_vs_target"] = round(result["peak_gb"] / spec["target_gb"], 3)
+            result["memory_vs_peersim"] = round(result["peak_gb"] / spec["peersim_gb"], 3)
+        results[name] = result
+        print(f"{name}: {result['nodes']} nodes ({result['join']} join) + {result['lookups']} "
+              f"lookups in {result['wall_s']} s (target {spec['target_s']:.0f} s: "
+              f"{result['time_vs_target']}x; PeerSim {spec['peersim_s']:.0f} s: "
+              f"{result['time_vs_peersim']}x), peak {result['peak_gb']} GB"
+              + (f" (target {spec['target_gb']} GB: {result['memory_vs_target']}x; PeerSim "
+                 f"{spec['peersim_gb']}+ GB: {result['memory_vs_peersim']}x)"
+                 if spec["target_gb"] else "")
+              + f"; success {result['success_rate']}, exact-k {result['exact_k_rate']}, hops "
+              f"{result['hops_mean']} (expected {result['hops_expected']}), "
+              f"{result['us_per_event']} us/event")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
