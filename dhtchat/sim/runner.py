@@ -109,6 +109,14 @@ class Scenario:
                              f"known: {', '.join(sorted(CHURN_PRESETS))}")
         if self.baseline not in ("", "kademlia"):
             raise ValueError("baseline must be '' or 'kademlia'")
+        latency_from_spec(self.latency, self.seed)  # raises ValueError on a bad model
+        try:
+            model = self.churn_model()
+            if model is not None:
+                model.session.sample(random.Random(0))
+                model.downtime.sample(random.Random(0))
+        except (TypeError, ValueError, ZeroDivisionError) as exc:
+            raise ValueError(f"bad churn distribution: {exc}") from None
         DhtConfig(k=self.k, alpha=self.alpha, disjoint_paths=self.disjoint_paths)
 
     def churn_model(self) -> ChurnModel | None:
@@ -195,6 +203,7 @@ def run(scenario: Scenario, *, progress: bool = True) -> RunResult:
     sim.build()
     sim.join(progress)
     sim.start_churn()
+    sim.settle()
     sim.run_workload(progress)
     metrics = sim.metrics()
     return RunResult(metrics, sim.records, time.monotonic() - wall_start, sim.timeline())
@@ -217,6 +226,7 @@ class _Simulation:
         self._pending: dict[tuple[int, int], tuple[int, str, float, bytes]] = {}
         self.honest: list[SimNode] = []
         self.target_key: bytes | None = None
+        self.victim: int | None = None  # the eclipsed node (sybil adversary)
         self.oracle: ClosestOracle | None = None
         self._ops_done = 0
         self._stored: dict[int, tuple[bytes, bytes]] = {}  # op index -> (key, value)
@@ -227,7 +237,6 @@ class _Simulation:
         s = self.s
         n_adv = round(s.nodes * s.adversary_fraction) if s.adversary else 0
         adversary_slots = set(self.rng.sample(range(1, s.nodes), n_adv)) if n_adv else set()
-        self.victim: int | None = None
         if s.adversary == "sybil":
             # Eclipse of one node (S/Kademlia sec. 5): Sybils surround an honest victim's id;
             # a lookup succeeds when it still finds the victim.
@@ -236,7 +245,7 @@ class _Simulation:
             self.target_key = self.net.future_node_id(self.victim)
         bits = max(1, int(math.log2(s.nodes)))
         for i in range(s.nodes):
-            nat = i > 0 and self.rng.random() < s.nat_fraction
+            nat = i > 0 and self.rng.random() < s.nat_fraction and i != self.victim
             if i in adversary_slots:
                 kind = "misroute" if s.adversary == "sybil" else s.adversary
                 node_id = None
@@ -246,9 +255,11 @@ class _Simulation:
                     # be, from the few /24 networks the attacker controls
                     node_id = id_near(self.target_key, bits + 2 + self.rng.randrange(8),
                                       self.rng)
-                    sybils = len(self.net.nodes)
-                    address = (f"203.{sybils % max(1, s.sybil_subnets)}."
-                               f"{(sybils // 256) % 256}.{sybils % 256}", 4000)
+                    subnets = max(1, s.sybil_subnets)
+                    sybil = len(self.net.nodes)
+                    host = 1 + (sybil // subnets) % 254
+                    address = (f"203.0.{sybil % subnets}.{host}",
+                               4000 + sybil // (subnets * 254))
                 self.net.add_node(kind=kind, node_id=node_id, address=address)
             else:
                 node = self.net.add_node(nat=nat)
@@ -282,14 +293,17 @@ class _Simulation:
                     bar.update(i)
             if bar is not None:
                 bar.close()
-        net.run(net.loop.now + s.settle)
+
+    def settle(self) -> None:
+        """Let the network run (under churn, if any) before the workload starts."""
+        self.net.run(self.net.loop.now + self.s.settle)
 
     def start_churn(self) -> None:
         model = self.s.churn_model()
         if model is None:
             return
         self.churn = model
-        for node in self.net.nodes[1:]:
+        for node in self.net.nodes:
             stream = random.Random(derive_seed(self.s.seed, "churn", node.index))
             node_rng = stream
             self.net.loop.schedule(self.net.loop.now + model.session.sample(node_rng),
@@ -434,6 +448,7 @@ class _Simulation:
                 fresh_live += 1 if other is not None and other.online else 0
         expected_hops = math.log2(s.nodes) / (1.33 + math.log2(s.k))
         count = len(main)
+        issued = s.lookups
         puts = [r for r in self.records if r.kind == "put"]
         result: dict[str, Any] = {
             "scenario": asdict(s),
@@ -444,8 +459,10 @@ class _Simulation:
                 "kind": "get" if s.workload == "putget" else "find_node",
                 "count": count,
                 "issued": s.lookups,
-                "success_rate": _r(sum(r.success for r in main) / count) if count else 0.0,
-                "exact_k_rate": _r(sum(r.exact for r in main) / count) if count else 0.0,
+                "unfinished": issued - count,
+                # over every issued operation: one that never finished counts as a failure
+                "success_rate": _r(sum(r.success for r in main) / issued) if issued else 0.0,
+                "exact_k_rate": _r(sum(r.exact for r in main) / issued) if issued else 0.0,
                 "hops": {
                     "mean": _r(sum(hops) / count) if count else 0.0,
                     "expected_stutzbach_rejaie": _r(expected_hops),
