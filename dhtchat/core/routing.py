@@ -57,7 +57,7 @@ class _Bucket:
 
     def __init__(self) -> None:
         self.contacts: OrderedDict[bytes, Contact] = OrderedDict()  # LRU first
-        self.replacements: OrderedDict[bytes, Contact] = OrderedDict()
+        self.replacements: OrderedDict[bytes, Contact] | None = None  # made when first needed
         self.last_changed = 0.0
 
 
@@ -141,10 +141,13 @@ class RoutingTable:
         if len(bucket.contacts) < self.k:
             self._insert(bucket, contact, now)
             return AddResult.ADDED, None
-        bucket.replacements.pop(node_id, None)
-        bucket.replacements[node_id] = contact
-        while len(bucket.replacements) > self.replacement_cache_size:
-            bucket.replacements.popitem(last=False)
+        replacements = bucket.replacements
+        if replacements is None:
+            replacements = bucket.replacements = OrderedDict()
+        replacements.pop(node_id, None)
+        replacements[node_id] = contact
+        while len(replacements) > self.replacement_cache_size:
+            replacements.popitem(last=False)
         return AddResult.CACHED, next(iter(bucket.contacts.values()))
 
     def has_room_for(self, node_id: bytes, address: Address) -> bool:
@@ -182,15 +185,17 @@ class RoutingTable:
         if bucket is None:
             return None
         contact = bucket.contacts.pop(node_id, None)
-        bucket.replacements.pop(node_id, None)
+        replacements = bucket.replacements
+        if replacements is not None:
+            replacements.pop(node_id, None)
         if contact is None:
             return None
         self._subnet_counts[contact.subnet] -= 1
         if self._subnet_counts[contact.subnet] <= 0:
             del self._subnet_counts[contact.subnet]
         self._size -= 1
-        while bucket.replacements:
-            _, candidate = bucket.replacements.popitem(last=True)
+        while replacements:
+            _, candidate = replacements.popitem(last=True)
             if self._subnet_allows(bucket, candidate.subnet):
                 self._insert(bucket, candidate, now)
                 return candidate
