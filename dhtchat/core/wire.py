@@ -240,19 +240,23 @@ def encode_request(
     Padding lets a requester without a token receive a full-size reply while the responder
     keeps its reply no larger than the request (anti-amplification, cf. RFC 9000 sec. 8.1).
     """
-    data = pack(encode_envelope(Envelope(tid, sender, flags, token, body)))
+    envelope_bytes = encode_envelope(Envelope(tid, sender, flags, token, body))
+    data = pack(envelope_bytes)
     if pad_to <= len(data) or not hasattr(body, "pad"):
         return data
     target = min(pad_to, MAX_DATAGRAM_BYTES)
-    missing = target - len(data)
-    best = data
-    # A pad of n bytes adds n (+1 once its length header grows past 255), and the envelope's
-    # own length header may grow by a byte: the exact n is one of the first few below.
-    for n in range(missing, max(-1, missing - 7), -1):
-        padded = msgspec.structs.replace(body, pad=bytes(n))
-        candidate = pack(encode_envelope(Envelope(tid, sender, flags, token, padded)))
-        if len(candidate) <= target:
-            if len(candidate) > len(best):
-                best = candidate
-            break
-    return best
+    # Sizes are computed, not searched: a pad of n bytes adds n bytes (plus one once its bin
+    # header grows at 256), and the envelope's own bin header grows at 256 too.
+    base = len(envelope_bytes)
+
+    def total(n: int) -> int:
+        size = base + n + (1 if n >= 256 else 0)
+        return len(data) - base - (2 if base < 256 else 3) + (2 if size < 256 else 3) + size
+
+    n = target - len(data)
+    while n > 0 and total(n) > target:
+        n -= 1
+    if n <= 0:
+        return data
+    padded = msgspec.structs.replace(body, pad=bytes(n))
+    return pack(encode_envelope(Envelope(tid, sender, flags, token, padded)))
