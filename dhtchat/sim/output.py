@@ -96,7 +96,8 @@ def _plots(result: RunResult, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         ys = [(i + 1) / len(latencies) for i in range(len(latencies))]
         ax.plot(latencies, ys, label="dhtchat")
-        ax.set_xlabel("lookup latency (ms, virtual time)")
+        ax.set_xscale("log")
+        ax.set_xlabel("lookup latency (ms, virtual time, log scale)")
         ax.set_ylabel("CDF")
         ax.set_title(f"Lookup latency CDF — {name}")
         ax.grid(True, alpha=0.3)

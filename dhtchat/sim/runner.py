@@ -228,7 +228,8 @@ class _Simulation:
         self.target_key: bytes | None = None
         self.victim: int | None = None  # the eclipsed node (sybil adversary)
         self.oracle: ClosestOracle | None = None
-        self._ops_done = 0
+        self._main_done = 0  # finished lookups (or gets)
+        self.abandoned = 0  # operations lost because their own node went offline
         self._stored: dict[int, tuple[bytes, bytes]] = {}  # op index -> (key, value)
 
     # ---------------------------------------------------------------- setup
@@ -312,6 +313,11 @@ class _Simulation:
     def _leave(self, item: tuple[SimNode, random.Random]) -> None:
         node, rng = item
         self.net.set_online(node, False)
+        # Operations this node had running are abandoned (as in the baseline): their outcome
+        # says nothing about the DHT.
+        for key in [key for key in self._pending if key[0] == node.index]:
+            del self._pending[key]
+            self.abandoned += 1
         self.net.loop.schedule(self.net.loop.now + self.churn.downtime.sample(rng),
                                self._return, item)
 
@@ -339,8 +345,7 @@ class _Simulation:
         bar = _Progress(end - start, "run") if progress else None
         step = max(1.0, (end - start) / 200)
         t = start
-        while t < end + 120.0 and (self._ops_done < s.lookups * (2 if s.workload == "putget"
-                                                                  else 1)):
+        while t < end + 120.0 and self._main_done + self.abandoned < s.lookups:
             t += step
             net.run(t)
             if bar is not None:
@@ -419,7 +424,8 @@ class _Simulation:
     def _record(self, j: int, kind: str, node: SimNode, started: float, latency_ms: float,
                 hops: int, queries: int, requests: int, size: int, success: bool,
                 exact: bool) -> None:
-        self._ops_done += 1
+        if kind in ("lookup", "get"):
+            self._main_done += 1
         self.records.append(LookupRecord(j, kind, node.index,
                                          _r(started - self.workload_start),
                                          _r(latency_ms), hops, queries, requests, size,
@@ -448,7 +454,7 @@ class _Simulation:
                 fresh_live += 1 if other is not None and other.online else 0
         expected_hops = math.log2(s.nodes) / (1.33 + math.log2(s.k))
         count = len(main)
-        issued = s.lookups
+        issued = s.lookups - self.abandoned
         puts = [r for r in self.records if r.kind == "put"]
         result: dict[str, Any] = {
             "scenario": asdict(s),
@@ -459,8 +465,10 @@ class _Simulation:
                 "kind": "get" if s.workload == "putget" else "find_node",
                 "count": count,
                 "issued": s.lookups,
+                "abandoned": self.abandoned,
                 "unfinished": issued - count,
-                # over every issued operation: one that never finished counts as a failure
+                # over every operation whose node stayed online: one that never finished
+                # counts as a failure
                 "success_rate": _r(sum(r.success for r in main) / issued) if issued else 0.0,
                 "exact_k_rate": _r(sum(r.exact for r in main) / issued) if issued else 0.0,
                 "hops": {
