@@ -226,6 +226,14 @@ class _Rtt:
     rttvar: float = 0.0
     backoff: float = 1.0
 
+    def update(self, sample: float) -> None:
+        """RFC 6298 sec. 2 smoothing of one RTT sample."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = sample, sample / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
+            self.srtt = 0.875 * self.srtt + 0.125 * sample
+
 
 @dataclass(slots=True)
 class _Listener:
@@ -608,19 +616,10 @@ class DhtNode:
 
     def _rtt_sample(self, address: Address, sample: float) -> None:
         est = self._rtt.pop(address, None) or _Rtt()
-        if est.srtt is None:
-            est.srtt, est.rttvar = sample, sample / 2
-        else:
-            est.rttvar = 0.75 * est.rttvar + 0.25 * abs(est.srtt - sample)
-            est.srtt = 0.875 * est.srtt + 0.125 * sample
+        est.update(sample)
         est.backoff = 1.0
         self._rtt[address] = est
-        overall = self._overall_rtt
-        if overall.srtt is None:
-            overall.srtt, overall.rttvar = sample, sample / 2
-        else:
-            overall.rttvar = 0.75 * overall.rttvar + 0.25 * abs(overall.srtt - sample)
-            overall.srtt = 0.875 * overall.srtt + 0.125 * sample
+        self._overall_rtt.update(sample)
         if len(self._rtt) > _MAX_TRACKED_ADDRESSES:
             self._rtt.popitem(last=False)
 
