@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from dhtchat.core import node as node_module
 from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.events import (
     BootstrapCompleted,
@@ -80,9 +81,10 @@ def test_lookup_state_machine_terminates_on_k_closest_answered() -> None:
     rng = random.Random(3)
     target = rng.randbytes(32)
     nodes = [rng.randbytes(32) for _ in range(40)]
+    where = {n: (f"10.0.{i}.1", 4000) for i, n in enumerate(nodes)}
     lookup = Lookup(target, k=4, alpha=2)
     for n in nodes[:5]:
-        lookup.add(n, ("10.0.0.1", 1))
+        lookup.add(n, where[n])
     # Each node knows a random third of the others and answers with its 4 closest to target.
     knows = {n: rng.sample(nodes, 13) for n in nodes}
     seen = set(nodes[:5])
@@ -93,7 +95,7 @@ def test_lookup_state_machine_terminates_on_k_closest_answered() -> None:
         for cand in batch:
             closer = sorted(knows[cand.node_id], key=lambda n: distance(n, target))[:4]
             seen.update(closer)
-            lookup.on_response(cand.node_id, [(n, ("10.0.0.1", 1)) for n in closer])
+            lookup.on_response(cand.node_id, [(n, where[n]) for n in closer])
         steps += 1
         assert steps < 100
     best_seen = sorted(seen, key=lambda n: distance(n, target))[:4]
@@ -303,3 +305,57 @@ def test_config_rejects_a_k_whose_replies_would_not_fit() -> None:
     with pytest.raises(LocalProtocolError):
         DhtConfig(alpha=0)
     assert DhtConfig(k=20).request_pad <= 1400
+
+
+def test_a_values_reply_to_a_find_node_neither_raises_nor_hangs_the_lookup() -> None:
+    center, _peers, _addresses = _star(1)
+    qid = center.find_node(random.Random(2).randbytes(32), NOW)
+    data, address = center.datagrams_to_send(NOW)[0]
+    tid = decode(data).envelope.tid
+    reply = _signed_reply(100, center.node_id, tid, Values([], 0, False, []))
+    center.receive_datagram(reply, address, NOW + 0.01)  # must not raise
+    events = []
+    while (event := center.next_event()) is not None:
+        events.append(event)
+    assert any(isinstance(e, LookupCompleted) and e.query_id == qid for e in events)
+
+
+def test_spoofed_tiny_requests_trigger_no_verification_ping() -> None:
+    center, _peers, _addresses = _star(2)
+    victim = ("10.77.0.1", 5000)
+    sent = received = 0
+    for i in range(50):
+        stranger = node_key(5000 + i).public_key
+        data = encode_request(bytes([i]) * 8, stranger, 0, b"", Ping())  # 60 bytes, no token
+        received += len(data)
+        center.receive_datagram(data, victim, NOW + i)
+        sent += sum(len(d) for d, a in center.datagrams_to_send(NOW + i) if a == victim)
+    assert sent <= received  # nothing at all, in fact: the Pong does not fit either
+    assert sent == 0
+    # An honest newcomer pads its first request: it is answered and verified.
+    honest = encode_request(b"h" * 8, node_key(6000).public_key, 0, b"", Ping(), 600)
+    center.receive_datagram(honest, ("10.78.0.1", 5000), NOW + 100)
+    out = [d for d, a in center.datagrams_to_send(NOW + 100) if a == ("10.78.0.1", 5000)]
+    assert len(out) == 2  # the Pong, and a verification Ping padded only to Pong size
+    assert min(len(d) for d in out) <= 600 and max(len(d) for d in out) <= 600
+
+
+def test_rtt_table_stays_bounded_under_timeouts_to_many_addresses() -> None:
+    center, _peers, _addresses = _star(1, DhtConfig(maintenance_interval=1e9))
+    limit = node_module._MAX_TRACKED_ADDRESSES
+    for i in range(limit + 500):
+        center._send_request((f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1), Ping(),
+                             NOW, purpose=node_module._Purpose.BOOTSTRAP_PING)
+    center.datagrams_to_send(NOW)
+    center.handle_timer(NOW + 100)
+    center.handle_timer(NOW + 200)
+    assert len(center._rtt) <= limit
+
+
+def test_lookup_takes_one_candidate_per_address_and_few_per_ip() -> None:
+    lookup = Lookup(bytes(32), k=8, alpha=3, max_per_ip=3)
+    rng = random.Random(1)
+    taken = [lookup.add(rng.randbytes(32), ("10.0.0.1", 4000)) for _ in range(5)]
+    assert taken == [True, False, False, False, False]
+    taken = [lookup.add(rng.randbytes(32), ("10.0.0.2", 4000 + i)) for i in range(5)]
+    assert taken == [True, True, True, False, False]

@@ -61,6 +61,7 @@ class Lookup:
         alpha: int,
         max_queries: int = 128,
         max_candidates: int | None = None,
+        max_per_ip: int = 10,
     ) -> None:
         self.target = target
         self._target_key = int.from_bytes(target, "big")
@@ -68,31 +69,50 @@ class Lookup:
         self.alpha = alpha
         self.max_queries = max_queries
         self.max_candidates = max_candidates if max_candidates is not None else 8 * k
+        self.max_per_ip = max_per_ip
         self._candidates: dict[bytes, Candidate] = {}
+        # One candidate per address and a few per IP: a hostile reply naming many "nodes" at
+        # one victim address must not turn our lookup into a flood towards it.
+        self._addresses: set[Address] = set()
+        self._per_ip: dict[str, int] = {}
         self._sorted: list[Candidate] = []
         self.in_flight = 0
         self.queries_sent = 0
         self.responses = 0
         self.failures = 0
 
-    def add(self, node_id: bytes, address: Address, hops: int = 1) -> None:
+    def add(self, node_id: bytes, address: Address, hops: int = 1) -> bool:
         """Offer a candidate (ignored if known, or farther than a full shortlist).
 
         ``hops`` is the number of sequential requests needed to reach it: 1 for contacts from
-        our own table, one more than the node that named it otherwise.
+        our own table, one more than the node that named it otherwise. Returns whether it
+        was taken.
         """
-        if node_id in self._candidates:
-            return
+        if node_id in self._candidates or address in self._addresses or \
+                self._per_ip.get(address[0], 0) >= self.max_per_ip:
+            return False
         cand = Candidate(node_id, address,
                          int.from_bytes(node_id, "big") ^ self._target_key, hops)
         if len(self._sorted) >= self.max_candidates:
             worst = self._sorted[-1]
             if worst.distance <= cand.distance or worst.state is CandidateState.IN_FLIGHT:
-                return
+                return False
             self._sorted.pop()
             del self._candidates[worst.node_id]
+            self._forget_address(worst.address)
         self._candidates[node_id] = cand
+        self._addresses.add(address)
+        self._per_ip[address[0]] = self._per_ip.get(address[0], 0) + 1
         bisect.insort(self._sorted, cand, key=_by_distance)
+        return True
+
+    def _forget_address(self, address: Address) -> None:
+        self._addresses.discard(address)
+        left = self._per_ip.get(address[0], 1) - 1
+        if left > 0:
+            self._per_ip[address[0]] = left
+        else:
+            self._per_ip.pop(address[0], None)
 
     def next_queries(self) -> list[Candidate]:
         """Candidates to query now (marked in flight); empty when waiting or finished."""
@@ -190,22 +210,24 @@ class DisjointLookup:
     """
 
     def __init__(self, target: bytes, *, k: int, alpha: int, paths: int,
-                 max_queries: int = 128) -> None:
+                 max_queries: int = 128, max_per_ip: int = 10) -> None:
         self.target = target
         self.k = k
-        self.paths = [Lookup(target, k=k, alpha=alpha, max_queries=max_queries)
-                      for _ in range(paths)]
+        self.paths = [Lookup(target, k=k, alpha=alpha, max_queries=max_queries,
+                             max_per_ip=max_per_ip) for _ in range(paths)]
         self._path_of: dict[bytes, Lookup] = {}
         self._next_seed = 0
 
-    def add(self, node_id: bytes, address: Address, hops: int = 1) -> None:
+    def add(self, node_id: bytes, address: Address, hops: int = 1) -> bool:
         """Deal a seed contact to the next path."""
         if node_id in self._path_of:
-            return
+            return False
         path = self.paths[self._next_seed % len(self.paths)]
+        if not path.add(node_id, address, hops):
+            return False
         self._next_seed += 1
         self._path_of[node_id] = path
-        path.add(node_id, address, hops)
+        return True
 
     def next_queries(self) -> list[Candidate]:
         """Queries to send now, over all paths."""
@@ -216,8 +238,11 @@ class DisjointLookup:
         path = self._path_of.get(node_id)
         if path is None:
             return
-        fresh = [(n, a) for n, a in closer if self._path_of.setdefault(n, path) is path]
+        fresh = [(n, a) for n, a in closer if self._path_of.get(n, path) is path]
         path.on_response(node_id, fresh)
+        for other_id, _ in fresh:  # claimed only by the path that actually took it
+            if path.owns(other_id):
+                self._path_of.setdefault(other_id, path)
 
     def on_slow(self, node_id: bytes) -> None:
         """Route a soft timeout to its path."""

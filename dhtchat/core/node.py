@@ -170,6 +170,7 @@ class _Purpose(Enum):
     HANDOVER = "handover"
 
 
+_PING_PAD: Final = 176  # a Pong (IPv6: 159 bytes) fits in a Ping padded to this
 _MAX_REJOINS: Final = 4
 _REJOIN_DELAY: Final = 5.0
 _BACKGROUND: Final = frozenset({_Purpose.VERIFY, _Purpose.LIVENESS})
@@ -448,11 +449,13 @@ class DhtNode:
         if self.config.disjoint_paths > 1:
             lookup = DisjointLookup(query.target, k=self.config.k, alpha=self.config.alpha,
                                     paths=self.config.disjoint_paths,
-                                    max_queries=self.config.max_lookup_queries)
+                                    max_queries=self.config.max_lookup_queries,
+                                    max_per_ip=self.config.max_per_subnet_table)
             seeds = self.config.k * self.config.disjoint_paths
         else:
             lookup = Lookup(query.target, k=self.config.k, alpha=self.config.alpha,
-                            max_queries=self.config.max_lookup_queries)
+                            max_queries=self.config.max_lookup_queries,
+                            max_per_ip=self.config.max_per_subnet_table)
             seeds = self.config.k
         for contact in self.table.closest(query.target, seeds):
             lookup.add(contact.node_id, contact.address)
@@ -488,7 +491,9 @@ class DhtNode:
         elif query.kind is _Kind.BOOTSTRAP:
             self._finish(query, BootstrapCompleted(query_id=query.query_id,
                                                    contacts=len(self.table)))
-            if len(self.table) < self.config.k and self._rejoins < _MAX_REJOINS:
+            if len(self.table) >= self.config.k:
+                self._rejoins = 0
+            elif self._rejoins < _MAX_REJOINS:
                 # Joined through a node that knew too little (e.g. one still joining itself):
                 # look ourselves up again soon, with backoff, instead of waiting for refresh.
                 self._rejoin_at = now + _REJOIN_DELAY * 2**self._rejoins
@@ -582,7 +587,12 @@ class DhtNode:
 
     def _transmit(self, txn: _Transaction, now: float) -> None:
         token, fresh = self._token_for(txn.address, now)
-        pad_to = 0 if fresh else self.config.request_pad
+        if fresh:
+            pad_to = 0
+        elif isinstance(txn.body, Ping):
+            pad_to = _PING_PAD  # a Pong, not a full Nodes reply, must fit
+        else:
+            pad_to = self.config.request_pad
         data = encode_request(txn.tid, self.public_key, self._flags, token, txn.body, pad_to)
         self._outbox.append((data, txn.address))
         self.stats["requests_sent"] += 1
@@ -620,7 +630,7 @@ class DhtNode:
         est.backoff = 1.0
         self._rtt[address] = est
         self._overall_rtt.update(sample)
-        if len(self._rtt) > _MAX_TRACKED_ADDRESSES:
+        while len(self._rtt) > _MAX_TRACKED_ADDRESSES:
             self._rtt.popitem(last=False)
 
     def _respond(
@@ -714,7 +724,8 @@ class DhtNode:
         else:
             self._outbox.append((data, address))
             self.stats["bytes_sent"] += len(data)
-        if not envelope.flags & FLAG_READ_ONLY:
+        if not envelope.flags & FLAG_READ_ONLY and (validated or request_size >= _PING_PAD):
+            # (a tiny tokenless request may be spoofed: our ping must not amplify it)
             self._consider_contact(requester_id, address, now)
 
     def _shrink_reply(
@@ -924,14 +935,14 @@ class DhtNode:
                     continue
                 if info.node_id != self.node_id and is_valid_contact_address(host, info.port):
                     closer.append((info.node_id, (host, info.port)))
-            if isinstance(body, Values):
-                self._collect_values(query, txn, body, address, now)
             query.lookup.on_response(sender_id, closer)
+            if isinstance(body, Values) and isinstance(txn.body, GetValues):
+                self._collect_values(query, txn, txn.body, body, address, now)
             self._pump(query, now)
         elif purpose is _Purpose.PAGE:
             query.pending -= 1
-            if isinstance(body, Values):
-                self._collect_values(query, txn, body, address, now)
+            if isinstance(body, Values) and isinstance(txn.body, GetValues):
+                self._collect_values(query, txn, txn.body, body, address, now)
             self._pump(query, now)
         elif purpose is _Purpose.STORE:
             query.pending -= 1
@@ -942,13 +953,21 @@ class DhtNode:
             query.pending -= 1
             if isinstance(body, Listening):
                 query.stored += 1
-                self._listen_tids[txn.tid] = (query.query_id, now + body.duration + 5)
+                # a storer's word on the duration is bounded by ours (and a floor of 10 s)
+                duration = min(max(10.0, float(body.duration)), self.config.listen_duration)
+                self._listen_tids[txn.tid] = (query.query_id, now + duration + 5)
                 # renew before the shortest subscription a storer granted runs out
-                query.renew_at = min(query.renew_at, now + max(1.0, body.duration / 2))
+                query.renew_at = min(query.renew_at, now + duration / 2)
             self._maybe_announce_listen(query)
 
     def _collect_values(
-        self, query: _Query, txn: _Transaction, body: Values, address: Address, now: float
+        self,
+        query: _Query,
+        txn: _Transaction,
+        request: GetValues,
+        body: Values,
+        address: Address,
+        now: float,
     ) -> None:
         for record in body.records:
             if query.owner is not None and record.owner != query.owner:
@@ -963,13 +982,12 @@ class DhtNode:
                 self._misbehaved(address, f"invalid record in reply: {exc}")
                 continue
             query.records[record.owner] = record
-        assert isinstance(txn.body, GetValues)
-        offset = txn.body.offset
+        offset = request.offset
         more = offset + len(body.records) < min(body.total, _MAX_RECORDS_PER_GET)
         if body.records:
             if not more:
                 return
-        elif not (body.truncated and txn.purpose is _Purpose.LOOKUP):
+        elif not (body.truncated and body.total > 0 and txn.purpose is _Purpose.LOOKUP):
             return  # no progress: never ask for the same page twice
         if query.pages >= _MAX_PAGES_PER_QUERY:
             self.stats["page_budget_exhausted"] += 1
@@ -1030,6 +1048,8 @@ class DhtNode:
         est = self._rtt.get(txn.address)
         if est is None:
             est = self._rtt[txn.address] = _Rtt()
+            while len(self._rtt) > _MAX_TRACKED_ADDRESSES:
+                self._rtt.popitem(last=False)
         est.backoff = min(8.0, est.backoff * 2)
         retries = self.config.store_retries if txn.purpose in (
             _Purpose.STORE, _Purpose.LISTEN, _Purpose.PAGE, _Purpose.HANDOVER,
@@ -1054,7 +1074,8 @@ class DhtNode:
             if contact is not None and contact.address == txn.address and \
                     self.table.record_failure(txn.expected_id, now):
                 self._emit(ContactEvicted(node_id=txn.expected_id, address=txn.address))
-        self._verifying.pop(txn.expected_id or b"", None)
+        if txn.purpose is _Purpose.VERIFY and txn.expected_id is not None:
+            self._verifying.pop(txn.expected_id, None)
         query = self._queries.get(txn.query_id) if txn.query_id is not None else None
         if query is None:
             return
@@ -1083,8 +1104,7 @@ class DhtNode:
         """A node sent us a request: verify it with a signed challenge before adding it."""
         contact = self.table.get(node_id)
         if contact is not None and contact.address == address:
-            contact.last_seen = now
-            return
+            return  # known here; last_seen moves only on verified replies (requests spoof)
         if node_id == self.node_id or node_id in self._verifying:
             return
         if not is_valid_contact_address(*address):

@@ -129,6 +129,8 @@ class RoutingTable:
                 if new_subnet != existing.subnet and not self._subnet_allows(bucket, new_subnet):
                     return AddResult.REJECTED_DIVERSITY, None
                 self._subnet_counts[existing.subnet] -= 1
+                if self._subnet_counts[existing.subnet] <= 0:
+                    del self._subnet_counts[existing.subnet]
                 existing.address, existing.subnet = address, new_subnet
                 self._subnet_counts[new_subnet] += 1
             existing.last_seen = now

@@ -243,8 +243,13 @@ class UdpDhtNode:
                 transport.sendto(data, address)
             except (OSError, ValueError) as exc:
                 log.debug("send to %s failed: %s", address, exc)
-        while (event := self.core.next_event()) is not None:
-            self._dispatch(event)
+        try:
+            while (event := self.core.next_event()) is not None:
+                self._dispatch(event)
+        finally:  # a failing on_event callback must not leave the core without a timer
+            self._arm_timer(now)
+
+    def _arm_timer(self, now: float) -> None:
         deadline = self.core.get_timer()
         if self._timer is not None:
             self._timer.cancel()
