@@ -445,6 +445,9 @@ class DhtNode:
         return query
 
     def _start_lookup(self, query: _Query, now: float) -> None:
+        # Kademlia sec. 2.3: a lookup for an id refreshes the bucket that id falls in.
+        if query.target != self.node_id:
+            self.table.touch_bucket(self.table.bucket_index(query.target), now)
         lookup: Lookup | DisjointLookup
         if self.config.disjoint_paths > 1:
             lookup = DisjointLookup(query.target, k=self.config.k, alpha=self.config.alpha,
