@@ -273,11 +273,6 @@ class SimNetwork:
         self.loop.run(until)
 
 
-def random_id(rng: random.Random) -> bytes:
-    """A uniformly random 256-bit id."""
-    return rng.randbytes(ID_BYTES)
-
-
 def id_near(target: bytes, common_bits: int, rng: random.Random) -> bytes:
     """A random id sharing exactly ``common_bits`` leading bits with ``target``."""
     value = int.from_bytes(target, "big")

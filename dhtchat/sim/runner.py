@@ -12,7 +12,6 @@ import random
 import sys
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -515,5 +514,3 @@ class _Simulation:
                 buckets.setdefault(int(r.start_s // 60), []).append(r.success)
         return [(float(m), _r(sum(v) / len(v))) for m, v in sorted(buckets.items())]
 
-
-ProgressHook = Callable[[float], None]
