@@ -137,12 +137,9 @@ class Lookup:
 
     def on_response(self, node_id: bytes, closer: list[tuple[bytes, Address]]) -> None:
         """Record an answer and the contacts it returned."""
-        cand = self._candidates.get(node_id)
-        if cand is None or cand.state not in (CandidateState.IN_FLIGHT, CandidateState.SLOW):
+        cand = self._settle(node_id, CandidateState.ANSWERED)
+        if cand is None:
             return
-        if cand.state is CandidateState.IN_FLIGHT:
-            self.in_flight -= 1
-        cand.state = CandidateState.ANSWERED
         self.responses += 1
         for other_id, address in closer:
             self.add(other_id, address, cand.hops + 1)
@@ -157,13 +154,18 @@ class Lookup:
 
     def on_failure(self, node_id: bytes) -> None:
         """Record a hard timeout or refusal."""
+        if self._settle(node_id, CandidateState.FAILED) is not None:
+            self.failures += 1
+
+    def _settle(self, node_id: bytes, outcome: CandidateState) -> Candidate | None:
+        """Move a queried (in flight or slow) candidate to ``outcome``; None if it was not."""
         cand = self._candidates.get(node_id)
         if cand is None or cand.state not in (CandidateState.IN_FLIGHT, CandidateState.SLOW):
-            return
+            return None
         if cand.state is CandidateState.IN_FLIGHT:
             self.in_flight -= 1
-        cand.state = CandidateState.FAILED
-        self.failures += 1
+        cand.state = outcome
+        return cand
 
     @property
     def finished(self) -> bool:
