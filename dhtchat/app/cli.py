@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import segno
 
@@ -33,7 +34,10 @@ from dhtchat.app.keystore import (
     save_identity_file,
 )
 from dhtchat.app.profile import NodeState, Profile, resolve_profile_dir
+from dhtchat.app.rpc import INVALID_PARAMS, NOT_A_CONTACT, NOT_FOUND, DaemonNotRunning, RpcError
+from dhtchat.app.rpc import call as rpc_call
 from dhtchat.core.addresses import Address, format_address, parse_address
+from dhtchat.core.contacts import DEFAULT_POW_BITS
 from dhtchat.core.errors import DhtChatError, InvalidUserId, LocalProtocolError
 from dhtchat.core.events import (
     BootstrapCompleted,
@@ -54,6 +58,9 @@ from dhtchat.core.ids import short
 from dhtchat.core.node import DhtConfig
 from dhtchat.core.records import MAX_VALUE_BYTES, RecordType, app_salt, make_app_record, record_key
 from dhtchat.net.udp import UdpDhtNode
+
+if TYPE_CHECKING:
+    from dhtchat.net.webrtc import TurnServer
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -366,6 +373,124 @@ def cmd_dht_get(args: argparse.Namespace) -> int:
     return asyncio.run(_dht_get(args))
 
 
+# ---------------------------------------------------------------------------- daemon
+
+
+def _parse_turn(args: argparse.Namespace) -> TurnServer | None:
+    from dhtchat.net.webrtc import TurnServer  # noqa: PLC0415 - aiortc loads only for daemons
+
+    if not args.turn:
+        if args.turn_user or args.turn_pass:
+            raise UsageError("--turn-user/--turn-pass need --turn URL")
+        return None
+    if not args.turn.startswith(("turn:", "turns:")):
+        raise UsageError("--turn must be a turn: URL, e.g. turn:203.0.113.5:3478")
+    if not args.turn_user or args.turn_pass is None:
+        raise UsageError("--turn needs --turn-user and --turn-pass")
+    return TurnServer(args.turn, args.turn_user, args.turn_pass)
+
+
+async def _run_daemon(args: argparse.Namespace) -> int:
+    # Imported here: aiortc takes a while to load and only the daemon needs it.
+    from dhtchat.app.daemon import Daemon, DaemonAlreadyRunning, DaemonOptions  # noqa: PLC0415
+
+    profile, _ = _profile(args)
+    if not profile.has_identity():
+        raise UsageError(f"no identity in {profile.root}; create one with `dhtchat id new`")
+    identity = _load_identity(profile)
+    options = DaemonOptions(
+        port=args.port, host=args.host, bootstrap=_parse_bootstrap(args.bootstrap),
+        stun=_parse_bootstrap(args.stun), turn=_parse_turn(args), relay_only=args.relay_only,
+        ice_addresses=args.ice_address, connect_timeout=args.connect_timeout,
+        display_name=args.name or "", pow_bits=args.pow_bits,
+    )
+    daemon = Daemon(profile, identity, options)
+    try:
+        await daemon.start()
+    except DaemonAlreadyRunning as exc:
+        raise UsageError(str(exc)) from None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(daemon.stop()))
+    log.info("daemon ready; API on %s", daemon.socket_path)
+    try:
+        await daemon.serve_forever()
+    finally:
+        await daemon.stop()
+    log.info("daemon stopped")
+    return EXIT_OK
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    return asyncio.run(_run_daemon(args))
+
+
+def _rpc(args: argparse.Namespace, method: str, params: dict[str, Any],
+         timeout: float = 120.0) -> Any:
+    profile, _ = _profile(args)
+    path = profile.root / "daemon.sock"
+    try:
+        return asyncio.run(rpc_call(path, method, params, timeout=timeout))
+    except DaemonNotRunning:
+        raise DaemonUnavailable(
+            f"no daemon is running for profile {profile.root}; start one with "
+            "`dhtchat daemon --port PORT`") from None
+
+
+class DaemonUnavailable(Exception):
+    """The client could not reach a daemon."""
+
+
+def _print_contacts(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        status = row.get("status", "")
+        if row.get("path"):
+            status += f" ({row['path']})"
+        if row.get("reason") and row.get("status") != "connected":
+            status += f" - {row['reason']}"
+        extra = f" \"{row['message']}\"" if row.get("message") else ""
+        print(f"{row['name']:<20} {row['state']:<9} {status:<24} {row['id']}{extra}")
+
+
+def cmd_contact(args: argparse.Namespace) -> int:
+    action = args.contact_command
+    if action == "request":
+        result = _rpc(args, "contact.request",
+                      {"id": args.id, "name": args.name, "message": args.message})
+        print(f"request sent to {result['id']} (stored on {result.get('stored_on', 0)} nodes)"
+              if result["state"] == "outgoing" else f"{result['name']}: {result['state']}")
+    elif action == "pending":
+        _print_contacts(_rpc(args, "contact.pending", {}), args.json)
+    elif action == "accept":
+        result = _rpc(args, "contact.accept", {"id": args.id, "name": args.name})
+        print(f"accepted {result['name']} ({result['id']})")
+    elif action == "refuse":
+        result = _rpc(args, "contact.refuse", {"id": args.id})
+        print(f"refused {result['id']}")
+    elif action == "block":
+        result = _rpc(args, "contact.block", {"id": args.id})
+        print(f"blocked {result['id']}")
+    else:
+        _print_contacts(_rpc(args, "contact.list", {}), args.json)
+    return EXIT_OK
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    result = _rpc(args, "connect", {"contact": args.contact, "timeout": args.timeout},
+                  timeout=args.timeout + 30)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        local, remote = result["local"], result["remote"]
+        print(f"connected to {result['name']} {result['path']}: "
+              f"{local['type']} {local['address']} <-> {remote['type']} {remote['address']} "
+              f"in {result['connect_ms']:.0f} ms")
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     # Imported here: the simulator pulls matplotlib and friends, which a chat node never needs.
     from dhtchat.sim.cli import simulate_main  # noqa: PLC0415
@@ -446,6 +571,49 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-plots", action="store_true")
     sim.set_defaults(func=cmd_simulate)
 
+    daemon = sub.add_parser("daemon", help="run your node: DHT, contacts, connections")
+    daemon.add_argument("--port", type=int, required=True, help="UDP port of the DHT node")
+    daemon.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    daemon.add_argument("--bootstrap", metavar="HOST:PORT", action="append",
+                        help="a known DHT node (repeat for several)")
+    daemon.add_argument("--stun", metavar="HOST:PORT", action="append",
+                        help="STUN server(s) to use instead of DHT peers")
+    daemon.add_argument("--turn", metavar="URL", help="TURN server, e.g. turn:HOST:3478")
+    daemon.add_argument("--turn-user", metavar="U")
+    daemon.add_argument("--turn-pass", metavar="P")
+    daemon.add_argument("--relay-only", action="store_true",
+                        help="connect only through TURN: peers never learn your IP")
+    daemon.add_argument("--ice-address", metavar="IP", action="append",
+                        help="offer only these local addresses as ICE host candidates")
+    daemon.add_argument("--name", help="display name sent with your contact requests")
+    daemon.add_argument("--connect-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    daemon.add_argument("--pow-bits", type=int, default=DEFAULT_POW_BITS, help=argparse.SUPPRESS)
+    daemon.set_defaults(func=cmd_daemon)
+
+    contact = sub.add_parser("contact", help="contact requests and the contact list")
+    contact_sub = contact.add_subparsers(dest="contact_command", required=True)
+    c_request = contact_sub.add_parser("request", help="ask ID to become a contact")
+    c_request.add_argument("id", metavar="ID")
+    c_request.add_argument("--name", help="the display name they will see")
+    c_request.add_argument("--message", default="", help="a short note (280 characters)")
+    c_pending = contact_sub.add_parser("pending", help="requests waiting for an answer")
+    c_pending.add_argument("--json", action="store_true")
+    c_accept = contact_sub.add_parser("accept", help="accept a request")
+    c_accept.add_argument("id", metavar="ID")
+    c_accept.add_argument("--name", help="what to call this contact")
+    for name, text in (("refuse", "refuse a request"), ("block", "block an id for good")):
+        c_other = contact_sub.add_parser(name, help=text)
+        c_other.add_argument("id", metavar="ID")
+    c_list = contact_sub.add_parser("list", help="contacts and their status")
+    c_list.add_argument("--json", action="store_true")
+    contact.set_defaults(func=cmd_contact)
+
+    connect = sub.add_parser("connect", help="open an encrypted connection to a contact")
+    connect.add_argument("contact", metavar="NAME_OR_ID")
+    connect.add_argument("--timeout", type=float, default=30.0)
+    connect.add_argument("--json", action="store_true")
+    connect.set_defaults(func=cmd_connect)
+
     demo = sub.add_parser("demo", help="run a local network on loopback and show it working")
     demo.add_argument("--nodes", type=int, default=16)
     demo.add_argument("--keep-running", action="store_true",
@@ -469,14 +637,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    if not args.verbose:  # aioice/aiortc narrate every ICE check at INFO
+        for noisy in ("aioice", "aiortc"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
     except (UsageError, InvalidUserId, KeystoreError, LocalProtocolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except DhtUnreachable as exc:
+    except (DhtUnreachable, DaemonUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except RpcError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE if exc.code in (INVALID_PARAMS, NOT_FOUND, NOT_A_CONTACT) \
+            else EXIT_FAILED
     except DhtChatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -20,9 +20,13 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from dhtchat.core.addresses import Address, subnet_of
-from dhtchat.core.ids import ID_BITS, common_prefix_length
+from dhtchat.core.ids import ID_BITS
+
+if TYPE_CHECKING:
+    from dhtchat.core.wire import NodeInfo
 
 
 @dataclass(slots=True)
@@ -35,6 +39,8 @@ class Contact:
     failures: int = 0
     subnet: str = field(default="", compare=False)
     key: int = field(default=0, compare=False)  # node_id as an integer, for XOR sorting
+    # the contact as sent in replies, built on first use by the node (reset on a move)
+    info: NodeInfo | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.subnet:
@@ -53,12 +59,13 @@ class AddResult(Enum):
 
 
 class _Bucket:
-    __slots__ = ("contacts", "last_changed", "replacements")
+    __slots__ = ("contacts", "last_changed", "replacements", "subnets")
 
     def __init__(self) -> None:
         self.contacts: OrderedDict[bytes, Contact] = OrderedDict()  # LRU first
         self.replacements: OrderedDict[bytes, Contact] | None = None  # made when first needed
         self.last_changed = 0.0
+        self.subnets: dict[str, int] = {}  # contacts per subnet in this bucket
 
 
 class RoutingTable:
@@ -98,14 +105,15 @@ class RoutingTable:
         return self.get(node_id) is not None
 
     def bucket_index(self, node_id: bytes) -> int:
-        """Index of the bucket ``node_id`` belongs in."""
-        return common_prefix_length(self.own_id, node_id)
+        """Index of the bucket ``node_id`` belongs in (the common prefix length)."""
+        return ID_BITS - (int.from_bytes(node_id, "big") ^ self._own_key).bit_length()
 
     def get(self, node_id: bytes) -> Contact | None:
         """The contact with this id, if present."""
-        if node_id == self.own_id:
-            return None
-        bucket = self._buckets[self.bucket_index(node_id)]
+        index = ID_BITS - (int.from_bytes(node_id, "big") ^ self._own_key).bit_length()
+        if index >= ID_BITS:
+            return None  # our own id
+        bucket = self._buckets[index]
         return bucket.contacts.get(node_id) if bucket is not None else None
 
     def contacts(self) -> list[Contact]:
@@ -118,9 +126,12 @@ class RoutingTable:
         Returns the result and, when the bucket is full, its least-recently-seen contact so
         the caller can ping it (Kademlia's eviction check).
         """
-        if node_id == self.own_id:
+        index = ID_BITS - (int.from_bytes(node_id, "big") ^ self._own_key).bit_length()
+        if index >= ID_BITS:
             return AddResult.REJECTED_SELF, None
-        bucket = self._bucket(self.bucket_index(node_id))
+        bucket = self._buckets[index]
+        if bucket is None:
+            bucket = self._bucket(index)
         existing = bucket.contacts.get(node_id)
         if existing is not None:
             if existing.address != address:
@@ -128,11 +139,10 @@ class RoutingTable:
                 new_subnet = subnet_of(address[0])
                 if new_subnet != existing.subnet and not self._subnet_allows(bucket, new_subnet):
                     return AddResult.REJECTED_DIVERSITY, None
-                self._subnet_counts[existing.subnet] -= 1
-                if self._subnet_counts[existing.subnet] <= 0:
-                    del self._subnet_counts[existing.subnet]
+                self._count_subnet(bucket, existing.subnet, -1)
                 existing.address, existing.subnet = address, new_subnet
-                self._subnet_counts[new_subnet] += 1
+                existing.info = None
+                self._count_subnet(bucket, new_subnet, 1)
             existing.last_seen = now
             existing.failures = 0
             bucket.contacts.move_to_end(node_id)
@@ -154,9 +164,12 @@ class RoutingTable:
 
     def has_room_for(self, node_id: bytes, address: Address) -> bool:
         """Whether an unknown contact would enter its bucket now (not full, diverse enough)."""
-        if node_id == self.own_id:
+        index = ID_BITS - (int.from_bytes(node_id, "big") ^ self._own_key).bit_length()
+        if index >= ID_BITS:
             return False
-        bucket = self._bucket(self.bucket_index(node_id))
+        bucket = self._buckets[index]
+        if bucket is None:
+            bucket = self._bucket(index)
         return len(bucket.contacts) < self.k and self._subnet_allows(
             bucket, subnet_of(address[0])
         )
@@ -171,15 +184,29 @@ class RoutingTable:
     def _subnet_allows(self, bucket: _Bucket, subnet: str) -> bool:
         if self._subnet_counts[subnet] >= self.max_per_subnet_table:
             return False
-        in_bucket = sum(1 for c in bucket.contacts.values() if c.subnet == subnet)
-        return in_bucket < self.max_per_subnet_bucket
+        return bucket.subnets.get(subnet, 0) < self.max_per_subnet_bucket
+
+    def _count_subnet(self, bucket: _Bucket, subnet: str, delta: int) -> None:
+        """Move the per-table and per-bucket counts of ``subnet`` by ``delta``."""
+        left = self._subnet_counts[subnet] + delta
+        if left > 0:
+            self._subnet_counts[subnet] = left
+        else:
+            del self._subnet_counts[subnet]
+        left = bucket.subnets.get(subnet, 0) + delta
+        if left > 0:
+            bucket.subnets[subnet] = left
+        else:
+            del bucket.subnets[subnet]
 
     def _insert(self, bucket: _Bucket, contact: Contact, now: float) -> None:
         bucket.contacts[contact.node_id] = contact
         bucket.last_changed = now
-        self._subnet_counts[contact.subnet] += 1
+        self._count_subnet(bucket, contact.subnet, 1)
         self._size += 1
-        self._deepest = max(self._deepest, self.bucket_index(contact.node_id))
+        index = self.bucket_index(contact.node_id)
+        if index > self._deepest:
+            self._deepest = index
 
     def remove(self, node_id: bytes, now: float) -> Contact | None:
         """Remove a contact and promote the freshest replacement. Returns the promoted one."""
@@ -192,9 +219,7 @@ class RoutingTable:
             replacements.pop(node_id, None)
         if contact is None:
             return None
-        self._subnet_counts[contact.subnet] -= 1
-        if self._subnet_counts[contact.subnet] <= 0:
-            del self._subnet_counts[contact.subnet]
+        self._count_subnet(bucket, contact.subnet, -1)
         self._size -= 1
         while replacements:
             _, candidate = replacements.popitem(last=True)
@@ -222,26 +247,36 @@ class RoutingTable:
             return []
         t = int.from_bytes(target, "big")
         c = ID_BITS - (t ^ self._own_key).bit_length()
-        result: list[Contact] = []
+        buckets = self._buckets
+        deepest = self._deepest
 
-        def take(group: list[Contact]) -> None:
-            group.sort(key=lambda x: x.key ^ t)
-            result.extend(group[: count - len(result)])
+        def by_distance(x: Contact) -> int:
+            return x.key ^ t
 
+        result: list[Contact]
         if c < ID_BITS:
-            take(self._contacts_in(c))
-            if len(result) < count:
-                take([x for b in self._buckets[c + 1 : self._deepest + 1] if b is not None
-                      for x in b.contacts.values()])
+            bucket = buckets[c]
+            if bucket is not None and len(bucket.contacts) >= count:
+                # bucket c alone holds everything sharing c + 1 bits with the target
+                return sorted(bucket.contacts.values(), key=by_distance)[:count]
+            result = sorted(bucket.contacts.values(), key=by_distance) if bucket else []
+            if c < deepest:
+                deeper = [x for b in buckets[c + 1 : deepest + 1] if b is not None
+                          for x in b.contacts.values()]
+                if deeper:
+                    deeper.sort(key=by_distance)
+                    result += deeper[: count - len(result)]
             start = c - 1
         else:  # target is our own id: every bucket, deepest (closest) first
-            start = self._deepest
-        for i in range(min(start, self._deepest), -1, -1):
+            result = []
+            start = deepest
+        for i in range(min(start, deepest), -1, -1):
             if len(result) >= count:
                 break
-            group = self._contacts_in(i)
-            if group:
-                take(group)
+            bucket = buckets[i]
+            if bucket is not None and bucket.contacts:
+                group = sorted(bucket.contacts.values(), key=by_distance)
+                result += group[: count - len(result)]
         return result
 
     def stale_buckets(self, now: float, max_age: float) -> list[int]:

@@ -30,7 +30,9 @@ from dhtchat.core.events import (
 )
 from dhtchat.core.identity import SEED_BYTES, SigningIdentity
 from dhtchat.core.node import DhtConfig, DhtNode
+from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record
+from dhtchat.core.stun import answer_binding_request, looks_like_stun
 
 log = logging.getLogger("dhtchat.net")
 
@@ -86,6 +88,9 @@ class UdpDhtNode:
         self._loop = asyncio.get_running_loop()
         self.address: Address = ("", 0)
         self.internal_errors = 0
+        self.stun_answered = 0
+        # STUN Binding answers per source IP: enough for ICE gathering, useless for floods.
+        self._stun_limit = TokenBuckets(rate=5.0, burst=20.0)
 
     @classmethod
     async def create(
@@ -217,12 +222,28 @@ class UdpDhtNode:
         self._subscriptions.pop(query_id, None)
 
     def _on_datagram(self, data: bytes, address: Address) -> None:
+        if looks_like_stun(data):
+            self._answer_stun(data, address)
+            return
         try:
             self.core.receive_datagram(data, address, time.time())
         except Exception:  # a bug must not take the node down; it is logged with context
             self.internal_errors += 1
             log.exception("internal error handling a datagram from %s", address)
         self._flush()
+
+    def _answer_stun(self, data: bytes, address: Address) -> None:
+        """Answer a STUN Binding request (RFC 5389) so peers learn their reflexive address."""
+        response = answer_binding_request(data, address)
+        if response is None or self._transport is None:
+            return
+        if not self._stun_limit.allow(address[0], time.monotonic()):
+            return
+        try:
+            self._transport.sendto(response, address)
+            self.stun_answered += 1
+        except (OSError, ValueError) as exc:
+            log.debug("STUN answer to %s failed: %s", address, exc)
 
     def _on_timer(self) -> None:
         self._timer = None

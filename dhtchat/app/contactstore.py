@@ -1,0 +1,113 @@
+"""The contact list of a profile (``contacts.sqlite``, mode 0600).
+
+States: ``incoming`` (a request waits for my answer), ``outgoing`` (I asked, no answer yet),
+``accepted``, ``refused`` (I said no; a new request from them shows up again) and ``blocked``
+(everything from them is dropped, silently, forever).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from dhtchat.app.keystore import write_private_file
+
+ContactState = Literal["incoming", "outgoing", "accepted", "refused", "blocked"]
+STATES: Final = ("incoming", "outgoing", "accepted", "refused", "blocked")
+
+
+@dataclass(frozen=True)
+class ContactEntry:
+    """One row of the contact list."""
+
+    public_key: bytes
+    name: str
+    state: ContactState
+    message: str
+    created: float
+    updated: float
+
+
+class ContactStore:
+    """SQLite-backed contact list."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            write_private_file(path, b"")
+        self._db = sqlite3.connect(path)
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS contacts (
+                public_key BLOB PRIMARY KEY,
+                name TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN
+                    ('incoming','outgoing','accepted','refused','blocked')),
+                message TEXT NOT NULL DEFAULT '',
+                created REAL NOT NULL,
+                updated REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS seen_envelopes (
+                envelope BLOB PRIMARY KEY, seen REAL NOT NULL);
+            """
+        )
+
+    def get(self, public_key: bytes) -> ContactEntry | None:
+        """The entry for a key, if any."""
+        row = self._db.execute(
+            "SELECT public_key, name, state, message, created, updated FROM contacts "
+            "WHERE public_key = ?", (public_key,)).fetchone()
+        return _entry(row) if row else None
+
+    def all(self, state: ContactState | None = None) -> list[ContactEntry]:
+        """All entries (optionally of one state), by name."""
+        query = "SELECT public_key, name, state, message, created, updated FROM contacts"
+        params: tuple[str, ...] = ()
+        if state is not None:
+            query += " WHERE state = ?"
+            params = (state,)
+        return [_entry(row) for row in self._db.execute(query + " ORDER BY name", params)]
+
+    def by_name(self, name: str) -> list[ContactEntry]:
+        """Entries whose display name is ``name`` (case-insensitive)."""
+        rows = self._db.execute(
+            "SELECT public_key, name, state, message, created, updated FROM contacts "
+            "WHERE lower(name) = lower(?)", (name,)).fetchall()
+        return [_entry(row) for row in rows]
+
+    def put(self, public_key: bytes, *, name: str, state: ContactState, message: str = "",
+            now: float | None = None) -> ContactEntry:
+        """Insert or update an entry (the name is kept when ``name`` is empty)."""
+        stamp = time.time() if now is None else now
+        with self._db:
+            self._db.execute(
+                """INSERT INTO contacts VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(public_key) DO UPDATE SET
+                     name = CASE WHEN excluded.name = '' THEN name ELSE excluded.name END,
+                     state = excluded.state, message = excluded.message,
+                     updated = excluded.updated""",
+                (public_key, name, state, message, stamp, stamp),
+            )
+        entry = self.get(public_key)
+        assert entry is not None
+        return entry
+
+    def mark_seen(self, envelope: bytes, now: float) -> bool:
+        """Remember a processed request envelope; False when it was seen already."""
+        with self._db:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO seen_envelopes VALUES (?, ?)", (envelope, now))
+            self._db.execute("DELETE FROM seen_envelopes WHERE seen < ?", (now - 30 * 86400,))
+        return cursor.rowcount == 1
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+
+def _entry(row: tuple[bytes, str, str, str, float, float]) -> ContactEntry:
+    public_key, name, state, message, created, updated = row
+    assert state in STATES
+    return ContactEntry(bytes(public_key), name, state, message, created, updated)  # type: ignore[arg-type]

@@ -1,0 +1,875 @@
+"""``dhtchat daemon``: a person's node (DHT + contacts + connections) behind a local API.
+
+Theory of operation (design sec. 5; protocol in docs/protocol.md, API in docs/api.md):
+
+* One daemon per profile, enforced with an exclusive ``flock`` on ``daemon.lock``.
+* The DHT node (its own node key, never the identity key) answers STUN Binding requests on
+  its UDP port, so ICE needs no STUN server of ours.
+* Contact requests arrive in the identity's public inbox (``listen`` + a periodic ``get``);
+  a request is shown only after its proof of work, seal and signature check out; blocked ids
+  are dropped before anything is stored.
+* For every accepted contact the daemon publishes sealed presence on the pair's rendezvous key
+  of the current epoch, republishing before expiry, and listens on the keys where the contact
+  publishes presence and signalling to it (the current epoch, and the adjacent one near a
+  boundary).
+* ``connect``: a fresh aiortc peer connection, an offer sealed and signed over the DTLS
+  fingerprint and ICE credentials, put on the pair's signalling key; the contact's daemon gets
+  it by ``listen``, verifies it, answers the same way, and ICE + DTLS + SCTP bring up a data
+  channel. aiortc itself checks the peer's DTLS certificate against the (signed) fingerprint.
+* Lifecycle: ICE consent freshness (RFC 7675, in aioice) detects a dead path; a contact that
+  was connected is reconnected with exponential backoff; an offer from a contact that restarted
+  replaces the old connection. Simultaneous offers (glare) resolve by key order: the side with
+  the larger public key keeps its offer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+
+from dhtchat.app.contactstore import ContactEntry, ContactStore
+from dhtchat.app.profile import NodeState, Profile
+from dhtchat.app.rpc import (
+    BLOCKED,
+    CONNECTION_FAILED,
+    INVALID_PARAMS,
+    NOT_A_CONTACT,
+    NOT_FOUND,
+    TIMEOUT,
+    RpcError,
+    RpcServer,
+)
+from dhtchat.core.addresses import Address, format_address
+from dhtchat.core.contacts import (
+    DEFAULT_POW_BITS,
+    EPOCH_SECONDS,
+    SIGNAL_MAX_AGE,
+    OpenedSignal,
+    Pair,
+    Presence,
+    Purpose,
+    ReplayGuard,
+    epoch_of,
+    inbox_key,
+    make_contact_request,
+    make_presence,
+    make_signal,
+    open_contact_request,
+    open_presence,
+    open_signal,
+)
+from dhtchat.core.errors import InvalidUserId, LocalProtocolError, RemoteProtocolError
+from dhtchat.core.identity import SigningIdentity, decode_user_id, encode_user_id
+from dhtchat.core.records import Record
+from dhtchat.net.stun import first_stun_responder
+from dhtchat.net.udp import Subscription, UdpDhtNode
+from dhtchat.net.webrtc import (
+    CandidateInfo,
+    SelectedPair,
+    TurnServer,
+    configuration,
+    enlarge_ice_socket_buffers,
+    restrict_host_addresses,
+    selected_pair,
+)
+
+log = logging.getLogger("dhtchat.daemon")
+
+PRESENCE_TTL: Final = 1800
+PRESENCE_REPUBLISH: Final = 1200
+PRESENCE_FRESH: Final = PRESENCE_TTL + 120
+INBOX_POLL: Final = 60.0
+MAINTENANCE_PERIOD: Final = 5.0
+EPOCH_OVERLAP: Final = SIGNAL_MAX_AGE
+MAX_BACKOFF: Final = 60.0
+
+Status = Literal["offline", "online", "connecting", "connected"]
+
+
+class DaemonAlreadyRunning(Exception):
+    """Another daemon holds the profile's lock."""
+
+
+@dataclass
+class DaemonOptions:
+    """Configuration of a daemon (the ``dhtchat daemon`` flags)."""
+
+    port: int = 0
+    host: str = "0.0.0.0"
+    bootstrap: list[Address] = field(default_factory=list)
+    stun: list[Address] = field(default_factory=list)
+    turn: TurnServer | None = None
+    relay_only: bool = False
+    ice_addresses: list[str] | None = None
+    pow_bits: int = DEFAULT_POW_BITS
+    connect_timeout: float = 30.0
+    display_name: str = ""
+
+
+@dataclass
+class Link:
+    """The live state of one accepted contact."""
+
+    public_key: bytes
+    pair: Pair
+    status: Status = "offline"
+    reason: str = ""
+    pc: RTCPeerConnection | None = None
+    channel: RTCDataChannel | None = None
+    selected: SelectedPair | None = None
+    session: bytes = b""
+    offering: bool = False
+    answer: asyncio.Future[OpenedSignal] | None = None
+    connected_at: float = 0.0
+    connect_ms: float | None = None
+    presence: Presence | None = None
+    presence_seen: float = 0.0
+    presence_published: dict[int, float] = field(default_factory=dict)
+    subscriptions: dict[tuple[Purpose, int], Subscription] = field(default_factory=dict)
+    wanted: bool = False
+    next_attempt: float = 0.0
+    backoff: float = 1.0
+    attempt: asyncio.Task[dict[str, Any]] | None = None
+
+    @property
+    def online(self) -> bool:
+        """A fresh presence record was seen."""
+        return self.presence is not None and time.time() - self.presence_seen < PRESENCE_FRESH
+
+
+class Daemon:
+    """A running daemon; :meth:`start` it, then :meth:`serve_forever` or :meth:`stop`."""
+
+    def __init__(self, profile: Profile, identity: SigningIdentity,
+                 options: DaemonOptions) -> None:
+        self.profile = profile
+        self.identity = identity
+        self.options = options
+        self.node: UdpDhtNode | None = None
+        self.contacts = ContactStore(profile.root / "contacts.sqlite")
+        self.links: dict[bytes, Link] = {}
+        self.replay_guard = ReplayGuard()
+        self.session = secrets.token_bytes(16)
+        self.started = time.time()
+        self.stun_server: Address | None = None
+        self.dropped_signals = 0
+        self._lock_file: Any = None
+        self._rpc: RpcServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._inbox: Subscription | None = None
+        self._stopping = asyncio.Event()
+        self._seq = 0
+        if options.relay_only and options.turn is None:
+            raise LocalProtocolError("--relay-only needs a TURN server (--turn URL)")
+        restrict_host_addresses(options.ice_addresses)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def socket_path(self) -> Path:
+        """The JSON-RPC Unix socket."""
+        return self.profile.root / "daemon.sock"
+
+    def _acquire_lock(self) -> None:
+        path = self.profile.root / "daemon.lock"
+        self._lock_file = open(path, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            pid = self._lock_file.read().strip() or "?"
+            self._lock_file.close()
+            raise DaemonAlreadyRunning(
+                f"a daemon is already running on profile {self.profile.root} (pid {pid})"
+            ) from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+
+    async def start(self) -> None:
+        """Take the profile lock, start the DHT node, join, and open the API socket."""
+        self.profile.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._acquire_lock()
+        state = NodeState(self.profile.node_db_path)
+        try:
+            self.node = await UdpDhtNode.create(self.options.host, self.options.port,
+                                                node_key=state.node_key())
+        except OSError as exc:
+            raise LocalProtocolError(
+                f"cannot listen on {self.options.host}:{self.options.port}: {exc.strerror}"
+            ) from None
+        remembered = state.contacts()
+        state.close()
+        if remembered:
+            self.node.add_known_contacts(remembered)
+        log.info("user %s; DHT node on %s", self.identity.user_id,
+                 format_address(self.node.address))
+        self._rpc = RpcServer(self.socket_path, self._handlers())
+        await self._rpc.start()
+        self._spawn(self._join_and_run())
+
+    async def _join_and_run(self) -> None:
+        assert self.node is not None
+        if self.options.bootstrap:
+            while not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await self.node.bootstrap(self.options.bootstrap)
+                if len(self.node.core.table):
+                    break
+                log.warning("no DHT node answered; retrying in 10 s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 10.0)
+        log.info("joined the DHT: %d contacts in the routing table", len(self.node.core.table))
+        for entry in self.contacts.all("accepted"):
+            self._link(entry.public_key)
+        self._spawn(self._inbox_loop())
+        self._spawn(self._maintenance_loop())
+
+    async def serve_forever(self) -> None:
+        """Run until :meth:`stop` (or SIGINT/SIGTERM in the CLI)."""
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        """Close connections, the API socket and the node; release the lock."""
+        self._stopping.set()
+        for link in self.links.values():
+            await self._close_link_connection(link, "daemon stopped", status="offline")
+            for sub in link.subscriptions.values():
+                sub.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._rpc is not None:
+            await self._rpc.close()
+        if self.node is not None:
+            state = NodeState(self.profile.node_db_path)
+            state.save_contacts(self.node.contacts())
+            state.close()
+            await self.node.close()
+        self.contacts.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task failed: %r", t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    # ------------------------------------------------------------------ contacts
+
+    def _link(self, public_key: bytes) -> Link:
+        link = self.links.get(public_key)
+        if link is None:
+            link = Link(public_key, Pair.derive(self.identity, public_key))
+            self.links[public_key] = link
+            self._spawn(self._refresh_channels(link))
+        return link
+
+    def _resolve(self, text: Any, *, accepted_only: bool = False) -> ContactEntry | bytes:
+        if not isinstance(text, str) or not text:
+            raise RpcError(INVALID_PARAMS, "a contact name or user id is required")
+        try:
+            key = decode_user_id(text)
+        except InvalidUserId as exc:
+            matches = [e for e in self.contacts.by_name(text)
+                       if not accepted_only or e.state == "accepted"]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise RpcError(INVALID_PARAMS, f"several contacts are named {text!r}; "
+                               "use the user id") from None
+            if len(text) >= 50:
+                raise RpcError(INVALID_PARAMS, str(exc)) from None
+            raise RpcError(NOT_FOUND, f"no contact named {text!r}") from None
+        entry = self.contacts.get(key)
+        return entry if entry is not None else key
+
+    def _contact_json(self, entry: ContactEntry) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": encode_user_id(entry.public_key),
+            "name": entry.name,
+            "state": entry.state,
+        }
+        if entry.state in ("incoming", "outgoing"):
+            out["message"] = entry.message
+            out["since"] = entry.created
+        link = self.links.get(entry.public_key)
+        if entry.state == "accepted" and link is not None:
+            out["status"] = link.status if link.status != "offline" or not link.online \
+                else "online"
+            if link.status == "connected" and link.selected is not None:
+                out["path"] = link.selected.path
+                out["local"] = link.selected.local.as_dict()
+                out["remote"] = link.selected.remote.as_dict()
+            if link.reason:
+                out["reason"] = link.reason
+        elif entry.state == "accepted":
+            out["status"] = "offline"
+        return out
+
+    async def _send_request(self, recipient: bytes, kind: Literal["request", "accept"],
+                            name: str, message: str) -> int:
+        assert self.node is not None
+        record = await asyncio.to_thread(
+            make_contact_request, self.identity, recipient, kind=kind, name=name,
+            message=message, now=time.time(), random_bytes=secrets.token_bytes,
+            pow_bits=self.options.pow_bits)
+        try:
+            result = await self.node.put(record)
+        except TimeoutError:
+            return 0
+        return result.stored
+
+    async def _inbox_loop(self) -> None:
+        assert self.node is not None
+        key = inbox_key(self.identity.public_key)
+        while not self._stopping.is_set():
+            if self._inbox is None:
+                try:
+                    self._inbox = await self.node.listen(key)
+                    self._spawn(self._consume(self._inbox, self._on_inbox_record))
+                except TimeoutError:
+                    log.debug("inbox listen timed out; retrying")
+            with contextlib.suppress(TimeoutError):
+                for record in await self.node.get(key):
+                    await self._on_inbox_record(record)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), INBOX_POLL)
+
+    async def _consume(self, sub: Subscription,
+                       handler: Callable[[Record], Awaitable[None]]) -> None:
+        async for record in sub:
+            try:
+                await handler(record)
+            except Exception:
+                log.exception("error handling a pushed record")
+
+    async def _on_inbox_record(self, record: Record) -> None:
+        now = time.time()
+        if not self.contacts.mark_seen(record.owner + record.signature[:16], now):
+            return
+        try:
+            request = open_contact_request(self.identity, record, now, self.options.pow_bits)
+        except RemoteProtocolError as exc:
+            log.info("dropped an inbox record: %s", exc)
+            return
+        sender = request.sender
+        entry = self.contacts.get(sender)
+        who = encode_user_id(sender)
+        if entry is not None and entry.state == "blocked":
+            log.info("dropped a %s from blocked %s", request.kind, who[:12])
+            return
+        if request.kind == "accept":
+            if entry is not None and entry.state == "outgoing":
+                default_label = entry.name == who[:12]
+                name = request.name if request.name and default_label else entry.name
+                self.contacts.put(sender, name=name, state="accepted", now=now)
+                self._link(sender)
+                log.info("%s accepted the contact request", entry.name)
+            return
+        if entry is not None and entry.state == "accepted":
+            return  # they may have lost their contact list; nothing to do until they ask again
+        if entry is not None and entry.state == "outgoing":
+            # Both asked: that is consent on both sides.
+            self.contacts.put(sender, name=entry.name, state="accepted", now=now)
+            self._link(sender)
+            self._spawn(self._send_request(sender, "accept", self.options.display_name, ""))
+            return
+        self.contacts.put(sender, name=request.name or who[:12], state="incoming",
+                          message=request.message, now=now)
+        log.info("contact request from %s (%s)", request.name, who[:12])
+
+    # ------------------------------------------------------------------ rendezvous
+
+    def _wanted_epochs(self, now: float) -> set[int]:
+        epoch = epoch_of(now)
+        epochs = {epoch}
+        if now >= (epoch + 1) * EPOCH_SECONDS - EPOCH_OVERLAP:
+            epochs.add(epoch + 1)
+        if now < epoch * EPOCH_SECONDS + EPOCH_OVERLAP:
+            epochs.add(epoch - 1)
+        return epochs
+
+    async def _refresh_channels(self, link: Link) -> None:
+        """Listen on the contact's channels for the wanted epochs and publish presence."""
+        assert self.node is not None
+        now = time.time()
+        epochs = self._wanted_epochs(now)
+        for (purpose, epoch), sub in list(link.subscriptions.items()):
+            if epoch not in epochs:
+                sub.close()
+                del link.subscriptions[(purpose, epoch)]
+        for epoch in sorted(epochs):
+            for purpose in (Purpose.SIGNAL, Purpose.PRESENCE):
+                if (purpose, epoch) in link.subscriptions:
+                    continue
+                key = link.pair.channel_key(purpose, link.public_key, epoch)
+                try:
+                    sub = await self.node.listen(key)
+                except TimeoutError:
+                    continue
+                link.subscriptions[(purpose, epoch)] = sub
+                handler = self._signal_handler(link, epoch) if purpose is Purpose.SIGNAL \
+                    else self._presence_handler(link, epoch)
+                self._spawn(self._consume(sub, handler))
+                with contextlib.suppress(TimeoutError):
+                    for record in await self.node.get(key):
+                        await handler(record)
+        current = epoch_of(now)
+        for epoch in sorted(epochs):
+            if epoch < current:
+                continue
+            last = link.presence_published.get(epoch, 0.0)
+            if now - last >= PRESENCE_REPUBLISH:
+                await self._publish_presence(link, epoch, now)
+
+    async def _publish_presence(self, link: Link, epoch: int, now: float) -> None:
+        assert self.node is not None
+        plaintext = make_presence(self.identity, link.pair, epoch, self.session, int(now),
+                                  self.options.relay_only)
+        record = link.pair.seal_record(Purpose.PRESENCE, epoch, plaintext, seq=self._next_seq(),
+                                       expires=int(now) + PRESENCE_TTL,
+                                       random_bytes=secrets.token_bytes)
+        try:
+            result = await self.node.put(record)
+        except TimeoutError:
+            return
+        if result.stored:
+            link.presence_published[epoch] = now
+            for old in [e for e in link.presence_published if e < epoch - 1]:
+                del link.presence_published[old]
+
+    def _next_seq(self) -> int:
+        self._seq = max(self._seq + 1, int(time.time() * 1000))
+        return self._seq
+
+    def _presence_handler(self, link: Link,
+                          epoch: int) -> Callable[[Record], Awaitable[None]]:
+        async def handle(record: Record) -> None:
+            try:
+                presence = open_presence(link.pair, epoch,
+                                         link.pair.open_record(Purpose.PRESENCE, epoch, record))
+            except RemoteProtocolError as exc:
+                log.info("ignored a presence record: %s", exc)
+                return
+            if link.presence is not None and presence.published <= link.presence.published:
+                return
+            restarted = link.presence is not None and link.presence.session != presence.session
+            link.presence, link.presence_seen = presence, time.time()
+            if restarted and link.wanted and link.status != "connected":
+                link.next_attempt = 0.0  # the peer came back: try again now
+        return handle
+
+    def _signal_handler(self, link: Link, epoch: int) -> Callable[[Record], Awaitable[None]]:
+        async def handle(record: Record) -> None:
+            try:
+                opened = open_signal(link.pair,
+                                     link.pair.open_record(Purpose.SIGNAL, epoch, record))
+            except RemoteProtocolError as exc:
+                self.dropped_signals += 1
+                link.reason = f"refused a signalling message: {exc}"
+                log.warning("refused a signalling message from %s: %s",
+                            self._name(link.public_key), exc)
+                return
+            await self.handle_signal(link.public_key, opened)
+        return handle
+
+    def _name(self, public_key: bytes) -> str:
+        entry = self.contacts.get(public_key)
+        return entry.name if entry is not None else encode_user_id(public_key)[:12]
+
+    # ------------------------------------------------------------------ connections
+
+    async def handle_signal(self, sender: bytes, opened: OpenedSignal) -> None:
+        """Act on a verified offer/answer/bye from ``sender`` (dropped unless a contact)."""
+        entry = self.contacts.get(sender)
+        if entry is None or entry.state != "accepted" or sender not in self.links:
+            self.dropped_signals += 1
+            log.warning("dropped a %s from a non-contact", opened.kind)
+            return
+        try:
+            self.replay_guard.check(sender, opened.kind, opened.session, opened.created_ms,
+                                    time.time())
+        except RemoteProtocolError as exc:
+            self.dropped_signals += 1
+            log.warning("refused a %s from %s: %s", opened.kind, entry.name, exc)
+            return
+        link = self.links[sender]
+        if opened.kind == "answer":
+            if link.offering and link.session == opened.session and link.answer is not None \
+                    and not link.answer.done():
+                link.answer.set_result(opened)
+            return
+        if opened.kind == "bye":
+            if link.session == opened.session:
+                await self._close_link_connection(link, f"{entry.name} closed the connection",
+                                                  status="offline")
+            return
+        # An offer.
+        if link.offering and link.status == "connecting" and \
+                self.identity.public_key > sender:
+            log.info("glare with %s: keeping our own offer", entry.name)
+            return
+        if link.attempt is not None and not link.attempt.done():
+            link.attempt.cancel()
+        await self._close_link_connection(link, "replaced by a new offer", status="offline")
+        link.attempt = self._spawn(self._answer(link, opened))
+
+    async def _new_peer_connection(self, link: Link) -> RTCPeerConnection:
+        stun = await self._pick_stun()
+        pc = RTCPeerConnection(configuration(stun, self.options.turn, self.options.relay_only))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if link.pc is not pc:
+                return
+            if pc.connectionState in ("failed", "closed") and link.status == "connected":
+                link.status = "offline"
+                link.reason = f"connection {pc.connectionState} (consent lost or peer gone)"
+                link.selected = None
+                log.info("connection to %s %s", self._name(link.public_key),
+                         pc.connectionState)
+                link.next_attempt = time.time() + link.backoff
+
+        return pc
+
+    async def _pick_stun(self) -> Address | None:
+        """The first DHT peer (or configured server) answering a STUN Binding request."""
+        candidates = list(self.options.stun)
+        if not candidates and self.node is not None:
+            seen_hosts: set[str] = set()
+            for contact in self.node.core.table.contacts():
+                if contact.address[0] not in seen_hosts:
+                    seen_hosts.add(contact.address[0])
+                    candidates.append(contact.address)
+                if len(candidates) >= 6:
+                    break
+        answer = await first_stun_responder(candidates) if candidates else None
+        self.stun_server = answer[0] if answer else None
+        return self.stun_server
+
+    async def _send_signal(self, link: Link, kind: Literal["offer", "answer", "bye"],
+                           session: bytes, sdp: str = "") -> None:
+        assert self.node is not None
+        now = time.time()
+        plaintext = make_signal(self.identity, link.public_key, kind, session, int(now * 1000),
+                                sdp)
+        record = link.pair.seal_record(Purpose.SIGNAL, epoch_of(now), plaintext,
+                                       seq=self._next_seq(), expires=int(now) + SIGNAL_MAX_AGE,
+                                       random_bytes=secrets.token_bytes)
+        result = await self.node.put(record)
+        if not result.stored:
+            raise ConnectionError("no DHT node stored the signalling message")
+
+    async def connect(self, public_key: bytes, timeout: float) -> dict[str, Any]:
+        """Open (or report) the connection to an accepted contact."""
+        link = self._link(public_key)
+        link.wanted = True
+        if link.status == "connected" and link.selected is not None:
+            return self._connection_json(link)
+        if link.attempt is None or link.attempt.done():
+            link.attempt = self._spawn(self._offer(link, timeout))
+        try:
+            return await asyncio.wait_for(asyncio.shield(link.attempt), timeout + 5)
+        except TimeoutError:
+            raise RpcError(TIMEOUT, f"no connection within {timeout:.0f} s",
+                           {"reason": link.reason}) from None
+        except asyncio.CancelledError:
+            # Our offer lost to theirs (glare or restart); wait for the replacement attempt.
+            if link.attempt is not None and not link.attempt.done():
+                return await asyncio.wait_for(asyncio.shield(link.attempt), timeout + 5)
+            raise RpcError(CONNECTION_FAILED, link.reason or "connection attempt replaced",
+                           {"reason": link.reason}) from None
+
+    def _connection_json(self, link: Link) -> dict[str, Any]:
+        assert link.selected is not None
+        return {
+            "id": encode_user_id(link.public_key),
+            "name": self._name(link.public_key),
+            "status": "connected",
+            "path": link.selected.path,
+            "local": link.selected.local.as_dict(),
+            "remote": link.selected.remote.as_dict(),
+            "connect_ms": link.connect_ms,
+            "stun": format_address(self.stun_server) if self.stun_server else None,
+        }
+
+    async def _offer(self, link: Link, timeout: float) -> dict[str, Any]:
+        started = time.monotonic()
+        link.status, link.reason = "connecting", ""
+        link.session = secrets.token_bytes(16)
+        link.offering = True
+        link.answer = asyncio.get_running_loop().create_future()
+        pc = await self._new_peer_connection(link)
+        link.pc = pc
+        channel = pc.createDataChannel("dhtchat")
+        opened = asyncio.Event()
+        channel.on("open", opened.set)
+        link.channel = channel
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+            enlarge_ice_socket_buffers(pc)
+            await self._send_signal(link, "offer", link.session, pc.localDescription.sdp)
+            remaining = timeout - (time.monotonic() - started)
+            try:
+                answer = await asyncio.wait_for(link.answer, max(0.1, remaining))
+            except TimeoutError:
+                raise ConnectionError(
+                    f"no answer from {self._name(link.public_key)} within {timeout:.0f} s "
+                    "(offline, or not running a daemon)") from None
+            link.offering = False
+            await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+            await self._await_open(link, pc, opened, timeout - (time.monotonic() - started))
+        except (ConnectionError, ValueError, LocalProtocolError) as exc:
+            link.offering = False
+            await self._fail(link, str(exc))
+            raise RpcError(CONNECTION_FAILED, str(exc), {"reason": str(exc)}) from None
+        link.offering = False
+        return self._connected(link, pc, started)
+
+    async def _answer(self, link: Link, offer: OpenedSignal) -> dict[str, Any]:
+        started = time.monotonic()
+        link.status, link.reason = "connecting", ""
+        link.session = offer.session
+        link.offering = False
+        pc = await self._new_peer_connection(link)
+        link.pc = pc
+        opened = asyncio.Event()
+
+        @pc.on("datachannel")
+        def on_channel(channel: RTCDataChannel) -> None:
+            link.channel = channel
+            if channel.readyState == "open":
+                opened.set()
+            channel.on("open", opened.set)
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+            enlarge_ice_socket_buffers(pc)
+            await self._send_signal(link, "answer", offer.session, pc.localDescription.sdp)
+            await self._await_open(link, pc, opened, self.options.connect_timeout)
+        except (ConnectionError, ValueError, LocalProtocolError) as exc:
+            await self._fail(link, str(exc))
+            raise RpcError(CONNECTION_FAILED, str(exc), {"reason": str(exc)}) from None
+        link.wanted = True
+        return self._connected(link, pc, started)
+
+    async def _await_open(self, link: Link, pc: RTCPeerConnection, opened: asyncio.Event,
+                          timeout: float) -> None:
+        deadline = time.monotonic() + max(0.1, timeout)
+        while not opened.is_set():
+            if pc.connectionState == "failed" or time.monotonic() >= deadline:
+                raise ConnectionError(self._diagnose(pc, timeout))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(opened.wait(), 0.1)
+        if link.channel is not None and link.channel.readyState != "open":
+            raise ConnectionError("data channel did not open")
+
+    def _diagnose(self, pc: RTCPeerConnection, timeout: float) -> str:
+        ice = pc.iceConnectionState
+        sctp = pc.sctp
+        dtls_state = sctp.transport.state if sctp is not None else "new"
+        if dtls_state == "failed":
+            return ("DTLS handshake failed: the peer's certificate does not match the "
+                    "fingerprint it signed (possible man in the middle)")
+        if ice in ("checking", "new", "failed"):
+            hint = "" if self.options.turn else " (both behind symmetric NATs? configure TURN)"
+            return f"ICE found no working candidate pair within {timeout:.0f} s{hint}"
+        return f"connection did not open within {timeout:.0f} s (ICE {ice}, DTLS {dtls_state})"
+
+    def _connected(self, link: Link, pc: RTCPeerConnection, started: float) -> dict[str, Any]:
+        link.selected = selected_pair(pc)
+        link.status = "connected"
+        link.reason = ""
+        link.connected_at = time.time()
+        link.connect_ms = round((time.monotonic() - started) * 1000, 1)
+        link.backoff = 1.0
+        if link.selected is None:  # pragma: no cover - aioice always nominates before open
+            link.selected = SelectedPair(CandidateInfo("unknown", ("", 0)),
+                                         CandidateInfo("unknown", ("", 0)))
+        log.info("connected to %s: %s (%s %s -> %s %s) in %.0f ms",
+                 self._name(link.public_key), link.selected.path, link.selected.local.type,
+                 format_address(link.selected.local.address), link.selected.remote.type,
+                 format_address(link.selected.remote.address), link.connect_ms)
+        return self._connection_json(link)
+
+    async def _fail(self, link: Link, reason: str) -> None:
+        log.warning("connection to %s failed: %s", self._name(link.public_key), reason)
+        await self._close_link_connection(link, reason, status="offline")
+        link.next_attempt = time.time() + link.backoff
+        link.backoff = min(MAX_BACKOFF, link.backoff * 2)
+
+    async def _close_link_connection(self, link: Link, reason: str, *, status: Status) -> None:
+        pc, link.pc, link.channel, link.selected = link.pc, None, None, None
+        link.status = status
+        link.reason = reason if status != "connected" else ""
+        if pc is not None:
+            with contextlib.suppress(Exception):
+                await pc.close()
+
+    async def _maintenance_loop(self) -> None:
+        """Epoch rollover, presence republishing and reconnection of wanted contacts."""
+        while not self._stopping.is_set():
+            now = time.time()
+            for link in list(self.links.values()):
+                entry = self.contacts.get(link.public_key)
+                if entry is None or entry.state != "accepted":
+                    continue
+                await self._refresh_channels(link)
+                idle = link.attempt is None or link.attempt.done()
+                if link.wanted and link.status != "connected" and idle \
+                        and now >= link.next_attempt and link.online \
+                        and self.identity.public_key > link.public_key:
+                    link.attempt = self._spawn(self._offer(link, self.options.connect_timeout))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), MAINTENANCE_PERIOD)
+
+    # ------------------------------------------------------------------ API
+
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
+        return {
+            "status": self.rpc_status,
+            "contact.request": self.rpc_contact_request,
+            "contact.pending": self.rpc_contact_pending,
+            "contact.accept": self.rpc_contact_accept,
+            "contact.refuse": self.rpc_contact_refuse,
+            "contact.block": self.rpc_contact_block,
+            "contact.list": self.rpc_contact_list,
+            "connect": self.rpc_connect,
+            "shutdown": self.rpc_shutdown,
+        }
+
+    async def rpc_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Identity, DHT and configuration summary."""
+        node = self.node
+        return {
+            "id": self.identity.user_id,
+            "dht_address": format_address(node.address) if node else None,
+            "dht_contacts": len(node.core.table) if node else 0,
+            "stun_answered": node.stun_answered if node else 0,
+            "relay_only": self.options.relay_only,
+            "turn": self.options.turn.url if self.options.turn else None,
+            "uptime": round(time.time() - self.started, 1),
+            "dropped_signals": self.dropped_signals,
+        }
+
+    async def rpc_contact_request(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Send a contact request (params: id, name?, message?)."""
+        text = params.get("id")
+        try:
+            recipient = decode_user_id(text if isinstance(text, str) else "")
+        except InvalidUserId as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        if recipient == self.identity.public_key:
+            raise RpcError(INVALID_PARAMS, "that is your own id")
+        my_name = _text_param(params, "name", 64) or self.options.display_name
+        message = _text_param(params, "message", 280)
+        entry = self.contacts.get(recipient)
+        if entry is not None and entry.state == "accepted":
+            return self._contact_json(entry)
+        if entry is not None and entry.state == "incoming":
+            return await self.rpc_contact_accept({"id": text})
+        label = (entry.name if entry else "") or encode_user_id(recipient)[:12]
+        entry = self.contacts.put(recipient, name=label, state="outgoing", message=message)
+        stored = await self._send_request(recipient, "request", my_name, message)
+        if not stored:
+            raise RpcError(CONNECTION_FAILED, "no DHT node stored the request; is the node "
+                           "joined? (it stays pending; send it again later)")
+        out = self._contact_json(entry)
+        out["stored_on"] = stored
+        return out
+
+    async def rpc_contact_pending(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Requests waiting for an answer (incoming) and sent ones (outgoing)."""
+        return [self._contact_json(e) for e in self.contacts.all()
+                if e.state in ("incoming", "outgoing")]
+
+    async def rpc_contact_accept(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Accept a pending incoming request (params: id, name?)."""
+        found = self._resolve(params.get("id"))
+        if not isinstance(found, ContactEntry) or found.state not in ("incoming", "refused"):
+            raise RpcError(NOT_FOUND, "no pending request from that contact")
+        name = _text_param(params, "name", 64)
+        entry = self.contacts.put(found.public_key, name=name, state="accepted",
+                                  message="")
+        self._link(found.public_key)
+        self._spawn(self._send_request(found.public_key, "accept", self.options.display_name,
+                                       ""))
+        return self._contact_json(entry)
+
+    async def rpc_contact_refuse(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Refuse a pending request (params: id)."""
+        found = self._resolve(params.get("id"))
+        if not isinstance(found, ContactEntry) or found.state != "incoming":
+            raise RpcError(NOT_FOUND, "no pending request from that contact")
+        return self._contact_json(self.contacts.put(found.public_key, name="",
+                                                    state="refused"))
+
+    async def rpc_contact_block(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Block an id: its requests and signals are dropped from now on (params: id)."""
+        found = self._resolve(params.get("id"))
+        key = found.public_key if isinstance(found, ContactEntry) else found
+        entry = self.contacts.put(key, name="", state="blocked")
+        link = self.links.pop(key, None)
+        if link is not None:
+            link.wanted = False
+            await self._close_link_connection(link, "blocked", status="offline")
+            for sub in link.subscriptions.values():
+                sub.close()
+        return self._contact_json(entry)
+
+    async def rpc_contact_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every contact with its state and, for accepted ones, the connection status."""
+        return [self._contact_json(e) for e in self.contacts.all()]
+
+    async def rpc_connect(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Connect to an accepted contact (params: contact, timeout?)."""
+        found = self._resolve(params.get("contact"), accepted_only=True)
+        if not isinstance(found, ContactEntry):
+            raise RpcError(NOT_A_CONTACT, "not a contact: send a contact request first")
+        if found.state == "blocked":
+            raise RpcError(BLOCKED, "that id is blocked")
+        if found.state != "accepted":
+            raise RpcError(NOT_A_CONTACT, f"contact request is {found.state}, not accepted")
+        timeout = params.get("timeout", self.options.connect_timeout)
+        if not isinstance(timeout, (int, float)) or not 1 <= timeout <= 600:
+            raise RpcError(INVALID_PARAMS, "timeout must be 1-600 seconds")
+        return await self.connect(found.public_key, float(timeout))
+
+    async def rpc_shutdown(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Stop the daemon."""
+        asyncio.get_running_loop().call_soon(self._stopping.set)
+        return {"stopping": True}
+
+
+def _text_param(params: dict[str, Any], name: str, limit: int) -> str:
+    value = params.get(name, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RpcError(INVALID_PARAMS, f"{name} must be a string")
+    if len(value) > limit:
+        raise RpcError(INVALID_PARAMS, f"{name} is limited to {limit} characters")
+    return value

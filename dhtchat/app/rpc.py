@@ -1,0 +1,171 @@
+"""JSON-RPC 2.0 over the daemon's Unix socket (one JSON object per line, both directions).
+
+The socket lives in the profile directory (``daemon.sock``, mode 0600): only its owner can
+talk to the daemon. See ``docs/api.md`` for the methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+log = logging.getLogger("dhtchat.rpc")
+
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+# Application errors (JSON-RPC reserves -32000..-32099 for implementations).
+NOT_FOUND: Final = -32001
+NOT_A_CONTACT: Final = -32002
+BLOCKED: Final = -32003
+TIMEOUT: Final = -32004
+CONNECTION_FAILED: Final = -32005
+NOT_READY: Final = -32006
+
+MAX_LINE: Final = 1 << 20
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class RpcError(Exception):
+    """An error reported to the client as a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-RPC error member."""
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            out["data"] = self.data
+        return out
+
+
+class RpcServer:
+    """Serves ``handlers`` (method name -> coroutine taking the params dict)."""
+
+    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+        self.path = path
+        self.handlers = handlers
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        """Listen on the socket path (replacing a stale socket file), mode 0600."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
+                                                           limit=MAX_LINE)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        """Stop listening and remove the socket file."""
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    await _write(writer, _error(None, RpcError(INVALID_REQUEST,
+                                                               "request line too long")))
+                    break
+                if not line:
+                    break
+                response = await self.handle_line(line)
+                if response is not None:
+                    await _write(writer, response)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def handle_line(self, line: bytes) -> dict[str, Any] | None:
+        """The response to one request line (``None`` for a notification)."""
+        try:
+            request = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(None, RpcError(PARSE_ERROR, "parse error: not JSON"))
+        if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" \
+                or not isinstance(request.get("method"), str):
+            return _error(None, RpcError(INVALID_REQUEST,
+                                         "invalid request: need jsonrpc '2.0' and a method"))
+        request_id = request.get("id")
+        params = request.get("params", {})
+        if not isinstance(params, dict):
+            return _error(request_id, RpcError(INVALID_PARAMS, "params must be an object"))
+        handler = self.handlers.get(request["method"])
+        try:
+            if handler is None:
+                raise RpcError(METHOD_NOT_FOUND, f"no method {request['method']!r}")
+            result = await handler(params)
+        except RpcError as exc:
+            return _error(request_id, exc) if "id" in request else None
+        except Exception:
+            log.exception("internal error in %s", request["method"])
+            return _error(request_id, RpcError(INTERNAL_ERROR, "internal error (see daemon log)"))
+        if "id" not in request:
+            return None
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def _error(request_id: Any, exc: RpcError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": exc.as_dict()}
+
+
+async def _write(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(json.dumps(message).encode("utf-8") + b"\n")
+    await writer.drain()
+
+
+class DaemonNotRunning(Exception):
+    """No daemon listens on the profile's socket."""
+
+
+async def call(path: Path, method: str, params: dict[str, Any] | None = None,
+               timeout: float = 120.0) -> Any:
+    """Call one method; raises :class:`RpcError` for an error reply and
+    :class:`DaemonNotRunning` when nothing listens on ``path``."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_LINE)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise DaemonNotRunning(str(path)) from exc
+    try:
+        request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}
+        writer.write(json.dumps(request).encode("utf-8") + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    if not line:
+        raise DaemonNotRunning(str(path))
+    reply = json.loads(line)
+    if "error" in reply:
+        err = reply["error"]
+        raise RpcError(int(err.get("code", INTERNAL_ERROR)), str(err.get("message", "")),
+                       err.get("data"))
+    return reply.get("result")
