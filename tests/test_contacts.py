@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 import msgspec
 import pytest
@@ -142,7 +143,6 @@ def test_substituted_fingerprint_is_refused() -> None:
     genuine = msgspec.msgpack.decode(
         make_signal(ALICE, BOB.public_key, "offer", bytes(16), int(NOW * 1000), SDP))
     evil_sdp = SDP.replace("62:74:FF", "00:00:00")
-    import zlib
     genuine[6] = zlib.compress(evil_sdp.encode(), 9)
     with pytest.raises(RemoteProtocolError, match="not signed"):
         open_signal(ba, msgspec.msgpack.encode(genuine))

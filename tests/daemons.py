@@ -1,0 +1,148 @@
+"""Test tooling: real ``dhtchat`` daemons and CLI calls in subprocesses (optionally in a
+network namespace), and a throwaway DHT from :mod:`tests.dhtnet`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+Wrap = Callable[[list[str]], list[str]]
+PASSPHRASE = "correct horse battery staple"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["DHTCHAT_PASSPHRASE"] = PASSPHRASE
+    env["PYTHONPATH"] = str(REPO)
+    env.pop("DHTCHAT_HOME", None)
+    return env
+
+
+def cli(profile: Path, *args: str, timeout: float = 60.0,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``dhtchat --profile PROFILE ARGS`` (a thin API client, runs in this namespace)."""
+    result = subprocess.run([sys.executable, "-m", "dhtchat", "--profile", str(profile), *args],
+                            capture_output=True, text=True, timeout=timeout, env=_env(),
+                            stdin=subprocess.DEVNULL, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dhtchat {' '.join(args)} -> {result.returncode}\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def new_identity(profile: Path) -> str:
+    """Create an identity in ``profile``; returns its user id."""
+    return cli(profile, "id", "new").stdout.strip()
+
+
+class DaemonProcess:
+    """``dhtchat daemon`` in a subprocess; its log goes to ``PROFILE/daemon.log``."""
+
+    def __init__(self, profile: Path, args: Sequence[str], wrap: Wrap | None = None) -> None:
+        self.profile = profile
+        self.log_path = profile / "daemon.log"
+        argv = [sys.executable, "-m", "dhtchat", "--profile", str(profile), "daemon", *args]
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen((wrap or (lambda a: a))(argv), stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=_env())
+
+    def status(self) -> dict[str, Any] | None:
+        """The daemon's ``status`` (None while it is not answering yet)."""
+        if not (self.profile / "daemon.sock").exists():
+            return None
+        result = cli(self.profile, "contact", "list", "--json", check=False, timeout=20)
+        if result.returncode != 0:
+            return None
+        return {"contacts": json.loads(result.stdout)}
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the API answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            if self.status() is not None:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"daemon not ready after {timeout} s:\n{self.log()}")
+
+    def contact(self, user_id: str) -> dict[str, Any] | None:
+        """This daemon's contact-list row for ``user_id``."""
+        rows = json.loads(cli(self.profile, "contact", "list", "--json").stdout)
+        return next((r for r in rows if r["id"] == user_id), None)
+
+    def wait_contact(self, user_id: str, predicate: Callable[[dict[str, Any]], bool],
+                     timeout: float = 30.0) -> dict[str, Any]:
+        """Poll the contact list until ``predicate(row)`` holds."""
+        deadline = time.monotonic() + timeout
+        row: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            row = self.contact(user_id)
+            if row is not None and predicate(row):
+                return row
+            time.sleep(0.3)
+        raise AssertionError(f"contact {user_id[:12]} never matched; last row {row}\n"
+                             f"{self.log()}")
+
+    def log(self) -> str:
+        """The daemon's output so far (tail)."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+class DhtProcess:
+    """A DHT of ``count`` loopback nodes in a subprocess (``python -m tests.dhtnet``)."""
+
+    def __init__(self, count: int = 32, host: str = "127.0.0.1", wrap: Wrap | None = None,
+                 timeout: float = 60.0) -> None:
+        argv = [sys.executable, "-m", "tests.dhtnet", str(count), host]
+        self.proc = subprocess.Popen((wrap or (lambda a: a))(argv), stdout=subprocess.PIPE,
+                                     stdin=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline and not line.startswith("READY"):
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                raise AssertionError("DHT process died")
+        if not line.startswith("READY"):
+            raise AssertionError("DHT not ready")
+        self.bootstrap = line.split()[1:]
+
+    def stop(self) -> None:
+        """Close stdin (the process exits) and reap it."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def make_contacts(alice: DaemonProcess, alice_id: str, bob: DaemonProcess, bob_id: str,
+                  timeout: float = 30.0) -> None:
+    """Alice asks, Bob accepts, both see the other as accepted."""
+    cli(alice.profile, "contact", "request", bob_id, "--name", "Alice", "--message", "hi Bob")
+    bob.wait_contact(alice_id, lambda r: r["state"] == "incoming", timeout)
+    cli(bob.profile, "contact", "accept", alice_id, "--name", "alice")
+    alice.wait_contact(bob_id, lambda r: r["state"] == "accepted", timeout)

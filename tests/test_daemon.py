@@ -1,0 +1,194 @@
+"""Daemons on loopback: contact request, accept, connect over a 32-node DHT (real processes,
+real UDP, real aiortc); privacy of presence against a stranger who knows the id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dhtchat.app.keystore import load_identity_document, open_identity
+from dhtchat.core.addresses import parse_address
+from dhtchat.core.contacts import Pair, Purpose, epoch_of, inbox_key
+from dhtchat.core.identity import SigningIdentity, decode_user_id
+from dhtchat.core.records import RecordType, app_salt, record_key
+from dhtchat.net.udp import UdpDhtNode
+from tests.daemons import (
+    PASSPHRASE,
+    DaemonProcess,
+    DhtProcess,
+    cli,
+    make_contacts,
+    new_identity,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def dht() -> Iterator[DhtProcess]:
+    net = DhtProcess(32)
+    yield net
+    net.stop()
+
+
+def _start(tmp: Path, name: str, dht: DhtProcess, *extra: str) -> tuple[DaemonProcess, str]:
+    profile = tmp / name
+    user_id = new_identity(profile)
+    args = ["--port", "0", "--host", "127.0.0.1", "--ice-address", "127.0.0.1",
+            "--name", name.capitalize()]
+    for address in dht.bootstrap:
+        args += ["--bootstrap", address]
+    daemon = DaemonProcess(profile, [*args, *extra])
+    daemon.wait_ready()
+    return daemon, user_id
+
+
+def test_request_accept_connect(tmp_path: Path, dht: DhtProcess) -> None:
+    alice, alice_id = _start(tmp_path, "alice", dht)
+    bob, bob_id = _start(tmp_path, "bob", dht)
+    try:
+        # A second daemon on the same profile is a clear error, not a second node.
+        second = cli(alice.profile, "daemon", "--port", "0", "--host", "127.0.0.1",
+                     check=False, timeout=30)
+        assert second.returncode == 2
+        assert "already running" in second.stderr
+
+        pending = json.loads(cli(alice.profile, "contact", "pending", "--json").stdout)
+        assert pending == []
+        make_contacts(alice, alice_id, bob, bob_id)
+        assert bob.contact(alice_id)["name"] == "alice"  # type: ignore[index]
+        assert alice.contact(bob_id)["name"] == "Bob"  # type: ignore[index]
+
+        started = time.monotonic()
+        result = cli(alice.profile, "connect", "Bob", "--timeout", "30", "--json")
+        elapsed = time.monotonic() - started
+        info = json.loads(result.stdout)
+        assert info["status"] == "connected"
+        assert info["path"] == "direct"
+        assert info["local"]["type"] == "host" and info["remote"]["type"] == "host"
+        assert info["local"]["address"].startswith("127.0.0.1:")
+        print(f"\nconnect: CLI round trip {elapsed * 1000:.0f} ms, offer -> data channel open "
+              f"{info['connect_ms']:.0f} ms")
+        alice_row = alice.wait_contact(bob_id, lambda r: r.get("status") == "connected")
+        bob_row = bob.wait_contact(alice_id, lambda r: r.get("status") == "connected")
+        assert alice_row["path"] == bob_row["path"] == "direct"
+
+        # Peer restart: Bob's daemon goes away and comes back; Alice reconnects by itself
+        # or on demand, and the status said why it went offline.
+        bob.stop()
+        alice.wait_contact(bob_id, lambda r: r.get("status") != "connected", timeout=60)
+        bob = DaemonProcess(bob.profile, bob.proc.args[bob.proc.args.index("daemon") + 1:])
+        bob.wait_ready()
+        again = json.loads(cli(alice.profile, "connect", bob_id, "--timeout", "30",
+                               "--json").stdout)
+        assert again["status"] == "connected"
+        bob.wait_contact(alice_id, lambda r: r.get("status") == "connected")
+    finally:
+        alice.stop()
+        bob.stop()
+
+
+def test_refuse_block_and_bad_input(tmp_path: Path, dht: DhtProcess) -> None:
+    carol, _ = _start(tmp_path, "carol", dht)
+    dave_profile = tmp_path / "dave"
+    dave_id = new_identity(dave_profile)
+    try:
+        bad = cli(carol.profile, "contact", "request", "not-an-id", check=False)
+        assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+        unknown = cli(carol.profile, "connect", "nobody", check=False)
+        assert unknown.returncode == 2 and "no contact named" in unknown.stderr
+        not_contact = cli(carol.profile, "connect", dave_id, check=False)
+        assert not_contact.returncode == 2 and "not a contact" in not_contact.stderr
+        cli(carol.profile, "contact", "block", dave_id)
+        row = carol.contact(dave_id)
+        assert row is not None and row["state"] == "blocked"
+        # The daemon survives garbage on its API socket.
+        async def garbage() -> bytes:
+            reader, writer = await asyncio.open_unix_connection(
+                str(carol.profile / "daemon.sock"))
+            writer.write(b"{not json\n")
+            await writer.drain()
+            line = await reader.readline()
+            writer.close()
+            return line
+        reply = json.loads(asyncio.run(garbage()))
+        assert reply["error"]["code"] == -32700
+        assert carol.contact(dave_id) is not None
+    finally:
+        carol.stop()
+    no_daemon = cli(dave_profile, "contact", "list", check=False)
+    assert no_daemon.returncode == 1 and "no daemon is running" in no_daemon.stderr
+
+
+def test_stranger_learns_neither_address_nor_presence(tmp_path: Path, dht: DhtProcess) -> None:
+    """Eve knows Alice's id and tries every key she can derive from it: nothing she finds
+    reveals Alice's address or that Alice is online. Bob (a contact) finds both, which shows
+    the records exist (so the test can fail)."""
+    alice, alice_id = _start(tmp_path, "alice", dht)
+    bob, bob_id = _start(tmp_path, "bob", dht)
+    try:
+        make_contacts(alice, alice_id, bob, bob_id)
+        cli(bob.profile, "connect", alice_id, "--timeout", "30")
+        bob.wait_contact(alice_id, lambda r: r.get("status") == "connected")
+        alice_key = decode_user_id(alice_id)
+        bob_identity_pub = decode_user_id(bob_id)
+        eve = SigningIdentity.from_seed(bytes(range(32)))
+        log = alice.log()
+        alice_dht_port = next(line.split("DHT node on ")[1].strip()
+                              for line in log.splitlines() if "DHT node on" in line)
+        alice_port = alice_dht_port.rsplit(":", 1)[1].encode()
+
+        async def scan() -> tuple[int, list[bytes]]:
+            node = await UdpDhtNode.create("127.0.0.1", 0)
+            try:
+                await node.bootstrap([parse_address(a) for a in dht.bootstrap])
+                now = time.time()
+                keys = [inbox_key(alice_key)]
+                for type_ in range(0, 16):
+                    for salt in (b"", b"presence", b"address", app_salt("presence"),
+                                 app_salt("address")):
+                        keys.append(record_key(type_, alice_key, salt))
+                pair = Pair.derive(eve, alice_key)  # the only pair secret Eve can compute
+                for epoch in range(epoch_of(now) - 2, epoch_of(now) + 3):
+                    for purpose in Purpose:
+                        for sender in (alice_key, eve.public_key):
+                            keys.append(pair.channel_key(purpose, sender, epoch))
+                values: list[bytes] = []
+                for key in keys:
+                    for record in await node.get(key):
+                        values.append(record.value + record.owner)
+                return len(keys), values
+            finally:
+                await node.close()
+
+        tried, found = asyncio.run(scan())
+        assert tried > 100
+        # Only the inbox holds anything (Bob's sealed acceptance, not from Alice); no record
+        # is signed by Alice's key and none carries her port in clear.
+        for blob in found:
+            assert alice_key not in blob
+            assert alice_port not in blob
+        # Control: with Bob's key the same kind of derivation finds Alice's presence.
+        bob_identity = open_identity(load_identity_document(bob.profile / "identity.json"),
+                                     PASSPHRASE)
+        assert bob_identity.public_key == bob_identity_pub
+
+        async def contact_lookup() -> list[int]:
+            node = await UdpDhtNode.create("127.0.0.1", 0)
+            try:
+                await node.bootstrap([parse_address(a) for a in dht.bootstrap])
+                pair = Pair.derive(bob_identity, alice_key)
+                key = pair.channel_key(Purpose.PRESENCE, alice_key, epoch_of(time.time()))
+                return [r.type for r in await node.get(key)]
+            finally:
+                await node.close()
+
+        assert asyncio.run(contact_lookup()) == [RecordType.PRESENCE]
+    finally:
+        alice.stop()
+        bob.stop()
