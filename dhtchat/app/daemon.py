@@ -270,8 +270,11 @@ class Daemon:
 
         def done(t: asyncio.Task[Any]) -> None:
             self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("background task failed: %r", t.exception())
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is not None and not isinstance(exc, RpcError):  # RpcErrors were logged
+                log.error("background task failed: %r", exc)
 
         task.add_done_callback(done)
         return task
@@ -640,7 +643,8 @@ class Daemon:
                     "(offline, or not running a daemon)") from None
             link.offering = False
             await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
-            await self._await_open(link, pc, opened, timeout - (time.monotonic() - started))
+            await self._await_open(link, pc, opened, timeout - (time.monotonic() - started),
+                                   timeout)
         except (ConnectionError, ValueError, LocalProtocolError) as exc:
             link.offering = False
             await self._fail(link, str(exc))
@@ -669,7 +673,8 @@ class Daemon:
             await pc.setLocalDescription(await pc.createAnswer())
             enlarge_ice_socket_buffers(pc)
             await self._send_signal(link, "answer", offer.session, pc.localDescription.sdp)
-            await self._await_open(link, pc, opened, self.options.connect_timeout)
+            await self._await_open(link, pc, opened, self.options.connect_timeout,
+                                   self.options.connect_timeout)
         except (ConnectionError, ValueError, LocalProtocolError) as exc:
             await self._fail(link, str(exc))
             raise RpcError(CONNECTION_FAILED, str(exc), {"reason": str(exc)}) from None
@@ -677,8 +682,8 @@ class Daemon:
         return self._connected(link, pc, started)
 
     async def _await_open(self, link: Link, pc: RTCPeerConnection, opened: asyncio.Event,
-                          timeout: float) -> None:
-        deadline = time.monotonic() + max(0.1, timeout)
+                          remaining: float, timeout: float) -> None:
+        deadline = time.monotonic() + max(0.1, remaining)
         while not opened.is_set():
             if pc.connectionState == "failed" or time.monotonic() >= deadline:
                 raise ConnectionError(self._diagnose(pc, timeout))
