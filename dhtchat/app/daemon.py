@@ -525,9 +525,10 @@ class Daemon:
                 link.answer.set_result(opened)
             return
         if opened.kind == "bye":
-            if link.session == opened.session:
-                await self._close_link_connection(link, f"{entry.name} closed the connection",
-                                                  status="offline")
+            if link.session == opened.session and link.pc is not None:
+                why = f": {opened.sdp}" if opened.sdp else ""
+                await self._close_link_connection(
+                    link, f"{entry.name} ended the connection{why}", status="offline")
             return
         # An offer.
         if link.offering and link.status == "connecting" and \
@@ -685,6 +686,8 @@ class Daemon:
                           remaining: float, timeout: float) -> None:
         deadline = time.monotonic() + max(0.1, remaining)
         while not opened.is_set():
+            if link.pc is not pc:  # closed meanwhile (the peer said bye, or a newer offer)
+                raise ConnectionError(link.reason or "connection attempt replaced")
             if pc.connectionState == "failed" or time.monotonic() >= deadline:
                 raise ConnectionError(self._diagnose(pc, timeout))
             with contextlib.suppress(TimeoutError):
@@ -722,9 +725,16 @@ class Daemon:
 
     async def _fail(self, link: Link, reason: str) -> None:
         log.warning("connection to %s failed: %s", self._name(link.public_key), reason)
+        if link.pc is not None and link.session:
+            # Tell the other side why, so it does not wait for its own timeout.
+            self._spawn(self._send_bye(link, link.session, reason))
         await self._close_link_connection(link, reason, status="offline")
         link.next_attempt = time.time() + link.backoff
         link.backoff = min(MAX_BACKOFF, link.backoff * 2)
+
+    async def _send_bye(self, link: Link, session: bytes, reason: str) -> None:
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await self._send_signal(link, "bye", session, reason)
 
     async def _close_link_connection(self, link: Link, reason: str, *, status: Status) -> None:
         pc, link.pc, link.channel, link.selected = link.pc, None, None, None

@@ -54,6 +54,7 @@ MAX_NAME_CHARS: Final = 64
 MAX_REQUEST_MESSAGE_CHARS: Final = 280
 SIGNAL_MAX_AGE: Final = 120  # seconds an offer/answer stays acceptable (clock skew included)
 MAX_SDP_BYTES: Final = 16384
+MAX_BYE_REASON: Final = 200
 
 _NONCE_BYTES: Final = 24
 _PAIR_DOMAIN: Final = b"dhtchat/pair/v1"
@@ -419,9 +420,9 @@ def _signal_signed(kind: str, sender: bytes, recipient: bytes, session: bytes, c
 def make_signal(identity: SigningIdentity, recipient: bytes, kind: Literal["offer", "answer",
                 "bye"], session: bytes, created_ms: int, sdp: str = "") -> bytes:
     """Serialize a signed offer/answer; only the sha-256 fingerprint of the SDP is kept (the
-    others are redundant and would not fit a DHT record)."""
-    if kind == "bye":
-        security, sdp_z = SdpSecurity("", "", ""), b""
+    others are redundant and would not fit a DHT record). For ``bye``, ``sdp`` is the reason."""
+    if kind == "bye":  # the SDP field carries the reason, in clear text inside the seal
+        security, sdp_z = SdpSecurity("", "", ""), sdp.encode("utf-8")[:MAX_BYE_REASON]
     else:
         sdp = _OTHER_FINGERPRINTS_RE.sub("", sdp)
         security = sdp_security(sdp)
@@ -460,7 +461,7 @@ def open_signal(pair: Pair, plaintext: bytes) -> OpenedSignal:
         raise RemoteProtocolError(
             f"{signal.kind} is not signed by {encode_user_id(pair.them)[:12]}…"
         )
-    sdp = ""
+    sdp = signal.sdp_z[:MAX_BYE_REASON].decode("utf-8", errors="replace")
     if signal.kind != "bye":
         inflater = zlib.decompressobj()
         try:
