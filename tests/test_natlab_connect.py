@@ -146,3 +146,26 @@ def test_relay_only_hides_the_address(scene_factory: Any) -> None:
     log = scene.bob.log()
     assert scene.lab.address("alice") not in log
     assert scene.lab.address("router_a") not in log
+
+
+def test_reconnects_after_network_outage(scene_factory: Any) -> None:
+    """Alice's uplink goes dark: ICE consent freshness (RFC 7675) declares the path dead,
+    both sides say so with a reason, and the daemons reconnect by themselves once the
+    network is back."""
+    scene: Scene = scene_factory("cone", turn=False)
+    code, _info, err = scene.connect()
+    assert code == 0, err
+    block = ["iptables", "-I", "FORWARD", "1", "-j", "DROP"]
+    scene.lab.run("router_a", block)
+    try:
+        row = scene.alice.wait_contact(scene.bob_id, lambda r: r.get("status") != "connected",
+                                       timeout=60)
+        print(f"\nafter the outage alice says: {row['status']} - {row.get('reason')}")
+        assert "consent" in row.get("reason", "") or "connection" in row.get("reason", "")
+    finally:
+        scene.lab.run("router_a", ["iptables", "-D", "FORWARD", "1"])
+    back = scene.alice.wait_contact(scene.bob_id, lambda r: r.get("status") == "connected",
+                                    timeout=90)
+    assert back["path"] == "direct"
+    scene.bob.wait_contact(scene.alice_id, lambda r: r.get("status") == "connected",
+                           timeout=30)

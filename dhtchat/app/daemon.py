@@ -755,8 +755,8 @@ class Daemon:
                 await self._refresh_channels(link)
                 idle = link.attempt is None or link.attempt.done()
                 if link.wanted and link.status != "connected" and idle \
-                        and now >= link.next_attempt and link.online \
-                        and self.identity.public_key > link.public_key:
+                        and now >= link.next_attempt and link.online:
+                    # Both sides may try at once; the glare rule in handle_signal keeps one.
                     link.attempt = self._spawn(self._offer(link, self.options.connect_timeout))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), MAINTENANCE_PERIOD)
