@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import zlib
 
@@ -161,3 +162,34 @@ def test_replay_guard() -> None:
     with pytest.raises(RemoteProtocolError, match="old"):
         guard.check(b"a", "offer", b"s2", int((NOW - 500) * 1000), NOW)
     guard.check(b"a", "answer", b"s1", int(NOW * 1000), NOW)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=st.binary(max_size=1000), plaintext=st.binary(max_size=600))
+def test_fuzzed_inputs_raise_only_remote_errors(value: bytes, plaintext: bytes) -> None:
+    """Whatever a peer stores or seals, opening it fails only with RemoteProtocolError."""
+    ab = Pair.derive(ALICE, BOB.public_key)
+    ba = Pair.derive(BOB, ALICE.public_key)
+    owner = ab.channel_signer(Purpose.SIGNAL, ALICE.public_key, 1).public_key
+    inbox = Record(RecordType.CONTACT_REQUEST, EVE.public_key, BOB.public_key, b"", 0,
+                   int(NOW) + 60, value, bytes(64))
+    channel = Record(RecordType.SIGNAL, owner, b"", b"", 0, int(NOW) + 60, value, bytes(64))
+    attempts = (
+        lambda: open_contact_request(BOB, inbox, NOW, pow_bits=0),
+        lambda: ba.open_record(Purpose.SIGNAL, 1, channel),
+        lambda: open_signal(ba, plaintext),
+        lambda: open_presence(ba, 1, plaintext),
+    )
+    for attempt in attempts:
+        with contextlib.suppress(RemoteProtocolError):
+            attempt()
+
+
+@settings(max_examples=60, deadline=None)
+@given(junk=st.binary(min_size=1, max_size=40))
+def test_sealed_signal_with_garbage_inside_is_refused(junk: bytes) -> None:
+    ab, ba = Pair.derive(ALICE, BOB.public_key), Pair.derive(BOB, ALICE.public_key)
+    record = ab.seal_record(Purpose.SIGNAL, 3, junk, seq=1, expires=int(NOW) + 60,
+                            random_bytes=rng_bytes(9).randbytes)
+    with pytest.raises(RemoteProtocolError):
+        open_signal(ba, ba.open_record(Purpose.SIGNAL, 3, record))

@@ -574,9 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     daemon = sub.add_parser("daemon", help="run your node: DHT, contacts, connections")
     daemon.add_argument("--port", type=int, required=True, help="UDP port of the DHT node")
     daemon.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
-    daemon.add_argument("--bootstrap", metavar="HOST:PORT", action="append",
-                        help="a known DHT node (repeat for several)")
-    daemon.add_argument("--stun", metavar="HOST:PORT", action="append",
+    daemon.add_argument("--bootstrap", metavar="HOST:PORT", nargs="+", action="extend",
+                        help="known DHT node(s) to join through")
+    daemon.add_argument("--stun", metavar="HOST:PORT", nargs="+", action="extend",
                         help="STUN server(s) to use instead of DHT peers")
     daemon.add_argument("--turn", metavar="URL", help="TURN server, e.g. turn:HOST:3478")
     daemon.add_argument("--turn-user", metavar="U")
