@@ -9,8 +9,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from dhtchat.core.wire import (
+    MAX_DATAGRAM_BYTES,
+    Envelope,
+    FindNode,
+    GetValues,
+    Listen,
+    Ping,
+    decode,
+    encode_envelope,
+    encode_request,
+    pack,
+)
 from dhtchat.sim.engine import EventLoop
 from dhtchat.sim.models import (
     CHURN_PRESETS,
@@ -203,3 +216,22 @@ def test_simulate_cli_writes_outputs_with_baseline(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "dhtchat.app.cli", "simulate", "--nodes", "1"],
                          capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
     assert bad.returncode == 2 and "nodes must be" in bad.stderr
+
+
+def test_padded_requests_are_the_encoding_of_the_padded_struct() -> None:
+    # encode_request splices the pad into the unpadded encoding (a simulator hot path): it
+    # must give exactly the bytes msgspec gives for the struct with that pad.
+    bodies = [Ping(), FindNode(b"x" * 32), GetValues(b"k" * 32),
+              GetValues(b"k" * 32, b"o" * 32, 70000), Listen(b"l" * 32)]
+    for body in bodies:
+        for token in (b"", b"t" * 16):
+            for pad_to in [*range(0, 700), *range(1300, 1500)]:
+                data = encode_request(b"i" * 8, b"p" * 32, 1, token, body, pad_to)
+                assert len(data) <= max(pad_to, len(encode_request(b"i" * 8, b"p" * 32, 1,
+                                                                   token, body)))
+                assert len(data) <= MAX_DATAGRAM_BYTES
+                sent = decode(data).envelope
+                pad = getattr(sent.body, "pad", b"")
+                assert sent.body == msgspec.structs.replace(body, pad=pad)
+                assert data == pack(encode_envelope(
+                    Envelope(b"i" * 8, b"p" * 32, 1, token, sent.body)))

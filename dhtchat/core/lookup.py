@@ -88,22 +88,29 @@ class Lookup:
         our own table, one more than the node that named it otherwise. Returns whether it
         was taken.
         """
-        if node_id in self._candidates or address in self._addresses or \
-                self._per_ip.get(address[0], 0) >= self.max_per_ip:
+        candidates = self._candidates
+        if node_id in candidates or address in self._addresses:
             return False
-        cand = Candidate(node_id, address,
-                         int.from_bytes(node_id, "big") ^ self._target_key, hops)
-        if len(self._sorted) >= self.max_candidates:
-            worst = self._sorted[-1]
-            if worst.distance <= cand.distance or worst.state is CandidateState.IN_FLIGHT:
+        per_ip = self._per_ip
+        host = address[0]
+        on_ip = per_ip.get(host, 0)
+        if on_ip >= self.max_per_ip:
+            return False
+        dist = int.from_bytes(node_id, "big") ^ self._target_key
+        shortlist = self._sorted
+        if len(shortlist) >= self.max_candidates:
+            worst = shortlist[-1]
+            if worst.distance <= dist or worst.state is CandidateState.IN_FLIGHT:
                 return False
-            self._sorted.pop()
-            del self._candidates[worst.node_id]
+            shortlist.pop()
+            del candidates[worst.node_id]
             self._forget_address(worst.address)
-        self._candidates[node_id] = cand
+            on_ip = per_ip.get(host, 0)
+        cand = Candidate(node_id, address, dist, hops)
+        candidates[node_id] = cand
         self._addresses.add(address)
-        self._per_ip[address[0]] = self._per_ip.get(address[0], 0) + 1
-        bisect.insort(self._sorted, cand, key=_by_distance)
+        per_ip[host] = on_ip + 1
+        bisect.insort(shortlist, cand, key=_by_distance)
         return True
 
     def _forget_address(self, address: Address) -> None:
@@ -251,6 +258,11 @@ class DisjointLookup:
         path = self._path_of.get(node_id)
         if path is not None:
             path.on_slow(node_id)
+
+    def owns(self, node_id: bytes) -> bool:
+        """Whether ``node_id`` is a candidate of one of the paths."""
+        path = self._path_of.get(node_id)
+        return path is not None and path.owns(node_id)
 
     def on_failure(self, node_id: bytes) -> None:
         """Route a failure to its path."""

@@ -39,6 +39,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 from typing import Final
 
 from dhtchat.core.addresses import Address, is_valid_contact_address, pack_ip, subnet_of, unpack_ip
@@ -68,6 +69,7 @@ from dhtchat.core.wire import (
     MAX_DATAGRAM_BYTES,
     MAX_NODES_PER_REPLY,
     MAX_RECORDS_PER_REPLY,
+    REQUEST_TYPES,
     Envelope,
     Error,
     ErrorCode,
@@ -175,6 +177,16 @@ _MAX_REJOINS: Final = 4
 _REJOIN_DELAY: Final = 5.0
 _BACKGROUND: Final = frozenset({_Purpose.VERIFY, _Purpose.LIVENESS})
 _SENT_STAT: Final = {purpose: f"sent_{purpose.value}" for purpose in _Purpose}
+
+
+@lru_cache(maxsize=1 << 18)
+def _contact_address(ip: bytes, port: int) -> Address | None:
+    """The address of a contact as carried in a reply, or None if no contact can have it."""
+    try:
+        host = unpack_ip(ip)
+    except RemoteProtocolError:
+        return None
+    return (host, port) if is_valid_contact_address(host, port) else None
 
 
 @dataclass(slots=True)
@@ -314,7 +326,7 @@ class DhtNode:
         try:
             datagram = decode(data)
             envelope = datagram.envelope
-            if isinstance(envelope.body, RequestBody):
+            if isinstance(envelope.body, REQUEST_TYPES):
                 self._handle_request(envelope, address, len(data), now)
             else:
                 self._handle_response(envelope, datagram.envelope_bytes, datagram.signature,
@@ -628,10 +640,14 @@ class DhtNode:
         return min(cfg.max_rto, max(cfg.min_rto, base) * backoff)
 
     def _rtt_sample(self, address: Address, sample: float) -> None:
-        est = self._rtt.pop(address, None) or _Rtt()
+        rtt = self._rtt
+        est = rtt.get(address)
+        if est is None:
+            est = rtt[address] = _Rtt()
+        else:
+            rtt.move_to_end(address)
         est.update(sample)
         est.backoff = 1.0
-        self._rtt[address] = est
         self._overall_rtt.update(sample)
         while len(self._rtt) > _MAX_TRACKED_ADDRESSES:
             self._rtt.popitem(last=False)
@@ -682,10 +698,8 @@ class DhtNode:
         if len(token) != 16:
             return False
         epoch = self._epoch(now)
-        return any(
-            hmac.compare_digest(token, self._make_token(address, now, e))
-            for e in (epoch, epoch - 1)
-        )
+        return hmac.compare_digest(token, self._make_token(address, now, epoch)) or \
+            hmac.compare_digest(token, self._make_token(address, now, epoch - 1))
 
     # ------------------------------------------------------------------ requests (server)
 
@@ -760,7 +774,13 @@ class DhtNode:
         closest = self.table.closest(target, k)
         if any(c.node_id == requester_id for c in closest):  # never tell a node about itself
             closest = [c for c in self.table.closest(target, k + 1) if c.node_id != requester_id]
-        return [NodeInfo(c.node_id, pack_ip(c.address[0]), c.address[1]) for c in closest]
+        infos = []
+        for c in closest:
+            info = c.info
+            if info is None:
+                info = c.info = NodeInfo(c.node_id, pack_ip(c.address[0]), c.address[1])
+            infos.append(info)
+        return infos
 
     def _values_for(self, body: GetValues, requester_id: bytes, now: float) -> Values:
         if len(body.owner) not in (0, 32):
@@ -893,9 +913,9 @@ class DhtNode:
                 self._peer_tokens.popitem(last=False)
         if not envelope.flags & FLAG_READ_ONLY:
             self._on_verified(sender_id, address, now)
-        if isinstance(body, Error | Stored) and self._retry_with_token(txn, body, now):
+        if isinstance(body, (Error, Stored)) and self._retry_with_token(txn, body, now):
             return
-        if isinstance(body, RequestBody):  # pragma: no cover - routed to _handle_request
+        if isinstance(body, REQUEST_TYPES):  # pragma: no cover - routed to _handle_request
             return
         self._dispatch(txn, body, sender_id, address, now)
 
@@ -929,16 +949,20 @@ class DhtNode:
         if query is None:
             return
         if purpose is _Purpose.LOOKUP and query.lookup is not None:
+            lookup = query.lookup
             closer: list[tuple[bytes, Address]] = []
-            nodes = body.nodes if isinstance(body, Nodes | Values) else []
-            for info in nodes:
-                try:
-                    host = unpack_ip(info.ip)
-                except RemoteProtocolError:
-                    continue
-                if info.node_id != self.node_id and is_valid_contact_address(host, info.port):
-                    closer.append((info.node_id, (host, info.port)))
-            query.lookup.on_response(sender_id, closer)
+            if isinstance(body, (Nodes, Values)):
+                own = self.node_id
+                known = lookup.owns
+                for info in body.nodes:
+                    node_id = info.node_id
+                    # a candidate the lookup holds already would be ignored: skip it early
+                    if node_id == own or known(node_id):
+                        continue
+                    contact_address = _contact_address(info.ip, info.port)
+                    if contact_address is not None:
+                        closer.append((node_id, contact_address))
+            lookup.on_response(sender_id, closer)
             if isinstance(body, Values) and isinstance(txn.body, GetValues):
                 self._collect_values(query, txn, txn.body, body, address, now)
             self._pump(query, now)

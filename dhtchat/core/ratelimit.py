@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 
 class TokenBuckets:
     """One token bucket per key (refill ``rate`` per second up to ``burst``)."""
@@ -12,16 +10,24 @@ class TokenBuckets:
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # insertion-ordered: popping and re-inserting a key keeps the least recently active
+        # one first
+        self._buckets: dict[str, tuple[float, float]] = {}
 
     def allow(self, key: str, now: float, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens from ``key``'s bucket; False when it is empty."""
-        tokens, stamp = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate) if now > stamp else tokens
+        buckets = self._buckets
+        entry = buckets.pop(key, None)
+        if entry is None:
+            tokens, stamp = self.burst, now
+        else:
+            tokens, stamp = entry
+            if now > stamp:
+                tokens = min(self.burst, tokens + (now - stamp) * self.rate)
         allowed = tokens >= cost
         if allowed:
             tokens -= cost
-        self._buckets[key] = (tokens, max(now, stamp))
-        if len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)  # least recently active: it would be full again
+        buckets[key] = (tokens, now if now > stamp else stamp)
+        if len(buckets) > self.max_keys:
+            del buckets[next(iter(buckets))]  # least recently active: it would be full again
         return allowed

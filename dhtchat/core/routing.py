@@ -205,8 +205,7 @@ class RoutingTable:
         self._count_subnet(bucket, contact.subnet, 1)
         self._size += 1
         index = self.bucket_index(contact.node_id)
-        if index > self._deepest:
-            self._deepest = index
+        self._deepest = max(self._deepest, index)
 
     def remove(self, node_id: bytes, now: float) -> Contact | None:
         """Remove a contact and promote the freshest replacement. Returns the promoted one."""

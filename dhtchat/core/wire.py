@@ -188,6 +188,8 @@ _outer_decoder = msgspec.msgpack.Decoder(_Outer)
 _envelope_decoder = msgspec.msgpack.Decoder(Envelope)
 
 RESPONSE_SIG_DOMAIN: Final = b"dhtchat/resp/v1"
+_PADDED: Final = (Ping, FindNode, GetValues, Listen)  # request bodies with a pad field
+_EMPTY_BIN: Final = b"\xc4\x00"
 
 
 class Datagram(msgspec.Struct, frozen=True):
@@ -240,9 +242,9 @@ def encode_request(
     Padding lets a requester without a token receive a full-size reply while the responder
     keeps its reply no larger than the request (anti-amplification, cf. RFC 9000 sec. 8.1).
     """
-    envelope_bytes = encode_envelope(Envelope(tid, sender, flags, token, body))
-    data = pack(envelope_bytes)
-    if pad_to <= len(data) or not hasattr(body, "pad"):
+    envelope_bytes = _encoder.encode(Envelope(tid, sender, flags, token, body))
+    data = MAGIC + _encoder.encode((envelope_bytes, b""))
+    if pad_to <= len(data) or not isinstance(body, _PADDED):
         return data
     target = min(pad_to, MAX_DATAGRAM_BYTES)
     # Sizes are computed, not searched: a pad of n bytes adds n bytes (plus one once its bin
@@ -258,5 +260,11 @@ def encode_request(
         n -= 1
     if n <= 0:
         return data
-    padded = msgspec.structs.replace(body, pad=bytes(n))
-    return pack(encode_envelope(Envelope(tid, sender, flags, token, padded)))
+    if body.pad or not envelope_bytes.endswith(_EMPTY_BIN):  # pragma: no cover - never sent
+        padded = msgspec.structs.replace(body, pad=bytes(n))
+        return pack(encode_envelope(Envelope(tid, sender, flags, token, padded)))
+    # The pad is the last field of the body, itself the last field of the envelope, so the
+    # padded envelope is the unpadded one with its empty pad (bin 8, length 0) replaced by
+    # n zero bytes: the exact msgpack that encoding the padded struct gives (see tests).
+    header = b"\xc4" + n.to_bytes(1, "big") if n < 256 else b"\xc5" + n.to_bytes(2, "big")
+    return pack(envelope_bytes[:-2] + header + bytes(n))

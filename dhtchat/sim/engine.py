@@ -33,6 +33,18 @@ class EventLoop:
         """Process events up to time ``until`` (or until ``stop()`` / ``max_events``)."""
         heap = self._heap
         pop = heapq.heappop
+        if stop is None and max_events is None:
+            events = self.events
+            try:
+                while heap and heap[0][0] <= until:
+                    at, _, callback, argument = pop(heap)
+                    self.now = at
+                    events += 1
+                    callback(argument)
+            finally:
+                self.events = events
+            self.now = max(self.now, until)
+            return
         budget = max_events if max_events is not None else -1
         while heap and heap[0][0] <= until:
             at, _, callback, argument = pop(heap)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -68,6 +68,9 @@ class LogNormalLatency:
         return min(self.cap, rng.lognormvariate(math.log(self.median), self.sigma))
 
 
+_MAX_CACHED_PAIRS = 1 << 21
+
+
 def _pair_unit(seed: int, a: int, b: int) -> float:
     lo, hi = (a, b) if a <= b else (b, a)
     digest = hashlib.blake2b(f"{seed}:{lo}:{hi}".encode(), digest_size=8).digest()
@@ -84,11 +87,20 @@ class PairwiseLatency:
     seed: int = 0
     cap: float = 2.0
 
+    # base delay per pair (a pure function of the pair: a cache, cleared when it grows large)
+    _bases: dict[int, float] = field(default_factory=dict, compare=False, repr=False)
+
     def delay(self, src: int, dst: int, rng: random.Random) -> float:
-        u = _pair_unit(self.seed, src, dst)
-        # inverse CDF of the lognormal through the normal quantile
-        base = self.median * math.exp(self.sigma * _normal_quantile(u))
-        return min(self.cap, base) + rng.uniform(0.0, self.jitter)
+        pair = (src << 32 | dst) if src <= dst else (dst << 32 | src)
+        base = self._bases.get(pair)
+        if base is None:
+            u = _pair_unit(self.seed, src, dst)
+            # inverse CDF of the lognormal through the normal quantile
+            base = min(self.cap, self.median * math.exp(self.sigma * _normal_quantile(u)))
+            if len(self._bases) >= _MAX_CACHED_PAIRS:
+                self._bases.clear()
+            self._bases[pair] = base
+        return base + rng.uniform(0.0, self.jitter)
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,7 @@ class SimNetwork:
         self.loop = EventLoop(SIM_EPOCH)
         self.nodes: list[SimNode] = []
         self.chosen_ids: dict[bytes, bytes] = {}  # public key -> id, for Sybils
+        self._ids: dict[bytes, bytes] = {}  # public key -> id of every node (a cache)
         self.by_address: dict[Address, SimNode] = {}
         self.on_event: Callable[[SimNode, Event], None] | None = None
         self.messages = 0
@@ -139,6 +140,8 @@ class SimNetwork:
             cls = DroppingNode
         if node_id is not None:
             self.chosen_ids[key.public_key] = node_id
+        self._ids[key.public_key] = node_id if node_id is not None else \
+            node_id_from_public_key(key.public_key)
         core = cls(key, rng=rng, now=self.loop.now, config=self.config)
         node = SimNode(index, address or sim_address(index), core,
                        random.Random(derive_seed(self.seed, "link", index)), kind, nat=nat)
@@ -155,6 +158,9 @@ class SimNetwork:
         return node_id_from_public_key(self._key_stream(index)[1].public_key)
 
     def _node_id_of(self, public_key: bytes) -> bytes:
+        known = self._ids.get(public_key)
+        if known is not None:
+            return known
         chosen = self.chosen_ids.get(public_key)
         return chosen if chosen is not None else node_id_from_public_key(public_key)
 
@@ -171,20 +177,26 @@ class SimNetwork:
         loop = self.loop
         now = loop.now
         core = node.core
-        for data, dst in core.datagrams_to_send(now):
-            size = len(data)
-            self.messages += 1
-            self.bytes += size
-            if node.nat:
-                node.pinholes[dst] = now
-            target = self.by_address.get(dst)
-            if target is None or not target.online or (
-                self.loss and node.link_rng.random() < self.loss
-            ):
-                self.dropped += 1
-                continue
-            delay = self.latency.delay(node.index, target.index, node.link_rng)
-            loop.schedule(now + delay, self._deliver, (target, data, node.address))
+        outgoing = core.datagrams_to_send(now)
+        if outgoing:
+            by_address = self.by_address
+            loss = self.loss
+            rng = node.link_rng
+            delay_of = self.latency.delay
+            deliver = self._deliver
+            source = node.address
+            index = node.index
+            for data, dst in outgoing:
+                self.messages += 1
+                self.bytes += len(data)
+                if node.nat:
+                    node.pinholes[dst] = now
+                target = by_address.get(dst)
+                if target is None or not target.online or (loss and rng.random() < loss):
+                    self.dropped += 1
+                    continue
+                loop.schedule(now + delay_of(index, target.index, rng), deliver,
+                              (target, data, source))
         handler = self.on_event
         while (event := core.next_event()) is not None:
             if handler is not None:
