@@ -23,7 +23,7 @@ from dhtchat.core.contacts import (
     open_presence,
     open_signal,
 )
-from dhtchat.core.errors import RemoteProtocolError
+from dhtchat.core.errors import InvalidRecord, RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity
 from dhtchat.core.records import Record, RecordType, validate_record
 
@@ -66,16 +66,16 @@ def test_pair_secret_is_symmetric_and_private() -> None:
 def test_contact_request_round_trip_and_privacy() -> None:
     r = rng_bytes()
     record = make_contact_request(ALICE, BOB.public_key, name="Alice", message="hi, it's me",
-                                  now=NOW, random_bytes=r.randbytes, pow_bits=8)
+                                  now=NOW, random_bytes=r.randbytes)
     assert record.key == inbox_key(BOB.public_key)
     validate_record(record, record.key, NOW)  # storers accept it as an open-write record
     assert record.owner != ALICE.public_key  # one-time envelope key: storers do not see Alice
     assert ALICE.public_key not in record.value and b"Alice" not in record.value
-    body = open_contact_request(BOB, record, NOW, pow_bits=8)
+    body = open_contact_request(BOB, record, NOW)
     assert (body.sender, body.name, body.message, body.kind) == (
         ALICE.public_key, "Alice", "hi, it's me", "request")
     with pytest.raises(RemoteProtocolError):
-        open_contact_request(EVE, record, NOW, pow_bits=8)  # sealed to Bob only
+        open_contact_request(EVE, record, NOW)  # sealed to Bob only
 
 
 def test_contact_request_needs_proof_of_work() -> None:
@@ -85,6 +85,9 @@ def test_contact_request_needs_proof_of_work() -> None:
     # With 0 bits the counter is 0; demanding 16 bits refuses it (2**-16 chance it passes).
     with pytest.raises(RemoteProtocolError, match="proof of work"):
         open_contact_request(BOB, cheap, NOW, pow_bits=16)
+    # Storers refuse it too, before checking the signature: spam cannot fill an inbox cheaply.
+    with pytest.raises(InvalidRecord, match="proof of work"):
+        validate_record(cheap, cheap.key, NOW)
 
 
 @settings(max_examples=150, deadline=None)

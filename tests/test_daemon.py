@@ -81,8 +81,10 @@ def test_request_accept_connect(tmp_path: Path, dht: DhtProcess) -> None:
         # Peer restart: Bob's daemon goes away (Alice's status says so, with the reason) and
         # comes back; Alice reconnects by herself once Bob's new presence shows up.
         bob.stop()
-        row = alice.wait_contact(bob_id, lambda r: r.get("status") != "connected", timeout=60)
-        assert row["reason"]
+        # Bob's goodbye (signed bye + offline presence) shows at once, not after the presence
+        # record's 30-minute lifetime.
+        row = alice.wait_contact(bob_id, lambda r: r.get("status") == "offline", timeout=30)
+        assert "daemon stopped" in row["reason"]
         bob = DaemonProcess(bob.profile, bob.proc.args[bob.proc.args.index("daemon") + 1:])
         bob.wait_ready()
         started = time.monotonic()
@@ -110,6 +112,14 @@ def test_refuse_block_and_bad_input(tmp_path: Path, dht: DhtProcess) -> None:
         cli(carol.profile, "contact", "block", dave_id)
         row = carol.contact(dave_id)
         assert row is not None and row["state"] == "blocked"
+        blocked = cli(carol.profile, "contact", "request", dave_id, check=False)
+        assert blocked.returncode == 1 and "unblock" in blocked.stderr
+        too_long = cli(carol.profile, "contact", "request", dave_id, "--message", "x" * 281,
+                       check=False)
+        assert too_long.returncode == 2 and "280" in too_long.stderr
+        cli(carol.profile, "contact", "unblock", dave_id)
+        assert carol.contact(dave_id) is None
+        cli(carol.profile, "contact", "block", dave_id)
         # The daemon survives garbage on its API socket.
         async def garbage() -> bytes:
             reader, writer = await asyncio.open_unix_connection(

@@ -37,7 +37,6 @@ from dhtchat.app.profile import NodeState, Profile, resolve_profile_dir
 from dhtchat.app.rpc import INVALID_PARAMS, NOT_A_CONTACT, NOT_FOUND, DaemonNotRunning, RpcError
 from dhtchat.app.rpc import call as rpc_call
 from dhtchat.core.addresses import Address, format_address, parse_address
-from dhtchat.core.contacts import DEFAULT_POW_BITS
 from dhtchat.core.errors import DhtChatError, InvalidUserId, LocalProtocolError
 from dhtchat.core.events import (
     BootstrapCompleted,
@@ -402,7 +401,7 @@ async def _run_daemon(args: argparse.Namespace) -> int:
         port=args.port, host=args.host, bootstrap=_parse_bootstrap(args.bootstrap),
         stun=_parse_bootstrap(args.stun), turn=_parse_turn(args), relay_only=args.relay_only,
         ice_addresses=args.ice_address, connect_timeout=args.connect_timeout,
-        display_name=args.name or "", pow_bits=args.pow_bits,
+        display_name=args.name or "",
     )
     daemon = Daemon(profile, identity, options)
     try:
@@ -473,6 +472,9 @@ def cmd_contact(args: argparse.Namespace) -> int:
     elif action == "block":
         result = _rpc(args, "contact.block", {"id": args.id})
         print(f"blocked {result['id']}")
+    elif action == "unblock":
+        result = _rpc(args, "contact.unblock", {"id": args.id})
+        print(f"unblocked {result['id']}")
     else:
         _print_contacts(_rpc(args, "contact.list", {}), args.json)
     return EXIT_OK
@@ -587,7 +589,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="offer only these local addresses as ICE host candidates")
     daemon.add_argument("--name", help="display name sent with your contact requests")
     daemon.add_argument("--connect-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
-    daemon.add_argument("--pow-bits", type=int, default=DEFAULT_POW_BITS, help=argparse.SUPPRESS)
     daemon.set_defaults(func=cmd_daemon)
 
     contact = sub.add_parser("contact", help="contact requests and the contact list")
@@ -601,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     c_accept = contact_sub.add_parser("accept", help="accept a request")
     c_accept.add_argument("id", metavar="ID")
     c_accept.add_argument("--name", help="what to call this contact")
-    for name, text in (("refuse", "refuse a request"), ("block", "block an id for good")):
+    for name, text in (("refuse", "refuse a request"), ("block", "block an id for good"),
+                       ("unblock", "forget a block")):
         c_other = contact_sub.add_parser(name, help=text)
         c_other.add_argument("id", metavar="ID")
     c_list = contact_sub.add_parser("list", help="contacts and their status")

@@ -94,6 +94,11 @@ class ContactStore:
         assert entry is not None
         return entry
 
+    def delete(self, public_key: bytes) -> None:
+        """Forget an entry."""
+        with self._db:
+            self._db.execute("DELETE FROM contacts WHERE public_key = ?", (public_key,))
+
     def mark_seen(self, envelope: bytes, now: float) -> bool:
         """Remember a processed request envelope; False when it was seen already."""
         with self._db:

@@ -46,13 +46,13 @@ from dhtchat.app.rpc import (
     INVALID_PARAMS,
     NOT_A_CONTACT,
     NOT_FOUND,
+    NOT_READY,
     TIMEOUT,
     RpcError,
     RpcServer,
 )
 from dhtchat.core.addresses import Address, format_address
 from dhtchat.core.contacts import (
-    DEFAULT_POW_BITS,
     EPOCH_SECONDS,
     SIGNAL_MAX_AGE,
     OpenedSignal,
@@ -71,6 +71,7 @@ from dhtchat.core.contacts import (
 )
 from dhtchat.core.errors import InvalidUserId, LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity, decode_user_id, encode_user_id
+from dhtchat.core.ids import blake2b_256
 from dhtchat.core.records import Record
 from dhtchat.net.stun import first_stun_responder
 from dhtchat.net.udp import Subscription, UdpDhtNode
@@ -93,6 +94,7 @@ INBOX_POLL: Final = 60.0
 MAINTENANCE_PERIOD: Final = 5.0
 EPOCH_OVERLAP: Final = SIGNAL_MAX_AGE
 MAX_BACKOFF: Final = 60.0
+PRESENCE_POLL: Final = 30.0
 
 Status = Literal["offline", "online", "connecting", "connected"]
 
@@ -112,9 +114,9 @@ class DaemonOptions:
     turn: TurnServer | None = None
     relay_only: bool = False
     ice_addresses: list[str] | None = None
-    pow_bits: int = DEFAULT_POW_BITS
     connect_timeout: float = 30.0
     display_name: str = ""
+    auto_connect: bool = True  # keep a connection to every online contact (like Tox, Jami)
 
 
 @dataclass
@@ -141,11 +143,24 @@ class Link:
     next_attempt: float = 0.0
     backoff: float = 1.0
     attempt: asyncio.Task[dict[str, Any]] | None = None
+    presence_checked: float = 0.0
+    processed: dict[tuple[bytes, int], None] = field(default_factory=dict)
+
+    def first_time(self, record: Record) -> bool:
+        """False for a record already handled (``get`` and ``listen`` both deliver it)."""
+        ident = (record.owner + blake2b_256(record.value, record.signature), record.seq)
+        if ident in self.processed:
+            return False
+        self.processed[ident] = None
+        if len(self.processed) > 256:
+            del self.processed[next(iter(self.processed))]
+        return True
 
     @property
     def online(self) -> bool:
-        """A fresh presence record was seen."""
-        return self.presence is not None and time.time() - self.presence_seen < PRESENCE_FRESH
+        """A fresh presence record saying "online" was seen."""
+        return self.presence is not None and self.presence.online \
+            and time.time() - self.presence_seen < PRESENCE_FRESH
 
 
 class Daemon:
@@ -170,6 +185,7 @@ class Daemon:
         self._inbox: Subscription | None = None
         self._stopping = asyncio.Event()
         self._seq = 0
+        self.joined = False
         if options.relay_only and options.turn is None:
             raise LocalProtocolError("--relay-only needs a TURN server (--turn URL)")
         restrict_host_addresses(options.ice_addresses)
@@ -232,6 +248,7 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 10.0)
         log.info("joined the DHT: %d contacts in the routing table", len(self.node.core.table))
+        self.joined = True
         for entry in self.contacts.all("accepted"):
             self._link(entry.public_key)
         self._spawn(self._inbox_loop())
@@ -242,8 +259,14 @@ class Daemon:
         await self._stopping.wait()
 
     async def stop(self) -> None:
-        """Close connections, the API socket and the node; release the lock."""
+        """Say goodbye (signed bye to connected contacts, offline presence to all), close
+        connections, the API socket and the node; release the lock."""
+        if self._stopping.is_set() and self.node is None:
+            return
         self._stopping.set()
+        if self.joined:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._goodbye(), 5.0)
         for link in self.links.values():
             await self._close_link_connection(link, "daemon stopped", status="offline")
             for sub in link.subscriptions.values():
@@ -263,6 +286,16 @@ class Daemon:
         self.contacts.close()
         if self._lock_file is not None:
             self._lock_file.close()
+
+    async def _goodbye(self) -> None:
+        """Tell contacts we leave, so they show us offline at once instead of in 30 min."""
+        now = time.time()
+        jobs: list[Awaitable[Any]] = []
+        for link in self.links.values():
+            if link.pc is not None and link.session:
+                jobs.append(self._send_bye(link, link.session, "daemon stopped"))
+            jobs.append(self._publish_presence(link, epoch_of(now), now, online=False))
+        await asyncio.gather(*jobs, return_exceptions=True)
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -284,7 +317,8 @@ class Daemon:
     def _link(self, public_key: bytes) -> Link:
         link = self.links.get(public_key)
         if link is None:
-            link = Link(public_key, Pair.derive(self.identity, public_key))
+            link = Link(public_key, Pair.derive(self.identity, public_key),
+                        wanted=self.options.auto_connect)
             self.links[public_key] = link
             self._spawn(self._refresh_channels(link))
         return link
@@ -321,6 +355,8 @@ class Daemon:
         if entry.state == "accepted" and link is not None:
             out["status"] = link.status if link.status != "offline" or not link.online \
                 else "online"
+            if link.presence is not None and link.presence.relay_only:
+                out["relay_only"] = True  # the contact hides its IP: expect relayed paths
             if link.status == "connected" and link.selected is not None:
                 out["path"] = link.selected.path
                 out["local"] = link.selected.local.as_dict()
@@ -336,8 +372,11 @@ class Daemon:
         assert self.node is not None
         record = await asyncio.to_thread(
             make_contact_request, self.identity, recipient, kind=kind, name=name,
-            message=message, now=time.time(), random_bytes=secrets.token_bytes,
-            pow_bits=self.options.pow_bits)
+            message=message, now=time.time(), random_bytes=secrets.token_bytes)
+        return await self._put_request(record)
+
+    async def _put_request(self, record: Record) -> int:
+        assert self.node is not None
         try:
             result = await self.node.put(record)
         except TimeoutError:
@@ -373,7 +412,7 @@ class Daemon:
         if not self.contacts.mark_seen(record.owner + record.signature[:16], now):
             return
         try:
-            request = open_contact_request(self.identity, record, now, self.options.pow_bits)
+            request = open_contact_request(self.identity, record, now)
         except RemoteProtocolError as exc:
             log.info("dropped an inbox record: %s", exc)
             return
@@ -447,10 +486,11 @@ class Daemon:
             if now - last >= PRESENCE_REPUBLISH:
                 await self._publish_presence(link, epoch, now)
 
-    async def _publish_presence(self, link: Link, epoch: int, now: float) -> None:
+    async def _publish_presence(self, link: Link, epoch: int, now: float, *,
+                                online: bool = True) -> None:
         assert self.node is not None
         plaintext = make_presence(self.identity, link.pair, epoch, self.session, int(now),
-                                  self.options.relay_only)
+                                  self.options.relay_only, online=online)
         record = link.pair.seal_record(Purpose.PRESENCE, epoch, plaintext, seq=self._next_seq(),
                                        expires=int(now) + PRESENCE_TTL,
                                        random_bytes=secrets.token_bytes)
@@ -470,6 +510,8 @@ class Daemon:
     def _presence_handler(self, link: Link,
                           epoch: int) -> Callable[[Record], Awaitable[None]]:
         async def handle(record: Record) -> None:
+            if not link.first_time(record):
+                return
             try:
                 presence = open_presence(link.pair, epoch,
                                          link.pair.open_record(Purpose.PRESENCE, epoch, record))
@@ -486,6 +528,8 @@ class Daemon:
 
     def _signal_handler(self, link: Link, epoch: int) -> Callable[[Record], Awaitable[None]]:
         async def handle(record: Record) -> None:
+            if not link.first_time(record):
+                return
             try:
                 opened = open_signal(link.pair,
                                      link.pair.open_record(Purpose.SIGNAL, epoch, record))
@@ -519,6 +563,8 @@ class Daemon:
             log.warning("refused a %s from %s: %s", opened.kind, entry.name, exc)
             return
         link = self.links[sender]
+        if opened.kind == "done":
+            return  # the offerer superseded its finished offer; nothing to answer
         if opened.kind == "answer":
             if link.offering and link.session == opened.session and link.answer is not None \
                     and not link.answer.done():
@@ -573,7 +619,7 @@ class Daemon:
         self.stun_server = answer[0] if answer else None
         return self.stun_server
 
-    async def _send_signal(self, link: Link, kind: Literal["offer", "answer", "bye"],
+    async def _send_signal(self, link: Link, kind: Literal["offer", "answer", "bye", "done"],
                            session: bytes, sdp: str = "") -> None:
         assert self.node is not None
         now = time.time()
@@ -651,6 +697,9 @@ class Daemon:
             await self._fail(link, str(exc))
             raise RpcError(CONNECTION_FAILED, str(exc), {"reason": str(exc)}) from None
         link.offering = False
+        # Replace the offer in the DHT, so a daemon of the contact that starts within the
+        # offer's lifetime does not answer a finished attempt.
+        self._spawn(self._send_done(link, link.session))
         return self._connected(link, pc, started)
 
     async def _answer(self, link: Link, offer: OpenedSignal) -> dict[str, Any]:
@@ -732,6 +781,10 @@ class Daemon:
         link.next_attempt = time.time() + link.backoff
         link.backoff = min(MAX_BACKOFF, link.backoff * 2)
 
+    async def _send_done(self, link: Link, session: bytes) -> None:
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await self._send_signal(link, "done", session)
+
     async def _send_bye(self, link: Link, session: bytes, reason: str) -> None:
         with contextlib.suppress(ConnectionError, TimeoutError):
             await self._send_signal(link, "bye", session, reason)
@@ -744,6 +797,14 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await pc.close()
 
+    async def _poll_presence(self, link: Link, now: float) -> None:
+        assert self.node is not None
+        epoch = epoch_of(now)
+        key = link.pair.channel_key(Purpose.PRESENCE, link.public_key, epoch)
+        with contextlib.suppress(TimeoutError):
+            for record in await self.node.get(key):
+                await self._presence_handler(link, epoch)(record)
+
     async def _maintenance_loop(self) -> None:
         """Epoch rollover, presence republishing and reconnection of wanted contacts."""
         while not self._stopping.is_set():
@@ -754,6 +815,10 @@ class Daemon:
                     continue
                 await self._refresh_channels(link)
                 idle = link.attempt is None or link.attempt.done()
+                if link.wanted and link.status != "connected" and idle \
+                        and now - link.presence_checked >= PRESENCE_POLL:
+                    link.presence_checked = now  # a missed push must not hide a contact
+                    await self._poll_presence(link, now)
                 if link.wanted and link.status != "connected" and idle \
                         and now >= link.next_attempt and link.online:
                     # Both sides may try at once; the glare rule in handle_signal keeps one.
@@ -771,6 +836,7 @@ class Daemon:
             "contact.accept": self.rpc_contact_accept,
             "contact.refuse": self.rpc_contact_refuse,
             "contact.block": self.rpc_contact_block,
+            "contact.unblock": self.rpc_contact_unblock,
             "contact.list": self.rpc_contact_list,
             "connect": self.rpc_connect,
             "shutdown": self.rpc_shutdown,
@@ -790,8 +856,13 @@ class Daemon:
             "dropped_signals": self.dropped_signals,
         }
 
+    def _require_joined(self) -> None:
+        if not self.joined:
+            raise RpcError(NOT_READY, "the node is still joining the DHT; try again shortly")
+
     async def rpc_contact_request(self, params: dict[str, Any]) -> dict[str, Any]:
         """Send a contact request (params: id, name?, message?)."""
+        self._require_joined()
         text = params.get("id")
         try:
             recipient = decode_user_id(text if isinstance(text, str) else "")
@@ -802,13 +873,21 @@ class Daemon:
         my_name = _text_param(params, "name", 64) or self.options.display_name
         message = _text_param(params, "message", 280)
         entry = self.contacts.get(recipient)
+        if entry is not None and entry.state == "blocked":
+            raise RpcError(BLOCKED, "you blocked this id; `dhtchat contact unblock ID` first")
         if entry is not None and entry.state == "accepted":
             return self._contact_json(entry)
         if entry is not None and entry.state == "incoming":
             return await self.rpc_contact_accept({"id": text})
+        try:  # sealing checks the sizes, before anything is recorded
+            record = await asyncio.to_thread(
+                make_contact_request, self.identity, recipient, kind="request", name=my_name,
+                message=message, now=time.time(), random_bytes=secrets.token_bytes)
+        except LocalProtocolError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
         label = (entry.name if entry else "") or encode_user_id(recipient)[:12]
         entry = self.contacts.put(recipient, name=label, state="outgoing", message=message)
-        stored = await self._send_request(recipient, "request", my_name, message)
+        stored = await self._put_request(record)
         if not stored:
             raise RpcError(CONNECTION_FAILED, "no DHT node stored the request; is the node "
                            "joined? (it stays pending; send it again later)")
@@ -825,7 +904,7 @@ class Daemon:
         """Accept a pending incoming request (params: id, name?)."""
         found = self._resolve(params.get("id"))
         if not isinstance(found, ContactEntry) or found.state not in ("incoming", "refused"):
-            raise RpcError(NOT_FOUND, "no pending request from that contact")
+            raise RpcError(NOT_FOUND, "no pending (or refused) request from that contact")
         name = _text_param(params, "name", 64)
         entry = self.contacts.put(found.public_key, name=name, state="accepted",
                                   message="")
@@ -855,12 +934,21 @@ class Daemon:
                 sub.close()
         return self._contact_json(entry)
 
+    async def rpc_contact_unblock(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Forget a block (params: id); the id can send requests again."""
+        found = self._resolve(params.get("id"))
+        if not isinstance(found, ContactEntry) or found.state != "blocked":
+            raise RpcError(NOT_FOUND, "that id is not blocked")
+        self.contacts.delete(found.public_key)
+        return {"id": encode_user_id(found.public_key), "state": "unblocked"}
+
     async def rpc_contact_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Every contact with its state and, for accepted ones, the connection status."""
         return [self._contact_json(e) for e in self.contacts.all()]
 
     async def rpc_connect(self, params: dict[str, Any]) -> dict[str, Any]:
         """Connect to an accepted contact (params: contact, timeout?)."""
+        self._require_joined()
         found = self._resolve(params.get("contact"), accepted_only=True)
         if not isinstance(found, ContactEntry):
             raise RpcError(NOT_A_CONTACT, "not a contact: send a contact request first")

@@ -27,7 +27,6 @@ Randomness is injected (``random_bytes``); nothing here reads clocks or the OS.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zlib
 from collections import OrderedDict
@@ -43,13 +42,14 @@ import nacl.exceptions
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity, encode_user_id, verify_signature
 from dhtchat.core.ids import blake2b_256
+from dhtchat.core.pow import REQUEST_POW_BITS, pow_ok, solve_pow
 from dhtchat.core.records import MAX_VALUE_BYTES, Record, RecordType, make_record, record_key
 
 RandomBytes = Callable[[int], bytes]
 
 EPOCH_SECONDS: Final = 3600
 REQUEST_TTL: Final = 7 * 24 * 3600
-DEFAULT_POW_BITS: Final = 18
+DEFAULT_POW_BITS: Final = REQUEST_POW_BITS
 MAX_NAME_CHARS: Final = 64
 MAX_REQUEST_MESSAGE_CHARS: Final = 280
 SIGNAL_MAX_AGE: Final = 120  # seconds an offer/answer stays acceptable (clock skew included)
@@ -61,7 +61,6 @@ _PAIR_DOMAIN: Final = b"dhtchat/pair/v1"
 _CHANNEL_DOMAIN: Final = b"dhtchat/channel/v1"
 _AEAD_DOMAIN: Final = b"dhtchat/pair-aead/v1"
 _REQUEST_DOMAIN: Final = b"dhtchat/contact-request/v1"
-_POW_DOMAIN: Final = b"dhtchat/pow/v1"
 _PRESENCE_SIG_DOMAIN: Final = b"dhtchat/presence/v1"
 _SIGNAL_SIG_DOMAIN: Final = b"dhtchat/signal/v1"
 
@@ -231,25 +230,6 @@ def inbox_key(recipient: bytes) -> bytes:
     return record_key(RecordType.CONTACT_REQUEST, recipient, b"")
 
 
-def _pow_ok(recipient: bytes, sealed: bytes, counter: int, bits: int) -> bool:
-    digest = hashlib.blake2b(_POW_DOMAIN + recipient + counter.to_bytes(8, "big") + sealed,
-                             digest_size=32).digest()
-    return int.from_bytes(digest, "big") >> (256 - bits) == 0 if bits else True
-
-
-def solve_pow(recipient: bytes, sealed: bytes, bits: int) -> int:
-    """The first counter whose hash has ``bits`` leading zero bits (about 2**bits tries)."""
-    prefix = hashlib.blake2b(_POW_DOMAIN + recipient, digest_size=32)
-    limit = 256 - bits
-    counter = 0
-    while True:
-        h = prefix.copy()
-        h.update(counter.to_bytes(8, "big") + sealed)
-        if int.from_bytes(h.digest(), "big") >> limit == 0:
-            return counter
-        counter += 1
-
-
 def make_contact_request(
     identity: SigningIdentity,
     recipient: bytes,
@@ -298,7 +278,7 @@ def open_contact_request(
     if len(value) < 8 + 32 + _NONCE_BYTES + 16:
         raise RemoteProtocolError("contact request too short")
     counter, sealed = int.from_bytes(value[:8], "big"), value[8:]
-    if not _pow_ok(identity.public_key, sealed, counter, pow_bits):
+    if not pow_ok(identity.public_key, sealed, counter, pow_bits):
         raise RemoteProtocolError("contact request without enough proof of work")
     ephemeral_public, boxed = sealed[:32], sealed[32:]
     my_private = x25519_private(identity)
@@ -308,7 +288,7 @@ def open_contact_request(
     plaintext = _aead_open(key, boxed, identity.public_key)
     try:
         body = _request_decoder.decode(plaintext)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError(f"malformed contact request: {exc}") from exc
     if body.recipient != identity.public_key or body.envelope_owner != record.owner:
         raise RemoteProtocolError("contact request was sealed for another envelope")
@@ -330,13 +310,14 @@ class Presence(msgspec.Struct, array_like=True, frozen=True):
     session: Bytes16
     published: Time
     relay_only: bool
+    online: bool
     signature: Bytes64
 
 
 def _presence_signed(sender: bytes, recipient: bytes, epoch: int, session: bytes,
-                     published: int, relay_only: bool) -> bytes:
+                     published: int, relay_only: bool, online: bool) -> bytes:
     return _PRESENCE_SIG_DOMAIN + _encoder.encode(
-        (sender, recipient, epoch, session, published, relay_only)
+        (sender, recipient, epoch, session, published, relay_only, online)
     )
 
 
@@ -344,21 +325,22 @@ _presence_decoder = msgspec.msgpack.Decoder(Presence)
 
 
 def make_presence(identity: SigningIdentity, pair: Pair, epoch: int, session: bytes,
-                  published: int, relay_only: bool) -> bytes:
-    """Serialized presence for ``pair``'s other side (encrypt with :meth:`Pair.seal_record`)."""
+                  published: int, relay_only: bool, *, online: bool = True) -> bytes:
+    """Serialized presence for ``pair``'s other side (encrypt with :meth:`Pair.seal_record`);
+    ``online=False`` is the goodbye a stopping daemon publishes."""
     signature = identity.sign(_presence_signed(pair.me, pair.them, epoch, session, published,
-                                               relay_only))
-    return _encoder.encode(Presence(session, published, relay_only, signature))
+                                               relay_only, online))
+    return _encoder.encode(Presence(session, published, relay_only, online, signature))
 
 
 def open_presence(pair: Pair, epoch: int, plaintext: bytes) -> Presence:
     """Decode and authenticate a contact's presence; raises :class:`RemoteProtocolError`."""
     try:
         presence = _presence_decoder.decode(plaintext)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError(f"malformed presence: {exc}") from exc
     signed = _presence_signed(pair.them, pair.me, epoch, presence.session, presence.published,
-                              presence.relay_only)
+                              presence.relay_only, presence.online)
     if not verify_signature(pair.them, signed, presence.signature):
         raise RemoteProtocolError("presence signature is not the contact's")
     return presence
@@ -370,7 +352,7 @@ def open_presence(pair: Pair, epoch: int, plaintext: bytes) -> Presence:
 class Signal(msgspec.Struct, array_like=True, frozen=True):
     """An SDP offer or answer (or a hang-up) from one contact to the other."""
 
-    kind: Literal["offer", "answer", "bye"]
+    kind: Literal["offer", "answer", "bye", "done"]
     session: Bytes16
     created_ms: Time
     fingerprint: Short
@@ -417,11 +399,14 @@ def _signal_signed(kind: str, sender: bytes, recipient: bytes, session: bytes, c
     )
 
 
-def make_signal(identity: SigningIdentity, recipient: bytes, kind: Literal["offer", "answer",
-                "bye"], session: bytes, created_ms: int, sdp: str = "") -> bytes:
+SignalKind = Literal["offer", "answer", "bye", "done"]
+
+
+def make_signal(identity: SigningIdentity, recipient: bytes, kind: SignalKind, session: bytes,
+                created_ms: int, sdp: str = "") -> bytes:
     """Serialize a signed offer/answer; only the sha-256 fingerprint of the SDP is kept (the
     others are redundant and would not fit a DHT record). For ``bye``, ``sdp`` is the reason."""
-    if kind == "bye":  # the SDP field carries the reason, in clear text inside the seal
+    if kind in ("bye", "done"):  # the SDP field carries the reason, in clear inside the seal
         security, sdp_z = SdpSecurity("", "", ""), sdp.encode("utf-8")[:MAX_BYE_REASON]
     else:
         sdp = _OTHER_FINGERPRINTS_RE.sub("", sdp)
@@ -437,7 +422,7 @@ def make_signal(identity: SigningIdentity, recipient: bytes, kind: Literal["offe
 class OpenedSignal:
     """A verified signalling message."""
 
-    kind: Literal["offer", "answer", "bye"]
+    kind: SignalKind
     session: bytes
     created_ms: int
     sdp: str
@@ -452,7 +437,7 @@ def open_signal(pair: Pair, plaintext: bytes) -> OpenedSignal:
     """
     try:
         signal = _signal_decoder.decode(plaintext)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError(f"malformed signalling message: {exc}") from exc
     signed_security = SdpSecurity(signal.fingerprint, signal.ice_ufrag, signal.ice_pwd)
     signed = _signal_signed(signal.kind, pair.them, pair.me, signal.session, signal.created_ms,
@@ -462,7 +447,7 @@ def open_signal(pair: Pair, plaintext: bytes) -> OpenedSignal:
             f"{signal.kind} is not signed by {encode_user_id(pair.them)[:12]}…"
         )
     sdp = signal.sdp_z[:MAX_BYE_REASON].decode("utf-8", errors="replace")
-    if signal.kind != "bye":
+    if signal.kind in ("offer", "answer"):
         inflater = zlib.decompressobj()
         try:
             raw = inflater.decompress(signal.sdp_z, MAX_SDP_BYTES)

@@ -10,7 +10,8 @@ key; open-write types let many owners store under one key (one record per owner)
 how an inbox holds messages from many senders.
 
 Validation order, used by storers and readers alike: bounded sizes (enforced by the decoder
-before anything else), type policy, key binding, expiry, and only then the Ed25519 signature
+before anything else), type policy, key binding, expiry, the proof of work of a contact
+request (one hash, :mod:`dhtchat.core.pow`), and only then the Ed25519 signature
 over ``"dhtchat/record/v1" || msgpack([type, owner, namespace, salt, seq, expires, value])``.
 Sequence numbers may only grow: a storer refuses an older ``seq`` for the same (key, owner) and a
 different value under the same ``seq``.
@@ -27,6 +28,7 @@ import msgspec
 from dhtchat.core.errors import InvalidRecord, LocalProtocolError
 from dhtchat.core.identity import SigningIdentity, verify_signature
 from dhtchat.core.ids import blake2b_256
+from dhtchat.core.pow import REQUEST_POW_BITS, pow_ok
 
 MAX_VALUE_BYTES: Final = 1000
 MAX_SALT_BYTES: Final = 64
@@ -196,6 +198,12 @@ def validate_record(
         raise InvalidRecord("record has expired")
     if record.expires > now + policy.max_ttl + CLOCK_SKEW_ALLOWANCE:
         raise InvalidRecord("record lifetime exceeds its type's maximum")
+    if record.type == RecordType.CONTACT_REQUEST and not (
+        len(record.value) > 8 and pow_ok(record.namespace, record.value[8:],
+                                         int.from_bytes(record.value[:8], "big"),
+                                         REQUEST_POW_BITS)
+    ):
+        raise InvalidRecord("contact request without enough proof of work")
     if verify_signature_ and not verify_signature(
         record.owner, record.signed_bytes(), record.signature
     ):

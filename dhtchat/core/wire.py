@@ -224,7 +224,8 @@ def decode(data: bytes) -> Datagram:
     try:
         envelope_bytes, signature = _outer_decoder.decode(memoryview(data)[len(MAGIC):])
         envelope = _envelope_decoder.decode(envelope_bytes)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        # msgspec reports invalid UTF-8 in a str field as UnicodeDecodeError
         raise RemoteProtocolError(f"malformed datagram: {exc}") from None
     if signature and len(signature) != 64:
         raise RemoteProtocolError("bad signature length")
