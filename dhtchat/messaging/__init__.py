@@ -1,0 +1,1 @@
+"""End-to-end messaging: X3DH + Double Ratchet sessions (:mod:`dhtchat.messaging.session`)."""
