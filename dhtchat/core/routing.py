@@ -11,8 +11,10 @@ takes its place. IP diversity (discv5; S/Kademlia sec. 4.2): at most ``max_per_s
 contacts of one /24 (IPv6 /64) per bucket and ``max_per_subnet_table`` per table.
 
 ``closest(target, n)`` is exact: bucket ``c = cpl(own, target)`` holds every contact sharing
-``c + 1`` bits with the target, then all buckets ``> c`` (distance bit ``c`` set), then
-buckets ``c-1 .. 0`` in that order (each strictly farther than everything before).
+``c + 1`` bits with the target, then come the buckets ``> c`` (distance bit ``c`` set), then
+buckets ``c-1 .. 0`` in that order (each strictly farther than everything before). Among the
+buckets ``j > c`` each is wholly closer or wholly farther than all deeper ones, depending on
+bit ``j`` of ``own XOR target``, so every bucket is sorted on its own.
 """
 
 from __future__ import annotations
@@ -241,41 +243,54 @@ class RoutingTable:
         return False
 
     def closest(self, target: bytes, count: int) -> list[Contact]:
-        """The ``count`` known contacts closest to ``target`` by XOR distance (exact)."""
+        """The ``count`` known contacts closest to ``target`` by XOR distance (exact).
+
+        Buckets are visited in order of distance (see the module docstring), so only the
+        contacts of the buckets needed are sorted.
+        """
         if count <= 0:
             return []
         t = int.from_bytes(target, "big")
-        c = ID_BITS - (t ^ self._own_key).bit_length()
+        x = t ^ self._own_key
+        c = ID_BITS - x.bit_length()
         buckets = self._buckets
         deepest = self._deepest
 
-        def by_distance(x: Contact) -> int:
-            return x.key ^ t
+        def by_distance(contact: Contact) -> int:
+            return contact.key ^ t
 
-        result: list[Contact]
+        result: list[Contact] = []
         if c < ID_BITS:
             bucket = buckets[c]
-            if bucket is not None and len(bucket.contacts) >= count:
-                # bucket c alone holds everything sharing c + 1 bits with the target
-                return sorted(bucket.contacts.values(), key=by_distance)[:count]
-            result = sorted(bucket.contacts.values(), key=by_distance) if bucket else []
-            if c < deepest:
-                deeper = [x for b in buckets[c + 1 : deepest + 1] if b is not None
-                          for x in b.contacts.values()]
-                if deeper:
-                    deeper.sort(key=by_distance)
-                    result += deeper[: count - len(result)]
-            start = c - 1
-        else:  # target is our own id: every bucket, deepest (closest) first
-            result = []
-            start = deepest
-        for i in range(min(start, deepest), -1, -1):
-            if len(result) >= count:
-                break
+            if bucket is not None and bucket.contacts:
+                result = sorted(bucket.contacts.values(), key=by_distance)
+                if len(result) >= count:
+                    return result[:count]
+        if c < deepest:
+            # Buckets j > c: their contacts all differ from the target at bit c; bit j of
+            # (own ^ target) decides whether bucket j is closer than every deeper bucket (set)
+            # or farther (clear). Hence: set bits ascending, then clear bits descending.
+            later: list[_Bucket] = []
+            for j in range(c + 1, deepest + 1):
+                bucket = buckets[j]
+                if bucket is None or not bucket.contacts:
+                    continue
+                if x >> (ID_BITS - 1 - j) & 1:
+                    result += sorted(bucket.contacts.values(), key=by_distance)
+                    if len(result) >= count:
+                        return result[:count]
+                else:
+                    later.append(bucket)
+            for bucket in reversed(later):
+                result += sorted(bucket.contacts.values(), key=by_distance)
+                if len(result) >= count:
+                    return result[:count]
+        for i in range(min(c - 1, deepest), -1, -1):
             bucket = buckets[i]
             if bucket is not None and bucket.contacts:
-                group = sorted(bucket.contacts.values(), key=by_distance)
-                result += group[: count - len(result)]
+                result += sorted(bucket.contacts.values(), key=by_distance)
+                if len(result) >= count:
+                    return result[:count]
         return result
 
     def stale_buckets(self, now: float, max_age: float) -> list[int]:
