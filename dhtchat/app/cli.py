@@ -493,6 +493,55 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_message(message: dict[str, Any], as_json: bool, names: dict[str, str]) -> None:
+    if as_json:
+        print(json.dumps(message), flush=True)
+        return
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(message["timestamp"]))
+    who = names.get(message["from"], message["from"][:12])
+    marks = ""
+    if message["from"] == names.get("__me__"):
+        marks = " ✓✓" if message["read"] else " ✓" if message["delivered"] else " …"
+    print(f"[{stamp}] {who}: {message['text']}{marks}", flush=True)
+
+
+def _names(args: argparse.Namespace) -> dict[str, str]:
+    rows = _rpc(args, "contact.list", {})
+    names = {row["id"]: row["name"] for row in rows}
+    names["__me__"] = _rpc(args, "status", {})["id"]
+    names[names["__me__"]] = "me"
+    return names
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"to": args.contact, "text": args.text}
+    if args.wait:
+        params.update(wait=True, timeout=args.timeout)
+    result = _rpc(args, "message.send", params, timeout=args.timeout + 30)
+    state = "delivered" if result["delivered"] else "queued"
+    print(f"{state} {result['id']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    names = {} if args.json else _names(args)
+    while True:
+        messages = _rpc(args, "message.receive", {"wait": 30 if args.follow else 0},
+                        timeout=90)
+        for message in messages:
+            _print_message(message, args.json, names)
+        if not args.follow:
+            return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    names = {} if args.json else _names(args)
+    for message in _rpc(args, "message.history", {"contact": args.contact,
+                                                  "limit": args.limit}):
+        _print_message(message, args.json, names)
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     # Imported here: the simulator pulls matplotlib and friends, which a chat node never needs.
     from dhtchat.sim.cli import simulate_main  # noqa: PLC0415
@@ -615,6 +664,23 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--timeout", type=float, default=30.0)
     connect.add_argument("--json", action="store_true")
     connect.set_defaults(func=cmd_connect)
+
+    send = sub.add_parser("send", help="send a message (queued; delivered when possible)")
+    send.add_argument("contact", metavar="NAME_OR_ID")
+    send.add_argument("text", metavar="TEXT")
+    send.add_argument("--wait", action="store_true",
+                      help="return once the delivery receipt arrived")
+    send.add_argument("--timeout", type=float, default=60.0)
+    send.set_defaults(func=cmd_send)
+    receive = sub.add_parser("receive", help="print messages received since the last call")
+    receive.add_argument("--json", action="store_true", help="JSON lines")
+    receive.add_argument("--follow", action="store_true", help="keep printing new messages")
+    receive.set_defaults(func=cmd_receive)
+    history = sub.add_parser("history", help="the conversation with a contact")
+    history.add_argument("contact", metavar="NAME_OR_ID")
+    history.add_argument("--json", action="store_true")
+    history.add_argument("--limit", type=int, default=50)
+    history.set_defaults(func=cmd_history)
 
     demo = sub.add_parser("demo", help="run a local network on loopback and show it working")
     demo.add_argument("--nodes", type=int, default=16)

@@ -39,6 +39,8 @@ from typing import Any, Final, Literal
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from dhtchat.app.contactstore import ContactEntry, ContactStore
+from dhtchat.app.history import History, HistoryLocked, history_key
+from dhtchat.app.messenger import Messenger, message_json
 from dhtchat.app.profile import NodeState, Profile
 from dhtchat.app.rpc import (
     BLOCKED,
@@ -184,6 +186,9 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inbox: Subscription | None = None
         self._stopping = asyncio.Event()
+        self.history: History | None = None
+        self._stop_task: asyncio.Future[None] | None = None
+        self.messenger: Messenger | None = None
         self._seq = 0
         self.joined = False
         if options.relay_only and options.turn is None:
@@ -218,6 +223,12 @@ class Daemon:
         """Take the profile lock, start the DHT node, join, and open the API socket."""
         self.profile.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._acquire_lock()
+        try:
+            self.history = History(self.profile.root / "messages.db",
+                                   history_key(self.identity.seed))
+        except HistoryLocked as exc:
+            raise LocalProtocolError(str(exc)) from None
+        self.messenger = Messenger(self, self.history)
         state = NodeState(self.profile.node_db_path)
         try:
             self.node = await UdpDhtNode.create(self.options.host, self.options.port,
@@ -260,9 +271,13 @@ class Daemon:
 
     async def stop(self) -> None:
         """Say goodbye (signed bye to connected contacts, offline presence to all), close
-        connections, the API socket and the node; release the lock."""
-        if self._stopping.is_set() and self.node is None:
-            return
+        connections, the API socket and the node; release the lock. Idempotent: concurrent
+        callers wait for the same shutdown."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
         self._stopping.set()
         if self.joined:
             with contextlib.suppress(TimeoutError):
@@ -284,6 +299,8 @@ class Daemon:
             state.close()
             await self.node.close()
         self.contacts.close()
+        if self.history is not None:
+            self.history.close()
         if self._lock_file is not None:
             self._lock_file.close()
 
@@ -321,6 +338,8 @@ class Daemon:
                         wanted=self.options.auto_connect)
             self.links[public_key] = link
             self._spawn(self._refresh_channels(link))
+            if self.messenger is not None:
+                self._spawn(self.messenger.publish_prekeys(public_key))
         return link
 
     def _resolve(self, text: Any, *, accepted_only: bool = False) -> ContactEntry | bytes:
@@ -620,17 +639,20 @@ class Daemon:
         return self.stun_server
 
     async def _send_signal(self, link: Link, kind: Literal["offer", "answer", "bye", "done"],
-                           session: bytes, sdp: str = "") -> None:
+                           session: bytes, sdp: str = "", epoch: int | None = None) -> int:
+        """Seal, sign and put a signalling message; returns the epoch it went to."""
         assert self.node is not None
         now = time.time()
+        epoch = epoch_of(now) if epoch is None else epoch
         plaintext = make_signal(self.identity, link.public_key, kind, session, int(now * 1000),
                                 sdp)
-        record = link.pair.seal_record(Purpose.SIGNAL, epoch_of(now), plaintext,
+        record = link.pair.seal_record(Purpose.SIGNAL, epoch, plaintext,
                                        seq=self._next_seq(), expires=int(now) + SIGNAL_MAX_AGE,
                                        random_bytes=secrets.token_bytes)
         result = await self.node.put(record)
         if not result.stored:
             raise ConnectionError("no DHT node stored the signalling message")
+        return epoch
 
     async def connect(self, public_key: bytes, timeout: float) -> dict[str, Any]:
         """Open (or report) the connection to an accepted contact."""
@@ -680,7 +702,8 @@ class Daemon:
         try:
             await pc.setLocalDescription(await pc.createOffer())
             enlarge_ice_socket_buffers(pc)
-            await self._send_signal(link, "offer", link.session, pc.localDescription.sdp)
+            offer_epoch = await self._send_signal(link, "offer", link.session,
+                                                  pc.localDescription.sdp)
             remaining = timeout - (time.monotonic() - started)
             try:
                 answer = await asyncio.wait_for(link.answer, max(0.1, remaining))
@@ -699,7 +722,7 @@ class Daemon:
         link.offering = False
         # Replace the offer in the DHT, so a daemon of the contact that starts within the
         # offer's lifetime does not answer a finished attempt.
-        self._spawn(self._send_done(link, link.session))
+        self._spawn(self._send_done(link, link.session, offer_epoch))
         return self._connected(link, pc, started)
 
     async def _answer(self, link: Link, offer: OpenedSignal) -> dict[str, Any]:
@@ -766,6 +789,8 @@ class Daemon:
         if link.selected is None:  # pragma: no cover - aioice always nominates before open
             link.selected = SelectedPair(CandidateInfo("unknown", ("", 0)),
                                          CandidateInfo("unknown", ("", 0)))
+        if self.messenger is not None and link.channel is not None:
+            self.messenger.attach(link, link.channel)
         log.info("connected to %s: %s (%s %s -> %s %s) in %.0f ms",
                  self._name(link.public_key), link.selected.path, link.selected.local.type,
                  format_address(link.selected.local.address), link.selected.remote.type,
@@ -781,9 +806,10 @@ class Daemon:
         link.next_attempt = time.time() + link.backoff
         link.backoff = min(MAX_BACKOFF, link.backoff * 2)
 
-    async def _send_done(self, link: Link, session: bytes) -> None:
+    async def _send_done(self, link: Link, session: bytes, epoch: int) -> None:
+        """Supersede the offer in its own epoch's slot (the key it was stored under)."""
         with contextlib.suppress(ConnectionError, TimeoutError):
-            await self._send_signal(link, "done", session)
+            await self._send_signal(link, "done", session, epoch=epoch)
 
     async def _send_bye(self, link: Link, session: bytes, reason: str) -> None:
         with contextlib.suppress(ConnectionError, TimeoutError):
@@ -823,6 +849,13 @@ class Daemon:
                         and now >= link.next_attempt and link.online:
                     # Both sides may try at once; the glare rule in handle_signal keeps one.
                     link.attempt = self._spawn(self._offer(link, self.options.connect_timeout))
+            if self.messenger is not None:
+                accepted = [e.public_key for e in self.contacts.all("accepted")
+                            if e.public_key in self.links]
+                try:
+                    await self.messenger.maintenance(accepted)
+                except (ConnectionError, TimeoutError) as exc:
+                    log.debug("message maintenance: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), MAINTENANCE_PERIOD)
 
@@ -839,6 +872,10 @@ class Daemon:
             "contact.unblock": self.rpc_contact_unblock,
             "contact.list": self.rpc_contact_list,
             "connect": self.rpc_connect,
+            "message.send": self.rpc_message_send,
+            "message.receive": self.rpc_message_receive,
+            "message.history": self.rpc_message_history,
+            "message.typing": self.rpc_message_typing,
             "shutdown": self.rpc_shutdown,
         }
 
@@ -960,6 +997,73 @@ class Daemon:
         if not isinstance(timeout, (int, float)) or not 1 <= timeout <= 600:
             raise RpcError(INVALID_PARAMS, "timeout must be 1-600 seconds")
         return await self.connect(found.public_key, float(timeout))
+
+    def _accepted_contact(self, value: Any) -> ContactEntry:
+        found = self._resolve(value, accepted_only=True)
+        if not isinstance(found, ContactEntry) or found.state != "accepted":
+            raise RpcError(NOT_A_CONTACT, "not an accepted contact")
+        return found
+
+    def _message_json(self, message: Any) -> dict[str, Any]:
+        return message_json(message, self.identity.user_id, encode_user_id(message.contact))
+
+    async def rpc_message_send(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Queue a message (params: to, text, id?, wait?, timeout?); returns once it is
+        persisted, or with ``wait`` once the delivery receipt arrived."""
+        assert self.messenger is not None
+        entry = self._accepted_contact(params.get("to"))
+        text = params.get("text")
+        if not isinstance(text, str) or not text:
+            raise RpcError(INVALID_PARAMS, "text must be a non-empty string")
+        message_id = None
+        if params.get("id") is not None:
+            try:
+                message_id = bytes.fromhex(str(params["id"]))
+            except ValueError:
+                message_id = b""
+            if len(message_id) != 16:
+                raise RpcError(INVALID_PARAMS, "id must be 32 hex digits")
+        try:
+            message = await self.messenger.send_text(entry.public_key, text, message_id)
+        except LocalProtocolError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        if params.get("wait"):
+            timeout = params.get("timeout", 60)
+            if not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+                raise RpcError(INVALID_PARAMS, "timeout must be 0-3600 seconds")
+            if not await self.messenger.wait_delivered(message.id, float(timeout)):
+                raise RpcError(TIMEOUT, f"no delivery receipt within {timeout} s (the message "
+                               "stays queued and will be delivered)",
+                               {"id": message.id.hex()})
+            message = self.messenger.history.message(message.id) or message
+        return self._message_json(message)
+
+    async def rpc_message_receive(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Messages not returned before, in order (params: wait? seconds, limit?)."""
+        assert self.messenger is not None
+        wait = params.get("wait", 0)
+        limit = params.get("limit", 1000)
+        if not isinstance(wait, (int, float)) or not 0 <= wait <= 3600:
+            raise RpcError(INVALID_PARAMS, "wait must be 0-3600 seconds")
+        if not isinstance(limit, int) or not 1 <= limit <= 10000:
+            raise RpcError(INVALID_PARAMS, "limit must be 1-10000")
+        messages = await self.messenger.receive(float(wait), limit)
+        return [self._message_json(m) for m in messages]
+
+    async def rpc_message_history(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The conversation with a contact (params: contact, limit?)."""
+        assert self.history is not None
+        entry = self._accepted_contact(params.get("contact"))
+        limit = params.get("limit", 50)
+        if not isinstance(limit, int) or not 1 <= limit <= 100000:
+            raise RpcError(INVALID_PARAMS, "limit must be 1-100000")
+        return [self._message_json(m) for m in self.history.history(entry.public_key, limit)]
+
+    async def rpc_message_typing(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Tell a connected contact that we are typing (params: contact)."""
+        assert self.messenger is not None
+        entry = self._accepted_contact(params.get("contact"))
+        return {"sent": await self.messenger.typing(entry.public_key)}
 
     async def rpc_shutdown(self, params: dict[str, Any]) -> dict[str, Any]:
         """Stop the daemon."""

@@ -80,6 +80,8 @@ class Purpose(bytes, Enum):
 
     PRESENCE = b"presence"
     SIGNAL = b"signal"
+    PREKEYS = b"prekeys"
+    MAILBOX = b"mailbox"
 
 
 # ---------------------------------------------------------------------------- keys
@@ -160,19 +162,24 @@ class Pair:
 
     def channel_key(self, purpose: Purpose, sender: bytes, epoch: int) -> bytes:
         """DHT key of ``sender``'s ``purpose`` channel to the other side in ``epoch``."""
+        return self.slot_key(purpose, sender, epoch, b"")
+
+    def slot_key(self, purpose: Purpose, sender: bytes, epoch: int, salt: bytes) -> bytes:
+        """DHT key of one slot (``salt``) of a channel, e.g. mailbox slot ``i``."""
         signer = self.channel_signer(purpose, sender, epoch)
-        return record_key(_RECORD_TYPES[purpose], signer.public_key, b"")
+        return record_key(_RECORD_TYPES[purpose], signer.public_key, salt)
 
     def _aead_key(self, purpose: Purpose, sender: bytes) -> bytes:
         return blake2b_256(_AEAD_DOMAIN, self.secret, purpose.value, sender)
 
     def seal_record(
         self, purpose: Purpose, epoch: int, plaintext: bytes, *, seq: int, expires: int,
-        random_bytes: RandomBytes,
+        random_bytes: RandomBytes, salt: bytes = b"",
     ) -> Record:
-        """Encrypt ``plaintext`` from me to them and sign it with the channel key."""
+        """Encrypt ``plaintext`` from me to them and sign it with the channel key (in slot
+        ``salt`` of the channel; the salt is authenticated too)."""
         signer = self.channel_signer(purpose, self.me, epoch)
-        aad = _aad(purpose, self.me, self.them, epoch)
+        aad = _aad(purpose, self.me, self.them, epoch) + salt
         value = _aead_seal(self._aead_key(purpose, self.me), plaintext, aad,
                            random_bytes(_NONCE_BYTES))
         if len(value) > MAX_VALUE_BYTES:
@@ -180,7 +187,7 @@ class Pair:
                 f"{purpose.name.lower()} message is {len(value)} bytes sealed; "
                 f"a record holds {MAX_VALUE_BYTES}"
             )
-        return make_record(signer, _RECORD_TYPES[purpose], b"", value, seq=seq,
+        return make_record(signer, _RECORD_TYPES[purpose], salt, value, seq=seq,
                            expires=expires)
 
     def open_record(self, purpose: Purpose, epoch: int, record: Record) -> bytes:
@@ -188,11 +195,16 @@ class Pair:
         signer = self.channel_signer(purpose, self.them, epoch)
         if record.owner != signer.public_key or record.type != _RECORD_TYPES[purpose]:
             raise RemoteProtocolError("record is not from this contact's channel")
-        aad = _aad(purpose, self.them, self.me, epoch)
+        aad = _aad(purpose, self.them, self.me, epoch) + record.salt
         return _aead_open(self._aead_key(purpose, self.them), record.value, aad)
 
 
-_RECORD_TYPES: Final = {Purpose.PRESENCE: RecordType.PRESENCE, Purpose.SIGNAL: RecordType.SIGNAL}
+_RECORD_TYPES: Final = {
+    Purpose.PRESENCE: RecordType.PRESENCE,
+    Purpose.SIGNAL: RecordType.SIGNAL,
+    Purpose.PREKEYS: RecordType.PREKEYS,
+    Purpose.MAILBOX: RecordType.MAILBOX,
+}
 
 
 def _aad(purpose: Purpose, sender: bytes, recipient: bytes, epoch: int) -> bytes:
@@ -259,6 +271,10 @@ def make_contact_request(
                       ephemeral_public, recipient_x)
     sealed = ephemeral_public + _aead_seal(key, _encoder.encode(body), recipient,
                                            random_bytes(_NONCE_BYTES))
+    if 8 + len(sealed) > MAX_VALUE_BYTES:  # check before spending the proof of work
+        raise LocalProtocolError(
+            f"contact request is {8 + len(sealed)} bytes sealed; a record holds "
+            f"{MAX_VALUE_BYTES} (shorten the name or message)")
     counter = solve_pow(recipient, sealed, pow_bits)
     return make_record(envelope, RecordType.CONTACT_REQUEST, b"",
                        counter.to_bytes(8, "big") + sealed, seq=0,

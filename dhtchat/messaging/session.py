@@ -78,6 +78,7 @@ identity seed, which is supplied on load) and must be stored encrypted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Annotated, Any, Final
@@ -408,6 +409,20 @@ class PrekeyStore:
                 spk_sig=b.signed_pre_key_sig,
                 opks=sorted(b.pre_keys)[:max_prekeys],
             )
+        )
+
+    def bundle_for(self, contact: bytes, max_prekeys: int = BUNDLE_PREKEYS) -> bytes:
+        """The bundle published to one contact: its one-time prekeys are the first in an
+        order keyed by the contact, so contacts mostly see different prekeys and two of them
+        rarely pick the same one from stale bundles (a collision fails the later session)."""
+        if not 0 <= max_prekeys <= MAX_BUNDLE_PREKEYS:
+            raise ValueError(f"max_prekeys must be in 0..{MAX_BUNDLE_PREKEYS}")
+        b = self._state.bundle
+        ranked = sorted(b.pre_keys, key=lambda pk: hashlib.blake2b(
+            b"dhtchat/opk-order/v1" + contact + pk, digest_size=16).digest())
+        return _encoder.encode(
+            _BundleWire(ik=b.identity_key, spk=b.signed_pre_key, spk_sig=b.signed_pre_key_sig,
+                        opks=ranked[:max_prekeys])
         )
 
     def maintain(self, now: float) -> bool:

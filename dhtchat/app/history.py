@@ -1,0 +1,236 @@
+"""Message history, outbox and ratchet state in one SQLCipher database (``messages.db``).
+
+The key is derived from the identity seed, which is itself stored encrypted under the
+passphrase (Argon2id, see keystore): without the passphrase the file is unreadable
+(SQLCipher 4: AES-256-CBC pages with HMAC-SHA512, a per-file salt).
+
+Everything that must change together changes in one transaction: a message is in the outbox
+before ``send`` returns; a frame's ciphertext is stored with the ratchet state that produced
+it; a received message is stored with the ratchet state that decrypted it and the new
+in-order position. A crash or ``kill -9`` between any two statements therefore loses nothing
+and duplicates nothing (the transport layer re-sends unacknowledged frames and the receiver
+drops sequence numbers it already has).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import sqlcipher3  # type: ignore[import-untyped]  # no stubs; the sqlite3 API
+
+from dhtchat.app.keystore import write_private_file
+from dhtchat.core.ids import blake2b_256
+
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS conversations (
+    contact BLOB PRIMARY KEY,
+    next_out_seq INTEGER NOT NULL DEFAULT 1,
+    next_in_seq INTEGER NOT NULL DEFAULT 1,
+    acked_out_seq INTEGER NOT NULL DEFAULT 0,
+    mailbox_out_index INTEGER NOT NULL DEFAULT 0,
+    mailbox_in_index INTEGER NOT NULL DEFAULT 0,
+    session TEXT);
+CREATE TABLE IF NOT EXISTS messages (
+    id BLOB PRIMARY KEY,
+    contact BLOB NOT NULL,
+    outgoing INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    sent_at REAL NOT NULL,
+    received_at REAL,
+    text TEXT NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    read INTEGER NOT NULL DEFAULT 0,
+    fetched INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (contact, outgoing, seq));
+CREATE INDEX IF NOT EXISTS messages_by_contact ON messages (contact, outgoing, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    contact BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    frame BLOB,
+    mailbox_index INTEGER,
+    created REAL NOT NULL,
+    PRIMARY KEY (contact, seq));
+CREATE TABLE IF NOT EXISTS mailbox_tombstones (
+    contact BLOB NOT NULL, mailbox_index INTEGER NOT NULL,
+    PRIMARY KEY (contact, mailbox_index));
+"""
+
+
+_CONVERSATION_COLUMNS: Final = frozenset({
+    "next_out_seq", "next_in_seq", "acked_out_seq", "mailbox_out_index", "mailbox_in_index",
+    "session"})
+
+
+class HistoryLocked(Exception):
+    """The database cannot be opened with this key (wrong passphrase or not a history)."""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message of the history."""
+
+    id: bytes
+    contact: bytes
+    outgoing: bool
+    seq: int
+    sent_at: float
+    received_at: float | None
+    text: str
+    delivered: bool
+    read: bool
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A sequenced payload not yet acknowledged by the contact."""
+
+    contact: bytes
+    seq: int
+    payload: bytes
+    frame: bytes | None
+    mailbox_index: int | None
+
+
+def history_key(identity_seed: bytes) -> bytes:
+    """The 32-byte SQLCipher key for an identity."""
+    return blake2b_256(b"dhtchat/history-key/v1", identity_seed)
+
+
+class History:
+    """The encrypted message database of one profile."""
+
+    def __init__(self, path: Path, key: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            write_private_file(path, b"")
+        self._db = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+        try:
+            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlcipher3.DatabaseError as exc:
+            self._db.close()
+            raise HistoryLocked(f"{path} cannot be opened with this identity's key") from exc
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on an exception)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ meta
+
+    def get_meta(self, name: str) -> bytes | None:
+        """A stored blob (prekey store...)."""
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def set_meta(self, db: Any, name: str, value: bytes) -> None:
+        """Store a blob inside a transaction."""
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    # ------------------------------------------------------------------ conversations
+
+    def conversation(self, contact: bytes) -> dict[str, Any]:
+        """The per-contact counters and session (created on first use)."""
+        self._db.execute("INSERT OR IGNORE INTO conversations (contact) VALUES (?)", (contact,))
+        row = self._db.execute(
+            "SELECT next_out_seq, next_in_seq, acked_out_seq, mailbox_out_index, "
+            "mailbox_in_index, session FROM conversations WHERE contact = ?", (contact,)
+        ).fetchone()
+        keys = ("next_out_seq", "next_in_seq", "acked_out_seq", "mailbox_out_index",
+                "mailbox_in_index", "session")
+        return dict(zip(keys, row, strict=True))
+
+    def update_conversation(self, db: Any, contact: bytes, **values: Any) -> None:
+        """Set counters/session of a conversation inside a transaction."""
+        unknown = set(values) - _CONVERSATION_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown conversation columns {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        db.execute(f"UPDATE conversations SET {assignments} WHERE contact = ?",
+                   (*values.values(), contact))
+
+    # ------------------------------------------------------------------ messages
+
+    def message(self, message_id: bytes) -> StoredMessage | None:
+        """A message by id."""
+        row = self._db.execute(_SELECT + " WHERE id = ?", (message_id,)).fetchone()
+        return _message(row) if row else None
+
+    def has_incoming(self, contact: bytes, seq: int) -> bool:
+        """Whether the contact's message ``seq`` is stored."""
+        return self._db.execute(
+            "SELECT 1 FROM messages WHERE contact = ? AND outgoing = 0 AND seq = ?",
+            (contact, seq)).fetchone() is not None
+
+    def history(self, contact: bytes, limit: int) -> list[StoredMessage]:
+        """The last ``limit`` messages with a contact, oldest first (incoming ones only once
+        they are in order)."""
+        rows = self._db.execute(
+            _SELECT + " WHERE contact = ? AND (outgoing = 1 OR seq < (SELECT next_in_seq FROM "
+            "conversations WHERE contact = ?)) ORDER BY coalesce(received_at, sent_at) DESC, "
+            "seq DESC LIMIT ?", (contact, contact, limit)).fetchall()
+        return [_message(r) for r in reversed(rows)]
+
+    def unfetched(self, limit: int = 1000) -> list[StoredMessage]:
+        """Incoming messages in order that ``receive`` has not returned yet."""
+        rows = self._db.execute(
+            _SELECT + " JOIN conversations c ON c.contact = m.contact WHERE m.outgoing = 0 "
+            "AND m.fetched = 0 AND m.seq < c.next_in_seq ORDER BY m.received_at, m.seq "
+            "LIMIT ?", (limit,)).fetchall()
+        return [_message(r) for r in rows]
+
+    def mark_fetched(self, ids: list[bytes]) -> None:
+        """Remember that ``receive`` returned these messages."""
+        with self.transaction() as db:
+            db.executemany("UPDATE messages SET fetched = 1, read = 1 WHERE id = ?",
+                           [(i,) for i in ids])
+
+    # ------------------------------------------------------------------ outbox
+
+    def outbox(self, contact: bytes | None = None) -> list[OutboxEntry]:
+        """Unacknowledged entries, in sequence order."""
+        query = "SELECT contact, seq, payload, frame, mailbox_index FROM outbox"
+        params: tuple[bytes, ...] = ()
+        if contact is not None:
+            query += " WHERE contact = ?"
+            params = (contact,)
+        rows = self._db.execute(query + " ORDER BY contact, seq", params).fetchall()
+        return [OutboxEntry(bytes(c), s, bytes(p), bytes(f) if f is not None else None, m)
+                for c, s, p, f, m in rows]
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+
+_SELECT = ("SELECT m.id, m.contact, m.outgoing, m.seq, m.sent_at, m.received_at, m.text, "
+           "m.delivered, m.read FROM messages m")
+
+
+def _message(row: tuple[Any, ...]) -> StoredMessage:
+    mid, contact, outgoing, seq, sent_at, received_at, text, delivered, read = row
+    return StoredMessage(bytes(mid), bytes(contact), bool(outgoing), seq, sent_at, received_at,
+                         text, bool(delivered), bool(read))
+
+
+def now() -> float:
+    """Wall-clock time for message timestamps."""
+    return time.time()

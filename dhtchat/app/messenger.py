@@ -1,0 +1,523 @@
+"""1:1 messaging on top of the daemon: outbox, delivery, receipts, DHT mailboxes.
+
+Theory of operation (design sec. 6; protocol in docs/protocol.md, "Messaging"):
+
+* **Sequencing.** Every outgoing message gets the next per-contact sequence number and is
+  stored in the outbox (SQLCipher, :mod:`dhtchat.app.history`) before ``send`` returns. It
+  leaves the outbox only when the contact acknowledges it (cumulative ``ack``: "I have every
+  message up to N"). The receiver shows messages strictly in sequence order and stores each
+  ``(contact, seq)`` once, so retransmissions are harmless: exactly once, in order
+  (the TCP/SCTP idea, end to end across restarts).
+* **Encryption.** Each payload is encrypted once with the contact's Double Ratchet
+  (:mod:`dhtchat.messaging.session`, X3DH from the prekey bundle the contact publishes on the
+  pair's prekey channel); the ciphertext is stored with the ratchet state that produced it in
+  one transaction, and every retransmission resends those same bytes.
+* **Online delivery** is over the authenticated aiortc data channel. **Offline delivery**:
+  when the contact is not connected, each frame also goes into the pair's DHT mailbox, slot
+  by slot (slot ``i`` is a record signed by the pair's mailbox channel key, sealed to the
+  contact, 7-day TTL, republished by our node while it runs, replicated on ``k`` storers).
+  The contact reads its slots in order when it comes back, acknowledges, and we overwrite the
+  slots with tombstones.
+* **Receipts**: the cumulative ack is the delivery receipt; ``read`` reports what ``receive``
+  has shown; ``typing`` notices go over the data channel only and are never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+
+import msgspec
+from aiortc import RTCDataChannel
+
+from dhtchat.app.history import History, StoredMessage
+from dhtchat.core.contacts import Purpose
+from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
+from dhtchat.messaging.session import (
+    Conversation,
+    PrekeyStore,
+    SessionError,
+    is_initial_message,
+)
+
+if TYPE_CHECKING:
+    from dhtchat.app.daemon import Daemon, Link
+
+log = logging.getLogger("dhtchat.messages")
+
+MAX_TEXT_BYTES: Final = 64 * 1024
+MAILBOX_TTL: Final = 7 * 24 * 3600
+TOMBSTONE_TTL: Final = 24 * 3600
+PREKEYS_TTL: Final = 7 * 24 * 3600
+RETRANSMIT_AFTER: Final = 10.0
+MAILBOX_POLL: Final = 15.0
+MAILBOX_SCAN_LIMIT: Final = 512  # slots read per poll (a backlog continues at the next poll)
+ACK_DELAY: Final = 0.05
+
+_TOMBSTONE: Final = b""
+
+
+class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
+    """What travels inside the ratchet."""
+
+    kind: Literal["text", "ack", "read", "typing"]
+    seq: int = 0  # > 0 for sequenced kinds (text)
+    id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+    sent_at: float = 0.0
+    text: str = ""
+    ack: int = 0  # cumulative: every message up to this seq arrived
+    read: int = 0  # the contact's ``receive`` showed every message up to this seq
+
+
+class Frame(msgspec.Struct, array_like=True, frozen=True):
+    """A ratchet ciphertext with its sequence number outside (0: unsequenced control)."""
+
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+    body: Annotated[bytes, msgspec.Meta(max_length=MAX_TEXT_BYTES + 4096)]
+
+
+_frame_decoder = msgspec.msgpack.Decoder(Frame)
+_payload_decoder = msgspec.msgpack.Decoder(Payload)
+_encoder = msgspec.msgpack.Encoder()
+
+MAILBOX_EPOCH: Final = 0  # mailbox and prekey channels do not rotate: slots must be findable
+
+
+@dataclass
+class _ContactState:
+    lock: asyncio.Lock
+    conversation: Conversation | None = None
+    last_sent: dict[int, float] | None = None
+    ack_task: asyncio.Task[None] | None = None
+    mailbox_polled: float = 0.0
+    read_sent: int = 0
+
+
+class Messenger:
+    """Messages with every accepted contact of one daemon."""
+
+    def __init__(self, daemon: Daemon, history: History) -> None:
+        self.daemon = daemon
+        self.history = history
+        self.identity = daemon.identity
+        stored = history.get_meta("prekeys")
+        if stored is None:
+            self.prekeys = PrekeyStore.create(self.identity.seed)
+        else:
+            self.prekeys = PrekeyStore.from_json(self.identity.seed, stored.decode())
+        self.prekeys.maintain(time.time())
+        self._save_prekeys()
+        self._states: dict[bytes, _ContactState] = {}
+        self._arrived = asyncio.Condition()
+        self._delivered = asyncio.Condition()
+        self.undecryptable = 0
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _state(self, contact: bytes) -> _ContactState:
+        state = self._states.get(contact)
+        if state is None:
+            state = _ContactState(asyncio.Lock(), last_sent={})
+            self._states[contact] = state
+        return state
+
+    def _save_prekeys(self) -> None:
+        with self.history.transaction() as db:
+            self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
+
+    def _conversation(self, contact: bytes) -> Conversation:
+        state = self._state(contact)
+        if state.conversation is None:
+            saved = self.history.conversation(contact)["session"]
+            if saved:
+                state.conversation = Conversation.from_json(self.prekeys, saved)
+            else:
+                state.conversation = Conversation(self.prekeys, self.identity.public_key,
+                                                  contact)
+        return state.conversation
+
+    def _link(self, contact: bytes) -> Link | None:
+        return self.daemon.links.get(contact)
+
+    def _channel(self, contact: bytes) -> RTCDataChannel | None:
+        link = self._link(contact)
+        if link is None or link.status != "connected" or link.channel is None:
+            return None
+        return link.channel if link.channel.readyState == "open" else None
+
+    # ------------------------------------------------------------------ sending
+
+    async def send_text(self, contact: bytes, text: str,
+                        message_id: bytes | None = None) -> StoredMessage:
+        """Persist a message in the outbox (idempotent per ``message_id``) and start delivery."""
+        if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+            raise LocalProtocolError(f"a message holds at most {MAX_TEXT_BYTES} bytes")
+        message_id = message_id or secrets.token_bytes(16)
+        existing = self.history.message(message_id)
+        if existing is not None:
+            return existing
+        now = time.time()
+        async with self._state(contact).lock:
+            conversation = self.history.conversation(contact)
+            seq = conversation["next_out_seq"]
+            payload = _encoder.encode(Payload("text", seq=seq, id=message_id, sent_at=now,
+                                              text=text))
+            with self.history.transaction() as db:
+                db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text) "
+                           "VALUES (?, ?, 1, ?, ?, ?)", (message_id, contact, seq, now, text))
+                db.execute("INSERT INTO outbox (contact, seq, payload, created) "
+                           "VALUES (?, ?, ?, ?)", (contact, seq, payload, now))
+                self.history.update_conversation(db, contact, next_out_seq=seq + 1)
+        self.daemon._spawn(self.flush(contact))
+        stored = self.history.message(message_id)
+        assert stored is not None
+        return stored
+
+    async def wait_delivered(self, message_id: bytes, timeout: float) -> bool:
+        """Wait until the contact acknowledged the message."""
+        async def delivered() -> None:
+            async with self._delivered:
+                while True:
+                    message = self.history.message(message_id)
+                    if message is not None and message.delivered:
+                        return
+                    await self._delivered.wait()
+        try:
+            await asyncio.wait_for(delivered(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _bundle(self, contact: bytes) -> bytes | None:
+        node = self.daemon.node
+        link = self._link(contact)
+        if node is None or link is None:
+            return None
+        key = link.pair.channel_key(Purpose.PREKEYS, contact, MAILBOX_EPOCH)
+        with contextlib.suppress(TimeoutError):
+            for record in await node.get(key):
+                with contextlib.suppress(RemoteProtocolError):
+                    return link.pair.open_record(Purpose.PREKEYS, MAILBOX_EPOCH, record)
+        return None
+
+    async def _encrypt_pending(self, contact: bytes) -> None:
+        """Give every outbox entry its frame (once), saving the ratchet with it."""
+        entries = [e for e in self.history.outbox(contact) if e.frame is None]
+        if not entries:
+            return
+        conversation = self._conversation(contact)
+        bundle = None if conversation.established else await self._bundle(contact)
+        if not conversation.established and bundle is None:
+            log.info("no prekey bundle from %s yet; messages stay queued", contact.hex()[:12])
+            return
+        for entry in entries:
+            try:
+                body = await conversation.encrypt(entry.payload, bundle)
+            except SessionError as exc:
+                log.warning("cannot encrypt for %s: %s", contact.hex()[:12], exc)
+                return
+            frame = _encoder.encode(Frame(entry.seq, body))
+            with self.history.transaction() as db:
+                db.execute("UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
+                           (frame, contact, entry.seq))
+                self.history.update_conversation(db, contact, session=conversation.to_json())
+
+    async def flush(self, contact: bytes, *, force: bool = False) -> None:
+        """Send what the outbox holds: over the data channel if connected, else to the DHT
+        mailbox. ``force`` retransmits frames sent recently too."""
+        state = self._state(contact)
+        async with state.lock:
+            await self._encrypt_pending(contact)
+            entries = [e for e in self.history.outbox(contact) if e.frame is not None]
+            if not entries:
+                return
+            channel = self._channel(contact)
+            now = time.time()
+            assert state.last_sent is not None
+            if channel is not None:
+                for entry in entries:
+                    if force or now - state.last_sent.get(entry.seq, 0.0) >= RETRANSMIT_AFTER:
+                        assert entry.frame is not None
+                        channel.send(entry.frame)
+                        state.last_sent[entry.seq] = now
+                return
+            for entry in entries:
+                if entry.mailbox_index is None:
+                    await self._to_mailbox(contact, entry.seq, entry.frame or b"")
+                elif force:
+                    await self._to_mailbox(contact, entry.seq, entry.frame or b"",
+                                           index=entry.mailbox_index)
+
+    async def _to_mailbox(self, contact: bytes, seq: int, frame: bytes,
+                          index: int | None = None) -> bool:
+        """Put one frame in the next mailbox slot (or slot ``index`` again)."""
+        link = self._link(contact)
+        node = self.daemon.node
+        if link is None or node is None:
+            return False
+        if index is None:
+            index = self.history.conversation(contact)["mailbox_out_index"]
+            with self.history.transaction() as db:
+                if seq:
+                    db.execute("UPDATE outbox SET mailbox_index = ? WHERE contact = ? AND "
+                               "seq = ?", (index, contact, seq))
+                self.history.update_conversation(db, contact, mailbox_out_index=index + 1)
+        now = time.time()
+        try:
+            record = link.pair.seal_record(
+                Purpose.MAILBOX, MAILBOX_EPOCH, frame, seq=int(now * 1000),
+                expires=int(now) + MAILBOX_TTL, random_bytes=secrets.token_bytes,
+                salt=index.to_bytes(8, "big"))
+        except LocalProtocolError:
+            log.info("message %d to %s is too large for the DHT mailbox; it waits for a "
+                     "connection", seq, contact.hex()[:12])
+            return False
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            result = await node.put(record, republish=True)
+            return result.stored > 0
+        return False
+
+    # ------------------------------------------------------------------ receiving
+
+    def attach(self, link: Link, channel: RTCDataChannel) -> None:
+        """Route a newly opened data channel's messages here and resend the outbox."""
+        contact = link.public_key
+
+        @channel.on("message")
+        def on_message(data: Any) -> None:
+            if isinstance(data, bytes):
+                self.daemon._spawn(self.on_frame(contact, data))
+
+        self.daemon._spawn(self.flush(contact, force=True))
+        self.daemon._spawn(self._send_control(contact, self._ack_payload(contact)))
+
+    async def on_frame(self, contact: bytes, data: bytes) -> None:
+        """Handle one frame from the data channel or the mailbox."""
+        try:
+            frame = _frame_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            log.info("dropped a malformed frame from %s", contact.hex()[:12])
+            return
+        state = self._state(contact)
+        async with state.lock:
+            conversation = self.history.conversation(contact)
+            if frame.seq and (frame.seq < conversation["next_in_seq"]
+                              or self.history.has_incoming(contact, frame.seq)):
+                self._schedule_ack(contact)  # a retransmission: our ack was lost
+                return
+            convo = self._conversation(contact)
+            initial = is_initial_message(frame.body)
+            try:
+                plaintext = await convo.decrypt(frame.body)
+                payload = _payload_decoder.decode(plaintext)
+            except SessionError as exc:
+                self.undecryptable += 1
+                log.warning("cannot decrypt a message from %s: %s", contact.hex()[:12], exc)
+                return
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                self.undecryptable += 1
+                log.warning("malformed payload from %s", contact.hex()[:12])
+                return
+            if payload.seq != frame.seq:
+                log.warning("dropped a frame whose inner and outer sequence differ")
+                return
+            if payload.kind == "text" and payload.seq > 0:
+                self._store_incoming(contact, payload, convo, initial)
+                self._schedule_ack(contact)
+            else:
+                with self.history.transaction() as db:
+                    self.history.update_conversation(db, contact, session=convo.to_json())
+                    if initial:  # a one-time prekey was used up: never accept it twice
+                        self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
+                if payload.kind == "ack" or payload.read:
+                    await self._on_ack(contact, payload.ack, payload.read)
+        if payload.kind == "text":
+            async with self._arrived:
+                self._arrived.notify_all()
+
+    def _store_incoming(self, contact: bytes, payload: Payload, convo: Conversation,
+                        initial: bool) -> None:
+        conversation = self.history.conversation(contact)
+        next_in = conversation["next_in_seq"]
+        with self.history.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO messages (id, contact, outgoing, seq, sent_at, "
+                       "received_at, text) VALUES (?, ?, 0, ?, ?, ?, ?)",
+                       (payload.id or secrets.token_bytes(16), contact, payload.seq,
+                        payload.sent_at, time.time(), payload.text))
+            if payload.seq == next_in:
+                while db.execute("SELECT 1 FROM messages WHERE contact = ? AND outgoing = 0 "
+                                 "AND seq = ?", (contact, next_in)).fetchone():
+                    next_in += 1
+            self.history.update_conversation(db, contact, next_in_seq=next_in,
+                                             session=convo.to_json())
+            if initial:
+                self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
+
+    async def _on_ack(self, contact: bytes, ack: int, read: int) -> None:
+        tombstones: list[int] = []
+        with self.history.transaction() as db:
+            if ack:
+                tombstones = [row[0] for row in db.execute(
+                    "SELECT mailbox_index FROM outbox WHERE contact = ? AND seq <= ? AND "
+                    "mailbox_index IS NOT NULL", (contact, ack))]
+                db.execute("DELETE FROM outbox WHERE contact = ? AND seq <= ?", (contact, ack))
+                db.execute("UPDATE messages SET delivered = 1 WHERE contact = ? AND "
+                           "outgoing = 1 AND seq <= ? AND delivered = 0", (contact, ack))
+                db.execute("UPDATE conversations SET acked_out_seq = max(acked_out_seq, ?) "
+                           "WHERE contact = ?", (ack, contact))
+            if read:
+                db.execute("UPDATE messages SET read = 1 WHERE contact = ? AND outgoing = 1 "
+                           "AND seq <= ?", (contact, read))
+        for index in tombstones:
+            self.daemon._spawn(self._to_mailbox(contact, 0, _TOMBSTONE, index=index))
+        async with self._delivered:
+            self._delivered.notify_all()
+
+    def _ack_payload(self, contact: bytes) -> Payload:
+        conversation = self.history.conversation(contact)
+        read = self._state(contact).read_sent
+        return Payload("ack", ack=conversation["next_in_seq"] - 1, read=read)
+
+    def _schedule_ack(self, contact: bytes) -> None:
+        state = self._state(contact)
+        if state.ack_task is None or state.ack_task.done():
+            async def later() -> None:
+                await asyncio.sleep(ACK_DELAY)  # one ack per burst
+                await self._send_control(contact, self._ack_payload(contact))
+            state.ack_task = self.daemon._spawn(later())
+
+    async def _send_control(self, contact: bytes, payload: Payload) -> None:
+        """Encrypt and send an unsequenced payload (ack, read, typing)."""
+        state = self._state(contact)
+        async with state.lock:
+            conversation = self._conversation(contact)
+            if not conversation.established:
+                return  # nothing to acknowledge before a session exists
+            channel = self._channel(contact)
+            if channel is None and payload.kind == "typing":
+                return
+            body = await conversation.encrypt(_encoder.encode(payload), None)
+            with self.history.transaction() as db:
+                self.history.update_conversation(db, contact, session=conversation.to_json())
+            frame = _encoder.encode(Frame(0, body))
+            if channel is not None:
+                channel.send(frame)
+                return
+        await self._to_mailbox(contact, 0, frame)
+
+    # ------------------------------------------------------------------ mailbox reading
+
+    async def poll_mailbox(self, contact: bytes) -> int:
+        """Read the contact's mailbox slots from where we stopped; returns frames handled."""
+        link = self._link(contact)
+        node = self.daemon.node
+        if link is None or node is None:
+            return 0
+        signer = link.pair.channel_signer(Purpose.MAILBOX, contact, MAILBOX_EPOCH)
+        index = self.history.conversation(contact)["mailbox_in_index"]
+        handled = 0
+        for _ in range(MAILBOX_SCAN_LIMIT):
+            key = link.pair.slot_key(Purpose.MAILBOX, contact, MAILBOX_EPOCH,
+                                     index.to_bytes(8, "big"))
+            try:
+                records = await node.get(key, owner=signer.public_key)
+            except TimeoutError:
+                break
+            if not records:
+                break
+            try:
+                frame = link.pair.open_record(Purpose.MAILBOX, MAILBOX_EPOCH, records[0])
+            except RemoteProtocolError as exc:
+                log.info("skipped a bad mailbox slot from %s: %s", contact.hex()[:12], exc)
+                frame = _TOMBSTONE
+            if frame != _TOMBSTONE:
+                await self.on_frame(contact, frame)
+                handled += 1
+            index += 1
+            with self.history.transaction() as db:
+                self.history.update_conversation(db, contact, mailbox_in_index=index)
+        return handled
+
+    # ------------------------------------------------------------------ background
+
+    async def publish_prekeys(self, contact: bytes) -> None:
+        """Publish our prekey bundle, sealed, on the pair's prekey channel."""
+        link = self._link(contact)
+        node = self.daemon.node
+        if link is None or node is None:
+            return
+        now = time.time()
+        record = link.pair.seal_record(Purpose.PREKEYS, MAILBOX_EPOCH,
+                                       self.prekeys.bundle_for(contact), seq=int(now * 1000),
+                                       expires=int(now) + PREKEYS_TTL,
+                                       random_bytes=secrets.token_bytes)
+        with contextlib.suppress(TimeoutError):
+            await node.put(record, republish=True)
+
+    async def maintenance(self, contacts: list[bytes]) -> None:
+        """Republish prekeys when they changed, retransmit, read mailboxes."""
+        if self.prekeys.maintain(time.time()):
+            self._save_prekeys()
+            for contact in contacts:
+                await self.publish_prekeys(contact)
+        now = time.time()
+        for contact in contacts:
+            state = self._state(contact)
+            if self.history.outbox(contact):
+                await self.flush(contact)
+            if self._channel(contact) is None and now - state.mailbox_polled >= MAILBOX_POLL:
+                state.mailbox_polled = now
+                await self.poll_mailbox(contact)
+
+    # ------------------------------------------------------------------ API helpers
+
+    async def receive(self, wait: float, limit: int) -> list[StoredMessage]:
+        """Messages not yet returned, in order; waits up to ``wait`` s for the first one."""
+        deadline = time.monotonic() + wait
+        while True:
+            messages = self.history.unfetched(limit)
+            if messages or time.monotonic() >= deadline:
+                break
+            async with self._arrived:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), deadline - time.monotonic())
+        if messages:
+            self.history.mark_fetched([m.id for m in messages])
+            by_contact: dict[bytes, int] = {}
+            for message in messages:
+                by_contact[message.contact] = max(by_contact.get(message.contact, 0),
+                                                  message.seq)
+            for contact, seq in by_contact.items():
+                self._state(contact).read_sent = max(self._state(contact).read_sent, seq)
+                self.daemon._spawn(self._send_control(contact, Payload(
+                    "read", ack=self.history.conversation(contact)["next_in_seq"] - 1,
+                    read=seq)))
+        return messages
+
+    async def typing(self, contact: bytes) -> bool:
+        """Send a typing notice (only over a live connection); True if sent."""
+        if self._channel(contact) is None:
+            return False
+        await self._send_control(contact, Payload("typing"))
+        return True
+
+
+def message_json(message: StoredMessage, me: str, them: str) -> dict[str, Any]:
+    """The JSON form of a message for the API."""
+    return {
+        "id": message.id.hex(),
+        "from": me if message.outgoing else them,
+        "to": them if message.outgoing else me,
+        "timestamp": message.sent_at,
+        "received": message.received_at,
+        "seq": message.seq,
+        "text": message.text,
+        "delivered": message.delivered,
+        "read": message.read,
+    }
+
