@@ -882,6 +882,7 @@ class Daemon:
     async def rpc_status(self, params: dict[str, Any]) -> dict[str, Any]:
         """Identity, DHT and configuration summary."""
         node = self.node
+        outbox = self.history.outbox() if self.history is not None else []
         return {
             "id": self.identity.user_id,
             "dht_address": format_address(node.address) if node else None,
@@ -891,6 +892,8 @@ class Daemon:
             "turn": self.options.turn.url if self.options.turn else None,
             "uptime": round(time.time() - self.started, 1),
             "dropped_signals": self.dropped_signals,
+            "outbox": len(outbox),
+            "outbox_in_mailbox": sum(e.mailbox_index is not None for e in outbox),
         }
 
     def _require_joined(self) -> None:

@@ -38,6 +38,7 @@ from aiortc import RTCDataChannel
 from dhtchat.app.history import History, StoredMessage
 from dhtchat.core.contacts import Purpose
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
+from dhtchat.core.records import Record
 from dhtchat.messaging.session import (
     Conversation,
     PrekeyStore,
@@ -57,6 +58,7 @@ PREKEYS_TTL: Final = 7 * 24 * 3600
 RETRANSMIT_AFTER: Final = 10.0
 MAILBOX_POLL: Final = 15.0
 MAILBOX_SCAN_LIMIT: Final = 512  # slots read per poll (a backlog continues at the next poll)
+MAILBOX_WINDOW: Final = 8  # slots fetched in parallel
 ACK_DELAY: Final = 0.05
 
 _TOMBSTONE: Final = b""
@@ -421,26 +423,34 @@ class Messenger:
         signer = link.pair.channel_signer(Purpose.MAILBOX, contact, MAILBOX_EPOCH)
         index = self.history.conversation(contact)["mailbox_in_index"]
         handled = 0
-        for _ in range(MAILBOX_SCAN_LIMIT):
+
+        async def fetch(slot: int) -> list[Record]:
             key = link.pair.slot_key(Purpose.MAILBOX, contact, MAILBOX_EPOCH,
-                                     index.to_bytes(8, "big"))
+                                     slot.to_bytes(8, "big"))
             try:
-                records = await node.get(key, owner=signer.public_key)
+                return await node.get(key, owner=signer.public_key)
             except TimeoutError:
-                break
-            if not records:
-                break
-            try:
-                frame = link.pair.open_record(Purpose.MAILBOX, MAILBOX_EPOCH, records[0])
-            except RemoteProtocolError as exc:
-                log.info("skipped a bad mailbox slot from %s: %s", contact.hex()[:12], exc)
-                frame = _TOMBSTONE
-            if frame != _TOMBSTONE:
-                await self.on_frame(contact, frame)
-                handled += 1
-            index += 1
-            with self.history.transaction() as db:
-                self.history.update_conversation(db, contact, mailbox_in_index=index)
+                return []
+
+        scanned = 0
+        while scanned < MAILBOX_SCAN_LIMIT:
+            # A window of slots at once; handled in order up to the first empty slot.
+            window = await asyncio.gather(*(fetch(index + j) for j in range(MAILBOX_WINDOW)))
+            scanned += MAILBOX_WINDOW
+            for records in window:
+                if not records:
+                    return handled
+                try:
+                    frame = link.pair.open_record(Purpose.MAILBOX, MAILBOX_EPOCH, records[0])
+                except RemoteProtocolError as exc:
+                    log.info("skipped a bad mailbox slot from %s: %s", contact.hex()[:12], exc)
+                    frame = _TOMBSTONE
+                if frame != _TOMBSTONE:
+                    await self.on_frame(contact, frame)
+                    handled += 1
+                index += 1
+                with self.history.transaction() as db:
+                    self.history.update_conversation(db, contact, mailbox_in_index=index)
         return handled
 
     # ------------------------------------------------------------------ background
