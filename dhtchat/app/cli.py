@@ -542,6 +542,48 @@ def cmd_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _progress_line(row: dict[str, Any]) -> str:
+    return (f"{row['name']}: {row['transferred'] / 1e6:.1f} of {row['size'] / 1e6:.1f} MB "
+            f"({row['progress']:.0f}%)")
+
+
+def cmd_file(args: argparse.Namespace) -> int:
+    action = args.file_command
+    if action == "send":
+        path = os.path.abspath(args.path)
+        result = _rpc(args, "file.send", {"to": args.contact, "path": path})
+        print(f"offered {result['name']} ({result['size']} bytes) id {result['id']}",
+              file=sys.stderr)
+        if not args.wait:
+            return EXIT_OK
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            rows = [r for r in _rpc(args, "file.list", {}) if r["id"] == result["id"]]
+            if rows:
+                print("\r" + _progress_line(rows[0]), end="", file=sys.stderr, flush=True)
+                if rows[0]["complete"]:
+                    print(file=sys.stderr)
+                    print(result["id"])
+                    return EXIT_OK
+            time.sleep(0.5)
+        print(file=sys.stderr)
+        print("error: the transfer did not complete in time (it continues)", file=sys.stderr)
+        return EXIT_FAILED
+    if action == "list":
+        rows = _rpc(args, "file.list", {})
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                state = "done" if row["complete"] else f"{row['progress']:.0f}%"
+                print(f"{row['id']}  {row['direction']:<3} {state:>5}  {row['size']:>12}  "
+                      f"{row['name']}")
+        return EXIT_OK
+    result = _rpc(args, "file.get", {"id": args.id, "dest": os.path.abspath(args.dest)})
+    print(result["path"])
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     # Imported here: the simulator pulls matplotlib and friends, which a chat node never needs.
     from dhtchat.sim.cli import simulate_main  # noqa: PLC0415
@@ -681,6 +723,20 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true")
     history.add_argument("--limit", type=int, default=50)
     history.set_defaults(func=cmd_history)
+
+    files = sub.add_parser("file", help="send and receive files")
+    file_sub = files.add_subparsers(dest="file_command", required=True)
+    f_send = file_sub.add_parser("send", help="send a file of any size (resumable)")
+    f_send.add_argument("contact", metavar="NAME_OR_ID")
+    f_send.add_argument("path", metavar="PATH")
+    f_send.add_argument("--wait", action="store_true", help="show progress until it arrived")
+    f_send.add_argument("--timeout", type=float, default=24 * 3600.0)
+    f_list = file_sub.add_parser("list", help="transfers and their progress")
+    f_list.add_argument("--json", action="store_true")
+    f_get = file_sub.add_parser("get", help="copy a received file out")
+    f_get.add_argument("id", metavar="ID")
+    f_get.add_argument("dest", metavar="DEST")
+    files.set_defaults(func=cmd_file)
 
     demo = sub.add_parser("demo", help="run a local network on loopback and show it working")
     demo.add_argument("--nodes", type=int, default=16)

@@ -39,6 +39,7 @@ from typing import Any, Final, Literal
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from dhtchat.app.contactstore import ContactEntry, ContactStore
+from dhtchat.app.files import file_json
 from dhtchat.app.history import History, HistoryLocked, history_key
 from dhtchat.app.messenger import Messenger, message_json
 from dhtchat.app.profile import NodeState, Profile
@@ -299,6 +300,8 @@ class Daemon:
             state.close()
             await self.node.close()
         self.contacts.close()
+        if self.messenger is not None:
+            self.messenger.files.close()
         if self.history is not None:
             self.history.close()
         if self._lock_file is not None:
@@ -876,6 +879,9 @@ class Daemon:
             "message.receive": self.rpc_message_receive,
             "message.history": self.rpc_message_history,
             "message.typing": self.rpc_message_typing,
+            "file.send": self.rpc_file_send,
+            "file.list": self.rpc_file_list,
+            "file.get": self.rpc_file_get,
             "shutdown": self.rpc_shutdown,
         }
 
@@ -1067,6 +1073,56 @@ class Daemon:
         assert self.messenger is not None
         entry = self._accepted_contact(params.get("contact"))
         return {"sent": await self.messenger.typing(entry.public_key)}
+
+    async def rpc_file_send(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Offer a file to a contact (params: to, path, wait?, timeout?)."""
+        assert self.messenger is not None
+        entry = self._accepted_contact(params.get("to"))
+        path = params.get("path")
+        if not isinstance(path, str) or not path:
+            raise RpcError(INVALID_PARAMS, "path must be a file path")
+        try:
+            transfer = await self.messenger.files.send(entry.public_key, Path(path))
+        except (LocalProtocolError, OSError) as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        if params.get("wait"):
+            timeout = params.get("timeout", 3600)
+            if not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
+                raise RpcError(INVALID_PARAMS, "timeout must be 0-86400 seconds")
+            if not await self.messenger.files.wait_complete(transfer.id, float(timeout)):
+                raise RpcError(TIMEOUT, f"the transfer did not complete within {timeout} s "
+                               "(it continues in the background)", {"id": transfer.id.hex()})
+            transfer = self.messenger.files.get(transfer.id) or transfer
+        return file_json(transfer, self.messenger.files.sent.get(transfer.id, 0))
+
+    async def rpc_file_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every transfer with its progress."""
+        assert self.messenger is not None
+        files = self.messenger.files
+        out = []
+        for entry in files.all():
+            row = file_json(entry, files.sent.get(entry.id, 0))
+            row["contact"] = encode_user_id(entry.contact)
+            out.append(row)
+        return out
+
+    async def rpc_file_get(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Copy a received file out of the profile (params: id, dest)."""
+        assert self.messenger is not None
+        try:
+            file_id = bytes.fromhex(str(params.get("id", "")))
+        except ValueError:
+            file_id = b""
+        dest = params.get("dest")
+        if len(file_id) != 16 or not isinstance(dest, str) or not dest:
+            raise RpcError(INVALID_PARAMS, "need id (32 hex digits) and dest")
+        try:
+            target = await asyncio.to_thread(self.messenger.files.export, file_id, Path(dest))
+        except LocalProtocolError as exc:
+            raise RpcError(NOT_FOUND, str(exc)) from None
+        except OSError as exc:
+            raise RpcError(INVALID_PARAMS, f"cannot write {dest}: {exc.strerror}") from None
+        return {"path": str(target)}
 
     async def rpc_shutdown(self, params: dict[str, Any]) -> dict[str, Any]:
         """Stop the daemon."""

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 import msgspec
 from aiortc import RTCDataChannel
 
+from dhtchat.app.files import CHUNK_MARK, FileTransfers
 from dhtchat.app.history import History, StoredMessage
 from dhtchat.core.contacts import Purpose
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
@@ -67,13 +68,19 @@ _TOMBSTONE: Final = b""
 class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     """What travels inside the ratchet."""
 
-    kind: Literal["text", "ack", "read", "typing"]
-    seq: int = 0  # > 0 for sequenced kinds (text)
+    kind: Literal["text", "ack", "read", "typing", "file", "file_request", "file_done"]
+    seq: int = 0  # > 0 for sequenced kinds (text, file)
     id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
     sent_at: float = 0.0
     text: str = ""
     ack: int = 0  # cumulative: every message up to this seq arrived
     read: int = 0  # the contact's ``receive`` showed every message up to this seq
+    file_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+    name: Annotated[str, msgspec.Meta(max_length=255)] = ""
+    size: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
+    sha256: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
+    key: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
+    offset: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True):
@@ -115,6 +122,7 @@ class Messenger:
         self.prekeys.maintain(time.time())
         self._save_prekeys()
         self._states: dict[bytes, _ContactState] = {}
+        self.files = FileTransfers(self, daemon.profile.root / "files")
         self._arrived = asyncio.Condition()
         self._delivered = asyncio.Condition()
         self.undecryptable = 0
@@ -159,6 +167,17 @@ class Messenger:
         """Persist a message in the outbox (idempotent per ``message_id``) and start delivery."""
         if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
             raise LocalProtocolError(f"a message holds at most {MAX_TEXT_BYTES} bytes")
+        return await self._enqueue(contact, Payload("text", text=text), text, message_id)
+
+    async def send_file_offer(self, contact: bytes, file_id: bytes, name: str, size: int,
+                              digest: bytes, key: bytes) -> StoredMessage:
+        """Queue the offer of a file (see :mod:`dhtchat.app.files`)."""
+        payload = Payload("file", file_id=file_id, name=name, size=size, sha256=digest,
+                          key=key)
+        return await self._enqueue(contact, payload, _file_text(name, size), file_id)
+
+    async def _enqueue(self, contact: bytes, template: Payload, text: str,
+                       message_id: bytes | None) -> StoredMessage:
         message_id = message_id or secrets.token_bytes(16)
         existing = self.history.message(message_id)
         if existing is not None:
@@ -167,8 +186,8 @@ class Messenger:
         async with self._state(contact).lock:
             conversation = self.history.conversation(contact)
             seq = conversation["next_out_seq"]
-            payload = _encoder.encode(Payload("text", seq=seq, id=message_id, sent_at=now,
-                                              text=text))
+            payload = _encoder.encode(msgspec.structs.replace(
+                template, seq=seq, id=message_id, sent_at=now))
             with self.history.transaction() as db:
                 db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text) "
                            "VALUES (?, ?, 1, ?, ?, ?)", (message_id, contact, seq, now, text))
@@ -287,15 +306,21 @@ class Messenger:
     # ------------------------------------------------------------------ receiving
 
     def attach(self, link: Link, channel: RTCDataChannel) -> None:
-        """Route a newly opened data channel's messages here and resend the outbox."""
+        """Route a newly opened data channel's messages here, resend the outbox and resume
+        incoming files."""
         contact = link.public_key
 
         @channel.on("message")
         def on_message(data: Any) -> None:
-            if isinstance(data, bytes):
+            if not isinstance(data, bytes) or not data:
+                return
+            if data[:1] == CHUNK_MARK:
+                self.files.on_chunk(contact, data)
+            else:
                 self.daemon._spawn(self.on_frame(contact, data))
 
         self.daemon._spawn(self.flush(contact, force=True))
+        self.daemon._spawn(self.files.resume(contact))
         self.daemon._spawn(self._send_control(contact, self._ack_payload(contact)))
 
     async def on_frame(self, contact: bytes, data: bytes) -> None:
@@ -328,9 +353,11 @@ class Messenger:
             if payload.seq != frame.seq:
                 log.warning("dropped a frame whose inner and outer sequence differ")
                 return
-            if payload.kind == "text" and payload.seq > 0:
+            if payload.kind in ("text", "file") and payload.seq > 0:
                 self._store_incoming(contact, payload, convo, initial)
                 self._schedule_ack(contact)
+                if payload.kind == "file" and self._channel(contact) is not None:
+                    self.daemon._spawn(self.files.resume(contact))
             else:
                 with self.history.transaction() as db:
                     self.history.update_conversation(db, contact, session=convo.to_json())
@@ -338,7 +365,11 @@ class Messenger:
                         self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
                 if payload.kind == "ack" or payload.read:
                     await self._on_ack(contact, payload.ack, payload.read)
-        if payload.kind == "text":
+                elif payload.kind == "file_request":
+                    self.files.on_request(contact, payload.file_id, payload.offset)
+                elif payload.kind == "file_done":
+                    self.files.on_done(contact, payload.file_id)
+        if payload.kind in ("text", "file"):
             async with self._arrived:
                 self._arrived.notify_all()
 
@@ -347,10 +378,16 @@ class Messenger:
         conversation = self.history.conversation(contact)
         next_in = conversation["next_in_seq"]
         with self.history.transaction() as db:
+            text = payload.text
+            if payload.kind == "file" and len(payload.file_id) == 16 \
+                    and len(payload.key) == 32 and len(payload.sha256) == 32:
+                text = _file_text(payload.name, payload.size)
+                self.files.on_offer(db, contact, payload.file_id, payload.name, payload.size,
+                                    payload.sha256, payload.key)
             db.execute("INSERT OR IGNORE INTO messages (id, contact, outgoing, seq, sent_at, "
                        "received_at, text) VALUES (?, ?, 0, ?, ?, ?, ?)",
                        (payload.id or secrets.token_bytes(16), contact, payload.seq,
-                        payload.sent_at, time.time(), payload.text))
+                        payload.sent_at, time.time(), text))
             if payload.seq == next_in:
                 while db.execute("SELECT 1 FROM messages WHERE contact = ? AND outgoing = 0 "
                                  "AND seq = ?", (contact, next_in)).fetchone():
@@ -509,12 +546,26 @@ class Messenger:
                     read=seq)))
         return messages
 
+    async def request_file(self, contact: bytes, file_id: bytes, offset: int) -> None:
+        """Ask the contact to stream a file from ``offset`` (only over a live connection)."""
+        if self._channel(contact) is not None:
+            await self._send_control(contact, Payload("file_request", file_id=file_id,
+                                                      offset=offset))
+
+    async def confirm_file(self, contact: bytes, file_id: bytes) -> None:
+        """Tell the contact the file arrived whole (hash checked)."""
+        await self._send_control(contact, Payload("file_done", file_id=file_id))
+
     async def typing(self, contact: bytes) -> bool:
         """Send a typing notice (only over a live connection); True if sent."""
         if self._channel(contact) is None:
             return False
         await self._send_control(contact, Payload("typing"))
         return True
+
+
+def _file_text(name: str, size: int) -> str:
+    return f"[file] {name} ({size} bytes)"
 
 
 def message_json(message: StoredMessage, me: str, them: str) -> dict[str, Any]:
