@@ -225,3 +225,31 @@ def test_send_cli_and_errors(tmp_path: Path, dht: DhtProcess) -> None:
     finally:
         alice.stop()
         bob.stop()
+
+
+def test_disappearing_messages_and_typing(tmp_path: Path, dht: DhtProcess) -> None:
+    alice, alice_id, bob, bob_id = _pair(tmp_path, dht)
+    try:
+        alice.wait_contact(bob_id, lambda r: r.get("status") == "connected", 30)
+        cli(alice.profile, "timer", "Bob", "2")
+        rpc(alice, "message.send", {"to": bob_id, "text": "self-destructing", "wait": True})
+        got = _receive_all(bob, 2, 30)
+        assert [m["text"] for m in got][-1] == "self-destructing"
+        assert got[0]["text"].startswith("[timer]")
+        texts = [m["text"] for m in rpc(bob, "message.history", {"contact": alice_id})]
+        assert "self-destructing" in texts
+        time.sleep(2.5)
+        for daemon, other in ((alice, bob_id), (bob, alice_id)):
+            texts = [m["text"] for m in rpc(daemon, "message.history", {"contact": other})]
+            assert "self-destructing" not in texts, texts
+        # Off again: the next message stays.
+        cli(bob.profile, "timer", "alice", "0")
+        rpc(bob, "message.send", {"to": alice_id, "text": "this one stays", "wait": True})
+        time.sleep(2.5)
+        texts = [m["text"] for m in rpc(alice, "message.history", {"contact": bob_id})]
+        assert "this one stays" in texts
+        assert rpc(alice, "message.typing", {"contact": bob_id})["sent"] is True
+        bob.wait_contact(alice_id, lambda r: r.get("typing") is True, 10)
+    finally:
+        alice.stop()
+        bob.stop()

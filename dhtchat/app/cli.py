@@ -584,6 +584,12 @@ def cmd_file(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_timer(args: argparse.Namespace) -> int:
+    result = _rpc(args, "message.timer", {"contact": args.contact, "seconds": args.seconds})
+    print(result["text"])
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     # Imported here: the simulator pulls matplotlib and friends, which a chat node never needs.
     from dhtchat.sim.cli import simulate_main  # noqa: PLC0415
@@ -723,6 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true")
     history.add_argument("--limit", type=int, default=50)
     history.set_defaults(func=cmd_history)
+
+    timer = sub.add_parser("timer", help="disappearing messages for a conversation")
+    timer.add_argument("contact", metavar="NAME_OR_ID")
+    timer.add_argument("seconds", type=int, metavar="SECONDS",
+                       help="delete messages this long after they are read (0: off)")
+    timer.set_defaults(func=cmd_timer)
 
     files = sub.add_parser("file", help="send and receive files")
     file_sub = files.add_subparsers(dest="file_command", required=True)

@@ -379,6 +379,8 @@ class Daemon:
                 else "online"
             if link.presence is not None and link.presence.relay_only:
                 out["relay_only"] = True  # the contact hides its IP: expect relayed paths
+            if self.messenger is not None and self.messenger.is_typing(entry.public_key):
+                out["typing"] = True
             if link.status == "connected" and link.selected is not None:
                 out["path"] = link.selected.path
                 out["local"] = link.selected.local.as_dict()
@@ -879,6 +881,7 @@ class Daemon:
             "message.receive": self.rpc_message_receive,
             "message.history": self.rpc_message_history,
             "message.typing": self.rpc_message_typing,
+            "message.timer": self.rpc_message_timer,
             "file.send": self.rpc_file_send,
             "file.list": self.rpc_file_list,
             "file.get": self.rpc_file_get,
@@ -1073,6 +1076,20 @@ class Daemon:
         assert self.messenger is not None
         entry = self._accepted_contact(params.get("contact"))
         return {"sent": await self.messenger.typing(entry.public_key)}
+
+    async def rpc_message_timer(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Set disappearing messages for a conversation (params: contact, seconds; 0 = off).
+        Both sides delete each message that many seconds after it was read (sender: sent)."""
+        assert self.messenger is not None
+        entry = self._accepted_contact(params.get("contact"))
+        seconds = params.get("seconds")
+        if not isinstance(seconds, int) or isinstance(seconds, bool):
+            raise RpcError(INVALID_PARAMS, "seconds must be an integer")
+        try:
+            message = await self.messenger.set_timer(entry.public_key, seconds)
+        except LocalProtocolError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        return self._message_json(message)
 
     async def rpc_file_send(self, params: dict[str, Any]) -> dict[str, Any]:
         """Offer a file to a contact (params: to, path, wait?, timeout?)."""

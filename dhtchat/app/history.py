@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     acked_out_seq INTEGER NOT NULL DEFAULT 0,
     mailbox_out_index INTEGER NOT NULL DEFAULT 0,
     mailbox_in_index INTEGER NOT NULL DEFAULT 0,
+    timer INTEGER NOT NULL DEFAULT 0,
     session TEXT);
 CREATE TABLE IF NOT EXISTS messages (
     id BLOB PRIMARY KEY,
@@ -49,6 +50,8 @@ CREATE TABLE IF NOT EXISTS messages (
     delivered INTEGER NOT NULL DEFAULT 0,
     read INTEGER NOT NULL DEFAULT 0,
     fetched INTEGER NOT NULL DEFAULT 0,
+    timer INTEGER NOT NULL DEFAULT 0,
+    expire_at REAL,
     UNIQUE (contact, outgoing, seq));
 CREATE INDEX IF NOT EXISTS messages_by_contact ON messages (contact, outgoing, seq);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -67,7 +70,7 @@ CREATE TABLE IF NOT EXISTS mailbox_tombstones (
 
 _CONVERSATION_COLUMNS: Final = frozenset({
     "next_out_seq", "next_in_seq", "acked_out_seq", "mailbox_out_index", "mailbox_in_index",
-    "session"})
+    "timer", "session"})
 
 
 class HistoryLocked(Exception):
@@ -152,10 +155,10 @@ class History:
         self._db.execute("INSERT OR IGNORE INTO conversations (contact) VALUES (?)", (contact,))
         row = self._db.execute(
             "SELECT next_out_seq, next_in_seq, acked_out_seq, mailbox_out_index, "
-            "mailbox_in_index, session FROM conversations WHERE contact = ?", (contact,)
+            "mailbox_in_index, timer, session FROM conversations WHERE contact = ?", (contact,)
         ).fetchone()
         keys = ("next_out_seq", "next_in_seq", "acked_out_seq", "mailbox_out_index",
-                "mailbox_in_index", "session")
+                "mailbox_in_index", "timer", "session")
         return dict(zip(keys, row, strict=True))
 
     def update_conversation(self, db: Any, contact: bytes, **values: Any) -> None:
@@ -185,8 +188,9 @@ class History:
         they are in order)."""
         rows = self._db.execute(
             _SELECT + " WHERE contact = ? AND (outgoing = 1 OR seq < (SELECT next_in_seq FROM "
-            "conversations WHERE contact = ?)) ORDER BY coalesce(received_at, sent_at) DESC, "
-            "seq DESC LIMIT ?", (contact, contact, limit)).fetchall()
+            "conversations WHERE contact = ?)) AND (expire_at IS NULL OR expire_at > ?) "
+            "ORDER BY coalesce(received_at, sent_at) DESC, seq DESC LIMIT ?",
+            (contact, contact, time.time(), limit)).fetchall()
         return [_message(r) for r in reversed(rows)]
 
     def unfetched(self, limit: int = 1000) -> list[StoredMessage]:
@@ -198,10 +202,20 @@ class History:
         return [_message(r) for r in rows]
 
     def mark_fetched(self, ids: list[bytes]) -> None:
-        """Remember that ``receive`` returned these messages."""
+        """Remember that ``receive`` returned these messages; a disappearing message's timer
+        starts now (as in Signal: when it is read)."""
+        stamp = time.time()
         with self.transaction() as db:
-            db.executemany("UPDATE messages SET fetched = 1, read = 1 WHERE id = ?",
-                           [(i,) for i in ids])
+            db.executemany("UPDATE messages SET fetched = 1, read = 1, expire_at = CASE WHEN "
+                           "timer > 0 THEN ? + timer ELSE NULL END WHERE id = ?",
+                           [(stamp, i) for i in ids])
+
+    def delete_expired(self, now: float) -> int:
+        """Delete disappearing messages whose time is up; returns how many."""
+        with self.transaction() as db:
+            cursor = db.execute("DELETE FROM messages WHERE expire_at IS NOT NULL AND "
+                                "expire_at <= ?", (now,))
+            return int(cursor.rowcount)
 
     # ------------------------------------------------------------------ outbox
 

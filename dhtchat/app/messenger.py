@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("dhtchat.messages")
 
 MAX_TEXT_BYTES: Final = 64 * 1024
+MAX_TIMER: Final = 365 * 24 * 3600
+TYPING_SHOWN: Final = 6.0  # seconds a typing notice is shown (clients resend every ~3 s)
+SEQUENCED: Final = ("text", "file", "timer")
 MAILBOX_TTL: Final = 7 * 24 * 3600
 TOMBSTONE_TTL: Final = 24 * 3600
 PREKEYS_TTL: Final = 7 * 24 * 3600
@@ -68,7 +71,8 @@ _TOMBSTONE: Final = b""
 class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     """What travels inside the ratchet."""
 
-    kind: Literal["text", "ack", "read", "typing", "file", "file_request", "file_done"]
+    kind: Literal["text", "ack", "read", "typing", "file", "file_request", "file_done",
+                  "timer"]
     seq: int = 0  # > 0 for sequenced kinds (text, file)
     id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
     sent_at: float = 0.0
@@ -81,6 +85,7 @@ class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     sha256: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
     key: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
     offset: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
+    timer: Annotated[int, msgspec.Meta(ge=0, le=MAX_TIMER)] = 0  # disappearing after N s
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True):
@@ -105,6 +110,7 @@ class _ContactState:
     ack_task: asyncio.Task[None] | None = None
     mailbox_polled: float = 0.0
     read_sent: int = 0
+    typing_until: float = 0.0
 
 
 class Messenger:
@@ -167,7 +173,18 @@ class Messenger:
         """Persist a message in the outbox (idempotent per ``message_id``) and start delivery."""
         if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
             raise LocalProtocolError(f"a message holds at most {MAX_TEXT_BYTES} bytes")
-        return await self._enqueue(contact, Payload("text", text=text), text, message_id)
+        timer = self.history.conversation(contact)["timer"]
+        return await self._enqueue(contact, Payload("text", text=text, timer=timer), text,
+                                   message_id)
+
+    async def set_timer(self, contact: bytes, seconds: int) -> StoredMessage:
+        """Set the conversation's disappearing-message timer on both sides (0: off)."""
+        if not 0 <= seconds <= MAX_TIMER:
+            raise LocalProtocolError("the timer is 0 (off) to one year, in seconds")
+        with self.history.transaction() as db:
+            self.history.update_conversation(db, contact, timer=seconds)
+        return await self._enqueue(contact, Payload("timer", timer=seconds),
+                                   _timer_text(seconds), None)
 
     async def send_file_offer(self, contact: bytes, file_id: bytes, name: str, size: int,
                               digest: bytes, key: bytes) -> StoredMessage:
@@ -188,9 +205,12 @@ class Messenger:
             seq = conversation["next_out_seq"]
             payload = _encoder.encode(msgspec.structs.replace(
                 template, seq=seq, id=message_id, sent_at=now))
+            timer = template.timer if template.kind == "text" else 0
             with self.history.transaction() as db:
-                db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text) "
-                           "VALUES (?, ?, 1, ?, ?, ?)", (message_id, contact, seq, now, text))
+                db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, "
+                           "timer, expire_at) VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
+                           (message_id, contact, seq, now, text, timer,
+                            now + timer if timer else None))
                 db.execute("INSERT INTO outbox (contact, seq, payload, created) "
                            "VALUES (?, ?, ?, ?)", (contact, seq, payload, now))
                 self.history.update_conversation(db, contact, next_out_seq=seq + 1)
@@ -353,7 +373,7 @@ class Messenger:
             if payload.seq != frame.seq:
                 log.warning("dropped a frame whose inner and outer sequence differ")
                 return
-            if payload.kind in ("text", "file") and payload.seq > 0:
+            if payload.kind in SEQUENCED and payload.seq > 0:
                 self._store_incoming(contact, payload, convo, initial)
                 self._schedule_ack(contact)
                 if payload.kind == "file" and self._channel(contact) is not None:
@@ -369,7 +389,9 @@ class Messenger:
                     self.files.on_request(contact, payload.file_id, payload.offset)
                 elif payload.kind == "file_done":
                     self.files.on_done(contact, payload.file_id)
-        if payload.kind in ("text", "file"):
+                elif payload.kind == "typing":
+                    state.typing_until = time.time() + TYPING_SHOWN
+        if payload.kind in SEQUENCED:
             async with self._arrived:
                 self._arrived.notify_all()
 
@@ -384,10 +406,14 @@ class Messenger:
                 text = _file_text(payload.name, payload.size)
                 self.files.on_offer(db, contact, payload.file_id, payload.name, payload.size,
                                     payload.sha256, payload.key)
+            timer = payload.timer if payload.kind == "text" else 0
+            if payload.kind == "timer":
+                text = _timer_text(payload.timer)
+                self.history.update_conversation(db, contact, timer=payload.timer)
             db.execute("INSERT OR IGNORE INTO messages (id, contact, outgoing, seq, sent_at, "
-                       "received_at, text) VALUES (?, ?, 0, ?, ?, ?, ?)",
+                       "received_at, text, timer) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
                        (payload.id or secrets.token_bytes(16), contact, payload.seq,
-                        payload.sent_at, time.time(), text))
+                        payload.sent_at, time.time(), text, timer))
             if payload.seq == next_in:
                 while db.execute("SELECT 1 FROM messages WHERE contact = ? AND outgoing = 0 "
                                  "AND seq = ?", (contact, next_in)).fetchone():
@@ -513,6 +539,7 @@ class Messenger:
             for contact in contacts:
                 await self.publish_prekeys(contact)
         now = time.time()
+        self.history.delete_expired(now)
         for contact in contacts:
             state = self._state(contact)
             if self.history.outbox(contact):
@@ -556,12 +583,22 @@ class Messenger:
         """Tell the contact the file arrived whole (hash checked)."""
         await self._send_control(contact, Payload("file_done", file_id=file_id))
 
+    def is_typing(self, contact: bytes) -> bool:
+        """Whether the contact sent a typing notice in the last few seconds."""
+        state = self._states.get(contact)
+        return state is not None and state.typing_until > time.time()
+
     async def typing(self, contact: bytes) -> bool:
         """Send a typing notice (only over a live connection); True if sent."""
         if self._channel(contact) is None:
             return False
         await self._send_control(contact, Payload("typing"))
         return True
+
+
+def _timer_text(seconds: int) -> str:
+    return (f"[timer] messages disappear {seconds} s after they are read" if seconds
+            else "[timer] disappearing messages off")
 
 
 def _file_text(name: str, size: int) -> str:
