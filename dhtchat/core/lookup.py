@@ -22,6 +22,7 @@ import bisect
 from dataclasses import dataclass
 from enum import Enum
 from operator import attrgetter
+from typing import Final
 
 from dhtchat.core.addresses import Address
 
@@ -48,6 +49,11 @@ class Candidate:
 
 
 _by_distance = attrgetter("distance")
+_NEW: Final = CandidateState.NEW
+_IN_FLIGHT: Final = CandidateState.IN_FLIGHT
+_ANSWERED: Final = CandidateState.ANSWERED
+_FAILED: Final = CandidateState.FAILED
+_SLOW: Final = CandidateState.SLOW
 
 
 class Lookup:
@@ -100,7 +106,7 @@ class Lookup:
         shortlist = self._sorted
         if len(shortlist) >= self.max_candidates:
             worst = shortlist[-1]
-            if worst.distance <= dist or worst.state is CandidateState.IN_FLIGHT:
+            if worst.distance <= dist or worst.state is _IN_FLIGHT:
                 return False
             shortlist.pop()
             del candidates[worst.node_id]
@@ -127,14 +133,16 @@ class Lookup:
         if self.queries_sent >= self.max_queries:
             return out
         live = 0
+        alpha, k = self.alpha, self.k
         for cand in self._sorted:
-            if self.in_flight >= self.alpha or live >= self.k:
+            if self.in_flight >= alpha or live >= k:
                 break
-            if cand.state is CandidateState.FAILED or cand.state is CandidateState.SLOW:
+            state = cand.state
+            if state is _FAILED or state is _SLOW:
                 continue
             live += 1
-            if cand.state is CandidateState.NEW:
-                cand.state = CandidateState.IN_FLIGHT
+            if state is _NEW:
+                cand.state = _IN_FLIGHT
                 self.in_flight += 1
                 self.queries_sent += 1
                 out.append(cand)
@@ -144,7 +152,7 @@ class Lookup:
 
     def on_response(self, node_id: bytes, closer: list[tuple[bytes, Address]]) -> None:
         """Record an answer and the contacts it returned."""
-        cand = self._settle(node_id, CandidateState.ANSWERED)
+        cand = self._settle(node_id, _ANSWERED)
         if cand is None:
             return
         self.responses += 1
@@ -161,16 +169,19 @@ class Lookup:
 
     def on_failure(self, node_id: bytes) -> None:
         """Record a hard timeout or refusal."""
-        if self._settle(node_id, CandidateState.FAILED) is not None:
+        if self._settle(node_id, _FAILED) is not None:
             self.failures += 1
 
     def _settle(self, node_id: bytes, outcome: CandidateState) -> Candidate | None:
         """Move a queried (in flight or slow) candidate to ``outcome``; None if it was not."""
         cand = self._candidates.get(node_id)
-        if cand is None or cand.state not in (CandidateState.IN_FLIGHT, CandidateState.SLOW):
+        if cand is None:
             return None
-        if cand.state is CandidateState.IN_FLIGHT:
+        state = cand.state
+        if state is _IN_FLIGHT:
             self.in_flight -= 1
+        elif state is not _SLOW:
+            return None
         cand.state = outcome
         return cand
 
@@ -184,13 +195,15 @@ class Lookup:
         if self.queries_sent >= self.max_queries:
             return self.in_flight == 0
         live = 0
+        k = self.k
         for cand in self._sorted:
-            if cand.state is CandidateState.FAILED:
+            state = cand.state
+            if state is _FAILED:
                 continue
-            if cand.state is not CandidateState.ANSWERED:
+            if state is not _ANSWERED:
                 return False
             live += 1
-            if live >= self.k:
+            if live >= k:
                 return True
         return True
 

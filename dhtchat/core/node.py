@@ -296,6 +296,7 @@ class DhtNode:
         )
         self.stats: Counter[str] = Counter()
         self._flags = FLAG_READ_ONLY if self.config.read_only else 0
+        self._request_pad = self.config.request_pad
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = deque()
         self._transactions: dict[bytes, _Transaction] = {}
@@ -601,29 +602,24 @@ class DhtNode:
         return tid
 
     def _transmit(self, txn: _Transaction, now: float) -> None:
-        token, fresh = self._token_for(txn.address, now)
-        if fresh:
-            pad_to = 0
-        elif isinstance(txn.body, Ping):
-            pad_to = _PING_PAD  # a Pong, not a full Nodes reply, must fit
+        entry = self._peer_tokens.get(txn.address)
+        if entry is not None and now - entry[1] < self.config.token_epoch:
+            token, pad_to = entry[0], 0
         else:
-            pad_to = self.config.request_pad
+            token = entry[0] if entry is not None else b""
+            # without a fresh token: room for the reply (a Pong only, for a Ping)
+            pad_to = _PING_PAD if isinstance(txn.body, Ping) else self._request_pad
         data = encode_request(txn.tid, self.public_key, self._flags, token, txn.body, pad_to)
         self._outbox.append((data, txn.address))
-        self.stats["requests_sent"] += 1
-        self.stats["bytes_sent"] += len(data)
+        stats = self.stats
+        stats["requests_sent"] += 1
+        size = len(data)
+        stats["bytes_sent"] += size
         if txn.query_id is not None:
             query = self._queries.get(txn.query_id)
             if query is not None:
                 query.requests_sent += 1
-                query.bytes_sent += len(data)
-
-    def _token_for(self, address: Address, now: float) -> tuple[bytes, bool]:
-        entry = self._peer_tokens.get(address)
-        if entry is None:
-            return b"", False
-        token, received = entry
-        return token, now - received < self.config.token_epoch
+                query.bytes_sent += size
 
     def _rto(self, address: Address) -> float:
         est = self._rtt.get(address)
@@ -907,10 +903,11 @@ class DhtNode:
         if txn.attempts == 1:
             self._rtt_sample(address, max(0.0, now - txn.sent_at))
         if envelope.token:
-            self._peer_tokens.pop(address, None)
-            self._peer_tokens[address] = (envelope.token, now)
-            if len(self._peer_tokens) > _MAX_TRACKED_ADDRESSES:
-                self._peer_tokens.popitem(last=False)
+            tokens = self._peer_tokens
+            tokens[address] = (envelope.token, now)
+            tokens.move_to_end(address)
+            if len(tokens) > _MAX_TRACKED_ADDRESSES:
+                tokens.popitem(last=False)
         if not envelope.flags & FLAG_READ_ONLY:
             self._on_verified(sender_id, address, now)
         if isinstance(body, (Error, Stored)) and self._retry_with_token(txn, body, now):
@@ -952,6 +949,7 @@ class DhtNode:
             lookup = query.lookup
             closer: list[tuple[bytes, Address]] = []
             if isinstance(body, (Nodes, Values)):
+                contact_address_of = _contact_address
                 own = self.node_id
                 known = lookup.owns
                 for info in body.nodes:
@@ -959,7 +957,7 @@ class DhtNode:
                     # a candidate the lookup holds already would be ignored: skip it early
                     if node_id == own or known(node_id):
                         continue
-                    contact_address = _contact_address(info.ip, info.port)
+                    contact_address = contact_address_of(info.ip, info.port)
                     if contact_address is not None:
                         closer.append((node_id, contact_address))
             lookup.on_response(sender_id, closer)

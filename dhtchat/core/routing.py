@@ -47,7 +47,8 @@ class Contact:
     def __post_init__(self) -> None:
         if not self.subnet:
             self.subnet = subnet_of(self.address[0])
-        self.key = int.from_bytes(self.node_id, "big")
+        if not self.key:
+            self.key = int.from_bytes(self.node_id, "big")
 
 
 class AddResult(Enum):
@@ -128,7 +129,8 @@ class RoutingTable:
         Returns the result and, when the bucket is full, its least-recently-seen contact so
         the caller can ping it (Kademlia's eviction check).
         """
-        index = ID_BITS - (int.from_bytes(node_id, "big") ^ self._own_key).bit_length()
+        key = int.from_bytes(node_id, "big")
+        index = ID_BITS - (key ^ self._own_key).bit_length()
         if index >= ID_BITS:
             return AddResult.REJECTED_SELF, None
         bucket = self._buckets[index]
@@ -149,7 +151,7 @@ class RoutingTable:
             existing.failures = 0
             bucket.contacts.move_to_end(node_id)
             return AddResult.UPDATED, None
-        contact = Contact(node_id, address, now)
+        contact = Contact(node_id, address, now, 0, subnet_of(address[0]), key)
         if not self._subnet_allows(bucket, contact.subnet):
             return AddResult.REJECTED_DIVERSITY, None
         if len(bucket.contacts) < self.k:
@@ -206,7 +208,7 @@ class RoutingTable:
         bucket.last_changed = now
         self._count_subnet(bucket, contact.subnet, 1)
         self._size += 1
-        index = self.bucket_index(contact.node_id)
+        index = ID_BITS - (contact.key ^ self._own_key).bit_length()
         self._deepest = max(self._deepest, index)
 
     def remove(self, node_id: bytes, now: float) -> Contact | None:
