@@ -584,6 +584,31 @@ def cmd_file(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_group(args: argparse.Namespace) -> int:
+    action = args.group_command
+    if action == "create":
+        result = _rpc(args, "group.create", {"name": args.name, "members": args.member})
+    elif action == "invite":
+        result = _rpc(args, "group.invite", {"group": args.group, "members": args.member})
+    elif action == "remove":
+        result = _rpc(args, "group.remove", {"group": args.group, "member": args.member})
+    elif action == "leave":
+        result = _rpc(args, "group.leave", {"group": args.group})
+        print(f"left {args.group}")
+        return EXIT_OK
+    else:
+        rows = _rpc(args, "group.list", {})
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        for row in [] if args.json else rows:
+            state = "" if row["active"] else " (left/removed)"
+            print(f"{row['name']:<20} {len(row['members']):>4} members  v{row['version']}  "
+                  f"{row['id']}{state}")
+        return EXIT_OK
+    print(f"{result['name']}: {len(result['members'])} members (version {result['version']})")
+    return EXIT_OK
+
+
 def cmd_timer(args: argparse.Namespace) -> int:
     result = _rpc(args, "message.timer", {"contact": args.contact, "seconds": args.seconds})
     print(result["text"])
@@ -729,6 +754,23 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true")
     history.add_argument("--limit", type=int, default=50)
     history.set_defaults(func=cmd_history)
+
+    group = sub.add_parser("group", help="group chats")
+    group_sub = group.add_subparsers(dest="group_command", required=True)
+    g_create = group_sub.add_parser("create", help="create a group of contacts")
+    g_create.add_argument("name", metavar="NAME")
+    g_create.add_argument("--member", metavar="ID", action="append", required=True)
+    g_invite = group_sub.add_parser("invite", help="admin: add contacts")
+    g_invite.add_argument("group", metavar="GROUP")
+    g_invite.add_argument("--member", metavar="ID", action="append", required=True)
+    g_remove = group_sub.add_parser("remove", help="admin: remove a member")
+    g_remove.add_argument("group", metavar="GROUP")
+    g_remove.add_argument("member", metavar="ID")
+    g_leave = group_sub.add_parser("leave", help="leave a group")
+    g_leave.add_argument("group", metavar="GROUP")
+    g_list = group_sub.add_parser("list", help="your groups")
+    g_list.add_argument("--json", action="store_true")
+    group.set_defaults(func=cmd_group)
 
     timer = sub.add_parser("timer", help="disappearing messages for a conversation")
     timer.add_argument("contact", metavar="NAME_OR_ID")

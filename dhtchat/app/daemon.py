@@ -40,6 +40,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from dhtchat.app.contactstore import ContactEntry, ContactStore
 from dhtchat.app.files import file_json
+from dhtchat.app.groups import Group
 from dhtchat.app.history import History, HistoryLocked, history_key
 from dhtchat.app.messenger import Messenger, message_json
 from dhtchat.app.profile import NodeState, Profile
@@ -146,6 +147,7 @@ class Link:
     next_attempt: float = 0.0
     backoff: float = 1.0
     attempt: asyncio.Task[dict[str, Any]] | None = None
+    group_only: bool = False  # a fellow group member who is not a contact
     presence_checked: float = 0.0
     processed: dict[tuple[bytes, int], None] = field(default_factory=dict)
 
@@ -263,6 +265,7 @@ class Daemon:
         self.joined = True
         for entry in self.contacts.all("accepted"):
             self._link(entry.public_key)
+        await self.group_peers_changed()
         self._spawn(self._inbox_loop())
         self._spawn(self._maintenance_loop())
 
@@ -336,6 +339,9 @@ class Daemon:
 
     def _link(self, public_key: bytes) -> Link:
         link = self.links.get(public_key)
+        if link is not None and link.group_only:  # a group peer became a contact
+            link.group_only, link.wanted = False, self.options.auto_connect
+            self._spawn(self._refresh_channels(link))
         if link is None:
             link = Link(public_key, Pair.derive(self.identity, public_key),
                         wanted=self.options.auto_connect)
@@ -344,6 +350,22 @@ class Daemon:
             if self.messenger is not None:
                 self._spawn(self.messenger.publish_prekeys(public_key))
         return link
+
+    async def group_peers_changed(self) -> None:
+        """Give every fellow group member a (group-only) link: pair channels for prekeys and
+        mailboxes, no presence, no connections."""
+        if self.messenger is None:
+            return
+        for peer in sorted(self.messenger.groups.peers(self.identity.public_key)):
+            if peer in self.links:
+                continue
+            entry = self.contacts.get(peer)
+            if entry is not None and entry.state == "blocked":
+                continue
+            link = Link(peer, Pair.derive(self.identity, peer), wanted=False, group_only=True)
+            self.links[peer] = link
+            if self.joined:
+                self._spawn(self.messenger.publish_prekeys(peer))
 
     def _resolve(self, text: Any, *, accepted_only: bool = False) -> ContactEntry | bytes:
         if not isinstance(text, str) or not text:
@@ -857,6 +879,8 @@ class Daemon:
             if self.messenger is not None:
                 accepted = [e.public_key for e in self.contacts.all("accepted")
                             if e.public_key in self.links]
+                accepted += [key for key, link in self.links.items()
+                             if link.group_only and key not in accepted]
                 try:
                     await self.messenger.maintenance(accepted)
                 except (ConnectionError, TimeoutError) as exc:
@@ -882,6 +906,11 @@ class Daemon:
             "message.history": self.rpc_message_history,
             "message.typing": self.rpc_message_typing,
             "message.timer": self.rpc_message_timer,
+            "group.create": self.rpc_group_create,
+            "group.invite": self.rpc_group_invite,
+            "group.remove": self.rpc_group_remove,
+            "group.leave": self.rpc_group_leave,
+            "group.list": self.rpc_group_list,
             "file.send": self.rpc_file_send,
             "file.list": self.rpc_file_list,
             "file.get": self.rpc_file_get,
@@ -1019,14 +1048,100 @@ class Daemon:
     def _message_json(self, message: Any) -> dict[str, Any]:
         return message_json(message, self.identity.user_id, encode_user_id(message.contact))
 
-    async def rpc_message_send(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Queue a message (params: to, text, id?, wait?, timeout?); returns once it is
-        persisted, or with ``wait`` once the delivery receipt arrived."""
+    def _group(self, value: Any) -> Group:
         assert self.messenger is not None
-        entry = self._accepted_contact(params.get("to"))
+        if not isinstance(value, str) or not value:
+            raise RpcError(INVALID_PARAMS, "a group name or id is required")
+        groups = self.messenger.groups
+        found = groups.by_name(value)
+        with contextlib.suppress(ValueError):
+            by_id = groups.get(bytes.fromhex(value))
+            found = [by_id] if by_id is not None else found
+        active = [g for g in found if g.active] or found
+        if not active:
+            raise RpcError(NOT_FOUND, f"no group named {value!r}")
+        if len(active) > 1:
+            raise RpcError(INVALID_PARAMS, f"several groups are named {value!r}; use the id")
+        return active[0]
+
+    def _members(self, values: Any) -> list[bytes]:
+        if not isinstance(values, list) or not values:
+            raise RpcError(INVALID_PARAMS, "members must be a non-empty list of contacts")
+        return [self._accepted_contact(v).public_key for v in values]
+
+    async def rpc_group_create(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Create a group of accepted contacts (params: name, members)."""
+        assert self.messenger is not None
+        name = _text_param(params, "name", 64)
+        if not name:
+            raise RpcError(INVALID_PARAMS, "a group needs a name")
+        state = await self.messenger.create_group(name, self._members(params.get("members")))
+        group = self.messenger.groups.get(state.id)
+        assert group is not None
+        return group.as_json(self.identity.public_key)
+
+    async def rpc_group_invite(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Admin: add contacts to a group (params: group, members)."""
+        return await self._change_group(params, add=self._members(params.get("members")))
+
+    async def rpc_group_remove(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Admin: remove a member (params: group, member); it reads no later message."""
+        group = self._group(params.get("group"))
+        value = params.get("member")
+        try:
+            member = decode_user_id(value if isinstance(value, str) else "")
+        except InvalidUserId:
+            member = self._accepted_contact(value).public_key
+        if member not in group.state.members:
+            raise RpcError(NOT_FOUND, "not a member of that group")
+        return await self._change_group(params, remove=[member])
+
+    async def _change_group(self, params: dict[str, Any], *, add: list[bytes] | None = None,
+                            remove: list[bytes] | None = None) -> dict[str, Any]:
+        assert self.messenger is not None
+        group = self._group(params.get("group"))
+        try:
+            state = await self.messenger.change_group(group.id, add=add, remove=remove)
+        except LocalProtocolError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        updated = self.messenger.groups.get(state.id)
+        assert updated is not None
+        return updated.as_json(self.identity.public_key)
+
+    async def rpc_group_leave(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Leave a group (params: group)."""
+        assert self.messenger is not None
+        group = self._group(params.get("group"))
+        try:
+            await self.messenger.leave_group(group.id)
+        except LocalProtocolError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        return {"id": group.id.hex(), "left": True}
+
+    async def rpc_group_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Groups we are (or were) in."""
+        assert self.messenger is not None
+        return [g.as_json(self.identity.public_key) for g in self.messenger.groups.all()]
+
+    async def rpc_message_send(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Queue a message to a contact or a group (params: to, text, id?, wait?, timeout?);
+        returns once it is persisted, or with ``wait`` once the delivery receipt arrived."""
+        assert self.messenger is not None
         text = params.get("text")
         if not isinstance(text, str) or not text:
             raise RpcError(INVALID_PARAMS, "text must be a non-empty string")
+        try:
+            entry = self._accepted_contact(params.get("to"))
+        except RpcError as not_contact:
+            try:
+                group = self._group(params.get("to"))
+            except RpcError:
+                raise not_contact from None
+            try:
+                message = await self.messenger.send_group_text(group.id, text)
+            except LocalProtocolError as exc:
+                raise RpcError(INVALID_PARAMS, str(exc)) from None
+            return message_json(message, self.identity.user_id, group.id.hex())
         message_id = None
         if params.get("id") is not None:
             try:
@@ -1063,12 +1178,21 @@ class Daemon:
         return [self._message_json(m) for m in messages]
 
     async def rpc_message_history(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """The conversation with a contact (params: contact, limit?)."""
+        """The conversation with a contact or a group (params: contact, limit?)."""
         assert self.history is not None
-        entry = self._accepted_contact(params.get("contact"))
         limit = params.get("limit", 50)
         if not isinstance(limit, int) or not 1 <= limit <= 100000:
             raise RpcError(INVALID_PARAMS, "limit must be 1-100000")
+        try:
+            entry = self._accepted_contact(params.get("contact"))
+        except RpcError as not_contact:
+            try:
+                group = self._group(params.get("contact"))
+            except RpcError:
+                raise not_contact from None
+            return [message_json(m, self.identity.user_id,
+                                 group.id.hex() if m.outgoing else encode_user_id(m.contact))
+                    for m in self.history.group_history(group.id, limit)]
         return [self._message_json(m) for m in self.history.history(entry.public_key, limit)]
 
     async def rpc_message_typing(self, params: dict[str, Any]) -> dict[str, Any]:

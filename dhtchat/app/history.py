@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS messages (
     fetched INTEGER NOT NULL DEFAULT 0,
     timer INTEGER NOT NULL DEFAULT 0,
     expire_at REAL,
+    group_id BLOB,
     UNIQUE (contact, outgoing, seq));
 CREATE INDEX IF NOT EXISTS messages_by_contact ON messages (contact, outgoing, seq);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -90,6 +91,7 @@ class StoredMessage:
     text: str
     delivered: bool
     read: bool
+    group_id: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -189,8 +191,18 @@ class History:
         rows = self._db.execute(
             _SELECT + " WHERE contact = ? AND (outgoing = 1 OR seq < (SELECT next_in_seq FROM "
             "conversations WHERE contact = ?)) AND (expire_at IS NULL OR expire_at > ?) "
+            "AND text != '' AND group_id IS NULL "
             "ORDER BY coalesce(received_at, sent_at) DESC, seq DESC LIMIT ?",
             (contact, contact, time.time(), limit)).fetchall()
+        return [_message(r) for r in reversed(rows)]
+
+    def group_history(self, group_id: bytes, limit: int) -> list[StoredMessage]:
+        """The last ``limit`` messages of a group, oldest first."""
+        rows = self._db.execute(
+            _SELECT + " WHERE group_id = ? AND text != '' AND (outgoing = 1 OR seq < "
+            "(SELECT next_in_seq FROM conversations c WHERE c.contact = m.contact)) "
+            "ORDER BY coalesce(received_at, sent_at) DESC LIMIT ?",
+            (group_id, limit)).fetchall()
         return [_message(r) for r in reversed(rows)]
 
     def unfetched(self, limit: int = 1000) -> list[StoredMessage]:
@@ -236,13 +248,14 @@ class History:
 
 
 _SELECT = ("SELECT m.id, m.contact, m.outgoing, m.seq, m.sent_at, m.received_at, m.text, "
-           "m.delivered, m.read FROM messages m")
+           "m.delivered, m.read, m.group_id FROM messages m")
 
 
 def _message(row: tuple[Any, ...]) -> StoredMessage:
-    mid, contact, outgoing, seq, sent_at, received_at, text, delivered, read = row
+    mid, contact, outgoing, seq, sent_at, received_at, text, delivered, read, group = row
     return StoredMessage(bytes(mid), bytes(contact), bool(outgoing), seq, sent_at, received_at,
-                         text, bool(delivered), bool(read))
+                         text, bool(delivered), bool(read),
+                         bytes(group) if group is not None else None)
 
 
 def now() -> float:

@@ -36,9 +36,11 @@ import msgspec
 from aiortc import RTCDataChannel
 
 from dhtchat.app.files import CHUNK_MARK, FileTransfers
+from dhtchat.app.groups import GroupState, GroupStore, open_state, sign_state
 from dhtchat.app.history import History, StoredMessage
 from dhtchat.core.contacts import Purpose
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
+from dhtchat.core.identity import encode_user_id
 from dhtchat.core.records import Record
 from dhtchat.messaging.session import (
     Conversation,
@@ -55,7 +57,8 @@ log = logging.getLogger("dhtchat.messages")
 MAX_TEXT_BYTES: Final = 64 * 1024
 MAX_TIMER: Final = 365 * 24 * 3600
 TYPING_SHOWN: Final = 6.0  # seconds a typing notice is shown (clients resend every ~3 s)
-SEQUENCED: Final = ("text", "file", "timer")
+SEQUENCED: Final = ("text", "file", "timer", "group_update", "group_text", "group_leave")
+GROUP_KINDS: Final = ("group_update", "group_text", "group_leave")
 MAILBOX_TTL: Final = 7 * 24 * 3600
 TOMBSTONE_TTL: Final = 24 * 3600
 PREKEYS_TTL: Final = 7 * 24 * 3600
@@ -63,6 +66,8 @@ RETRANSMIT_AFTER: Final = 10.0
 MAILBOX_POLL: Final = 15.0
 MAILBOX_SCAN_LIMIT: Final = 512  # slots read per poll (a backlog continues at the next poll)
 MAILBOX_WINDOW: Final = 8  # slots fetched in parallel
+MAILBOX_PART: Final = 800  # frame bytes per slot (sealed + signed it fits a 1000-byte record)
+MAX_PARTS: Final = 128  # 100 KiB per mailbox message
 ACK_DELAY: Final = 0.05
 
 _TOMBSTONE: Final = b""
@@ -72,7 +77,7 @@ class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     """What travels inside the ratchet."""
 
     kind: Literal["text", "ack", "read", "typing", "file", "file_request", "file_done",
-                  "timer"]
+                  "timer", "group_update", "group_text", "group_leave"]
     seq: int = 0  # > 0 for sequenced kinds (text, file)
     id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
     sent_at: float = 0.0
@@ -86,6 +91,8 @@ class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     key: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
     offset: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
     timer: Annotated[int, msgspec.Meta(ge=0, le=MAX_TIMER)] = 0  # disappearing after N s
+    group_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+    group: Annotated[bytes, msgspec.Meta(max_length=48 * 1024)] = b""  # signed GroupState
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True):
@@ -95,6 +102,23 @@ class Frame(msgspec.Struct, array_like=True, frozen=True):
     body: Annotated[bytes, msgspec.Meta(max_length=MAX_TEXT_BYTES + 4096)]
 
 
+class Part(msgspec.Struct, array_like=True, frozen=True):
+    """One mailbox slot's share of a frame."""
+
+    index: Annotated[int, msgspec.Meta(ge=0, le=MAX_PARTS)]
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_PARTS)]
+    data: Annotated[bytes, msgspec.Meta(max_length=MAILBOX_PART)]
+
+
+def _split(frame: bytes) -> list[bytes]:
+    """The slot values of a frame (a tombstone stays one empty slot)."""
+    if frame == _TOMBSTONE:
+        return [_TOMBSTONE]
+    chunks = [frame[i:i + MAILBOX_PART] for i in range(0, len(frame), MAILBOX_PART)] or [b""]
+    return [_encoder.encode(Part(i, len(chunks), c)) for i, c in enumerate(chunks)]
+
+
+_part_decoder = msgspec.msgpack.Decoder(Part)
 _frame_decoder = msgspec.msgpack.Decoder(Frame)
 _payload_decoder = msgspec.msgpack.Decoder(Payload)
 _encoder = msgspec.msgpack.Encoder()
@@ -129,9 +153,11 @@ class Messenger:
         self._save_prekeys()
         self._states: dict[bytes, _ContactState] = {}
         self.files = FileTransfers(self, daemon.profile.root / "files")
+        self.groups = GroupStore(history._db)
         self._arrived = asyncio.Condition()
         self._delivered = asyncio.Condition()
         self.undecryptable = 0
+        self._last_slot_seq = 0
 
     # ------------------------------------------------------------------ plumbing
 
@@ -207,16 +233,18 @@ class Messenger:
                 template, seq=seq, id=message_id, sent_at=now))
             timer = template.timer if template.kind == "text" else 0
             with self.history.transaction() as db:
-                db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, "
-                           "timer, expire_at) VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
-                           (message_id, contact, seq, now, text, timer,
-                            now + timer if timer else None))
+                if template.kind not in GROUP_KINDS:  # group messages have one history row
+                    db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
+                               "text, timer, expire_at) VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
+                               (message_id, contact, seq, now, text, timer,
+                                now + timer if timer else None))
                 db.execute("INSERT INTO outbox (contact, seq, payload, created) "
                            "VALUES (?, ?, ?, ?)", (contact, seq, payload, now))
                 self.history.update_conversation(db, contact, next_out_seq=seq + 1)
         self.daemon._spawn(self.flush(contact))
         stored = self.history.message(message_id)
-        assert stored is not None
+        if stored is None:  # a group fan-out copy: no row of its own
+            return StoredMessage(message_id, contact, True, seq, now, None, text, False, False)
         return stored
 
     async def wait_delivered(self, message_id: bytes, timeout: float) -> bool:
@@ -296,32 +324,49 @@ class Messenger:
 
     async def _to_mailbox(self, contact: bytes, seq: int, frame: bytes,
                           index: int | None = None) -> bool:
-        """Put one frame in the next mailbox slot (or slot ``index`` again)."""
+        """Put a frame in the next mailbox slots (or at slot ``index`` again); frames larger
+        than one record are split over consecutive slots."""
         link = self._link(contact)
         node = self.daemon.node
         if link is None or node is None:
             return False
+        parts = _split(frame)
         if index is None:
             index = self.history.conversation(contact)["mailbox_out_index"]
             with self.history.transaction() as db:
                 if seq:
                     db.execute("UPDATE outbox SET mailbox_index = ? WHERE contact = ? AND "
                                "seq = ?", (index, contact, seq))
-                self.history.update_conversation(db, contact, mailbox_out_index=index + 1)
-        now = time.time()
-        try:
-            record = link.pair.seal_record(
-                Purpose.MAILBOX, MAILBOX_EPOCH, frame, seq=int(now * 1000),
-                expires=int(now) + MAILBOX_TTL, random_bytes=secrets.token_bytes,
-                salt=index.to_bytes(8, "big"))
-        except LocalProtocolError:
-            log.info("message %d to %s is too large for the DHT mailbox; it waits for a "
-                     "connection", seq, contact.hex()[:12])
+                self.history.update_conversation(db, contact,
+                                                 mailbox_out_index=index + len(parts))
+        results = await asyncio.gather(*(self._put_slot(contact, index + i, part)
+                                         for i, part in enumerate(parts)))
+        return all(results)
+
+    async def _put_slot(self, contact: bytes, index: int, value: bytes) -> bool:
+        link = self._link(contact)
+        node = self.daemon.node
+        if link is None or node is None:
             return False
+        now = time.time()
+        tombstone = value == _TOMBSTONE
+        record = link.pair.seal_record(
+            Purpose.MAILBOX, MAILBOX_EPOCH, value, seq=self._slot_seq(now),
+            expires=int(now) + (TOMBSTONE_TTL if tombstone else MAILBOX_TTL),
+            random_bytes=secrets.token_bytes, salt=index.to_bytes(8, "big"))
         with contextlib.suppress(TimeoutError, ConnectionError):
             result = await node.put(record, republish=True)
             return result.stored > 0
         return False
+
+    def _slot_seq(self, now: float) -> int:
+        self._last_slot_seq = max(self._last_slot_seq + 1, int(now * 1000))
+        return self._last_slot_seq
+
+    async def _tombstone(self, contact: bytes, index: int, frame_bytes: int) -> None:
+        count = len(_split(b"x" * frame_bytes))
+        await asyncio.gather(*(self._put_slot(contact, index + i, _TOMBSTONE)
+                               for i in range(count)))
 
     # ------------------------------------------------------------------ receiving
 
@@ -374,6 +419,11 @@ class Messenger:
                 log.warning("dropped a frame whose inner and outer sequence differ")
                 return
             if payload.kind in SEQUENCED and payload.seq > 0:
+                if not self._is_contact(contact) and payload.kind not in GROUP_KINDS:
+                    log.warning("dropped a 1:1 %s from a group peer who is not a contact",
+                                payload.kind)
+                    payload = msgspec.structs.replace(payload, kind="text", text="",
+                                                      file_id=b"")
                 self._store_incoming(contact, payload, convo, initial)
                 self._schedule_ack(contact)
                 if payload.kind == "file" and self._channel(contact) is not None:
@@ -401,6 +451,9 @@ class Messenger:
         next_in = conversation["next_in_seq"]
         with self.history.transaction() as db:
             text = payload.text
+            group_id: bytes | None = None
+            if payload.kind in GROUP_KINDS:
+                group_id, text = self._on_group_payload(db, contact, payload)
             if payload.kind == "file" and len(payload.file_id) == 16 \
                     and len(payload.key) == 32 and len(payload.sha256) == 32:
                 text = _file_text(payload.name, payload.size)
@@ -411,9 +464,11 @@ class Messenger:
                 text = _timer_text(payload.timer)
                 self.history.update_conversation(db, contact, timer=payload.timer)
             db.execute("INSERT OR IGNORE INTO messages (id, contact, outgoing, seq, sent_at, "
-                       "received_at, text, timer) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+                       "received_at, text, timer, group_id, fetched) "
+                       "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
                        (payload.id or secrets.token_bytes(16), contact, payload.seq,
-                        payload.sent_at, time.time(), text, timer))
+                        payload.sent_at, time.time(), text, timer, group_id,
+                        int(text == "")))
             if payload.seq == next_in:
                 while db.execute("SELECT 1 FROM messages WHERE contact = ? AND outgoing = 0 "
                                  "AND seq = ?", (contact, next_in)).fetchone():
@@ -424,12 +479,12 @@ class Messenger:
                 self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
 
     async def _on_ack(self, contact: bytes, ack: int, read: int) -> None:
-        tombstones: list[int] = []
+        tombstones: list[tuple[int, int]] = []
         with self.history.transaction() as db:
             if ack:
-                tombstones = [row[0] for row in db.execute(
-                    "SELECT mailbox_index FROM outbox WHERE contact = ? AND seq <= ? AND "
-                    "mailbox_index IS NOT NULL", (contact, ack))]
+                tombstones = [(row[0], row[1]) for row in db.execute(
+                    "SELECT mailbox_index, length(frame) FROM outbox WHERE contact = ? AND "
+                    "seq <= ? AND mailbox_index IS NOT NULL", (contact, ack))]
                 db.execute("DELETE FROM outbox WHERE contact = ? AND seq <= ?", (contact, ack))
                 db.execute("UPDATE messages SET delivered = 1 WHERE contact = ? AND "
                            "outgoing = 1 AND seq <= ? AND delivered = 0", (contact, ack))
@@ -438,8 +493,8 @@ class Messenger:
             if read:
                 db.execute("UPDATE messages SET read = 1 WHERE contact = ? AND outgoing = 1 "
                            "AND seq <= ?", (contact, read))
-        for index in tombstones:
-            self.daemon._spawn(self._to_mailbox(contact, 0, _TOMBSTONE, index=index))
+        for index, frame_bytes in tombstones:
+            self.daemon._spawn(self._tombstone(contact, index, frame_bytes or 0))
         async with self._delivered:
             self._delivered.notify_all()
 
@@ -496,6 +551,7 @@ class Messenger:
                 return []
 
         scanned = 0
+        parts: list[bytes] = []
         while scanned < MAILBOX_SCAN_LIMIT:
             # A window of slots at once; handled in order up to the first empty slot.
             window = await asyncio.gather(*(fetch(index + j) for j in range(MAILBOX_WINDOW)))
@@ -503,18 +559,31 @@ class Messenger:
             for records in window:
                 if not records:
                     return handled
-                try:
-                    frame = link.pair.open_record(Purpose.MAILBOX, MAILBOX_EPOCH, records[0])
-                except RemoteProtocolError as exc:
-                    log.info("skipped a bad mailbox slot from %s: %s", contact.hex()[:12], exc)
-                    frame = _TOMBSTONE
-                if frame != _TOMBSTONE:
-                    await self.on_frame(contact, frame)
-                    handled += 1
                 index += 1
-                with self.history.transaction() as db:
-                    self.history.update_conversation(db, contact, mailbox_in_index=index)
+                try:
+                    value = link.pair.open_record(Purpose.MAILBOX, MAILBOX_EPOCH, records[0])
+                    part = _part_decoder.decode(value) if value != _TOMBSTONE else None
+                except (RemoteProtocolError, msgspec.DecodeError, msgspec.ValidationError) \
+                        as exc:
+                    log.info("skipped a bad mailbox slot from %s: %s", contact.hex()[:12], exc)
+                    part = None
+                if part is None or part.index != len(parts) or part.count > MAX_PARTS:
+                    parts = []  # a tombstone, or a message acknowledged while we read it
+                    if part is None or part.index != 0:
+                        self._save_mailbox_index(contact, index)
+                        continue
+                parts.append(part.data)
+                if len(parts) < part.count:
+                    continue  # the rest is in the next slots; the index is saved after it
+                frame, parts = b"".join(parts), []
+                await self.on_frame(contact, frame)
+                handled += 1
+                self._save_mailbox_index(contact, index)
         return handled
+
+    def _save_mailbox_index(self, contact: bytes, index: int) -> None:
+        with self.history.transaction() as db:
+            self.history.update_conversation(db, contact, mailbox_in_index=index)
 
     # ------------------------------------------------------------------ background
 
@@ -573,6 +642,108 @@ class Messenger:
                     read=seq)))
         return messages
 
+    # ------------------------------------------------------------------ groups
+
+    def _is_contact(self, contact: bytes) -> bool:
+        entry = self.daemon.contacts.get(contact)
+        return entry is not None and entry.state == "accepted"
+
+    def _on_group_payload(self, db: Any, sender: bytes,
+                          payload: Payload) -> tuple[bytes | None, str]:
+        """Apply a group payload inside the message's transaction; returns the group id and
+        the history text ("" to keep it out of the conversation)."""
+        me = self.identity.public_key
+        if payload.kind == "group_update":
+            try:
+                state = open_state(payload.group, sender)
+            except RemoteProtocolError as exc:
+                log.warning("refused a group update: %s", exc)
+                return None, ""
+            current = self.groups.get(state.id)
+            if current is not None and (current.state.admin != state.admin
+                                        or current.state.version >= state.version):
+                return state.id, ""  # stale or foreign: ignore
+            self.groups.save(db, state, me)
+            self.daemon._spawn(self.daemon.group_peers_changed())
+            if me not in state.members:
+                return state.id, f"[group] you were removed from {state.name}"
+            return state.id, f"[group] {state.name}: {len(state.members)} members"
+        group = self.groups.get(payload.group_id)
+        if group is None or not group.active or sender not in group.state.members:
+            log.warning("dropped a %s for a group the sender is not in", payload.kind)
+            return None, ""
+        if payload.kind == "group_leave":
+            return group.id, f"[group] {encode_user_id(sender)[:12]} left {group.state.name}"
+        return group.id, payload.text
+
+    async def create_group(self, name: str, members: list[bytes]) -> GroupState:
+        """Create a group we administer and send its member list to everyone."""
+        me = self.identity.public_key
+        state = GroupState(secrets.token_bytes(16), name, me, 1, sorted({me, *members}))
+        return await self._publish_group(state, notify=set(members))
+
+    async def change_group(self, group_id: bytes, *, add: list[bytes] | None = None,
+                           remove: list[bytes] | None = None) -> GroupState:
+        """Admin: invite or remove members (a new signed version to everyone concerned)."""
+        group = self.groups.get(group_id)
+        me = self.identity.public_key
+        if group is None or group.state.admin != me:
+            raise LocalProtocolError("only the group's admin can change its members")
+        members = set(group.state.members) | set(add or []) - set(remove or [])
+        members -= set(remove or [])
+        if me not in members:
+            raise LocalProtocolError("the admin cannot remove itself; leave instead")
+        state = msgspec.structs.replace(group.state, version=group.state.version + 1,
+                                        members=sorted(members))
+        notify = (set(group.state.members) | members) - {me}
+        return await self._publish_group(state, notify=notify)
+
+    async def _publish_group(self, state: GroupState, notify: set[bytes]) -> GroupState:
+        signed = sign_state(self.identity, state)
+        state = open_state(signed, self.identity.public_key)
+        with self.history.transaction() as db:
+            self.groups.save(db, state, self.identity.public_key)
+        await self.daemon.group_peers_changed()
+        for member in sorted(notify):
+            await self._enqueue(member, Payload("group_update", group=signed), "", None)
+        return state
+
+    async def send_group_text(self, group_id: bytes, text: str) -> StoredMessage:
+        """Fan a message out to every other member over the pairwise ratchets."""
+        group = self.groups.get(group_id)
+        me = self.identity.public_key
+        if group is None or not group.active:
+            raise LocalProtocolError("not a member of that group")
+        if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+            raise LocalProtocolError(f"a message holds at most {MAX_TEXT_BYTES} bytes")
+        message_id, now = secrets.token_bytes(16), time.time()
+        with self.history.transaction() as db:
+            db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, "
+                       "group_id, fetched) VALUES (?, ?, 1, ?, ?, ?, ?, 1)",
+                       (message_id, group_id, int(now * 1e6), now, text, group_id))
+        for member in group.state.members:
+            if member != me:
+                await self._enqueue(member, Payload("group_text", group_id=group_id,
+                                                    text=text), text, None)
+        stored = self.history.message(message_id)
+        assert stored is not None
+        return stored
+
+    async def leave_group(self, group_id: bytes) -> None:
+        """Tell the members we leave, and stop accepting the group's messages."""
+        group = self.groups.get(group_id)
+        if group is None or not group.active:
+            raise LocalProtocolError("not a member of that group")
+        me = self.identity.public_key
+        if group.state.admin == me:
+            raise LocalProtocolError("the admin cannot leave its group")
+        for member in group.state.members:
+            if member != me:
+                await self._enqueue(member, Payload("group_leave", group_id=group_id), "",
+                                    None)
+        with self.history.transaction() as db:
+            self.groups.deactivate(db, group_id)
+
     async def request_file(self, contact: bytes, file_id: bytes, offset: int) -> None:
         """Ask the contact to stream a file from ``offset`` (only over a live connection)."""
         if self._channel(contact) is not None:
@@ -606,8 +777,10 @@ def _file_text(name: str, size: int) -> str:
 
 
 def message_json(message: StoredMessage, me: str, them: str) -> dict[str, Any]:
-    """The JSON form of a message for the API."""
+    """The JSON form of a message for the API (``them``: the contact, or for an outgoing
+    group message the group id)."""
     return {
+        "group": message.group_id.hex() if message.group_id else None,
         "id": message.id.hex(),
         "from": me if message.outgoing else them,
         "to": them if message.outgoing else me,
