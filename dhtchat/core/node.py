@@ -1058,8 +1058,15 @@ class DhtNode:
             # Soft timeout (Jimenez et al. 2011): give the slot to the next candidate now but
             # keep listening for this answer until the hard limit.
             txn.slow = True
-            # hard limit: three RTOs (a dead node must not hold a lookup for max_rto)
-            hard = txn.sent_at + min(self.config.max_rto, 3 * (txn.deadline - txn.sent_at))
+            # hard limit: three RTOs (a dead node must not hold a lookup for max_rto), and
+            # never under RFC 6298's initial 1 s for a path we have not measured yet (the
+            # prior from other peers says nothing about this one)
+            cfg = self.config
+            wait = 3 * (txn.deadline - txn.sent_at)
+            measured = self._rtt.get(txn.address)
+            if measured is None or measured.srtt is None:
+                wait = max(wait, cfg.initial_rto)
+            hard = txn.sent_at + min(cfg.max_rto, wait)
             if hard > now:
                 txn.deadline = hard
                 heapq.heappush(self._deadlines, (hard, txn.tid))
