@@ -140,7 +140,7 @@ class DhtProcess:
 
 
 def make_contacts(alice: DaemonProcess, alice_id: str, bob: DaemonProcess, bob_id: str,
-                  timeout: float = 30.0) -> None:
+                  timeout: float = 60.0) -> None:
     """Alice asks, Bob accepts, both see the other as accepted."""
     cli(alice.profile, "contact", "request", bob_id, "--name", "Alice", "--message", "hi Bob")
     bob.wait_contact(alice_id, lambda r: r["state"] == "incoming", timeout)

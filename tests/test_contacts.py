@@ -25,7 +25,7 @@ from dhtchat.core.contacts import (
 )
 from dhtchat.core.errors import InvalidRecord, RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity
-from dhtchat.core.records import Record, RecordType, validate_record
+from dhtchat.core.records import Record, RecordType, make_record, validate_record
 
 NOW = 1_800_000_000.0
 SDP = (
@@ -196,3 +196,15 @@ def test_sealed_signal_with_garbage_inside_is_refused(junk: bytes) -> None:
                             random_bytes=rng_bytes(9).randbytes)
     with pytest.raises(RemoteProtocolError):
         open_signal(ba, ba.open_record(Purpose.SIGNAL, 3, record))
+
+
+def test_solved_request_cannot_be_re_signed_by_other_owners() -> None:
+    """The proof of work covers the envelope key: one solution fills one inbox slot, not 256."""
+    record = make_contact_request(ALICE, BOB.public_key, name="A", message="m", now=NOW,
+                                  random_bytes=rng_bytes(11).randbytes)
+    validate_record(record, record.key, NOW)
+    clone = make_record(ident(9), RecordType.CONTACT_REQUEST, b"", record.value, seq=0,
+                        expires=record.expires, namespace=BOB.public_key)
+    assert clone.key == record.key
+    with pytest.raises(InvalidRecord, match="proof of work"):
+        validate_record(clone, clone.key, NOW)

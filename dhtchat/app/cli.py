@@ -826,6 +826,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DhtUnreachable, DaemonUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except (TimeoutError, ConnectionError, ValueError) as exc:  # the daemon went away
+        print(f"error: lost the connection to the daemon ({exc.__class__.__name__}); it may "
+              "have stopped - check its log", file=sys.stderr)
+        return EXIT_FAILED
     except RpcError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE if exc.code in (INVALID_PARAMS, NOT_FOUND, NOT_A_CONTACT) \

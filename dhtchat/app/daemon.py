@@ -94,7 +94,7 @@ log = logging.getLogger("dhtchat.daemon")
 PRESENCE_TTL: Final = 1800
 PRESENCE_REPUBLISH: Final = 1200
 PRESENCE_FRESH: Final = PRESENCE_TTL + 120
-INBOX_POLL: Final = 60.0
+INBOX_POLL: Final = 20.0  # a get per 20 s covers a missed listen push
 MAINTENANCE_PERIOD: Final = 5.0
 EPOCH_OVERLAP: Final = SIGNAL_MAX_AGE
 MAX_BACKOFF: Final = 60.0
@@ -148,6 +148,7 @@ class Link:
     backoff: float = 1.0
     attempt: asyncio.Task[dict[str, Any]] | None = None
     group_only: bool = False  # a fellow group member who is not a contact
+    refreshing: bool = False
     presence_checked: float = 0.0
     processed: dict[tuple[bytes, int], None] = field(default_factory=dict)
 
@@ -194,6 +195,7 @@ class Daemon:
         self.messenger: Messenger | None = None
         self._seq = 0
         self.joined = False
+        self._inbox_seen: set[bytes] = set()
         if options.relay_only and options.turn is None:
             raise LocalProtocolError("--relay-only needs a TURN server (--turn URL)")
         restrict_host_addresses(options.ice_addresses)
@@ -455,12 +457,17 @@ class Daemon:
 
     async def _on_inbox_record(self, record: Record) -> None:
         now = time.time()
-        if not self.contacts.mark_seen(record.owner + record.signature[:16], now):
+        envelope = record.owner + record.signature[:16]
+        if envelope in self._inbox_seen:
             return
         try:
             request = open_contact_request(self.identity, record, now)
         except RemoteProtocolError as exc:
+            self._inbox_seen.add(envelope)  # in memory only: junk costs no disk write
             log.info("dropped an inbox record: %s", exc)
+            return
+        self._inbox_seen.add(envelope)
+        if not self.contacts.mark_seen(envelope, now):
             return
         sender = request.sender
         entry = self.contacts.get(sender)
@@ -501,6 +508,15 @@ class Daemon:
 
     async def _refresh_channels(self, link: Link) -> None:
         """Listen on the contact's channels for the wanted epochs and publish presence."""
+        if link.refreshing:
+            return  # the maintenance loop and a new link may both ask: one at a time
+        link.refreshing = True
+        try:
+            await self._refresh_channels_now(link)
+        finally:
+            link.refreshing = False
+
+    async def _refresh_channels_now(self, link: Link) -> None:
         assert self.node is not None
         now = time.time()
         epochs = self._wanted_epochs(now)
@@ -720,9 +736,12 @@ class Daemon:
         link.session = secrets.token_bytes(16)
         link.offering = True
         link.answer = asyncio.get_running_loop().create_future()
+        await self._close_link_connection(link, "", status="connecting")
         pc = await self._new_peer_connection(link)
         link.pc = pc
         channel = pc.createDataChannel("dhtchat")
+        if self.messenger is not None:
+            self.messenger.listen(link, channel)  # before any frame can arrive
         opened = asyncio.Event()
         channel.on("open", opened.set)
         link.channel = channel
@@ -742,10 +761,11 @@ class Daemon:
             await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
             await self._await_open(link, pc, opened, timeout - (time.monotonic() - started),
                                    timeout)
-        except (ConnectionError, ValueError, LocalProtocolError) as exc:
+        except (ConnectionError, ValueError, LocalProtocolError, TimeoutError, OSError) as exc:
             link.offering = False
-            await self._fail(link, str(exc))
-            raise RpcError(CONNECTION_FAILED, str(exc), {"reason": str(exc)}) from None
+            reason = str(exc) or "the DHT did not store the offer in time"
+            await self._fail(link, reason)
+            raise RpcError(CONNECTION_FAILED, reason, {"reason": reason}) from None
         link.offering = False
         # Replace the offer in the DHT, so a daemon of the contact that starts within the
         # offer's lifetime does not answer a finished attempt.
@@ -757,6 +777,7 @@ class Daemon:
         link.status, link.reason = "connecting", ""
         link.session = offer.session
         link.offering = False
+        await self._close_link_connection(link, "", status="connecting")
         pc = await self._new_peer_connection(link)
         link.pc = pc
         opened = asyncio.Event()
@@ -764,6 +785,8 @@ class Daemon:
         @pc.on("datachannel")
         def on_channel(channel: RTCDataChannel) -> None:
             link.channel = channel
+            if self.messenger is not None:
+                self.messenger.listen(link, channel)  # before any frame can arrive
             if channel.readyState == "open":
                 opened.set()
             channel.on("open", opened.set)
@@ -775,9 +798,10 @@ class Daemon:
             await self._send_signal(link, "answer", offer.session, pc.localDescription.sdp)
             await self._await_open(link, pc, opened, self.options.connect_timeout,
                                    self.options.connect_timeout)
-        except (ConnectionError, ValueError, LocalProtocolError) as exc:
-            await self._fail(link, str(exc))
-            raise RpcError(CONNECTION_FAILED, str(exc), {"reason": str(exc)}) from None
+        except (ConnectionError, ValueError, LocalProtocolError, TimeoutError, OSError) as exc:
+            reason = str(exc) or "the DHT did not store the answer in time"
+            await self._fail(link, reason)
+            raise RpcError(CONNECTION_FAILED, reason, {"reason": reason}) from None
         link.wanted = True
         return self._connected(link, pc, started)
 
@@ -931,7 +955,7 @@ class Daemon:
             "uptime": round(time.time() - self.started, 1),
             "dropped_signals": self.dropped_signals,
             "outbox": len(outbox),
-            "outbox_in_mailbox": sum(e.mailbox_index is not None for e in outbox),
+            "outbox_in_mailbox": sum(e.mailbox_stored for e in outbox),
         }
 
     def _require_joined(self) -> None:

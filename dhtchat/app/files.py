@@ -45,6 +45,7 @@ CHUNK_MARK: Final = b"\x01"  # first byte of a chunk datagram (frames start with
 SEND_BUFFER_HIGH: Final = 4 * 1024 * 1024
 CHECKPOINT_BYTES: Final = 4 * 1024 * 1024
 MAX_FILE_BYTES: Final = 1 << 40
+DONE_REPEAT_WINDOW: Final = 24 * 3600
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -82,6 +83,13 @@ def seal_chunk(key: bytes, file_id: bytes, offset: int, data: bytes) -> bytes:
     ad = file_id + offset.to_bytes(8, "big")
     return CHUNK_MARK + ad + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
         data, ad, chunk_nonce(file_id, offset), key)
+
+
+def safe_file_name(name: str) -> str:
+    """A contact's file name made harmless: no directories, no leading dots (no ``.bashrc``),
+    only letters, digits and ``._- ``, at most 100 characters."""
+    kept = "".join(c for c in name if c.isalnum() or c in "._- ").strip().lstrip(".")
+    return kept[:100] or "file"
 
 
 def sha256_file(path: Path) -> bytes:
@@ -196,16 +204,24 @@ class FileTransfers:
     def on_offer(self, db: Any, contact: bytes, file_id: bytes, name: str, size: int,
                  digest: bytes, key: bytes) -> None:
         """Record an incoming offer (inside the message's transaction)."""
-        safe = "".join(c for c in name if c.isalnum() or c in "._- ")[:100] or "file"
+        safe = safe_file_name(name)
         partial = self.root / "partial" / file_id.hex()
         db.execute("INSERT OR IGNORE INTO files (id, contact, outgoing, name, size, sha256, "
                    "key, path, created) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)",
                    (file_id, contact, safe, size, digest, key, str(partial), time.time()))
 
     async def resume(self, contact: bytes) -> None:
-        """Ask for every incomplete incoming file of this contact (after (re)connecting)."""
+        """After (re)connecting: finish or ask for every incomplete incoming file of this
+        contact, and repeat ``file_done`` for recent complete ones (it may have been lost)."""
         for entry in self.all():
-            if entry.contact == contact and not entry.outgoing and not entry.complete:
+            if entry.contact != contact or entry.outgoing:
+                continue
+            if entry.complete:
+                if time.time() - entry.created < DONE_REPEAT_WINDOW:
+                    await self.messenger.confirm_file(contact, entry.id)
+            elif entry.received >= entry.size:
+                await self._finish(entry.id)  # all bytes were checkpointed before a stop
+            else:
                 await self.request(entry)
 
     async def request(self, entry: FileEntry) -> None:
@@ -260,6 +276,9 @@ class FileTransfers:
         entry = self.get(file_id)
         if entry is None or entry.complete:
             return
+        final = self.root / file_id.hex()
+        if not Path(entry.path).exists() and final.exists():  # stopped after the rename
+            entry = FileEntry(**{**entry.__dict__, "path": str(final)})
         digest = await asyncio.to_thread(sha256_file, Path(entry.path))
         if digest != entry.sha256:
             log.warning("file %s failed its SHA-256 check; fetching it again", entry.name)
@@ -269,8 +288,8 @@ class FileTransfers:
             assert fresh is not None
             await self.request(fresh)
             return
-        final = self.root / file_id.hex()
-        os.replace(entry.path, final)
+        if Path(entry.path) != final:
+            os.replace(entry.path, final)
         with self.history.transaction() as db:
             db.execute("UPDATE files SET complete = 1, path = ? WHERE id = ?",
                        (str(final), file_id))
@@ -318,8 +337,12 @@ class FileTransfers:
         if not entry.complete:
             raise LocalProtocolError(
                 f"{entry.name} is not complete yet ({entry.received} of {entry.size} bytes)")
-        target = dest / entry.name if dest.is_dir() else dest
-        shutil.copyfile(entry.path, target)
+        target = dest / safe_file_name(entry.name) if dest.is_dir() else dest
+        try:  # never overwrite: the name came from the contact
+            with open(entry.path, "rb") as source, open(target, "xb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+        except FileExistsError:
+            raise LocalProtocolError(f"{target} exists; choose another destination") from None
         return target
 
 

@@ -61,11 +61,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     frame BLOB,
     mailbox_index INTEGER,
+    mailbox_stored INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     PRIMARY KEY (contact, seq));
-CREATE TABLE IF NOT EXISTS mailbox_tombstones (
-    contact BLOB NOT NULL, mailbox_index INTEGER NOT NULL,
-    PRIMARY KEY (contact, mailbox_index));
 """
 
 
@@ -103,6 +101,7 @@ class OutboxEntry:
     payload: bytes
     frame: bytes | None
     mailbox_index: int | None
+    mailbox_stored: bool = False
 
 
 def history_key(identity_seed: bytes) -> bytes:
@@ -209,7 +208,7 @@ class History:
         """Incoming messages in order that ``receive`` has not returned yet."""
         rows = self._db.execute(
             _SELECT + " JOIN conversations c ON c.contact = m.contact WHERE m.outgoing = 0 "
-            "AND m.fetched = 0 AND m.seq < c.next_in_seq ORDER BY m.received_at, m.seq "
+            "AND m.fetched = 0 AND m.seq < c.next_in_seq ORDER BY m.contact, m.seq "
             "LIMIT ?", (limit,)).fetchall()
         return [_message(r) for r in rows]
 
@@ -233,14 +232,15 @@ class History:
 
     def outbox(self, contact: bytes | None = None) -> list[OutboxEntry]:
         """Unacknowledged entries, in sequence order."""
-        query = "SELECT contact, seq, payload, frame, mailbox_index FROM outbox"
+        query = "SELECT contact, seq, payload, frame, mailbox_index, mailbox_stored FROM outbox"
         params: tuple[bytes, ...] = ()
         if contact is not None:
             query += " WHERE contact = ?"
             params = (contact,)
         rows = self._db.execute(query + " ORDER BY contact, seq", params).fetchall()
-        return [OutboxEntry(bytes(c), s, bytes(p), bytes(f) if f is not None else None, m)
-                for c, s, p, f, m in rows]
+        return [OutboxEntry(bytes(c), s, bytes(p), bytes(f) if f is not None else None, m,
+                            bool(st))
+                for c, s, p, f, m, st in rows]
 
     def close(self) -> None:
         """Close the database."""

@@ -41,6 +41,7 @@ from dhtchat.app.history import History, StoredMessage
 from dhtchat.core.contacts import Purpose
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import encode_user_id
+from dhtchat.core.ids import blake2b_256
 from dhtchat.core.records import Record
 from dhtchat.messaging.session import (
     Conversation,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dhtchat.messages")
 
 MAX_TEXT_BYTES: Final = 64 * 1024
+MAX_RECEIVE_BYTES: Final = 512 * 1024  # per message.receive reply (the client asks again)
 MAX_TIMER: Final = 365 * 24 * 3600
 TYPING_SHOWN: Final = 6.0  # seconds a typing notice is shown (clients resend every ~3 s)
 SEQUENCED: Final = ("text", "file", "timer", "group_update", "group_text", "group_leave")
@@ -68,6 +70,9 @@ MAILBOX_SCAN_LIMIT: Final = 512  # slots read per poll (a backlog continues at t
 MAILBOX_WINDOW: Final = 8  # slots fetched in parallel
 MAILBOX_PART: Final = 800  # frame bytes per slot (sealed + signed it fits a 1000-byte record)
 MAX_PARTS: Final = 128  # 100 KiB per mailbox message
+CONTROL_PUT_ATTEMPTS: Final = 4
+HOLE_GRACE: Final = 120.0  # an empty slot followed by filled ones is skipped after this long
+MAX_REORDER: Final = 1000  # frames further ahead of the next expected one are not stored
 ACK_DELAY: Final = 0.05
 
 _TOMBSTONE: Final = b""
@@ -158,6 +163,8 @@ class Messenger:
         self._delivered = asyncio.Condition()
         self.undecryptable = 0
         self._last_slot_seq = 0
+        self._holes: dict[tuple[bytes, int], float] = {}
+        self._prekeys_published: tuple[int, bytes] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -207,10 +214,8 @@ class Messenger:
         """Set the conversation's disappearing-message timer on both sides (0: off)."""
         if not 0 <= seconds <= MAX_TIMER:
             raise LocalProtocolError("the timer is 0 (off) to one year, in seconds")
-        with self.history.transaction() as db:
-            self.history.update_conversation(db, contact, timer=seconds)
         return await self._enqueue(contact, Payload("timer", timer=seconds),
-                                   _timer_text(seconds), None)
+                                   _timer_text(seconds), None, conversation_timer=seconds)
 
     async def send_file_offer(self, contact: bytes, file_id: bytes, name: str, size: int,
                               digest: bytes, key: bytes) -> StoredMessage:
@@ -220,27 +225,33 @@ class Messenger:
         return await self._enqueue(contact, payload, _file_text(name, size), file_id)
 
     async def _enqueue(self, contact: bytes, template: Payload, text: str,
-                       message_id: bytes | None) -> StoredMessage:
+                       message_id: bytes | None, *,
+                       conversation_timer: int | None = None) -> StoredMessage:
         message_id = message_id or secrets.token_bytes(16)
-        existing = self.history.message(message_id)
-        if existing is not None:
-            return existing
         now = time.time()
-        async with self._state(contact).lock:
-            conversation = self.history.conversation(contact)
-            seq = conversation["next_out_seq"]
-            payload = _encoder.encode(msgspec.structs.replace(
-                template, seq=seq, id=message_id, sent_at=now))
-            timer = template.timer if template.kind == "text" else 0
-            with self.history.transaction() as db:
-                if template.kind not in GROUP_KINDS:  # group messages have one history row
-                    db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
-                               "text, timer, expire_at) VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
-                               (message_id, contact, seq, now, text, timer,
-                                now + timer if timer else None))
-                db.execute("INSERT INTO outbox (contact, seq, payload, created) "
-                           "VALUES (?, ?, ?, ?)", (contact, seq, payload, now))
-                self.history.update_conversation(db, contact, next_out_seq=seq + 1)
+        # No await from here to the commit: asyncio runs this atomically, so sends never wait
+        # behind a flush that holds the contact's lock across network I/O.
+        existing = self.history.message(message_id)
+        if existing is not None:  # a retried send: idempotent
+            if existing.contact != contact or not existing.outgoing:
+                raise LocalProtocolError("that message id is already used")
+            return existing
+        conversation = self.history.conversation(contact)
+        seq = conversation["next_out_seq"]
+        payload = _encoder.encode(msgspec.structs.replace(
+            template, seq=seq, id=message_id, sent_at=now))
+        timer = template.timer if template.kind == "text" else 0
+        with self.history.transaction() as db:
+            if template.kind not in GROUP_KINDS:  # group messages have one history row
+                db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
+                           "text, timer, expire_at) VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
+                           (message_id, contact, seq, now, text, timer,
+                            now + timer if timer else None))
+            db.execute("INSERT INTO outbox (contact, seq, payload, created) "
+                       "VALUES (?, ?, ?, ?)", (contact, seq, payload, now))
+            self.history.update_conversation(db, contact, next_out_seq=seq + 1)
+            if conversation_timer is not None:
+                self.history.update_conversation(db, contact, timer=conversation_timer)
         self.daemon._spawn(self.flush(contact))
         stored = self.history.message(message_id)
         if stored is None:  # a group fan-out copy: no row of its own
@@ -274,13 +285,12 @@ class Messenger:
                     return link.pair.open_record(Purpose.PREKEYS, MAILBOX_EPOCH, record)
         return None
 
-    async def _encrypt_pending(self, contact: bytes) -> None:
+    async def _encrypt_pending(self, contact: bytes, bundle: bytes | None) -> None:
         """Give every outbox entry its frame (once), saving the ratchet with it."""
         entries = [e for e in self.history.outbox(contact) if e.frame is None]
         if not entries:
             return
         conversation = self._conversation(contact)
-        bundle = None if conversation.established else await self._bundle(contact)
         if not conversation.established and bundle is None:
             log.info("no prekey bundle from %s yet; messages stay queued", contact.hex()[:12])
             return
@@ -300,8 +310,12 @@ class Messenger:
         """Send what the outbox holds: over the data channel if connected, else to the DHT
         mailbox. ``force`` retransmits frames sent recently too."""
         state = self._state(contact)
+        bundle = None
+        if not self._conversation(contact).established and \
+                any(e.frame is None for e in self.history.outbox(contact)):
+            bundle = await self._bundle(contact)  # network I/O before taking the lock
         async with state.lock:
-            await self._encrypt_pending(contact)
+            await self._encrypt_pending(contact, bundle)
             entries = [e for e in self.history.outbox(contact) if e.frame is not None]
             if not entries:
                 return
@@ -315,30 +329,47 @@ class Messenger:
                         channel.send(entry.frame)
                         state.last_sent[entry.seq] = now
                 return
+            # Reserve mailbox slots under the lock (so slot order = sequence order); the DHT
+            # puts happen outside it, so sending and receiving never wait for the network.
+            jobs: list[tuple[int, int, bytes]] = []
             for entry in entries:
+                frame = entry.frame or b""
                 if entry.mailbox_index is None:
-                    await self._to_mailbox(contact, entry.seq, entry.frame or b"")
-                elif force:
-                    await self._to_mailbox(contact, entry.seq, entry.frame or b"",
-                                           index=entry.mailbox_index)
+                    jobs.append((entry.seq, self._reserve_slots(contact, entry.seq, frame),
+                                 frame))
+                elif not entry.mailbox_stored and (
+                        force or now - state.last_sent.get(entry.seq, 0.0) >= RETRANSMIT_AFTER):
+                    jobs.append((entry.seq, entry.mailbox_index, frame))
+            for seq, _index, _frame in jobs:
+                state.last_sent[seq] = now
+        for seq, index, frame in jobs:
+            if await self._to_mailbox(contact, seq, frame, index=index):
+                with self.history.transaction() as db:
+                    db.execute("UPDATE outbox SET mailbox_stored = 1 WHERE contact = ? AND "
+                               "seq = ?", (contact, seq))
+
+    def _reserve_slots(self, contact: bytes, seq: int, frame: bytes) -> int:
+        """Assign the next mailbox slots to a frame (recorded on its outbox entry)."""
+        index: int = self.history.conversation(contact)["mailbox_out_index"]
+        with self.history.transaction() as db:
+            if seq:
+                db.execute("UPDATE outbox SET mailbox_index = ? WHERE contact = ? AND seq = ?",
+                           (index, contact, seq))
+            self.history.update_conversation(db, contact,
+                                             mailbox_out_index=index + len(_split(frame)))
+        return index
 
     async def _to_mailbox(self, contact: bytes, seq: int, frame: bytes,
                           index: int | None = None) -> bool:
         """Put a frame in the next mailbox slots (or at slot ``index`` again); frames larger
-        than one record are split over consecutive slots."""
+        than one record are split over consecutive slots. True when every slot was stored."""
         link = self._link(contact)
         node = self.daemon.node
         if link is None or node is None:
             return False
         parts = _split(frame)
         if index is None:
-            index = self.history.conversation(contact)["mailbox_out_index"]
-            with self.history.transaction() as db:
-                if seq:
-                    db.execute("UPDATE outbox SET mailbox_index = ? WHERE contact = ? AND "
-                               "seq = ?", (index, contact, seq))
-                self.history.update_conversation(db, contact,
-                                                 mailbox_out_index=index + len(parts))
+            index = self._reserve_slots(contact, seq, frame)
         results = await asyncio.gather(*(self._put_slot(contact, index + i, part)
                                          for i, part in enumerate(parts)))
         return all(results)
@@ -370,9 +401,8 @@ class Messenger:
 
     # ------------------------------------------------------------------ receiving
 
-    def attach(self, link: Link, channel: RTCDataChannel) -> None:
-        """Route a newly opened data channel's messages here, resend the outbox and resume
-        incoming files."""
+    def listen(self, link: Link, channel: RTCDataChannel) -> None:
+        """Route a data channel's messages here (called as soon as the channel exists)."""
         contact = link.public_key
 
         @channel.on("message")
@@ -384,6 +414,9 @@ class Messenger:
             else:
                 self.daemon._spawn(self.on_frame(contact, data))
 
+    def attach(self, link: Link, channel: RTCDataChannel) -> None:
+        """The connection is up: resend the outbox and resume incoming files."""
+        contact = link.public_key
         self.daemon._spawn(self.flush(contact, force=True))
         self.daemon._spawn(self.files.resume(contact))
         self.daemon._spawn(self._send_control(contact, self._ack_payload(contact)))
@@ -402,6 +435,9 @@ class Messenger:
                               or self.history.has_incoming(contact, frame.seq)):
                 self._schedule_ack(contact)  # a retransmission: our ack was lost
                 return
+            if frame.seq >= conversation["next_in_seq"] + MAX_REORDER:
+                log.info("dropped a frame %d ahead of the next expected one", frame.seq)
+                return  # the sender retransmits it once the gap is filled
             convo = self._conversation(contact)
             initial = is_initial_message(frame.body)
             try:
@@ -463,10 +499,12 @@ class Messenger:
             if payload.kind == "timer":
                 text = _timer_text(payload.timer)
                 self.history.update_conversation(db, contact, timer=payload.timer)
+            # Incoming ids are namespaced by the sender: a peer cannot collide with our ids.
+            local_id = blake2b_256(b"dhtchat/incoming-id/v1", contact, payload.id)[:16]
             db.execute("INSERT OR IGNORE INTO messages (id, contact, outgoing, seq, sent_at, "
                        "received_at, text, timer, group_id, fetched) "
                        "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
-                       (payload.id or secrets.token_bytes(16), contact, payload.seq,
+                       (local_id, contact, payload.seq,
                         payload.sent_at, time.time(), text, timer, group_id,
                         int(text == "")))
             if payload.seq == next_in:
@@ -528,7 +566,12 @@ class Messenger:
             if channel is not None:
                 channel.send(frame)
                 return
-        await self._to_mailbox(contact, 0, frame)
+            index = self._reserve_slots(contact, 0, frame)
+        for attempt in range(CONTROL_PUT_ATTEMPTS):
+            if await self._to_mailbox(contact, 0, frame, index=index):
+                return
+            await asyncio.sleep(2.0 * (attempt + 1))
+        log.info("could not store a receipt for %s in the DHT", contact.hex()[:12])
 
     # ------------------------------------------------------------------ mailbox reading
 
@@ -556,9 +599,16 @@ class Messenger:
             # A window of slots at once; handled in order up to the first empty slot.
             window = await asyncio.gather(*(fetch(index + j) for j in range(MAILBOX_WINDOW)))
             scanned += MAILBOX_WINDOW
-            for records in window:
+            filled = [bool(r) for r in window]
+            for position, records in enumerate(window):
                 if not records:
-                    return handled
+                    if not any(filled[position + 1:]) or not self._hole_expired(contact, index):
+                        return handled
+                    log.info("skipping mailbox slot %d of %s: still empty %.0f s later while "
+                             "later slots are filled", index, contact.hex()[:12], HOLE_GRACE)
+                    index += 1
+                    self._save_mailbox_index(contact, index)
+                    continue
                 index += 1
                 try:
                     value = link.pair.open_record(Purpose.MAILBOX, MAILBOX_EPOCH, records[0])
@@ -580,6 +630,10 @@ class Messenger:
                 handled += 1
                 self._save_mailbox_index(contact, index)
         return handled
+
+    def _hole_expired(self, contact: bytes, index: int) -> bool:
+        seen = self._holes.setdefault((contact, index), time.time())
+        return time.time() - seen >= HOLE_GRACE
 
     def _save_mailbox_index(self, contact: bytes, index: int) -> None:
         with self.history.transaction() as db:
@@ -603,8 +657,12 @@ class Messenger:
 
     async def maintenance(self, contacts: list[bytes]) -> None:
         """Republish prekeys when they changed, retransmit, read mailboxes."""
-        if self.prekeys.maintain(time.time()):
+        changed = self.prekeys.maintain(time.time())
+        stock = (self.prekeys.one_time_prekeys_left(), self.prekeys.bundle(0))
+        if changed or stock != self._prekeys_published:
+            # Any consumed prekey may sit in some contact's bundle_for() view: republish all.
             self._save_prekeys()
+            self._prekeys_published = stock
             for contact in contacts:
                 await self.publish_prekeys(contact)
         now = time.time()
@@ -624,6 +682,7 @@ class Messenger:
         deadline = time.monotonic() + wait
         while True:
             messages = self.history.unfetched(limit)
+            messages = _cap_bytes(messages)
             if messages or time.monotonic() >= deadline:
                 break
             async with self._arrived:
@@ -765,6 +824,16 @@ class Messenger:
             return False
         await self._send_control(contact, Payload("typing"))
         return True
+
+
+def _cap_bytes(messages: list[StoredMessage]) -> list[StoredMessage]:
+    """The longest prefix whose API reply stays under MAX_RECEIVE_BYTES (at least one)."""
+    size = 0
+    for count, message in enumerate(messages):
+        size += len(message.text.encode("utf-8")) + 400
+        if size > MAX_RECEIVE_BYTES:
+            return messages[:max(count, 1)]
+    return messages
 
 
 def _timer_text(seconds: int) -> str:

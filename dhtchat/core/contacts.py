@@ -275,7 +275,7 @@ def make_contact_request(
         raise LocalProtocolError(
             f"contact request is {8 + len(sealed)} bytes sealed; a record holds "
             f"{MAX_VALUE_BYTES} (shorten the name or message)")
-    counter = solve_pow(recipient, sealed, pow_bits)
+    counter = solve_pow(recipient + envelope.public_key, sealed, pow_bits)
     return make_record(envelope, RecordType.CONTACT_REQUEST, b"",
                        counter.to_bytes(8, "big") + sealed, seq=0,
                        expires=int(now) + REQUEST_TTL, namespace=recipient)
@@ -294,7 +294,7 @@ def open_contact_request(
     if len(value) < 8 + 32 + _NONCE_BYTES + 16:
         raise RemoteProtocolError("contact request too short")
     counter, sealed = int.from_bytes(value[:8], "big"), value[8:]
-    if not pow_ok(identity.public_key, sealed, counter, pow_bits):
+    if not pow_ok(identity.public_key + record.owner, sealed, counter, pow_bits):
         raise RemoteProtocolError("contact request without enough proof of work")
     ephemeral_public, boxed = sealed[:32], sealed[32:]
     my_private = x25519_private(identity)

@@ -199,7 +199,7 @@ def validate_record(
     if record.expires > now + policy.max_ttl + CLOCK_SKEW_ALLOWANCE:
         raise InvalidRecord("record lifetime exceeds its type's maximum")
     if record.type == RecordType.CONTACT_REQUEST and not (
-        len(record.value) > 8 and pow_ok(record.namespace, record.value[8:],
+        len(record.value) > 8 and pow_ok(record.namespace + record.owner, record.value[8:],
                                          int.from_bytes(record.value[:8], "big"),
                                          REQUEST_POW_BITS)
     ):
