@@ -54,6 +54,7 @@ def _child(scenario: str) -> None:
         "hops_mean": lookups["hops"]["mean"],
         "hops_expected": lookups["hops"]["expected_stutzbach_rejaie"],
         "messages_total": result.metrics["messages_total"],
+        "signatures_verified": result.metrics["signatures_verified"],
         "events": result.metrics["events"],
         "us_per_event": round(wall / max(1, result.metrics["events"]) * 1e6, 2),
     }), flush=True)
@@ -99,7 +100,8 @@ def main() -> int:
                  if spec["target_gb"] else "")
               + f"; success {result['success_rate']}, exact-k {result['exact_k_rate']}, hops "
               f"{result['hops_mean']} (expected {result['hops_expected']}), "
-              f"{result['us_per_event']} us/event")
+              f"{result['us_per_event']} us/event, signatures "
+              f"{'verified' if result['signatures_verified'] else 'not verified'}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

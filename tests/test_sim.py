@@ -12,6 +12,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from dhtchat.core.events import Event, LookupCompleted
+from dhtchat.core.node import DhtConfig
 from dhtchat.core.wire import (
     MAX_DATAGRAM_BYTES,
     Envelope,
@@ -33,7 +35,7 @@ from dhtchat.sim.models import (
     PairwiseLatency,
     latency_from_spec,
 )
-from dhtchat.sim.network import SimNetwork
+from dhtchat.sim.network import SimNetwork, SimNode
 from dhtchat.sim.oracle import ClosestOracle
 from dhtchat.sim.output import metrics_json, write_outputs
 from dhtchat.sim.runner import Scenario, run
@@ -221,8 +223,9 @@ def test_simulate_cli_writes_outputs_with_baseline(tmp_path: Path) -> None:
 def test_padded_requests_are_the_encoding_of_the_padded_struct() -> None:
     # encode_request splices the pad into the unpadded encoding (a simulator hot path): it
     # must give exactly the bytes msgspec gives for the struct with that pad.
-    bodies = [Ping(), FindNode(b"x" * 32), GetValues(b"k" * 32),
-              GetValues(b"k" * 32, b"o" * 32, 70000), Listen(b"l" * 32)]
+    bodies: list[Ping | FindNode | GetValues | Listen] = [
+        Ping(), FindNode(b"x" * 32), GetValues(b"k" * 32),
+        GetValues(b"k" * 32, b"o" * 32, 70000), Listen(b"l" * 32)]
     for body in bodies:
         for token in (b"", b"t" * 16):
             for pad_to in [*range(0, 700), *range(1300, 1500)]:
@@ -235,3 +238,41 @@ def test_padded_requests_are_the_encoding_of_the_padded_struct() -> None:
                 assert sent.body == msgspec.structs.replace(body, pad=pad)
                 assert data == pack(encode_envelope(
                     Envelope(b"i" * 8, b"p" * 32, 1, token, sent.body)))
+
+
+class _OneSlowNode:
+    """20 ms one way, except to and from node ``slow``: 400 ms (an 800 ms round trip)."""
+
+    def __init__(self, slow: int) -> None:
+        self.slow = slow
+
+    def delay(self, src: int, dst: int, rng: random.Random) -> float:
+        return 0.4 if self.slow in (src, dst) else 0.02
+
+
+def test_a_slow_but_live_node_among_the_k_closest_is_still_found() -> None:
+    # The RTO prior from the fast peers is ~0.2 s, so three RTOs (0.6 s) would give up on the
+    # slow node; on a path never measured the hard limit is at least 1 s (design.md sec. 6).
+    slow = 7
+    net = SimNetwork(seed=5, latency=_OneSlowNode(slow),
+                     config=DhtConfig(verify_signatures=False))
+    for _ in range(40):
+        net.add_node()
+    net.warm_start(net.nodes)
+    net.run(net.loop.now + 1.0)
+    found: list[bool] = []
+
+    def on_event(node: SimNode, event: Event) -> None:
+        if isinstance(event, LookupCompleted):
+            found.append(any(c[0] == net.nodes[slow].core.node_id for c in event.contacts))
+
+    net.on_event = on_event
+    target = net.nodes[slow].core.node_id
+    for source in net.nodes[10:30]:
+        # warm the source's RTT prior on fast peers first
+        net.command(source, lambda core, now: core.find_node(bytes(32), now))
+        net.run(net.loop.now + 5.0)
+        net.command(source, lambda core, now: core.find_node(target, now))
+        net.run(net.loop.now + 10.0)
+    assert len(found) == 40
+    assert all(found[1::2])
