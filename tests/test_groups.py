@@ -4,6 +4,7 @@ message between members who are not each other's contacts; forged and foreign up
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,8 @@ from dhtchat.app.messenger import Payload
 from dhtchat.app.profile import Profile
 from dhtchat.core.errors import RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity
+
+GROUP_SIZE = int(os.environ.get("DHTCHAT_GROUP_SIZE", "100"))  # the issue asks for 100
 
 
 def _identity(n: int) -> SigningIdentity:
@@ -59,7 +62,7 @@ def test_hundred_member_group_and_removal(tmp_path: Path) -> None:
         assert admin.node is not None
         members: list[Daemon] = []
         try:
-            for n in range(2, 101):
+            for n in range(2, GROUP_SIZE + 1):
                 members.append(await _daemon(tmp_path, n, [admin.node.address]))
             everyone = [admin, *members]
             await _until(lambda: all(d.joined for d in everyone), 120, "joins")
@@ -73,7 +76,7 @@ def test_hundred_member_group_and_removal(tmp_path: Path) -> None:
             started = time.monotonic()
             state = await admin.messenger.create_group(
                 "hundred", [m.identity.public_key for m in members])
-            assert len(state.members) == 100
+            assert len(state.members) == GROUP_SIZE
 
             def got_update() -> bool:
                 return all(m.messenger is not None and m.messenger.groups.get(state.id)
@@ -94,7 +97,7 @@ def test_hundred_member_group_and_removal(tmp_path: Path) -> None:
             assert not missing, f"members without the message: {missing}"
             delivered_in = time.monotonic() - started
             # Remove one member: it learns it was removed and gets nothing later.
-            removed = members[41]
+            removed = members[len(members) // 2]
             await admin.messenger.change_group(state.id,
                                                remove=[removed.identity.public_key])
             await admin.messenger.send_group_text(state.id, "after the removal")

@@ -71,6 +71,7 @@ MAILBOX_WINDOW: Final = 8  # slots fetched in parallel
 MAILBOX_PART: Final = 800  # frame bytes per slot (sealed + signed it fits a 1000-byte record)
 MAX_PARTS: Final = 128  # 100 KiB per mailbox message
 CONTROL_PUT_ATTEMPTS: Final = 4
+MAX_CONCURRENT_PUTS: Final = 8  # mailbox slot puts in flight per daemon
 HOLE_GRACE: Final = 120.0  # an empty slot followed by filled ones is skipped after this long
 MAX_REORDER: Final = 1000  # frames further ahead of the next expected one are not stored
 ACK_DELAY: Final = 0.05
@@ -164,6 +165,7 @@ class Messenger:
         self.undecryptable = 0
         self._last_slot_seq = 0
         self._holes: dict[tuple[bytes, int], float] = {}
+        self._put_slots = asyncio.Semaphore(MAX_CONCURRENT_PUTS)
         self._prekeys_published: tuple[int, bytes] | None = None
 
     # ------------------------------------------------------------------ plumbing
@@ -385,9 +387,10 @@ class Messenger:
             Purpose.MAILBOX, MAILBOX_EPOCH, value, seq=self._slot_seq(now),
             expires=int(now) + (TOMBSTONE_TTL if tombstone else MAILBOX_TTL),
             random_bytes=secrets.token_bytes, salt=index.to_bytes(8, "big"))
-        with contextlib.suppress(TimeoutError, ConnectionError):
-            result = await node.put(record, republish=True)
-            return result.stored > 0
+        async with self._put_slots:  # bounded: a big fan-out must not swamp the node
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                result = await node.put(record, republish=True)
+                return result.stored > 0
         return False
 
     def _slot_seq(self, now: float) -> int:
