@@ -28,6 +28,12 @@ CASES: list[tuple[str, bool, list[str]]] = [
         r"^Bob listens on [0-9a-f]{16}\.\.\.$",
         r"^update received: 'online' \(seq 2\)",
     ]),
+    ("two_daemons_chat.py", False, [
+        r"^Bob got a request from Alice: \"hi Bob, it's Alice\"$",
+        r"^Alice and Bob are contacts$",
+        r"^connected direct: host <-> host in \d+ ms$",
+        r"^Bob received 'hello Bob'; Alice has the delivery receipt: True",
+    ]),
     ("identity_and_fingerprint.py", False, [
         r"^Alice's user id: [a-z2-7]{58}$",
         r"^typo detected: +user id checksum mismatch",
