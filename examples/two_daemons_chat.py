@@ -59,6 +59,9 @@ async def main() -> None:
             received = await api(bob, "message.receive", wait=10)
             print(f"Bob received {received[0]['text']!r}; Alice has the delivery receipt: "
                   f"{sent['delivered']} ({(time.monotonic() - started) * 1000:.0f} ms)")
+            if received[0]["text"] != "hello Bob" or not sent["delivered"]:
+                raise SystemExit("FAILED: the message did not arrive with its receipt")
+            print("OK: end-to-end encrypted message delivered exactly once, with a receipt")
         finally:
             for daemon in daemons.values():
                 await daemon.stop()

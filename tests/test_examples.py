@@ -33,6 +33,7 @@ CASES: list[tuple[str, bool, list[str]]] = [
         r"^Alice and Bob are contacts$",
         r"^connected direct: host <-> host in \d+ ms$",
         r"^Bob received 'hello Bob'; Alice has the delivery receipt: True",
+        r"^OK: end-to-end encrypted message delivered exactly once, with a receipt$",
     ]),
     ("identity_and_fingerprint.py", False, [
         r"^Alice's user id: [a-z2-7]{58}$",
