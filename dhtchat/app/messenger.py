@@ -72,6 +72,7 @@ MAILBOX_PART: Final = 800  # frame bytes per slot (sealed + signed it fits a 100
 MAX_PARTS: Final = 128  # 100 KiB per mailbox message
 CONTROL_PUT_ATTEMPTS: Final = 4
 MAX_CONCURRENT_PUTS: Final = 8  # mailbox slot puts in flight per daemon
+MAINTENANCE_PARALLEL: Final = 8  # contacts served at once by the maintenance pass
 HOLE_GRACE: Final = 120.0  # an empty slot followed by filled ones is skipped after this long
 MAX_REORDER: Final = 1000  # frames further ahead of the next expected one are not stored
 ACK_DELAY: Final = 0.05
@@ -659,24 +660,34 @@ class Messenger:
             await node.put(record, republish=True)
 
     async def maintenance(self, contacts: list[bytes]) -> None:
-        """Republish prekeys when they changed, retransmit, read mailboxes."""
+        """Republish prekeys when they changed, retransmit, read mailboxes: contacts are
+        served concurrently (at most MAINTENANCE_PARALLEL at a time), so one slow contact or
+        a large group does not hold up the others."""
+        gate = asyncio.Semaphore(MAINTENANCE_PARALLEL)
         changed = self.prekeys.maintain(time.time())
         stock = (self.prekeys.one_time_prekeys_left(), self.prekeys.bundle(0))
         if changed or stock != self._prekeys_published:
             # Any consumed prekey may sit in some contact's bundle_for() view: republish all.
             self._save_prekeys()
             self._prekeys_published = stock
-            for contact in contacts:
-                await self.publish_prekeys(contact)
+
+            async def publish(contact: bytes) -> None:
+                async with gate:
+                    await self.publish_prekeys(contact)
+            await asyncio.gather(*(publish(c) for c in contacts))
         now = time.time()
         self.history.delete_expired(now)
-        for contact in contacts:
-            state = self._state(contact)
-            if self.history.outbox(contact):
-                await self.flush(contact)
-            if self._channel(contact) is None and now - state.mailbox_polled >= MAILBOX_POLL:
-                state.mailbox_polled = now
-                await self.poll_mailbox(contact)
+
+        async def serve(contact: bytes) -> None:
+            async with gate:
+                state = self._state(contact)
+                if self.history.outbox(contact):
+                    await self.flush(contact)
+                if self._channel(contact) is None and \
+                        now - state.mailbox_polled >= MAILBOX_POLL:
+                    state.mailbox_polled = now
+                    await self.poll_mailbox(contact)
+        await asyncio.gather(*(serve(c) for c in contacts))
 
     # ------------------------------------------------------------------ API helpers
 
