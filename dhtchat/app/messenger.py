@@ -73,6 +73,7 @@ MAX_PARTS: Final = 128  # 100 KiB per mailbox message
 CONTROL_PUT_ATTEMPTS: Final = 4
 MAX_CONCURRENT_PUTS: Final = 8  # mailbox slot puts in flight per daemon
 MAINTENANCE_PARALLEL: Final = 8  # contacts served at once by the maintenance pass
+INBOUND_QUEUE: Final = 4096  # data-channel frames waiting per contact
 HOLE_GRACE: Final = 120.0  # an empty slot followed by filled ones is skipped after this long
 MAX_REORDER: Final = 1000  # frames further ahead of the next expected one are not stored
 ACK_DELAY: Final = 0.05
@@ -142,6 +143,8 @@ class _ContactState:
     mailbox_polled: float = 0.0
     read_sent: int = 0
     typing_until: float = 0.0
+    inbound: asyncio.Queue[bytes] | None = None
+    inbound_task: asyncio.Task[None] | None = None
 
 
 class Messenger:
@@ -164,6 +167,7 @@ class Messenger:
         self._arrived = asyncio.Condition()
         self._delivered = asyncio.Condition()
         self.undecryptable = 0
+        self.dropped_frames = 0
         self._last_slot_seq = 0
         self._holes: dict[tuple[bytes, int], float] = {}
         self._put_slots = asyncio.Semaphore(MAX_CONCURRENT_PUTS)
@@ -416,7 +420,29 @@ class Messenger:
             if data[:1] == CHUNK_MARK:
                 self.files.on_chunk(contact, data)
             else:
-                self.daemon._spawn(self.on_frame(contact, data))
+                self._queue_frame(contact, data)
+
+    def _queue_frame(self, contact: bytes, data: bytes) -> None:
+        """One consumer per contact and a bounded queue: a flooding peer costs at most
+        INBOUND_QUEUE frames of memory (dropped ones are retransmitted if they mattered)."""
+        state = self._state(contact)
+        if state.inbound is None:
+            state.inbound = asyncio.Queue(maxsize=INBOUND_QUEUE)
+        try:
+            state.inbound.put_nowait(data)
+        except asyncio.QueueFull:
+            self.dropped_frames += 1
+            return
+        if state.inbound_task is None or state.inbound_task.done():
+            state.inbound_task = self.daemon._spawn(self._drain(contact, state.inbound))
+
+    async def _drain(self, contact: bytes, queue: asyncio.Queue[bytes]) -> None:
+        while not queue.empty():
+            data = queue.get_nowait()
+            try:
+                await self.on_frame(contact, data)
+            except Exception:  # one bad frame must not stop the contact's others
+                log.exception("error handling a frame from %s", contact.hex()[:12])
 
     def attach(self, link: Link, channel: RTCDataChannel) -> None:
         """The connection is up: resend the outbox and resume incoming files."""
