@@ -121,12 +121,12 @@ class FileTransfers:
 
     def get(self, file_id: bytes) -> FileEntry | None:
         """A transfer by id."""
-        row = self.history._db.execute(_SELECT + " WHERE id = ?", (file_id,)).fetchone()
+        row = self.history.db.execute(_SELECT + " WHERE id = ?", (file_id,)).fetchone()
         return FileEntry(*_convert(row)) if row else None
 
     def all(self) -> list[FileEntry]:
         """Every transfer, newest first."""
-        rows = self.history._db.execute(_SELECT + " ORDER BY created DESC").fetchall()
+        rows = self.history.db.execute(_SELECT + " ORDER BY created DESC").fetchall()
         return [FileEntry(*_convert(r)) for r in rows]
 
     # ------------------------------------------------------------------ sending

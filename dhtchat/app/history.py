@@ -26,8 +26,6 @@ import sqlcipher3  # type: ignore[import-untyped]  # no stubs; the sqlite3 API
 from dhtchat.app.keystore import write_private_file
 from dhtchat.core.ids import blake2b_256
 
-SCHEMA_VERSION: Final = 1
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS conversations (
@@ -126,6 +124,12 @@ class History:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(_SCHEMA)
+
+    @property
+    def db(self) -> Any:
+        """The connection, for reads by the modules that keep their tables here (files,
+        groups); writes go through :meth:`transaction`."""
+        return self._db
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:

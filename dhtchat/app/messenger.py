@@ -163,7 +163,7 @@ class Messenger:
         self._save_prekeys()
         self._states: dict[bytes, _ContactState] = {}
         self.files = FileTransfers(self, daemon.profile.root / "files")
-        self.groups = GroupStore(history._db)
+        self.groups = GroupStore(history.db)
         self._arrived = asyncio.Condition()
         self._delivered = asyncio.Condition()
         self.undecryptable = 0
