@@ -136,7 +136,7 @@ def test_offline_delivery_through_mailboxes(tmp_path: Path, dht: DhtProcess) -> 
         bob = DaemonProcess(bob.profile, _args(dht, "Bob"))
         bob.wait_ready()
         started = time.monotonic()
-        got = _receive_all(bob, 50, 120)
+        got = _receive_all(bob, 50, 240)
         print(f"\n50 offline messages fetched from the DHT in {time.monotonic() - started:.1f} s")
         assert [m["text"] for m in got] == texts
         assert [m["seq"] for m in got] == list(range(2, 52))

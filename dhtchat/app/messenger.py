@@ -74,6 +74,7 @@ CONTROL_PUT_ATTEMPTS: Final = 4
 MAX_CONCURRENT_PUTS: Final = 8  # mailbox slot puts in flight per daemon
 MAINTENANCE_PARALLEL: Final = 8  # contacts served at once by the maintenance pass
 INBOUND_QUEUE: Final = 4096  # data-channel frames waiting per contact
+MIN_SLOT_STORERS: Final = 3  # acknowledgements a mailbox slot needs to count as stored
 HOLE_GRACE: Final = 120.0  # an empty slot followed by filled ones is skipped after this long
 MAX_REORDER: Final = 1000  # frames further ahead of the next expected one are not stored
 ACK_DELAY: Final = 0.05
@@ -395,7 +396,9 @@ class Messenger:
         async with self._put_slots:  # bounded: a big fan-out must not swamp the node
             with contextlib.suppress(TimeoutError, ConnectionError):
                 result = await node.put(record, republish=True)
-                return result.stored > 0
+                # One storer is not enough for a record the reader must find by lookup:
+                # below MIN_SLOT_STORERS the slot is put again on a later flush.
+                return result.stored >= min(MIN_SLOT_STORERS, max(1, result.attempted))
         return False
 
     def _slot_seq(self, now: float) -> int:
@@ -630,7 +633,10 @@ class Messenger:
             window = await asyncio.gather(*(fetch(index + j) for j in range(MAILBOX_WINDOW)))
             scanned += MAILBOX_WINDOW
             filled = [bool(r) for r in window]
-            for position, records in enumerate(window):
+            for position, fetched in enumerate(window):
+                records = fetched
+                if not records and any(filled[position + 1:]):
+                    records = await fetch(index)  # likely a lookup that missed: ask again
                 if not records:
                     if not any(filled[position + 1:]) or not self._hole_expired(contact, index):
                         return handled
