@@ -3,6 +3,8 @@ network namespace), and a throwaway DHT from :mod:`tests.dhtnet`."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -12,9 +14,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dhtchat.app.rpc import DaemonNotRunning, call
+
 REPO = Path(__file__).resolve().parent.parent
 Wrap = Callable[[list[str]], list[str]]
 PASSPHRASE = "correct horse battery staple"
+_hosts = itertools.count(40)
+
+
+def next_host() -> str:
+    """A fresh 127.0.N.1 loopback address for a daemon's DHT node. Each daemon gets its own
+    /24, as machines on the Internet would: DHT nodes rate-limit and charge storage per /24
+    (512 records per subnet), so daemons sharing 127.0.0.1 would exhaust one shared quota."""
+    return f"127.0.{next(_hosts)}.1"
 
 
 def _env() -> dict[str, str]:
@@ -55,13 +67,15 @@ class DaemonProcess:
                                      env=_env())
 
     def status(self) -> dict[str, Any] | None:
-        """The daemon's ``status`` (None while it is not answering yet)."""
+        """The daemon's ``status`` once it has joined the DHT (None before)."""
         if not (self.profile / "daemon.sock").exists():
             return None
-        result = cli(self.profile, "contact", "list", "--json", check=False, timeout=20)
-        if result.returncode != 0:
+        try:
+            status: dict[str, Any] = asyncio.run(
+                call(self.profile / "daemon.sock", "status", {}, 20))
+        except (DaemonNotRunning, ConnectionError, TimeoutError, OSError, ValueError):
             return None
-        return {"contacts": json.loads(result.stdout)}
+        return status if status.get("joined") else None
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the API answers."""

@@ -24,6 +24,7 @@ from tests.daemons import (
     cli,
     make_contacts,
     new_identity,
+    next_host,
 )
 
 pytestmark = pytest.mark.timeout(240)
@@ -39,7 +40,7 @@ def dht() -> Iterator[DhtProcess]:
 def _start(tmp: Path, name: str, dht: DhtProcess, *extra: str) -> tuple[DaemonProcess, str]:
     profile = tmp / name
     user_id = new_identity(profile)
-    args = ["--port", "0", "--host", "127.0.0.1", "--ice-address", "127.0.0.1",
+    args = ["--port", "0", "--host", next_host(), "--ice-address", "127.0.0.1",
             "--name", name.capitalize()]
     for address in dht.bootstrap:
         args += ["--bootstrap", address]

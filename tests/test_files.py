@@ -17,7 +17,7 @@ import pytest
 
 from dhtchat.app.files import CHUNK_MARK, chunk_nonce, seal_chunk
 from dhtchat.app.rpc import call
-from tests.daemons import DaemonProcess, DhtProcess, cli, make_contacts, new_identity
+from tests.daemons import DaemonProcess, DhtProcess, cli, make_contacts, new_identity, next_host
 
 SIZE = 200 * 1024 * 1024
 
@@ -30,7 +30,7 @@ def dht() -> Iterator[DhtProcess]:
 
 
 def _args(dht: DhtProcess, name: str) -> list[str]:
-    args = ["--port", "0", "--host", "127.0.0.1", "--ice-address", "127.0.0.1", "--name", name]
+    args = ["--port", "0", "--host", next_host(), "--ice-address", "127.0.0.1", "--name", name]
     for address in dht.bootstrap:
         args += ["--bootstrap", address]
     return args

@@ -18,7 +18,7 @@ import pytest
 
 from dhtchat.app.history import History, HistoryLocked
 from dhtchat.app.rpc import DaemonNotRunning, RpcError, call
-from tests.daemons import DaemonProcess, DhtProcess, cli, make_contacts, new_identity
+from tests.daemons import DaemonProcess, DhtProcess, cli, make_contacts, new_identity, next_host
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -31,7 +31,7 @@ def dht() -> Iterator[DhtProcess]:
 
 
 def _args(dht: DhtProcess, name: str) -> list[str]:
-    args = ["--port", "0", "--host", "127.0.0.1", "--ice-address", "127.0.0.1",
+    args = ["--port", "0", "--host", next_host(), "--ice-address", "127.0.0.1",
             "--name", name]
     for address in dht.bootstrap:
         args += ["--bootstrap", address]

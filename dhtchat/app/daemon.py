@@ -947,6 +947,7 @@ class Daemon:
         outbox = self.history.outbox() if self.history is not None else []
         return {
             "id": self.identity.user_id,
+            "joined": self.joined,
             "dht_address": format_address(node.address) if node else None,
             "dht_contacts": len(node.core.table) if node else 0,
             "stun_answered": node.stun_answered if node else 0,
