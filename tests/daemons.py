@@ -26,7 +26,8 @@ def next_host() -> str:
     """A fresh 127.0.N.1 loopback address for a daemon's DHT node. Each daemon gets its own
     /24, as machines on the Internet would: DHT nodes rate-limit and charge storage per /24
     (512 records per subnet), so daemons sharing 127.0.0.1 would exhaust one shared quota."""
-    return f"127.0.{next(_hosts)}.1"
+    n = next(_hosts)
+    return f"127.{n // 250}.{n % 250 + 1}.1"
 
 
 def _env() -> dict[str, str]:
@@ -60,7 +61,9 @@ class DaemonProcess:
     def __init__(self, profile: Path, args: Sequence[str], wrap: Wrap | None = None) -> None:
         self.profile = profile
         self.log_path = profile / "daemon.log"
-        argv = [sys.executable, "-m", "dhtchat", "--profile", str(profile), "daemon", *args]
+        verbose = ["-v"] if os.environ.get("DHTCHAT_DAEMON_VERBOSE") else []
+        argv = [sys.executable, "-m", "dhtchat", *verbose, "--profile", str(profile), "daemon",
+                *args]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen((wrap or (lambda a: a))(argv), stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -1,5 +1,6 @@
 """Groups: a large group of in-process daemons over a real loopback DHT; removal; a
-message between members who are not each other's contacts; forged and foreign updates."""
+message between members who are not each other's contacts (relayed by the admin); forged,
+foreign and wrongly relayed messages."""
 
 from __future__ import annotations
 
@@ -9,20 +10,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from dhtchat.app.daemon import Daemon, DaemonOptions
-from dhtchat.app.groups import GroupState, open_state, sign_state
+from dhtchat.app.groups import GroupState, open_state, sign_group_text, sign_state
 from dhtchat.app.messenger import Payload
 from dhtchat.app.profile import Profile
 from dhtchat.core.errors import RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity
+from tests.daemons import next_host
 
-# The issue asks for 100 members. With 100 in-process daemons on this 2-core machine the
-# member list has not reached everyone within 15 minutes yet (60 members: 54 in 89 s, 58 at
-# 293 s; the last ones wait for slow maintenance rounds). Until that is fixed the default run
-# uses 20; DHTCHAT_GROUP_SIZE=100 reproduces the gap.
-GROUP_SIZE = int(os.environ.get("DHTCHAT_GROUP_SIZE", "20"))
+# The issue asks for at least 100 members; DHTCHAT_GROUP_SIZE changes it for experiments.
+GROUP_SIZE = int(os.environ.get("DHTCHAT_GROUP_SIZE", "100"))
 PHASE_LIMIT = 600.0
 
 
@@ -31,7 +31,8 @@ def _identity(n: int) -> SigningIdentity:
 
 
 async def _daemon(tmp: Path, n: int, bootstrap: list[tuple[str, int]]) -> Daemon:
-    options = DaemonOptions(port=0, host="127.0.0.1", bootstrap=bootstrap,
+    # Each daemon on its own /24, as on a real network (storers' per-subnet quotas).
+    options = DaemonOptions(port=0, host=next_host(), bootstrap=bootstrap,
                             ice_addresses=["127.0.0.1"], auto_connect=False)
     daemon = Daemon(Profile(tmp / f"d{n}"), _identity(n), options)
     await daemon.start()
@@ -106,6 +107,21 @@ def test_large_group_and_removal(tmp_path: Path) -> None:
                        _texts(m, state.id)]
             assert not missing, f"members without the message: {missing}"
             delivered_in = time.monotonic() - started
+            # A member who is a contact of the admin only writes to the group: the admin
+            # relays it to the 98 others.
+            author = members[0]
+            assert author.messenger is not None
+            await author.messenger.send_group_text(state.id, "from a member")
+            deadline = time.monotonic() + PHASE_LIMIT
+            while time.monotonic() < deadline:
+                if all("from a member" in _texts(m, state.id) for m in members[1:]):
+                    break
+                await admin.messenger.poll_mailbox(author.identity.public_key)
+                await _poll(members[1:], admin)
+            missing = [i for i, m in enumerate(members[1:]) if "from a member" not in
+                       _texts(m, state.id)]
+            assert not missing, f"members without the relayed message: {missing}"
+            relayed_in = time.monotonic() - started - delivered_in
             # Remove one member: it learns it was removed and gets nothing later.
             removed = members[len(members) // 2]
             await admin.messenger.change_group(state.id,
@@ -124,20 +140,23 @@ def test_large_group_and_removal(tmp_path: Path) -> None:
             assert "after the removal" not in _texts(removed, state.id)
             assert removed.history is not None
             # Not even a ciphertext of it was addressed to the removed member.
-            outbox_to_removed = [e for e in admin.history.outbox(removed.identity.public_key)]
+            assert admin.history is not None
+            outbox_to_removed = admin.history.outbox(removed.identity.public_key)
             assert all(b"after the removal" not in e.payload for e in outbox_to_removed)
             print(f"\n{GROUP_SIZE}-member group: member list + first message at all "
                   f"{GROUP_SIZE - 1} in "
-                  f"{delivered_in:.0f} s (DHT mailboxes, in-process daemons)")
+                  f"{delivered_in:.0f} s; a member's message relayed to all in "
+                  f"{relayed_in:.0f} s (DHT mailboxes, in-process daemons)")
         finally:
-            for daemon in [admin, *members]:
-                await daemon.stop()
+            await asyncio.gather(*(d.stop() for d in [admin, *members]))
 
     asyncio.run(scenario())
 
 
-def test_group_peers_who_are_not_contacts(tmp_path: Path) -> None:
-    """Bob and Carol are contacts of Alice only; in Alice's group they still talk."""
+def test_members_who_are_not_contacts_talk_through_the_admin(tmp_path: Path) -> None:
+    """Bob and Carol are contacts of Alice (the admin) only; in Alice's group they still talk:
+    Alice relays Bob's signed message to Carol. Forged, foreign and wrongly relayed group
+    messages are dropped; a member who leaves is taken off the list by the admin."""
     async def scenario() -> None:
         alice = await _daemon(tmp_path, 1, [])
         assert alice.node is not None
@@ -170,13 +189,22 @@ def test_group_peers_who_are_not_contacts(tmp_path: Path) -> None:
 
             await pump(40, lambda: bob.messenger.groups.get(state.id) is not None  # type: ignore[union-attr]
                        and carol.messenger.groups.get(state.id) is not None)  # type: ignore[union-attr]
-            await bob.messenger.send_group_text(state.id, "bob to the group")
+            sent = await bob.messenger.send_group_text(state.id, "bob to the group")
             await pump(60, lambda: "bob to the group" in _texts(carol, state.id)
                        and "bob to the group" in _texts(alice, state.id))
             assert "bob to the group" in _texts(carol, state.id)
             assert "bob to the group" in _texts(alice, state.id)
-            # Carol and Bob are still not contacts: a 1:1 message between them is refused.
+            assert carol.history is not None
+            relayed = next(m for m in carol.history.group_history(state.id, 10)
+                           if m.text == "bob to the group")
+            # Carol got it from Alice but shows Bob as its author, with Bob's timestamp.
+            assert relayed.contact == alice.identity.public_key
+            assert relayed.author == bob.identity.public_key
+            assert relayed.sent_at == sent.sent_at
+            # Carol and Bob are still not contacts, and nothing went between them directly.
             assert carol.contacts.get(bob.identity.public_key) is None
+            assert bob.history is not None
+            assert not bob.history.outbox(carol.identity.public_key)
 
             # Eve (a contact of Alice, not in the group) forges a group update: refused.
             forged = sign_state(eve.identity, GroupState(state.id, "trio", eve.identity.public_key,
@@ -184,27 +212,61 @@ def test_group_peers_who_are_not_contacts(tmp_path: Path) -> None:
                                                               bob.identity.public_key]))
             with pytest.raises(RemoteProtocolError):
                 open_state(forged, alice.identity.public_key)  # claims to come from Alice
-            state_back = open_state(forged, eve.identity.public_key)
-            assert state_back.admin == eve.identity.public_key  # valid only as Eve's group
-            # Eve's message to the group is dropped by members: she is not in it.
-            # Eve is Bob's contact too, so her messages reach him; her group message is dropped
-            # because she is not in the group, while her 1:1 message arrives (control).
-            eve.contacts.put(bob.identity.public_key, name="bob", state="accepted")
-            bob.contacts.put(eve.identity.public_key, name="eve", state="accepted")
-            eve._link(bob.identity.public_key)
-            bob._link(eve.identity.public_key)
-            await eve.messenger._enqueue(bob.identity.public_key, Payload(
-                "group_text", group_id=state.id, text="eve sneaks in"), "", None)
-            await eve.messenger.send_text(bob.identity.public_key, "eve 1:1")
-            assert bob.history is not None
+            assert open_state(forged, eve.identity.public_key).admin == eve.identity.public_key
 
-            def eve_arrived() -> bool:
-                assert bob.history is not None
-                return any(m.text == "eve 1:1" for m in
-                           bob.history.history(eve.identity.public_key, 50))
-            await pump(60, eve_arrived)
-            assert eve_arrived()
-            assert "eve sneaks in" not in _texts(bob, state.id)
+            # The receiving rules, applied to crafted payloads as they would arrive at Carol.
+            group_id, now = state.id, time.time()
+
+            def text_payload(author: SigningIdentity, text: str, *,
+                             signer: SigningIdentity | None = None) -> Payload:
+                origin = os.urandom(16)
+                return Payload("group_text", group_id=group_id, text=text,
+                               author=author.public_key, origin_id=origin, origin_time=now,
+                               signature=sign_group_text(signer or author, group_id, origin,
+                                                         now, text))
+
+            class Verdict(Exception):  # rolls the transaction back: only the verdict counts
+                pass
+
+            def accepted(sender: Daemon, payload: Payload) -> bool:
+                assert carol.history is not None and carol.messenger is not None
+                try:
+                    with carol.history.transaction() as db:
+                        group, text, _ = carol.messenger._on_group_payload(
+                            db, sender.identity.public_key, payload)
+                        raise Verdict
+                except Verdict:
+                    pass
+                return group is not None and text != ""
+
+            assert accepted(alice, text_payload(bob.identity, "relayed by the admin"))
+            assert accepted(bob, text_payload(bob.identity, "straight from its author"))
+            # Bob claims Alice wrote it (the signature is Bob's): dropped.
+            assert not accepted(alice, text_payload(alice.identity, "x", signer=bob.identity))
+            # Bob relays Alice's genuine message: only the admin relays.
+            assert not accepted(bob, text_payload(alice.identity, "x"))
+            # Eve is not a member: neither her own message nor one "relayed" by her counts.
+            assert not accepted(eve, text_payload(eve.identity, "x"))
+            assert not accepted(eve, text_payload(bob.identity, "x"))
+            # The text was changed after signing.
+            tampered = msgspec.structs.replace(text_payload(bob.identity, "original"),
+                                               text="changed")
+            assert not accepted(alice, tampered)
+
+            # Carol leaves: the admin publishes the list without her; Bob's next message
+            # reaches Alice and not Carol.
+            await carol.messenger.leave_group(state.id)
+            await pump(60, lambda: (g := bob.messenger.groups.get(state.id)) is not None  # type: ignore[union-attr]
+                       and carol.identity.public_key not in g.state.members)
+            group = bob.messenger.groups.get(state.id)
+            assert group is not None and carol.identity.public_key not in group.state.members
+            await bob.messenger.send_group_text(state.id, "after carol left")
+            await pump(60, lambda: "after carol left" in _texts(alice, state.id))
+            assert "after carol left" in _texts(alice, state.id)
+            assert alice.history is not None
+            assert all(b"after carol left" not in e.payload
+                       for e in alice.history.outbox(carol.identity.public_key))
+            assert "after carol left" not in _texts(carol, state.id)
         finally:
             for daemon in everyone:
                 await daemon.stop()

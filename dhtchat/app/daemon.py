@@ -147,7 +147,6 @@ class Link:
     next_attempt: float = 0.0
     backoff: float = 1.0
     attempt: asyncio.Task[dict[str, Any]] | None = None
-    group_only: bool = False  # a fellow group member who is not a contact
     refreshing: bool = False
     presence_checked: float = 0.0
     processed: dict[tuple[bytes, int], None] = field(default_factory=dict)
@@ -190,6 +189,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inbox: Subscription | None = None
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()  # something changed: run the maintenance loop now
         self.history: History | None = None
         self._stop_task: asyncio.Future[None] | None = None
         self.messenger: Messenger | None = None
@@ -267,9 +267,9 @@ class Daemon:
         self.joined = True
         for entry in self.contacts.all("accepted"):
             self._link(entry.public_key)
-        await self.group_peers_changed()
         self._spawn(self._inbox_loop())
         self._spawn(self._maintenance_loop())
+        self._spawn(self._message_loop())
 
     async def serve_forever(self) -> None:
         """Run until :meth:`stop` (or SIGINT/SIGTERM in the CLI)."""
@@ -341,9 +341,6 @@ class Daemon:
 
     def _link(self, public_key: bytes) -> Link:
         link = self.links.get(public_key)
-        if link is not None and link.group_only:  # a group peer became a contact
-            link.group_only, link.wanted = False, self.options.auto_connect
-            self._spawn(self._refresh_channels(link))
         if link is None:
             link = Link(public_key, Pair.derive(self.identity, public_key),
                         wanted=self.options.auto_connect)
@@ -352,22 +349,6 @@ class Daemon:
             if self.messenger is not None:
                 self._spawn(self.messenger.publish_prekeys(public_key))
         return link
-
-    async def group_peers_changed(self) -> None:
-        """Give every fellow group member a (group-only) link: pair channels for prekeys and
-        mailboxes, no presence, no connections."""
-        if self.messenger is None:
-            return
-        for peer in sorted(self.messenger.groups.peers(self.identity.public_key)):
-            if peer in self.links:
-                continue
-            entry = self.contacts.get(peer)
-            if entry is not None and entry.state == "blocked":
-                continue
-            link = Link(peer, Pair.derive(self.identity, peer), wanted=False, group_only=True)
-            self.links[peer] = link
-            if self.joined:
-                self._spawn(self.messenger.publish_prekeys(peer))
 
     def _resolve(self, text: Any, *, accepted_only: bool = False) -> ContactEntry | bytes:
         if not isinstance(text, str) or not text:
@@ -524,29 +505,36 @@ class Daemon:
             if epoch not in epochs:
                 sub.close()
                 del link.subscriptions[(purpose, epoch)]
-        for epoch in sorted(epochs):
-            for purpose in (Purpose.SIGNAL, Purpose.PRESENCE):
-                if (purpose, epoch) in link.subscriptions:
-                    continue
-                key = link.pair.channel_key(purpose, link.public_key, epoch)
-                try:
-                    sub = await self.node.listen(key)
-                except TimeoutError:
-                    continue
-                link.subscriptions[(purpose, epoch)] = sub
-                handler = self._signal_handler(link, epoch) if purpose is Purpose.SIGNAL \
-                    else self._presence_handler(link, epoch)
-                self._spawn(self._consume(sub, handler))
-                with contextlib.suppress(TimeoutError):
-                    for record in await self.node.get(key):
-                        await handler(record)
         current = epoch_of(now)
-        for epoch in sorted(epochs):
-            if epoch < current:
-                continue
-            last = link.presence_published.get(epoch, 0.0)
-            if now - last >= PRESENCE_REPUBLISH:
-                await self._publish_presence(link, epoch, now)
+        jobs: list[Awaitable[None]] = [
+            self._publish_presence(link, epoch, now) for epoch in sorted(epochs)
+            if epoch >= current and now - link.presence_published.get(epoch, 0.0)
+            >= PRESENCE_REPUBLISH]
+        jobs += [self._subscribe(link, purpose, epoch) for epoch in sorted(epochs)
+                 for purpose in (Purpose.SIGNAL, Purpose.PRESENCE)
+                 if (purpose, epoch) not in link.subscriptions]
+        # All at once: each is a DHT lookup that may wait out a dead node's timeout, and the
+        # contact is waiting for our presence.
+        await asyncio.gather(*jobs)
+
+    async def _subscribe(self, link: Link, purpose: Purpose, epoch: int) -> None:
+        """Listen on one of the contact's channels, then read what is already there."""
+        assert self.node is not None
+        key = link.pair.channel_key(purpose, link.public_key, epoch)
+        try:
+            sub = await self.node.listen(key)
+        except TimeoutError:
+            return
+        if self._stopping.is_set() or (purpose, epoch) in link.subscriptions:
+            sub.close()
+            return
+        link.subscriptions[(purpose, epoch)] = sub
+        handler = self._signal_handler(link, epoch) if purpose is Purpose.SIGNAL \
+            else self._presence_handler(link, epoch)
+        self._spawn(self._consume(sub, handler))
+        with contextlib.suppress(TimeoutError):
+            for record in await self.node.get(key):
+                await handler(record)
 
     async def _publish_presence(self, link: Link, epoch: int, now: float, *,
                                 online: bool = True) -> None:
@@ -586,6 +574,8 @@ class Daemon:
             link.presence, link.presence_seen = presence, time.time()
             if restarted and link.wanted and link.status != "connected":
                 link.next_attempt = 0.0  # the peer came back: try again now
+            if link.wanted and link.status != "connected":
+                self._wake.set()
         return handle
 
     def _signal_handler(self, link: Link, epoch: int) -> Callable[[Record], Awaitable[None]]:
@@ -883,28 +873,39 @@ class Daemon:
                 await self._presence_handler(link, epoch)(record)
 
     async def _maintenance_loop(self) -> None:
-        """Epoch rollover, presence republishing and reconnection of wanted contacts."""
+        """Epoch rollover, presence republishing and reconnection of wanted contacts.
+
+        Nothing slow is awaited here: channel refreshes and presence polls run as their own
+        tasks (one per link at a time) and messages have their own loop, so a DHT timeout on
+        one contact never delays a connection attempt to another. A fresh presence record
+        wakes the loop at once."""
         while not self._stopping.is_set():
+            self._wake.clear()
             now = time.time()
             for link in list(self.links.values()):
                 entry = self.contacts.get(link.public_key)
                 if entry is None or entry.state != "accepted":
                     continue
-                await self._refresh_channels(link)
+                if not link.refreshing:
+                    self._spawn(self._refresh_channels(link))
                 idle = link.attempt is None or link.attempt.done()
                 if link.wanted and link.status != "connected" and idle \
                         and now - link.presence_checked >= PRESENCE_POLL:
                     link.presence_checked = now  # a missed push must not hide a contact
-                    await self._poll_presence(link, now)
+                    self._spawn(self._poll_presence(link, now))
                 if link.wanted and link.status != "connected" and idle \
                         and now >= link.next_attempt and link.online:
                     # Both sides may try at once; the glare rule in handle_signal keeps one.
                     link.attempt = self._spawn(self._offer(link, self.options.connect_timeout))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), MAINTENANCE_PERIOD)
+
+    async def _message_loop(self) -> None:
+        """Prekeys, retransmissions and mailbox reads, every MAINTENANCE_PERIOD."""
+        while not self._stopping.is_set():
             if self.messenger is not None:
                 accepted = [e.public_key for e in self.contacts.all("accepted")
                             if e.public_key in self.links]
-                accepted += [key for key, link in self.links.items()
-                             if link.group_only and key not in accepted]
                 try:
                     await self.messenger.maintenance(accepted)
                 except (ConnectionError, TimeoutError) as exc:
@@ -1071,7 +1072,8 @@ class Daemon:
         return found
 
     def _message_json(self, message: Any) -> dict[str, Any]:
-        return message_json(message, self.identity.user_id, encode_user_id(message.contact))
+        sender = message.author if message.author is not None else message.contact
+        return message_json(message, self.identity.user_id, encode_user_id(sender))
 
     def _group(self, value: Any) -> Group:
         assert self.messenger is not None

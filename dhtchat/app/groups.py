@@ -8,15 +8,20 @@ Theory of operation (Signal's original "private groups", client-side fan-out):
   ratchet (so it is delivered exactly once, online or through the DHT mailbox). A member
   accepts a state only if the admin's signature verifies, the admin is the one who sent it
   and the version is newer than what it has.
-* A group message is sent separately to every other member over the pair's own Double
-  Ratchet session, tagged with the group id. A receiver accepts it only if the sender is in
-  its current member list. A removed member gets the new member list and no later message:
-  it is never encrypted to it (forward secrecy for the group follows from the pairwise
-  ratchets).
-* Members that are not each other's contacts talk as *group peers*: the pair secret exists for
-  any two keys (X25519), so they use the same pair channels (prekeys, mailbox) as contacts, but
-  only group messages are accepted from them, never 1:1 messages, presence or connection
-  offers.
+* The admin is the group's hub. A member's group message is signed by its author's identity
+  key (over group id, message id, time and text) and sent to the admin over their pairwise
+  Double Ratchet; the admin stores it and, in the same transaction, queues a copy (same
+  author, same signature) to every other member over each pair's own ratchet. The admin's own
+  messages go straight to every member. A receiver accepts a group message only if its author
+  is in the current member list, the author's signature verifies, and it came from the author
+  or from the admin. So every member holds one session (with the admin) instead of n - 1, and
+  the DHT carries O(n) prekey bundles and mailboxes per group instead of O(n^2). The price:
+  while the admin is offline, members' messages wait in the admin's mailbox (nothing is lost,
+  delivery is late), and the admin sees who sends what when (it is a member and reads the
+  group anyway); it cannot forge another member's message.
+* A removed member gets the new member list and no later message: nothing is ever encrypted
+  to it again (forward secrecy for the group follows from the pairwise ratchets). A member
+  who leaves tells the admin, who publishes the list without it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dhtchat.core.identity import SigningIdentity, encode_user_id, verify_signat
 
 MAX_MEMBERS: Final = 1000
 _SIG_DOMAIN: Final = b"dhtchat/group-state/v1"
+_TEXT_DOMAIN: Final = b"dhtchat/group-text/v1"
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS groups (
@@ -82,6 +88,23 @@ def open_state(data: bytes, sender: bytes) -> GroupState:
     if not verify_signature(state.admin, state.signed_bytes(), state.signature):
         raise RemoteProtocolError("group state signature is not the admin's")
     return state
+
+
+def _text_bytes(group_id: bytes, message_id: bytes, sent_at: float, text: str) -> bytes:
+    return _TEXT_DOMAIN + _encoder.encode((group_id, message_id, sent_at, text))
+
+
+def sign_group_text(author: SigningIdentity, group_id: bytes, message_id: bytes,
+                    sent_at: float, text: str) -> bytes:
+    """The author's signature over one group message (the admin relays it unchanged)."""
+    return author.sign(_text_bytes(group_id, message_id, sent_at, text))
+
+
+def verify_group_text(author: bytes, group_id: bytes, message_id: bytes, sent_at: float,
+                      text: str, signature: bytes) -> bool:
+    """Whether ``signature`` is ``author``'s over this group message."""
+    return len(author) == 32 and verify_signature(
+        author, _text_bytes(group_id, message_id, sent_at, text), signature)
 
 
 @dataclass(frozen=True)
@@ -141,11 +164,3 @@ class GroupStore:
     def deactivate(self, db: Any, group_id: bytes) -> None:
         """We left."""
         db.execute("UPDATE groups SET active = 0 WHERE id = ?", (group_id,))
-
-    def peers(self, me: bytes) -> set[bytes]:
-        """Every member of an active group we are in, except ourselves."""
-        out: set[bytes] = set()
-        for group in self.all():
-            if group.active:
-                out.update(m for m in group.state.members if m != me)
-        return out

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS messages (
     timer INTEGER NOT NULL DEFAULT 0,
     expire_at REAL,
     group_id BLOB,
+    author BLOB,
     UNIQUE (contact, outgoing, seq));
 CREATE INDEX IF NOT EXISTS messages_by_contact ON messages (contact, outgoing, seq);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -88,6 +89,7 @@ class StoredMessage:
     delivered: bool
     read: bool
     group_id: bytes | None = None
+    author: bytes | None = None  # a group message relayed by the admin: who wrote it
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,9 @@ class History:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+        if "author" not in columns:  # a history from before group relaying
+            self._db.execute("ALTER TABLE messages ADD COLUMN author BLOB")
 
     @property
     def db(self) -> Any:
@@ -252,14 +257,15 @@ class History:
 
 
 _SELECT = ("SELECT m.id, m.contact, m.outgoing, m.seq, m.sent_at, m.received_at, m.text, "
-           "m.delivered, m.read, m.group_id FROM messages m")
+           "m.delivered, m.read, m.group_id, m.author FROM messages m")
 
 
 def _message(row: tuple[Any, ...]) -> StoredMessage:
-    mid, contact, outgoing, seq, sent_at, received_at, text, delivered, read, group = row
+    mid, contact, outgoing, seq, sent_at, received_at, text, delivered, read, group, author = row
     return StoredMessage(bytes(mid), bytes(contact), bool(outgoing), seq, sent_at, received_at,
                          text, bool(delivered), bool(read),
-                         bytes(group) if group is not None else None)
+                         bytes(group) if group is not None else None,
+                         bytes(author) if author is not None else None)
 
 
 def now() -> float:

@@ -36,7 +36,14 @@ import msgspec
 from aiortc import RTCDataChannel
 
 from dhtchat.app.files import CHUNK_MARK, FileTransfers
-from dhtchat.app.groups import GroupState, GroupStore, open_state, sign_state
+from dhtchat.app.groups import (
+    GroupState,
+    GroupStore,
+    open_state,
+    sign_group_text,
+    sign_state,
+    verify_group_text,
+)
 from dhtchat.app.history import History, StoredMessage
 from dhtchat.core.contacts import Purpose
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
@@ -78,6 +85,7 @@ MIN_SLOT_STORERS: Final = 3  # acknowledgements a mailbox slot needs to count as
 HOLE_GRACE: Final = 120.0  # an empty slot followed by filled ones is skipped after this long
 MAX_REORDER: Final = 1000  # frames further ahead of the next expected one are not stored
 ACK_DELAY: Final = 0.05
+RESET_INTERVAL: Final = 60.0  # at most one session reset request per contact per minute
 
 _TOMBSTONE: Final = b""
 
@@ -86,7 +94,7 @@ class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     """What travels inside the ratchet."""
 
     kind: Literal["text", "ack", "read", "typing", "file", "file_request", "file_done",
-                  "timer", "group_update", "group_text", "group_leave"]
+                  "timer", "group_update", "group_text", "group_leave", "reset"]
     seq: int = 0  # > 0 for sequenced kinds (text, file)
     id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
     sent_at: float = 0.0
@@ -102,6 +110,12 @@ class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     timer: Annotated[int, msgspec.Meta(ge=0, le=MAX_TIMER)] = 0  # disappearing after N s
     group_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
     group: Annotated[bytes, msgspec.Meta(max_length=48 * 1024)] = b""  # signed GroupState
+    # A group message: its author, the author's id and time for it, and the author's
+    # signature, so the admin can relay it unchanged (see dhtchat.app.groups).
+    author: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
+    origin_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+    origin_time: float = 0.0
+    signature: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True):
@@ -146,6 +160,8 @@ class _ContactState:
     typing_until: float = 0.0
     inbound: asyncio.Queue[bytes] | None = None
     inbound_task: asyncio.Task[None] | None = None
+    reset_asked: float = -RESET_INTERVAL  # when we last asked the contact for a new session
+    prekeys_stored: bool = False  # our bundle for this contact reached the DHT
 
 
 class Messenger:
@@ -163,6 +179,7 @@ class Messenger:
         self.prekeys.maintain(time.time())
         self._save_prekeys()
         self._states: dict[bytes, _ContactState] = {}
+        self._flush_after_commit: set[bytes] = set()  # outboxes a transaction filled
         self.files = FileTransfers(self, daemon.profile.root / "files")
         self.groups = GroupStore(history.db)
         self._arrived = asyncio.Condition()
@@ -244,20 +261,14 @@ class Messenger:
             if existing.contact != contact or not existing.outgoing:
                 raise LocalProtocolError("that message id is already used")
             return existing
-        conversation = self.history.conversation(contact)
-        seq = conversation["next_out_seq"]
-        payload = _encoder.encode(msgspec.structs.replace(
-            template, seq=seq, id=message_id, sent_at=now))
-        timer = template.timer if template.kind == "text" else 0
         with self.history.transaction() as db:
+            seq = self._enqueue_in(db, contact, template, message_id, now)
             if template.kind not in GROUP_KINDS:  # group messages have one history row
+                timer = template.timer if template.kind == "text" else 0
                 db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
                            "text, timer, expire_at) VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
                            (message_id, contact, seq, now, text, timer,
                             now + timer if timer else None))
-            db.execute("INSERT INTO outbox (contact, seq, payload, created) "
-                       "VALUES (?, ?, ?, ?)", (contact, seq, payload, now))
-            self.history.update_conversation(db, contact, next_out_seq=seq + 1)
             if conversation_timer is not None:
                 self.history.update_conversation(db, contact, timer=conversation_timer)
         self.daemon._spawn(self.flush(contact))
@@ -265,6 +276,18 @@ class Messenger:
         if stored is None:  # a group fan-out copy: no row of its own
             return StoredMessage(message_id, contact, True, seq, now, None, text, False, False)
         return stored
+
+    def _enqueue_in(self, db: Any, contact: bytes, template: Payload, message_id: bytes,
+                    now: float) -> int:
+        """Put a payload in the contact's outbox inside the caller's transaction (flush it
+        after the commit); returns its sequence number."""
+        seq: int = self.history.conversation(contact)["next_out_seq"]
+        payload = _encoder.encode(msgspec.structs.replace(
+            template, seq=seq, id=message_id, sent_at=now))
+        db.execute("INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
+                   (contact, seq, payload, now))
+        self.history.update_conversation(db, contact, next_out_seq=seq + 1)
+        return seq
 
     async def wait_delivered(self, message_id: bytes, timeout: float) -> bool:
         """Wait until the contact acknowledged the message."""
@@ -479,6 +502,9 @@ class Messenger:
             except SessionError as exc:
                 self.undecryptable += 1
                 log.warning("cannot decrypt a message from %s: %s", contact.hex()[:12], exc)
+                if time.monotonic() - state.reset_asked >= RESET_INTERVAL:
+                    state.reset_asked = time.monotonic()
+                    self.daemon._spawn(self._ask_reset(contact))
                 return
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
                 self.undecryptable += 1
@@ -494,6 +520,7 @@ class Messenger:
                     payload = msgspec.structs.replace(payload, kind="text", text="",
                                                       file_id=b"")
                 self._store_incoming(contact, payload, convo, initial)
+                self._flush_queued()
                 self._schedule_ack(contact)
                 if payload.kind == "file" and self._channel(contact) is not None:
                     self.daemon._spawn(self.files.resume(contact))
@@ -510,6 +537,12 @@ class Messenger:
                     self.files.on_done(contact, payload.file_id)
                 elif payload.kind == "typing":
                     state.typing_until = time.time() + TYPING_SHOWN
+                elif payload.kind == "reset":
+                    tombstones = self._reencrypt_outbox(contact)
+                    state.last_sent = {}
+                    for index, length in tombstones:
+                        self.daemon._spawn(self._tombstone(contact, index, length))
+                    self.daemon._spawn(self.flush(contact, force=True))
         if payload.kind in SEQUENCED:
             async with self._arrived:
                 self._arrived.notify_all()
@@ -521,8 +554,9 @@ class Messenger:
         with self.history.transaction() as db:
             text = payload.text
             group_id: bytes | None = None
+            author: bytes | None = None
             if payload.kind in GROUP_KINDS:
-                group_id, text = self._on_group_payload(db, contact, payload)
+                group_id, text, author = self._on_group_payload(db, contact, payload)
             if payload.kind == "file" and len(payload.file_id) == 16 \
                     and len(payload.key) == 32 and len(payload.sha256) == 32:
                 text = _file_text(payload.name, payload.size)
@@ -535,11 +569,11 @@ class Messenger:
             # Incoming ids are namespaced by the sender: a peer cannot collide with our ids.
             local_id = blake2b_256(b"dhtchat/incoming-id/v1", contact, payload.id)[:16]
             db.execute("INSERT OR IGNORE INTO messages (id, contact, outgoing, seq, sent_at, "
-                       "received_at, text, timer, group_id, fetched) "
-                       "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
+                       "received_at, text, timer, group_id, fetched, author) "
+                       "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (local_id, contact, payload.seq,
-                        payload.sent_at, time.time(), text, timer, group_id,
-                        int(text == "")))
+                        payload.origin_time or payload.sent_at, time.time(), text, timer,
+                        group_id, int(text == ""), author))
             if payload.seq == next_in:
                 while db.execute("SELECT 1 FROM messages WHERE contact = ? AND outgoing = 0 "
                                  "AND seq = ?", (contact, next_in)).fetchone():
@@ -582,17 +616,21 @@ class Messenger:
                 await self._send_control(contact, self._ack_payload(contact))
             state.ack_task = self.daemon._spawn(later())
 
-    async def _send_control(self, contact: bytes, payload: Payload) -> None:
-        """Encrypt and send an unsequenced payload (ack, read, typing)."""
+    async def _send_control(self, contact: bytes, payload: Payload, *,
+                            new_session_from: bytes | None = None) -> None:
+        """Encrypt and send an unsequenced payload (ack, read, typing; reset on a new
+        session started from the bundle ``new_session_from``)."""
         state = self._state(contact)
         async with state.lock:
             conversation = self._conversation(contact)
-            if not conversation.established:
+            if new_session_from is not None:
+                conversation.restart()
+            elif not conversation.established:
                 return  # nothing to acknowledge before a session exists
             channel = self._channel(contact)
             if channel is None and payload.kind == "typing":
                 return
-            body = await conversation.encrypt(_encoder.encode(payload), None)
+            body = await conversation.encrypt(_encoder.encode(payload), new_session_from)
             with self.history.transaction() as db:
                 self.history.update_conversation(db, contact, session=conversation.to_json())
             frame = _encoder.encode(Frame(0, body))
@@ -605,6 +643,38 @@ class Messenger:
                 return
             await asyncio.sleep(2.0 * (attempt + 1))
         log.info("could not store a receipt for %s in the DHT", contact.hex()[:12])
+
+    # ------------------------------------------------------------------ session reset
+
+    async def _ask_reset(self, contact: bytes) -> None:
+        """The contact's frames do not decrypt (our ratchet state was lost or restored, or
+        its initial message used a one-time prekey we no longer have): start a new session
+        from its bundle and ask it, on that session, to encrypt its pending frames again."""
+        bundle = await self._bundle(contact)
+        if bundle is None:
+            log.info("cannot ask %s for a new session: no prekey bundle", contact.hex()[:12])
+            self._state(contact).reset_asked = -RESET_INTERVAL  # try again at the next failure
+            return
+        try:
+            await self._send_control(contact, Payload("reset"), new_session_from=bundle)
+        except SessionError as exc:
+            log.warning("cannot start a new session with %s: %s", contact.hex()[:12], exc)
+            return
+        log.info("asked %s to resend on a new session", contact.hex()[:12])
+
+    def _reencrypt_outbox(self, contact: bytes) -> list[tuple[int, int]]:
+        """The contact asked for a reset: forget the frames of every unacknowledged message
+        (the next flush encrypts them again, on the session the request came on) and return
+        the mailbox slots they held, to be overwritten."""
+        with self.history.transaction() as db:
+            old = [(row[0], row[1]) for row in db.execute(
+                "SELECT mailbox_index, length(frame) FROM outbox WHERE contact = ? AND "
+                "mailbox_index IS NOT NULL", (contact,))]
+            db.execute("UPDATE outbox SET frame = NULL, mailbox_index = NULL, "
+                       "mailbox_stored = 0 WHERE contact = ?", (contact,))
+        log.info("%s asked for a new session: %d queued messages encrypted again",
+                 contact.hex()[:12], len(self.history.outbox(contact)))
+        return old
 
     # ------------------------------------------------------------------ mailbox reading
 
@@ -688,8 +758,12 @@ class Messenger:
                                        self.prekeys.bundle_for(contact), seq=int(now * 1000),
                                        expires=int(now) + PREKEYS_TTL,
                                        random_bytes=secrets.token_bytes)
-        with contextlib.suppress(TimeoutError):
-            await node.put(record, republish=True)
+        try:
+            result = await node.put(record, republish=True)
+        except TimeoutError:
+            return
+        if result.stored:
+            self._state(contact).prekeys_stored = True
 
     async def maintenance(self, contacts: list[bytes]) -> None:
         """Republish prekeys when they changed, retransmit, read mailboxes: contacts are
@@ -702,11 +776,16 @@ class Messenger:
             # Any consumed prekey may sit in some contact's bundle_for() view: republish all.
             self._save_prekeys()
             self._prekeys_published = stock
+            for contact in contacts:
+                self._state(contact).prekeys_stored = False
 
-            async def publish(contact: bytes) -> None:
-                async with gate:
-                    await self.publish_prekeys(contact)
-            await asyncio.gather(*(publish(c) for c in contacts))
+        async def publish(contact: bytes) -> None:
+            async with gate:
+                await self.publish_prekeys(contact)
+        # Also every bundle whose last put failed: without it the contact cannot start a
+        # session with us and its messages wait.
+        await asyncio.gather(*(publish(c) for c in contacts
+                               if not self._state(c).prekeys_stored))
         now = time.time()
         self.history.delete_expired(now)
 
@@ -754,38 +833,67 @@ class Messenger:
         return entry is not None and entry.state == "accepted"
 
     def _on_group_payload(self, db: Any, sender: bytes,
-                          payload: Payload) -> tuple[bytes | None, str]:
-        """Apply a group payload inside the message's transaction; returns the group id and
-        the history text ("" to keep it out of the conversation)."""
+                          payload: Payload) -> tuple[bytes | None, str, bytes | None]:
+        """Apply a group payload inside the message's transaction; returns the group id, the
+        history text ("" to keep it out of the conversation) and the author when the admin
+        relayed someone else's message. As the admin, relays and membership changes are
+        queued in the same transaction, so a crash cannot lose them."""
         me = self.identity.public_key
         if payload.kind == "group_update":
             try:
                 state = open_state(payload.group, sender)
             except RemoteProtocolError as exc:
                 log.warning("refused a group update: %s", exc)
-                return None, ""
+                return None, "", None
             current = self.groups.get(state.id)
             if current is not None and (current.state.admin != state.admin
                                         or current.state.version >= state.version):
-                return state.id, ""  # stale or foreign: ignore
+                return state.id, "", None  # stale or foreign: ignore
             self.groups.save(db, state, me)
-            self.daemon._spawn(self.daemon.group_peers_changed())
             if me not in state.members:
-                return state.id, f"[group] you were removed from {state.name}"
-            return state.id, f"[group] {state.name}: {len(state.members)} members"
+                return state.id, f"[group] you were removed from {state.name}", None
+            return state.id, f"[group] {state.name}: {len(state.members)} members", None
         group = self.groups.get(payload.group_id)
         if group is None or not group.active or sender not in group.state.members:
             log.warning("dropped a %s for a group the sender is not in", payload.kind)
-            return None, ""
+            return None, "", None
+        admin = group.state.admin
         if payload.kind == "group_leave":
-            return group.id, f"[group] {encode_user_id(sender)[:12]} left {group.state.name}"
-        return group.id, payload.text
+            if admin != me:
+                return None, "", None  # only the admin acts on it (a new member list)
+            members = [m for m in group.state.members if m != sender]
+            state = msgspec.structs.replace(group.state, version=group.state.version + 1,
+                                            members=members)
+            self._publish_group_in(db, state, set(members) - {me})
+            return group.id, f"[group] {encode_user_id(sender)[:12]} left {group.state.name}", \
+                None
+        author = payload.author
+        if author not in group.state.members or author == me:
+            log.warning("dropped a group message whose author is not a member")
+            return None, "", None
+        if sender not in (author, admin):
+            log.warning("dropped a group message relayed by a member who is not the admin")
+            return None, "", None
+        if not verify_group_text(author, group.id, payload.origin_id, payload.origin_time,
+                                 payload.text, payload.signature):
+            log.warning("dropped a group message with a bad author signature")
+            return None, "", None
+        if admin == me and sender == author:  # we are the hub: relay it to everyone else
+            relay = Payload("group_text", group_id=group.id, text=payload.text,
+                            author=author, origin_id=payload.origin_id,
+                            origin_time=payload.origin_time, signature=payload.signature)
+            now = time.time()
+            for member in group.state.members:
+                if member not in (me, author):
+                    self._enqueue_in(db, member, relay, secrets.token_bytes(16), now)
+                    self._flush_after_commit.add(member)
+        return group.id, payload.text, author if author != sender else None
 
     async def create_group(self, name: str, members: list[bytes]) -> GroupState:
         """Create a group we administer and send its member list to everyone."""
         me = self.identity.public_key
         state = GroupState(secrets.token_bytes(16), name, me, 1, sorted({me, *members}))
-        return await self._publish_group(state, notify=set(members))
+        return self._publish_group(state, notify=set(members))
 
     async def change_group(self, group_id: bytes, *, add: list[bytes] | None = None,
                            remove: list[bytes] | None = None) -> GroupState:
@@ -801,20 +909,34 @@ class Messenger:
         state = msgspec.structs.replace(group.state, version=group.state.version + 1,
                                         members=sorted(members))
         notify = (set(group.state.members) | members) - {me}
-        return await self._publish_group(state, notify=notify)
+        return self._publish_group(state, notify=notify)
 
-    async def _publish_group(self, state: GroupState, notify: set[bytes]) -> GroupState:
-        signed = sign_state(self.identity, state)
-        state = open_state(signed, self.identity.public_key)
+    def _publish_group(self, state: GroupState, notify: set[bytes]) -> GroupState:
         with self.history.transaction() as db:
-            self.groups.save(db, state, self.identity.public_key)
-        await self.daemon.group_peers_changed()
-        for member in sorted(notify):
-            await self._enqueue(member, Payload("group_update", group=signed), "", None)
+            state = self._publish_group_in(db, state, notify)
+        self._flush_queued()
         return state
 
+    def _publish_group_in(self, db: Any, state: GroupState, notify: set[bytes]) -> GroupState:
+        """Sign and store a new member list and queue it to ``notify``, in one transaction."""
+        signed = sign_state(self.identity, state)
+        state = open_state(signed, self.identity.public_key)
+        self.groups.save(db, state, self.identity.public_key)
+        now = time.time()
+        for member in sorted(notify):
+            self._enqueue_in(db, member, Payload("group_update", group=signed),
+                             secrets.token_bytes(16), now)
+            self._flush_after_commit.add(member)
+        return state
+
+    def _flush_queued(self) -> None:
+        for contact in sorted(self._flush_after_commit):
+            self.daemon._spawn(self.flush(contact))
+        self._flush_after_commit.clear()
+
     async def send_group_text(self, group_id: bytes, text: str) -> StoredMessage:
-        """Fan a message out to every other member over the pairwise ratchets."""
+        """Send a message to the group: signed by us, to every member if we are the admin,
+        else to the admin, who relays it (one transaction either way)."""
         group = self.groups.get(group_id)
         me = self.identity.public_key
         if group is None or not group.active:
@@ -822,32 +944,39 @@ class Messenger:
         if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
             raise LocalProtocolError(f"a message holds at most {MAX_TEXT_BYTES} bytes")
         message_id, now = secrets.token_bytes(16), time.time()
+        payload = Payload("group_text", group_id=group_id, text=text, author=me,
+                          origin_id=message_id, origin_time=now,
+                          signature=sign_group_text(self.identity, group_id, message_id, now,
+                                                    text))
+        targets = [m for m in group.state.members if m != me] if group.state.admin == me \
+            else [group.state.admin]
         with self.history.transaction() as db:
             db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, "
                        "group_id, fetched) VALUES (?, ?, 1, ?, ?, ?, ?, 1)",
                        (message_id, group_id, int(now * 1e6), now, text, group_id))
-        for member in group.state.members:
-            if member != me:
-                await self._enqueue(member, Payload("group_text", group_id=group_id,
-                                                    text=text), text, None)
+            for member in targets:
+                self._enqueue_in(db, member, payload, secrets.token_bytes(16), now)
+                self._flush_after_commit.add(member)
+        self._flush_queued()
         stored = self.history.message(message_id)
         assert stored is not None
         return stored
 
     async def leave_group(self, group_id: bytes) -> None:
-        """Tell the members we leave, and stop accepting the group's messages."""
+        """Tell the admin we leave (it publishes the list without us), and stop accepting
+        the group's messages."""
         group = self.groups.get(group_id)
         if group is None or not group.active:
             raise LocalProtocolError("not a member of that group")
         me = self.identity.public_key
         if group.state.admin == me:
             raise LocalProtocolError("the admin cannot leave its group")
-        for member in group.state.members:
-            if member != me:
-                await self._enqueue(member, Payload("group_leave", group_id=group_id), "",
-                                    None)
         with self.history.transaction() as db:
+            self._enqueue_in(db, group.state.admin, Payload("group_leave", group_id=group_id),
+                             secrets.token_bytes(16), time.time())
+            self._flush_after_commit.add(group.state.admin)
             self.groups.deactivate(db, group_id)
+        self._flush_queued()
 
     async def request_file(self, contact: bytes, file_id: bytes, offset: int) -> None:
         """Ask the contact to stream a file from ``offset`` (only over a live connection)."""

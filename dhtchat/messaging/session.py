@@ -707,6 +707,15 @@ class Conversation:
         they have converged)."""
         return None if self._current is None else self._current.base_key
 
+    def restart(self) -> None:
+        """Stop sending on the current session (the contact cannot decrypt it): the next
+        :meth:`encrypt` starts a new one from the contact's bundle. Older sessions still
+        decrypt what is in flight, but none is preferred again until the contact answers on
+        it."""
+        self._current = None
+        for session in self._sessions:
+            session._heard = False
+
     async def encrypt(self, plaintext: bytes, their_bundle: bytes | None) -> bytes:
         """Encrypt on the current session, starting one from ``their_bundle`` if there is none."""
         if self._current is not None:

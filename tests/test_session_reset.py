@@ -1,0 +1,88 @@
+"""Session reset: when a contact's frames no longer decrypt (here: Bob lost his ratchet state),
+the receiver starts a new session and the sender encrypts its queued messages again; nothing
+is lost or shown twice. In-process daemons over a real loopback DHT, DHT mailboxes only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dhtchat.app.daemon import Daemon, DaemonOptions
+from dhtchat.app.profile import Profile
+from dhtchat.core.identity import SigningIdentity
+from tests.daemons import next_host
+
+
+async def _daemon(tmp: Path, n: int, bootstrap: list[tuple[str, int]]) -> Daemon:
+    options = DaemonOptions(port=0, host=next_host(), bootstrap=bootstrap,
+                            ice_addresses=["127.0.0.1"], auto_connect=False)
+    daemon = Daemon(Profile(tmp / f"d{n}"),
+                    SigningIdentity.from_seed(bytes([n + 100]) * 32), options)
+    await daemon.start()
+    return daemon
+
+
+def _texts(daemon: Daemon, contact: Daemon) -> list[str]:
+    assert daemon.history is not None
+    return [m.text for m in daemon.history.history(contact.identity.public_key, 100)
+            if not m.outgoing]
+
+
+def test_lost_ratchet_state_is_recovered_by_a_new_session(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        alice = await _daemon(tmp_path, 1, [])
+        assert alice.node is not None
+        others = [await _daemon(tmp_path, n, [alice.node.address]) for n in (2, 3, 4)]
+        bob = others[0]
+        everyone = [alice, *others]
+        try:
+            deadline = time.monotonic() + 60
+            while not all(d.joined for d in everyone):
+                assert time.monotonic() < deadline, "joins"
+                await asyncio.sleep(0.1)
+            alice.contacts.put(bob.identity.public_key, name="bob", state="accepted")
+            bob.contacts.put(alice.identity.public_key, name="alice", state="accepted")
+            alice._link(bob.identity.public_key)
+            bob._link(alice.identity.public_key)
+            assert alice.messenger is not None and bob.messenger is not None
+            assert bob.history is not None
+
+            async def pump(done: Callable[[], bool], rounds: int = 80) -> None:
+                for _ in range(rounds):
+                    if done():
+                        return
+                    for d, other in ((alice, bob), (bob, alice)):
+                        assert d.messenger is not None
+                        await d.messenger.maintenance([other.identity.public_key])
+                        await d.messenger.poll_mailbox(other.identity.public_key)
+                    await asyncio.sleep(0.2)
+
+            await alice.messenger.send_text(bob.identity.public_key, "one")
+            await pump(lambda: _texts(bob, alice) == ["one"])
+            assert _texts(bob, alice) == ["one"]
+            await pump(lambda: not alice.history.outbox(bob.identity.public_key))  # type: ignore[union-attr]
+
+            # Bob loses his session with Alice (a restored backup, a corrupted state...).
+            with bob.history.transaction() as db:
+                bob.history.update_conversation(db, alice.identity.public_key, session=None)
+            bob.messenger._states.pop(alice.identity.public_key)
+
+            await alice.messenger.send_text(bob.identity.public_key, "two")
+            await alice.messenger.send_text(bob.identity.public_key, "three")
+            await pump(lambda: _texts(bob, alice) == ["one", "two", "three"], rounds=150)
+            assert _texts(bob, alice) == ["one", "two", "three"]
+            assert bob.messenger.undecryptable >= 1  # the old frames really failed
+            # Both directions work on the new session, and Alice's outbox empties.
+            await bob.messenger.send_text(alice.identity.public_key, "back")
+            await pump(lambda: _texts(alice, bob) == ["back"]
+                       and not alice.history.outbox(bob.identity.public_key))  # type: ignore[union-attr]
+            assert _texts(alice, bob) == ["back"]
+            assert alice.history is not None
+            assert not alice.history.outbox(bob.identity.public_key)
+        finally:
+            for daemon in everyone:
+                await daemon.stop()
+
+    asyncio.run(scenario())
