@@ -201,6 +201,18 @@ def test_members_who_are_not_contacts_talk_through_the_admin(tmp_path: Path) -> 
             assert relayed.contact == alice.identity.public_key
             assert relayed.author == bob.identity.public_key
             assert relayed.sent_at == sent.sent_at
+            # Bob's row is marked delivered once the admin (the hub) acknowledged his copy.
+            assert bob.history is not None
+            await pump(40, lambda: bob.history.message(sent.id).delivered)  # type: ignore[union-attr]
+            assert bob.history.message(sent.id).delivered  # type: ignore[union-attr]
+            # The admin's own message: delivered once both members acknowledged it.
+            from_admin = await alice.messenger.send_group_text(state.id, "from the admin")
+            assert alice.history is not None
+            assert not alice.history.message(from_admin.id).delivered  # type: ignore[union-attr]
+            await pump(60, lambda: alice.history.message(from_admin.id).delivered)  # type: ignore[union-attr]
+            assert "from the admin" in _texts(bob, state.id)
+            assert "from the admin" in _texts(carol, state.id)
+            assert alice.history.message(from_admin.id).delivered  # type: ignore[union-attr]
             # Carol and Bob are still not contacts, and nothing went between them directly.
             assert carol.contacts.get(bob.identity.public_key) is None
             assert bob.history is not None

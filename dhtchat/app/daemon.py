@@ -38,10 +38,12 @@ from typing import Any, Final, Literal
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
+from dhtchat.app.calls import Call, CallManager, CallMedia
 from dhtchat.app.contactstore import ContactEntry, ContactStore
 from dhtchat.app.files import file_json
 from dhtchat.app.groups import Group
-from dhtchat.app.history import History, HistoryLocked, history_key
+from dhtchat.app.history import History, HistoryLocked, StoredMessage, history_key
+from dhtchat.app.media import MediaError
 from dhtchat.app.messenger import Messenger, message_json
 from dhtchat.app.profile import NodeState, Profile
 from dhtchat.app.rpc import (
@@ -52,6 +54,7 @@ from dhtchat.app.rpc import (
     NOT_FOUND,
     NOT_READY,
     TIMEOUT,
+    Reply,
     RpcError,
     RpcServer,
 )
@@ -193,6 +196,7 @@ class Daemon:
         self.history: History | None = None
         self._stop_task: asyncio.Future[None] | None = None
         self.messenger: Messenger | None = None
+        self.calls: CallManager | None = None
         self._seq = 0
         self.joined = False
         self._inbox_seen: set[bytes] = set()
@@ -234,6 +238,7 @@ class Daemon:
         except HistoryLocked as exc:
             raise LocalProtocolError(str(exc)) from None
         self.messenger = Messenger(self, self.history)
+        self.calls = CallManager(self)
         state = NodeState(self.profile.node_db_path)
         try:
             self.node = await UdpDhtNode.create(self.options.host, self.options.port,
@@ -285,6 +290,8 @@ class Daemon:
 
     async def _stop(self) -> None:
         self._stopping.set()
+        if self.calls is not None:
+            await self.calls.close()
         if self.joined:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._goodbye(), 5.0)
@@ -939,6 +946,14 @@ class Daemon:
             "file.send": self.rpc_file_send,
             "file.list": self.rpc_file_list,
             "file.get": self.rpc_file_get,
+            "call.start": self.rpc_call_start,
+            "call.answer": self.rpc_call_answer,
+            "call.decline": self.rpc_call_decline,
+            "call.hangup": self.rpc_call_hangup,
+            "call.status": self.rpc_call_status,
+            "call.wait": self.rpc_call_wait,
+            "call.list": self.rpc_call_list,
+            "call.auto_answer": self.rpc_call_auto_answer,
             "shutdown": self.rpc_shutdown,
         }
 
@@ -1168,6 +1183,7 @@ class Daemon:
                 message = await self.messenger.send_group_text(group.id, text)
             except LocalProtocolError as exc:
                 raise RpcError(INVALID_PARAMS, str(exc)) from None
+            message = await self._wait_delivered(params, message)
             return message_json(message, self.identity.user_id, group.id.hex())
         message_id = None
         if params.get("id") is not None:
@@ -1181,19 +1197,145 @@ class Daemon:
             message = await self.messenger.send_text(entry.public_key, text, message_id)
         except LocalProtocolError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
-        if params.get("wait"):
-            timeout = params.get("timeout", 60)
-            if not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
-                raise RpcError(INVALID_PARAMS, "timeout must be 0-3600 seconds")
-            if not await self.messenger.wait_delivered(message.id, float(timeout)):
-                raise RpcError(TIMEOUT, f"no delivery receipt within {timeout} s (the message "
-                               "stays queued and will be delivered)",
-                               {"id": message.id.hex()})
-            message = self.messenger.history.message(message.id) or message
-        return self._message_json(message)
+        return self._message_json(await self._wait_delivered(params, message))
 
-    async def rpc_message_receive(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """Messages not returned before, in order (params: wait? seconds, limit?)."""
+    async def _wait_delivered(self, params: dict[str, Any],
+                              message: StoredMessage) -> StoredMessage:
+        """With ``wait``: the message once its delivery receipt arrived (for a group: every
+        member's, or the admin's when we are a member), else a TIMEOUT error."""
+        assert self.messenger is not None
+        if not params.get("wait"):
+            return message
+        timeout = params.get("timeout", 60)
+        if not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+            raise RpcError(INVALID_PARAMS, "timeout must be 0-3600 seconds")
+        if not await self.messenger.wait_delivered(message.id, float(timeout)):
+            raise RpcError(TIMEOUT, f"no delivery receipt within {timeout} s (the message "
+                           "stays queued and will be delivered)", {"id": message.id.hex()})
+        return self.messenger.history.message(message.id) or message
+
+    # ------------------------------------------------------------------ calls
+
+    def _call_media(self, params: dict[str, Any]) -> CallMedia:
+        values: dict[str, str | None] = {}
+        for name, default in (("audio_in", "silence"), ("audio_out", "null"),
+                              ("video_in", None)):
+            value = params.get(name, default)
+            if value is not None and (not isinstance(value, str) or not value
+                                      or len(value) > 4096):
+                raise RpcError(INVALID_PARAMS, f"{name} must be a media spec string")
+            values[name] = value
+        return CallMedia(values["audio_in"] or "silence", values["audio_out"] or "null",
+                         values["video_in"])
+
+    def _call(self, params: dict[str, Any]) -> Call:
+        assert self.calls is not None
+        raw = params.get("id")
+        call_id = None
+        if raw is not None:
+            try:
+                call_id = bytes.fromhex(str(raw))
+            except ValueError:
+                call_id = b""
+            if len(call_id) != 16:
+                raise RpcError(INVALID_PARAMS, "id must be 32 hex digits")
+        try:
+            return self.calls.find(call_id)
+        except LocalProtocolError as exc:
+            raise RpcError(NOT_FOUND, str(exc)) from None
+
+    async def rpc_call_start(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Call a contact (params: to, video?, audio_in?, audio_out?, video_in?); returns
+        once the invite is sent."""
+        assert self.calls is not None
+        entry = self._accepted_contact(params.get("to"))
+        media = self._call_media(params)
+        try:
+            call = await self.calls.place(entry.public_key, media,
+                                          video=bool(params.get("video", False)))
+        except (MediaError, LocalProtocolError) as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        except (ConnectionError, TimeoutError) as exc:
+            raise RpcError(CONNECTION_FAILED, f"call failed: {exc}") from None
+        return self.calls.as_json(call)
+
+    async def rpc_call_answer(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Answer the ringing call (params: id?, audio_in?, audio_out?, video_in?)."""
+        assert self.calls is not None
+        call = self._call(params)
+        try:
+            await self.calls.answer(call, self._call_media(params))
+        except (MediaError, LocalProtocolError) as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        return self.calls.as_json(call)
+
+    async def rpc_call_decline(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Decline the ringing call (params: id?)."""
+        assert self.calls is not None
+        call = self._call(params)
+        try:
+            await self.calls.decline(call)
+        except LocalProtocolError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        return self.calls.as_json(call)
+
+    async def rpc_call_hangup(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Hang up (params: id?)."""
+        assert self.calls is not None
+        call = self._call(params)
+        await self.calls.hangup(call)
+        return self.calls.as_json(call)
+
+    async def rpc_call_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A call with its SAS and media statistics (params: id?)."""
+        assert self.calls is not None
+        call = self._call(params)
+        out = self.calls.as_json(call)
+        out["stats"] = await self.calls.stats(call)
+        return out
+
+    async def rpc_call_wait(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Wait until a call changes, or, without id, until one rings (params: id?,
+        timeout?); returns the call (None on timeout)."""
+        assert self.calls is not None
+        timeout = params.get("timeout", 30)
+        if not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+            raise RpcError(INVALID_PARAMS, "timeout must be 0-3600 seconds")
+        calls = self.calls
+        if params.get("id") is None:
+            ringing = calls.current
+            if ringing is None or ringing.machine.state != "ringing" \
+                    or ringing.machine.direction != "incoming":
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(calls.incoming.wait(), timeout)
+                ringing = calls.current
+            return calls.as_json(ringing) if ringing is not None else None
+        call = self._call(params)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(call.changed.wait(), timeout)
+        return calls.as_json(call)
+
+    async def rpc_call_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The call log, newest first (params: limit?)."""
+        assert self.calls is not None
+        limit = params.get("limit", 50)
+        if not isinstance(limit, int) or not 1 <= limit <= 10000:
+            raise RpcError(INVALID_PARAMS, "limit must be 1-10000")
+        return self.calls.log(limit)
+
+    async def rpc_call_auto_answer(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Answer every incoming call with these media (params: enabled, audio_in?,
+        audio_out?, video_in?) - for headless use."""
+        assert self.calls is not None
+        if params.get("enabled", True):
+            self.calls.auto_answer = self._call_media(params)
+        else:
+            self.calls.auto_answer = None
+        return {"auto_answer": self.calls.auto_answer is not None}
+
+    async def rpc_message_receive(self, params: dict[str, Any]) -> Reply:
+        """Messages not returned before, in order (params: wait? seconds, limit?); marked as
+        shown only once the reply is written."""
         assert self.messenger is not None
         wait = params.get("wait", 0)
         limit = params.get("limit", 1000)
@@ -1201,8 +1343,11 @@ class Daemon:
             raise RpcError(INVALID_PARAMS, "wait must be 0-3600 seconds")
         if not isinstance(limit, int) or not 1 <= limit <= 10000:
             raise RpcError(INVALID_PARAMS, "limit must be 1-10000")
-        messages = await self.messenger.receive(float(wait), limit)
-        return [self._message_json(m) for m in messages]
+        messenger = self.messenger
+        messages = await messenger.receive(float(wait), limit)
+        return Reply([self._message_json(m) for m in messages],
+                     on_sent=lambda: messenger.shown(messages),
+                     on_lost=lambda: messenger.release(messages))
 
     async def rpc_message_history(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         """The conversation with a contact or a group (params: contact, limit?)."""

@@ -63,6 +63,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     mailbox_stored INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     PRIMARY KEY (contact, seq));
+CREATE TABLE IF NOT EXISTS group_copies (
+    contact BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    message_id BLOB NOT NULL,
+    PRIMARY KEY (contact, seq));
+CREATE INDEX IF NOT EXISTS group_copies_by_message ON group_copies (message_id);
 """
 
 

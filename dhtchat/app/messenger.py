@@ -94,7 +94,7 @@ class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     """What travels inside the ratchet."""
 
     kind: Literal["text", "ack", "read", "typing", "file", "file_request", "file_done",
-                  "timer", "group_update", "group_text", "group_leave", "reset"]
+                  "timer", "group_update", "group_text", "group_leave", "reset", "call"]
     seq: int = 0  # > 0 for sequenced kinds (text, file)
     id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
     sent_at: float = 0.0
@@ -116,6 +116,13 @@ class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     origin_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
     origin_time: float = 0.0
     signature: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
+    # A call signal (dhtchat.app.calls): the call, the action, video wanted, the caller's
+    # commitment to its SAS nonce (invite) and the nonce itself (revealed after accept).
+    call_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+    call_action: Annotated[str, msgspec.Meta(max_length=16)] = ""
+    video: bool = False
+    commitment: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
+    nonce: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True):
@@ -180,6 +187,7 @@ class Messenger:
         self._save_prekeys()
         self._states: dict[bytes, _ContactState] = {}
         self._flush_after_commit: set[bytes] = set()  # outboxes a transaction filled
+        self._in_flight: set[bytes] = set()  # returned by receive, reply not yet written
         self.files = FileTransfers(self, daemon.profile.root / "files")
         self.groups = GroupStore(history.db)
         self._arrived = asyncio.Condition()
@@ -537,6 +545,12 @@ class Messenger:
                     self.files.on_done(contact, payload.file_id)
                 elif payload.kind == "typing":
                     state.typing_until = time.time() + TYPING_SHOWN
+                elif payload.kind == "call" and len(payload.call_id) == 16 and \
+                        self._is_contact(contact) and self.daemon.calls is not None:
+                    self.daemon._spawn(self.daemon.calls.on_signal(
+                        contact, payload.call_action, payload.call_id, sdp=payload.text,
+                        video=payload.video, committed=payload.commitment,
+                        nonce=payload.nonce))
                 elif payload.kind == "reset":
                     tombstones = self._reencrypt_outbox(contact)
                     state.last_sent = {}
@@ -595,6 +609,16 @@ class Messenger:
                            "outgoing = 1 AND seq <= ? AND delivered = 0", (contact, ack))
                 db.execute("UPDATE conversations SET acked_out_seq = max(acked_out_seq, ?) "
                            "WHERE contact = ?", (ack, contact))
+                groups = [row[0] for row in db.execute(
+                    "SELECT DISTINCT message_id FROM group_copies WHERE contact = ? AND "
+                    "seq <= ?", (contact, ack))]
+                db.execute("DELETE FROM group_copies WHERE contact = ? AND seq <= ?",
+                           (contact, ack))
+                for message_id in groups:
+                    if db.execute("SELECT 1 FROM group_copies WHERE message_id = ?",
+                                  (message_id,)).fetchone() is None:
+                        db.execute("UPDATE messages SET delivered = 1 WHERE id = ?",
+                                   (message_id,))
             if read:
                 db.execute("UPDATE messages SET read = 1 WHERE contact = ? AND outgoing = 1 "
                            "AND seq <= ?", (contact, read))
@@ -628,7 +652,7 @@ class Messenger:
             elif not conversation.established:
                 return  # nothing to acknowledge before a session exists
             channel = self._channel(contact)
-            if channel is None and payload.kind == "typing":
+            if channel is None and payload.kind in ("typing", "call"):
                 return
             body = await conversation.encrypt(_encoder.encode(payload), new_session_from)
             with self.history.transaction() as db:
@@ -643,6 +667,23 @@ class Messenger:
                 return
             await asyncio.sleep(2.0 * (attempt + 1))
         log.info("could not store a receipt for %s in the DHT", contact.hex()[:12])
+
+    async def send_call(self, contact: bytes, action: str, call_id: bytes, *, sdp: str = "",
+                        video: bool = False, commitment: bytes = b"",
+                        nonce: bytes = b"") -> bool:
+        """Send a call signal over the live data channel (calls need one); False if the
+        contact is not connected or has no session yet."""
+        if self._channel(contact) is None:
+            return False
+        bundle = None
+        if not self._conversation(contact).established:  # nothing exchanged yet
+            bundle = await self._bundle(contact)
+            if bundle is None:
+                return False
+        await self._send_control(contact, Payload(
+            "call", call_id=call_id, call_action=action, text=sdp, video=video,
+            commitment=commitment, nonce=nonce), new_session_from=bundle)
+        return self._channel(contact) is not None
 
     # ------------------------------------------------------------------ session reset
 
@@ -803,28 +844,41 @@ class Messenger:
     # ------------------------------------------------------------------ API helpers
 
     async def receive(self, wait: float, limit: int) -> list[StoredMessage]:
-        """Messages not yet returned, in order; waits up to ``wait`` s for the first one."""
+        """Messages not yet shown, in order; waits up to ``wait`` s for the first one. They
+        are reserved for this caller until :meth:`shown` (the reply reached the client) or
+        :meth:`release` (it did not): a lost reply loses nothing, and two concurrent callers
+        never get the same message."""
         deadline = time.monotonic() + wait
         while True:
-            messages = self.history.unfetched(limit)
+            messages = [m for m in self.history.unfetched(limit + len(self._in_flight))
+                        if m.id not in self._in_flight][:limit]
             messages = _cap_bytes(messages)
             if messages or time.monotonic() >= deadline:
                 break
             async with self._arrived:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), deadline - time.monotonic())
-        if messages:
-            self.history.mark_fetched([m.id for m in messages])
-            by_contact: dict[bytes, int] = {}
-            for message in messages:
-                by_contact[message.contact] = max(by_contact.get(message.contact, 0),
-                                                  message.seq)
-            for contact, seq in by_contact.items():
-                self._state(contact).read_sent = max(self._state(contact).read_sent, seq)
-                self.daemon._spawn(self._send_control(contact, Payload(
-                    "read", ack=self.history.conversation(contact)["next_in_seq"] - 1,
-                    read=seq)))
+        self._in_flight.update(m.id for m in messages)
         return messages
+
+    def release(self, messages: list[StoredMessage]) -> None:
+        """The reply with these messages did not reach the client: offer them again."""
+        self._in_flight.difference_update(m.id for m in messages)
+
+    def shown(self, messages: list[StoredMessage]) -> None:
+        """The client has these messages: mark them fetched (disappearing timers start) and
+        send read receipts."""
+        self._in_flight.difference_update(m.id for m in messages)
+        if not messages:
+            return
+        self.history.mark_fetched([m.id for m in messages])
+        by_contact: dict[bytes, int] = {}
+        for message in messages:
+            by_contact[message.contact] = max(by_contact.get(message.contact, 0), message.seq)
+        for contact, seq in by_contact.items():
+            self._state(contact).read_sent = max(self._state(contact).read_sent, seq)
+            self.daemon._spawn(self._send_control(contact, Payload(
+                "read", ack=self.history.conversation(contact)["next_in_seq"] - 1, read=seq)))
 
     # ------------------------------------------------------------------ groups
 
@@ -955,7 +1009,10 @@ class Messenger:
                        "group_id, fetched) VALUES (?, ?, 1, ?, ?, ?, ?, 1)",
                        (message_id, group_id, int(now * 1e6), now, text, group_id))
             for member in targets:
-                self._enqueue_in(db, member, payload, secrets.token_bytes(16), now)
+                seq = self._enqueue_in(db, member, payload, secrets.token_bytes(16), now)
+                # The group row is marked delivered when the last copy is acknowledged.
+                db.execute("INSERT INTO group_copies VALUES (?, ?, ?)",
+                           (member, seq, message_id))
                 self._flush_after_commit.add(member)
         self._flush_queued()
         stored = self.history.message(message_id)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -50,6 +51,17 @@ class RpcError(Exception):
         if self.data is not None:
             out["data"] = self.data
         return out
+
+
+@dataclass
+class Reply:
+    """A result whose side effects must wait until the client has it: ``on_sent`` runs once
+    the reply is written to the socket, ``on_lost`` if the client went away first (e.g.
+    ``message.receive`` marks messages as shown only when they reached the client)."""
+
+    result: Any
+    on_sent: Callable[[], None]
+    on_lost: Callable[[], None]
 
 
 class RpcServer:
@@ -92,9 +104,19 @@ class RpcServer:
                     break
                 if not line:
                     break
-                response = await self.handle_line(line)
-                if response is not None:
+                response, reply = await self.handle_line(line)
+                if response is None:
+                    if reply is not None:
+                        reply.on_lost()
+                    continue
+                try:
                     await _write(writer, response)
+                except BaseException:
+                    if reply is not None:
+                        reply.on_lost()
+                    raise
+                if reply is not None:
+                    reply.on_sent()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -102,33 +124,38 @@ class RpcServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def handle_line(self, line: bytes) -> dict[str, Any] | None:
-        """The response to one request line (``None`` for a notification)."""
+    async def handle_line(self, line: bytes) -> tuple[dict[str, Any] | None, Reply | None]:
+        """The response to one request line (``None`` for a notification), and the
+        handler's :class:`Reply` hooks if it returned one."""
         try:
             request = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(None, RpcError(PARSE_ERROR, "parse error: not JSON"))
+            return _error(None, RpcError(PARSE_ERROR, "parse error: not JSON")), None
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" \
                 or not isinstance(request.get("method"), str):
             return _error(None, RpcError(INVALID_REQUEST,
-                                         "invalid request: need jsonrpc '2.0' and a method"))
+                                         "invalid request: need jsonrpc '2.0' and a method")), None
         request_id = request.get("id")
         params = request.get("params", {})
         if not isinstance(params, dict):
-            return _error(request_id, RpcError(INVALID_PARAMS, "params must be an object"))
+            return _error(request_id, RpcError(INVALID_PARAMS, "params must be an object")), None
         handler = self.handlers.get(request["method"])
         try:
             if handler is None:
                 raise RpcError(METHOD_NOT_FOUND, f"no method {request['method']!r}")
             result = await handler(params)
         except RpcError as exc:
-            return _error(request_id, exc) if "id" in request else None
+            return (_error(request_id, exc) if "id" in request else None), None
         except Exception:
             log.exception("internal error in %s", request["method"])
-            return _error(request_id, RpcError(INTERNAL_ERROR, "internal error (see daemon log)"))
+            return _error(request_id, RpcError(INTERNAL_ERROR,
+                                               "internal error (see daemon log)")), None
+        reply = result if isinstance(result, Reply) else None
+        if reply is not None:
+            result = reply.result
         if "id" not in request:
-            return None
-        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+            return None, reply  # a notification: nobody reads the result
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}, reply
 
 
 def _error(request_id: Any, exc: RpcError) -> dict[str, Any]:

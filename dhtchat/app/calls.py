@@ -1,0 +1,504 @@
+"""Voice and video calls: signalling over the contact's authenticated channel, media on a
+second aiortc connection, a short authentication string (SAS) both people can compare.
+
+Theory of operation (docs/protocol.md, "Calls"; the SIP INVITE dialog of RFC 3261 reduced to
+two authenticated peers; SRTP keyed by DTLS, RFC 5764; SAS as in ZRTP, RFC 6189 §7):
+
+* A call needs the contact's data connection (:meth:`Daemon.connect` opens it through the DHT
+  rendezvous when there is none, so an incoming call to a daemon that was not connected
+  arrives through the DHT ``listen`` path). Call signalling (``invite`` with the media offer,
+  ``ringing``, ``accept`` with the answer, ``decline``, ``busy``, ``hangup``) is a control
+  payload inside the contact's Double Ratchet on that channel: it comes from the contact and
+  nobody else can read or alter it. :class:`dhtchat.core.calls.CallMachine` keeps the state.
+* The media go over a separate RTCPeerConnection per call (Opus audio; VP8/H.264 video),
+  SRTP keyed by its own DTLS handshake. Its DTLS fingerprints travel inside that
+  authenticated signalling, so a substituted fingerprint makes the DTLS handshake fail before
+  any media flows. Both sides also show a SAS computed from both fingerprints and both
+  identities (:mod:`dhtchat.core.sas`): equal words mean nobody sits in the middle even if
+  the signalling path were compromised.
+* One call at a time per daemon: a second invite gets ``busy``. An invite not answered
+  within the ring timeout ends as "no answer" (caller) / "missed" (callee). Every call is
+  logged in the history database (``calls`` table; ``call list``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaBlackhole
+
+from dhtchat.app.media import AudioSink, MediaError, open_audio_input, open_video_input
+from dhtchat.core.calls import CallMachine
+from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
+from dhtchat.core.identity import encode_user_id
+from dhtchat.core.sas import Sas, check_commitment, commitment, compute_sas
+from dhtchat.net.webrtc import configuration, enlarge_ice_socket_buffers
+
+if TYPE_CHECKING:
+    from dhtchat.app.daemon import Daemon
+
+log = logging.getLogger("dhtchat.calls")
+
+MEDIA_TIMEOUT: Final = 30.0  # accept -> media connected
+CONNECT_TIMEOUT: Final = 30.0  # the data connection a call needs
+TICK: Final = 0.5
+_FINGERPRINT: Final = re.compile(r"^a=fingerprint:sha-256 ([0-9A-Fa-f:]+)\s*$", re.MULTILINE)
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS calls (
+    id BLOB PRIMARY KEY, contact BLOB NOT NULL, direction TEXT NOT NULL,
+    video INTEGER NOT NULL, started REAL NOT NULL, answered REAL, ended REAL,
+    reason TEXT NOT NULL DEFAULT '');
+"""
+
+
+def sdp_fingerprint(sdp: str) -> str:
+    """The SHA-256 DTLS fingerprint an SDP announces (RemoteProtocolError if none)."""
+    match = _FINGERPRINT.search(sdp)
+    if match is None:
+        raise RemoteProtocolError("the media description has no sha-256 DTLS fingerprint")
+    return match.group(1)
+
+
+@dataclass
+class CallMedia:
+    """What a call sends and where received audio goes (specs as in dhtchat.app.media)."""
+
+    audio_in: str = "silence"
+    audio_out: str = "null"
+    video_in: str | None = None
+
+
+@dataclass(eq=False)
+class Call:
+    """One call as this daemon sees it."""
+
+    machine: CallMachine
+    contact: bytes
+    media: CallMedia = field(default_factory=CallMedia)
+    pc: RTCPeerConnection | None = None
+    sink: AudioSink | None = None
+    video_sink: MediaBlackhole | None = None
+    tracks: list[MediaStreamTrack] = field(default_factory=list)
+    remote_sdp: str = ""
+    nonce: bytes = b""  # ours (outgoing) or the caller's once revealed (incoming)
+    committed: bytes = b""  # incoming: the caller's commitment to its nonce
+    sas: Sas | None = None
+    remote_fingerprint: str = ""
+    media_up_at: float | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    last_stats: tuple[float, int, int] | None = None  # (time, bytes sent, packets received)
+
+    @property
+    def call_id(self) -> bytes:
+        """The call's id."""
+        return self.machine.call_id
+
+    def notify(self) -> None:
+        """Wake whoever waits for a change of this call."""
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class CallManager:
+    """The calls of one daemon: at most one at a time."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.calls: dict[bytes, Call] = {}
+        self.auto_answer: CallMedia | None = None
+        self.incoming = asyncio.Event()  # set when a call starts ringing here
+        assert daemon.history is not None
+        self._db = daemon.history
+        self._db.db.execute(_SCHEMA)
+        self._ticker: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def current(self) -> Call | None:
+        """The call in progress (ringing, connecting or active), if any."""
+        return next((c for c in self.calls.values() if not c.machine.ended), None)
+
+    def find(self, call_id: bytes | None) -> Call:
+        """A call by id, or the current one."""
+        call = self.calls.get(call_id) if call_id else self.current
+        if call is None:
+            raise LocalProtocolError("no such call" if call_id else "no call in progress")
+        return call
+
+    def log(self, limit: int) -> list[dict[str, Any]]:
+        """The call log, newest first."""
+        rows = self._db.db.execute(
+            "SELECT id, contact, direction, video, started, answered, ended, reason FROM calls "
+            "ORDER BY started DESC LIMIT ?", (limit,)).fetchall()
+        return [{"id": bytes(r[0]).hex(), "contact": encode_user_id(bytes(r[1])),
+                 "name": self.daemon._name(bytes(r[1])), "direction": r[2],
+                 "video": bool(r[3]), "started": r[4], "answered": r[5], "ended": r[6],
+                 "reason": r[7],
+                 "missed": r[2] == "incoming" and r[5] is None and r[7] in (
+                     "missed", "cancelled by the caller", "missed (busy)")}
+                for r in rows]
+
+    def as_json(self, call: Call) -> dict[str, Any]:
+        """API form of a call."""
+        machine = call.machine
+        out: dict[str, Any] = {
+            "id": call.call_id.hex(),
+            "contact": encode_user_id(call.contact),
+            "name": self.daemon._name(call.contact),
+            "direction": machine.direction,
+            "video": machine.video,
+            "state": machine.state,
+            "reason": machine.reason,
+            "started": machine.started,
+            "answered": machine.answered_at,
+            "ended": machine.ended_at,
+            "sas": None,
+        }
+        if call.sas is not None:
+            out["sas"] = {"words": call.sas.text, "number": call.sas.number}
+        if call.sink is not None:
+            out["received_audio_s"] = round(call.sink.duration, 2)
+        return out
+
+    # ------------------------------------------------------------------ placing a call
+
+    async def place(self, contact: bytes, media: CallMedia, *, video: bool = False) -> Call:
+        """Open the inputs, make sure the contact is connected, send the invite."""
+        if self.current is not None:
+            raise LocalProtocolError("already in a call; hang up first")
+        call = Call(CallMachine(secrets.token_bytes(16), "outgoing", time.time(), video=video),
+                    contact, media)
+        self._open_media(call)
+        self.calls[call.call_id] = call
+        try:
+            await self.daemon.connect(contact, CONNECT_TIMEOUT)
+            pc = await self._peer_connection(call)
+            await pc.setLocalDescription(await pc.createOffer())
+            enlarge_ice_socket_buffers(pc)
+            call.nonce = secrets.token_bytes(16)
+            sent = await self._signal(call, "invite", sdp=pc.localDescription.sdp,
+                                      commitment=commitment(call.nonce))
+            if not sent:
+                raise ConnectionError("the connection to the contact closed")
+        except BaseException as exc:
+            reason = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
+            await self._end(call, f"failed: {reason}")
+            raise
+        self._log_call(call)
+        self._ensure_ticker()
+        log.info("calling %s (call %s)", self.daemon._name(contact), call.call_id.hex()[:8])
+        return call
+
+    # ------------------------------------------------------------------ answering
+
+    async def answer(self, call: Call, media: CallMedia) -> Call:
+        """Accept a ringing incoming call with these inputs/outputs."""
+        if call.machine.direction != "incoming" or call.machine.state != "ringing":
+            raise LocalProtocolError(f"cannot answer a call that is {call.machine.state}")
+        call.media = media
+        self._open_media(call)
+        try:
+            pc = await self._peer_connection(call)
+            await pc.setRemoteDescription(RTCSessionDescription(call.remote_sdp, "offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+            enlarge_ice_socket_buffers(pc)
+            call.machine.send("accept", time.time())
+            if not await self._signal(call, "accept", sdp=pc.localDescription.sdp):
+                raise ConnectionError("the connection to the contact closed")
+        except (MediaError, LocalProtocolError):
+            raise
+        except Exception as exc:
+            await self._end(call, f"failed: {exc or exc.__class__.__name__}")
+            raise LocalProtocolError(f"could not answer: {exc}") from None
+        self._update_sas(call)
+        self._log_call(call)
+        call.notify()
+        self.daemon._spawn(self._await_media(call))
+        return call
+
+    async def decline(self, call: Call) -> None:
+        """Refuse a ringing incoming call."""
+        call.machine.send("decline", time.time())
+        await self._signal(call, "decline")
+        await self._end(call, "declined")
+
+    async def hangup(self, call: Call) -> None:
+        """End a call (cancels it before it was answered)."""
+        if call.machine.ended:
+            return
+        call.machine.send("hangup", time.time())
+        await self._signal(call, "hangup")
+        await self._end(call, call.machine.reason)
+
+    # ------------------------------------------------------------------ signalling in
+
+    async def on_signal(self, contact: bytes, action: str, call_id: bytes, *, sdp: str = "",
+                        video: bool = False, committed: bytes = b"",
+                        nonce: bytes = b"") -> None:
+        """A call payload from a contact (already authenticated and decrypted)."""
+        now = time.time()
+        call = self.calls.get(call_id)
+        if action == "invite":
+            await self._on_invite(contact, call_id, sdp, video, committed, call)
+            return
+        if call is None or call.contact != contact:
+            log.info("ignored a call %s for an unknown call", action)
+            return
+        if action == "nonce":
+            self._on_nonce(call, nonce)
+            return
+        try:
+            call.machine.receive(action, now)
+        except RemoteProtocolError as exc:
+            log.info("ignored a call message: %s", exc)
+            return
+        call.notify()
+        if call.machine.ended:
+            await self._end(call, call.machine.reason)
+        elif action == "accept":
+            await self._on_accept(call, sdp)
+
+    async def _on_invite(self, contact: bytes, call_id: bytes, sdp: str, video: bool,
+                         committed: bytes, existing: Call | None) -> None:
+        if existing is not None:
+            return  # a duplicate
+        machine = CallMachine(call_id, "incoming", time.time(), video=video)
+        call = Call(machine, contact, remote_sdp=sdp, committed=committed)
+        try:
+            call.remote_fingerprint = sdp_fingerprint(sdp)
+        except RemoteProtocolError as exc:
+            log.warning("refused a call from %s: %s", self.daemon._name(contact), exc)
+            return
+        if self.current is not None:
+            self.calls[call_id] = call
+            machine.send("busy", time.time())
+            machine.reason = "missed (busy)"  # for our log: someone called while we talked
+            await self._signal(call, "busy")
+            await self._end(call, machine.reason)
+            return
+        self.calls[call_id] = call
+        self._log_call(call)
+        await self._signal(call, "ringing")
+        log.warning("incoming %s call from %s (answer with: dhtchat answer)",
+                    "video" if video else "voice", self.daemon._name(contact))
+        self.incoming.set()
+        self.incoming = asyncio.Event()
+        self._ensure_ticker()
+        if self.auto_answer is not None:
+            try:
+                await self.answer(call, self.auto_answer)
+            except (MediaError, LocalProtocolError) as exc:
+                log.warning("could not answer automatically: %s", exc)
+                await self.decline(call)
+
+    async def _on_accept(self, call: Call, sdp: str) -> None:
+        assert call.pc is not None
+        try:
+            call.remote_fingerprint = sdp_fingerprint(sdp)
+            await call.pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
+        except (RemoteProtocolError, ValueError) as exc:
+            await self._fail(call, f"bad answer: {exc}")
+            return
+        await self._signal(call, "nonce", nonce=call.nonce)  # reveal: the SAS is fixed now
+        self._update_sas(call)
+        self._log_call(call)
+        self.daemon._spawn(self._await_media(call))
+
+    def _on_nonce(self, call: Call, nonce: bytes) -> None:
+        if call.machine.direction != "incoming" or call.nonce:
+            return
+        try:
+            check_commitment(call.committed, nonce)
+        except RemoteProtocolError as exc:
+            log.warning("call from %s: %s", self.daemon._name(call.contact), exc)
+            self.daemon._spawn(self._fail(call, str(exc)))
+            return
+        call.nonce = nonce
+        self._update_sas(call)
+        call.notify()
+
+    # ------------------------------------------------------------------ media
+
+    def _open_media(self, call: Call) -> None:
+        """Open inputs and the output now, so a missing device fails before any ringing."""
+        tracks: list[MediaStreamTrack] = []
+        try:
+            tracks.append(open_audio_input(call.media.audio_in, loop=True))
+            if call.machine.video and call.media.video_in:
+                tracks.append(open_video_input(call.media.video_in, loop=True))
+            call.sink = AudioSink(call.media.audio_out)
+        except MediaError:
+            for track in tracks:
+                track.stop()
+            raise
+        call.tracks = tracks
+
+    async def _peer_connection(self, call: Call) -> RTCPeerConnection:
+        options = self.daemon.options
+        stun = await self.daemon._pick_stun()
+        pc = RTCPeerConnection(configuration(stun, options.turn, options.relay_only))
+        call.pc = pc
+        for track in call.tracks:
+            pc.addTrack(track)
+        if call.machine.video and not any(t.kind == "video" for t in call.tracks):
+            pc.addTransceiver("video", direction="recvonly")
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio" and call.sink is not None:
+                self.daemon._spawn(call.sink.start(track))
+            elif track.kind == "video":
+                call.video_sink = call.video_sink or MediaBlackhole()
+                call.video_sink.addTrack(track)
+                self.daemon._spawn(call.video_sink.start())
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed") and call.machine.state == "active":
+                await self._end(call, f"media connection {pc.connectionState}")
+
+        return pc
+
+    async def _await_media(self, call: Call) -> None:
+        pc = call.pc
+        assert pc is not None
+        deadline = time.monotonic() + MEDIA_TIMEOUT
+        while pc.connectionState != "connected":
+            if call.machine.ended:
+                return
+            if pc.connectionState == "failed" or time.monotonic() > deadline:
+                dtls = {t.sender.transport.state for t in pc.getTransceivers()
+                        if t.sender.transport is not None}
+                reason = ("DTLS handshake failed: the certificate does not match the "
+                          "fingerprint in the call's signalling (possible man in the middle)"
+                          if "failed" in dtls else
+                          f"media connection did not come up (ICE {pc.iceConnectionState})")
+                await self._fail(call, reason)
+                return
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(LocalProtocolError):
+            call.machine.media_up(time.time())
+        call.media_up_at = time.time()
+        log.info("call with %s connected; SAS %s", self.daemon._name(call.contact),
+                 call.sas.text if call.sas else "pending")
+        call.notify()
+
+    def _update_sas(self, call: Call) -> None:
+        pc = call.pc
+        if pc is None or pc.localDescription is None or not call.remote_fingerprint:
+            return
+        if call.machine.direction == "incoming" and not call.nonce:
+            return  # the caller reveals its nonce after our accept
+        call.sas = compute_sas(
+            local_identity=self.daemon.identity.public_key,
+            local_fingerprint=sdp_fingerprint(pc.localDescription.sdp),
+            remote_identity=call.contact, remote_fingerprint=call.remote_fingerprint,
+            nonce=call.nonce)
+
+    async def stats(self, call: Call) -> dict[str, Any]:
+        """RTT, jitter, loss and bitrates of the call's media (empty before media)."""
+        pc = call.pc
+        if pc is None or call.media_up_at is None:
+            return {}
+        report = await pc.getStats()
+        out: dict[str, Any] = {"rtt_ms": None, "jitter_ms": None, "packets_lost": 0,
+                               "packets_received": 0, "bytes_sent": 0}
+        for item in report.values():
+            kind = getattr(item, "type", "")
+            if kind == "inbound-rtp" and getattr(item, "kind", "") == "audio":
+                out["packets_received"] += item.packetsReceived
+                out["packets_lost"] += max(0, item.packetsLost)
+                out["jitter_ms"] = round(item.jitter / 48.0, 2)  # RTP units at 48 kHz
+            elif kind == "remote-inbound-rtp" and item.roundTripTime is not None:
+                out["rtt_ms"] = round(item.roundTripTime * 1000, 1)
+            elif kind == "outbound-rtp":
+                out["bytes_sent"] += item.bytesSent
+        total = out["packets_received"] + out["packets_lost"]
+        out["loss_percent"] = round(100.0 * out["packets_lost"] / total, 2) if total else 0.0
+        now = time.monotonic()
+        if call.last_stats is not None:
+            then, sent, received = call.last_stats
+            span = max(now - then, 1e-3)
+            out["send_kbps"] = round((out["bytes_sent"] - sent) * 8 / span / 1000, 1)
+            out["receive_packets_per_s"] = round((out["packets_received"] - received) / span,
+                                                 1)
+        call.last_stats = (now, out["bytes_sent"], out["packets_received"])
+        out["duration_s"] = round(time.time() - call.media_up_at, 1)
+        return out
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _signal(self, call: Call, action: str, *, sdp: str = "",
+                      commitment: bytes = b"", nonce: bytes = b"") -> bool:
+        messenger = self.daemon.messenger
+        assert messenger is not None
+        return await messenger.send_call(call.contact, action, call.call_id, sdp=sdp,
+                                         video=call.machine.video, commitment=commitment,
+                                         nonce=nonce)
+
+    async def _fail(self, call: Call, reason: str) -> None:
+        if not call.machine.ended:
+            log.warning("call with %s failed: %s", self.daemon._name(call.contact), reason)
+            call.machine.fail(reason, time.time())
+            await self._signal(call, "hangup")
+        await self._end(call, reason)
+
+    async def _end(self, call: Call, reason: str) -> None:
+        if not call.machine.ended:
+            call.machine.fail(reason, time.time())
+        self._log_call(call)
+        call.notify()
+        pc, call.pc = call.pc, None
+        tracks, call.tracks = call.tracks, []
+        for track in tracks:
+            track.stop()
+        if call.sink is not None:
+            await call.sink.stop()
+        if call.video_sink is not None:
+            with contextlib.suppress(Exception):
+                await call.video_sink.stop()
+        if pc is not None:
+            with contextlib.suppress(Exception):
+                await pc.close()
+        if pc is not None or tracks:
+            log.info("call with %s ended: %s", self.daemon._name(call.contact),
+                     call.machine.reason)
+
+    def _log_call(self, call: Call) -> None:
+        machine = call.machine
+        with self._db.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (call.call_id, call.contact, machine.direction, int(machine.video),
+                        machine.started, machine.answered_at, machine.ended_at,
+                        machine.reason))
+
+    def _ensure_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = self.daemon._spawn(self._tick_loop())
+
+    async def _tick_loop(self) -> None:
+        """Ring timeouts, while any call rings."""
+        while any(c.machine.state in ("inviting", "ringing") for c in self.calls.values()):
+            await asyncio.sleep(TICK)
+            for call in list(self.calls.values()):
+                if call.machine.tick(time.time()):
+                    if call.machine.direction == "outgoing":
+                        await self._signal(call, "hangup")
+                    await self._end(call, call.machine.reason)
+
+    async def close(self) -> None:
+        """Hang up everything (daemon stopping)."""
+        for call in list(self.calls.values()):
+            if not call.machine.ended:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.hangup(call), 2.0)

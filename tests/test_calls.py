@@ -1,0 +1,161 @@
+"""Voice calls between two in-process daemons over a real loopback DHT and real aiortc
+connections: tones both ways recorded to WAV and checked by FFT; equal SAS on both sides;
+a substituted DTLS fingerprint stops the call before any audio; busy, decline, ring timeout
+and the call log."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from dhtchat.app.calls import CallMedia
+from dhtchat.app.daemon import Daemon, DaemonOptions
+from dhtchat.app.media import audio_duration, dominant_frequency
+from dhtchat.app.profile import Profile
+from dhtchat.core.identity import SigningIdentity
+from tests.daemons import next_host
+
+pytestmark = pytest.mark.timeout(300)
+
+CALL_SECONDS = 4.0
+
+
+async def _daemon(tmp: Path, n: int, bootstrap: list[tuple[str, int]],
+                  auto_connect: bool = True) -> Daemon:
+    options = DaemonOptions(port=0, host=next_host(), bootstrap=bootstrap,
+                            ice_addresses=["127.0.0.1"], auto_connect=auto_connect)
+    daemon = Daemon(Profile(tmp / f"d{n}"),
+                    SigningIdentity.from_seed(bytes([n + 60]) * 32), options)
+    await daemon.start()
+    return daemon
+
+
+async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def _run(tmp: Path, scenario: Callable[[Daemon, Daemon, Daemon], Awaitable[None]]) -> None:
+    """Alice and Bob (contacts), Carol (a contact of both), on a small DHT."""
+    async def main() -> None:
+        first = await _daemon(tmp, 1, [])
+        assert first.node is not None
+        daemons = [first, *[await _daemon(tmp, n, [first.node.address]) for n in (2, 3, 4)]]
+        alice, bob, carol = daemons[1], daemons[2], daemons[3]
+        try:
+            await _until(lambda: all(d.joined for d in daemons), 60, "joins")
+            for x, y in ((alice, bob), (alice, carol), (bob, carol)):
+                x.contacts.put(y.identity.public_key, name=f"d{daemons.index(y)}",
+                               state="accepted")
+                y.contacts.put(x.identity.public_key, name=f"d{daemons.index(x)}",
+                               state="accepted")
+                x._link(y.identity.public_key)
+                y._link(x.identity.public_key)
+            await scenario(alice, bob, carol)
+        finally:
+            await asyncio.gather(*(d.stop() for d in daemons))
+
+    asyncio.run(main())
+
+
+def test_tone_call_both_ways_with_equal_sas(tmp_path: Path) -> None:
+    async def scenario(alice: Daemon, bob: Daemon, carol: Daemon) -> None:
+        assert alice.calls is not None and bob.calls is not None and carol.calls is not None
+        bob.calls.auto_answer = CallMedia("tone:1000", str(tmp_path / "bob-heard.wav"))
+        dialled = time.monotonic()
+        call = await alice.calls.place(bob.identity.public_key,
+                                       CallMedia("tone:440", str(tmp_path / "alice-heard.wav")))
+        await _until(lambda: call.machine.state == "active", 30, "the call to connect")
+        assert call.sink is not None
+        await _until(lambda: call.sink is not None and call.sink.first_frame_at is not None,
+                     10, "the first audio frame")
+        print(f"\ncall setup (dial to first audio frame): "
+              f"{(time.monotonic() - dialled) * 1000:.0f} ms")
+        bobs = bob.calls.current
+        assert bobs is not None and bobs.machine.state == "active"
+        await _until(lambda: bobs.sas is not None, 5, "Bob's SAS")
+        assert call.sas is not None and call.sas == bobs.sas  # same words on both sides
+        # A second caller gets "busy" while Bob talks.
+        other = await carol.calls.place(bob.identity.public_key, CallMedia())
+        await _until(lambda: other.machine.ended, 20, "the busy signal")
+        assert other.machine.reason == "busy"
+        await asyncio.sleep(CALL_SECONDS)
+        stats = await alice.calls.stats(call)
+        assert stats["packets_received"] > 0 and stats["rtt_ms"] is not None
+        print(f"stats: {stats}")
+        await alice.calls.hangup(call)
+        await _until(lambda: bobs.machine.ended, 10, "Bob to see the hang-up")
+        assert call.machine.reason == "hung up"
+        assert bobs.machine.reason == "hung up by the contact"
+        for path, tone in (("alice-heard.wav", 1000.0), ("bob-heard.wav", 440.0)):
+            heard = dominant_frequency(tmp_path / path)
+            duration = audio_duration(tmp_path / path)
+            print(f"{path}: {heard:.0f} Hz, {duration:.2f} s")
+            assert abs(heard - tone) < 15, (path, heard)
+            assert duration >= 0.9 * CALL_SECONDS, (path, duration)
+        log = bob.calls.log(10)
+        assert [(c["direction"], c["reason"], c["missed"]) for c in log] == [
+            ("incoming", "missed (busy)", True), ("incoming", "hung up by the contact", False)]
+
+    _run(tmp_path, scenario)
+
+
+def test_substituted_fingerprint_stops_the_call_before_audio(tmp_path: Path) -> None:
+    async def scenario(alice: Daemon, bob: Daemon, carol: Daemon) -> None:
+        assert alice.calls is not None and bob.calls is not None and bob.messenger is not None
+        bob.calls.auto_answer = CallMedia("tone:1000", str(tmp_path / "bob-heard.wav"))
+        genuine = bob.messenger.send_call
+
+        async def tampered(contact: bytes, action: str, call_id: bytes, *, sdp: str = "",
+                           **kwargs: object) -> bool:
+            if action == "accept":  # a man in the middle swaps the certificate fingerprint
+                lines = sdp.split("\r\n")
+                for i, line in enumerate(lines):
+                    if line.startswith("a=fingerprint:sha-256 "):
+                        digest = line.split(" ", 1)[1]
+                        flipped = ("00" if digest[:2] != "00" else "11") + digest[2:]
+                        lines[i] = "a=fingerprint:sha-256 " + flipped
+                sdp = "\r\n".join(lines)
+            return await genuine(contact, action, call_id, sdp=sdp, **kwargs)  # type: ignore[arg-type]
+
+        bob.messenger.send_call = tampered  # type: ignore[method-assign]
+        call = await alice.calls.place(bob.identity.public_key,
+                                       CallMedia("tone:440", str(tmp_path / "alice-heard.wav")))
+        await _until(lambda: call.machine.ended, 60, "the call to fail")
+        assert call.machine.answered_at is not None  # Bob did answer ...
+        assert call.media_up_at is None  # ... but no media connection came up
+        assert "DTLS" in call.machine.reason or "media" in call.machine.reason, \
+            call.machine.reason
+        assert call.sink is not None and call.sink.frames == 0  # not one audio frame
+
+    _run(tmp_path, scenario)
+
+
+def test_decline_and_ring_timeout(tmp_path: Path) -> None:
+    async def scenario(alice: Daemon, bob: Daemon, carol: Daemon) -> None:
+        assert alice.calls is not None and bob.calls is not None
+        call = await alice.calls.place(bob.identity.public_key, CallMedia())
+        await _until(lambda: call.machine.state == "ringing", 20, "ringing")
+        ringing = bob.calls.current
+        assert ringing is not None
+        await bob.calls.decline(ringing)
+        await _until(lambda: call.machine.ended, 10, "the decline")
+        assert call.machine.reason == "declined"
+
+        call = await alice.calls.place(bob.identity.public_key, CallMedia())
+        call.machine.ring_timeout = 1.0  # nobody answers
+        await _until(lambda: bob.calls.current is not None, 10, "ringing at Bob")  # type: ignore[union-attr]
+        await _until(lambda: call.machine.ended, 10, "the ring timeout")
+        assert call.machine.reason == "no answer"
+        assert bob.calls is not None
+        await _until(lambda: bob.calls.current is None, 10, "Bob's side to stop ringing")  # type: ignore[union-attr]
+        assert bob.calls.log(1)[0]["missed"] is True
+
+    _run(tmp_path, scenario)
