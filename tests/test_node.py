@@ -359,3 +359,38 @@ def test_lookup_takes_one_candidate_per_address_and_few_per_ip() -> None:
     assert taken == [True, False, False, False, False]
     taken = [lookup.add(rng.randbytes(32), ("10.0.0.2", 4000 + i)) for i in range(5)]
     assert taken == [True, True, True, False, False]
+
+
+def test_no_verification_ping_to_a_node_whose_reply_we_await() -> None:
+    # A's lookup queries B (learned from C); B answers and verifies A with a Ping, and the
+    # Ping overtakes the answer. A must not ping B back: the answer it awaits is the same
+    # signed challenge, and admits B.
+    a, b, c = (DhtNode(node_key(i), rng=random.Random(i), now=NOW) for i in (1, 2, 3))
+    a_addr, b_addr, c_addr = ("10.0.1.1", 4000), ("10.0.2.1", 4000), ("10.0.3.1", 4000)
+    a.table.add(c.node_id, c_addr, NOW)
+    c.table.add(b.node_id, b_addr, NOW)
+    a.find_node(b.node_id, NOW)
+    (to_c, _), = a.datagrams_to_send(NOW)
+    c.receive_datagram(to_c, a_addr, NOW + 0.01)
+    reply_c = next(d for d, _ in c.datagrams_to_send(NOW + 0.01)
+                   if not isinstance(decode(d).envelope.body, Ping))
+    a.receive_datagram(reply_c, c_addr, NOW + 0.02)
+    (to_b, dst), = a.datagrams_to_send(NOW + 0.02)
+    assert dst == b_addr and b.node_id not in a.table
+    b.receive_datagram(to_b, a_addr, NOW + 0.03)
+    out = b.datagrams_to_send(NOW + 0.03)
+    reply_b = next(d for d, _ in out if not isinstance(decode(d).envelope.body, Ping))
+    b_ping = next(d for d, _ in out if isinstance(decode(d).envelope.body, Ping))
+    a.receive_datagram(b_ping, b_addr, NOW + 0.04)  # B's verification Ping arrives first
+    assert all(not isinstance(decode(d).envelope.body, Ping)
+               for d, _ in a.datagrams_to_send(NOW + 0.04))  # only the Pong
+    assert a.stats["verifications_pending_reply"] == 1
+    a.receive_datagram(reply_b, b_addr, NOW + 0.05)
+    assert b.node_id in a.table
+    # The same Ping from a node we await nothing from is verified as before.
+    d = DhtNode(node_key(4), rng=random.Random(4), now=NOW)
+    d.bootstrap([a_addr], NOW)
+    (d_ping, _), = d.datagrams_to_send(NOW)
+    a.receive_datagram(d_ping, ("10.0.4.1", 4000), NOW + 0.06)
+    assert any(isinstance(decode(x).envelope.body, Ping)
+               for x, _ in a.datagrams_to_send(NOW + 0.06))

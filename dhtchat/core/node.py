@@ -62,7 +62,7 @@ from dhtchat.core.ids import ID_BITS, ID_BYTES, distance, node_id_from_public_ke
 from dhtchat.core.lookup import Candidate, DisjointLookup, Lookup
 from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record, encoded_size, validate_record
-from dhtchat.core.routing import AddResult, RoutingTable
+from dhtchat.core.routing import AddResult, Contact, RoutingTable
 from dhtchat.core.storage import RecordStore
 from dhtchat.core.wire import (
     FLAG_READ_ONLY,
@@ -300,6 +300,8 @@ class DhtNode:
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = deque()
         self._transactions: dict[bytes, _Transaction] = {}
+        # (node id, address) -> transactions awaiting a reply from that node at that address
+        self._awaiting: dict[tuple[bytes, Address], int] = {}
         self._deadlines: list[tuple[float, bytes]] = []
         self._queries: dict[int, _Query] = {}
         self._next_query_id = 1
@@ -595,11 +597,29 @@ class DhtNode:
         # slow but live node is not counted as failed.
         rto = self.config.max_rto if purpose in _BACKGROUND else self._rto(address)
         txn = _Transaction(tid, address, expected_id, purpose, query_id, body, now, now + rto)
-        self._transactions[tid] = txn
+        self._remember_transaction(txn)
         self.stats[_SENT_STAT[purpose]] += 1
         heapq.heappush(self._deadlines, (txn.deadline, tid))
         self._transmit(txn, now)
         return tid
+
+    def _remember_transaction(self, txn: _Transaction) -> None:
+        self._transactions[txn.tid] = txn
+        if txn.expected_id is not None:
+            key = (txn.expected_id, txn.address)
+            awaiting = self._awaiting
+            awaiting[key] = awaiting.get(key, 0) + 1
+
+    def _forget_transaction(self, txn: _Transaction) -> None:
+        del self._transactions[txn.tid]
+        if txn.expected_id is not None:
+            key = (txn.expected_id, txn.address)
+            awaiting = self._awaiting
+            left = awaiting[key] - 1
+            if left:
+                awaiting[key] = left
+            else:
+                del awaiting[key]
 
     def _transmit(self, txn: _Transaction, now: float) -> None:
         entry = self._peer_tokens.get(txn.address)
@@ -649,9 +669,11 @@ class DhtNode:
             self._rtt.popitem(last=False)
 
     def _respond(
-        self, tid: bytes, requester_id: bytes, address: Address, body: ResponseBody, now: float
+        self, tid: bytes, requester_id: bytes, address: Address, body: ResponseBody, now: float,
+        token: bytes | None = None,
     ) -> bytes:
-        token = self._make_token(address, now, self._epoch(now))
+        if token is None:
+            token = self._make_token(address, now, self._epoch(now))
         envelope_bytes = encode_envelope(
             Envelope(tid, self.public_key, self._flags, token, body)
         )
@@ -706,13 +728,20 @@ class DhtNode:
             self.stats["requests_ignored_read_only"] += 1
             return
         host = address[0]
+        stats = self.stats
         if not (self._ip_limiter.allow(host, now)
                 and self._subnet_limiter.allow(subnet_of(host), now)):
-            self.stats["rate_limited"] += 1
+            stats["rate_limited"] += 1
             return
-        self.stats["requests_received"] += 1
+        stats["requests_received"] += 1
         requester_id = self._node_id_of(envelope.sender)
-        validated = self._token_valid(envelope.token, address, now)
+        # the token this reply carries, and the check of the one the request carries
+        epoch = int(now // self.config.token_epoch)
+        token = self._make_token(address, now, epoch)
+        presented = envelope.token
+        validated = len(presented) == 16 and (
+            hmac.compare_digest(presented, token)
+            or hmac.compare_digest(presented, self._make_token(address, now, epoch - 1)))
         body = envelope.body
         reply: ResponseBody
         if isinstance(body, Ping):
@@ -728,15 +757,16 @@ class DhtNode:
                                         validated, now)
         else:  # pragma: no cover - RequestBody is exhaustive
             raise RemoteProtocolError("unexpected request")
-        data: bytes | None = self._respond(envelope.tid, requester_id, address, reply, now)
+        data: bytes | None = self._respond(envelope.tid, requester_id, address, reply, now,
+                                           token)
         if not validated and data is not None and len(data) > request_size:
             data = self._shrink_reply(envelope.tid, requester_id, address, reply, request_size,
                                       now)
         if data is None:
-            self.stats["replies_dropped_amplification"] += 1
+            stats["replies_dropped_amplification"] += 1
         else:
             self._outbox.append((data, address))
-            self.stats["bytes_sent"] += len(data)
+            stats["bytes_sent"] += len(data)
         if not envelope.flags & FLAG_READ_ONLY and (validated or request_size >= _PING_PAD):
             # (a tiny tokenless request may be spoofed: our ping must not amplify it)
             self._consider_contact(requester_id, address, now)
@@ -768,8 +798,20 @@ class DhtNode:
     def _nodes_for(self, target: bytes, requester_id: bytes) -> list[NodeInfo]:
         k = self.config.k
         closest = self.table.closest(target, k)
-        if any(c.node_id == requester_id for c in closest):  # never tell a node about itself
-            closest = [c for c in self.table.closest(target, k + 1) if c.node_id != requester_id]
+        infos = []
+        for c in closest:
+            if c.node_id == requester_id:  # never tell a node about itself
+                closest = [c for c in self.table.closest(target, k + 1)
+                           if c.node_id != requester_id]
+                return self._nodes_for_contacts(closest)
+            info = c.info
+            if info is None:
+                info = c.info = NodeInfo(c.node_id, pack_ip(c.address[0]), c.address[1])
+            infos.append(info)
+        return infos
+
+    @staticmethod
+    def _nodes_for_contacts(closest: list[Contact]) -> list[NodeInfo]:
         infos = []
         for c in closest:
             info = c.info
@@ -894,11 +936,11 @@ class DhtNode:
             return
         sender_id = self._node_id_of(envelope.sender)
         if txn.expected_id is not None and sender_id != txn.expected_id:
-            del self._transactions[envelope.tid]
+            self._forget_transaction(txn)
             self._misbehaved(address, "responder is not the node we asked")
             self._fail(txn, now)
             return
-        del self._transactions[envelope.tid]
+        self._forget_transaction(txn)
         self.stats["responses_received"] += 1
         if txn.attempts == 1:
             self._rtt_sample(address, max(0.0, now - txn.sent_at))
@@ -926,7 +968,7 @@ class DhtNode:
         txn.sent_at = now
         txn.attempts += 1
         txn.deadline = now + self._rto(txn.address)
-        self._transactions[txn.tid] = txn
+        self._remember_transaction(txn)
         heapq.heappush(self._deadlines, (txn.deadline, txn.tid))
         self._transmit(txn, now)
         return True
@@ -1094,7 +1136,7 @@ class DhtNode:
             self.stats["retransmissions"] += 1
             self._transmit(txn, now)
             return
-        del self._transactions[txn.tid]
+        self._forget_transaction(txn)
         self.stats["timeouts"] += 1
         self._fail(txn, now)
 
@@ -1145,6 +1187,11 @@ class DhtNode:
             # A full bucket keeps its long-lived contacts (Kademlia sec. 2.2); new ones only
             # get in through the replacement cache, fed by verified lookup replies.
             self.stats["verifications_not_needed"] += 1
+            return
+        if (node_id, address) in self._awaiting:
+            # We are waiting for this node's reply at this address: that signed reply is the
+            # same challenge as a Ping and admits it (its Ping to us often overtakes it).
+            self.stats["verifications_pending_reply"] += 1
             return
         if len(self._verifying) >= self.config.max_pending_verifications:
             self.stats["verifications_skipped"] += 1

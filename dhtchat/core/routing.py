@@ -298,10 +298,14 @@ class RoutingTable:
     def stale_buckets(self, now: float, max_age: float) -> list[int]:
         """Indices of buckets not refreshed within ``max_age`` seconds, up to the deepest one
         in use (buckets past it hold no one to find)."""
-        return [
-            i for i in range(self._deepest + 1)
-            if now - self._last_changed(i) >= max_age
-        ]
+        buckets = self._buckets
+        created = self._created
+        stale = []
+        for i in range(self._deepest + 1):
+            bucket = buckets[i]
+            if now - (bucket.last_changed if bucket is not None else created) >= max_age:
+                stale.append(i)
+        return stale
 
     def touch_bucket(self, index: int, now: float) -> None:
         """Mark a bucket as refreshed (a lookup into its range was done)."""

@@ -100,7 +100,8 @@ class PairwiseLatency:
             if len(self._bases) >= _MAX_CACHED_PAIRS:
                 self._bases.clear()
             self._bases[pair] = base
-        return base + rng.uniform(0.0, self.jitter)
+        # rng.uniform(0.0, jitter) is 0.0 + jitter * rng.random(): the same float, one call
+        return base + self.jitter * rng.random()
 
 
 @dataclass(frozen=True)
