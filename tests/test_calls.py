@@ -6,6 +6,10 @@ and the call log."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,7 +21,16 @@ from dhtchat.app.daemon import Daemon, DaemonOptions
 from dhtchat.app.media import audio_duration, dominant_frequency
 from dhtchat.app.profile import Profile
 from dhtchat.core.identity import SigningIdentity
-from tests.daemons import next_host
+from tests.daemons import (
+    PASSPHRASE,
+    REPO,
+    DaemonProcess,
+    DhtProcess,
+    cli,
+    make_contacts,
+    new_identity,
+    next_host,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -159,3 +172,58 @@ def test_decline_and_ring_timeout(tmp_path: Path) -> None:
         assert bob.calls.log(1)[0]["missed"] is True
 
     _run(tmp_path, scenario)
+
+
+def test_cli_call_answer_verify_and_list(tmp_path: Path) -> None:
+    """The command-line contract: `call` with a 440 Hz tone and `answer` with 1000 Hz, each
+    recording to WAV; both print the same SAS; `call verify` and `call list`."""
+    dht = DhtProcess(16)
+    alice_id = new_identity(tmp_path / "alice")
+    bob_id = new_identity(tmp_path / "bob")
+    daemons = []
+    try:
+        for name in ("alice", "bob"):
+            args = ["--port", "0", "--host", next_host(), "--ice-address", "127.0.0.1",
+                    "--name", name.title()]
+            for address in dht.bootstrap:
+                args += ["--bootstrap", address]
+            daemons.append(DaemonProcess(tmp_path / name, args))
+        alice, bob = daemons
+        alice.wait_ready()
+        bob.wait_ready()
+        make_contacts(alice, alice_id, bob, bob_id)
+        env = dict(os.environ, DHTCHAT_PASSPHRASE=PASSPHRASE, PYTHONPATH=str(REPO))
+        answer = subprocess.Popen(
+            [sys.executable, "-m", "dhtchat", "--profile", str(bob.profile), "answer",
+             "--audio-in", "tone:1000", "--audio-out", str(tmp_path / "bob-heard.wav")],
+            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            stdin=subprocess.DEVNULL)
+        time.sleep(1.0)
+        call = cli(alice.profile, "call", "Bob", "--audio-in", "tone:440", "--audio-out",
+                   str(tmp_path / "alice-heard.wav"), "--duration", str(CALL_SECONDS),
+                   timeout=120)
+        _, answered = answer.communicate(timeout=60)
+        assert answer.returncode == 0, answered
+        print("\n" + call.stderr + answered)
+        sas_lines = [[line for line in text.splitlines() if line.startswith("SAS: ")]
+                     for text in (call.stderr, answered)]
+        assert sas_lines[0] and sas_lines[0] == sas_lines[1]
+        assert "call ended: hung up" in call.stderr
+        for path, tone in (("alice-heard.wav", 1000.0), ("bob-heard.wav", 440.0)):
+            assert abs(dominant_frequency(tmp_path / path) - tone) < 15
+            assert audio_duration(tmp_path / path) >= 0.9 * CALL_SECONDS
+        words = sas_lines[0][0].split("SAS: ", 1)[1].split("  (")[0]
+        wrong = cli(alice.profile, "call", "verify", "Bob", "--sas", "apple apple apple",
+                    check=False)
+        if words != "apple apple apple":
+            assert wrong.returncode == 2 and "do not match" in wrong.stderr
+        cli(alice.profile, "call", "verify", "Bob", "--sas", words)
+        rows = json.loads(cli(alice.profile, "contact", "list", "--json").stdout)
+        assert rows[0]["verified"]
+        listed = json.loads(cli(bob.profile, "call", "list", "--json").stdout)
+        assert listed[0]["direction"] == "incoming"
+        assert listed[0]["reason"] == "hung up by the contact"
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+        dht.stop()

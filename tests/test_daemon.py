@@ -152,9 +152,9 @@ def test_stranger_learns_neither_address_nor_presence(tmp_path: Path, dht: DhtPr
         alice_key = decode_user_id(alice_id)
         bob_identity_pub = decode_user_id(bob_id)
         eve = SigningIdentity.from_seed(bytes(range(32)))
-        log = alice.log()
-        alice_dht_port = next(line.split("DHT node on ")[1].strip()
-                              for line in log.splitlines() if "DHT node on" in line)
+        status = alice.status()
+        assert status is not None
+        alice_dht_port = status["dht_address"]
         alice_port = alice_dht_port.rsplit(":", 1)[1].encode()
 
         async def scan() -> tuple[int, list[bytes]]:

@@ -615,6 +615,140 @@ def cmd_timer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_MEDIA_PREFIXES = ("tone", "pulse", "alsa", "v4l2", "lavfi")
+
+
+def _media_spec(value: str | None) -> str | None:
+    """A media spec for the daemon: file paths made absolute (its working directory is not
+    ours); tone:, silence, null and device specs as given."""
+    if value is None or value in ("silence", "null") or \
+            value.partition(":")[0] in _MEDIA_PREFIXES:
+        return value
+    return os.path.abspath(value)
+
+
+def _media_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name in ("audio_in", "audio_out", "video_in"):
+        value = _media_spec(getattr(args, name, None))
+        if value is not None:
+            params[name] = value
+    return params
+
+
+def _print_call_stats(stats: dict[str, Any]) -> None:
+    if not stats:
+        return
+    rtt = f"{stats['rtt_ms']:.0f} ms" if stats.get("rtt_ms") is not None else "-"
+    jitter = f"{stats['jitter_ms']:.1f} ms" if stats.get("jitter_ms") is not None else "-"
+    print(f"  {stats['duration_s']:>6.0f} s  rtt {rtt}  jitter {jitter}  loss "
+          f"{stats['loss_percent']:.1f}%  send {stats.get('send_kbps', 0):.0f} kbit/s  "
+          f"received {stats['packets_received']} packets", file=sys.stderr, flush=True)
+
+
+def _follow_call(args: argparse.Namespace, call: dict[str, Any], duration: float | None,
+                 stats_every: float = 5.0) -> int:
+    """Print the call's progress, SAS and stats until it ends (hang up after ``duration``
+    s of media, or on Ctrl-C); 0 after a normal hang-up."""
+    shown_state, shown_sas = "", None
+    active_since: float | None = None
+    next_stats = 0.0
+    try:
+        while True:
+            if call["state"] != shown_state:
+                shown_state = call["state"]
+                if shown_state != "ended":
+                    print(f"call {shown_state}", file=sys.stderr, flush=True)
+            if call.get("sas") and call["sas"] != shown_sas:
+                shown_sas = call["sas"]
+                print(f"SAS: {shown_sas['words']}  ({shown_sas['number']}) - read these to "
+                      "each other; if they differ, someone is in the middle",
+                      file=sys.stderr, flush=True)
+            if call["state"] == "ended":
+                break
+            now = time.monotonic()
+            if call["state"] == "active":
+                active_since = active_since or now
+                if now >= next_stats:
+                    next_stats = now + stats_every
+                    _print_call_stats(_rpc(args, "call.status", {"id": call["id"]})["stats"])
+                if duration is not None and now - active_since >= duration:
+                    call = _rpc(args, "call.hangup", {"id": call["id"]})
+                    continue
+            call = _rpc(args, "call.wait", {"id": call["id"], "timeout": 1}, timeout=30)
+    except KeyboardInterrupt:
+        call = _rpc(args, "call.hangup", {"id": call["id"]})
+    print(f"call ended: {call['reason']}", file=sys.stderr)
+    return EXIT_OK if call["reason"] in ("hung up", "hung up by the contact") else EXIT_FAILED
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    words = args.target
+    if words[0] == "list" and len(words) == 1:
+        rows = _rpc(args, "call.list", {"limit": args.limit})
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return EXIT_OK
+        for row in rows:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started"]))
+            length = (f"{row['ended'] - row['answered']:.0f} s"
+                      if row["answered"] and row["ended"] else "")
+            mark = "MISSED " if row["missed"] else ""
+            print(f"{when}  {row['direction']:<8} {row['name']:<16} {mark}{row['reason']} "
+                  f"{length}".rstrip())
+        return EXIT_OK
+    if words[0] == "stats" and len(words) == 1:
+        status = _rpc(args, "call.status", {})
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            print(f"{status['state']} call with {status['name']}", file=sys.stderr)
+            _print_call_stats(status["stats"])
+        return EXIT_OK
+    if words[0] == "verify" and len(words) in (2, 3):
+        params: dict[str, Any] = {"contact": words[1]}
+        if len(words) == 3 or args.sas:
+            params["sas"] = args.sas or words[2]
+        result = _rpc(args, "call.verify", params)
+        print(f"{result['name']} is verified (SAS {result['sas']})", file=sys.stderr)
+        return EXIT_OK
+    if words[0] == "hangup" and len(words) == 1:
+        _rpc(args, "call.hangup", {})
+        return EXIT_OK
+    if len(words) != 1:
+        raise UsageError("usage: dhtchat call NAME_OR_ID | call list | call stats | "
+                         "call verify NAME_OR_ID [WORDS] | call hangup")
+    params = {"to": words[0], "video": args.video, **_media_params(args)}
+    call = _rpc(args, "call.start", params, timeout=90)
+    print(f"calling {call['name']}...", file=sys.stderr, flush=True)
+    return _follow_call(args, call, args.duration)
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    media = _media_params(args)
+    if args.auto:
+        _rpc(args, "call.auto_answer", {"enabled": True, **media})
+        print("answering every call (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        try:
+            while True:
+                call = _rpc(args, "call.wait", {"timeout": 60}, timeout=90)
+                if call is not None and call["state"] != "ended":
+                    print(f"call from {call['name']}", file=sys.stderr, flush=True)
+                    _follow_call(args, call, None)
+        except KeyboardInterrupt:
+            return EXIT_OK
+        finally:
+            with contextlib.suppress(Exception):
+                _rpc(args, "call.auto_answer", {"enabled": False})
+    call = _rpc(args, "call.wait", {"timeout": args.timeout}, timeout=args.timeout + 30)
+    if call is None or call["state"] != "ringing" or call["direction"] != "incoming":
+        print("no incoming call", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"answering {call['name']}", file=sys.stderr, flush=True)
+    call = _rpc(args, "call.answer", {"id": call["id"], **media}, timeout=90)
+    return _follow_call(args, call, None)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     # Imported here: the simulator pulls matplotlib and friends, which a chat node never needs.
     from dhtchat.sim.cli import simulate_main  # noqa: PLC0415
@@ -791,6 +925,31 @@ def build_parser() -> argparse.ArgumentParser:
     f_get.add_argument("id", metavar="ID")
     f_get.add_argument("dest", metavar="DEST")
     files.set_defaults(func=cmd_file)
+
+    call = sub.add_parser("call", help="voice/video calls: call NAME_OR_ID, call list, "
+                          "call stats, call verify NAME_OR_ID [WORDS], call hangup")
+    call.add_argument("target", nargs="+", metavar="NAME_OR_ID | list | stats | verify | hangup")
+    call.add_argument("--video", action="store_true", help="a video call")
+    for flag, what in (("--audio-in", "microphone: tone:440, silence, alsa:hw:0, "
+                        "pulse:NAME or an audio file (looped); default silence"),
+                       ("--audio-out", "speaker: alsa:default, pulse:NAME, null or a file "
+                        "to record to (.wav/.ogg/.flac); default null"),
+                       ("--video-in", "camera: v4l2:/dev/video0, lavfi:testsrc or a file")):
+        call.add_argument(flag, dest=flag[2:].replace("-", "_"), help=what)
+    call.add_argument("--duration", type=float, help="hang up after S seconds of media")
+    call.add_argument("--sas", help="with verify: the words the contact read to you")
+    call.add_argument("--limit", type=int, default=50, help="with list: how many")
+    call.add_argument("--json", action="store_true")
+    call.set_defaults(func=cmd_call)
+    answer = sub.add_parser("answer", help="answer the incoming call")
+    answer.add_argument("--auto", action="store_true",
+                        help="answer every call until Ctrl-C (headless use)")
+    for flag in ("--audio-in", "--audio-out", "--video-in"):
+        answer.add_argument(flag, dest=flag[2:].replace("-", "_"),
+                            help="as for `dhtchat call`")
+    answer.add_argument("--timeout", type=float, default=60.0,
+                        help="wait this long for a call to ring")
+    answer.set_defaults(func=cmd_answer)
 
     demo = sub.add_parser("demo", help="run a local network on loopback and show it working")
     demo.add_argument("--nodes", type=int, default=16)

@@ -51,6 +51,8 @@ class ContactStore:
                 updated REAL NOT NULL);
             CREATE TABLE IF NOT EXISTS seen_envelopes (
                 envelope BLOB PRIMARY KEY, seen REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS verified (
+                public_key BLOB PRIMARY KEY, name TEXT NOT NULL, verified REAL NOT NULL);
             """
         )
 
@@ -93,6 +95,26 @@ class ContactStore:
         entry = self.get(public_key)
         assert entry is not None
         return entry
+
+    def mark_verified(self, public_key: bytes, name: str, now: float) -> None:
+        """The user compared the SAS of a call with this contact and it matched."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO verified VALUES (?, ?, ?)",
+                             (public_key, name, now))
+
+    def verified_at(self, public_key: bytes) -> float | None:
+        """When the contact was verified (None: never)."""
+        row = self._db.execute("SELECT verified FROM verified WHERE public_key = ?",
+                               (public_key,)).fetchone()
+        return float(row[0]) if row else None
+
+    def verified_impersonated(self, public_key: bytes, name: str) -> str | None:
+        """The name of a verified contact that ``name`` claims while ``public_key`` is a
+        different identity (someone posing as a verified contact), else None."""
+        row = self._db.execute(
+            "SELECT name FROM verified WHERE lower(name) = lower(?) AND public_key != ?",
+            (name, public_key)).fetchone()
+        return str(row[0]) if row else None
 
     def delete(self, public_key: bytes) -> None:
         """Forget an entry."""

@@ -80,6 +80,7 @@ from dhtchat.core.errors import InvalidUserId, LocalProtocolError, RemoteProtoco
 from dhtchat.core.identity import SigningIdentity, decode_user_id, encode_user_id
 from dhtchat.core.ids import blake2b_256
 from dhtchat.core.records import Record
+from dhtchat.core.sas import sas_from_number, sas_from_words
 from dhtchat.net.stun import first_stun_responder
 from dhtchat.net.udp import Subscription, UdpDhtNode
 from dhtchat.net.webrtc import (
@@ -102,6 +103,7 @@ MAINTENANCE_PERIOD: Final = 5.0
 EPOCH_OVERLAP: Final = SIGNAL_MAX_AGE
 MAX_BACKOFF: Final = 60.0
 PRESENCE_POLL: Final = 30.0
+RECONNECT_GRACE: Final = 3.0  # after a connection closed, before offering again
 
 Status = Literal["offline", "online", "connecting", "connected"]
 
@@ -385,6 +387,13 @@ class Daemon:
         if entry.state in ("incoming", "outgoing"):
             out["message"] = entry.message
             out["since"] = entry.created
+            posing_as = self.contacts.verified_impersonated(entry.public_key, entry.name)
+            if posing_as is not None:
+                out["warning"] = (f"uses the name of your verified contact {posing_as!r} but "
+                                  "is a different identity")
+        verified = self.contacts.verified_at(entry.public_key)
+        if verified is not None:
+            out["verified"] = verified
         link = self.links.get(entry.public_key)
         if entry.state == "accepted" and link is not None:
             out["status"] = link.status if link.status != "offline" or not link.online \
@@ -482,6 +491,11 @@ class Daemon:
         self.contacts.put(sender, name=request.name or who[:12], state="incoming",
                           message=request.message, now=now)
         log.info("contact request from %s (%s)", request.name, who[:12])
+        posing_as = self.contacts.verified_impersonated(sender, request.name or who[:12])
+        if posing_as is not None:
+            log.warning("WARNING: the contact request from %s uses the name of your verified "
+                        "contact %r but is a DIFFERENT identity; do not accept it unless you "
+                        "check its user id out of band", who[:12], posing_as)
 
     # ------------------------------------------------------------------ rendezvous
 
@@ -583,6 +597,11 @@ class Daemon:
                 link.next_attempt = 0.0  # the peer came back: try again now
             if link.wanted and link.status != "connected":
                 self._wake.set()
+            if not presence.online and link.offering and link.answer is not None \
+                    and not link.answer.done():
+                # Our offer waits for an answer that will not come: give up now.
+                link.answer.set_exception(ConnectionError(
+                    f"{self._name(link.public_key)} went offline"))
         return handle
 
     def _signal_handler(self, link: Link, epoch: int) -> Callable[[Record], Awaitable[None]]:
@@ -659,7 +678,9 @@ class Daemon:
                 link.selected = None
                 log.info("connection to %s %s", self._name(link.public_key),
                          pc.connectionState)
-                link.next_attempt = time.time() + link.backoff
+                # Give the contact's goodbye (offline presence) time to arrive before we
+                # offer again to a daemon that may have stopped.
+                link.next_attempt = time.time() + max(link.backoff, RECONNECT_GRACE)
 
         return pc
 
@@ -954,6 +975,7 @@ class Daemon:
             "call.wait": self.rpc_call_wait,
             "call.list": self.rpc_call_list,
             "call.auto_answer": self.rpc_call_auto_answer,
+            "call.verify": self.rpc_call_verify,
             "shutdown": self.rpc_shutdown,
         }
 
@@ -1322,6 +1344,34 @@ class Daemon:
         if not isinstance(limit, int) or not 1 <= limit <= 10000:
             raise RpcError(INVALID_PARAMS, "limit must be 1-10000")
         return self.calls.log(limit)
+
+    async def rpc_call_verify(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Mark a contact verified after comparing the SAS of a call (params: contact,
+        sas? = the words or digits the contact read out, checked against our last call)."""
+        assert self.calls is not None
+        entry = self._accepted_contact(params.get("contact"))
+        calls = [c for c in self.calls.calls.values()
+                 if c.contact == entry.public_key and c.sas is not None]
+        if not calls:
+            raise RpcError(INVALID_PARAMS, "no call with this contact showed a SAS since the "
+                           "daemon started; call first and compare the words")
+        shown = max(calls, key=lambda c: c.machine.started).sas
+        assert shown is not None
+        spoken = params.get("sas")
+        if spoken is not None:
+            try:
+                heard = sas_from_number(str(spoken)) if str(spoken).replace(" ", "").isdigit() \
+                    else sas_from_words(str(spoken))
+            except LocalProtocolError as exc:
+                raise RpcError(INVALID_PARAMS, str(exc)) from None
+            if heard != shown:
+                log.warning("WARNING: the SAS %s does not match %s shown for the call with "
+                            "%s: someone may be in the middle", heard, shown, entry.name)
+                raise RpcError(INVALID_PARAMS, f"the words do not match ({shown.text} here): "
+                               "someone may be in the middle; the contact stays unverified")
+        self.contacts.mark_verified(entry.public_key, entry.name, time.time())
+        return {"contact": encode_user_id(entry.public_key), "name": entry.name,
+                "verified": True, "sas": shown.text}
 
     async def rpc_call_auto_answer(self, params: dict[str, Any]) -> dict[str, Any]:
         """Answer every incoming call with these media (params: enabled, audio_in?,

@@ -169,6 +169,7 @@ class _ContactState:
     inbound_task: asyncio.Task[None] | None = None
     reset_asked: float = -RESET_INTERVAL  # when we last asked the contact for a new session
     prekeys_stored: bool = False  # our bundle for this contact reached the DHT
+    retransmit_task: asyncio.Task[None] | None = None
 
 
 class Messenger:
@@ -365,8 +366,19 @@ class Messenger:
                 for entry in entries:
                     if force or now - state.last_sent.get(entry.seq, 0.0) >= RETRANSMIT_AFTER:
                         assert entry.frame is not None
+                        if entry.seq in state.last_sent:
+                            log.debug("retransmitting frame %d to %s", entry.seq,
+                                      contact.hex()[:12])
                         channel.send(entry.frame)
                         state.last_sent[entry.seq] = now
+                if state.retransmit_task is None or state.retransmit_task.done():
+                    # Unacknowledged frames go again RETRANSMIT_AFTER from now, whatever the
+                    # maintenance loop is busy with.
+                    async def later() -> None:
+                        await asyncio.sleep(RETRANSMIT_AFTER + 0.5)
+                        if self.history.outbox(contact):
+                            await self.flush(contact)
+                    state.retransmit_task = self.daemon._spawn(later())
                 return
             # Reserve mailbox slots under the lock (so slot order = sequence order); the DHT
             # puts happen outside it, so sending and receiving never wait for the network.
@@ -646,6 +658,10 @@ class Messenger:
         session started from the bundle ``new_session_from``)."""
         state = self._state(contact)
         async with state.lock:
+            if payload.kind == "ack":
+                # As of now, not as of when it was scheduled: frames stored while this ack
+                # waited for the lock are covered (else they wait for a retransmission).
+                payload = self._ack_payload(contact)
             conversation = self._conversation(contact)
             if new_session_from is not None:
                 conversation.restart()
@@ -824,9 +840,9 @@ class Messenger:
             async with gate:
                 await self.publish_prekeys(contact)
         # Also every bundle whose last put failed: without it the contact cannot start a
-        # session with us and its messages wait.
-        await asyncio.gather(*(publish(c) for c in contacts
-                               if not self._state(c).prekeys_stored))
+        # session with us and its messages wait. Alongside the rest, not before it.
+        publishing = asyncio.gather(*(publish(c) for c in contacts
+                                      if not self._state(c).prekeys_stored))
         now = time.time()
         self.history.delete_expired(now)
 
@@ -839,7 +855,7 @@ class Messenger:
                         now - state.mailbox_polled >= MAILBOX_POLL:
                     state.mailbox_polled = now
                     await self.poll_mailbox(contact)
-        await asyncio.gather(*(serve(c) for c in contacts))
+        await asyncio.gather(publishing, *(serve(c) for c in contacts))
 
     # ------------------------------------------------------------------ API helpers
 
