@@ -40,7 +40,7 @@ from dhtchat.core.calls import CallMachine
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import encode_user_id
 from dhtchat.core.sas import Sas, check_commitment, commitment, compute_sas
-from dhtchat.net.webrtc import configuration, enlarge_ice_socket_buffers
+from dhtchat.net.webrtc import configuration, enlarge_ice_socket_buffers, selected_pair
 
 if TYPE_CHECKING:
     from dhtchat.app.daemon import Daemon
@@ -94,6 +94,7 @@ class Call:
     sas: Sas | None = None
     remote_fingerprint: str = ""
     media_up_at: float | None = None
+    path: str = ""  # "direct" or "relay" once the media connection is up
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     last_stats: tuple[float, int, int] | None = None  # (time, bytes sent, packets received)
 
@@ -168,6 +169,8 @@ class CallManager:
             out["sas"] = {"words": call.sas.text, "number": call.sas.number}
         if call.sink is not None:
             out["received_audio_s"] = round(call.sink.duration, 2)
+        if call.path:
+            out["path"] = call.path
         return out
 
     # ------------------------------------------------------------------ placing a call
@@ -389,8 +392,10 @@ class CallManager:
         with contextlib.suppress(LocalProtocolError):
             call.machine.media_up(time.time())
         call.media_up_at = time.time()
-        log.info("call with %s connected; SAS %s", self.daemon._name(call.contact),
-                 call.sas.text if call.sas else "pending")
+        pair = selected_pair(pc)
+        call.path = pair.path if pair is not None else ""
+        log.info("call with %s connected (%s); SAS %s", self.daemon._name(call.contact),
+                 call.path or "path unknown", call.sas.text if call.sas else "pending")
         call.notify()
 
     def _update_sas(self, call: Call) -> None:

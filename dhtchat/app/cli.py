@@ -657,8 +657,9 @@ def _follow_call(args: argparse.Namespace, call: dict[str, Any], duration: float
         while True:
             if call["state"] != shown_state:
                 shown_state = call["state"]
+                path = f" ({call['path']})" if call.get("path") else ""
                 if shown_state != "ended":
-                    print(f"call {shown_state}", file=sys.stderr, flush=True)
+                    print(f"call {shown_state}{path}", file=sys.stderr, flush=True)
             if call.get("sas") and call["sas"] != shown_sas:
                 shown_sas = call["sas"]
                 print(f"SAS: {shown_sas['words']}  ({shown_sas['number']}) - read these to "

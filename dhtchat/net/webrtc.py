@@ -91,14 +91,17 @@ class SelectedPair:
 
 
 def _ice_connection(pc: RTCPeerConnection) -> Any:
-    sctp = pc.sctp
-    if sctp is None:
+    dtls = pc.sctp.transport if pc.sctp is not None else next(
+        (t.sender.transport for t in pc.getTransceivers() if t.sender.transport is not None),
+        None)  # a media-only connection (a call)
+    if dtls is None:
         return None
-    return sctp.transport.transport.iceGatherer._connection
+    return dtls.transport.iceGatherer._connection
 
 
 def selected_pair(pc: RTCPeerConnection) -> SelectedPair | None:
-    """The nominated pair of the data channel's ICE transport, once connected."""
+    """The nominated pair of the connection's ICE transport (its data channel's, or its first
+    media track's), once connected."""
     connection = _ice_connection(pc)
     nominated = getattr(connection, "_nominated", None)
     if not nominated:
