@@ -20,7 +20,7 @@ from dhtchat.app.calls import CallMedia
 from dhtchat.app.daemon import Daemon, DaemonOptions
 from dhtchat.app.media import audio_duration, dominant_frequency
 from dhtchat.app.profile import Profile
-from dhtchat.core.identity import SigningIdentity
+from dhtchat.core.identity import SigningIdentity, encode_user_id
 from tests.daemons import (
     PASSPHRASE,
     REPO,
@@ -227,3 +227,73 @@ def test_cli_call_answer_verify_and_list(tmp_path: Path) -> None:
         for daemon in daemons:
             daemon.stop()
         dht.stop()
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_group_call_mesh(tmp_path: Path, size: int) -> None:
+    """A full-mesh group call of 3 and of 5: everyone sends its own tone and records each
+    leg; every participant hears every other participant's tone, over pairwise
+    connections each with its own SAS."""
+    tones = [300.0, 500.0, 700.0, 900.0, 1100.0][:size]
+
+    async def main() -> None:
+        first = await _daemon(tmp_path, 1, [])
+        assert first.node is not None
+        people = [await _daemon(tmp_path, n, [first.node.address]) for n in range(2, size + 2)]
+        everyone = [first, *people]
+        try:
+            await _until(lambda: all(d.joined for d in everyone), 60, "joins")
+            for i, x in enumerate(people):
+                for y in people[i + 1:]:
+                    x.contacts.put(y.identity.public_key, name=f"p{people.index(y)}",
+                                   state="accepted")
+                    y.contacts.put(x.identity.public_key, name=f"p{i}", state="accepted")
+                    x._link(y.identity.public_key)
+                    y._link(x.identity.public_key)
+            for i, person in enumerate(people[1:], start=1):
+                assert person.calls is not None
+                person.calls.auto_answer = CallMedia(f"tone:{tones[i]:.0f}",
+                                                     str(tmp_path / f"p{i}.wav"))
+            host = people[0]
+            assert host.calls is not None
+            await host.calls.place_group([p.identity.public_key for p in people[1:]],
+                                         CallMedia(f"tone:{tones[0]:.0f}",
+                                                   str(tmp_path / "p0.wav")))
+
+            def meshed() -> bool:
+                for person in people:
+                    assert person.calls is not None
+                    legs = [c for c in person.calls.calls.values()
+                            if c.conference and c.machine.state == "active"]
+                    if len(legs) != size - 1:
+                        return False
+                return True
+            started = time.monotonic()
+            await _until(meshed, 60, "every leg of the mesh")
+            print(f"\n{size}-party mesh: all {size * (size - 1) // 2} legs active in "
+                  f"{time.monotonic() - started:.1f} s")
+            await asyncio.sleep(CALL_SECONDS)
+            legs = list(host.calls.legs(next(iter(host.calls.calls.values())).conference))
+            for leg in legs:  # both ends of each leg show the same SAS
+                peer = next(p for p in people if p.identity.public_key == leg.contact)
+                assert peer.calls is not None
+                theirs = next(c for c in peer.calls.calls.values() if c.call_id == leg.call_id)
+                assert leg.sas is not None and leg.sas == theirs.sas
+            await host.calls.hangup(legs[0])  # the host leaves: its legs end
+            for person in people[1:]:
+                assert person.calls is not None
+                for leg in list(person.calls.calls.values()):
+                    await person.calls.hangup(leg)
+            for i in range(size):
+                for j, other in enumerate(people):
+                    if i == j:
+                        continue
+                    tag = encode_user_id(other.identity.public_key)[:12]
+                    path = tmp_path / f"p{i}-{tag}.wav"
+                    heard = dominant_frequency(path)
+                    assert abs(heard - tones[j]) < 15, (i, j, heard)
+                    assert audio_duration(path) >= 0.9 * CALL_SECONDS, (i, j)
+        finally:
+            await asyncio.gather(*(d.stop() for d in everyone))
+
+    asyncio.run(main())

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaBlackhole
+from aiortc.contrib.media import MediaBlackhole, MediaRelay
 
 from dhtchat.app.media import AudioSink, MediaError, open_audio_input, open_video_input
 from dhtchat.core.calls import CallMachine
@@ -50,6 +50,7 @@ log = logging.getLogger("dhtchat.calls")
 MEDIA_TIMEOUT: Final = 30.0  # accept -> media connected
 CONNECT_TIMEOUT: Final = 30.0  # the data connection a call needs
 TICK: Final = 0.5
+MAX_PARTICIPANTS: Final = 5  # a group call is a full mesh: n(n-1)/2 connections
 _FINGERPRINT: Final = re.compile(r"^a=fingerprint:sha-256 ([0-9A-Fa-f:]+)\s*$", re.MULTILINE)
 
 _SCHEMA: Final = """
@@ -58,6 +59,16 @@ CREATE TABLE IF NOT EXISTS calls (
     video INTEGER NOT NULL, started REAL NOT NULL, answered REAL, ended REAL,
     reason TEXT NOT NULL DEFAULT '');
 """
+
+
+def _leg_output(spec: str, peer: bytes) -> str:
+    """The output of one leg of a group call: a recording file gets the peer's id in its
+    name (``heard.wav`` -> ``heard-ID12.wav``); devices and ``null`` are shared."""
+    if spec == "null" or spec.partition(":")[0] in ("tone", "pulse", "alsa", "v4l2", "lavfi"):
+        return spec
+    stem, dot, suffix = spec.rpartition(".")
+    tag = encode_user_id(peer)[:12]
+    return f"{stem}-{tag}.{suffix}" if dot else f"{spec}-{tag}"
 
 
 def sdp_fingerprint(sdp: str) -> str:
@@ -95,6 +106,8 @@ class Call:
     remote_fingerprint: str = ""
     media_up_at: float | None = None
     path: str = ""  # "direct" or "relay" once the media connection is up
+    conference: bytes = b""  # a group call: the legs of one mesh share this id
+    participants: tuple[bytes, ...] = ()  # a group call: its initiator, then the others
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     last_stats: tuple[float, int, int] | None = None  # (time, bytes sent, packets received)
 
@@ -121,13 +134,29 @@ class CallManager:
         self._db = daemon.history
         self._db.db.execute(_SCHEMA)
         self._ticker: asyncio.Task[None] | None = None
+        # Group calls we take part in: their media settings and one shared input per
+        # conference (every leg gets its own subscription of it).
+        self._joined: dict[bytes, CallMedia] = {}
+        self._inputs: dict[bytes, tuple[MediaRelay, list[MediaStreamTrack]]] = {}
+        self._placing: set[tuple[bytes, bytes]] = set()  # (conference, peer) legs we call
 
     # ------------------------------------------------------------------ queries
 
     @property
     def current(self) -> Call | None:
-        """The call in progress (ringing, connecting or active), if any."""
+        """The call in progress (ringing, connecting or active), if any (for a group call:
+        one of its legs)."""
         return next((c for c in self.calls.values() if not c.machine.ended), None)
+
+    def legs(self, conference: bytes) -> list[Call]:
+        """The calls of a group call that are not over."""
+        return [c for c in self.calls.values()
+                if c.conference == conference and not c.machine.ended]
+
+    def _busy_for(self, conference: bytes) -> bool:
+        """Whether a new call (of ``conference``, or b"" for 1:1) collides with ours."""
+        return any(not c.machine.ended and (not conference or c.conference != conference)
+                   for c in self.calls.values())
 
     def find(self, call_id: bytes | None) -> Call:
         """A call by id, or the current one."""
@@ -171,16 +200,20 @@ class CallManager:
             out["received_audio_s"] = round(call.sink.duration, 2)
         if call.path:
             out["path"] = call.path
+        if call.conference:
+            out["conference"] = call.conference.hex()
+            out["participants"] = [encode_user_id(p) for p in call.participants]
         return out
 
     # ------------------------------------------------------------------ placing a call
 
-    async def place(self, contact: bytes, media: CallMedia, *, video: bool = False) -> Call:
+    async def place(self, contact: bytes, media: CallMedia, *, video: bool = False,
+                    conference: bytes = b"", participants: tuple[bytes, ...] = ()) -> Call:
         """Open the inputs, make sure the contact is connected, send the invite."""
-        if self.current is not None:
+        if self._busy_for(conference):
             raise LocalProtocolError("already in a call; hang up first")
         call = Call(CallMachine(secrets.token_bytes(16), "outgoing", time.time(), video=video),
-                    contact, media)
+                    contact, media, conference=conference, participants=participants)
         self._open_media(call)
         self.calls[call.call_id] = call
         try:
@@ -190,7 +223,8 @@ class CallManager:
             enlarge_ice_socket_buffers(pc)
             call.nonce = secrets.token_bytes(16)
             sent = await self._signal(call, "invite", sdp=pc.localDescription.sdp,
-                                      commitment=commitment(call.nonce))
+                                      commitment=commitment(call.nonce),
+                                      participants=participants)
             if not sent:
                 raise ConnectionError("the connection to the contact closed")
         except BaseException as exc:
@@ -201,6 +235,77 @@ class CallManager:
         self._ensure_ticker()
         log.info("calling %s (call %s)", self.daemon._name(contact), call.call_id.hex()[:8])
         return call
+
+    async def place_group(self, contacts: list[bytes], media: CallMedia) -> list[Call]:
+        """A group voice call (full mesh, at most MAX_PARTICIPANTS): we call everyone; each
+        participant who answers calls the others whose key is larger than its own."""
+        me = self.daemon.identity.public_key
+        everyone = (me, *sorted(set(contacts) - {me}))  # the initiator first
+        if len(everyone) > MAX_PARTICIPANTS:
+            raise LocalProtocolError(f"a group call has at most {MAX_PARTICIPANTS} people")
+        if len(everyone) < 3:
+            raise LocalProtocolError("a group call needs at least two other people")
+        if self._busy_for(b"\x00"):
+            raise LocalProtocolError("already in a call; hang up first")
+        conference = secrets.token_bytes(16)
+        self._joined[conference] = media
+        results = await asyncio.gather(*(
+            self.place(contact, media, conference=conference, participants=everyone)
+            for contact in everyone if contact != me), return_exceptions=True)
+        calls = [r for r in results if isinstance(r, Call)]
+        for result in results:
+            if isinstance(result, BaseException):
+                log.warning("a leg of the group call failed: %s", result)
+        if not calls:
+            self._leave(conference)
+            raise ConnectionError("nobody in the group call could be reached")
+        return calls
+
+    async def _join_mesh(self, call: Call) -> None:
+        """We answered a leg of a group call: answer its other ringing legs and call the
+        participants it is our turn to call (those with a larger key than ours, except the
+        one who started it, who called everyone)."""
+        media = self._joined[call.conference]
+        for other in self.legs(call.conference):
+            if other.machine.direction == "incoming" and other.machine.state == "ringing":
+                with contextlib.suppress(MediaError, LocalProtocolError):
+                    await self.answer(other, media)
+        me = self.daemon.identity.public_key
+        have = {c.contact for c in self.legs(call.conference)}
+        initiator = call.participants[0]
+        for peer in call.participants[1:]:
+            key = (call.conference, peer)
+            if peer > me and peer not in have and key not in self._placing \
+                    and peer != initiator and self._callable(peer):
+                self._placing.add(key)  # before the task runs: _join_mesh runs per leg
+                self.daemon._spawn(self._place_leg(call, peer, media))
+
+    def _callable(self, peer: bytes) -> bool:
+        entry = self.daemon.contacts.get(peer)
+        if entry is None or entry.state != "accepted":
+            log.warning("group call: %s is not a contact of ours; no leg to it",
+                        encode_user_id(peer)[:12])
+            return False
+        return True
+
+    async def _place_leg(self, call: Call, peer: bytes, media: CallMedia) -> None:
+        try:
+            if call.conference not in self._joined:
+                return  # we hung up meanwhile
+            await self.place(peer, media, video=call.machine.video,
+                             conference=call.conference, participants=call.participants)
+        except (MediaError, LocalProtocolError, ConnectionError, TimeoutError) as exc:
+            log.warning("group call: no leg to %s: %s", encode_user_id(peer)[:12], exc)
+        except Exception as exc:  # an RpcError from connect
+            log.warning("group call: no leg to %s: %s", encode_user_id(peer)[:12], exc)
+
+    def _leave(self, conference: bytes) -> None:
+        self._joined.pop(conference, None)
+        self._placing = {key for key in self._placing if key[0] != conference}
+        relay_tracks = self._inputs.pop(conference, None)
+        if relay_tracks is not None:
+            for track in relay_tracks[1]:
+                track.stop()
 
     # ------------------------------------------------------------------ answering
 
@@ -227,6 +332,9 @@ class CallManager:
         self._log_call(call)
         call.notify()
         self.daemon._spawn(self._await_media(call))
+        if call.conference:
+            self._joined.setdefault(call.conference, media)
+            self.daemon._spawn(self._join_mesh(call))
         return call
 
     async def decline(self, call: Call) -> None:
@@ -236,23 +344,38 @@ class CallManager:
         await self._end(call, "declined")
 
     async def hangup(self, call: Call) -> None:
-        """End a call (cancels it before it was answered)."""
-        if call.machine.ended:
-            return
-        call.machine.send("hangup", time.time())
-        await self._signal(call, "hangup")
-        await self._end(call, call.machine.reason)
+        """End a call (cancels it before it was answered); for a group call, every leg."""
+        legs = self.legs(call.conference) if call.conference else [call]
+        if call.conference:
+            self._joined.pop(call.conference, None)  # no new legs
+        for leg in legs:
+            if leg.machine.ended:
+                continue
+            leg.machine.send("hangup", time.time())
+            await self._signal(leg, "hangup")
+            await self._end(leg, leg.machine.reason)
 
     # ------------------------------------------------------------------ signalling in
 
     async def on_signal(self, contact: bytes, action: str, call_id: bytes, *, sdp: str = "",
-                        video: bool = False, committed: bytes = b"",
-                        nonce: bytes = b"") -> None:
+                        video: bool = False, committed: bytes = b"", nonce: bytes = b"",
+                        conference: bytes = b"",
+                        participants: tuple[bytes, ...] = ()) -> None:
         """A call payload from a contact (already authenticated and decrypted)."""
         now = time.time()
         call = self.calls.get(call_id)
         if action == "invite":
-            await self._on_invite(contact, call_id, sdp, video, committed, call)
+            me = self.daemon.identity.public_key
+            if conference and (len(conference) != 16 or contact not in participants
+                               or me not in participants
+                               or len(participants) > MAX_PARTICIPANTS):
+                log.warning("refused a malformed group call invite from %s",
+                            self.daemon._name(contact))
+                return
+            if len(set(participants)) != len(participants):
+                return
+            await self._on_invite(contact, call_id, sdp, video, committed, call,
+                                  conference if participants else b"", participants)
             return
         if call is None or call.contact != contact:
             log.info("ignored a call %s for an unknown call", action)
@@ -272,17 +395,19 @@ class CallManager:
             await self._on_accept(call, sdp)
 
     async def _on_invite(self, contact: bytes, call_id: bytes, sdp: str, video: bool,
-                         committed: bytes, existing: Call | None) -> None:
+                         committed: bytes, existing: Call | None, conference: bytes,
+                         participants: tuple[bytes, ...]) -> None:
         if existing is not None:
             return  # a duplicate
         machine = CallMachine(call_id, "incoming", time.time(), video=video)
-        call = Call(machine, contact, remote_sdp=sdp, committed=committed)
+        call = Call(machine, contact, remote_sdp=sdp, committed=committed,
+                    conference=conference, participants=participants)
         try:
             call.remote_fingerprint = sdp_fingerprint(sdp)
         except RemoteProtocolError as exc:
             log.warning("refused a call from %s: %s", self.daemon._name(contact), exc)
             return
-        if self.current is not None:
+        if self._busy_for(conference):
             self.calls[call_id] = call
             machine.send("busy", time.time())
             machine.reason = "missed (busy)"  # for our log: someone called while we talked
@@ -292,8 +417,16 @@ class CallManager:
         self.calls[call_id] = call
         self._log_call(call)
         await self._signal(call, "ringing")
-        log.warning("incoming %s call from %s (answer with: dhtchat answer)",
-                    "video" if video else "voice", self.daemon._name(contact))
+        if conference and conference in self._joined:  # another leg of a call we are in
+            try:
+                await self.answer(call, self._joined[conference])
+            except (MediaError, LocalProtocolError) as exc:
+                log.warning("group call: could not take the leg from %s: %s",
+                            self.daemon._name(contact), exc)
+            return
+        log.warning("incoming %s%s call from %s (answer with: dhtchat answer)",
+                    "group " if conference else "", "video" if video else "voice",
+                    self.daemon._name(contact))
         self.incoming.set()
         self.incoming = asyncio.Event()
         self._ensure_ticker()
@@ -336,6 +469,11 @@ class CallManager:
         """Open inputs and the output now, so a missing device fails before any ringing."""
         tracks: list[MediaStreamTrack] = []
         try:
+            if call.conference:
+                tracks.append(self._conference_input(call.conference, call.media))
+                call.sink = AudioSink(_leg_output(call.media.audio_out, call.contact))
+                call.tracks = tracks
+                return
             tracks.append(open_audio_input(call.media.audio_in, loop=True))
             if call.machine.video and call.media.video_in:
                 tracks.append(open_video_input(call.media.video_in, loop=True))
@@ -345,6 +483,15 @@ class CallManager:
                 track.stop()
             raise
         call.tracks = tracks
+
+    def _conference_input(self, conference: bytes, media: CallMedia) -> MediaStreamTrack:
+        """Our microphone for one more leg of a group call: one source, one subscription
+        per leg (a device can be opened only once)."""
+        if conference not in self._inputs:
+            self._inputs[conference] = (MediaRelay(),
+                                        [open_audio_input(media.audio_in, loop=True)])
+        relay, sources = self._inputs[conference]
+        return relay.subscribe(sources[0], buffered=False)
 
     async def _peer_connection(self, call: Call) -> RTCPeerConnection:
         options = self.daemon.options
@@ -444,12 +591,14 @@ class CallManager:
     # ------------------------------------------------------------------ plumbing
 
     async def _signal(self, call: Call, action: str, *, sdp: str = "",
-                      commitment: bytes = b"", nonce: bytes = b"") -> bool:
+                      commitment: bytes = b"", nonce: bytes = b"",
+                      participants: tuple[bytes, ...] = ()) -> bool:
         messenger = self.daemon.messenger
         assert messenger is not None
         return await messenger.send_call(call.contact, action, call.call_id, sdp=sdp,
                                          video=call.machine.video, commitment=commitment,
-                                         nonce=nonce)
+                                         nonce=nonce, conference=call.conference,
+                                         participants=participants)
 
     async def _fail(self, call: Call, reason: str) -> None:
         if not call.machine.ended:
@@ -478,6 +627,8 @@ class CallManager:
         if pc is not None or tracks:
             log.info("call with %s ended: %s", self.daemon._name(call.contact),
                      call.machine.reason)
+        if call.conference and not self.legs(call.conference):
+            self._leave(call.conference)
 
     def _log_call(self, call: Call) -> None:
         machine = call.machine

@@ -683,6 +683,37 @@ def _follow_call(args: argparse.Namespace, call: dict[str, Any], duration: float
     return EXIT_OK if call["reason"] in ("hung up", "hung up by the contact") else EXIT_FAILED
 
 
+def _follow_group(args: argparse.Namespace, legs: list[dict[str, Any]],
+                  duration: float | None) -> int:
+    """Each leg's state and SAS until all ended (hang up all after ``duration`` s with
+    every answered leg active, or on Ctrl-C)."""
+    shown: dict[str, tuple[str, Any]] = {}
+    active_since: float | None = None
+    try:
+        while True:
+            legs = [_rpc(args, "call.status", {"id": leg["id"]}) for leg in legs]
+            for leg in legs:
+                now_shown = (leg["state"], leg.get("sas"))
+                if shown.get(leg["id"]) != now_shown:
+                    shown[leg["id"]] = now_shown
+                    sas = f"  SAS: {leg['sas']['words']} ({leg['sas']['number']})" \
+                        if leg.get("sas") and leg["state"] == "active" else ""
+                    what = leg["reason"] if leg["state"] == "ended" else leg["state"]
+                    print(f"{leg['name']}: {what}{sas}", file=sys.stderr, flush=True)
+            if all(leg["state"] == "ended" for leg in legs):
+                break
+            if any(leg["state"] == "active" for leg in legs):
+                active_since = active_since or time.monotonic()
+                if duration is not None and time.monotonic() - active_since >= duration:
+                    _rpc(args, "call.hangup", {"id": legs[0]["id"]})
+                    continue
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        _rpc(args, "call.hangup", {"id": legs[0]["id"]})
+    print("group call ended", file=sys.stderr)
+    return EXIT_OK if any(leg["answered"] for leg in legs) else EXIT_FAILED
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     words = args.target
     if words[0] == "list" and len(words) == 1:
@@ -716,9 +747,15 @@ def cmd_call(args: argparse.Namespace) -> int:
     if words[0] == "hangup" and len(words) == 1:
         _rpc(args, "call.hangup", {})
         return EXIT_OK
-    if len(words) != 1:
-        raise UsageError("usage: dhtchat call NAME_OR_ID | call list | call stats | "
+    if len(words) > 5:
+        raise UsageError("usage: dhtchat call NAME_OR_ID [NAME_OR_ID ...] (a group call of "
+                         "up to 5 people) | call list | call stats | "
                          "call verify NAME_OR_ID [WORDS] | call hangup")
+    if len(words) > 1:
+        group = _rpc(args, "call.start", {"to": words, **_media_params(args)}, timeout=120)
+        print(f"group call with {', '.join(c['name'] for c in group['calls'])}...",
+              file=sys.stderr, flush=True)
+        return _follow_group(args, group["calls"], args.duration)
     params = {"to": words[0], "video": args.video, **_media_params(args)}
     call = _rpc(args, "call.start", params, timeout=90)
     print(f"calling {call['name']}...", file=sys.stderr, flush=True)
@@ -927,9 +964,11 @@ def build_parser() -> argparse.ArgumentParser:
     f_get.add_argument("dest", metavar="DEST")
     files.set_defaults(func=cmd_file)
 
-    call = sub.add_parser("call", help="voice/video calls: call NAME_OR_ID, call list, "
-                          "call stats, call verify NAME_OR_ID [WORDS], call hangup")
-    call.add_argument("target", nargs="+", metavar="NAME_OR_ID | list | stats | verify | hangup")
+    call = sub.add_parser("call", help="voice/video calls: call NAME_OR_ID [NAME_OR_ID ...] "
+                          "(2-4 names: a group call), call list, call stats, "
+                          "call verify NAME_OR_ID [WORDS], call hangup")
+    call.add_argument("target", nargs="+",
+                      metavar="NAME_OR_ID [...] | list | stats | verify | hangup")
     call.add_argument("--video", action="store_true", help="a video call")
     for flag, what in (("--audio-in", "microphone: tone:440, silence, alsa:hw:0, "
                         "pulse:NAME or an audio file (looped); default silence"),

@@ -1267,11 +1267,24 @@ class Daemon:
             raise RpcError(NOT_FOUND, str(exc)) from None
 
     async def rpc_call_start(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Call a contact (params: to, video?, audio_in?, audio_out?, video_in?); returns
-        once the invite is sent."""
+        """Call a contact, or 2-4 contacts as a group call (params: to = contact or list,
+        video?, audio_in?, audio_out?, video_in?); returns once the invites are sent."""
         assert self.calls is not None
-        entry = self._accepted_contact(params.get("to"))
         media = self._call_media(params)
+        targets = params.get("to")
+        if isinstance(targets, list):  # a group call
+            if not 2 <= len(targets) <= 4:
+                raise RpcError(INVALID_PARAMS, "a group call takes 2 to 4 contacts")
+            keys = [self._accepted_contact(t).public_key for t in targets]
+            try:
+                legs = await self.calls.place_group(keys, media)
+            except (MediaError, LocalProtocolError) as exc:
+                raise RpcError(INVALID_PARAMS, str(exc)) from None
+            except (ConnectionError, TimeoutError) as exc:
+                raise RpcError(CONNECTION_FAILED, f"call failed: {exc}") from None
+            return {"conference": legs[0].conference.hex(),
+                    "calls": [self.calls.as_json(leg) for leg in legs]}
+        entry = self._accepted_contact(targets)
         try:
             call = await self.calls.place(entry.public_key, media,
                                           video=bool(params.get("video", False)))

@@ -123,6 +123,9 @@ class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     video: bool = False
     commitment: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
     nonce: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
+    conference: Annotated[bytes, msgspec.Meta(max_length=16)] = b""  # a group call's id
+    participants: Annotated[list[Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]],
+                            msgspec.Meta(max_length=8)] = []
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True):
@@ -562,7 +565,8 @@ class Messenger:
                     self.daemon._spawn(self.daemon.calls.on_signal(
                         contact, payload.call_action, payload.call_id, sdp=payload.text,
                         video=payload.video, committed=payload.commitment,
-                        nonce=payload.nonce))
+                        nonce=payload.nonce, conference=payload.conference,
+                        participants=tuple(payload.participants)))
                 elif payload.kind == "reset":
                     tombstones = self._reencrypt_outbox(contact)
                     state.last_sent = {}
@@ -685,8 +689,9 @@ class Messenger:
         log.info("could not store a receipt for %s in the DHT", contact.hex()[:12])
 
     async def send_call(self, contact: bytes, action: str, call_id: bytes, *, sdp: str = "",
-                        video: bool = False, commitment: bytes = b"",
-                        nonce: bytes = b"") -> bool:
+                        video: bool = False, commitment: bytes = b"", nonce: bytes = b"",
+                        conference: bytes = b"",
+                        participants: tuple[bytes, ...] = ()) -> bool:
         """Send a call signal over the live data channel (calls need one); False if the
         contact is not connected or has no session yet."""
         if self._channel(contact) is None:
@@ -698,7 +703,8 @@ class Messenger:
                 return False
         await self._send_control(contact, Payload(
             "call", call_id=call_id, call_action=action, text=sdp, video=video,
-            commitment=commitment, nonce=nonce), new_session_from=bundle)
+            commitment=commitment, nonce=nonce, conference=conference,
+            participants=list(participants)), new_session_from=bundle)
         return self._channel(contact) is not None
 
     # ------------------------------------------------------------------ session reset
