@@ -35,7 +35,7 @@ import heapq
 import hmac
 import math
 import random
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -305,9 +305,12 @@ class DhtNode:
         self._deadlines: list[tuple[float, bytes]] = []
         self._queries: dict[int, _Query] = {}
         self._next_query_id = 1
-        self._rtt: OrderedDict[Address, _Rtt] = OrderedDict()
+        # Plain dicts in least-recently-used order (a key is moved to the end by popping and
+        # re-inserting it): iterating and updating them touches less memory than an
+        # OrderedDict, which matters when the simulator runs thousands of nodes.
+        self._rtt: dict[Address, _Rtt] = {}
         self._overall_rtt = _Rtt()  # over every peer: the prior for addresses never measured
-        self._peer_tokens: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
+        self._peer_tokens: dict[Address, tuple[bytes, float]] = {}
         self._ip_limiter = TokenBuckets(self.config.rate_per_ip, self.config.burst_per_ip)
         self._subnet_limiter = TokenBuckets(
             self.config.rate_per_subnet, self.config.burst_per_subnet
@@ -660,13 +663,13 @@ class DhtNode:
         est = rtt.get(address)
         if est is None:
             est = rtt[address] = _Rtt()
+            while len(rtt) > _MAX_TRACKED_ADDRESSES:
+                del rtt[next(iter(rtt))]
         else:
-            rtt.move_to_end(address)
+            rtt[address] = rtt.pop(address)  # most recently used last
         est.update(sample)
         est.backoff = 1.0
         self._overall_rtt.update(sample)
-        while len(self._rtt) > _MAX_TRACKED_ADDRESSES:
-            self._rtt.popitem(last=False)
 
     def _respond(
         self, tid: bytes, requester_id: bytes, address: Address, body: ResponseBody, now: float,
@@ -946,10 +949,10 @@ class DhtNode:
             self._rtt_sample(address, max(0.0, now - txn.sent_at))
         if envelope.token:
             tokens = self._peer_tokens
+            tokens.pop(address, None)  # most recently used last
             tokens[address] = (envelope.token, now)
-            tokens.move_to_end(address)
             if len(tokens) > _MAX_TRACKED_ADDRESSES:
-                tokens.popitem(last=False)
+                del tokens[next(iter(tokens))]
         if not envelope.flags & FLAG_READ_ONLY:
             self._on_verified(sender_id, address, now)
         if isinstance(body, (Error, Stored)) and self._retry_with_token(txn, body, now):
@@ -1123,7 +1126,7 @@ class DhtNode:
         if est is None:
             est = self._rtt[txn.address] = _Rtt()
             while len(self._rtt) > _MAX_TRACKED_ADDRESSES:
-                self._rtt.popitem(last=False)
+                del self._rtt[next(iter(self._rtt))]
         est.backoff = min(8.0, est.backoff * 2)
         retries = self.config.store_retries if txn.purpose in (
             _Purpose.STORE, _Purpose.LISTEN, _Purpose.PAGE, _Purpose.HANDOVER,

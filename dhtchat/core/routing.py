@@ -65,7 +65,9 @@ class _Bucket:
     __slots__ = ("contacts", "last_changed", "replacements", "subnets")
 
     def __init__(self) -> None:
-        self.contacts: OrderedDict[bytes, Contact] = OrderedDict()  # LRU first
+        # LRU first; a plain dict (a contact is moved to the end by re-inserting it): cheaper
+        # to iterate than an OrderedDict, and closest() iterates buckets for every request
+        self.contacts: dict[bytes, Contact] = {}
         self.replacements: OrderedDict[bytes, Contact] | None = None  # made when first needed
         self.last_changed = 0.0
         self.subnets: dict[str, int] = {}  # contacts per subnet in this bucket
@@ -149,7 +151,8 @@ class RoutingTable:
                 self._count_subnet(bucket, new_subnet, 1)
             existing.last_seen = now
             existing.failures = 0
-            bucket.contacts.move_to_end(node_id)
+            contacts = bucket.contacts
+            contacts[node_id] = contacts.pop(node_id)  # most recently seen last
             return AddResult.UPDATED, None
         contact = Contact(node_id, address, now, 0, subnet_of(address[0]), key)
         if not self._subnet_allows(bucket, contact.subnet):

@@ -13,6 +13,7 @@ import random
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,7 @@ def _r(value: float) -> float:
 
 
 _GC_THRESHOLDS = (100_000, 50, 100)  # young-generation allocations, then collection ratios
+_FREEZE_EVERY = 1000  # realistic joins between two gc.freeze() calls
 
 
 def run(scenario: Scenario, *, progress: bool = True) -> RunResult:
@@ -207,24 +209,35 @@ def run(scenario: Scenario, *, progress: bool = True) -> RunResult:
     # the cyclic collector runs every 700 allocations and keeps re-walking that heap; the
     # objects are freed by reference counting anyway. Collect far less often during the
     # run (it changes no result: nothing in the simulation depends on collection timing).
+    # The nodes' state only grows during a run and is long-lived: it is moved out of the
+    # collector's sight (gc.freeze) after the build and every _FREEZE_EVERY joins, so full
+    # collections walk only what was allocated since. Frozen objects are still freed by
+    # reference counting; only a reference cycle among them would wait for the unfreeze at
+    # the end. (Not done when the caller froze objects itself: we could not undo only ours.)
     thresholds = gc.get_threshold()
     gc.set_threshold(*_GC_THRESHOLDS)
+    freeze = gc.freeze if gc.get_freeze_count() == 0 else None
     try:
-        sim = _Simulation(scenario)
+        sim = _Simulation(scenario, freeze)
         sim.build()
         sim.join(progress)
         sim.start_churn()
         sim.settle()
         sim.run_workload(progress)
         metrics = sim.metrics()
+        timeline = sim.timeline()
     finally:
+        if freeze is not None:
+            gc.unfreeze()
         gc.set_threshold(*thresholds)
-    return RunResult(metrics, sim.records, time.monotonic() - wall_start, sim.timeline())
+    return RunResult(metrics, sim.records, time.monotonic() - wall_start, timeline)
 
 
 class _Simulation:
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario,
+                 freeze: Callable[[], None] | None = None) -> None:
         self.s = scenario
+        self._freeze = freeze
         self.rng = random.Random(derive_seed(scenario.seed, "workload"))
         config = DhtConfig(k=scenario.k, alpha=scenario.alpha,
                            disjoint_paths=scenario.disjoint_paths,
@@ -291,9 +304,13 @@ class _Simulation:
         nodes = net.nodes
         if s.join == "oracle":
             net.warm_start(nodes)
+            if self._freeze is not None:
+                self._freeze()
             net.run(net.loop.now + 1.0)
         else:
             bar = _Progress(len(nodes), "join") if progress else None
+            if self._freeze is not None:
+                self._freeze()
             nodes[0].joined = True
             net.process(nodes[0])
             for i, node in enumerate(nodes[1:], start=1):
@@ -305,8 +322,12 @@ class _Simulation:
                 net.join_realistic(node, via)
                 if bar is not None and i % 100 == 0:
                     bar.update(i)
+                if self._freeze is not None and i % _FREEZE_EVERY == 0:
+                    self._freeze()
             if bar is not None:
                 bar.close()
+            if self._freeze is not None:
+                self._freeze()
 
     def settle(self) -> None:
         """Let the network run (under churn, if any) before the workload starts."""
