@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from dhtchat.app.calls import CallMedia
@@ -297,3 +299,61 @@ def test_group_call_mesh(tmp_path: Path, size: int) -> None:
             await asyncio.gather(*(d.stop() for d in everyone))
 
     asyncio.run(main())
+
+
+def _rms(path: Path, start: float, end: float) -> float:
+    """Root mean square of a recording between two times (s), full scale 1.0."""
+    with av.open(str(path)) as container:
+        chunks = [frame.to_ndarray().astype(np.float64).ravel()
+                  for frame in container.decode(audio=0)]
+        rate = container.streams.audio[0].rate
+    samples = np.concatenate(chunks) / 32768.0
+    channels = 2
+    segment = samples[int(start * rate) * channels:int(end * rate) * channels]
+    return float(np.sqrt(np.mean(segment ** 2))) if segment.size else 0.0
+
+
+def test_video_call_mute_and_hold(tmp_path: Path) -> None:
+    """A video call with a test picture: video frames arrive (VP8 or H.264); mute sends
+    silence; hold stops the picture and tells the contact; resume brings both back."""
+    async def scenario(alice: Daemon, bob: Daemon, carol: Daemon) -> None:
+        assert alice.calls is not None and bob.calls is not None
+        bob.calls.auto_answer = CallMedia("tone:1000", str(tmp_path / "bob-heard.wav"),
+                                          "lavfi:testsrc=size=320x240:rate=15")
+        call = await alice.calls.place(
+            bob.identity.public_key,
+            CallMedia("tone:440", str(tmp_path / "alice-heard.wav"),
+                      "lavfi:testsrc=size=320x240:rate=15"), video=True)
+        await _until(lambda: call.machine.state == "active", 30, "the call")
+        bobs = bob.calls.current
+        assert bobs is not None
+        await _until(lambda: call.video_frames > 10 and bobs.video_frames > 10, 20,
+                     "video frames both ways")
+        codecs = {t.sender.track.kind: t for t in call.pc.getTransceivers()  # type: ignore[union-attr]
+                  if t.sender.track is not None}
+        assert "video" in codecs
+        await asyncio.sleep(1.0)
+        assert bobs.sink is not None
+        muted_at = bobs.sink.duration  # position in Bob's recording
+        await alice.calls.set_mute(call, True)
+        await asyncio.sleep(2.0)
+        unmuted_at = bobs.sink.duration
+        await alice.calls.set_mute(call, False)
+        await alice.calls.set_hold(call, True)
+        await _until(lambda: bobs.remote_held, 5, "Bob to see the hold")
+        frames = bobs.video_frames
+        await asyncio.sleep(1.5)
+        assert bobs.video_frames - frames <= 3  # the picture stopped (a frame in flight)
+        await alice.calls.set_hold(call, False)
+        await _until(lambda: not bobs.remote_held and bobs.video_frames > frames + 5, 10,
+                     "the picture after resume")
+        await alice.calls.hangup(call)
+        await _until(lambda: bobs.machine.ended, 10, "the hang-up")
+        path = tmp_path / "bob-heard.wav"
+        loud = _rms(path, muted_at - 1.0, muted_at - 0.1)
+        quiet = _rms(path, muted_at + 0.4, unmuted_at - 0.1)
+        print(f"\nBob heard: rms {loud:.3f} before mute, {quiet:.4f} while muted; "
+              f"video frames {bobs.video_frames} (Bob), {call.video_frames} (Alice)")
+        assert loud > 0.05 and quiet < 0.01
+
+    _run(tmp_path, scenario)

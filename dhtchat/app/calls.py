@@ -32,10 +32,18 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaBlackhole, MediaRelay
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
 
-from dhtchat.app.media import AudioSink, MediaError, open_audio_input, open_video_input
+from dhtchat.app.media import (
+    AudioSink,
+    MediaError,
+    ToneTrack,
+    open_audio_input,
+    open_video_input,
+    parse_media_spec,
+)
 from dhtchat.core.calls import CallMachine
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import encode_user_id
@@ -59,6 +67,11 @@ CREATE TABLE IF NOT EXISTS calls (
     video INTEGER NOT NULL, started REAL NOT NULL, answered REAL, ended REAL,
     reason TEXT NOT NULL DEFAULT '');
 """
+
+
+def _is_file(spec: str) -> bool:
+    """A file input (looped in a call); devices and generated sources are not seekable."""
+    return parse_media_spec(spec).kind == "file"
 
 
 def _leg_output(spec: str, peer: bytes) -> str:
@@ -97,7 +110,13 @@ class Call:
     media: CallMedia = field(default_factory=CallMedia)
     pc: RTCPeerConnection | None = None
     sink: AudioSink | None = None
-    video_sink: MediaBlackhole | None = None
+    video_task: asyncio.Task[None] | None = None  # consumes received video
+    video_frames: int = 0  # received video frames
+    senders: dict[str, RTCRtpSender] = field(default_factory=dict)  # by kind
+    muted: bool = False
+    camera_off: bool = False
+    held: bool = False  # we put the call on hold
+    remote_held: bool = False  # the contact put it on hold
     tracks: list[MediaStreamTrack] = field(default_factory=list)
     remote_sdp: str = ""
     nonce: bytes = b""  # ours (outgoing) or the caller's once revealed (incoming)
@@ -200,6 +219,10 @@ class CallManager:
             out["received_audio_s"] = round(call.sink.duration, 2)
         if call.path:
             out["path"] = call.path
+        out.update(muted=call.muted, camera_off=call.camera_off, held=call.held,
+                   remote_held=call.remote_held)
+        if machine.video:
+            out["received_video_frames"] = call.video_frames
         if call.conference:
             out["conference"] = call.conference.hex()
             out["participants"] = [encode_user_id(p) for p in call.participants]
@@ -383,6 +406,11 @@ class CallManager:
         if action == "nonce":
             self._on_nonce(call, nonce)
             return
+        if action in ("hold", "resume"):
+            if call.machine.state in ("connecting", "active"):
+                call.remote_held = action == "hold"
+                call.notify()
+            return
         try:
             call.machine.receive(action, now)
         except RemoteProtocolError as exc:
@@ -474,9 +502,11 @@ class CallManager:
                 call.sink = AudioSink(_leg_output(call.media.audio_out, call.contact))
                 call.tracks = tracks
                 return
-            tracks.append(open_audio_input(call.media.audio_in, loop=True))
+            tracks.append(open_audio_input(call.media.audio_in,
+                                           loop=_is_file(call.media.audio_in)))
             if call.machine.video and call.media.video_in:
-                tracks.append(open_video_input(call.media.video_in, loop=True))
+                tracks.append(open_video_input(call.media.video_in,
+                                               loop=_is_file(call.media.video_in)))
             call.sink = AudioSink(call.media.audio_out)
         except MediaError:
             for track in tracks:
@@ -488,8 +518,8 @@ class CallManager:
         """Our microphone for one more leg of a group call: one source, one subscription
         per leg (a device can be opened only once)."""
         if conference not in self._inputs:
-            self._inputs[conference] = (MediaRelay(),
-                                        [open_audio_input(media.audio_in, loop=True)])
+            self._inputs[conference] = (MediaRelay(), [open_audio_input(
+                media.audio_in, loop=_is_file(media.audio_in))])
         relay, sources = self._inputs[conference]
         return relay.subscribe(sources[0], buffered=False)
 
@@ -499,7 +529,7 @@ class CallManager:
         pc = RTCPeerConnection(configuration(stun, options.turn, options.relay_only))
         call.pc = pc
         for track in call.tracks:
-            pc.addTrack(track)
+            call.senders[track.kind] = pc.addTrack(track)
         if call.machine.video and not any(t.kind == "video" for t in call.tracks):
             pc.addTransceiver("video", direction="recvonly")
 
@@ -508,9 +538,7 @@ class CallManager:
             if track.kind == "audio" and call.sink is not None:
                 self.daemon._spawn(call.sink.start(track))
             elif track.kind == "video":
-                call.video_sink = call.video_sink or MediaBlackhole()
-                call.video_sink.addTrack(track)
-                self.daemon._spawn(call.video_sink.start())
+                call.video_task = self.daemon._spawn(self._consume_video(call, track))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -518,6 +546,63 @@ class CallManager:
                 await self._end(call, f"media connection {pc.connectionState}")
 
         return pc
+
+    async def _consume_video(self, call: Call, track: MediaStreamTrack) -> None:
+        """Receive the contact's video (counted; this build does not display it)."""
+        while True:
+            try:
+                await track.recv()
+            except MediaStreamError:
+                return
+            call.video_frames += 1
+
+    # ------------------------------------------------------------------ in-call controls
+
+    async def set_mute(self, call: Call, muted: bool) -> None:
+        """Send silence instead of the microphone (or the microphone again)."""
+        self._require_media(call)
+        call.muted = muted
+        self._apply_audio(call)
+        call.notify()
+
+    async def set_camera(self, call: Call, on: bool) -> None:
+        """Stop or resume sending our video (a video call with a camera only)."""
+        self._require_media(call)
+        if "video" not in call.senders:
+            raise LocalProtocolError("this call sends no video")
+        call.camera_off = not on
+        self._apply_video(call)
+        call.notify()
+
+    async def set_hold(self, call: Call, held: bool) -> None:
+        """Hold: send nothing from the microphone or camera and tell the contact; resume
+        undoes it. The connection stays up."""
+        self._require_media(call)
+        call.held = held
+        self._apply_audio(call)
+        self._apply_video(call)
+        await self._signal(call, "hold" if held else "resume")
+        call.notify()
+
+    def _require_media(self, call: Call) -> None:
+        if call.machine.state not in ("connecting", "active") or call.pc is None:
+            raise LocalProtocolError(f"the call is {call.machine.state}")
+
+    def _apply_audio(self, call: Call) -> None:
+        sender = call.senders.get("audio")
+        source = next((t for t in call.tracks if t.kind == "audio"), None)
+        if sender is None or source is None:
+            return
+        silent = call.muted or call.held
+        # Silence, not no track: RTP keeps flowing (NAT bindings, consent, the peer's stats).
+        sender.replaceTrack(ToneTrack(0.0) if silent else source)
+
+    def _apply_video(self, call: Call) -> None:
+        sender = call.senders.get("video")
+        source = next((t for t in call.tracks if t.kind == "video"), None)
+        if sender is None or source is None:
+            return
+        sender.replaceTrack(None if call.camera_off or call.held else source)
 
     async def _await_media(self, call: Call) -> None:
         pc = call.pc
@@ -618,9 +703,8 @@ class CallManager:
             track.stop()
         if call.sink is not None:
             await call.sink.stop()
-        if call.video_sink is not None:
-            with contextlib.suppress(Exception):
-                await call.video_sink.stop()
+        if call.video_task is not None:
+            call.video_task.cancel()
         if pc is not None:
             with contextlib.suppress(Exception):
                 await pc.close()

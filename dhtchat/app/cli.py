@@ -747,6 +747,15 @@ def cmd_call(args: argparse.Namespace) -> int:
     if words[0] == "hangup" and len(words) == 1:
         _rpc(args, "call.hangup", {})
         return EXIT_OK
+    controls = {"mute": ("mute", True), "unmute": ("mute", False), "hold": ("hold", True),
+                "resume": ("hold", False), "camera-on": ("camera", True),
+                "camera-off": ("camera", False)}
+    if words[0] in controls and len(words) == 1:
+        name, value = controls[words[0]]
+        status = _rpc(args, "call.control", {name: value})
+        print(f"{status['name']}: muted={status['muted']} held={status['held']} "
+              f"camera_off={status['camera_off']}", file=sys.stderr)
+        return EXIT_OK
     if len(words) > 5:
         raise UsageError("usage: dhtchat call NAME_OR_ID [NAME_OR_ID ...] (a group call of "
                          "up to 5 people) | call list | call stats | "
@@ -966,9 +975,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     call = sub.add_parser("call", help="voice/video calls: call NAME_OR_ID [NAME_OR_ID ...] "
                           "(2-4 names: a group call), call list, call stats, "
-                          "call verify NAME_OR_ID [WORDS], call hangup")
+                          "call verify NAME_OR_ID [WORDS], call hangup, call mute|unmute|"
+                          "hold|resume|camera-on|camera-off")
     call.add_argument("target", nargs="+",
-                      metavar="NAME_OR_ID [...] | list | stats | verify | hangup")
+                      metavar="NAME_OR_ID [...] | list | stats | verify | hangup | mute ...")
     call.add_argument("--video", action="store_true", help="a video call")
     for flag, what in (("--audio-in", "microphone: tone:440, silence, alsa:hw:0, "
                         "pulse:NAME or an audio file (looped); default silence"),

@@ -976,6 +976,7 @@ class Daemon:
             "call.list": self.rpc_call_list,
             "call.auto_answer": self.rpc_call_auto_answer,
             "call.verify": self.rpc_call_verify,
+            "call.control": self.rpc_call_control,
             "shutdown": self.rpc_shutdown,
         }
 
@@ -1385,6 +1386,24 @@ class Daemon:
         self.contacts.mark_verified(entry.public_key, entry.name, time.time())
         return {"contact": encode_user_id(entry.public_key), "name": entry.name,
                 "verified": True, "sas": shown.text}
+
+    async def rpc_call_control(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Mute, hold or camera during a call (params: id?, mute?, hold?, camera? booleans;
+        for a group call every leg)."""
+        assert self.calls is not None
+        call = self._call(params)
+        legs = self.calls.legs(call.conference) if call.conference else [call]
+        try:
+            for leg in legs:
+                if isinstance(params.get("mute"), bool):
+                    await self.calls.set_mute(leg, params["mute"])
+                if isinstance(params.get("hold"), bool):
+                    await self.calls.set_hold(leg, params["hold"])
+                if isinstance(params.get("camera"), bool):
+                    await self.calls.set_camera(leg, params["camera"])
+        except LocalProtocolError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        return self.calls.as_json(call)
 
     async def rpc_call_auto_answer(self, params: dict[str, Any]) -> dict[str, Any]:
         """Answer every incoming call with these media (params: enabled, audio_in?,
