@@ -19,6 +19,7 @@ This class only decides *whom* to ask; the node sends the requests and feeds res
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from operator import attrgetter
@@ -77,6 +78,9 @@ class Lookup:
         self.max_candidates = max_candidates if max_candidates is not None else 8 * k
         self.max_per_ip = max_per_ip
         self._candidates: dict[bytes, Candidate] = {}
+        # owns(node_id): whether node_id is a candidate of this lookup (the dict's own
+        # membership test: the node asks it for every contact of every reply)
+        self.owns: Callable[[bytes], bool] = self._candidates.__contains__
         # One candidate per address and a few per IP: a hostile reply naming many "nodes" at
         # one victim address must not turn our lookup into a flood towards it.
         self._addresses: set[Address] = set()
@@ -216,10 +220,6 @@ class Lookup:
         """Sequential requests it took to reach the closest node that answered (0: none)."""
         closest = self.closest_answered(1)
         return closest[0].hops if closest else 0
-
-    def owns(self, node_id: bytes) -> bool:
-        """Whether ``node_id`` is a candidate of this lookup."""
-        return node_id in self._candidates
 
 
 class DisjointLookup:
