@@ -35,6 +35,10 @@ from typing import TYPE_CHECKING, Any, Final
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import RTCCertificate, generate_certificate
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from dhtchat.app.media import (
     AudioSink,
@@ -46,8 +50,14 @@ from dhtchat.app.media import (
 )
 from dhtchat.core.calls import CallMachine
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
-from dhtchat.core.identity import encode_user_id
-from dhtchat.core.sas import Sas, check_commitment, commitment, compute_sas
+from dhtchat.core.identity import encode_user_id, verify_signature
+from dhtchat.core.sas import (
+    Sas,
+    check_commitment,
+    commitment,
+    compute_sas,
+    parse_fingerprint,
+)
 from dhtchat.net.webrtc import configuration, enlarge_ice_socket_buffers, selected_pair
 
 if TYPE_CHECKING:
@@ -58,6 +68,8 @@ log = logging.getLogger("dhtchat.calls")
 MEDIA_TIMEOUT: Final = 30.0  # accept -> media connected
 CONNECT_TIMEOUT: Final = 30.0  # the data connection a call needs
 TICK: Final = 0.5
+INVITE_REPEATS: Final = 5
+INVITE_REPEAT_AFTER: Final = 2.0
 MAX_PARTICIPANTS: Final = 5  # a group call is a full mesh: n(n-1)/2 connections
 _FINGERPRINT: Final = re.compile(r"^a=fingerprint:sha-256 ([0-9A-Fa-f:]+)\s*$", re.MULTILINE)
 
@@ -66,7 +78,17 @@ CREATE TABLE IF NOT EXISTS calls (
     id BLOB PRIMARY KEY, contact BLOB NOT NULL, direction TEXT NOT NULL,
     video INTEGER NOT NULL, started REAL NOT NULL, answered REAL, ended REAL,
     reason TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS call_certificates (
+    contact BLOB PRIMARY KEY, key_pem BLOB NOT NULL, cert_pem BLOB NOT NULL);
 """
+_FINGERPRINT_SIGNATURE: Final = b"dhtchat/call-fingerprint/v1"
+
+
+def fingerprint_signed_bytes(call_id: bytes, action: str, fingerprint: str) -> bytes:
+    """What the sender of an invite or accept signs with its identity key: the call, the
+    action and the DTLS fingerprint its SDP announces (RFC 8122 binding, by identity)."""
+    return b"|".join((_FINGERPRINT_SIGNATURE, call_id, action.encode(),
+                      parse_fingerprint(fingerprint)))
 
 
 def _is_file(spec: str) -> bool:
@@ -125,6 +147,8 @@ class Call:
     remote_fingerprint: str = ""
     media_up_at: float | None = None
     path: str = ""  # "direct" or "relay" once the media connection is up
+    warning: str = ""  # e.g. the contact's call key changed since it was verified
+    answering: bool = False  # answer() has started (it awaits before the state changes)
     conference: bytes = b""  # a group call: the legs of one mesh share this id
     participants: tuple[bytes, ...] = ()  # a group call: its initiator, then the others
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -151,7 +175,7 @@ class CallManager:
         self.incoming = asyncio.Event()  # set when a call starts ringing here
         assert daemon.history is not None
         self._db = daemon.history
-        self._db.db.execute(_SCHEMA)
+        self._db.db.executescript(_SCHEMA)
         self._ticker: asyncio.Task[None] | None = None
         # Group calls we take part in: their media settings and one shared input per
         # conference (every leg gets its own subscription of it).
@@ -219,6 +243,8 @@ class CallManager:
             out["received_audio_s"] = round(call.sink.duration, 2)
         if call.path:
             out["path"] = call.path
+        if call.warning:
+            out["warning"] = call.warning
         out.update(muted=call.muted, camera_off=call.camera_off, held=call.held,
                    remote_held=call.remote_held)
         if machine.video:
@@ -256,8 +282,19 @@ class CallManager:
             raise
         self._log_call(call)
         self._ensure_ticker()
+        self.daemon._spawn(self._repeat_invite(call, pc.localDescription.sdp))
         log.info("calling %s (call %s)", self.daemon._name(contact), call.call_id.hex()[:8])
         return call
+
+    async def _repeat_invite(self, call: Call, sdp: str) -> None:
+        """Signals are not retransmitted by the messenger (a data connection replaced at the
+        wrong moment loses one): send the invite again until the callee says it rings."""
+        for _ in range(INVITE_REPEATS):
+            await asyncio.sleep(INVITE_REPEAT_AFTER)
+            if call.machine.state != "inviting":
+                return
+            await self._signal(call, "invite", sdp=sdp, commitment=commitment(call.nonce),
+                               participants=call.participants)
 
     async def place_group(self, contacts: list[bytes], media: CallMedia) -> list[Call]:
         """A group voice call (full mesh, at most MAX_PARTICIPANTS): we call everyone; each
@@ -336,6 +373,9 @@ class CallManager:
         """Accept a ringing incoming call with these inputs/outputs."""
         if call.machine.direction != "incoming" or call.machine.state != "ringing":
             raise LocalProtocolError(f"cannot answer a call that is {call.machine.state}")
+        if call.answering:  # e.g. the auto-answer and a group call's join at once
+            raise LocalProtocolError("the call is being answered already")
+        call.answering = True
         call.media = media
         self._open_media(call)
         try:
@@ -382,11 +422,25 @@ class CallManager:
 
     async def on_signal(self, contact: bytes, action: str, call_id: bytes, *, sdp: str = "",
                         video: bool = False, committed: bytes = b"", nonce: bytes = b"",
-                        conference: bytes = b"",
-                        participants: tuple[bytes, ...] = ()) -> None:
+                        conference: bytes = b"", participants: tuple[bytes, ...] = (),
+                        signature: bytes = b"") -> None:
         """A call payload from a contact (already authenticated and decrypted)."""
         now = time.time()
         call = self.calls.get(call_id)
+        if action in ("invite", "accept"):
+            try:
+                signed = fingerprint_signed_bytes(call_id, action, sdp_fingerprint(sdp))
+            except RemoteProtocolError as exc:
+                log.warning("refused a call %s from %s: %s", action,
+                            self.daemon._name(contact), exc)
+                return
+            if not verify_signature(contact, signed, signature):
+                log.warning("refused a call %s from %s: its DTLS fingerprint is not signed "
+                            "by the contact's identity key", action, self.daemon._name(contact))
+                if call is not None:
+                    await self._fail(call, "the answer's DTLS fingerprint is not signed by "
+                                     "the contact (possible man in the middle)")
+                return
         if action == "invite":
             me = self.daemon.identity.public_key
             if conference and (len(conference) != 16 or contact not in participants
@@ -425,8 +479,10 @@ class CallManager:
     async def _on_invite(self, contact: bytes, call_id: bytes, sdp: str, video: bool,
                          committed: bytes, existing: Call | None, conference: bytes,
                          participants: tuple[bytes, ...]) -> None:
-        if existing is not None:
-            return  # a duplicate
+        if existing is not None:  # a repeated invite: our "ringing" may have been lost
+            if existing.contact == contact and existing.machine.state == "ringing":
+                await self._signal(existing, "ringing")
+            return
         machine = CallMachine(call_id, "incoming", time.time(), video=video)
         call = Call(machine, contact, remote_sdp=sdp, committed=committed,
                     conference=conference, participants=participants)
@@ -523,10 +579,36 @@ class CallManager:
         relay, sources = self._inputs[conference]
         return relay.subscribe(sources[0], buffered=False)
 
+    def _certificate(self, contact: bytes) -> RTCCertificate:
+        """Our DTLS certificate for calls with this contact: kept (in the encrypted history),
+        so its fingerprint is stable and a contact who verified us notices a change; one per
+        contact, so a network observer cannot link our calls with different people."""
+        row = self._db.db.execute("SELECT key_pem, cert_pem FROM call_certificates WHERE "
+                                  "contact = ?", (contact,)).fetchone()
+        if row is not None:
+            key = serialization.load_pem_private_key(bytes(row[0]), password=None)
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                return RTCCertificate(key=key, cert=x509.load_pem_x509_certificate(
+                    bytes(row[1])))
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = generate_certificate(key)  # aiortc's: a self-signed P-256 certificate
+        with self._db.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO call_certificates VALUES (?, ?, ?)", (
+                contact,
+                key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()),
+                cert.public_bytes(serialization.Encoding.PEM)))
+        return RTCCertificate(key=key, cert=cert)
+
     async def _peer_connection(self, call: Call) -> RTCPeerConnection:
         options = self.daemon.options
         stun = await self.daemon._pick_stun()
         pc = RTCPeerConnection(configuration(stun, options.turn, options.relay_only))
+        # aiortc has no API for it: replace the fresh certificate it made (before any
+        # transport is created, so every DTLS transport of this call uses ours).
+        setattr(pc, "_RTCPeerConnection__certificates",  # noqa: B010 - a name-mangled private
+                [self._certificate(call.contact)])
         call.pc = pc
         for track in call.tracks:
             call.senders[track.kind] = pc.addTrack(track)
@@ -641,6 +723,13 @@ class CallManager:
             local_fingerprint=sdp_fingerprint(pc.localDescription.sdp),
             remote_identity=call.contact, remote_fingerprint=call.remote_fingerprint,
             nonce=call.nonce)
+        pinned = self.daemon.contacts.verified_fingerprint(call.contact)
+        if pinned and parse_fingerprint(pinned) != parse_fingerprint(call.remote_fingerprint):
+            call.warning = (f"{self.daemon._name(call.contact)}'s call key changed since you "
+                            "verified them: compare the words again before trusting this "
+                            "call (they are no longer marked verified)")
+            log.warning("WARNING: %s", call.warning)
+            self.daemon.contacts.unverify(call.contact)
 
     async def stats(self, call: Call) -> dict[str, Any]:
         """RTT, jitter, loss and bitrates of the call's media (empty before media)."""
@@ -680,7 +769,12 @@ class CallManager:
                       participants: tuple[bytes, ...] = ()) -> bool:
         messenger = self.daemon.messenger
         assert messenger is not None
+        signature = b""
+        if sdp:  # invite/accept: bind the DTLS fingerprint to our identity
+            signature = self.daemon.identity.sign(fingerprint_signed_bytes(
+                call.call_id, action, sdp_fingerprint(sdp)))
         return await messenger.send_call(call.contact, action, call.call_id, sdp=sdp,
+                                         signature=signature,
                                          video=call.machine.video, commitment=commitment,
                                          nonce=nonce, conference=call.conference,
                                          participants=participants)

@@ -52,9 +52,15 @@ class ContactStore:
             CREATE TABLE IF NOT EXISTS seen_envelopes (
                 envelope BLOB PRIMARY KEY, seen REAL NOT NULL);
             CREATE TABLE IF NOT EXISTS verified (
-                public_key BLOB PRIMARY KEY, name TEXT NOT NULL, verified REAL NOT NULL);
+                public_key BLOB PRIMARY KEY, name TEXT NOT NULL, verified REAL NOT NULL,
+                fingerprint TEXT NOT NULL DEFAULT '');
             """
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(verified)")}
+        if "fingerprint" not in columns:  # a contact list from before pinning
+            with self._db:
+                self._db.execute("ALTER TABLE verified ADD COLUMN fingerprint TEXT NOT NULL "
+                                 "DEFAULT ''")
 
     def get(self, public_key: bytes) -> ContactEntry | None:
         """The entry for a key, if any."""
@@ -96,11 +102,24 @@ class ContactStore:
         assert entry is not None
         return entry
 
-    def mark_verified(self, public_key: bytes, name: str, now: float) -> None:
-        """The user compared the SAS of a call with this contact and it matched."""
+    def mark_verified(self, public_key: bytes, name: str, now: float,
+                      fingerprint: str = "") -> None:
+        """The user compared the SAS of a call with this contact and it matched
+        (``fingerprint``: the contact's DTLS fingerprint in that call, pinned)."""
         with self._db:
-            self._db.execute("INSERT OR REPLACE INTO verified VALUES (?, ?, ?)",
-                             (public_key, name, now))
+            self._db.execute("INSERT OR REPLACE INTO verified VALUES (?, ?, ?, ?)",
+                             (public_key, name, now, fingerprint))
+
+    def verified_fingerprint(self, public_key: bytes) -> str:
+        """The call fingerprint pinned when the contact was verified ("" if none)."""
+        row = self._db.execute("SELECT fingerprint FROM verified WHERE public_key = ?",
+                               (public_key,)).fetchone()
+        return str(row[0]) if row else ""
+
+    def unverify(self, public_key: bytes) -> None:
+        """Drop the verified mark (the contact's key changed)."""
+        with self._db:
+            self._db.execute("DELETE FROM verified WHERE public_key = ?", (public_key,))
 
     def verified_at(self, public_key: bytes) -> float | None:
         """When the contact was verified (None: never)."""

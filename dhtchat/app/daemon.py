@@ -1383,7 +1383,9 @@ class Daemon:
                             "%s: someone may be in the middle", heard, shown, entry.name)
                 raise RpcError(INVALID_PARAMS, f"the words do not match ({shown.text} here): "
                                "someone may be in the middle; the contact stays unverified")
-        self.contacts.mark_verified(entry.public_key, entry.name, time.time())
+        last = max(calls, key=lambda c: c.machine.started)
+        self.contacts.mark_verified(entry.public_key, entry.name, time.time(),
+                                    last.remote_fingerprint)
         return {"contact": encode_user_id(entry.public_key), "name": entry.name,
                 "verified": True, "sas": shown.text}
 

@@ -566,7 +566,8 @@ class Messenger:
                         contact, payload.call_action, payload.call_id, sdp=payload.text,
                         video=payload.video, committed=payload.commitment,
                         nonce=payload.nonce, conference=payload.conference,
-                        participants=tuple(payload.participants)))
+                        participants=tuple(payload.participants),
+                        signature=payload.signature))
                 elif payload.kind == "reset":
                     tombstones = self._reencrypt_outbox(contact)
                     state.last_sent = {}
@@ -657,9 +658,11 @@ class Messenger:
             state.ack_task = self.daemon._spawn(later())
 
     async def _send_control(self, contact: bytes, payload: Payload, *,
-                            new_session_from: bytes | None = None) -> None:
-        """Encrypt and send an unsequenced payload (ack, read, typing; reset on a new
-        session started from the bundle ``new_session_from``)."""
+                            new_session_from: bytes | None = None,
+                            restart: bool = False) -> None:
+        """Encrypt and send an unsequenced payload (ack, read, typing, call). Without a
+        session, one is started from the bundle ``new_session_from``; ``restart`` (reset)
+        starts a new one even if a session exists."""
         state = self._state(contact)
         async with state.lock:
             if payload.kind == "ack":
@@ -667,10 +670,12 @@ class Messenger:
                 # waited for the lock are covered (else they wait for a retransmission).
                 payload = self._ack_payload(contact)
             conversation = self._conversation(contact)
-            if new_session_from is not None:
+            if restart and new_session_from is not None:
                 conversation.restart()
-            elif not conversation.established:
+            elif not conversation.established and new_session_from is None:
                 return  # nothing to acknowledge before a session exists
+            # (A session started meanwhile by another sender is used as is: two initial
+            # messages from one bundle would spend its one-time prekey twice.)
             channel = self._channel(contact)
             if channel is None and payload.kind in ("typing", "call"):
                 return
@@ -690,8 +695,8 @@ class Messenger:
 
     async def send_call(self, contact: bytes, action: str, call_id: bytes, *, sdp: str = "",
                         video: bool = False, commitment: bytes = b"", nonce: bytes = b"",
-                        conference: bytes = b"",
-                        participants: tuple[bytes, ...] = ()) -> bool:
+                        conference: bytes = b"", participants: tuple[bytes, ...] = (),
+                        signature: bytes = b"") -> bool:
         """Send a call signal over the live data channel (calls need one); False if the
         contact is not connected or has no session yet."""
         if self._channel(contact) is None:
@@ -704,7 +709,8 @@ class Messenger:
         await self._send_control(contact, Payload(
             "call", call_id=call_id, call_action=action, text=sdp, video=video,
             commitment=commitment, nonce=nonce, conference=conference,
-            participants=list(participants)), new_session_from=bundle)
+            participants=list(participants), signature=signature),
+            new_session_from=bundle)
         return self._channel(contact) is not None
 
     # ------------------------------------------------------------------ session reset
@@ -719,7 +725,8 @@ class Messenger:
             self._state(contact).reset_asked = -RESET_INTERVAL  # try again at the next failure
             return
         try:
-            await self._send_control(contact, Payload("reset"), new_session_from=bundle)
+            await self._send_control(contact, Payload("reset"), new_session_from=bundle,
+                                     restart=True)
         except SessionError as exc:
             log.warning("cannot start a new session with %s: %s", contact.hex()[:12], exc)
             return
