@@ -723,17 +723,33 @@ class Daemon:
             return self._connection_json(link)
         if link.attempt is None or link.attempt.done():
             link.attempt = self._spawn(self._offer(link, timeout))
-        try:
-            return await asyncio.wait_for(asyncio.shield(link.attempt), timeout + 5)
-        except TimeoutError:
-            raise RpcError(TIMEOUT, f"no connection within {timeout:.0f} s",
-                           {"reason": link.reason}) from None
-        except asyncio.CancelledError:
-            # Our offer lost to theirs (glare or restart); wait for the replacement attempt.
-            if link.attempt is not None and not link.attempt.done():
-                return await asyncio.wait_for(asyncio.shield(link.attempt), timeout + 5)
-            raise RpcError(CONNECTION_FAILED, link.reason or "connection attempt replaced",
-                           {"reason": link.reason}) from None
+        deadline = time.monotonic() + timeout + 5
+        for _ in range(4):  # follow replacements: glare or a restarted peer's new offer
+            attempt = link.attempt
+            assert attempt is not None
+            try:
+                return await asyncio.wait_for(asyncio.shield(attempt),
+                                              max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                raise RpcError(TIMEOUT, f"no connection within {timeout:.0f} s",
+                               {"reason": link.reason}) from None
+            except asyncio.CancelledError:
+                if not attempt.cancelled():
+                    raise  # we are being cancelled ourselves (daemon stopping)
+            # Our offer lost to theirs; the replacement attempt is set up right after the
+            # cancel (the old connection closes first): wait for it briefly.
+            wait_until = min(deadline, time.monotonic() + 5)
+            while (link.attempt is attempt or link.attempt is None) \
+                    and time.monotonic() < wait_until:
+                if link.status == "connected" and link.selected is not None:
+                    return self._connection_json(link)
+                await asyncio.sleep(0.05)
+            if link.attempt is attempt or link.attempt is None:
+                break
+        if link.status == "connected" and link.selected is not None:
+            return self._connection_json(link)
+        raise RpcError(CONNECTION_FAILED, link.reason or "connection attempt replaced",
+                       {"reason": link.reason})
 
     def _connection_json(self, link: Link) -> dict[str, Any]:
         assert link.selected is not None
