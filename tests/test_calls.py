@@ -57,12 +57,14 @@ async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> No
         await asyncio.sleep(0.05)
 
 
-def _run(tmp: Path, scenario: Callable[[Daemon, Daemon, Daemon], Awaitable[None]]) -> None:
+def _run(tmp: Path, scenario: Callable[[Daemon, Daemon, Daemon], Awaitable[None]],
+         auto_connect: bool = True) -> None:
     """Alice and Bob (contacts), Carol (a contact of both), on a small DHT."""
     async def main() -> None:
         first = await _daemon(tmp, 1, [])
         assert first.node is not None
-        daemons = [first, *[await _daemon(tmp, n, [first.node.address]) for n in (2, 3, 4)]]
+        daemons = [first, *[await _daemon(tmp, n, [first.node.address], auto_connect)
+                            for n in (2, 3, 4)]]
         alice, bob, carol = daemons[1], daemons[2], daemons[3]
         try:
             await _until(lambda: all(d.joined for d in daemons), 60, "joins")
@@ -416,3 +418,23 @@ def test_video_call_mute_and_hold(tmp_path: Path) -> None:
         assert loud > 0.05 and quiet < 0.01
 
     _run(tmp_path, scenario)
+
+
+def test_call_to_a_contact_not_connected_goes_through_the_dht(tmp_path: Path) -> None:
+    """Without a data connection (no auto-connect), the call opens one through the DHT
+    rendezvous (the offer reaches Bob's daemon by its DHT listen) and then rings."""
+    async def scenario(alice: Daemon, bob: Daemon, carol: Daemon) -> None:
+        assert alice.calls is not None and bob.calls is not None
+        link = alice.links[bob.identity.public_key]
+        await asyncio.sleep(1.0)
+        assert link.status != "connected"
+        bob.calls.auto_answer = CallMedia("tone:1000", str(tmp_path / "bob-heard.wav"))
+        call = await alice.calls.place(bob.identity.public_key,
+                                       CallMedia("tone:440", str(tmp_path / "alice-heard.wav")))
+        assert link.channel is not None  # the data connection the call opened
+        await _until(lambda: call.machine.state == "active", 30, "the call")
+        await asyncio.sleep(2.0)
+        await alice.calls.hangup(call)
+        assert abs(dominant_frequency(tmp_path / "alice-heard.wav") - 1000.0) < 15
+
+    _run(tmp_path, scenario, auto_connect=False)
