@@ -232,7 +232,12 @@ def test_disappearing_messages_and_typing(tmp_path: Path, dht: DhtProcess) -> No
     try:
         alice.wait_contact(bob_id, lambda r: r.get("status") == "connected", 30)
         cli(alice.profile, "timer", "Bob", "2")
-        rpc(alice, "message.send", {"to": bob_id, "text": "self-destructing", "wait": True})
+        try:
+            rpc(alice, "message.send", {"to": bob_id, "text": "self-destructing",
+                                        "wait": True})
+        except RpcError:
+            print(f"--- alice\n{alice.log()}\n--- bob\n{bob.log()}")
+            raise
         got = _receive_all(bob, 2, 30)
         assert [m["text"] for m in got][-1] == "self-destructing"
         assert got[0]["text"].startswith("[timer]")

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
@@ -173,6 +173,7 @@ class _ContactState:
     reset_asked: float = -RESET_INTERVAL  # when we last asked the contact for a new session
     prekeys_stored: bool = False  # our bundle for this contact reached the DHT
     retransmit_task: asyncio.Task[None] | None = None
+    retransmits: dict[int, int] = field(default_factory=dict)  # seq -> times resent
 
 
 class Messenger:
@@ -370,8 +371,11 @@ class Messenger:
                     if force or now - state.last_sent.get(entry.seq, 0.0) >= RETRANSMIT_AFTER:
                         assert entry.frame is not None
                         if entry.seq in state.last_sent:
-                            log.debug("retransmitting frame %d to %s", entry.seq,
-                                      contact.hex()[:12])
+                            retries = state.retransmits.get(entry.seq, 0) + 1
+                            state.retransmits[entry.seq] = retries
+                            (log.info if retries == 3 else log.debug)(
+                                "frame %d to %s sent %d times without an acknowledgement",
+                                entry.seq, contact.hex()[:12], retries + 1)
                         channel.send(entry.frame)
                         state.last_sent[entry.seq] = now
                 if state.retransmit_task is None or state.retransmit_task.done():
@@ -639,6 +643,9 @@ class Messenger:
             if read:
                 db.execute("UPDATE messages SET read = 1 WHERE contact = ? AND outgoing = 1 "
                            "AND seq <= ?", (contact, read))
+        if ack:
+            state = self._state(contact)
+            state.retransmits = {seq: n for seq, n in state.retransmits.items() if seq > ack}
         for index, frame_bytes in tombstones:
             self.daemon._spawn(self._tombstone(contact, index, frame_bytes or 0))
         async with self._delivered:
