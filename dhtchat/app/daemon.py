@@ -154,6 +154,7 @@ class Link:
     attempt: asyncio.Task[dict[str, Any]] | None = None
     refreshing: bool = False
     presence_checked: float = 0.0
+    gone_session: bytes = b""  # the contact's daemon run that said goodbye
     processed: dict[tuple[bytes, int], None] = field(default_factory=dict)
 
     def first_time(self, record: Record) -> bool:
@@ -168,8 +169,10 @@ class Link:
 
     @property
     def online(self) -> bool:
-        """A fresh presence record saying "online" was seen."""
+        """A fresh presence record saying "online" was seen (and that daemon run did not say
+        goodbye over the connection since)."""
         return self.presence is not None and self.presence.online \
+            and self.presence.session != self.gone_session \
             and time.time() - self.presence_seen < PRESENCE_FRESH
 
 
@@ -326,9 +329,16 @@ class Daemon:
         now = time.time()
         jobs: list[Awaitable[Any]] = []
         for link in self.links.values():
+            if link.channel is not None and self.messenger is not None:
+                # Over the open connection first: instant, whatever the DHT's state.
+                jobs.append(self.messenger.say_goodbye(link.public_key))
             if link.pc is not None and link.session:
                 jobs.append(self._send_bye(link, link.session, "daemon stopped"))
             jobs.append(self._publish_presence(link, epoch_of(now), now, online=False))
+        if any(link.channel is not None for link in self.links.values()):
+            # Let the goodbye frames leave before the connections close (the DHT jobs
+            # below take longer anyway).
+            jobs.append(asyncio.sleep(0.3))
         await asyncio.gather(*jobs, return_exceptions=True)
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
@@ -663,6 +673,21 @@ class Daemon:
             link.attempt.cancel()
         await self._close_link_connection(link, "replaced by a new offer", status="offline")
         link.attempt = self._spawn(self._answer(link, opened))
+
+    async def contact_said_goodbye(self, public_key: bytes) -> None:
+        """The contact's daemon is stopping (said so over the connection): show it offline
+        now and do not offer to that run again; a restart publishes a new presence."""
+        link = self.links.get(public_key)
+        if link is None:
+            return
+        if link.presence is not None:
+            link.gone_session = link.presence.session
+        if link.offering and link.answer is not None and not link.answer.done():
+            link.answer.set_exception(ConnectionError(
+                f"{self._name(public_key)} is stopping"))
+        await self._close_link_connection(
+            link, f"{self._name(public_key)} ended the connection: daemon stopped",
+            status="offline")
 
     async def _new_peer_connection(self, link: Link) -> RTCPeerConnection:
         stun = await self._pick_stun()

@@ -74,7 +74,7 @@ PREKEYS_TTL: Final = 7 * 24 * 3600
 RETRANSMIT_AFTER: Final = 10.0
 MAILBOX_POLL: Final = 15.0
 MAILBOX_SCAN_LIMIT: Final = 512  # slots read per poll (a backlog continues at the next poll)
-MAILBOX_WINDOW: Final = 8  # slots fetched in parallel
+MAILBOX_WINDOW: Final = 32  # slots fetched in parallel
 MAILBOX_PART: Final = 800  # frame bytes per slot (sealed + signed it fits a 1000-byte record)
 MAX_PARTS: Final = 128  # 100 KiB per mailbox message
 CONTROL_PUT_ATTEMPTS: Final = 4
@@ -94,7 +94,8 @@ class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     """What travels inside the ratchet."""
 
     kind: Literal["text", "ack", "read", "typing", "file", "file_request", "file_done",
-                  "timer", "group_update", "group_text", "group_leave", "reset", "call"]
+                  "timer", "group_update", "group_text", "group_leave", "reset", "call",
+                  "goodbye"]
     seq: int = 0  # > 0 for sequenced kinds (text, file)
     id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
     sent_at: float = 0.0
@@ -572,6 +573,8 @@ class Messenger:
                         nonce=payload.nonce, conference=payload.conference,
                         participants=tuple(payload.participants),
                         signature=payload.signature))
+                elif payload.kind == "goodbye" and self._is_contact(contact):
+                    self.daemon._spawn(self.daemon.contact_said_goodbye(contact))
                 elif payload.kind == "reset":
                     tombstones = self._reencrypt_outbox(contact)
                     state.last_sent = {}
@@ -684,7 +687,7 @@ class Messenger:
             # (A session started meanwhile by another sender is used as is: two initial
             # messages from one bundle would spend its one-time prekey twice.)
             channel = self._channel(contact)
-            if channel is None and payload.kind in ("typing", "call"):
+            if channel is None and payload.kind in ("typing", "call", "goodbye"):
                 return
             body = await conversation.encrypt(_encoder.encode(payload), new_session_from)
             with self.history.transaction() as db:
@@ -699,6 +702,11 @@ class Messenger:
                 return
             await asyncio.sleep(2.0 * (attempt + 1))
         log.info("could not store a receipt for %s in the DHT", contact.hex()[:12])
+
+    async def say_goodbye(self, contact: bytes) -> None:
+        """Tell a connected contact we are stopping (over the data channel only)."""
+        if self._channel(contact) is not None and self._conversation(contact).established:
+            await self._send_control(contact, Payload("goodbye"))
 
     async def send_call(self, contact: bytes, action: str, call_id: bytes, *, sdp: str = "",
                         video: bool = False, commitment: bytes = b"", nonce: bytes = b"",
@@ -786,6 +794,8 @@ class Messenger:
                     records = await fetch(index)  # likely a lookup that missed: ask again
                 if not records:
                     if not any(filled[position + 1:]) or not self._hole_expired(contact, index):
+                        log.debug("mailbox of %s: %d frames read, slot %d empty",
+                                  contact.hex()[:12], handled, index)
                         return handled
                     log.info("skipping mailbox slot %d of %s: still empty %.0f s later while "
                              "later slots are filled", index, contact.hex()[:12], HOLE_GRACE)
