@@ -30,10 +30,11 @@ def _identity(n: int) -> SigningIdentity:
     return SigningIdentity.from_seed(n.to_bytes(2, "big") * 16)
 
 
-async def _daemon(tmp: Path, n: int, bootstrap: list[tuple[str, int]]) -> Daemon:
+async def _daemon(tmp: Path, n: int, bootstrap: list[tuple[str, int]], *,
+                  auto_connect: bool = False) -> Daemon:
     # Each daemon on its own /24, as on a real network (storers' per-subnet quotas).
     options = DaemonOptions(port=0, host=next_host(), bootstrap=bootstrap,
-                            ice_addresses=["127.0.0.1"], auto_connect=False)
+                            ice_addresses=["127.0.0.1"], auto_connect=auto_connect)
     daemon = Daemon(Profile(tmp / f"d{n}"), _identity(n), options)
     await daemon.start()
     return daemon
@@ -282,5 +283,57 @@ def test_members_who_are_not_contacts_talk_through_the_admin(tmp_path: Path) -> 
         finally:
             for daemon in everyone:
                 await daemon.stop()
+
+    asyncio.run(scenario())
+
+
+def test_group_file_relayed_by_the_admin(tmp_path: Path) -> None:
+    """Bob (a member who is not Carol's contact) sends a file to the group: the admin pulls
+    it, checks its hash and offers its copy to Carol, who gets it whole with Bob as author."""
+    async def scenario() -> None:
+        options = {"auto_connect": True}
+        alice = await _daemon(tmp_path, 1, [], **options)
+        assert alice.node is not None
+        bob = await _daemon(tmp_path, 2, [alice.node.address], **options)
+        carol = await _daemon(tmp_path, 3, [alice.node.address], **options)
+        extra = await _daemon(tmp_path, 4, [alice.node.address], **options)
+        everyone = [alice, bob, carol, extra]
+        try:
+            await _until(lambda: all(d.joined for d in everyone), 60, "joins")
+            for other in (bob, carol):
+                alice.contacts.put(other.identity.public_key, name="x", state="accepted")
+                other.contacts.put(alice.identity.public_key, name="alice", state="accepted")
+                alice._link(other.identity.public_key)
+                other._link(alice.identity.public_key)
+            assert alice.messenger and bob.messenger and carol.messenger
+            state = await alice.messenger.create_group(
+                "trio", [bob.identity.public_key, carol.identity.public_key])
+            await _until(lambda: bob.messenger.groups.get(state.id) is not None  # type: ignore[union-attr]
+                         and carol.messenger.groups.get(state.id) is not None, 60,  # type: ignore[union-attr]
+                         "the member list")
+            source = tmp_path / "minutes.bin"
+            source.write_bytes(os.urandom(300_000))
+            await bob.messenger.send_group_file(state.id, source)
+
+            def carol_has_it() -> bool:
+                assert carol.messenger is not None
+                return any(e.complete and e.name == "minutes.bin"
+                           for e in carol.messenger.files.all())
+            await _until(carol_has_it, 120, "Carol to receive the file")
+            got = next(e for e in carol.messenger.files.all() if e.name == "minutes.bin")
+            assert Path(got.path).read_bytes() == source.read_bytes()
+            assert got.group_id == state.id and got.author == bob.identity.public_key
+            assert got.contact == alice.identity.public_key  # it came from the admin's copy
+            assert "[file] minutes.bin (300000 bytes)" in _texts(carol, state.id)
+            assert any(e.complete and e.name == "minutes.bin"
+                       for e in alice.messenger.files.all())
+            # A member who is not the admin cannot make Carol fetch a file "from" someone
+            # else: an offer claiming another author is dropped (checked directly).
+            assert carol.messenger._group_file_origin(
+                bob.identity.public_key, Payload("file", group_id=state.id,
+                                                 author=alice.identity.public_key)) == (
+                None, None)
+        finally:
+            await asyncio.gather(*(d.stop() for d in everyone))
 
     asyncio.run(scenario())

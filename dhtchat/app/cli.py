@@ -554,6 +554,11 @@ def cmd_file(args: argparse.Namespace) -> int:
         result = _rpc(args, "file.send", {"to": args.contact, "path": path})
         print(f"offered {result['name']} ({result['size']} bytes) id {result['id']}",
               file=sys.stderr)
+        if "group" in result:
+            if args.wait:
+                print("(a group file: --wait applies to files for one contact)",
+                      file=sys.stderr)
+            return EXIT_OK
         if not args.wait:
             return EXIT_OK
         deadline = time.monotonic() + args.timeout

@@ -1513,12 +1513,26 @@ class Daemon:
         return self._message_json(message)
 
     async def rpc_file_send(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Offer a file to a contact (params: to, path, wait?, timeout?)."""
+        """Offer a file to a contact or a group (params: to, path, wait?, timeout?)."""
         assert self.messenger is not None
-        entry = self._accepted_contact(params.get("to"))
         path = params.get("path")
         if not isinstance(path, str) or not path:
             raise RpcError(INVALID_PARAMS, "path must be a file path")
+        try:
+            entry = self._accepted_contact(params.get("to"))
+        except RpcError as not_contact:
+            try:
+                group = self._group(params.get("to"))
+            except RpcError:
+                raise not_contact from None
+            try:
+                message = await self.messenger.send_group_file(group.id, Path(path))
+            except (LocalProtocolError, OSError) as exc:
+                raise RpcError(INVALID_PARAMS, str(exc)) from None
+            return {"group": group.id.hex(),
+                    "message": message_json(message, self.identity.user_id, group.id.hex()),
+                    "name": Path(path).name, "size": Path(path).stat().st_size,
+                    "id": message.id.hex()}
         try:
             transfer = await self.messenger.files.send(entry.public_key, Path(path))
         except (LocalProtocolError, OSError) as exc:

@@ -71,6 +71,8 @@ class FileEntry:
     received: int
     complete: bool
     created: float
+    group_id: bytes | None = None  # a file sent to a group
+    author: bytes | None = None  # incoming, relayed by the group's admin: who sent it
 
 
 def chunk_nonce(file_id: bytes, offset: int) -> bytes:
@@ -111,6 +113,10 @@ class FileTransfers:
         (root / "partial").mkdir(parents=True, exist_ok=True, mode=0o700)
         with self.history.transaction() as db:
             db.execute(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(files)")}
+            for column in ("group_id", "author"):
+                if column not in columns:  # a history from before group files
+                    db.execute(f"ALTER TABLE files ADD COLUMN {column} BLOB")
         self._streams: dict[bytes, asyncio.Task[None]] = {}
         self._handles: dict[bytes, Any] = {}
         self._unsynced: dict[bytes, int] = {}
@@ -131,22 +137,28 @@ class FileTransfers:
 
     # ------------------------------------------------------------------ sending
 
-    async def send(self, contact: bytes, path: Path) -> FileEntry:
-        """Offer a file to a contact (the offer is a queued message; content is pulled)."""
+    async def send(self, contact: bytes, path: Path, *, group_id: bytes | None = None,
+                   author: bytes | None = None, name: str | None = None,
+                   digest: bytes | None = None) -> FileEntry:
+        """Offer a file to a contact (the offer is a queued message; content is pulled).
+        ``group_id``/``author``: a file for a group (the admin relays members' files)."""
         path = path.expanduser().resolve()
         if not path.is_file():
             raise LocalProtocolError(f"{path} is not a readable file")
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise LocalProtocolError("file too large")
-        digest = await asyncio.to_thread(sha256_file, path)
+        if digest is None:
+            digest = await asyncio.to_thread(sha256_file, path)
+        name = name or path.name
         file_id, key = secrets.token_bytes(16), secrets.token_bytes(32)
         with self.history.transaction() as db:
             db.execute("INSERT INTO files (id, contact, outgoing, name, size, sha256, key, "
-                       "path, created) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?)",
-                       (file_id, contact, path.name, size, digest, key, str(path),
-                        time.time()))
-        await self.messenger.send_file_offer(contact, file_id, path.name, size, digest, key)
+                       "path, created, group_id, author) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (file_id, contact, name, size, digest, key, str(path),
+                        time.time(), group_id, author))
+        await self.messenger.send_file_offer(contact, file_id, name, size, digest, key,
+                                             group_id=group_id or b"", author=author or b"")
         entry = self.get(file_id)
         assert entry is not None
         return entry
@@ -202,13 +214,16 @@ class FileTransfers:
     # ------------------------------------------------------------------ receiving
 
     def on_offer(self, db: Any, contact: bytes, file_id: bytes, name: str, size: int,
-                 digest: bytes, key: bytes) -> None:
+                 digest: bytes, key: bytes, group_id: bytes | None = None,
+                 author: bytes | None = None) -> None:
         """Record an incoming offer (inside the message's transaction)."""
         safe = safe_file_name(name)
         partial = self.root / "partial" / file_id.hex()
         db.execute("INSERT OR IGNORE INTO files (id, contact, outgoing, name, size, sha256, "
-                   "key, path, created) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)",
-                   (file_id, contact, safe, size, digest, key, str(partial), time.time()))
+                   "key, path, created, group_id, author) "
+                   "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (file_id, contact, safe, size, digest, key, str(partial), time.time(),
+                    group_id, author))
 
     async def resume(self, contact: bytes) -> None:
         """After (re)connecting: finish or ask for every incomplete incoming file of this
@@ -296,6 +311,8 @@ class FileTransfers:
         log.info("received file %s (%d bytes)", entry.name, entry.size)
         await self.messenger.confirm_file(entry.contact, file_id)
         await self._notify()
+        if entry.group_id is not None and entry.author is None:
+            await self.messenger.relay_group_file(entry, final)
 
     def _close_handle(self, file_id: bytes) -> None:
         handle = self._handles.pop(file_id, None)
@@ -347,13 +364,16 @@ class FileTransfers:
 
 
 _SELECT = ("SELECT id, contact, outgoing, name, size, sha256, key, path, received, complete, "
-           "created FROM files")
+           "created, group_id, author FROM files")
 
 
 def _convert(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    fid, contact, outgoing, name, size, digest, key, path, received, complete, created = row
+    fid, contact, outgoing, name, size, digest, key, path, received, complete, created, \
+        group_id, author = row
     return (bytes(fid), bytes(contact), bool(outgoing), name, size, bytes(digest), bytes(key),
-            path, received, bool(complete), created)
+            path, received, bool(complete), created,
+            bytes(group_id) if group_id is not None else None,
+            bytes(author) if author is not None else None)
 
 
 def file_json(entry: FileEntry, sent: int = 0) -> dict[str, Any]:

@@ -30,12 +30,13 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
 from aiortc import RTCDataChannel
 
-from dhtchat.app.files import CHUNK_MARK, FileTransfers
+from dhtchat.app.files import CHUNK_MARK, FileEntry, FileTransfers, sha256_file
 from dhtchat.app.groups import (
     GroupState,
     GroupStore,
@@ -257,15 +258,56 @@ class Messenger:
                                    _timer_text(seconds), None, conversation_timer=seconds)
 
     async def send_file_offer(self, contact: bytes, file_id: bytes, name: str, size: int,
-                              digest: bytes, key: bytes) -> StoredMessage:
-        """Queue the offer of a file (see :mod:`dhtchat.app.files`)."""
+                              digest: bytes, key: bytes, *, group_id: bytes = b"",
+                              author: bytes = b"") -> StoredMessage:
+        """Queue the offer of a file (see :mod:`dhtchat.app.files`); a group file's copies
+        have no history row of their own (the group's row is written once)."""
         payload = Payload("file", file_id=file_id, name=name, size=size, sha256=digest,
-                          key=key)
-        return await self._enqueue(contact, payload, _file_text(name, size), file_id)
+                          key=key, group_id=group_id, author=author)
+        return await self._enqueue(contact, payload, _file_text(name, size), file_id,
+                                   history_row=not group_id)
+
+    async def send_group_file(self, group_id: bytes, path: Path) -> StoredMessage:
+        """Offer a file to a group: to every member if we are the admin, else to the admin,
+        who offers its copy to the others once it has it (as for group messages)."""
+        group = self.groups.get(group_id)
+        me = self.identity.public_key
+        if group is None or not group.active:
+            raise LocalProtocolError("not a member of that group")
+        path = path.expanduser().resolve()
+        if not path.is_file():
+            raise LocalProtocolError(f"{path} is not a readable file")
+        digest = await asyncio.to_thread(sha256_file, path)
+        targets = [m for m in group.state.members if m != me] if group.state.admin == me \
+            else [group.state.admin]
+        message_id, now = secrets.token_bytes(16), time.time()
+        with self.history.transaction() as db:
+            db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, "
+                       "group_id, fetched) VALUES (?, ?, 1, ?, ?, ?, ?, 1)",
+                       (message_id, group_id, int(now * 1e6), now,
+                        _file_text(path.name, path.stat().st_size), group_id))
+        for member in targets:
+            await self.files.send(member, path, group_id=group_id, digest=digest)
+        stored = self.history.message(message_id)
+        assert stored is not None
+        return stored
+
+    async def relay_group_file(self, entry: FileEntry, path: Path) -> None:
+        """As a group's admin, a member's file for the group arrived whole: offer our copy
+        to every other member."""
+        assert entry.group_id is not None
+        group = self.groups.get(entry.group_id)
+        me = self.identity.public_key
+        if group is None or not group.active or group.state.admin != me:
+            return
+        for member in group.state.members:
+            if member not in (me, entry.contact):
+                await self.files.send(member, path, group_id=group.id, author=entry.contact,
+                                      name=entry.name, digest=entry.sha256)
 
     async def _enqueue(self, contact: bytes, template: Payload, text: str,
-                       message_id: bytes | None, *,
-                       conversation_timer: int | None = None) -> StoredMessage:
+                       message_id: bytes | None, *, conversation_timer: int | None = None,
+                       history_row: bool = True) -> StoredMessage:
         message_id = message_id or secrets.token_bytes(16)
         now = time.time()
         # No await from here to the commit: asyncio runs this atomically, so sends never wait
@@ -277,7 +319,7 @@ class Messenger:
             return existing
         with self.history.transaction() as db:
             seq = self._enqueue_in(db, contact, template, message_id, now)
-            if template.kind not in GROUP_KINDS:  # group messages have one history row
+            if template.kind not in GROUP_KINDS and history_row:  # (a group: one row)
                 timer = template.timer if template.kind == "text" else 0
                 db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
                            "text, timer, expire_at) VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
@@ -598,8 +640,16 @@ class Messenger:
             if payload.kind == "file" and len(payload.file_id) == 16 \
                     and len(payload.key) == 32 and len(payload.sha256) == 32:
                 text = _file_text(payload.name, payload.size)
-                self.files.on_offer(db, contact, payload.file_id, payload.name, payload.size,
-                                    payload.sha256, payload.key)
+                file_author: bytes | None = None
+                if payload.group_id:
+                    group_id, file_author = self._group_file_origin(contact, payload)
+                    author = file_author if file_author != contact else None
+                    if group_id is None:
+                        text = ""  # not acceptable for that group: stored hidden, not offered
+                if text:
+                    self.files.on_offer(db, contact, payload.file_id, payload.name,
+                                        payload.size, payload.sha256, payload.key,
+                                        group_id=group_id, author=author)
             timer = payload.timer if payload.kind == "text" else 0
             if payload.kind == "timer":
                 text = _timer_text(payload.timer)
@@ -988,6 +1038,21 @@ class Messenger:
                     self._enqueue_in(db, member, relay, secrets.token_bytes(16), now)
                     self._flush_after_commit.add(member)
         return group.id, payload.text, author if author != sender else None
+
+    def _group_file_origin(self, sender: bytes,
+                           payload: Payload) -> tuple[bytes | None, bytes | None]:
+        """The group and author of a group file offer, or (None, None) if the sender may
+        not offer it there (the same rules as group messages, without signatures: the file
+        offer travels inside the pairwise ratchet and the content is hash-checked)."""
+        group = self.groups.get(payload.group_id)
+        me = self.identity.public_key
+        author = payload.author or sender
+        if group is None or not group.active or sender not in group.state.members \
+                or author not in group.state.members or author == me \
+                or sender not in (author, group.state.admin):
+            log.warning("dropped a file offer for a group the sender may not write to")
+            return None, None
+        return group.id, author
 
     async def create_group(self, name: str, members: list[bytes]) -> GroupState:
         """Create a group we administer and send its member list to everyone."""
