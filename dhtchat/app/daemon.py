@@ -756,8 +756,13 @@ class Daemon:
                 return await asyncio.wait_for(asyncio.shield(attempt),
                                               max(0.1, deadline - time.monotonic()))
             except TimeoutError:
-                raise RpcError(TIMEOUT, f"no connection within {timeout:.0f} s",
-                               {"reason": link.reason}) from None
+                # Say why, as far as the attempt under way shows it (after a glare it is the
+                # answer to their offer, which has its own, longer timeout).
+                why = self._diagnose(link.pc, timeout) if link.pc is not None else ""
+                if why and link.status != "connected":
+                    link.reason = why
+                raise RpcError(TIMEOUT, f"no connection within {timeout:.0f} s"
+                               + (f": {why}" if why else ""), {"reason": link.reason}) from None
             except asyncio.CancelledError:
                 if not attempt.cancelled():
                     raise  # we are being cancelled ourselves (daemon stopping)
