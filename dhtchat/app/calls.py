@@ -325,7 +325,9 @@ class CallManager:
         """We answered a leg of a group call: answer its other ringing legs and call the
         participants it is our turn to call (those with a larger key than ours, except the
         one who started it, who called everyone)."""
-        media = self._joined[call.conference]
+        media = self._joined.get(call.conference)
+        if media is None:
+            return  # we hung up meanwhile
         for other in self.legs(call.conference):
             if other.machine.direction == "incoming" and other.machine.state == "ringing":
                 with contextlib.suppress(MediaError, LocalProtocolError):
@@ -354,9 +356,7 @@ class CallManager:
                 return  # we hung up meanwhile
             await self.place(peer, media, video=call.machine.video,
                              conference=call.conference, participants=call.participants)
-        except (MediaError, LocalProtocolError, ConnectionError, TimeoutError) as exc:
-            log.warning("group call: no leg to %s: %s", encode_user_id(peer)[:12], exc)
-        except Exception as exc:  # an RpcError from connect
+        except Exception as exc:  # media, signalling, or an RpcError from connect
             log.warning("group call: no leg to %s: %s", encode_user_id(peer)[:12], exc)
 
     def _leave(self, conference: bytes) -> None:
@@ -377,7 +377,11 @@ class CallManager:
             raise LocalProtocolError("the call is being answered already")
         call.answering = True
         call.media = media
-        self._open_media(call)
+        try:
+            self._open_media(call)
+        except MediaError:
+            call.answering = False  # the user may answer again with other devices
+            raise
         try:
             pc = await self._peer_connection(call)
             await pc.setRemoteDescription(RTCSessionDescription(call.remote_sdp, "offer"))
