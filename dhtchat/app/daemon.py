@@ -104,6 +104,7 @@ EPOCH_OVERLAP: Final = SIGNAL_MAX_AGE
 MAX_BACKOFF: Final = 60.0
 PRESENCE_POLL: Final = 30.0
 RECONNECT_GRACE: Final = 3.0  # after a connection closed, before offering again
+AUTO_OFFER_DEFER: Final = 20.0  # the larger key's head start for the smaller one
 
 Status = Literal["offline", "online", "connecting", "connected"]
 
@@ -155,6 +156,7 @@ class Link:
     refreshing: bool = False
     presence_checked: float = 0.0
     gone_session: bytes = b""  # the contact's daemon run that said goodbye
+    defer_until: float = 0.0  # automatic offers from the larger key wait until then
     processed: dict[tuple[bytes, int], None] = field(default_factory=dict)
 
     def first_time(self, record: Record) -> bool:
@@ -897,6 +899,7 @@ class Daemon:
     def _connected(self, link: Link, pc: RTCPeerConnection, started: float) -> dict[str, Any]:
         link.selected = selected_pair(pc)
         link.status = "connected"
+        link.defer_until = 0.0
         link.reason = ""
         link.connected_at = time.time()
         link.connect_ms = round((time.monotonic() - started) * 1000, 1)
@@ -969,7 +972,17 @@ class Daemon:
                     self._spawn(self._poll_presence(link, now))
                 if link.wanted and link.status != "connected" and idle \
                         and now >= link.next_attempt and link.online:
-                    # Both sides may try at once; the glare rule in handle_signal keeps one.
+                    if self.identity.public_key > link.public_key:
+                        # The contact (smaller key) offers first; we offer only if it has
+                        # not connected within AUTO_OFFER_DEFER (its auto-connect may be
+                        # off). Offers that cross in a slow DHT miss each other: each side
+                        # has moved on to answering the other's when they arrive.
+                        if not link.defer_until:
+                            link.defer_until = now + AUTO_OFFER_DEFER
+                        if now < link.defer_until:
+                            continue
+                    link.defer_until = 0.0
+                    # Both sides may still try at once; the glare rule keeps one.
                     link.attempt = self._spawn(self._offer(link, self.options.connect_timeout))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), MAINTENANCE_PERIOD)

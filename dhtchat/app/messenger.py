@@ -322,9 +322,8 @@ class Messenger:
             if template.kind not in GROUP_KINDS and history_row:  # (a group: one row)
                 timer = template.timer if template.kind == "text" else 0
                 db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
-                           "text, timer, expire_at) VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
-                           (message_id, contact, seq, now, text, timer,
-                            now + timer if timer else None))
+                           "text, timer, expire_at) VALUES (?, ?, 1, ?, ?, ?, ?, NULL)",
+                           (message_id, contact, seq, now, text, timer))
             if conversation_timer is not None:
                 self.history.update_conversation(db, contact, timer=conversation_timer)
         self.daemon._spawn(self.flush(contact))
@@ -679,8 +678,12 @@ class Messenger:
                     "SELECT mailbox_index, length(frame) FROM outbox WHERE contact = ? AND "
                     "seq <= ? AND mailbox_index IS NOT NULL", (contact, ack))]
                 db.execute("DELETE FROM outbox WHERE contact = ? AND seq <= ?", (contact, ack))
-                db.execute("UPDATE messages SET delivered = 1 WHERE contact = ? AND "
-                           "outgoing = 1 AND seq <= ? AND delivered = 0", (contact, ack))
+                # A disappearing message's clock starts on our side once it is delivered
+                # (it must not vanish, with its delivery mark, while still queued).
+                db.execute("UPDATE messages SET delivered = 1, expire_at = CASE WHEN timer > 0 "
+                           "THEN ? + timer ELSE expire_at END WHERE contact = ? AND "
+                           "outgoing = 1 AND seq <= ? AND delivered = 0",
+                           (time.time(), contact, ack))
                 db.execute("UPDATE conversations SET acked_out_seq = max(acked_out_seq, ?) "
                            "WHERE contact = ?", (ack, contact))
                 groups = [row[0] for row in db.execute(
