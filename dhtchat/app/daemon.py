@@ -1172,6 +1172,17 @@ class Daemon:
         sender = message.author if message.author is not None else message.contact
         return message_json(message, self.identity.user_id, encode_user_id(sender))
 
+    def _contact_or_group(self, value: Any) -> ContactEntry | Group:
+        """``to`` of message.send / file.send: an accepted contact, else a group (the
+        contact error if it is neither)."""
+        try:
+            return self._accepted_contact(value)
+        except RpcError as not_contact:
+            try:
+                return self._group(value)
+            except RpcError:
+                raise not_contact from None
+
     def _group(self, value: Any) -> Group:
         assert self.messenger is not None
         if not isinstance(value, str) or not value:
@@ -1254,19 +1265,16 @@ class Daemon:
         text = params.get("text")
         if not isinstance(text, str) or not text:
             raise RpcError(INVALID_PARAMS, "text must be a non-empty string")
-        try:
-            entry = self._accepted_contact(params.get("to"))
-        except RpcError as not_contact:
-            try:
-                group = self._group(params.get("to"))
-            except RpcError:
-                raise not_contact from None
+        target = self._contact_or_group(params.get("to"))
+        if isinstance(target, Group):
+            group = target
             try:
                 message = await self.messenger.send_group_text(group.id, text)
             except LocalProtocolError as exc:
                 raise RpcError(INVALID_PARAMS, str(exc)) from None
             message = await self._wait_delivered(params, message)
             return message_json(message, self.identity.user_id, group.id.hex())
+        entry = target
         message_id = None
         if params.get("id") is not None:
             try:
@@ -1536,13 +1544,9 @@ class Daemon:
         path = params.get("path")
         if not isinstance(path, str) or not path:
             raise RpcError(INVALID_PARAMS, "path must be a file path")
-        try:
-            entry = self._accepted_contact(params.get("to"))
-        except RpcError as not_contact:
-            try:
-                group = self._group(params.get("to"))
-            except RpcError:
-                raise not_contact from None
+        target = self._contact_or_group(params.get("to"))
+        if isinstance(target, Group):
+            group = target
             try:
                 message = await self.messenger.send_group_file(group.id, Path(path))
             except (LocalProtocolError, OSError) as exc:
@@ -1551,6 +1555,7 @@ class Daemon:
                     "message": message_json(message, self.identity.user_id, group.id.hex()),
                     "name": Path(path).name, "size": Path(path).stat().st_size,
                     "id": message.id.hex()}
+        entry = target
         try:
             transfer = await self.messenger.files.send(entry.public_key, Path(path))
         except (LocalProtocolError, OSError) as exc:
