@@ -349,7 +349,7 @@ def test_rtt_table_stays_bounded_under_timeouts_to_many_addresses() -> None:
     center.datagrams_to_send(NOW)
     center.handle_timer(NOW + 100)
     center.handle_timer(NOW + 200)
-    assert len(center._rtt) <= limit
+    assert len(center._peers) <= limit
 
 
 def test_lookup_takes_one_candidate_per_address_and_few_per_ip() -> None:

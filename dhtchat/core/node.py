@@ -249,6 +249,24 @@ class _Rtt:
 
 
 @dataclass(slots=True)
+class _Peer(_Rtt):
+    """All this node keeps about one address, in one record: its RTT estimate and the token
+    it gave us (client side), and the token we give it this epoch (server side).
+
+    One record per address instead of one table per concern: a datagram costs one dict
+    lookup and touches one object, and nothing is re-ordered on use (eviction ranks the
+    records by ``used`` only when the table overflows). With thousands of simulated nodes
+    the per-peer state is most of the heap, so this is what the memory traffic is made of.
+    """
+
+    used: float = 0.0  # last time this record was written, for least-recently-used eviction
+    token: bytes = b""  # the peer's write token for us
+    token_at: float = -math.inf  # when we received it
+    my_token: bytes = b""  # our token for this address in epoch my_epoch
+    my_epoch: int | None = None
+
+
+@dataclass(slots=True)
 class _Listener:
     tid: bytes
     node_id: bytes
@@ -279,7 +297,6 @@ class DhtNode:
         self.node_id = self._node_id_of(self.public_key)
         self._rng = rng
         self._token_secret = rng.randbytes(32)
-        self._token_cache: dict[tuple[Address, int], bytes] = {}
         self.table = RoutingTable(
             self.node_id,
             k=self.config.k,
@@ -305,12 +322,9 @@ class DhtNode:
         self._deadlines: list[tuple[float, bytes]] = []
         self._queries: dict[int, _Query] = {}
         self._next_query_id = 1
-        # Plain dicts in least-recently-used order (a key is moved to the end by popping and
-        # re-inserting it): iterating and updating them touches less memory than an
-        # OrderedDict, which matters when the simulator runs thousands of nodes.
-        self._rtt: dict[Address, _Rtt] = {}
+        # per-address state, at most _MAX_TRACKED_ADDRESSES records (see _Peer)
+        self._peers: dict[Address, _Peer] = {}
         self._overall_rtt = _Rtt()  # over every peer: the prior for addresses never measured
-        self._peer_tokens: dict[Address, tuple[bytes, float]] = {}
         self._ip_limiter = TokenBuckets(self.config.rate_per_ip, self.config.burst_per_ip)
         self._subnet_limiter = TokenBuckets(
             self.config.rate_per_subnet, self.config.burst_per_subnet
@@ -625,11 +639,11 @@ class DhtNode:
                 del awaiting[key]
 
     def _transmit(self, txn: _Transaction, now: float) -> None:
-        entry = self._peer_tokens.get(txn.address)
-        if entry is not None and now - entry[1] < self.config.token_epoch:
-            token, pad_to = entry[0], 0
+        peer = self._peers.get(txn.address)
+        if peer is not None and now - peer.token_at < self.config.token_epoch:
+            token, pad_to = peer.token, 0
         else:
-            token = entry[0] if entry is not None else b""
+            token = peer.token if peer is not None else b""
             # without a fresh token: room for the reply (a Pong only, for a Ping)
             pad_to = _PING_PAD if isinstance(txn.body, Ping) else self._request_pad
         data = encode_request(txn.tid, self.public_key, self._flags, token, txn.body, pad_to)
@@ -644,8 +658,27 @@ class DhtNode:
                 query.requests_sent += 1
                 query.bytes_sent += size
 
+    def _peer(self, address: Address, now: float) -> _Peer:
+        """The record of ``address``, created if new; marks it used at ``now``."""
+        peers = self._peers
+        peer = peers.get(address)
+        if peer is None:
+            peer = peers[address] = _Peer(used=now)
+            if len(peers) > _MAX_TRACKED_ADDRESSES:
+                self._evict_peers()
+        else:
+            peer.used = now
+        return peer
+
+    def _evict_peers(self) -> None:
+        """Forget the least recently used eighth of the address records (ties: oldest first)."""
+        peers = self._peers
+        ranked = sorted(peers.items(), key=lambda item: item[1].used)  # stable
+        for address, _ in ranked[: len(peers) // 8]:
+            del peers[address]
+
     def _rto(self, address: Address) -> float:
-        est = self._rtt.get(address)
+        est = self._peers.get(address)
         cfg = self.config
         if est is None or est.srtt is None:
             # Never measured: the RTT seen across all peers is a far better prior than the
@@ -658,25 +691,13 @@ class DhtNode:
         backoff = est.backoff if est is not None else 1.0
         return min(cfg.max_rto, max(cfg.min_rto, base) * backoff)
 
-    def _rtt_sample(self, address: Address, sample: float) -> None:
-        rtt = self._rtt
-        est = rtt.get(address)
-        if est is None:
-            est = rtt[address] = _Rtt()
-            while len(rtt) > _MAX_TRACKED_ADDRESSES:
-                del rtt[next(iter(rtt))]
-        else:
-            rtt[address] = rtt.pop(address)  # most recently used last
-        est.update(sample)
-        est.backoff = 1.0
-        self._overall_rtt.update(sample)
 
     def _respond(
         self, tid: bytes, requester_id: bytes, address: Address, body: ResponseBody, now: float,
         token: bytes | None = None,
     ) -> bytes:
         if token is None:
-            token = self._make_token(address, now, self._epoch(now))
+            token = self._token_for(self._peer(address, now), address, self._epoch(now))
         envelope_bytes = encode_envelope(
             Envelope(tid, self.public_key, self._flags, token, body)
         )
@@ -701,26 +722,20 @@ class DhtNode:
     def _epoch(self, now: float) -> int:
         return int(now // self.config.token_epoch)
 
-    def _make_token(self, address: Address, now: float, epoch: int) -> bytes:
-        cached = self._token_cache.get((address, epoch))
-        if cached is not None:
-            return cached
+    def _make_token(self, address: Address, epoch: int) -> bytes:
+        """The write token of ``address`` in ``epoch`` (a keyed hash: nothing to store)."""
         h = hashlib.blake2b(key=self._token_secret, digest_size=16)
         h.update(epoch.to_bytes(8, "big", signed=True))
         h.update(address[0].encode())
         h.update(address[1].to_bytes(2, "big"))
-        token = h.digest()
-        if len(self._token_cache) >= _MAX_TRACKED_ADDRESSES:
-            self._token_cache.clear()
-        self._token_cache[(address, epoch)] = token
-        return token
+        return h.digest()
 
-    def _token_valid(self, token: bytes, address: Address, now: float) -> bool:
-        if len(token) != 16:
-            return False
-        epoch = self._epoch(now)
-        return hmac.compare_digest(token, self._make_token(address, now, epoch)) or \
-            hmac.compare_digest(token, self._make_token(address, now, epoch - 1))
+    def _token_for(self, peer: _Peer, address: Address, epoch: int) -> bytes:
+        """Our token for ``address`` this epoch, computed once per epoch and peer."""
+        if peer.my_epoch != epoch:
+            peer.my_token = self._make_token(address, epoch)
+            peer.my_epoch = epoch
+        return peer.my_token
 
     # ------------------------------------------------------------------ requests (server)
 
@@ -738,13 +753,14 @@ class DhtNode:
             return
         stats["requests_received"] += 1
         requester_id = self._node_id_of(envelope.sender)
-        # the token this reply carries, and the check of the one the request carries
+        # the token this reply carries, and the check of the one the request carries (ours
+        # of this epoch or of the previous one)
         epoch = int(now // self.config.token_epoch)
-        token = self._make_token(address, now, epoch)
+        token = self._token_for(self._peer(address, now), address, epoch)
         presented = envelope.token
         validated = len(presented) == 16 and (
             hmac.compare_digest(presented, token)
-            or hmac.compare_digest(presented, self._make_token(address, now, epoch - 1)))
+            or hmac.compare_digest(presented, self._make_token(address, epoch - 1)))
         body = envelope.body
         reply: ResponseBody
         if isinstance(body, Ping):
@@ -945,14 +961,15 @@ class DhtNode:
             return
         self._forget_transaction(txn)
         self.stats["responses_received"] += 1
+        peer = self._peer(address, now)
         if txn.attempts == 1:
-            self._rtt_sample(address, max(0.0, now - txn.sent_at))
+            sample = max(0.0, now - txn.sent_at)
+            peer.update(sample)
+            peer.backoff = 1.0
+            self._overall_rtt.update(sample)
         if envelope.token:
-            tokens = self._peer_tokens
-            tokens.pop(address, None)  # most recently used last
-            tokens[address] = (envelope.token, now)
-            if len(tokens) > _MAX_TRACKED_ADDRESSES:
-                del tokens[next(iter(tokens))]
+            peer.token = envelope.token
+            peer.token_at = now
         if not envelope.flags & FLAG_READ_ONLY:
             self._on_verified(sender_id, address, now)
         if isinstance(body, (Error, Stored)) and self._retry_with_token(txn, body, now):
@@ -1108,7 +1125,7 @@ class DhtNode:
             # prior from other peers says nothing about this one)
             cfg = self.config
             wait = 3 * (txn.deadline - txn.sent_at)
-            measured = self._rtt.get(txn.address)
+            measured = self._peers.get(txn.address)
             if measured is None or measured.srtt is None:
                 wait = max(wait, cfg.initial_rto)
             hard = txn.sent_at + min(cfg.max_rto, wait)
@@ -1122,11 +1139,7 @@ class DhtNode:
                     query.lookup.on_slow(txn.expected_id)
                     self._pump(query, now)
                 return
-        est = self._rtt.get(txn.address)
-        if est is None:
-            est = self._rtt[txn.address] = _Rtt()
-            while len(self._rtt) > _MAX_TRACKED_ADDRESSES:
-                del self._rtt[next(iter(self._rtt))]
+        est = self._peer(txn.address, now)
         est.backoff = min(8.0, est.backoff * 2)
         retries = self.config.store_retries if txn.purpose in (
             _Purpose.STORE, _Purpose.LISTEN, _Purpose.PAGE, _Purpose.HANDOVER,
