@@ -12,6 +12,11 @@ Runs, each in a fresh process (so peak RSS is the run's own):
 * ``100k``: 100,000 nodes with the oracle warm start then 100,000 lookups. Target: under 30
   minutes and under 8 GB peak memory.
 
+Each child runs the way ``dhtchat simulate`` does: with the hot path compiled by mypyc
+(``dhtchat/sim/accel.py``, built once into the cache) and glibc malloc on transparent huge
+pages where the machine has them (``dhtchat/sim/hugepages.py``); the output names both.
+``DHTCHAT_SIM_COMPILE=0`` / ``DHTCHAT_SIM_HUGEPAGES=0`` measure without them.
+
 Printed next to each: the target, the ratio to it, and the PeerSim anchor from the issue
 (PeerSim, Java: 18.5 min for 10k nodes; 4.6 h and 12.7-16.5 GB for 100k), with the ratio.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -39,6 +45,10 @@ RUNS: dict[str, dict[str, Any]] = {
 
 def _child(scenario: str) -> None:
     sys.path.insert(0, str(ROOT))
+    from dhtchat.sim.accel import activate  # noqa: PLC0415
+
+    code = activate()  # before anything imports the core, as `dhtchat simulate` does
+    from dhtchat.sim.hugepages import allocator_description  # noqa: PLC0415
     from dhtchat.sim.runner import Scenario, run  # noqa: PLC0415
 
     spec = Scenario.from_toml(ROOT / scenario)
@@ -57,6 +67,7 @@ def _child(scenario: str) -> None:
         "signatures_verified": result.metrics["signatures_verified"],
         "events": result.metrics["events"],
         "us_per_event": round(wall / max(1, result.metrics["events"]) * 1e6, 2),
+        "code": code, "allocator": allocator_description(os.environ),
     }), flush=True)
 
 
@@ -76,8 +87,14 @@ def main() -> int:
             return 2
         spec = RUNS[name]
         print(f"== {name}: {spec['scenario']}", file=sys.stderr, flush=True)
+        # the child runs as `dhtchat simulate` does: on huge pages where the machine has
+        # them (dhtchat/sim/hugepages.py), with the compiled hot path (dhtchat/sim/accel.py)
+        sys.path.insert(0, str(ROOT))
+        from dhtchat.sim.hugepages import simulator_environment  # noqa: PLC0415
+
+        env = simulator_environment(os.environ) or dict(os.environ)
         proc = subprocess.run([sys.executable, __file__, "--child", spec["scenario"]],
-                              stdout=subprocess.PIPE, text=True, check=False, cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True, check=False, cwd=ROOT, env=env,
                               timeout=3 * 3600)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
@@ -101,7 +118,8 @@ def main() -> int:
               + f"; success {result['success_rate']}, exact-k {result['exact_k_rate']}, hops "
               f"{result['hops_mean']} (expected {result['hops_expected']}), "
               f"{result['us_per_event']} us/event, signatures "
-              f"{'verified' if result['signatures_verified'] else 'not verified'}")
+              f"{'verified' if result['signatures_verified'] else 'not verified'}; "
+              f"{result['code']}, allocator {result['allocator']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -26,7 +27,15 @@ from dhtchat.core.wire import (
     encode_request,
     pack,
 )
+from dhtchat.sim import accel
 from dhtchat.sim.engine import EventLoop
+from dhtchat.sim.hugepages import (
+    OPT_OUT,
+    allocator_description,
+    glibc_version,
+    huge_page_environment,
+    transparent_huge_pages,
+)
 from dhtchat.sim.models import (
     CHURN_PRESETS,
     ConstantLatency,
@@ -276,3 +285,76 @@ def test_a_slow_but_live_node_among_the_k_closest_is_still_found() -> None:
         net.run(net.loop.now + 10.0)
     assert len(found) == 40
     assert all(found[1::2])
+
+
+def test_huge_page_environment_decisions() -> None:
+    base = {"PATH": "/usr/bin"}
+    env = huge_page_environment(base, glibc=(2, 36), thp_mode="madvise")
+    assert env is not None
+    assert env["PYTHONMALLOC"] == "malloc" and env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    assert env["PATH"] == "/usr/bin" and "PYTHONMALLOC" not in base  # a copy
+    chained = huge_page_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+                                    glibc=(2, 36), thp_mode="always")
+    assert chained is not None
+    assert chained["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert allocator_description(env) == "glibc malloc on transparent huge pages"
+    assert allocator_description(base) == "default"
+    # nothing to gain, or the user decided: run as is
+    assert huge_page_environment(base, glibc=(2, 34), thp_mode="madvise") is None
+    assert huge_page_environment(base, glibc=None, thp_mode="madvise") is None
+    assert huge_page_environment(base, glibc=(2, 36), thp_mode="never") is None
+    assert huge_page_environment(base, glibc=(2, 36), thp_mode=None) is None
+    assert huge_page_environment({OPT_OUT: "0"}, glibc=(2, 36), thp_mode="madvise") is None
+    assert huge_page_environment({"PYTHONMALLOC": "pymalloc"}, glibc=(2, 36),
+                                 thp_mode="madvise") is None
+
+
+def test_simulate_runs_compiled_on_huge_pages_with_identical_results(tmp_path: Path) -> None:
+    # `dhtchat simulate` restarts itself with the hot path compiled by mypyc and glibc malloc
+    # on huge pages where the machine allows; neither may change a result, only wall time.
+    huge = sys.platform == "linux" and huge_page_environment(
+        {}, glibc=glibc_version(), thp_mode=transparent_huge_pages()) is not None
+    problem = accel._toolchain_problem()
+    outputs = {}
+    for fast in ("1", "0"):
+        out = tmp_path / f"fast-{fast}"
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", OPT_OUT)}
+        env[OPT_OUT] = env[accel.OPT_OUT] = fast
+        proc = subprocess.run(
+            [sys.executable, "-m", "dhtchat.app.cli", "simulate", "--nodes", "300",
+             "--lookups", "100", "--seed", "5", "--join", "realistic", "--no-plots",
+             "--out", str(out)],
+            capture_output=True, text=True, timeout=600, check=False, cwd=ROOT, env=env)
+        assert proc.returncode == 0, proc.stderr
+        outputs[fast] = ((out / "metrics.json").read_bytes(),
+                         (out / "lookups.csv").read_bytes())
+        timing = json.loads((out / "timing.json").read_text())
+        assert timing["allocator"] == ("glibc malloc on transparent huge pages"
+                                       if fast == "1" and huge else "default")
+        if fast == "0":
+            assert timing["code"] == "pure Python"
+        elif problem is None:
+            assert timing["code"] == "compiled (mypyc)", proc.stderr
+        else:
+            assert timing["code"] == f"pure Python ({problem})"
+    assert outputs["1"] == outputs["0"]
+
+
+def test_compiled_modules_are_never_stale(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # A build is keyed by a hash of the compiled sources: an edit means another build, never
+    # an old one shadowing the new source.
+    before = accel.source_digest()
+    routing = accel._module_path("dhtchat.core.routing")
+    original = routing.read_bytes()
+    monkeypatch.setattr(accel, "_module_path",
+                        lambda module: tmp_path / "routing.py"
+                        if module == "dhtchat.core.routing" else
+                        accel._source_root().joinpath(*module.split(".")).with_suffix(".py"))
+    (tmp_path / "routing.py").write_bytes(original + b"\n# edited\n")
+    assert accel.source_digest() != before
+    (tmp_path / "routing.py").write_bytes(original)
+    assert accel.source_digest() == before
+    # and a process that imported the core before asking stays pure Python, saying why
+    monkeypatch.setattr(accel, "_status", accel.status())
+    assert accel.activate().startswith("pure Python (dhtchat.core.")

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from dhtchat.sim.accel import status as accel_status
+from dhtchat.sim.hugepages import allocator_description
 from dhtchat.sim.runner import LookupRecord, RunResult
 
 RATIO_METRICS = (
@@ -62,7 +65,9 @@ def write_outputs(result: RunResult, out_dir: Path, *, plots: bool = True,
     path = out_dir / "metrics.json"
     path.write_text(metrics_json(result.metrics))
     written.append(path)
-    timing = {"wall_seconds": round(result.wall_seconds, 3)}
+    timing: dict[str, float | str] = {"wall_seconds": round(result.wall_seconds, 3),
+                                      "code": accel_status(),
+                                      "allocator": allocator_description(os.environ)}
     if baseline_wall_seconds is not None:
         timing["baseline_wall_seconds"] = round(baseline_wall_seconds, 3)
     path = out_dir / "timing.json"

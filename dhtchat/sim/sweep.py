@@ -51,6 +51,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dhtchat.sim.accel import activate
 from dhtchat.sim.network import derive_seed
 from dhtchat.sim.runner import Scenario, run
 
@@ -445,7 +446,9 @@ def _run_processes(scenarios: list[Scenario], workers: int,
         return [r for r in results if r is not None]
     # spawn: independent of the platform default, and safe in processes that run threads
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    # workers use the compiled hot path when the parent's build exists (they never build)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                               initializer=functools.partial(activate, build_if_missing=False))
     try:
         pending: dict[Future[dict[str, Any]], int] = {
             pool.submit(run_task, scenario): i for i, scenario in enumerate(scenarios)}
