@@ -250,8 +250,9 @@ class _Rtt:
 
 @dataclass(slots=True)
 class _Peer(_Rtt):
-    """All this node keeps about one address, in one record: its RTT estimate and the token
-    it gave us (client side), and the token we give it this epoch (server side).
+    """All this node keeps about one address it sends requests to, in one record: its RTT
+    estimate and the token it gave us. (Nothing is kept per requester: our tokens are
+    recomputed, see :meth:`DhtNode._make_token`.)
 
     One record per address instead of one table per concern: a datagram costs one dict
     lookup and touches one object, and nothing is re-ordered on use (eviction ranks the
@@ -262,8 +263,6 @@ class _Peer(_Rtt):
     used: float = 0.0  # last time this record was written, for least-recently-used eviction
     token: bytes = b""  # the peer's write token for us
     token_at: float = -math.inf  # when we received it
-    my_token: bytes = b""  # our token for this address in epoch my_epoch
-    my_epoch: int | None = None
 
 
 @dataclass(slots=True)
@@ -297,6 +296,7 @@ class DhtNode:
         self.node_id = self._node_id_of(self.public_key)
         self._rng = rng
         self._token_secret = rng.randbytes(32)
+        self._token_prefixes: dict[int, hashlib.blake2b] = {}  # epoch -> keyed hash state
         self.table = RoutingTable(
             self.node_id,
             k=self.config.k,
@@ -697,7 +697,7 @@ class DhtNode:
         token: bytes | None = None,
     ) -> bytes:
         if token is None:
-            token = self._token_for(self._peer(address, now), address, self._epoch(now))
+            token = self._make_token(address, self._epoch(now))
         envelope_bytes = encode_envelope(
             Envelope(tid, self.public_key, self._flags, token, body)
         )
@@ -723,19 +723,20 @@ class DhtNode:
         return int(now // self.config.token_epoch)
 
     def _make_token(self, address: Address, epoch: int) -> bytes:
-        """The write token of ``address`` in ``epoch`` (a keyed hash: nothing to store)."""
-        h = hashlib.blake2b(key=self._token_secret, digest_size=16)
-        h.update(epoch.to_bytes(8, "big", signed=True))
+        """The write token of ``address`` in ``epoch``: a keyed hash, recomputed rather than
+        stored (a node answers far more one-off requesters than it could usefully remember).
+        The keyed hash state after the epoch is kept, so a token costs one copy and update."""
+        prefix = self._token_prefixes.get(epoch)
+        if prefix is None:
+            prefix = hashlib.blake2b(key=self._token_secret, digest_size=16)
+            prefix.update(epoch.to_bytes(8, "big", signed=True))
+            if len(self._token_prefixes) >= 4:
+                self._token_prefixes.clear()  # only this epoch and the previous one are used
+            self._token_prefixes[epoch] = prefix
+        h = prefix.copy()
         h.update(address[0].encode())
         h.update(address[1].to_bytes(2, "big"))
         return h.digest()
-
-    def _token_for(self, peer: _Peer, address: Address, epoch: int) -> bytes:
-        """Our token for ``address`` this epoch, computed once per epoch and peer."""
-        if peer.my_epoch != epoch:
-            peer.my_token = self._make_token(address, epoch)
-            peer.my_epoch = epoch
-        return peer.my_token
 
     # ------------------------------------------------------------------ requests (server)
 
@@ -756,7 +757,7 @@ class DhtNode:
         # the token this reply carries, and the check of the one the request carries (ours
         # of this epoch or of the previous one)
         epoch = int(now // self.config.token_epoch)
-        token = self._token_for(self._peer(address, now), address, epoch)
+        token = self._make_token(address, epoch)
         presented = envelope.token
         validated = len(presented) == 16 and (
             hmac.compare_digest(presented, token)
