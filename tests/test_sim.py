@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -315,19 +316,30 @@ def test_simulate_runs_compiled_on_huge_pages_with_identical_results(tmp_path: P
     huge = sys.platform == "linux" and huge_page_environment(
         {}, glibc=glibc_version(), thp_mode=transparent_huge_pages()) is not None
     problem = accel._toolchain_problem()
+    # the plain path, and one through every model: churn, loss, NAT, adversaries, disjoint
+    # paths, puts and gets, signatures
+    hostile = tmp_path / "hostile.toml"
+    hostile.write_text(
+        'nodes = 200\nlookups = 60\nseed = 9\nworkload = "putget"\nloss = 0.02\n'
+        'nat_fraction = 0.2\nadversary = "misroute"\nadversary_fraction = 0.1\n'
+        'disjoint_paths = 2\nverify_signatures = true\nsettle = 20.0\nrate = 20.0\n'
+        'churn_session = { kind = "exponential", mean = 40.0 }\n'
+        '[latency]\nmodel = "pairwise"\nmedian_ms = 40\nsigma = 0.5\njitter_ms = 5\n')
+    scenarios = {"plain": ["--nodes", "300", "--lookups", "100", "--seed", "5", "--join",
+                           "realistic"],
+                 "hostile": [str(hostile)]}
     outputs = {}
-    for fast in ("1", "0"):
-        out = tmp_path / f"fast-{fast}"
+    for (label, args), fast in itertools.product(scenarios.items(), ("1", "0")):
+        out = tmp_path / f"{label}-{fast}"
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", OPT_OUT)}
         env[OPT_OUT] = env[accel.OPT_OUT] = fast
         proc = subprocess.run(
-            [sys.executable, "-m", "dhtchat.app.cli", "simulate", "--nodes", "300",
-             "--lookups", "100", "--seed", "5", "--join", "realistic", "--no-plots",
+            [sys.executable, "-m", "dhtchat.app.cli", "simulate", *args, "--no-plots",
              "--out", str(out)],
             capture_output=True, text=True, timeout=600, check=False, cwd=ROOT, env=env)
         assert proc.returncode == 0, proc.stderr
-        outputs[fast] = ((out / "metrics.json").read_bytes(),
-                         (out / "lookups.csv").read_bytes())
+        outputs[label, fast] = ((out / "metrics.json").read_bytes(),
+                                (out / "lookups.csv").read_bytes())
         timing = json.loads((out / "timing.json").read_text())
         assert timing["allocator"] == ("glibc malloc on transparent huge pages"
                                        if fast == "1" and huge else "default")
@@ -337,7 +349,12 @@ def test_simulate_runs_compiled_on_huge_pages_with_identical_results(tmp_path: P
             assert timing["code"] == "compiled (mypyc)", proc.stderr
         else:
             assert timing["code"] == f"pure Python ({problem})"
-    assert outputs["1"] == outputs["0"]
+    for label in scenarios:
+        assert outputs[label, "1"] == outputs[label, "0"], label
+    hostile_metrics = json.loads(outputs["hostile", "0"][0])
+    assert hostile_metrics["lookups"]["count"] > 0 and hostile_metrics["puts"]["count"] > 0
+    assert hostile_metrics["datagrams_dropped"] > 0 and hostile_metrics["signatures_verified"]
+    assert hostile_metrics["online_at_end"] < 200  # churn did run
 
 
 def test_compiled_modules_are_never_stale(tmp_path: Path,
