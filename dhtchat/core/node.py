@@ -691,7 +691,6 @@ class DhtNode:
         backoff = est.backoff if est is not None else 1.0
         return min(cfg.max_rto, max(cfg.min_rto, base) * backoff)
 
-
     def _respond(
         self, tid: bytes, requester_id: bytes, address: Address, body: ResponseBody, now: float,
         token: bytes | None = None,
