@@ -55,7 +55,8 @@ def _child(scenario: str) -> None:
     started = time.perf_counter()
     result = run(spec, progress=True)
     wall = time.perf_counter() - started
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_kb = usage.ru_maxrss
     lookups = result.metrics["lookups"]
     print("RESULT " + json.dumps({
         "nodes": spec.nodes, "join": spec.join, "lookups": lookups["count"],
@@ -68,6 +69,9 @@ def _child(scenario: str) -> None:
         "events": result.metrics["events"],
         "us_per_event": round(wall / max(1, result.metrics["events"]) * 1e6, 2),
         "code": code, "allocator": allocator_description(os.environ),
+        # page faults that needed I/O or the host (a disturbed run shows up here)
+        "major_page_faults": usage.ru_majflt,
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
     }), flush=True)
 
 
@@ -119,7 +123,8 @@ def main() -> int:
               f"{result['hops_mean']} (expected {result['hops_expected']}), "
               f"{result['us_per_event']} us/event, signatures "
               f"{'verified' if result['signatures_verified'] else 'not verified'}; "
-              f"{result['code']}, allocator {result['allocator']}")
+              f"{result['code']}, allocator {result['allocator']}; CPU {result['cpu_s']} s, "
+              f"{result['major_page_faults']} major page faults")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
