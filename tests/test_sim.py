@@ -300,6 +300,7 @@ def test_huge_page_environment_decisions() -> None:
     assert chained["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     assert allocator_description(env) == "glibc malloc on transparent huge pages"
     assert allocator_description(base) == "default"
+    assert allocator_description({"PYTHONMALLOC": "malloc"}) == "PYTHONMALLOC=malloc"
     # nothing to gain, or the user decided: run as is
     assert huge_page_environment(base, glibc=(2, 34), thp_mode="madvise") is None
     assert huge_page_environment(base, glibc=None, thp_mode="madvise") is None

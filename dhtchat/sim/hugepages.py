@@ -79,9 +79,10 @@ def huge_page_environment(
 
 def allocator_description(environ: Mapping[str, str]) -> str:
     """How this process allocates memory, for the run's timing notes."""
-    if environ.get("PYTHONMALLOC") == "malloc" and TUNABLE in environ.get("GLIBC_TUNABLES", ""):
+    chosen = environ.get("PYTHONMALLOC")
+    if chosen == "malloc" and TUNABLE in environ.get("GLIBC_TUNABLES", ""):
         return "glibc malloc on transparent huge pages"
-    return "default"
+    return f"PYTHONMALLOC={chosen}" if chosen else "default"
 
 
 def simulator_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
