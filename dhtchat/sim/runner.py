@@ -198,39 +198,25 @@ def _r(value: float) -> float:
 
 
 _GC_THRESHOLDS = (100_000, 50, 100)  # young-generation allocations, then collection ratios
-_FREEZE_EVERY = 1000  # realistic joins between two collect-and-freeze points
-_SETTLE_STEPS = 20  # the settle phase runs in steps, with a collect-and-freeze between them
-
-
-def _collect_and_freeze() -> None:
-    """Free the cyclic garbage made since the last call, then freeze what survived."""
-    gc.collect()
-    gc.freeze()
+_FREEZE_EVERY = 1000  # realistic joins between two gc.freeze() calls
 
 
 def run(scenario: Scenario, *, progress: bool = True) -> RunResult:
     """Run one scenario."""
     wall_start = time.monotonic()
     # A run allocates millions of small, mostly acyclic objects (datagrams, transactions,
-    # candidates), freed by reference counting, next to a large long-lived heap (the nodes)
-    # that only grows. The automatic cyclic collector would keep re-walking that heap, so it
-    # is off during the run: instead, at fixed points (after the build, every
-    # _FREEZE_EVERY realistic joins, between settle steps and between workload steps) one
-    # collection frees the cyclic garbage made since the previous point and everything
-    # that survived is frozen (gc.freeze), so each object is walked about once. Collection
-    # timing changes no result. Frozen objects are still freed by reference counting; only
-    # a cycle among them waits for the unfreeze at the end. (A 3,000-node run with no
-    # collection at all left 5 objects of cyclic garbage; 10,000 nodes peak at the same
-    # memory either way.) When the caller froze objects itself we could not undo only ours:
-    # then the collector stays on, with rarer collections (_GC_THRESHOLDS).
+    # candidates) next to a large long-lived heap (the nodes). With the default thresholds
+    # the cyclic collector runs every 700 allocations and keeps re-walking that heap; the
+    # objects are freed by reference counting anyway. Collect far less often during the
+    # run (it changes no result: nothing in the simulation depends on collection timing).
+    # The nodes' state only grows during a run and is long-lived: it is moved out of the
+    # collector's sight (gc.freeze) after the build and every _FREEZE_EVERY joins, so full
+    # collections walk only what was allocated since. Frozen objects are still freed by
+    # reference counting; only a reference cycle among them would wait for the unfreeze at
+    # the end. (Not done when the caller froze objects itself: we could not undo only ours.)
     thresholds = gc.get_threshold()
-    was_enabled = gc.isenabled()
-    freeze: Callable[[], None] | None = None
-    if gc.get_freeze_count() == 0:
-        freeze = _collect_and_freeze
-        gc.disable()
-    else:
-        gc.set_threshold(*_GC_THRESHOLDS)
+    gc.set_threshold(*_GC_THRESHOLDS)
+    freeze = gc.freeze if gc.get_freeze_count() == 0 else None
     try:
         sim = _Simulation(scenario, freeze)
         sim.build()
@@ -243,10 +229,7 @@ def run(scenario: Scenario, *, progress: bool = True) -> RunResult:
     finally:
         if freeze is not None:
             gc.unfreeze()
-            if was_enabled:
-                gc.enable()
-        else:
-            gc.set_threshold(*thresholds)
+        gc.set_threshold(*thresholds)
     return RunResult(metrics, sim.records, time.monotonic() - wall_start, timeline)
 
 
@@ -348,12 +331,7 @@ class _Simulation:
 
     def settle(self) -> None:
         """Let the network run (under churn, if any) before the workload starts."""
-        end = self.net.loop.now + self.s.settle
-        for step in range(1, _SETTLE_STEPS + 1):
-            self.net.run(end if step == _SETTLE_STEPS else
-                         self.net.loop.now + self.s.settle / _SETTLE_STEPS)
-            if self._freeze is not None:
-                self._freeze()
+        self.net.run(self.net.loop.now + self.s.settle)
 
     def start_churn(self) -> None:
         model = self.s.churn_model()
@@ -404,8 +382,6 @@ class _Simulation:
         while t < end + 120.0 and self._main_done + self.abandoned < s.lookups:
             t += step
             net.run(t)
-            if self._freeze is not None:
-                self._freeze()
             if bar is not None:
                 bar.update(min(t, end) - start)
         if bar is not None:
