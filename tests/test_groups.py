@@ -53,6 +53,25 @@ def _texts(daemon: Daemon, group_id: bytes) -> list[str]:
     return [m.text for m in daemon.history.group_history(group_id, 1000)]
 
 
+def _stuck(admin: Daemon, members: list[Daemon], group_id: bytes, text: str) -> str:
+    """Why members lack ``text``: their receive counters and the admin's outbox to them."""
+    assert admin.history is not None
+    lines = []
+    for i, m in enumerate(members):
+        if text in _texts(m, group_id):
+            continue
+        assert m.history is not None
+        theirs = m.history.conversation(admin.identity.public_key)
+        ours = admin.history.conversation(m.identity.public_key)
+        outbox = [(e.seq, e.mailbox_index, e.mailbox_stored)
+                  for e in admin.history.outbox(m.identity.public_key)]
+        lines.append(f"member {i}: next_in_seq {theirs['next_in_seq']}, mailbox_in_index "
+                     f"{theirs['mailbox_in_index']}; admin next_out_seq {ours['next_out_seq']}, "
+                     f"mailbox_out_index {ours['mailbox_out_index']}, outbox (seq, slot, "
+                     f"stored) {outbox}")
+    return "\n".join(lines)
+
+
 async def _poll(members: list[Daemon], sender: Daemon) -> None:
     """What each member's maintenance loop does every 15 s, done now (bounded batches)."""
     for start in range(0, len(members), 10):
@@ -106,8 +125,9 @@ def test_large_group_and_removal(tmp_path: Path) -> None:
                 await _poll(members, admin)
             missing = [i for i, m in enumerate(members) if "hello hundred" not in
                        _texts(m, state.id)]
-            assert not missing, f"members without the message: {missing}"
+            assert not missing, _stuck(admin, members, state.id, "hello hundred")
             delivered_in = time.monotonic() - started
+            print(f"  {delivered_in:5.0f} s: the first message reached all members", flush=True)
             # A member who is a contact of the admin only writes to the group: the admin
             # relays it to the 98 others.
             author = members[0]
@@ -121,8 +141,10 @@ def test_large_group_and_removal(tmp_path: Path) -> None:
                 await _poll(members[1:], admin)
             missing = [i for i, m in enumerate(members[1:]) if "from a member" not in
                        _texts(m, state.id)]
-            assert not missing, f"members without the relayed message: {missing}"
+            assert not missing, _stuck(admin, members[1:], state.id, "from a member")
             relayed_in = time.monotonic() - started - delivered_in
+            print(f"  {time.monotonic() - started:5.0f} s: the relayed message reached all",
+                  flush=True)
             # Remove one member: it learns it was removed and gets nothing later.
             removed = members[len(members) // 2]
             await admin.messenger.change_group(state.id,
@@ -137,7 +159,8 @@ def test_large_group_and_removal(tmp_path: Path) -> None:
                         not removed.messenger.groups.get(state.id).active:  # type: ignore[union-attr]
                     break
                 await _poll(members, admin)
-            assert all("after the removal" in _texts(m, state.id) for m in stayed)
+            assert all("after the removal" in _texts(m, state.id) for m in stayed), \
+                _stuck(admin, stayed, state.id, "after the removal")
             assert "after the removal" not in _texts(removed, state.id)
             assert removed.history is not None
             # Not even a ciphertext of it was addressed to the removed member.

@@ -75,7 +75,8 @@ PREKEYS_TTL: Final = 7 * 24 * 3600
 RETRANSMIT_AFTER: Final = 10.0
 MAILBOX_POLL: Final = 15.0
 MAILBOX_SCAN_LIMIT: Final = 512  # slots read per poll (a backlog continues at the next poll)
-MAILBOX_WINDOW: Final = 32  # slots fetched in parallel
+MAILBOX_FIRST_WINDOW: Final = 4  # slots fetched in parallel at first (most polls find none)
+MAILBOX_WINDOW: Final = 32  # ... doubling up to this while every slot of a window is filled
 MAILBOX_PART: Final = 800  # frame bytes per slot (sealed + signed it fits a 1000-byte record)
 MAX_PARTS: Final = 128  # 100 KiB per mailbox message
 CONTROL_PUT_ATTEMPTS: Final = 4
@@ -836,10 +837,14 @@ class Messenger:
 
         scanned = 0
         parts: list[bytes] = []
+        width = MAILBOX_FIRST_WINDOW
         while scanned < MAILBOX_SCAN_LIMIT:
-            # A window of slots at once; handled in order up to the first empty slot.
-            window = await asyncio.gather(*(fetch(index + j) for j in range(MAILBOX_WINDOW)))
-            scanned += MAILBOX_WINDOW
+            # A window of slots at once; handled in order up to the first empty slot. An
+            # empty slot is a whole lookup, and most polls find nothing new: the first window
+            # is small and each one after a full window twice as wide.
+            window = await asyncio.gather(*(fetch(index + j) for j in range(width)))
+            scanned += width
+            width = min(2 * width, MAILBOX_WINDOW)
             filled = [bool(r) for r in window]
             for position, fetched in enumerate(window):
                 records = fetched

@@ -332,6 +332,17 @@ class PrekeyStore:
         self._spk_created = spk_created
         self._published = published
         self.identity_key: bytes = xeddsa.seed_to_ed25519_pub(identity_seed)
+        # The library derives every prekey's public half on each access (~100 scalar
+        # multiplications); kept until our prekeys change (_changed()).
+        self._public: x3dh.Bundle | None = None
+
+    def _public_bundle(self) -> x3dh.Bundle:
+        if self._public is None:
+            self._public = self._state.bundle
+        return self._public
+
+    def _changed(self) -> None:
+        self._public = None
 
     @staticmethod
     def _make_state(identity_seed: bytes) -> _X3DHState:
@@ -401,7 +412,7 @@ class PrekeyStore:
         """
         if not 0 <= max_prekeys <= MAX_BUNDLE_PREKEYS:
             raise ValueError(f"max_prekeys must be in 0..{MAX_BUNDLE_PREKEYS}")
-        b = self._state.bundle
+        b = self._public_bundle()
         return _encoder.encode(
             _BundleWire(
                 ik=b.identity_key,
@@ -417,7 +428,7 @@ class PrekeyStore:
         rarely pick the same one from stale bundles (a collision fails the later session)."""
         if not 0 <= max_prekeys <= MAX_BUNDLE_PREKEYS:
             raise ValueError(f"max_prekeys must be in 0..{MAX_BUNDLE_PREKEYS}")
-        b = self._state.bundle
+        b = self._public_bundle()
         ranked = sorted(b.pre_keys, key=lambda pk: hashlib.blake2b(
             b"dhtchat/opk-order/v1" + contact + pk, digest_size=16).digest())
         return _encoder.encode(
@@ -435,9 +446,11 @@ class PrekeyStore:
         if now - self._spk_created >= SPK_ROTATION_SECONDS:
             self._state.rotate_signed_pre_key(force=True)
             self._spk_created = now
+            self._changed()
         missing = PREKEY_TARGET - self._state.get_num_visible_pre_keys()
         if missing > 0:
             self._state.generate_pre_keys(missing)
+            self._changed()
         current = self.bundle()
         changed = current != self._published
         self._published = current
@@ -448,6 +461,7 @@ class PrekeyStore:
         return self._state.get_num_visible_pre_keys()
 
     def _consume(self, pre_key: bytes) -> None:
+        self._changed()
         self._state.delete_pre_key(pre_key)
         if self._state.get_num_visible_pre_keys() == 0:  # never publish an empty bundle
             self._state.generate_pre_keys(PREKEY_TARGET)
