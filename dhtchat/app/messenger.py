@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
@@ -85,6 +87,8 @@ MAINTENANCE_PARALLEL: Final = 8  # contacts served at once by the maintenance pa
 INBOUND_QUEUE: Final = 4096  # data-channel frames waiting per contact
 MIN_SLOT_STORERS: Final = 3  # acknowledgements a mailbox slot needs to count as stored
 HOLE_GRACE: Final = 120.0  # an empty slot followed by filled ones is skipped after this long
+HOLE_MEMORY: Final = 24 * 3600.0  # ... and read again at every poll for this long
+MAX_HOLES: Final = 16  # skipped frames remembered per contact (the oldest is forgotten)
 MAX_REORDER: Final = 1000  # frames further ahead of the next expected one are not stored
 ACK_DELAY: Final = 0.05
 RESET_INTERVAL: Final = 60.0  # at most one session reset request per contact per minute
@@ -835,6 +839,7 @@ class Messenger:
             except TimeoutError:
                 return []
 
+        handled += await self._recover_holes(contact, fetch)
         scanned = 0
         parts: list[bytes] = []
         width = MAILBOX_FIRST_WINDOW
@@ -857,6 +862,9 @@ class Messenger:
                         return handled
                     log.info("skipping mailbox slot %d of %s: still empty %.0f s later while "
                              "later slots are filled", index, contact.hex()[:12], HOLE_GRACE)
+                    # The frame may still come (a put that kept failing): read it again at
+                    # the next polls, from its first slot.
+                    self._remember_hole(contact, index - len(parts))
                     index += 1
                     self._save_mailbox_index(contact, index)
                     continue
@@ -881,6 +889,77 @@ class Messenger:
                 handled += 1
                 self._save_mailbox_index(contact, index)
         return handled
+
+    def _holes_of(self, contact: bytes) -> dict[int, float]:
+        """Skipped frames still awaited: first slot -> when it was skipped."""
+        raw = self.history.get_meta("holes:" + contact.hex())
+        if not raw:
+            return {}
+        try:
+            return {int(k): float(v) for k, v in json.loads(raw).items()}
+        except (ValueError, AttributeError):
+            return {}
+
+    def _save_holes(self, contact: bytes, holes: dict[int, float]) -> None:
+        with self.history.transaction() as db:
+            self.history.set_meta(db, "holes:" + contact.hex(), json.dumps(
+                {str(k): v for k, v in holes.items()}).encode())
+
+    def _remember_hole(self, contact: bytes, start: int) -> None:
+        holes = self._holes_of(contact)
+        holes[start] = time.time()
+        while len(holes) > MAX_HOLES:
+            del holes[min(holes, key=holes.__getitem__)]
+        self._save_holes(contact, holes)
+
+    async def _recover_holes(self, contact: bytes,
+                             fetch: Callable[[int], Awaitable[list[Record]]]) -> int:
+        """Read the frames of skipped slots that have been filled since (a put that kept
+        failing for longer than HOLE_GRACE): without this, the sender's frame would sit in
+        a slot nobody reads and every later message would wait for it. Returns frames
+        handled (a frame that arrived another way is a duplicate, acknowledged again)."""
+        holes = self._holes_of(contact)
+        if not holes:
+            return 0
+        link = self._link(contact)
+        if link is None:
+            return 0
+        handled, now, changed = 0, time.time(), False
+        for start, skipped in sorted(holes.items()):
+            frame = await self._read_frame(link, start, fetch)
+            if frame is None and now - skipped < HOLE_MEMORY:
+                continue
+            del holes[start]
+            changed = True
+            if frame:
+                log.info("mailbox slot %d of %s was filled after it was skipped",
+                         start, contact.hex()[:12])
+                await self.on_frame(contact, frame)
+                handled += 1
+        if changed:
+            self._save_holes(contact, holes)
+        return handled
+
+    async def _read_frame(self, link: Link, start: int,
+                          fetch: Callable[[int], Awaitable[list[Record]]]) -> bytes | None:
+        """The frame whose first part is in slot ``start``: None while a part is missing,
+        b"" if the slot holds no frame start (a tombstone, a bad record, a later part)."""
+        parts: list[bytes] = []
+        count = 1
+        while len(parts) < count:
+            records = await fetch(start + len(parts))
+            if not records:
+                return None
+            try:
+                value = link.pair.open_record(Purpose.MAILBOX, MAILBOX_EPOCH, records[0])
+                part = _part_decoder.decode(value) if value != _TOMBSTONE else None
+            except (RemoteProtocolError, msgspec.DecodeError, msgspec.ValidationError):
+                part = None
+            if part is None or part.index != len(parts) or not 0 < part.count <= MAX_PARTS:
+                return b""
+            count = part.count
+            parts.append(part.data)
+        return b"".join(parts)
 
     def _hole_expired(self, contact: bytes, index: int) -> bool:
         seen = self._holes.setdefault((contact, index), time.time())
