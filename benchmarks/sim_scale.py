@@ -8,7 +8,8 @@ Usage::
 Runs, each in a fresh process (so peak RSS is the run's own):
 
 * ``10k``: 10,000 nodes with realistic joins (bootstrap, self-lookup, refresh) then 10,000
-  lookups. Target: under 2 minutes.
+  lookups, spread over the machine's 2 cores (the scenario sets ``workers = 2``; see
+  docs/simulator.md, "Parallel runs"). Target: under 2 minutes.
 * ``100k``: 100,000 nodes with the oracle warm start then 100,000 lookups. Target: under 30
   minutes and under 8 GB peak memory.
 
@@ -16,6 +17,10 @@ Each child runs the way ``dhtchat simulate`` does: with the hot path compiled by
 (``dhtchat/sim/accel.py``, built once into the cache) and glibc malloc on transparent huge
 pages where the machine has them (``dhtchat/sim/hugepages.py``); the output names both.
 ``DHTCHAT_SIM_COMPILE=0`` / ``DHTCHAT_SIM_HUGEPAGES=0`` measure without them.
+
+Peak memory is the total over the run's processes (an upper bound for a parallel run: this
+process's peak plus workers x the largest worker's); CPU time and page faults include the
+workers.
 
 Printed next to each: the target, the ratio to it, and the PeerSim anchor from the issue
 (PeerSim, Java: 18.5 min for 10k nodes; 4.6 h and 12.7-16.5 GB for 100k), with the ratio.
@@ -56,7 +61,12 @@ def _child(scenario: str) -> None:
     result = run(spec, progress=True)
     wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    peak_kb = usage.ru_maxrss
+    # A parallel run (Scenario.workers > 1) does its work in child processes: RUSAGE_CHILDREN
+    # has their CPU time and the largest one's peak, so the total is at most this process's
+    # peak plus workers x that.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    workers = spec.workers if spec.workers > 1 else 0
+    peak_kb = usage.ru_maxrss + workers * children.ru_maxrss
     lookups = result.metrics["lookups"]
     print("RESULT " + json.dumps({
         "nodes": spec.nodes, "join": spec.join, "lookups": lookups["count"],
@@ -70,8 +80,11 @@ def _child(scenario: str) -> None:
         "us_per_event": round(wall / max(1, result.metrics["events"]) * 1e6, 2),
         "code": code, "allocator": allocator_description(os.environ),
         # page faults that needed I/O or the host (a disturbed run shows up here)
-        "major_page_faults": usage.ru_majflt,
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "major_page_faults": usage.ru_majflt + children.ru_majflt,
+        "cpu_s": round(usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime,
+                       1),
+        "processes": max(1, workers),
+        "peak_per_process_gb": round(max(usage.ru_maxrss, children.ru_maxrss) / 1024**2, 3),
     }), flush=True)
 
 
@@ -116,6 +129,8 @@ def main() -> int:
               f"lookups in {result['wall_s']} s (target {spec['target_s']:.0f} s: "
               f"{result['time_vs_target']}x; PeerSim {spec['peersim_s']:.0f} s: "
               f"{result['time_vs_peersim']}x), peak {result['peak_gb']} GB"
+              + (f" ({result['processes']} worker processes, each at most "
+                 f"{result['peak_per_process_gb']} GB)" if result["processes"] > 1 else "")
               + (f" (target {spec['target_gb']} GB: {result['memory_vs_target']}x; PeerSim "
                  f"{spec['peersim_gb']}+ GB: {result['memory_vs_peersim']}x)"
                  if spec["target_gb"] else "")

@@ -30,6 +30,7 @@ from dhtchat.core.wire import (
     pack,
 )
 from dhtchat.sim import accel
+from dhtchat.sim import runner as runner_module
 from dhtchat.sim.engine import EventLoop
 from dhtchat.sim.hugepages import (
     OPT_OUT,
@@ -86,6 +87,62 @@ def test_the_last_run_in_a_process_leaves_its_network_to_the_exit() -> None:
         gc.unfreeze()
     assert frozen > 10_000  # the nodes' state
     assert metrics_json(last.metrics) == metrics_json(normal.metrics)
+
+
+_PARALLEL = {
+    "nodes": 300, "lookups": 300, "seed": 5, "join_interval": 0.01, "nat_fraction": 0.1,
+    "loss": 0.01, "adversary": "misroute", "adversary_fraction": 0.05,
+    "latency": {"model": "pairwise", "median_ms": 50, "sigma": 0.6, "jitter_ms": 5,
+                "floor_ms": 10},
+}
+
+
+def _without_workers(metrics: dict[str, object]) -> bytes:
+    scenario = dict(metrics["scenario"])  # type: ignore[call-overload]
+    del scenario["workers"]
+    return metrics_json({**metrics, "scenario": scenario}).encode()
+
+
+@pytest.mark.parametrize("join", ["realistic", "oracle"])
+def test_a_parallel_run_gives_the_serial_runs_results(join: str, tmp_path: Path) -> None:
+    """Spread over 2 or 3 processes (conservative windows of the 10 ms latency floor), the run
+    processes the same events in the same order: every datagram crosses over exactly once
+    and on time, or these numbers would differ."""
+    serial = run(Scenario(**_PARALLEL, join=join), progress=False)  # type: ignore[arg-type]
+    write_outputs(serial, tmp_path / "serial", plots=False)
+    for workers in (2, 3):
+        parallel = run(Scenario(**_PARALLEL, join=join, workers=workers),  # type: ignore[arg-type]
+                       progress=False)
+        assert parallel.metrics["scenario"]["workers"] == workers
+        assert _without_workers(parallel.metrics) == _without_workers(serial.metrics)
+        write_outputs(parallel, tmp_path / f"w{workers}", plots=False)
+        assert (tmp_path / f"w{workers}" / "lookups.csv").read_bytes() == \
+            (tmp_path / "serial" / "lookups.csv").read_bytes()
+    assert serial.metrics["lookups"]["count"] == 300
+    assert serial.metrics["datagrams_dropped"] > 0  # loss and NAT were in play
+
+
+def test_parallel_runs_need_a_latency_floor_and_no_churn() -> None:
+    with pytest.raises(ValueError, match="minimum delay"):
+        Scenario(workers=2).validate()  # lognormal per datagram: no floor
+    constant = {"model": "constant", "ms": 40}
+    Scenario(workers=2, latency=constant).validate()
+    with pytest.raises(ValueError, match="without churn"):
+        Scenario(workers=2, latency=constant, churn="exponential-1h").validate()
+    with pytest.raises(ValueError, match="without churn"):
+        Scenario(workers=2, latency=constant, workload="putget").validate()
+    with pytest.raises(ValueError, match=r"workers must be 1\.\.64"):
+        Scenario(workers=0).validate()
+
+
+def test_a_failing_parallel_worker_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: object) -> None:
+        raise OSError("no room")
+    monkeypatch.setattr(runner_module._Simulation, "build", broken)
+    scenario = Scenario(nodes=50, lookups=10, workers=2, latency={"model": "constant",
+                                                                  "ms": 40})
+    with pytest.raises(RuntimeError, match=r"worker [01] failed: OSError: no room"):
+        run(scenario, progress=False)
 
 
 def test_adding_a_node_does_not_perturb_the_others_streams() -> None:
@@ -276,6 +333,9 @@ class _OneSlowNode:
 
     def delay(self, src: int, dst: int, rng: random.Random) -> float:
         return 0.4 if self.slow in (src, dst) else 0.02
+
+    def min_delay(self) -> float:
+        return 0.02
 
 
 def test_a_slow_but_live_node_among_the_k_closest_is_still_found() -> None:

@@ -306,3 +306,10 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert data["spec"]["repetitions"] == 3
     assert [p["metrics"]["lookups.hops.mean"]["n"] for p in data["points"]] == [3, 3]
     assert not (out / "sweep.png").exists()
+
+
+def test_a_sweep_refuses_parallel_scenarios() -> None:
+    spec = SweepSpec(base={"nodes": 20, "lookups": 5, "join": "oracle", "workers": 2,
+                           "latency": {"model": "constant", "ms": 40}})
+    with pytest.raises(SweepError, match="runs its scenarios in parallel already"):
+        run_sweep(spec, workers=1)

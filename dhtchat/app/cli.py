@@ -877,6 +877,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--join", choices=["realistic", "oracle"])
     sim.add_argument("--churn", metavar="PRESET")
     sim.add_argument("--baseline", choices=["kademlia"])
+    sim.add_argument("--workers", type=int, metavar="N",
+                     help="spread the nodes over N processes (needs a latency floor)")
     sim.add_argument("--out", metavar="DIR", default="sim-out")
     sim.add_argument("--no-plots", action="store_true")
     sim.set_defaults(func=cmd_simulate)

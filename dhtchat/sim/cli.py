@@ -19,7 +19,8 @@ def load_scenario(args: argparse.Namespace) -> Scenario:
     """The scenario file (or defaults) with command-line overrides applied."""
     scenario = Scenario.from_toml(Path(args.scenario)) if args.scenario else Scenario()
     overrides = {name: getattr(args, name) for name in ("nodes", "lookups", "seed", "k",
-                                                         "alpha", "join", "churn", "baseline")
+                                                         "alpha", "join", "churn", "baseline",
+                                                         "workers")
                  if getattr(args, name, None) is not None}
     scenario = dataclasses.replace(scenario, **overrides)
     scenario.validate()

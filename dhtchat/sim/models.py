@@ -11,7 +11,7 @@ Latency models return a one-way delay in seconds for a datagram from node ``src`
 * ``lognormal`` — per datagram, parameterised by its median and the sigma of the underlying
   normal (Internet RTTs are heavy-tailed; cf. the King data set, Gummadi et al. IMW 2002).
 * ``pairwise`` — a fixed base delay per node pair (lognormal, derived from the pair and the
-  seed, so it needs no N x N table) plus uniform jitter per datagram.
+  seed, so it needs no N x N table, and at least ``floor``) plus uniform jitter per datagram.
 * ``matrix`` — base delays from a file (one row per line, whitespace separated, milliseconds,
   like the King/Meridian matrices); node ``i`` maps to row ``i mod rows``.
 
@@ -34,6 +34,10 @@ class LatencyModel(Protocol):
 
     def delay(self, src: int, dst: int, rng: random.Random) -> float: ...
 
+    def min_delay(self) -> float:
+        """A lower bound of every delay (a parallel run's lookahead)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ConstantLatency:
@@ -42,6 +46,9 @@ class ConstantLatency:
     seconds: float = 0.05
 
     def delay(self, src: int, dst: int, rng: random.Random) -> float:
+        return self.seconds
+
+    def min_delay(self) -> float:
         return self.seconds
 
 
@@ -55,6 +62,9 @@ class UniformLatency:
     def delay(self, src: int, dst: int, rng: random.Random) -> float:
         return rng.uniform(self.low, self.high)
 
+    def min_delay(self) -> float:
+        return min(self.low, self.high)
+
 
 @dataclass(frozen=True)
 class LogNormalLatency:
@@ -66,6 +76,9 @@ class LogNormalLatency:
 
     def delay(self, src: int, dst: int, rng: random.Random) -> float:
         return min(self.cap, rng.lognormvariate(math.log(self.median), self.sigma))
+
+    def min_delay(self) -> float:
+        return 0.0  # no floor
 
 
 _MAX_CACHED_PAIRS = 1 << 21
@@ -86,6 +99,7 @@ class PairwiseLatency:
     jitter: float = 0.005
     seed: int = 0
     cap: float = 2.0
+    floor: float = 0.0  # no pair is closer (propagation); > 0 allows parallel runs
 
     # base delay per pair (a pure function of the pair: a cache, cleared when it grows large)
     _bases: dict[int, float] = field(default_factory=dict, compare=False, repr=False)
@@ -97,11 +111,15 @@ class PairwiseLatency:
             u = _pair_unit(self.seed, src, dst)
             # inverse CDF of the lognormal through the normal quantile
             base = min(self.cap, self.median * math.exp(self.sigma * _normal_quantile(u)))
+            base = max(base, self.floor)
             if len(self._bases) >= _MAX_CACHED_PAIRS:
                 self._bases.clear()
             self._bases[pair] = base
         # rng.uniform(0.0, jitter) is 0.0 + jitter * rng.random(): the same float, one call
         return base + self.jitter * rng.random()
+
+    def min_delay(self) -> float:
+        return min(self.floor, self.cap)
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,9 @@ class MatrixLatency:
         n = len(self.rows)
         base = self.rows[src % n][dst % n] / 1000.0
         return base + (rng.uniform(0.0, self.jitter) if self.jitter else 0.0)
+
+    def min_delay(self) -> float:
+        return min(min(row) for row in self.rows) / 1000.0
 
 
 def _normal_quantile(p: float) -> float:
@@ -255,7 +276,8 @@ def latency_from_spec(spec: dict[str, object], seed: int) -> LatencyModel:
         return LogNormalLatency(num("median_ms", 50) / 1000, num("sigma", 0.6))
     if kind == "pairwise":
         return PairwiseLatency(num("median_ms", 50) / 1000, num("sigma", 0.6),
-                               num("jitter_ms", 5) / 1000, seed)
+                               num("jitter_ms", 5) / 1000, seed,
+                               floor=num("floor_ms", 0) / 1000)
     if kind == "matrix":
         path = spec.get("file")
         if not isinstance(path, str):

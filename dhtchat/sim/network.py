@@ -124,6 +124,12 @@ class SimNetwork:
         self.messages = 0
         self.bytes = 0
         self.dropped = 0
+        # A parallel run (dhtchat.sim.runner): this process runs the nodes whose index is
+        # ``part`` modulo ``parts``; datagrams for the others are exported, with their
+        # delivery time, for the process that runs them.
+        self.part = 0
+        self.parts = 1
+        self.exported: list[tuple[float, int, bytes, Address]] = []
 
     # ---------------------------------------------------------------- building
 
@@ -186,6 +192,7 @@ class SimNetwork:
             deliver = self._deliver
             source = node.address
             index = node.index
+            parts = self.parts
             for data, dst in outgoing:
                 self.messages += 1
                 self.bytes += len(data)
@@ -195,8 +202,11 @@ class SimNetwork:
                 if target is None or not target.online or (loss and rng.random() < loss):
                     self.dropped += 1
                     continue
-                loop.schedule(now + delay_of(index, target.index, rng), deliver,
-                              (target, data, source))
+                at = now + delay_of(index, target.index, rng)
+                if parts > 1 and target.index % parts != self.part:
+                    self.exported.append((at, target.index, data, source))
+                else:
+                    loop.schedule(at, deliver, (target, data, source))
         handler = self.on_event
         while (event := core.next_event()) is not None:
             if handler is not None:
@@ -205,6 +215,22 @@ class SimNetwork:
         if deadline is not None and deadline < node.timer_at:
             node.timer_at = deadline
             loop.schedule(deadline, self._timer, (node, deadline))
+
+    def owns(self, node: SimNode) -> bool:
+        """Whether this process runs ``node`` (always, unless the run is parallel)."""
+        return node.index % self.parts == self.part
+
+    def take_exported(self) -> list[tuple[float, int, bytes, Address]]:
+        """Datagrams for nodes of other processes, sent since the last call."""
+        out, self.exported = self.exported, []
+        return out
+
+    def import_datagrams(self, items: list[tuple[float, int, bytes, Address]]) -> None:
+        """Schedule datagrams another process sent to our nodes (in the order given)."""
+        deliver = self._deliver
+        nodes = self.nodes
+        for at, index, data, source in items:
+            self.loop.schedule(at, deliver, (nodes[index], data, source))
 
     def _deliver(self, item: tuple[SimNode, bytes, Address]) -> None:
         target, data, source = item
@@ -255,6 +281,9 @@ class SimNetwork:
         k = self.config.k
         now = self.loop.now
         for node in nodes:
+            node.joined = True
+            if not self.owns(node):
+                continue  # another process fills its table
             own = int.from_bytes(node.core.node_id, "big")
             pick = random.Random(derive_seed(self.seed, "warm", node.index))
             table = node.core.table
@@ -274,9 +303,9 @@ class SimNetwork:
                 for j in chosen:
                     other = self.nodes[ids[j][1]]
                     table.add(other.core.node_id, other.address, now)
-            node.joined = True
         for node in nodes:
-            self.process(node)
+            if self.owns(node):
+                self.process(node)
 
     # ---------------------------------------------------------------- running
 

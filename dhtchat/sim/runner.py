@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import gc
 import math
+import multiprocessing
+import multiprocessing.connection
+import os
 import random
 import sys
 import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from dhtchat.core.events import Event, GetCompleted, LookupCompleted, PutCompleted
 from dhtchat.core.identity import SigningIdentity
@@ -63,6 +67,9 @@ class Scenario:
     sybil_subnets: int = 16  # /24 networks the Sybil cluster's addresses come from
     baseline: str = ""  # "" or "kademlia"
     baseline_k: int = 20
+    # Processes the nodes are spread over (a conservative parallel run, see run()); a run's
+    # results depend on this number, not on the machine.
+    workers: int = 1
 
     @classmethod
     def from_toml(cls, path: Path) -> Scenario:
@@ -110,7 +117,16 @@ class Scenario:
                              f"known: {', '.join(sorted(CHURN_PRESETS))}")
         if self.baseline not in ("", "kademlia"):
             raise ValueError("baseline must be '' or 'kademlia'")
-        latency_from_spec(self.latency, self.seed)  # raises ValueError on a bad model
+        latency = latency_from_spec(self.latency, self.seed)  # ValueError on a bad model
+        if not 1 <= self.workers <= 64:
+            raise ValueError("workers must be 1..64")
+        if self.workers > 1:
+            if latency.min_delay() <= 0:
+                raise ValueError("workers > 1 needs a latency model with a minimum delay "
+                                 "(the lookahead): e.g. pairwise with floor_ms, constant, "
+                                 "uniform or a matrix without zeros")
+            if self.workload != "lookup" or self.churn or self.churn_session:
+                raise ValueError("workers > 1 supports the lookup workload without churn")
         try:
             model = self.churn_model()
             if model is not None:
@@ -220,42 +236,164 @@ def run(scenario: Scenario, *, progress: bool = True, last_in_process: bool = Fa
     # collections walk only what was allocated since. Frozen objects are still freed by
     # reference counting; only a reference cycle among them would wait for the unfreeze at
     # the end. (Not done when the caller froze objects itself: we could not undo only ours.)
-    thresholds = gc.get_threshold()
-    gc.set_threshold(*_GC_THRESHOLDS)
-    freeze = gc.freeze if gc.get_freeze_count() == 0 else None
+    if scenario.workers > 1:
+        parts = _run_parallel(scenario, progress)
+    else:
+        thresholds = gc.get_threshold()
+        gc.set_threshold(*_GC_THRESHOLDS)
+        freeze = gc.freeze if gc.get_freeze_count() == 0 else None
+        try:
+            parts = [_execute(_Simulation(scenario, freeze), progress)]
+        finally:
+            if freeze is not None:
+                if last_in_process:
+                    freeze()
+                else:
+                    gc.unfreeze()
+            gc.set_threshold(*thresholds)
+    records = [r for part in parts for r in part.records]
+    return RunResult(_metrics(scenario, parts), records, time.monotonic() - wall_start,
+                     _timeline(records))
+
+
+def _execute(sim: _Simulation, progress: bool) -> _Part:
+    """Run the simulation's phases and return what the metrics need."""
+    sim.build()
+    sim.join(progress)
+    sim.start_churn()
+    sim.settle()
+    sim.run_workload(progress)
+    return sim.partial()
+
+
+# A parallel run (Scenario.workers > 1): conservative synchronisation with lookahead
+# (Chandy & Misra 1979; Fujimoto, "Parallel and Distributed Simulation Systems", ch. 3).
+# Every worker process builds the same network and runs the same driver code (joins,
+# workload), but only its own nodes (index modulo workers) process datagrams and timers.
+# No datagram takes less than L = the latency model's minimum delay, so a worker can run a
+# window of L virtual seconds alone: whatever another worker sends it during the window
+# arrives after it. At each window's end every pair of workers swaps the datagrams for each
+# other's nodes over a pipe, pairs taken in one global order (no two workers can wait on
+# each other), and each schedules what it received in worker order: a run is deterministic
+# for a given number of workers. The finished-lookup count that ends the workload travels
+# with every swap. This process only starts the workers and gathers their results.
+
+_Datagram = tuple[float, int, bytes, tuple[str, int]]  # delivery time, node, data, source
+
+
+def _run_parallel(scenario: Scenario, progress: bool) -> list[_Part]:
+    context = multiprocessing.get_context("fork")
+    count = scenario.workers
+    links: dict[tuple[int, int], tuple[Connection, Connection]] = {
+        (i, j): context.Pipe() for i in range(count) for j in range(i + 1, count)}
+    results = [context.Pipe(duplex=False) for _ in range(count)]
+    workers = []
+    for w in range(count):
+        peers = {j if i == w else i: (end_i if i == w else end_j)
+                 for (i, j), (end_i, end_j) in links.items() if w in (i, j)}
+        workers.append(context.Process(
+            target=_worker, args=(scenario, w, peers, results[w][1], progress and w == 0),
+            daemon=True))
+    for process in workers:
+        process.start()
+    for end_i, end_j in links.values():  # the workers hold their ends
+        end_i.close()
+        end_j.close()
+    receivers = {results[w][0]: w for w in range(count)}
+    parts: dict[int, _Part] = {}
     try:
-        sim = _Simulation(scenario, freeze)
-        sim.build()
-        sim.join(progress)
-        sim.start_churn()
-        sim.settle()
-        sim.run_workload(progress)
-        metrics = sim.metrics()
-        timeline = sim.timeline()
+        while len(parts) < count:
+            for ready in multiprocessing.connection.wait(list(receivers)):
+                conn = cast(Connection, ready)
+                w = receivers.pop(conn)
+                try:
+                    message: tuple[str, Any] = conn.recv()
+                except EOFError:
+                    raise RuntimeError(f"parallel simulation worker {w} died") from None
+                if message[0] != "done":
+                    raise RuntimeError(f"parallel simulation worker {w} failed: {message[1]}")
+                parts[w] = message[1]
     finally:
-        if freeze is not None:
-            if last_in_process:
-                freeze()
+        for process in workers:
+            if len(parts) < count:
+                process.kill()
+            process.join(timeout=10)
+    return [parts[w] for w in range(count)]
+
+
+def _worker(scenario: Scenario, part: int, peers: dict[int, Connection], results: Connection,
+            progress: bool) -> None:
+    gc.set_threshold(*_GC_THRESHOLDS)
+    gc.freeze()  # what the parent process holds is not ours to walk
+    order = sorted(peers, key=lambda p: (min(p, part), max(p, part)))
+
+    def exchange(exported: list[_Datagram], done: int) -> tuple[list[_Datagram], int]:
+        outgoing: dict[int, list[_Datagram]] = {p: [] for p in peers}
+        for item in exported:
+            outgoing[item[1] % scenario.workers].append(item)
+        incoming: dict[int, list[_Datagram]] = {}
+        total = done
+        for peer in order:
+            conn = peers[peer]
+            if part < peer:
+                conn.send((outgoing[peer], done))
+                incoming[peer], their_done = conn.recv()
             else:
-                gc.unfreeze()
-        gc.set_threshold(*thresholds)
-    return RunResult(metrics, sim.records, time.monotonic() - wall_start, timeline)
+                incoming[peer], their_done = conn.recv()
+                conn.send((outgoing[peer], done))
+            total += their_done
+        return [item for peer in sorted(incoming) for item in incoming[peer]], total
+
+    try:
+        sim = _Simulation(scenario, gc.freeze, part=part, exchange=exchange)
+        results.send(("done", _execute(sim, progress)))
+    except Exception as exc:  # reported to the parent, which raises it
+        results.send(("error", f"{type(exc).__name__}: {exc}"))
+    results.close()
+    os._exit(0)  # the network is garbage now: no collection, no interpreter teardown
+
+
+_Exchange = Callable[[list[_Datagram], int], tuple[list[_Datagram], int]]
+
+
+@dataclass
+class _Part:
+    """What one process measured: its nodes' share of everything the metrics need."""
+
+    records: list[LookupRecord]
+    abandoned: int
+    received: list[int]  # datagrams received per node of this process
+    table_sizes: int
+    fresh_total: int
+    fresh_live: int
+    messages: int
+    bytes: int
+    dropped: int
+    events: int
+    now: float
+    online: int
 
 
 class _Simulation:
     def __init__(self, scenario: Scenario,
-                 freeze: Callable[[], None] | None = None) -> None:
+                 freeze: Callable[[], None] | None = None, *, part: int = 0,
+                 exchange: _Exchange | None = None) -> None:
         self.s = scenario
         self._freeze = freeze
+        self._exchange = exchange
+        self._done_everywhere = 0  # finished lookups in all processes (parallel runs)
+        self._foreign_starts = 0  # workload events run here for another process's node
         self.rng = random.Random(derive_seed(scenario.seed, "workload"))
         config = DhtConfig(k=scenario.k, alpha=scenario.alpha,
                            disjoint_paths=scenario.disjoint_paths,
                            verify_signatures=scenario.verify_signatures,
                            # simulated addresses are one per /24: limits behave as deployed
                            refresh_on_join=True)
-        self.net = SimNetwork(seed=scenario.seed,
-                              latency=latency_from_spec(scenario.latency, scenario.seed),
-                              loss=scenario.loss, config=config)
+        latency = latency_from_spec(scenario.latency, scenario.seed)
+        self.net = SimNetwork(seed=scenario.seed, latency=latency, loss=scenario.loss,
+                              config=config)
+        self.net.part, self.net.parts = part, scenario.workers
+        self._lookahead = latency.min_delay()
         self.net.on_event = self._on_event
         self.records: list[LookupRecord] = []
         self._pending: dict[tuple[int, int], tuple[int, str, float, bytes]] = {}
@@ -315,20 +453,24 @@ class _Simulation:
             net.warm_start(nodes)
             if self._freeze is not None:
                 self._freeze()
-            net.run(net.loop.now + 1.0)
+            self._run_to(net.loop.now + 1.0)
         else:
             bar = _Progress(len(nodes), "join") if progress else None
             if self._freeze is not None:
                 self._freeze()
             nodes[0].joined = True
-            net.process(nodes[0])
+            if net.owns(nodes[0]):
+                net.process(nodes[0])
             for i, node in enumerate(nodes[1:], start=1):
                 # join through a random node that already joined (and is reachable)
                 via = nodes[self.rng.randrange(i)]
                 while via.nat or via.kind != "honest":
                     via = nodes[self.rng.randrange(i)]
-                net.run(net.loop.now + s.join_interval)
-                net.join_realistic(node, via)
+                self._run_to(net.loop.now + s.join_interval)
+                if net.owns(node):
+                    net.join_realistic(node, via)
+                else:
+                    node.joined = True
                 if bar is not None and i % 100 == 0:
                     bar.update(i)
                 if self._freeze is not None and i % _FREEZE_EVERY == 0:
@@ -340,7 +482,19 @@ class _Simulation:
 
     def settle(self) -> None:
         """Let the network run (under churn, if any) before the workload starts."""
-        self.net.run(self.net.loop.now + self.s.settle)
+        self._run_to(self.net.loop.now + self.s.settle)
+
+    def _run_to(self, until: float) -> None:
+        """Advance virtual time; in a parallel run, window by window (see _run_parallel)."""
+        net = self.net
+        if self._exchange is None:
+            net.run(until)
+            return
+        while net.loop.now < until:
+            net.run(min(until, net.loop.now + self._lookahead))
+            imported, self._done_everywhere = self._exchange(net.take_exported(),
+                                                             self._main_done)
+            net.import_datagrams(imported)
 
     def start_churn(self) -> None:
         model = self.s.churn_model()
@@ -388,13 +542,19 @@ class _Simulation:
         bar = _Progress(end - start, "run") if progress else None
         step = max(1.0, (end - start) / 200)
         t = start
-        while t < end + 120.0 and self._main_done + self.abandoned < s.lookups:
+        while t < end + 120.0 and self._finished() < s.lookups:
             t += step
-            net.run(t)
+            self._run_to(t)
             if bar is not None:
                 bar.update(min(t, end) - start)
         if bar is not None:
             bar.close()
+
+    def _finished(self) -> int:
+        """Operations finished or abandoned, in every process."""
+        if self._exchange is None:
+            return self._main_done + self.abandoned
+        return self._done_everywhere  # (parallel runs have no churn: nothing is abandoned)
 
     def _pick_source(self) -> SimNode:
         while True:
@@ -405,6 +565,9 @@ class _Simulation:
     def _start_lookup(self, j: int) -> None:
         node = self._pick_source()
         target = self.target_key if self.target_key is not None else self.rng.randbytes(32)
+        if not self.net.owns(node):
+            self._foreign_starts += 1  # every process draws the same choice; one runs it
+            return
         qid = self.net.command(node, lambda core, now: core.find_node(target, now))
         self._pending[(node.index, qid)] = (j, "lookup", self.net.loop.now, target)
 
@@ -476,85 +639,103 @@ class _Simulation:
 
     # ---------------------------------------------------------------- metrics
 
-    def metrics(self) -> dict[str, Any]:
-        s = self.s
+    def partial(self) -> _Part:
+        """This process's share of the metrics (its own nodes)."""
         net = self.net
-        main = [r for r in self.records if r.kind in ("lookup", "get")]
-        main.sort(key=lambda r: (r.kind, r.index))
-        latencies = sorted(r.latency_ms for r in main)
-        hops = [r.hops for r in main]
-        histogram: dict[str, int] = {}
-        for h in hops:
-            histogram[str(h)] = histogram.get(str(h), 0) + 1
-        received = sorted(n.core.stats["datagrams_received"] for n in net.nodes)
+        own = [n for n in net.nodes if net.owns(n)]
         fresh_total = fresh_live = 0
-        for node in net.nodes:
+        for node in own:
             if node.kind != "honest" or not node.online:
                 continue
             for contact in node.core.table.contacts():
                 fresh_total += 1
                 other = net.by_address.get(contact.address)
                 fresh_live += 1 if other is not None and other.online else 0
-        expected_hops = math.log2(s.nodes) / (1.33 + math.log2(s.k))
-        count = len(main)
-        issued = s.lookups - self.abandoned
-        puts = [r for r in self.records if r.kind == "put"]
-        result: dict[str, Any] = {
-            "scenario": asdict(s),
-            "nodes": s.nodes,
-            "seed": s.seed,
-            "signatures_verified": s.verify_signatures,
-            "lookups": {
-                "kind": "get" if s.workload == "putget" else "find_node",
-                "count": count,
-                "issued": s.lookups,
-                "abandoned": self.abandoned,
-                "unfinished": issued - count,
-                # over every operation whose node stayed online: one that never finished
-                # counts as a failure
-                "success_rate": _r(sum(r.success for r in main) / issued) if issued else 0.0,
-                "exact_k_rate": _r(sum(r.exact for r in main) / issued) if issued else 0.0,
-                "hops": {
-                    "mean": _r(sum(hops) / count) if count else 0.0,
-                    "expected_stutzbach_rejaie": _r(expected_hops),
-                    "histogram": histogram,
-                },
-                "latency_ms": {
-                    "p50": _r(_percentile(latencies, 0.5)),
-                    "p95": _r(_percentile(latencies, 0.95)),
-                    "p99": _r(_percentile(latencies, 0.99)),
-                    "mean": _r(sum(latencies) / count) if count else 0.0,
-                },
-                "requests_mean": _r(sum(r.requests for r in main) / count) if count else 0.0,
-                "bytes_mean": _r(sum(r.bytes for r in main) / count) if count else 0.0,
-            },
-            "puts": {
-                "count": len(puts),
-                "success_rate": _r(sum(r.success for r in puts) / len(puts)) if puts else 0.0,
-            },
-            "messages_total": net.messages,
-            "bytes_total": net.bytes,
-            "datagrams_dropped": net.dropped,
-            "events": net.loop.events,
-            "virtual_seconds": _r(net.loop.now - SIM_EPOCH),
-            "node_load": {
-                "received_p50": _r(_percentile([float(x) for x in received], 0.5)),
-                "received_p99": _r(_percentile([float(x) for x in received], 0.99)),
-                "received_max": received[-1] if received else 0,
-            },
-            "routing_table": {
-                "mean_size": _r(sum(len(n.core.table) for n in net.nodes) / len(net.nodes)),
-                "live_fraction": _r(fresh_live / fresh_total) if fresh_total else 0.0,
-            },
-            "online_at_end": sum(1 for n in net.nodes if n.online),
-        }
-        return result
+        return _Part(
+            records=self.records, abandoned=self.abandoned,
+            received=[n.core.stats["datagrams_received"] for n in own],
+            table_sizes=sum(len(n.core.table) for n in own),
+            fresh_total=fresh_total, fresh_live=fresh_live, messages=net.messages,
+            bytes=net.bytes, dropped=net.dropped,
+            events=net.loop.events - self._foreign_starts, now=net.loop.now,
+            online=sum(1 for n in own if n.online))
 
-    def timeline(self) -> list[tuple[float, float]]:
-        """Success rate per minute of the workload (for the churn plot)."""
-        buckets: dict[int, list[bool]] = {}
-        for r in self.records:
-            if r.kind in ("lookup", "get"):
-                buckets.setdefault(int(r.start_s // 60), []).append(r.success)
-        return [(float(m), _r(sum(v) / len(v))) for m, v in sorted(buckets.items())]
+
+def _metrics(s: Scenario, parts: list[_Part]) -> dict[str, Any]:
+    """The deterministic metrics of a run from what its process(es) measured."""
+    records = [r for part in parts for r in part.records]
+    main = [r for r in records if r.kind in ("lookup", "get")]
+    main.sort(key=lambda r: (r.kind, r.index))
+    latencies = sorted(r.latency_ms for r in main)
+    hops = [r.hops for r in main]
+    histogram: dict[str, int] = {}
+    for h in hops:
+        histogram[str(h)] = histogram.get(str(h), 0) + 1
+    received = sorted(x for part in parts for x in part.received)
+    fresh_total = sum(part.fresh_total for part in parts)
+    fresh_live = sum(part.fresh_live for part in parts)
+    abandoned = sum(part.abandoned for part in parts)
+    expected_hops = math.log2(s.nodes) / (1.33 + math.log2(s.k))
+    count = len(main)
+    issued = s.lookups - abandoned
+    puts = [r for r in records if r.kind == "put"]
+    result: dict[str, Any] = {
+        "scenario": asdict(s),
+        "nodes": s.nodes,
+        "seed": s.seed,
+        "signatures_verified": s.verify_signatures,
+        "lookups": {
+            "kind": "get" if s.workload == "putget" else "find_node",
+            "count": count,
+            "issued": s.lookups,
+            "abandoned": abandoned,
+            "unfinished": issued - count,
+            # over every operation whose node stayed online: one that never finished
+            # counts as a failure
+            "success_rate": _r(sum(r.success for r in main) / issued) if issued else 0.0,
+            "exact_k_rate": _r(sum(r.exact for r in main) / issued) if issued else 0.0,
+            "hops": {
+                "mean": _r(sum(hops) / count) if count else 0.0,
+                "expected_stutzbach_rejaie": _r(expected_hops),
+                "histogram": histogram,
+            },
+            "latency_ms": {
+                "p50": _r(_percentile(latencies, 0.5)),
+                "p95": _r(_percentile(latencies, 0.95)),
+                "p99": _r(_percentile(latencies, 0.99)),
+                "mean": _r(sum(latencies) / count) if count else 0.0,
+            },
+            "requests_mean": _r(sum(r.requests for r in main) / count) if count else 0.0,
+            "bytes_mean": _r(sum(r.bytes for r in main) / count) if count else 0.0,
+        },
+        "puts": {
+            "count": len(puts),
+            "success_rate": _r(sum(r.success for r in puts) / len(puts)) if puts else 0.0,
+        },
+        "messages_total": sum(part.messages for part in parts),
+        "bytes_total": sum(part.bytes for part in parts),
+        "datagrams_dropped": sum(part.dropped for part in parts),
+        "events": sum(part.events for part in parts),
+        "virtual_seconds": _r(parts[0].now - SIM_EPOCH),
+        "node_load": {
+            "received_p50": _r(_percentile([float(x) for x in received], 0.5)),
+            "received_p99": _r(_percentile([float(x) for x in received], 0.99)),
+            "received_max": received[-1] if received else 0,
+        },
+        "routing_table": {
+            "mean_size": _r(sum(part.table_sizes for part in parts) / s.nodes),
+            "live_fraction": _r(fresh_live / fresh_total) if fresh_total else 0.0,
+        },
+        "online_at_end": sum(part.online for part in parts),
+    }
+    return result
+
+
+def _timeline(records: list[LookupRecord]) -> list[tuple[float, float]]:
+    """Success rate per minute of the workload (for the churn plot)."""
+    buckets: dict[int, list[bool]] = {}
+    for r in records:
+        if r.kind in ("lookup", "get"):
+            buckets.setdefault(int(r.start_s // 60), []).append(r.success)
+    return [(float(m), _r(sum(v) / len(v))) for m, v in sorted(buckets.items())]
 

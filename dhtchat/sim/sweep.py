@@ -546,6 +546,9 @@ def run_sweep(spec: SweepSpec, *, workers: int | None = None, scheduler: str | N
     spec.validate()
     points = _points(spec)
     scenarios = [s for p in points for s in p.scenarios]
+    if any(s.workers > 1 for s in scenarios):
+        raise SweepError("a sweep runs its scenarios in parallel already: set workers = 1 "
+                         "(workers > 1 is for single large runs)")
     _probe_metrics(spec, scenarios[0])
     bar = _Progress(len(scenarios), f"sweep {spec.name}", progress)
     start = time.monotonic()
