@@ -145,6 +145,22 @@ def test_a_failing_parallel_worker_is_reported(monkeypatch: pytest.MonkeyPatch) 
         run(scenario, progress=False)
 
 
+@pytest.mark.timeout(60)
+def test_a_parallel_worker_that_dies_does_not_hang_the_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    build = runner_module._Simulation.build
+
+    def dies_in_worker_1(self: runner_module._Simulation) -> None:
+        if self.net.part == 1:
+            os._exit(3)  # as a crash or the OOM killer would: no message, no cleanup
+        build(self)
+    monkeypatch.setattr(runner_module._Simulation, "build", dies_in_worker_1)
+    scenario = Scenario(nodes=50, lookups=10, workers=2, latency={"model": "constant",
+                                                                  "ms": 40})
+    with pytest.raises(RuntimeError, match=r"worker [01] (died|failed)"):
+        run(scenario, progress=False)
+
+
 def test_adding_a_node_does_not_perturb_the_others_streams() -> None:
     small = SimNetwork(seed=3, latency=ConstantLatency(0.05))
     large = SimNetwork(seed=3, latency=ConstantLatency(0.05))

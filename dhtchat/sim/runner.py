@@ -282,23 +282,34 @@ _Datagram = tuple[float, int, bytes, tuple[str, int]]  # delivery time, node, da
 
 
 def _run_parallel(scenario: Scenario, progress: bool) -> list[_Part]:
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise ValueError("workers > 1 needs the 'fork' start method (Linux)")
     context = multiprocessing.get_context("fork")
     count = scenario.workers
     links: dict[tuple[int, int], tuple[Connection, Connection]] = {
         (i, j): context.Pipe() for i in range(count) for j in range(i + 1, count)}
     results = [context.Pipe(duplex=False) for _ in range(count)]
+    everything = [end for pair in links.values() for end in pair] + \
+        [end for pair in results for end in pair]
     workers = []
     for w in range(count):
         peers = {j if i == w else i: (end_i if i == w else end_j)
                  for (i, j), (end_i, end_j) in links.items() if w in (i, j)}
+        mine = [*peers.values(), results[w][1]]
+        # A worker closes every inherited end but its own: when a worker dies, its peers
+        # and this process then see the end of its pipes instead of waiting forever.
+        others = [end for end in everything if all(end is not m for m in mine)]
         workers.append(context.Process(
-            target=_worker, args=(scenario, w, peers, results[w][1], progress and w == 0),
+            target=_worker,
+            args=(scenario, w, peers, results[w][1], others, progress and w == 0),
             daemon=True))
     for process in workers:
         process.start()
     for end_i, end_j in links.values():  # the workers hold their ends
         end_i.close()
         end_j.close()
+    for _, sender in results:
+        sender.close()
     receivers = {results[w][0]: w for w in range(count)}
     parts: dict[int, _Part] = {}
     try:
@@ -322,7 +333,9 @@ def _run_parallel(scenario: Scenario, progress: bool) -> list[_Part]:
 
 
 def _worker(scenario: Scenario, part: int, peers: dict[int, Connection], results: Connection,
-            progress: bool) -> None:
+            others: list[Connection], progress: bool) -> None:
+    for end in others:
+        end.close()
     gc.set_threshold(*_GC_THRESHOLDS)
     gc.freeze()  # what the parent process holds is not ours to walk
     order = sorted(peers, key=lambda p: (min(p, part), max(p, part)))
