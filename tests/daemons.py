@@ -14,7 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dhtchat.app.daemon import Daemon, DaemonOptions
+from dhtchat.app.profile import Profile
 from dhtchat.app.rpc import DaemonNotRunning, call
+from dhtchat.core.identity import SigningIdentity
 
 REPO = Path(__file__).resolve().parent.parent
 Wrap = Callable[[list[str]], list[str]]
@@ -163,3 +166,35 @@ def make_contacts(alice: DaemonProcess, alice_id: str, bob: DaemonProcess, bob_i
     bob.wait_contact(alice_id, lambda r: r["state"] == "incoming", timeout)
     cli(bob.profile, "contact", "accept", alice_id, "--name", "alice")
     alice.wait_contact(bob_id, lambda r: r["state"] == "accepted", timeout)
+
+
+# --- in-process daemons (one event loop, a real loopback DHT) ---------------------------------
+
+
+async def start_in_process(tmp: Path, n: int, seed_byte: int,
+                           bootstrap: list[tuple[str, int]]) -> Daemon:
+    """An in-process daemon on its own /24, DHT mailboxes only (no automatic connections);
+    its identity comes from ``seed_byte`` (distinct per test file and daemon)."""
+    options = DaemonOptions(port=0, host=next_host(), bootstrap=bootstrap,
+                            ice_addresses=["127.0.0.1"], auto_connect=False)
+    daemon = Daemon(Profile(tmp / f"d{n}"), SigningIdentity.from_seed(bytes([seed_byte]) * 32),
+                    options)
+    await daemon.start()
+    return daemon
+
+
+async def wait_joined(daemons: Sequence[Daemon], timeout: float = 60.0) -> None:
+    """Wait until every daemon has joined the DHT."""
+    deadline = time.monotonic() + timeout
+    while not all(d.joined for d in daemons):
+        assert time.monotonic() < deadline, "joins"
+        await asyncio.sleep(0.1)
+
+
+def befriend(a: Daemon, b: Daemon, a_name: str, b_name: str) -> None:
+    """Make ``a`` and ``b`` accepted contacts of each other, linked (``a`` calls ``b``
+    ``b_name``)."""
+    a.contacts.put(b.identity.public_key, name=b_name, state="accepted")
+    b.contacts.put(a.identity.public_key, name=a_name, state="accepted")
+    a._link(b.identity.public_key)
+    b._link(a.identity.public_key)

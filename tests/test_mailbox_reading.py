@@ -14,41 +14,25 @@ from typing import Any
 import pytest
 
 from dhtchat.app import messenger as messenger_module
-from dhtchat.app.daemon import Daemon, DaemonOptions
-from dhtchat.app.profile import Profile
-from dhtchat.core.identity import SigningIdentity
-from tests.daemons import next_host
+from dhtchat.app.daemon import Daemon
+from tests.daemons import befriend, start_in_process, wait_joined
 
 BACKLOG = 10
 IDLE_POLL_LOOKUPS = 4  # what polling an idle contact may cost (it was 32)
-
-
-async def _daemon(tmp: Path, n: int, bootstrap: list[tuple[str, int]]) -> Daemon:
-    options = DaemonOptions(port=0, host=next_host(), bootstrap=bootstrap,
-                            ice_addresses=["127.0.0.1"], auto_connect=False)
-    daemon = Daemon(Profile(tmp / f"d{n}"),
-                    SigningIdentity.from_seed(bytes([n + 150]) * 32), options)
-    await daemon.start()
-    return daemon
 
 
 async def _linked_pair(tmp: Path) -> tuple[Daemon, Daemon, list[Daemon]]:
     """Alice and Bob, contacts of each other, in a 5-node DHT; Bob's maintenance loop never
     reads Alice's mailbox (it waits MAILBOX_POLL after the last poll, and that is now
     forever), so only the test's polls do."""
-    alice = await _daemon(tmp, 1, [])
+    alice = await start_in_process(tmp, 1, 151, [])
     assert alice.node is not None
-    others = [await _daemon(tmp, n, [alice.node.address]) for n in (2, 3, 4, 5)]
+    others = [await start_in_process(tmp, n, n + 150, [alice.node.address])
+              for n in (2, 3, 4, 5)]
     bob = others[0]
     everyone = [alice, *others]
-    deadline = time.monotonic() + 60
-    while not all(d.joined for d in everyone):
-        assert time.monotonic() < deadline, "joins"
-        await asyncio.sleep(0.1)
-    alice.contacts.put(bob.identity.public_key, name="bob", state="accepted")
-    bob.contacts.put(alice.identity.public_key, name="alice", state="accepted")
-    alice._link(bob.identity.public_key)
-    bob._link(alice.identity.public_key)
+    await wait_joined(everyone)
+    befriend(alice, bob, "alice", "bob")
     assert alice.messenger is not None and bob.messenger is not None
     bob.messenger._state(alice.identity.public_key).mailbox_polled = math.inf
     await bob.messenger.maintenance([alice.identity.public_key])  # publishes his prekeys

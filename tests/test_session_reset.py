@@ -5,23 +5,11 @@ is lost or shown twice. In-process daemons over a real loopback DHT, DHT mailbox
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dhtchat.app.daemon import Daemon, DaemonOptions
-from dhtchat.app.profile import Profile
-from dhtchat.core.identity import SigningIdentity
-from tests.daemons import next_host
-
-
-async def _daemon(tmp: Path, n: int, bootstrap: list[tuple[str, int]]) -> Daemon:
-    options = DaemonOptions(port=0, host=next_host(), bootstrap=bootstrap,
-                            ice_addresses=["127.0.0.1"], auto_connect=False)
-    daemon = Daemon(Profile(tmp / f"d{n}"),
-                    SigningIdentity.from_seed(bytes([n + 100]) * 32), options)
-    await daemon.start()
-    return daemon
+from dhtchat.app.daemon import Daemon
+from tests.daemons import befriend, start_in_process, wait_joined
 
 
 def _texts(daemon: Daemon, contact: Daemon) -> list[str]:
@@ -32,20 +20,15 @@ def _texts(daemon: Daemon, contact: Daemon) -> list[str]:
 
 def test_lost_ratchet_state_is_recovered_by_a_new_session(tmp_path: Path) -> None:
     async def scenario() -> None:
-        alice = await _daemon(tmp_path, 1, [])
+        alice = await start_in_process(tmp_path, 1, 101, [])
         assert alice.node is not None
-        others = [await _daemon(tmp_path, n, [alice.node.address]) for n in (2, 3, 4)]
+        others = [await start_in_process(tmp_path, n, n + 100, [alice.node.address])
+                  for n in (2, 3, 4)]
         bob = others[0]
         everyone = [alice, *others]
         try:
-            deadline = time.monotonic() + 60
-            while not all(d.joined for d in everyone):
-                assert time.monotonic() < deadline, "joins"
-                await asyncio.sleep(0.1)
-            alice.contacts.put(bob.identity.public_key, name="bob", state="accepted")
-            bob.contacts.put(alice.identity.public_key, name="alice", state="accepted")
-            alice._link(bob.identity.public_key)
-            bob._link(alice.identity.public_key)
+            await wait_joined(everyone)
+            befriend(alice, bob, "alice", "bob")
             assert alice.messenger is not None and bob.messenger is not None
             assert bob.history is not None
 
