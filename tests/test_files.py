@@ -115,3 +115,37 @@ def test_200_mb_file_resumes_after_the_sender_is_killed(tmp_path: Path,
     finally:
         alice.stop()
         bob.stop()
+
+
+@pytest.mark.timeout(240)
+def test_an_empty_file_completes_on_both_sides(tmp_path: Path, dht: DhtProcess) -> None:
+    """Review item 11: a 0-byte file used to stay at 100 % forever on the sender, and the
+    receiver raised FileNotFoundError at every reconnection (no chunk ever made the file)."""
+    source = tmp_path / "empty.txt"
+    source.write_bytes(b"")
+    alice_id, bob_id = new_identity(tmp_path / "alice"), new_identity(tmp_path / "bob")
+    alice = DaemonProcess(tmp_path / "alice", _args(dht, "Alice"))
+    bob = DaemonProcess(tmp_path / "bob", _args(dht, "Bob"))
+    try:
+        alice.wait_ready()
+        bob.wait_ready()
+        make_contacts(alice, alice_id, bob, bob_id)
+        alice.wait_contact(bob_id, lambda r: r.get("status") == "connected", 30)
+        offer = rpc(alice, "file.send", {"to": bob_id, "path": str(source)})
+        deadline = time.monotonic() + 60
+        received: dict[str, Any] = {}
+        sent: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            received = next((r for r in rpc(bob, "file.list") if r["id"] == offer["id"]), {})
+            sent = next(r for r in rpc(alice, "file.list") if r["id"] == offer["id"])
+            if received.get("complete") and sent["complete"]:
+                break
+            time.sleep(0.2)
+        assert received.get("complete") and sent["complete"], (received, sent)
+        assert received["error"] is None
+        out = tmp_path / "copy.txt"
+        cli(bob.profile, "file", "get", offer["id"], str(out))
+        assert out.read_bytes() == b""
+    finally:
+        alice.stop()
+        bob.stop()

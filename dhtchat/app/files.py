@@ -73,6 +73,7 @@ class FileEntry:
     created: float
     group_id: bytes | None = None  # a file sent to a group
     author: bytes | None = None  # incoming, relayed by the group's admin: who sent it
+    error: str | None = None  # why the transfer ended without the file
 
 
 def chunk_nonce(file_id: bytes, offset: int) -> bytes:
@@ -117,6 +118,8 @@ class FileTransfers:
             for column in ("group_id", "author"):
                 if column not in columns:  # a history from before group files
                     db.execute(f"ALTER TABLE files ADD COLUMN {column} BLOB")
+            if "error" not in columns:  # a history from before failed transfers were kept
+                db.execute("ALTER TABLE files ADD COLUMN error TEXT")
         self._streams: dict[bytes, asyncio.Task[None]] = {}
         self._handles: dict[bytes, Any] = {}
         self._unsynced: dict[bytes, int] = {}
@@ -229,7 +232,7 @@ class FileTransfers:
         """After (re)connecting: finish or ask for every incomplete incoming file of this
         contact, and repeat ``file_done`` for recent complete ones (it may have been lost)."""
         for entry in self.all():
-            if entry.contact != contact or entry.outgoing:
+            if entry.contact != contact or entry.outgoing or entry.error is not None:
                 continue
             if entry.complete:
                 if time.time() - entry.created < DONE_REPEAT_WINDOW:
@@ -245,6 +248,9 @@ class FileTransfers:
         partial = Path(entry.path)
         with open(partial, "ab") as handle:  # create it; keep what was checkpointed
             handle.truncate(entry.received)
+        if entry.received >= entry.size:  # an empty file: nothing to pull, no chunk follows
+            await self._finish(entry.id)
+            return
         await self.messenger.request_file(entry.contact, entry.id, entry.received)
 
     def on_chunk(self, contact: bytes, data: bytes) -> None:
@@ -253,7 +259,8 @@ class FileTransfers:
             return
         file_id, offset = data[1:17], int.from_bytes(data[17:25], "big")
         entry = self.get(file_id)
-        if entry is None or entry.outgoing or entry.contact != contact or entry.complete:
+        if entry is None or entry.outgoing or entry.contact != contact or entry.complete \
+                or entry.error is not None:
             return
         expected = entry.received + self._unsynced.get(file_id, 0)
         if offset != expected:
@@ -289,19 +296,29 @@ class FileTransfers:
 
     async def _finish(self, file_id: bytes) -> None:
         entry = self.get(file_id)
-        if entry is None or entry.complete:
+        if entry is None or entry.complete or entry.error is not None:
             return
         final = self.root / file_id.hex()
-        if not Path(entry.path).exists() and final.exists():  # stopped after the rename
-            entry = FileEntry(**{**entry.__dict__, "path": str(final)})
+        if not Path(entry.path).exists():
+            if final.exists():  # stopped after the rename
+                entry = FileEntry(**{**entry.__dict__, "path": str(final)})
+            else:  # the partial file is gone (or was never made): pull it again from 0
+                with self.history.transaction() as db:
+                    db.execute("UPDATE files SET received = 0 WHERE id = ?", (file_id,))
+                fresh = self.get(file_id)
+                if fresh is not None:
+                    await self.request(fresh)
+                return
         digest = await asyncio.to_thread(sha256_file, Path(entry.path))
         if digest != entry.sha256:
-            log.warning("file %s failed its SHA-256 check; fetching it again", entry.name)
+            # Ends the transfer: fetching again from zero would let a sender that lies about
+            # the hash make us download forever.
+            log.warning("file %s failed its SHA-256 check; the transfer is ended", entry.name)
+            Path(entry.path).unlink(missing_ok=True)
             with self.history.transaction() as db:
-                db.execute("UPDATE files SET received = 0 WHERE id = ?", (file_id,))
-            fresh = self.get(file_id)
-            assert fresh is not None
-            await self.request(fresh)
+                db.execute("UPDATE files SET received = 0, error = ? WHERE id = ?",
+                           ("the content does not match the offered SHA-256", file_id))
+            await self._notify()
             return
         if Path(entry.path) != final:
             os.replace(entry.path, final)
@@ -351,6 +368,8 @@ class FileTransfers:
         entry = self.get(file_id)
         if entry is None:
             raise LocalProtocolError("no such file")
+        if entry.error is not None:
+            raise LocalProtocolError(f"{entry.name} failed: {entry.error}")
         if not entry.complete:
             raise LocalProtocolError(
                 f"{entry.name} is not complete yet ({entry.received} of {entry.size} bytes)")
@@ -364,16 +383,16 @@ class FileTransfers:
 
 
 _SELECT = ("SELECT id, contact, outgoing, name, size, sha256, key, path, received, complete, "
-           "created, group_id, author FROM files")
+           "created, group_id, author, error FROM files")
 
 
 def _convert(row: tuple[Any, ...]) -> tuple[Any, ...]:
     fid, contact, outgoing, name, size, digest, key, path, received, complete, created, \
-        group_id, author = row
+        group_id, author, error = row
     return (bytes(fid), bytes(contact), bool(outgoing), name, size, bytes(digest), bytes(key),
             path, received, bool(complete), created,
             bytes(group_id) if group_id is not None else None,
-            bytes(author) if author is not None else None)
+            bytes(author) if author is not None else None, error)
 
 
 def file_json(entry: FileEntry, sent: int = 0) -> dict[str, Any]:
@@ -388,5 +407,6 @@ def file_json(entry: FileEntry, sent: int = 0) -> dict[str, Any]:
         "transferred": progress,
         "progress": round(100.0 * progress / entry.size, 1) if entry.size else 100.0,
         "complete": entry.complete,
+        "error": entry.error,
     }
 
