@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import segno
 
@@ -36,6 +36,7 @@ from dhtchat.app.keystore import (
 from dhtchat.app.profile import NodeState, Profile, resolve_profile_dir
 from dhtchat.app.rpc import INVALID_PARAMS, NOT_A_CONTACT, NOT_FOUND, DaemonNotRunning, RpcError
 from dhtchat.app.rpc import call as rpc_call
+from dhtchat.app.terminal import TerminalSafeWriter, one_line
 from dhtchat.core.addresses import Address, format_address, parse_address
 from dhtchat.core.errors import DhtChatError, InvalidUserId, LocalProtocolError
 from dhtchat.core.events import (
@@ -450,8 +451,10 @@ def _print_contacts(rows: list[dict[str, Any]], as_json: bool) -> None:
             status += f" ({row['path']})"
         if row.get("reason") and row.get("status") != "connected":
             status += f" - {row['reason']}"
-        extra = f" \"{row['message']}\"" if row.get("message") else ""
-        print(f"{row['name']:<20} {row['state']:<9} {status:<24} {row['id']}{extra}")
+        extra = f" \"{one_line(row['message'])}\"" if row.get("message") else ""
+        print(f"{one_line(row['name']):<20} {row['state']:<9} {status:<24} {row['id']}{extra}")
+        if row.get("warning"):
+            print(f"  WARNING: {one_line(row['name'])} {row['warning']}")
 
 
 def cmd_contact(args: argparse.Namespace) -> int:
@@ -498,11 +501,13 @@ def _print_message(message: dict[str, Any], as_json: bool, names: dict[str, str]
         print(json.dumps(message), flush=True)
         return
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(message["timestamp"]))
-    who = names.get(message["from"], message["from"][:12])
+    who = one_line(names.get(message["from"], message["from"][:12]))
     marks = ""
     if message["from"] == names.get("__me__"):
         marks = " ✓✓" if message["read"] else " ✓" if message["delivered"] else " …"
-    print(f"[{stamp}] {who}: {message['text']}{marks}", flush=True)
+    # Continuation lines are indented, so a message cannot fake a line of its own.
+    text = "\n    ".join(one_line(line) for line in str(message["text"]).split("\n"))
+    print(f"[{stamp}] {who}: {text}{marks}", flush=True)
 
 
 def _names(args: argparse.Namespace) -> dict[str, str]:
@@ -1031,6 +1036,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sweep_main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Names, messages and file names come from other people: nothing they choose may reach
+    # the terminal as a control sequence (dhtchat/app/terminal.py).
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _terminal_safe(stdout), _terminal_safe(stderr)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _terminal_safe(stream: TextIO) -> TextIO:
+    return stream if isinstance(stream, TerminalSafeWriter) \
+        else cast(TextIO, TerminalSafeWriter(stream))
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from dhtchat.app.keystore import write_private_file
+from dhtchat.app.terminal import name_skeleton
 
 ContactState = Literal["incoming", "outgoing", "accepted", "refused", "blocked"]
 STATES: Final = ("incoming", "outgoing", "accepted", "refused", "blocked")
@@ -130,10 +131,14 @@ class ContactStore:
     def verified_impersonated(self, public_key: bytes, name: str) -> str | None:
         """The name of a verified contact that ``name`` claims while ``public_key`` is a
         different identity (someone posing as a verified contact), else None."""
-        row = self._db.execute(
-            "SELECT name FROM verified WHERE lower(name) = lower(?) AND public_key != ?",
-            (name, public_key)).fetchone()
-        return str(row[0]) if row else None
+        wanted = name_skeleton(name)
+        if not wanted:
+            return None
+        for verified_name, in self._db.execute(
+                "SELECT name FROM verified WHERE public_key != ?", (public_key,)):
+            if name_skeleton(str(verified_name)) == wanted:  # NFKC, confusables folded
+                return str(verified_name)
+        return None
 
     def delete(self, public_key: bytes) -> None:
         """Forget an entry."""
