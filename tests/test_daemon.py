@@ -206,3 +206,36 @@ def test_stranger_learns_neither_address_nor_presence(tmp_path: Path, dht: DhtPr
     finally:
         alice.stop()
         bob.stop()
+
+
+def test_stopping_with_a_follower_attached_is_clean(tmp_path: Path, dht: DhtProcess) -> None:
+    """Review item 13: SIGTERM while `receive --follow` waits used to log a CancelledError
+    traceback, and the client then claimed that no daemon was running."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    daemon, _ = _start(tmp_path, "alice", dht)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "dhtchat", "--profile", str(daemon.profile), "receive",
+         "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL)
+    try:
+        # Wait until the follower holds its connection to the daemon's socket.
+        deadline = time.monotonic() + 20
+        fds = Path(f"/proc/{follower.pid}/fd")
+        while time.monotonic() < deadline and follower.poll() is None:
+            links = [str(fd.readlink()) for fd in fds.iterdir() if fd.is_symlink()]
+            if any(link.startswith("socket:") for link in links):
+                break
+            time.sleep(0.05)
+        assert follower.poll() is None, follower.communicate()
+        daemon.stop()
+        _, err = follower.communicate(timeout=20)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    log = daemon.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "CancelledError" not in log, log
+    assert "no daemon is running" not in err, err
+    assert "the daemon stopped" in err, err
+    assert follower.returncode != 0

@@ -34,7 +34,14 @@ from dhtchat.app.keystore import (
     save_identity_file,
 )
 from dhtchat.app.profile import NodeState, Profile, resolve_profile_dir
-from dhtchat.app.rpc import INVALID_PARAMS, NOT_A_CONTACT, NOT_FOUND, DaemonNotRunning, RpcError
+from dhtchat.app.rpc import (
+    INVALID_PARAMS,
+    NOT_A_CONTACT,
+    NOT_FOUND,
+    DaemonNotRunning,
+    DaemonStopped,
+    RpcError,
+)
 from dhtchat.app.rpc import call as rpc_call
 from dhtchat.app.terminal import TerminalSafeWriter, one_line
 from dhtchat.core.addresses import Address, format_address, parse_address
@@ -530,9 +537,16 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def cmd_receive(args: argparse.Namespace) -> int:
     names = {} if args.json else _names(args)
+    reached = not args.json  # the daemon answered already (the names)
     while True:
-        messages = _rpc(args, "message.receive", {"wait": 30 if args.follow else 0},
-                        timeout=90)
+        try:
+            messages = _rpc(args, "message.receive", {"wait": 30 if args.follow else 0},
+                            timeout=90)
+        except DaemonUnavailable:
+            if reached:  # it was there a moment ago: it stopped, say so
+                raise DaemonStopped("the daemon stopped") from None
+            raise
+        reached = True
         for message in messages:
             _print_message(message, args.json, names)
         if not args.follow:
@@ -1067,6 +1081,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (DhtUnreachable, DaemonUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except DaemonStopped as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (TimeoutError, ConnectionError, ValueError) as exc:  # the daemon went away

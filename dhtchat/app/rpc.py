@@ -30,6 +30,7 @@ BLOCKED: Final = -32003
 TIMEOUT: Final = -32004
 CONNECTION_FAILED: Final = -32005
 NOT_READY: Final = -32006
+STOPPING: Final = -32007
 
 MAX_LINE: Final = 1 << 20
 
@@ -71,6 +72,8 @@ class RpcServer:
         self.path = path
         self.handlers = handlers
         self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     async def start(self) -> None:
         """Listen on the socket path (replacing a stale socket file), mode 0600."""
@@ -85,15 +88,41 @@ class RpcServer:
         os.chmod(self.path, 0o600)
 
     async def close(self) -> None:
-        """Stop listening and remove the socket file."""
+        """Stop listening, answer every request still waiting (e.g. a ``message.receive``
+        of ``receive --follow``) with a "daemon stopped" error, and remove the socket file."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
+        connections = list(self._connections)
+        for task in connections:
+            task.cancel()
+        if connections:
+            await asyncio.wait(connections, timeout=2.0)
+        if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            await self._serve_lines(reader, writer)
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            # Cancelled by close(): the client has been told; end this connection quietly.
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve_lines(self, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 try:
@@ -104,7 +133,15 @@ class RpcServer:
                     break
                 if not line:
                     break
-                response, reply = await self.handle_line(line)
+                try:
+                    response, reply = await self.handle_line(line)
+                except asyncio.CancelledError:
+                    if self._closing:
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(_write(writer, _error(
+                                _request_id(line), RpcError(STOPPING, "the daemon stopped"))),
+                                1.0)
+                    raise
                 if response is None:
                     if reply is not None:
                         reply.on_lost()
@@ -119,10 +156,6 @@ class RpcServer:
                     reply.on_sent()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     async def handle_line(self, line: bytes) -> tuple[dict[str, Any] | None, Reply | None]:
         """The response to one request line (``None`` for a notification), and the
@@ -158,6 +191,15 @@ class RpcServer:
         return {"jsonrpc": "2.0", "id": request_id, "result": result}, reply
 
 
+def _request_id(line: bytes) -> Any:
+    """The id of a request line, if it has one (for an error reply)."""
+    with contextlib.suppress(ValueError):
+        request = json.loads(line)
+        if isinstance(request, dict):
+            return request.get("id")
+    return None
+
+
 def _error(request_id: Any, exc: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": exc.as_dict()}
 
@@ -169,6 +211,10 @@ async def _write(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
 
 class DaemonNotRunning(Exception):
     """No daemon listens on the profile's socket."""
+
+
+class DaemonStopped(ConnectionError):
+    """The daemon closed the connection before it answered (it stopped or died)."""
 
 
 async def call(path: Path, method: str, params: dict[str, Any] | None = None,
@@ -189,7 +235,7 @@ async def call(path: Path, method: str, params: dict[str, Any] | None = None,
         with contextlib.suppress(Exception):
             await writer.wait_closed()
     if not line:
-        raise DaemonNotRunning(str(path))
+        raise DaemonStopped("the daemon stopped before it answered")
     reply = json.loads(line)
     if "error" in reply:
         err = reply["error"]
