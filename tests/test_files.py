@@ -15,7 +15,16 @@ import nacl.bindings
 import nacl.exceptions
 import pytest
 
-from dhtchat.app.files import CHUNK_MARK, chunk_nonce, seal_chunk
+from dhtchat.app.files import (
+    CHUNK_BYTES,
+    CHUNK_MARK,
+    HASH_MISMATCH,
+    FileTransfers,
+    chunk_nonce,
+    file_json,
+    seal_chunk,
+)
+from dhtchat.app.history import History
 from dhtchat.app.rpc import call
 from tests.daemons import DaemonProcess, DhtProcess, cli, make_contacts, new_identity, next_host
 
@@ -115,3 +124,113 @@ def test_200_mb_file_resumes_after_the_sender_is_killed(tmp_path: Path,
     finally:
         alice.stop()
         bob.stop()
+
+
+class _FakeDaemon:
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.tasks.append(task)
+        return task
+
+
+class _FakeMessenger:
+    """What FileTransfers needs of a messenger: the history and the control messages sent."""
+
+    def __init__(self, root: Path) -> None:
+        self.history = History(root / "messages.db", os.urandom(32))
+        self.daemon = _FakeDaemon()
+        self.requests: list[tuple[bytes, int]] = []
+        self.confirmed: list[bytes] = []
+
+    async def request_file(self, contact: bytes, file_id: bytes, offset: int) -> None:
+        self.requests.append((file_id, offset))
+
+    async def confirm_file(self, contact: bytes, file_id: bytes) -> None:
+        self.confirmed.append(file_id)
+
+
+def _receiver(tmp_path: Path) -> tuple[FileTransfers, _FakeMessenger]:
+    messenger = _FakeMessenger(tmp_path)
+    return FileTransfers(messenger, tmp_path / "files"), messenger  # type: ignore[arg-type]
+
+
+def _offer(files: FileTransfers, contact: bytes, content: bytes, digest: bytes | None = None,
+           ) -> tuple[bytes, bytes]:
+    file_id, key = os.urandom(16), os.urandom(32)
+    with files.history.transaction() as db:
+        files.on_offer(db, contact, file_id, "a.bin", len(content),
+                       digest or hashlib.sha256(content).digest(), key)
+    return file_id, key
+
+
+async def _settle(messenger: _FakeMessenger) -> None:
+    while messenger.daemon.tasks:
+        await messenger.daemon.tasks.pop(0)
+
+
+def test_a_zero_byte_file_completes_on_resume(tmp_path: Path) -> None:
+    async def run() -> None:
+        files, messenger = _receiver(tmp_path)
+        contact = os.urandom(32)
+        file_id, _ = _offer(files, contact, b"")
+        await files.resume(contact)  # before: FileNotFoundError, never complete
+        await _settle(messenger)
+        entry = files.get(file_id)
+        assert entry is not None and entry.complete and entry.error is None
+        assert Path(entry.path).read_bytes() == b""
+        assert messenger.confirmed == [file_id]
+        assert messenger.requests == []
+        assert await files.wait_complete(file_id, 5)
+    asyncio.run(run())
+
+
+def test_a_hash_mismatch_ends_the_transfer_with_an_error(tmp_path: Path) -> None:
+    async def run() -> None:
+        files, messenger = _receiver(tmp_path)
+        contact = os.urandom(32)
+        content = os.urandom(100_000)
+        file_id, key = _offer(files, contact, content, digest=hashlib.sha256(b"x").digest())
+        await files.resume(contact)
+        assert messenger.requests == [(file_id, 0)]
+        files.on_chunk(contact, seal_chunk(key, file_id, 0, content[:CHUNK_BYTES]))
+        files.on_chunk(contact, seal_chunk(key, file_id, CHUNK_BYTES, content[CHUNK_BYTES:]))
+        await _settle(messenger)
+        entry = files.get(file_id)
+        assert entry is not None and not entry.complete
+        assert entry.error == HASH_MISMATCH
+        assert file_json(entry)["error"] == HASH_MISMATCH
+        assert not Path(entry.path).exists()
+        assert messenger.confirmed == []
+        assert messenger.requests == [(file_id, 0)]  # before: asked again from 0, forever
+        assert await files.wait_complete(file_id, 5)  # --wait ends (with the error)
+        await files.resume(contact)  # a reconnection does not restart it either
+        assert messenger.requests == [(file_id, 0)]
+    asyncio.run(run())
+
+
+def test_received_files_are_created_0600(tmp_path: Path) -> None:
+    async def run() -> None:
+        old = os.umask(0o022)
+        try:
+            files, messenger = _receiver(tmp_path)
+            contact = os.urandom(32)
+            content = os.urandom(1000)
+            file_id, key = _offer(files, contact, content)
+            await files.resume(contact)
+            entry = files.get(file_id)
+            assert entry is not None
+            assert os.stat(entry.path).st_mode & 0o777 == 0o600  # partial, at creation
+            files.on_chunk(contact, seal_chunk(key, file_id, 0, content))
+            await _settle(messenger)
+            entry = files.get(file_id)
+            assert entry is not None and entry.complete
+            assert os.stat(entry.path).st_mode & 0o777 == 0o600
+            out = files.export(file_id, tmp_path / "copy.bin")
+            assert out.read_bytes() == content
+            assert os.stat(out).st_mode & 0o777 == 0o600
+        finally:
+            os.umask(old)
+    asyncio.run(run())

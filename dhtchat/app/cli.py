@@ -570,6 +570,10 @@ def cmd_file(args: argparse.Namespace) -> int:
                     print(file=sys.stderr)
                     print(result["id"])
                     return EXIT_OK
+                if rows[0].get("error"):
+                    print(file=sys.stderr)
+                    print(f"error: the transfer failed: {rows[0]['error']}", file=sys.stderr)
+                    return EXIT_FAILED
             time.sleep(0.5)
         print(file=sys.stderr)
         print("error: the transfer did not complete in time (it continues)", file=sys.stderr)
@@ -580,7 +584,8 @@ def cmd_file(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2))
         else:
             for row in rows:
-                state = "done" if row["complete"] else f"{row['progress']:.0f}%"
+                state = "done" if row["complete"] else "fail" if row.get("error") \
+                    else f"{row['progress']:.0f}%"
                 print(f"{row['id']}  {row['direction']:<3} {state:>5}  {row['size']:>12}  "
                       f"{row['name']}")
         return EXIT_OK

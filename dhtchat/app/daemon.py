@@ -1568,6 +1568,9 @@ class Daemon:
                 raise RpcError(TIMEOUT, f"the transfer did not complete within {timeout} s "
                                "(it continues in the background)", {"id": transfer.id.hex()})
             transfer = self.messenger.files.get(transfer.id) or transfer
+            if transfer.error is not None:
+                raise RpcError(INVALID_PARAMS, f"the transfer failed: {transfer.error}",
+                               {"id": transfer.id.hex()})
         return file_json(transfer, self.messenger.files.sent.get(transfer.id, 0))
 
     async def rpc_file_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:

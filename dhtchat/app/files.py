@@ -19,6 +19,7 @@ Theory of operation (the attachment scheme of Signal, over our own data channel)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -46,6 +47,7 @@ SEND_BUFFER_HIGH: Final = 4 * 1024 * 1024
 CHECKPOINT_BYTES: Final = 4 * 1024 * 1024
 MAX_FILE_BYTES: Final = 1 << 40
 DONE_REPEAT_WINDOW: Final = 24 * 3600
+HASH_MISMATCH: Final = "the content does not match the offer's SHA-256"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -73,6 +75,7 @@ class FileEntry:
     created: float
     group_id: bytes | None = None  # a file sent to a group
     author: bytes | None = None  # incoming, relayed by the group's admin: who sent it
+    error: str | None = None  # the transfer ended without the file (e.g. a hash mismatch)
 
 
 def chunk_nonce(file_id: bytes, offset: int) -> bytes:
@@ -94,6 +97,18 @@ def safe_file_name(name: str) -> str:
     return kept[:100] or "file"
 
 
+def open_private(path: Path) -> int:
+    """A descriptor for writing ``path``, created 0600 (exclusively when new, never through a
+    symlink); an existing file is kept and tightened to 0600."""
+    flags = os.O_RDWR | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        fd = os.open(path, flags)
+        os.fchmod(fd, 0o600)
+        return fd
+
+
 def sha256_file(path: Path) -> bytes:
     """SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -110,13 +125,16 @@ class FileTransfers:
         self.messenger = messenger
         self.history = messenger.history
         self.root = root
-        (root / "partial").mkdir(parents=True, exist_ok=True, mode=0o700)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (root / "partial").mkdir(exist_ok=True, mode=0o700)
         with self.history.transaction() as db:
             db.execute(_SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(files)")}
             for column in ("group_id", "author"):
                 if column not in columns:  # a history from before group files
                     db.execute(f"ALTER TABLE files ADD COLUMN {column} BLOB")
+            if "error" not in columns:  # a history from before failed transfers
+                db.execute("ALTER TABLE files ADD COLUMN error TEXT")
         self._streams: dict[bytes, asyncio.Task[None]] = {}
         self._handles: dict[bytes, Any] = {}
         self._unsynced: dict[bytes, int] = {}
@@ -234,17 +252,26 @@ class FileTransfers:
             if entry.complete:
                 if time.time() - entry.created < DONE_REPEAT_WINDOW:
                     await self.messenger.confirm_file(contact, entry.id)
-            elif entry.received >= entry.size:
-                await self._finish(entry.id)  # all bytes were checkpointed before a stop
-            else:
-                await self.request(entry)
+            elif entry.error is None:
+                await self.request(entry)  # finishes at once when all bytes are there
 
     async def request(self, entry: FileEntry) -> None:
         """Pull the rest of a file from the recorded offset."""
         self._close_handle(entry.id)
-        partial = Path(entry.path)
-        with open(partial, "ab") as handle:  # create it; keep what was checkpointed
-            handle.truncate(entry.received)
+        if entry.error is not None or entry.complete:
+            return
+        final = self.root / entry.id.hex()
+        if entry.received >= entry.size and final.exists():
+            await self._finish(entry.id)  # stopped after the rename
+            return
+        fd = open_private(Path(entry.path))  # create it 0600; keep what was checkpointed
+        try:
+            os.ftruncate(fd, entry.received)
+        finally:
+            os.close(fd)
+        if entry.received >= entry.size:  # a 0-byte file, or all bytes checkpointed
+            await self._finish(entry.id)
+            return
         await self.messenger.request_file(entry.contact, entry.id, entry.received)
 
     def on_chunk(self, contact: bytes, data: bytes) -> None:
@@ -253,7 +280,8 @@ class FileTransfers:
             return
         file_id, offset = data[1:17], int.from_bytes(data[17:25], "big")
         entry = self.get(file_id)
-        if entry is None or entry.outgoing or entry.contact != contact or entry.complete:
+        if entry is None or entry.outgoing or entry.contact != contact or entry.complete \
+                or entry.error is not None:
             return
         expected = entry.received + self._unsynced.get(file_id, 0)
         if offset != expected:
@@ -296,12 +324,15 @@ class FileTransfers:
             entry = FileEntry(**{**entry.__dict__, "path": str(final)})
         digest = await asyncio.to_thread(sha256_file, Path(entry.path))
         if digest != entry.sha256:
-            log.warning("file %s failed its SHA-256 check; fetching it again", entry.name)
+            # The chunks were authentic (sealed with the offer's key), so the sender itself
+            # sent content that does not match its offer: fetching again would loop forever.
+            log.warning("file %s failed its SHA-256 check; the transfer ends", entry.name)
             with self.history.transaction() as db:
-                db.execute("UPDATE files SET received = 0 WHERE id = ?", (file_id,))
-            fresh = self.get(file_id)
-            assert fresh is not None
-            await self.request(fresh)
+                db.execute("UPDATE files SET error = ?, received = 0 WHERE id = ?",
+                           (HASH_MISMATCH, file_id))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+            await self._notify()
             return
         if Path(entry.path) != final:
             os.replace(entry.path, final)
@@ -332,12 +363,12 @@ class FileTransfers:
             self._changed.notify_all()
 
     async def wait_complete(self, file_id: bytes, timeout: float) -> bool:
-        """Wait until the transfer is complete on both sides."""
+        """Wait until the transfer is complete on both sides or has ended with an error."""
         async def done() -> None:
             async with self._changed:
                 while True:
                     entry = self.get(file_id)
-                    if entry is not None and entry.complete:
+                    if entry is not None and (entry.complete or entry.error is not None):
                         return
                     await self._changed.wait()
         try:
@@ -355,8 +386,9 @@ class FileTransfers:
             raise LocalProtocolError(
                 f"{entry.name} is not complete yet ({entry.received} of {entry.size} bytes)")
         target = dest / safe_file_name(entry.name) if dest.is_dir() else dest
-        try:  # never overwrite: the name came from the contact
-            with open(entry.path, "rb") as source, open(target, "xb") as out:
+        try:  # never overwrite: the name came from the contact; private like the original
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with open(entry.path, "rb") as source, open(fd, "wb") as out:
                 shutil.copyfileobj(source, out, 1 << 20)
         except FileExistsError:
             raise LocalProtocolError(f"{target} exists; choose another destination") from None
@@ -364,16 +396,16 @@ class FileTransfers:
 
 
 _SELECT = ("SELECT id, contact, outgoing, name, size, sha256, key, path, received, complete, "
-           "created, group_id, author FROM files")
+           "created, group_id, author, error FROM files")
 
 
 def _convert(row: tuple[Any, ...]) -> tuple[Any, ...]:
     fid, contact, outgoing, name, size, digest, key, path, received, complete, created, \
-        group_id, author = row
+        group_id, author, error = row
     return (bytes(fid), bytes(contact), bool(outgoing), name, size, bytes(digest), bytes(key),
             path, received, bool(complete), created,
             bytes(group_id) if group_id is not None else None,
-            bytes(author) if author is not None else None)
+            bytes(author) if author is not None else None, error)
 
 
 def file_json(entry: FileEntry, sent: int = 0) -> dict[str, Any]:
@@ -388,5 +420,6 @@ def file_json(entry: FileEntry, sent: int = 0) -> dict[str, Any]:
         "transferred": progress,
         "progress": round(100.0 * progress / entry.size, 1) if entry.size else 100.0,
         "complete": entry.complete,
+        "error": entry.error,
     }
 
