@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from dhtchat.app.files import (
 )
 from dhtchat.app.history import History
 from dhtchat.app.rpc import call
+from dhtchat.core.errors import LocalProtocolError
 from tests.daemons import DaemonProcess, DhtProcess, cli, make_contacts, new_identity, next_host
 
 SIZE = 200 * 1024 * 1024
@@ -85,6 +87,11 @@ def test_200_mb_file_resumes_after_the_sender_is_killed(tmp_path: Path,
         alice.wait_contact(bob_id, lambda r: r.get("status") == "connected", 30)
         started = time.monotonic()
         offer = rpc(alice, "file.send", {"to": bob_id, "path": str(source)})
+        deadline = time.monotonic() + 60  # 200 MB is over the auto-accept size: accept it
+        while not any(r["id"] == offer["id"] for r in rpc(bob, "file.list")):
+            assert time.monotonic() < deadline, "the offer did not arrive"
+            time.sleep(0.1)
+        rpc(bob, "file.accept", {"id": offer["id"]})
         # Kill Alice's daemon once Bob has checkpointed a good part of the file.
         deadline = time.monotonic() + 300
         progress = 0
@@ -234,3 +241,44 @@ def test_received_files_are_created_0600(tmp_path: Path) -> None:
         finally:
             os.umask(old)
     asyncio.run(run())
+
+
+def test_an_offer_over_the_auto_accept_size_waits_for_the_user(tmp_path: Path) -> None:
+    async def run() -> None:
+        files, messenger = _receiver(tmp_path)
+        files.set_limits(auto_accept=1000, contact_quota=5000, total_quota=1 << 30)
+        contact = os.urandom(32)
+        big, _ = _offer(files, contact, os.urandom(2000))
+        small, _ = _offer(files, contact, os.urandom(500))
+        await files.resume(contact)
+        assert messenger.requests == [(small, 0)]  # before: both downloaded at once
+        entry = files.get(big)
+        assert entry is not None and not entry.accepted and not file_json(entry)["accepted"]
+        await files.accept(big)
+        await files.resume(contact)
+        assert (big, 0) in messenger.requests
+        over, _ = _offer(files, contact, os.urandom(3000))  # 2500 held + 3000 > 5000
+        with pytest.raises(LocalProtocolError, match="per-contact quota"):
+            await files.accept(over)
+        files.set_limits(contact_quota=1 << 20, total_quota=4000)
+        with pytest.raises(LocalProtocolError, match="total quota"):
+            await files.accept(over)
+        declined = await files.end(over, "declined")
+        assert declined.error == "declined"
+        with pytest.raises(LocalProtocolError, match="declined"):
+            await files.accept(over)
+        cancelled = await files.end(big, "cancelled")
+        assert cancelled.error == "cancelled" and not Path(cancelled.path).exists()
+        before = list(messenger.requests)
+        await files.resume(contact)
+        assert messenger.requests[len(before):] == [(small, 0)]  # not the ended ones
+    asyncio.run(run())
+
+
+def test_the_free_disk_check_refuses_a_file_larger_than_the_disk(tmp_path: Path) -> None:
+    files, _ = _receiver(tmp_path)
+    files.set_limits(contact_quota=1 << 40, total_quota=1 << 40)
+    free = shutil.disk_usage(tmp_path).free
+    reason = files.refusal(os.urandom(32), free)
+    assert reason is not None and "free disk" in reason
+    assert files.refusal(os.urandom(32), 1000) is None
