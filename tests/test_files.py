@@ -26,9 +26,19 @@ from dhtchat.app.files import (
     seal_chunk,
 )
 from dhtchat.app.history import History
-from dhtchat.app.rpc import call
+from dhtchat.app.rpc import RpcError, call
 from dhtchat.core.errors import LocalProtocolError
-from tests.daemons import DaemonProcess, DhtProcess, cli, make_contacts, new_identity, next_host
+from tests.daemons import (
+    DaemonProcess,
+    DhtProcess,
+    befriend,
+    cli,
+    make_contacts,
+    new_identity,
+    next_host,
+    start_in_process,
+    wait_joined,
+)
 
 SIZE = 200 * 1024 * 1024
 
@@ -282,3 +292,39 @@ def test_the_free_disk_check_refuses_a_file_larger_than_the_disk(tmp_path: Path)
     reason = files.refusal(os.urandom(32), free)
     assert reason is not None and "free disk" in reason
     assert files.refusal(os.urandom(32), 1000) is None
+
+
+def test_file_accept_over_rpc_between_daemons(tmp_path: Path) -> None:
+    """A 2 MiB offer (over the 1 MiB default) waits on Bob's side until file.accept."""
+    async def scenario() -> None:
+        alice = await start_in_process(tmp_path, 1, 121, [])
+        assert alice.node is not None
+        others = [await start_in_process(tmp_path, n, n + 120, [alice.node.address])
+                  for n in (2, 3)]
+        bob = others[0]
+        try:
+            await wait_joined([alice, *others])
+            befriend(alice, bob, "alice", "bob")
+            assert alice.messenger is not None and bob.messenger is not None
+            await alice.connect(bob.identity.public_key, 30)
+            source = tmp_path / "two.bin"
+            source.write_bytes(os.urandom(2 << 20))
+            offer = await alice.rpc_file_send({"to": "bob", "path": str(source)})
+            deadline = time.monotonic() + 60
+            while not (rows := [r for r in await bob.rpc_file_list({})
+                                if r["id"] == offer["id"]]):
+                assert time.monotonic() < deadline, "the offer did not arrive"
+                await alice.messenger.flush(bob.identity.public_key)
+                await asyncio.sleep(0.1)
+            assert rows[0]["accepted"] is False and rows[0]["transferred"] == 0
+            with pytest.raises(RpcError):
+                await bob.rpc_file_accept({"id": "00" * 16})
+            accepted = await bob.rpc_file_accept({"id": offer["id"]})
+            assert accepted["accepted"] is True
+            assert await alice.messenger.files.wait_complete(bytes.fromhex(offer["id"]), 120)
+            out = await bob.rpc_file_get({"id": offer["id"], "dest": str(tmp_path / "got")})
+            assert Path(out["path"]).read_bytes() == source.read_bytes()
+        finally:
+            for daemon in (alice, *others):
+                await daemon.stop()
+    asyncio.run(scenario())
