@@ -308,6 +308,8 @@ async def bench_file(pair: Pair, megabytes: int, tmp: Path) -> dict[str, Any]:
             digest.update(chunk)
             sink.write(chunk)
     size = megabytes << 20
+    with contextlib.suppress(Exception):  # Bob accepts it unasked (files over 1 MiB wait)
+        await rpc(pair.bob, "file.limits", {"auto_accept": size})
     started = time.perf_counter()
     result = await rpc(pair.alice, "file.send",
                        {"to": pair.bob_id, "path": str(path), "wait": True, "timeout": 3600},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,29 @@ import nacl.bindings
 import nacl.exceptions
 import pytest
 
-from dhtchat.app.files import CHUNK_MARK, chunk_nonce, seal_chunk
-from dhtchat.app.rpc import call
-from tests.daemons import DaemonProcess, DhtProcess, cli, make_contacts, new_identity, next_host
+from dhtchat.app.files import (
+    CHUNK_BYTES,
+    CHUNK_MARK,
+    HASH_MISMATCH,
+    FileTransfers,
+    chunk_nonce,
+    file_json,
+    seal_chunk,
+)
+from dhtchat.app.history import History
+from dhtchat.app.rpc import RpcError, call
+from dhtchat.core.errors import LocalProtocolError
+from tests.daemons import (
+    DaemonProcess,
+    DhtProcess,
+    befriend,
+    cli,
+    make_contacts,
+    new_identity,
+    next_host,
+    start_in_process,
+    wait_joined,
+)
 
 SIZE = 200 * 1024 * 1024
 
@@ -76,6 +97,11 @@ def test_200_mb_file_resumes_after_the_sender_is_killed(tmp_path: Path,
         alice.wait_contact(bob_id, lambda r: r.get("status") == "connected", 30)
         started = time.monotonic()
         offer = rpc(alice, "file.send", {"to": bob_id, "path": str(source)})
+        deadline = time.monotonic() + 60  # 200 MB is over the auto-accept size: accept it
+        while not any(r["id"] == offer["id"] for r in rpc(bob, "file.list")):
+            assert time.monotonic() < deadline, "the offer did not arrive"
+            time.sleep(0.1)
+        rpc(bob, "file.accept", {"id": offer["id"]})
         # Kill Alice's daemon once Bob has checkpointed a good part of the file.
         deadline = time.monotonic() + 300
         progress = 0
@@ -115,6 +141,193 @@ def test_200_mb_file_resumes_after_the_sender_is_killed(tmp_path: Path,
     finally:
         alice.stop()
         bob.stop()
+
+
+class _FakeDaemon:
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.tasks.append(task)
+        return task
+
+
+class _FakeMessenger:
+    """What FileTransfers needs of a messenger: the history and the control messages sent."""
+
+    def __init__(self, root: Path) -> None:
+        self.history = History(root / "messages.db", os.urandom(32))
+        self.daemon = _FakeDaemon()
+        self.requests: list[tuple[bytes, int]] = []
+        self.confirmed: list[bytes] = []
+
+    async def request_file(self, contact: bytes, file_id: bytes, offset: int) -> None:
+        self.requests.append((file_id, offset))
+
+    async def confirm_file(self, contact: bytes, file_id: bytes) -> None:
+        self.confirmed.append(file_id)
+
+
+def _receiver(tmp_path: Path) -> tuple[FileTransfers, _FakeMessenger]:
+    messenger = _FakeMessenger(tmp_path)
+    return FileTransfers(messenger, tmp_path / "files"), messenger  # type: ignore[arg-type]
+
+
+def _offer(files: FileTransfers, contact: bytes, content: bytes, digest: bytes | None = None,
+           ) -> tuple[bytes, bytes]:
+    file_id, key = os.urandom(16), os.urandom(32)
+    with files.history.transaction() as db:
+        files.on_offer(db, contact, file_id, "a.bin", len(content),
+                       digest or hashlib.sha256(content).digest(), key)
+    return file_id, key
+
+
+async def _settle(messenger: _FakeMessenger) -> None:
+    while messenger.daemon.tasks:
+        await messenger.daemon.tasks.pop(0)
+
+
+def test_a_zero_byte_file_completes_on_resume(tmp_path: Path) -> None:
+    async def run() -> None:
+        files, messenger = _receiver(tmp_path)
+        contact = os.urandom(32)
+        file_id, _ = _offer(files, contact, b"")
+        await files.resume(contact)  # before: FileNotFoundError, never complete
+        await _settle(messenger)
+        entry = files.get(file_id)
+        assert entry is not None and entry.complete and entry.error is None
+        assert Path(entry.path).read_bytes() == b""
+        assert messenger.confirmed == [file_id]
+        assert messenger.requests == []
+        assert await files.wait_complete(file_id, 5)
+    asyncio.run(run())
+
+
+def test_a_hash_mismatch_ends_the_transfer_with_an_error(tmp_path: Path) -> None:
+    async def run() -> None:
+        files, messenger = _receiver(tmp_path)
+        contact = os.urandom(32)
+        content = os.urandom(100_000)
+        file_id, key = _offer(files, contact, content, digest=hashlib.sha256(b"x").digest())
+        await files.resume(contact)
+        assert messenger.requests == [(file_id, 0)]
+        files.on_chunk(contact, seal_chunk(key, file_id, 0, content[:CHUNK_BYTES]))
+        files.on_chunk(contact, seal_chunk(key, file_id, CHUNK_BYTES, content[CHUNK_BYTES:]))
+        await _settle(messenger)
+        entry = files.get(file_id)
+        assert entry is not None and not entry.complete
+        assert entry.error == HASH_MISMATCH
+        assert file_json(entry)["error"] == HASH_MISMATCH
+        assert not Path(entry.path).exists()
+        assert messenger.confirmed == []
+        assert messenger.requests == [(file_id, 0)]  # before: asked again from 0, forever
+        assert await files.wait_complete(file_id, 5)  # --wait ends (with the error)
+        await files.resume(contact)  # a reconnection does not restart it either
+        assert messenger.requests == [(file_id, 0)]
+    asyncio.run(run())
+
+
+def test_received_files_are_created_0600(tmp_path: Path) -> None:
+    async def run() -> None:
+        old = os.umask(0o022)
+        try:
+            files, messenger = _receiver(tmp_path)
+            contact = os.urandom(32)
+            content = os.urandom(1000)
+            file_id, key = _offer(files, contact, content)
+            await files.resume(contact)
+            entry = files.get(file_id)
+            assert entry is not None
+            assert os.stat(entry.path).st_mode & 0o777 == 0o600  # partial, at creation
+            files.on_chunk(contact, seal_chunk(key, file_id, 0, content))
+            await _settle(messenger)
+            entry = files.get(file_id)
+            assert entry is not None and entry.complete
+            assert os.stat(entry.path).st_mode & 0o777 == 0o600
+            out = files.export(file_id, tmp_path / "copy.bin")
+            assert out.read_bytes() == content
+            assert os.stat(out).st_mode & 0o777 == 0o600
+        finally:
+            os.umask(old)
+    asyncio.run(run())
+
+
+def test_an_offer_over_the_auto_accept_size_waits_for_the_user(tmp_path: Path) -> None:
+    async def run() -> None:
+        files, messenger = _receiver(tmp_path)
+        files.set_limits(auto_accept=1000, contact_quota=5000, total_quota=1 << 30)
+        contact = os.urandom(32)
+        big, _ = _offer(files, contact, os.urandom(2000))
+        small, _ = _offer(files, contact, os.urandom(500))
+        await files.resume(contact)
+        assert messenger.requests == [(small, 0)]  # before: both downloaded at once
+        entry = files.get(big)
+        assert entry is not None and not entry.accepted and not file_json(entry)["accepted"]
+        await files.accept(big)
+        await files.resume(contact)
+        assert (big, 0) in messenger.requests
+        over, _ = _offer(files, contact, os.urandom(3000))  # 2500 held + 3000 > 5000
+        with pytest.raises(LocalProtocolError, match="per-contact quota"):
+            await files.accept(over)
+        files.set_limits(contact_quota=1 << 20, total_quota=4000)
+        with pytest.raises(LocalProtocolError, match="total quota"):
+            await files.accept(over)
+        declined = await files.end(over, "declined")
+        assert declined.error == "declined"
+        with pytest.raises(LocalProtocolError, match="declined"):
+            await files.accept(over)
+        cancelled = await files.end(big, "cancelled")
+        assert cancelled.error == "cancelled" and not Path(cancelled.path).exists()
+        before = list(messenger.requests)
+        await files.resume(contact)
+        assert messenger.requests[len(before):] == [(small, 0)]  # not the ended ones
+    asyncio.run(run())
+
+
+def test_the_free_disk_check_refuses_a_file_larger_than_the_disk(tmp_path: Path) -> None:
+    files, _ = _receiver(tmp_path)
+    files.set_limits(contact_quota=1 << 40, total_quota=1 << 40)
+    free = shutil.disk_usage(tmp_path).free
+    reason = files.refusal(os.urandom(32), free)
+    assert reason is not None and "free disk" in reason
+    assert files.refusal(os.urandom(32), 1000) is None
+
+
+def test_file_accept_over_rpc_between_daemons(tmp_path: Path) -> None:
+    """A 2 MiB offer (over the 1 MiB default) waits on Bob's side until file.accept."""
+    async def scenario() -> None:
+        alice = await start_in_process(tmp_path, 1, 121, [])
+        assert alice.node is not None
+        others = [await start_in_process(tmp_path, n, n + 120, [alice.node.address])
+                  for n in (2, 3)]
+        bob = others[0]
+        try:
+            await wait_joined([alice, *others])
+            befriend(alice, bob, "alice", "bob")
+            assert alice.messenger is not None and bob.messenger is not None
+            await alice.connect(bob.identity.public_key, 30)
+            source = tmp_path / "two.bin"
+            source.write_bytes(os.urandom(2 << 20))
+            offer = await alice.rpc_file_send({"to": "bob", "path": str(source)})
+            deadline = time.monotonic() + 60
+            while not (rows := [r for r in await bob.rpc_file_list({})
+                                if r["id"] == offer["id"]]):
+                assert time.monotonic() < deadline, "the offer did not arrive"
+                await alice.messenger.flush(bob.identity.public_key)
+                await asyncio.sleep(0.1)
+            assert rows[0]["accepted"] is False and rows[0]["transferred"] == 0
+            with pytest.raises(RpcError):
+                await bob.rpc_file_accept({"id": "00" * 16})
+            accepted = await bob.rpc_file_accept({"id": offer["id"]})
+            assert accepted["accepted"] is True
+            assert await alice.messenger.files.wait_complete(bytes.fromhex(offer["id"]), 120)
+            out = await bob.rpc_file_get({"id": offer["id"], "dest": str(tmp_path / "got")})
+            assert Path(out["path"]).read_bytes() == source.read_bytes()
+        finally:
+            for daemon in (alice, *others):
+                await daemon.stop()
+    asyncio.run(scenario())
 
 
 @pytest.mark.timeout(240)

@@ -589,6 +589,10 @@ def cmd_file(args: argparse.Namespace) -> int:
                     print(file=sys.stderr)
                     print(result["id"])
                     return EXIT_OK
+                if rows[0].get("error"):
+                    print(file=sys.stderr)
+                    print(f"error: the transfer failed: {rows[0]['error']}", file=sys.stderr)
+                    return EXIT_FAILED
             time.sleep(0.5)
         print(file=sys.stderr)
         print("error: the transfer did not complete in time (it continues)", file=sys.stderr)
@@ -599,9 +603,22 @@ def cmd_file(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2))
         else:
             for row in rows:
-                state = "done" if row["complete"] else f"{row['progress']:.0f}%"
+                state = "done" if row["complete"] else "fail" if row.get("error") \
+                    else "offer" if not row.get("accepted", True) else f"{row['progress']:.0f}%"
                 print(f"{row['id']}  {row['direction']:<3} {state:>5}  {row['size']:>12}  "
                       f"{row['name']}")
+        return EXIT_OK
+    if action in ("accept", "decline", "cancel"):
+        row = _rpc(args, f"file.{action}", {"id": args.id})
+        done = {"accept": "accepted", "decline": "declined", "cancel": "cancelled"}[action]
+        print(f"{done} {row['name']} ({row['size']} bytes)", file=sys.stderr)
+        return EXIT_OK
+    if action == "limits":
+        changes = {"auto_accept": args.auto_accept, "contact_quota": args.contact_quota,
+                   "total_quota": args.total_quota}
+        limits = _rpc(args, "file.limits", {k: v for k, v in changes.items() if v is not None})
+        for name, value in limits.items():
+            print(f"{name}: {value}")
         return EXIT_OK
     result = _rpc(args, "file.get", {"id": args.id, "dest": os.path.abspath(args.dest)})
     print(result["path"])
@@ -997,6 +1014,12 @@ def build_parser() -> argparse.ArgumentParser:
     f_get = file_sub.add_parser("get", help="copy a received file out")
     f_get.add_argument("id", metavar="ID")
     f_get.add_argument("dest", metavar="DEST")
+    for verb, text in (("accept", "download an offered file"), ("decline", "refuse an offer"),
+                       ("cancel", "stop a transfer (a partial download is deleted)")):
+        file_sub.add_parser(verb, help=text).add_argument("id", metavar="ID")
+    f_limits = file_sub.add_parser("limits", help="show or set the auto-accept size and quotas")
+    for option in ("--auto-accept", "--contact-quota", "--total-quota"):
+        f_limits.add_argument(option, type=int, metavar="BYTES")
     files.set_defaults(func=cmd_file)
 
     call = sub.add_parser("call", help="voice/video calls: call NAME_OR_ID [NAME_OR_ID ...] "

@@ -1026,6 +1026,10 @@ class Daemon:
             "file.send": self.rpc_file_send,
             "file.list": self.rpc_file_list,
             "file.get": self.rpc_file_get,
+            "file.accept": self.rpc_file_accept,
+            "file.decline": self.rpc_file_decline,
+            "file.cancel": self.rpc_file_cancel,
+            "file.limits": self.rpc_file_limits,
             "call.start": self.rpc_call_start,
             "call.answer": self.rpc_call_answer,
             "call.decline": self.rpc_call_decline,
@@ -1568,6 +1572,9 @@ class Daemon:
                 raise RpcError(TIMEOUT, f"the transfer did not complete within {timeout} s "
                                "(it continues in the background)", {"id": transfer.id.hex()})
             transfer = self.messenger.files.get(transfer.id) or transfer
+            if transfer.error is not None:
+                raise RpcError(INVALID_PARAMS, f"the transfer failed: {transfer.error}",
+                               {"id": transfer.id.hex()})
         return file_json(transfer, self.messenger.files.sent.get(transfer.id, 0))
 
     async def rpc_file_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1598,6 +1605,59 @@ class Daemon:
         except OSError as exc:
             raise RpcError(INVALID_PARAMS, f"cannot write {dest}: {exc.strerror}") from None
         return {"path": str(target)}
+
+    def _file_id_param(self, params: dict[str, Any]) -> bytes:
+        try:
+            file_id = bytes.fromhex(str(params.get("id", "")))
+        except ValueError:
+            file_id = b""
+        if len(file_id) != 16:
+            raise RpcError(INVALID_PARAMS, "need id (32 hex digits)")
+        return file_id
+
+    async def rpc_file_accept(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Download an offered file (params: id); refused over a quota or the free disk."""
+        assert self.messenger is not None
+        file_id = self._file_id_param(params)
+        if self.messenger.files.get(file_id) is None:
+            raise RpcError(NOT_FOUND, "no such file")
+        try:
+            entry = await self.messenger.files.accept(file_id)
+        except LocalProtocolError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        return file_json(entry)
+
+    async def _end_file(self, params: dict[str, Any], reason: str) -> dict[str, Any]:
+        assert self.messenger is not None
+        file_id = self._file_id_param(params)
+        if self.messenger.files.get(file_id) is None:
+            raise RpcError(NOT_FOUND, "no such file")
+        try:
+            entry = await self.messenger.files.end(file_id, reason)
+        except LocalProtocolError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        return file_json(entry)
+
+    async def rpc_file_decline(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Refuse an offered file (params: id)."""
+        return await self._end_file(params, "declined")
+
+    async def rpc_file_cancel(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Stop a transfer in either direction (params: id); a partial download is deleted."""
+        return await self._end_file(params, "cancelled")
+
+    async def rpc_file_limits(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Show or set auto_accept / contact_quota / total_quota (bytes)."""
+        assert self.messenger is not None
+        changes = {k: v for k, v in params.items() if v is not None}
+        for name, value in changes.items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise RpcError(INVALID_PARAMS, f"{name} must be a number of bytes")
+        try:
+            return dict(self.messenger.files.set_limits(**changes) if changes
+                        else self.messenger.files.limits())
+        except LocalProtocolError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
 
     async def rpc_shutdown(self, params: dict[str, Any]) -> dict[str, Any]:
         """Stop the daemon."""

@@ -19,7 +19,9 @@ Theory of operation (the attachment scheme of Signal, over our own data channel)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -46,6 +48,11 @@ SEND_BUFFER_HIGH: Final = 4 * 1024 * 1024
 CHECKPOINT_BYTES: Final = 4 * 1024 * 1024
 MAX_FILE_BYTES: Final = 1 << 40
 DONE_REPEAT_WINDOW: Final = 24 * 3600
+HASH_MISMATCH: Final = "the content does not match the offer's SHA-256"
+DECLINED: Final = "declined"
+CANCELLED: Final = "cancelled"
+DISK_RESERVE: Final = 256 * 1024 * 1024  # never fill the disk past this much free space
+DEFAULT_LIMITS: Final = {"auto_accept": 1 << 20, "contact_quota": 4 << 30, "total_quota": 16 << 30}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -73,7 +80,8 @@ class FileEntry:
     created: float
     group_id: bytes | None = None  # a file sent to a group
     author: bytes | None = None  # incoming, relayed by the group's admin: who sent it
-    error: str | None = None  # why the transfer ended without the file
+    error: str | None = None  # the transfer ended without the file (e.g. a hash mismatch)
+    accepted: bool = True  # incoming: the user (or the auto-accept limit) said yes
 
 
 def chunk_nonce(file_id: bytes, offset: int) -> bytes:
@@ -95,6 +103,18 @@ def safe_file_name(name: str) -> str:
     return kept[:100] or "file"
 
 
+def open_private(path: Path) -> int:
+    """A descriptor for writing ``path``, created 0600 (exclusively when new, never through a
+    symlink); an existing file is kept and tightened to 0600."""
+    flags = os.O_RDWR | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        fd = os.open(path, flags)
+        os.fchmod(fd, 0o600)
+        return fd
+
+
 def sha256_file(path: Path) -> bytes:
     """SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -111,15 +131,18 @@ class FileTransfers:
         self.messenger = messenger
         self.history = messenger.history
         self.root = root
-        (root / "partial").mkdir(parents=True, exist_ok=True, mode=0o700)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (root / "partial").mkdir(exist_ok=True, mode=0o700)
         with self.history.transaction() as db:
             db.execute(_SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(files)")}
             for column in ("group_id", "author"):
                 if column not in columns:  # a history from before group files
                     db.execute(f"ALTER TABLE files ADD COLUMN {column} BLOB")
-            if "error" not in columns:  # a history from before failed transfers were kept
+            if "error" not in columns:  # a history from before failed transfers
                 db.execute("ALTER TABLE files ADD COLUMN error TEXT")
+            if "accepted" not in columns:  # a history from before consent: all accepted
+                db.execute("ALTER TABLE files ADD COLUMN accepted INTEGER NOT NULL DEFAULT 1")
         self._streams: dict[bytes, asyncio.Task[None]] = {}
         self._handles: dict[bytes, Any] = {}
         self._unsynced: dict[bytes, int] = {}
@@ -170,7 +193,7 @@ class FileTransfers:
         """The contact asks for the content from ``offset``: (re)start streaming."""
         entry = self.get(file_id)
         if entry is None or not entry.outgoing or entry.contact != contact \
-                or not 0 <= offset <= entry.size:
+                or not 0 <= offset <= entry.size or entry.error is not None:
             log.info("ignored a request for an unknown file")
             return
         old = self._streams.pop(file_id, None)
@@ -222,33 +245,124 @@ class FileTransfers:
         """Record an incoming offer (inside the message's transaction)."""
         safe = safe_file_name(name)
         partial = self.root / "partial" / file_id.hex()
+        # Only a file within the user's auto-accept size (and the quotas) downloads at once;
+        # any other offer waits for `file accept`.
+        accepted = size <= self.limits()["auto_accept"] and self.refusal(contact, size) is None
         db.execute("INSERT OR IGNORE INTO files (id, contact, outgoing, name, size, sha256, "
-                   "key, path, created, group_id, author) "
-                   "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   "key, path, created, group_id, author, accepted) "
+                   "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (file_id, contact, safe, size, digest, key, str(partial), time.time(),
-                    group_id, author))
+                    group_id, author, int(accepted)))
+
+    # ------------------------------------------------------------------ consent and limits
+
+    def limits(self) -> dict[str, int]:
+        """The user's auto-accept size and quotas (bytes)."""
+        raw = self.history.get_meta("file_limits")
+        stored = json.loads(raw) if raw else {}
+        return {k: int(stored.get(k, v)) for k, v in DEFAULT_LIMITS.items()}
+
+    def set_limits(self, **changes: int) -> dict[str, int]:
+        """Change some of the limits (each 0 .. 1 TiB)."""
+        limits = self.limits()
+        for name, value in changes.items():
+            if name not in DEFAULT_LIMITS or not 0 <= value <= MAX_FILE_BYTES:
+                raise LocalProtocolError(f"{name} must be 0 to {MAX_FILE_BYTES} bytes")
+            limits[name] = value
+        with self.history.transaction() as db:
+            self.history.set_meta(db, "file_limits", json.dumps(limits).encode())
+        return limits
+
+    def refusal(self, contact: bytes, size: int) -> str | None:
+        """Why accepting ``size`` more bytes from ``contact`` is refused, or None."""
+        limits = self.limits()
+        held = "SELECT coalesce(sum(size), 0) FROM files WHERE outgoing = 0 AND accepted = 1 " \
+            "AND error IS NULL"
+        by_contact = self.history.db.execute(held + " AND contact = ?", (contact,)).fetchone()[0]
+        total = self.history.db.execute(held).fetchone()[0]
+        if by_contact + size > limits["contact_quota"]:
+            return (f"over the per-contact quota ({by_contact} of {limits['contact_quota']} "
+                    "bytes held; see `file limits --contact-quota`)")
+        if total + size > limits["total_quota"]:
+            return (f"over the total quota ({total} of {limits['total_quota']} bytes held; "
+                    "see `file limits --total-quota`)")
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        free = shutil.disk_usage(self.root).free
+        if free < size + DISK_RESERVE:
+            return f"not enough free disk space ({free} bytes free, {size} needed + reserve)"
+        return None
+
+    def _incoming(self, file_id: bytes) -> FileEntry:
+        entry = self.get(file_id)
+        if entry is None or entry.outgoing:
+            raise LocalProtocolError("no such incoming file")
+        return entry
+
+    async def accept(self, file_id: bytes) -> FileEntry:
+        """The user accepts an offer: start the download (now if connected, else later)."""
+        entry = self._incoming(file_id)
+        if entry.error is not None:
+            raise LocalProtocolError(f"{entry.name} is {entry.error}")
+        if not entry.accepted:
+            reason = self.refusal(entry.contact, entry.size)
+            if reason is not None:
+                raise LocalProtocolError(reason)
+            with self.history.transaction() as db:
+                db.execute("UPDATE files SET accepted = 1 WHERE id = ?", (file_id,))
+            entry = self._incoming(file_id)
+            await self.request(entry)  # asks only over a live connection, else on resume
+        return entry
+
+    async def end(self, file_id: bytes, reason: str) -> FileEntry:
+        """Decline an offer or cancel a download: it ends, what arrived is deleted.
+        (Outgoing transfers: stop streaming; the contact is not told.)"""
+        entry = self.get(file_id)
+        if entry is None:
+            raise LocalProtocolError("no such file")
+        if entry.complete:
+            raise LocalProtocolError(f"{entry.name} is already complete")
+        stream = self._streams.pop(file_id, None)
+        if stream is not None:
+            stream.cancel()
+        self._close_handle(file_id)
+        with self.history.transaction() as db:
+            db.execute("UPDATE files SET error = coalesce(error, ?) WHERE id = ?",
+                       (reason, file_id))
+        if not entry.outgoing:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+        await self._notify()
+        ended = self.get(file_id)
+        assert ended is not None
+        return ended
 
     async def resume(self, contact: bytes) -> None:
         """After (re)connecting: finish or ask for every incomplete incoming file of this
         contact, and repeat ``file_done`` for recent complete ones (it may have been lost)."""
         for entry in self.all():
-            if entry.contact != contact or entry.outgoing or entry.error is not None:
+            if entry.contact != contact or entry.outgoing:
                 continue
             if entry.complete:
                 if time.time() - entry.created < DONE_REPEAT_WINDOW:
                     await self.messenger.confirm_file(contact, entry.id)
-            elif entry.received >= entry.size:
-                await self._finish(entry.id)  # all bytes were checkpointed before a stop
-            else:
-                await self.request(entry)
+            elif entry.error is None and entry.accepted:
+                await self.request(entry)  # finishes at once when all bytes are there
 
     async def request(self, entry: FileEntry) -> None:
         """Pull the rest of a file from the recorded offset."""
         self._close_handle(entry.id)
-        partial = Path(entry.path)
-        with open(partial, "ab") as handle:  # create it; keep what was checkpointed
-            handle.truncate(entry.received)
-        if entry.received >= entry.size:  # an empty file: nothing to pull, no chunk follows
+        if entry.error is not None or entry.complete or not entry.accepted:
+            return
+        final = self.root / entry.id.hex()
+        if entry.received >= entry.size and final.exists():
+            await self._finish(entry.id)  # stopped after the rename
+            return
+        fd = open_private(Path(entry.path))  # create it 0600; keep what was checkpointed
+        try:
+            os.ftruncate(fd, entry.received)
+        finally:
+            os.close(fd)
+        if entry.received >= entry.size:  # a 0-byte file, or all bytes checkpointed
             await self._finish(entry.id)
             return
         await self.messenger.request_file(entry.contact, entry.id, entry.received)
@@ -260,7 +374,7 @@ class FileTransfers:
         file_id, offset = data[1:17], int.from_bytes(data[17:25], "big")
         entry = self.get(file_id)
         if entry is None or entry.outgoing or entry.contact != contact or entry.complete \
-                or entry.error is not None:
+                or entry.error is not None or not entry.accepted:
             return
         expected = entry.received + self._unsynced.get(file_id, 0)
         if offset != expected:
@@ -296,28 +410,21 @@ class FileTransfers:
 
     async def _finish(self, file_id: bytes) -> None:
         entry = self.get(file_id)
-        if entry is None or entry.complete or entry.error is not None:
+        if entry is None or entry.complete:
             return
         final = self.root / file_id.hex()
-        if not Path(entry.path).exists():
-            if final.exists():  # stopped after the rename
-                entry = FileEntry(**{**entry.__dict__, "path": str(final)})
-            else:  # the partial file is gone (or was never made): pull it again from 0
-                with self.history.transaction() as db:
-                    db.execute("UPDATE files SET received = 0 WHERE id = ?", (file_id,))
-                fresh = self.get(file_id)
-                if fresh is not None:
-                    await self.request(fresh)
-                return
+        if not Path(entry.path).exists() and final.exists():  # stopped after the rename
+            entry = FileEntry(**{**entry.__dict__, "path": str(final)})
         digest = await asyncio.to_thread(sha256_file, Path(entry.path))
         if digest != entry.sha256:
-            # Ends the transfer: fetching again from zero would let a sender that lies about
-            # the hash make us download forever.
-            log.warning("file %s failed its SHA-256 check; the transfer is ended", entry.name)
-            Path(entry.path).unlink(missing_ok=True)
+            # The chunks were authentic (sealed with the offer's key), so the sender itself
+            # sent content that does not match its offer: fetching again would loop forever.
+            log.warning("file %s failed its SHA-256 check; the transfer ends", entry.name)
             with self.history.transaction() as db:
-                db.execute("UPDATE files SET received = 0, error = ? WHERE id = ?",
-                           ("the content does not match the offered SHA-256", file_id))
+                db.execute("UPDATE files SET error = ?, received = 0 WHERE id = ?",
+                           (HASH_MISMATCH, file_id))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
             await self._notify()
             return
         if Path(entry.path) != final:
@@ -349,12 +456,12 @@ class FileTransfers:
             self._changed.notify_all()
 
     async def wait_complete(self, file_id: bytes, timeout: float) -> bool:
-        """Wait until the transfer is complete on both sides."""
+        """Wait until the transfer is complete on both sides or has ended with an error."""
         async def done() -> None:
             async with self._changed:
                 while True:
                     entry = self.get(file_id)
-                    if entry is not None and entry.complete:
+                    if entry is not None and (entry.complete or entry.error is not None):
                         return
                     await self._changed.wait()
         try:
@@ -368,14 +475,13 @@ class FileTransfers:
         entry = self.get(file_id)
         if entry is None:
             raise LocalProtocolError("no such file")
-        if entry.error is not None:
-            raise LocalProtocolError(f"{entry.name} failed: {entry.error}")
         if not entry.complete:
             raise LocalProtocolError(
                 f"{entry.name} is not complete yet ({entry.received} of {entry.size} bytes)")
         target = dest / safe_file_name(entry.name) if dest.is_dir() else dest
-        try:  # never overwrite: the name came from the contact
-            with open(entry.path, "rb") as source, open(target, "xb") as out:
+        try:  # never overwrite: the name came from the contact; private like the original
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with open(entry.path, "rb") as source, open(fd, "wb") as out:
                 shutil.copyfileobj(source, out, 1 << 20)
         except FileExistsError:
             raise LocalProtocolError(f"{target} exists; choose another destination") from None
@@ -383,16 +489,16 @@ class FileTransfers:
 
 
 _SELECT = ("SELECT id, contact, outgoing, name, size, sha256, key, path, received, complete, "
-           "created, group_id, author, error FROM files")
+           "created, group_id, author, error, accepted FROM files")
 
 
 def _convert(row: tuple[Any, ...]) -> tuple[Any, ...]:
     fid, contact, outgoing, name, size, digest, key, path, received, complete, created, \
-        group_id, author, error = row
+        group_id, author, error, accepted = row
     return (bytes(fid), bytes(contact), bool(outgoing), name, size, bytes(digest), bytes(key),
             path, received, bool(complete), created,
             bytes(group_id) if group_id is not None else None,
-            bytes(author) if author is not None else None, error)
+            bytes(author) if author is not None else None, error, bool(accepted))
 
 
 def file_json(entry: FileEntry, sent: int = 0) -> dict[str, Any]:
@@ -408,5 +514,6 @@ def file_json(entry: FileEntry, sent: int = 0) -> dict[str, Any]:
         "progress": round(100.0 * progress / entry.size, 1) if entry.size else 100.0,
         "complete": entry.complete,
         "error": entry.error,
+        "accepted": entry.accepted,
     }
 
