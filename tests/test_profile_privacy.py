@@ -131,3 +131,25 @@ def test_id_passphrase_changes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert open_identity(doc, "second passphrase of mine").seed == identity.seed
     with pytest.raises(WrongPassphrase):
         open_identity(doc, "first passphrase of mine")
+
+
+def test_daemon_without_passphrase_says_files_are_readable(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    assert _run(["--profile", str(root), "id", "new", "--no-passphrase"]).returncode == 0
+    full = {k: v for k, v in os.environ.items() if not k.startswith("DHTCHAT_")}
+    full["PYTHONPATH"] = str(REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dhtchat", "--profile", str(root), "daemon", "--port", "0",
+         "--host", "127.0.0.1"], env=full, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        seen = ""
+        for _ in range(200):  # bounded: the warning comes before the daemon is ready
+            line = proc.stderr.readline()
+            seen += line
+            if not line or "readable by anyone" in line or "daemon ready" in line:
+                break
+        assert "readable by anyone" in seen, seen
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
