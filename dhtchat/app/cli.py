@@ -31,9 +31,11 @@ from dhtchat.app.keystore import (
     is_encrypted,
     load_identity_document,
     open_identity,
+    passphrase_strength,
+    rewrap_identity_file,
     save_identity_file,
 )
-from dhtchat.app.profile import NodeState, Profile, resolve_profile_dir
+from dhtchat.app.profile import NodeState, Profile, make_private, resolve_profile_dir
 from dhtchat.app.rpc import (
     INVALID_PARAMS,
     NOT_A_CONTACT,
@@ -88,8 +90,9 @@ def _profile(args: argparse.Namespace) -> tuple[Profile, bool]:
     return Profile(root), chosen
 
 
-def _read_passphrase(confirm: bool) -> str:
-    env = os.environ.get("DHTCHAT_PASSPHRASE")
+def _read_passphrase(confirm: bool, prompt: str = "Passphrase: ") -> str:
+    # Removed once read: child processes (and /proc/<pid>/environ readers) do not inherit it.
+    env = os.environ.pop("DHTCHAT_PASSPHRASE", None)
     if env is not None:
         if not env:
             raise UsageError("DHTCHAT_PASSPHRASE is empty; use --no-passphrase for no passphrase")
@@ -98,7 +101,7 @@ def _read_passphrase(confirm: bool) -> str:
         raise UsageError(
             "a passphrase is needed: set DHTCHAT_PASSPHRASE or run in a terminal"
         )
-    first = getpass.getpass("Passphrase: ")
+    first = getpass.getpass(prompt)
     if not first:
         raise UsageError("empty passphrase; use --no-passphrase to store the key unencrypted")
     if confirm and getpass.getpass("Repeat passphrase: ") != first:
@@ -176,12 +179,44 @@ def cmd_id_new(args: argparse.Namespace) -> int:
     if args.no_passphrase:
         passphrase = None
         print("warning: the identity key is stored UNENCRYPTED; anyone who can read "
-              f"{profile.identity_path} can impersonate you", file=sys.stderr)
+              f"{profile.identity_path} can impersonate you, and read your message history "
+              "and contact list", file=sys.stderr)
     else:
         passphrase = _read_passphrase(confirm=True)
+        _warn_if_weak(passphrase)
+    make_private(profile.root)
     identity = SigningIdentity.from_seed(secrets.token_bytes(SEED_BYTES))
     save_identity_file(profile.identity_path, identity, passphrase)
     print(identity.user_id)
+    return EXIT_OK
+
+
+def _warn_if_weak(passphrase: str) -> None:
+    score, guesses = passphrase_strength(passphrase)
+    if score < 3:
+        print(f"warning: weak passphrase (strength {score}/4, {guesses}); a stolen profile "
+              "could be opened by guessing it", file=sys.stderr)
+
+
+def cmd_id_passphrase(args: argparse.Namespace) -> int:
+    profile, _ = _profile(args)
+    make_private(profile.root)
+    doc = load_identity_document(profile.identity_path)
+    old = _read_passphrase(confirm=False, prompt="Current passphrase: ") \
+        if is_encrypted(doc) else None
+    if args.no_passphrase:
+        new = None
+        print("warning: the identity key will be stored UNENCRYPTED; anyone who can read "
+              f"{profile.root} can read your message history and contact list",
+              file=sys.stderr)
+    else:
+        new_env = os.environ.pop("DHTCHAT_NEW_PASSPHRASE", None)
+        if new_env is not None:
+            os.environ["DHTCHAT_PASSPHRASE"] = new_env
+        new = _read_passphrase(confirm=True, prompt="New passphrase: ")
+        _warn_if_weak(new)
+    rewrap_identity_file(profile.identity_path, old, new)
+    print("passphrase changed", file=sys.stderr)
     return EXIT_OK
 
 
@@ -404,6 +439,9 @@ async def _run_daemon(args: argparse.Namespace) -> int:
     profile, _ = _profile(args)
     if not profile.has_identity():
         raise UsageError(f"no identity in {profile.root}; create one with `dhtchat id new`")
+    if not is_encrypted(load_identity_document(profile.identity_path)):
+        log.warning("this identity has no passphrase: the message history and contact list "
+                    "in %s are readable by anyone who can read its files", profile.root)
     identity = _load_identity(profile)
     options = DaemonOptions(
         port=args.port, host=args.host, bootstrap=_parse_bootstrap(args.bootstrap),
@@ -868,6 +906,11 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--no-passphrase", action="store_true",
                      help="store the key unencrypted (not recommended)")
     new.set_defaults(func=cmd_id_new)
+    change = id_sub.add_parser("passphrase", help="change the passphrase of your identity "
+                               "(new one from $DHTCHAT_NEW_PASSPHRASE or the terminal)")
+    change.add_argument("--no-passphrase", action="store_true",
+                        help="remove the passphrase (not recommended)")
+    change.set_defaults(func=cmd_id_passphrase)
     show = id_sub.add_parser("show", help="print your user id")
     show.add_argument("--qr", action="store_true", help="also print a terminal QR code")
     show.set_defaults(func=cmd_id_show)

@@ -1,4 +1,9 @@
-"""The contact list of a profile (``contacts.sqlite``, mode 0600).
+"""The contact list of a profile (``contacts.sqlite``, mode 0600, SQLCipher).
+
+The file is encrypted at rest like the history (SQLCipher 4) under :func:`contacts_key`,
+derived from the identity seed, which is itself stored under the passphrase (Argon2id): names,
+user ids and request messages are unreadable without the passphrase. A contact list written in
+clear by an older version is converted in place when it is first opened with a key.
 
 States: ``incoming`` (a request waits for my answer), ``outgoing`` (I asked, no answer yet),
 ``accepted``, ``refused`` (I said no; a new request from them shows up again) and ``blocked``
@@ -7,14 +12,19 @@ States: ``incoming`` (a request waits for my answer), ``outgoing`` (I asked, no 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
+
+import sqlcipher3  # type: ignore[import-untyped]  # no stubs; the sqlite3 API
 
 from dhtchat.app.keystore import write_private_file
 from dhtchat.app.terminal import name_skeleton
+from dhtchat.core.errors import LocalProtocolError
+from dhtchat.core.ids import blake2b_256
 
 ContactState = Literal["incoming", "outgoing", "accepted", "refused", "blocked"]
 STATES: Final = ("incoming", "outgoing", "accepted", "refused", "blocked")
@@ -32,14 +42,51 @@ class ContactEntry:
     updated: float
 
 
-class ContactStore:
-    """SQLite-backed contact list."""
+_PLAIN_HEADER: Final = b"SQLite format 3\x00"
 
-    def __init__(self, path: Path) -> None:
+
+def contacts_key(identity_seed: bytes) -> bytes:
+    """The 32-byte SQLCipher key of the contact list for an identity."""
+    return blake2b_256(b"dhtchat/contacts-key/v1", identity_seed)
+
+
+def _open_encrypted(path: Path, key: bytes) -> Any:
+    """A SQLCipher connection to ``path`` (converting a clear contact list first)."""
+    db = sqlcipher3.connect(str(path))
+    db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlcipher3.DatabaseError:
+        db.close()
+    with open(path, "rb") as handle:
+        header = handle.read(len(_PLAIN_HEADER))
+    if header != _PLAIN_HEADER:
+        raise LocalProtocolError(f"{path} cannot be opened with this identity's key")
+    # A contact list from before encryption: export it into an encrypted copy, then swap.
+    tmp = path.with_name(f".{path.name}.encrypting")
+    tmp.unlink(missing_ok=True)
+    write_private_file(tmp, b"")
+    plain = sqlcipher3.connect(str(path))
+    try:
+        plain.execute("ATTACH DATABASE ? AS enc KEY ?", (str(tmp), f"x'{key.hex()}'"))
+        plain.execute("SELECT sqlcipher_export('enc')").fetchone()
+        plain.execute("DETACH DATABASE enc")
+    finally:
+        plain.close()
+    os.replace(tmp, path)
+    return _open_encrypted(path, key)
+
+
+class ContactStore:
+    """SQLite-backed contact list (encrypted when a ``key`` is given, as the daemon does;
+    without one, a clear file for tools and tests)."""
+
+    def __init__(self, path: Path, key: bytes | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.exists():
             write_private_file(path, b"")
-        self._db = sqlite3.connect(path)
+        self._db: Any = sqlite3.connect(path) if key is None else _open_encrypted(path, key)
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS contacts (
@@ -151,7 +198,7 @@ class ContactStore:
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO seen_envelopes VALUES (?, ?)", (envelope, now))
             self._db.execute("DELETE FROM seen_envelopes WHERE seen < ?", (now - 30 * 86400,))
-        return cursor.rowcount == 1
+        return bool(cursor.rowcount == 1)
 
     def close(self) -> None:
         """Close the database."""

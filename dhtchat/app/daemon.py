@@ -39,13 +39,13 @@ from typing import Any, Final, Literal
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from dhtchat.app.calls import Call, CallManager, CallMedia
-from dhtchat.app.contactstore import ContactEntry, ContactStore
+from dhtchat.app.contactstore import ContactEntry, ContactStore, contacts_key
 from dhtchat.app.files import file_json
 from dhtchat.app.groups import Group
 from dhtchat.app.history import History, HistoryLocked, StoredMessage, history_key
 from dhtchat.app.media import MediaError
 from dhtchat.app.messenger import Messenger, message_json
-from dhtchat.app.profile import NodeState, Profile
+from dhtchat.app.profile import NodeState, Profile, make_private
 from dhtchat.app.rpc import (
     BLOCKED,
     CONNECTION_FAILED,
@@ -187,7 +187,9 @@ class Daemon:
         self.identity = identity
         self.options = options
         self.node: UdpDhtNode | None = None
-        self.contacts = ContactStore(profile.root / "contacts.sqlite")
+        make_private(profile.root)
+        self.contacts = ContactStore(profile.root / "contacts.sqlite",
+                                     contacts_key(identity.seed))
         self.links: dict[bytes, Link] = {}
         self.replay_guard = ReplayGuard()
         self.session = secrets.token_bytes(16)
@@ -220,7 +222,8 @@ class Daemon:
 
     def _acquire_lock(self) -> None:
         path = self.profile.root / "daemon.lock"
-        self._lock_file = open(path, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        self._lock_file = os.fdopen(fd, "a+")  # held for the daemon's lifetime
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -237,7 +240,7 @@ class Daemon:
 
     async def start(self) -> None:
         """Take the profile lock, start the DHT node, join, and open the API socket."""
-        self.profile.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private(self.profile.root)
         self._acquire_lock()
         try:
             self.history = History(self.profile.root / "messages.db",

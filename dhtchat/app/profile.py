@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import platformdirs
 
 from dhtchat.app.keystore import write_private_file
 from dhtchat.core.addresses import Address
+from dhtchat.core.errors import DhtChatError
 from dhtchat.core.identity import SEED_BYTES, SigningIdentity
 
 
@@ -33,6 +35,32 @@ def resolve_profile_dir(explicit: str | None) -> tuple[Path, bool]:
     if env:
         return Path(env).expanduser(), True
     return Path(platformdirs.user_data_dir("dhtchat", appauthor=False)), False
+
+
+class ProfileNotPrivate(DhtChatError):
+    """The profile directory cannot be made private (a symlink, or another user's)."""
+
+
+def make_private(root: Path) -> None:
+    """Create ``root`` (mode 0700) or tighten an existing profile: the directory and every
+    directory under it become 0700, every file 0600, whatever the umask or who created it
+    (symlinks are neither followed nor changed). Refuses a profile that is a symlink or is
+    owned by another user, as ssh refuses a loose ``~/.ssh``."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = os.lstat(root)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise ProfileNotPrivate(f"profile {root} is not a directory (a symlink?)")
+    if info.st_uid != os.getuid():
+        raise ProfileNotPrivate(f"profile {root} belongs to another user (uid {info.st_uid})")
+    os.chmod(root, 0o700)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode):
+                os.chmod(path, 0o700)
+            elif stat.S_ISREG(mode) or stat.S_ISSOCK(mode):
+                os.chmod(path, 0o600)
 
 
 @dataclass(frozen=True)
