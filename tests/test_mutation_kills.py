@@ -1,0 +1,174 @@
+"""Direct unit tests of the proof of work, the rate limiter and the record store.
+
+They kill mutants the mutation run (benchmarks/mutation.py, docs/benchmarks.md "Mutation
+testing") found surviving: each pins one security decision at its boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from dhtchat.core.pow import pow_ok, solve_pow
+from dhtchat.core.ratelimit import TokenBuckets
+from dhtchat.core.records import Record, RecordType, record_key
+from dhtchat.core.storage import RecordStore
+from dhtchat.core.wire import StoreStatus
+
+SUBJECT = bytes(range(64))
+SEALED = b"sealed request"
+
+
+def _leading_zero_bits(counter: int) -> int:
+    digest = hashlib.blake2b(b"dhtchat/pow/v1" + SUBJECT + counter.to_bytes(8, "big") + SEALED,
+                             digest_size=32).digest()
+    value = int.from_bytes(digest, "big")
+    return 256 - value.bit_length()
+
+
+def test_solved_counter_has_exactly_the_claimed_leading_zeros_and_is_the_first() -> None:
+    for bits in (1, 4, 8):
+        counter = solve_pow(SUBJECT, SEALED, bits)
+        assert _leading_zero_bits(counter) >= bits
+        assert pow_ok(SUBJECT, SEALED, counter, bits)
+        assert all(_leading_zero_bits(c) < bits for c in range(counter))  # the first one
+        assert all(not pow_ok(SUBJECT, SEALED, c, bits) for c in range(counter))
+
+
+def test_proof_of_work_is_bound_to_subject_sealed_part_and_difficulty() -> None:
+    bits = 10
+    counter = solve_pow(SUBJECT, SEALED, bits)
+    zeros = _leading_zero_bits(counter)
+    assert pow_ok(SUBJECT, SEALED, counter, zeros)
+    assert not pow_ok(SUBJECT, SEALED, counter, zeros + 1)  # one bit more is not solved
+    assert not pow_ok(bytes(64), SEALED, counter, bits) or _other_solves(bytes(64), SEALED,
+                                                                         counter, bits)
+    assert not pow_ok(SUBJECT, SEALED + b"x", counter, bits) or _other_solves(
+        SUBJECT, SEALED + b"x", counter, bits)
+    assert pow_ok(SUBJECT, SEALED, 12345, 0)  # difficulty zero accepts anything
+    assert pow_ok(SUBJECT, SEALED, 12345, -1)
+
+
+def _other_solves(subject: bytes, sealed: bytes, counter: int, bits: int) -> bool:
+    digest = hashlib.blake2b(b"dhtchat/pow/v1" + subject + counter.to_bytes(8, "big") + sealed,
+                             digest_size=32).digest()
+    return int.from_bytes(digest, "big") >> (256 - bits) == 0
+
+
+def test_unsolved_counters_fail_at_the_difficulty() -> None:
+    bits = 6
+    refused = [c for c in range(200) if _leading_zero_bits(c) < bits]
+    accepted = [c for c in range(200) if _leading_zero_bits(c) >= bits]
+    assert refused and accepted
+    assert all(not pow_ok(SUBJECT, SEALED, c, bits) for c in refused)
+    assert all(pow_ok(SUBJECT, SEALED, c, bits) for c in accepted)
+
+
+def test_token_bucket_burst_cost_and_refill_boundaries() -> None:
+    buckets = TokenBuckets(rate=2.0, burst=3.0)
+    assert [buckets.allow("a", 100.0) for _ in range(4)] == [True, True, True, False]
+    assert buckets.allow("b", 100.0)  # another key has its own bucket
+    assert not buckets.allow("a", 100.4)  # 0.8 tokens refilled: not enough for 1
+    assert buckets.allow("a", 100.5)  # exactly 1.0 token (0.8 + 0.2): allowed at equality
+    assert not buckets.allow("a", 100.5)
+    assert buckets.allow("a", 200.0, cost=3.0)  # refill caps at burst 3 ...
+    assert not buckets.allow("a", 200.0, cost=0.5)  # ... not more
+    assert not buckets.allow("c", 300.0, cost=3.5)  # a cost above the burst never passes
+    assert buckets.allow("c", 300.0, cost=3.0)  # and the refused one took nothing
+
+
+def test_token_bucket_clock_going_backwards_gives_no_tokens() -> None:
+    buckets = TokenBuckets(rate=1.0, burst=1.0)
+    assert buckets.allow("a", 100.0)
+    assert not buckets.allow("a", 50.0)
+    assert not buckets.allow("a", 100.5)  # the stamp stayed at 100: only 0.5 refilled
+    assert buckets.allow("a", 101.0)
+
+
+def test_token_bucket_memory_is_bounded_and_evicts_the_oldest_eighth() -> None:
+    buckets = TokenBuckets(rate=0.0, burst=1.0, max_keys=16)
+    for i in range(16):
+        assert buckets.allow(f"k{i}", float(i))
+    assert len(buckets) == 16
+    assert buckets.allow("new", 100.0)
+    assert len(buckets) == 15  # 17 keys, the oldest 17 // 8 = 2 forgotten
+    assert buckets.allow("k0", 101.0)  # forgotten: starts full again
+    assert not buckets.allow("k5", 102.0)  # kept: still empty (rate 0)
+    assert not buckets.allow("new", 103.0)
+    small = TokenBuckets(rate=0.0, burst=1.0, max_keys=2)
+    for key in ("a", "b", "c"):
+        assert small.allow(key, 1.0)
+    assert len(small) == 2  # at least one is evicted even when an eighth rounds to zero
+    assert not small.allow("c", 2.0)
+
+
+def _record(namespace: bytes, owner: bytes, seq: int, value: bytes = b"v",
+            expires: int = 1000) -> Record:
+    return Record(type=RecordType.PRESENCE, owner=owner, namespace=namespace, salt=b"",
+                  seq=seq, expires=expires, value=value, signature=bytes(64))
+
+
+def key(namespace: bytes) -> bytes:
+    return record_key(RecordType.PRESENCE, namespace, b"")
+
+
+K, O1, O2 = b"k" * 32, b"a" * 32, b"b" * 32
+
+
+def test_store_rollback_conflict_and_refresh() -> None:
+    store = RecordStore()
+    assert store.put(_record(K, O1, 5), 10, "s1", 0.0) == StoreStatus.OK
+    assert store.put(_record(K, O1, 4), 10, "s1", 0.0) == StoreStatus.ROLLBACK
+    assert store.put(_record(K, O1, 5, b"other"), 10, "s1", 0.0) == StoreStatus.ROLLBACK
+    assert store.put(_record(K, O1, 5), 10, "s1", 0.0) == StoreStatus.OK
+    assert (store.record_count, store.byte_count) == (1, 10)
+    assert store.put(_record(K, O1, 6, b"new"), 20, "s1", 0.0) == StoreStatus.OK
+    assert store.records(key(K), 0.0) == [_record(K, O1, 6, b"new")]
+    assert (store.record_count, store.byte_count) == (1, 20)
+    assert store.subnet_usage("s1") == (1, 20)
+
+
+def test_store_quotas_at_their_exact_limits() -> None:
+    store = RecordStore(quota_records_per_subnet=2, quota_bytes_per_subnet=100, max_records=3,
+                        max_bytes=150, max_owners_per_key=2)
+    assert store.put(_record(K, O1, 1), 60, "s1", 0.0) == StoreStatus.OK
+    assert store.put(_record(K, O2, 1), 40, "s1", 0.0) == StoreStatus.OK  # exactly 100 bytes
+    assert store.put(_record(b"x" * 32, O1, 1), 1, "s1", 0.0) == StoreStatus.QUOTA  # 3rd rec
+    assert store.put(_record(K, b"c" * 32, 1), 1, "s2", 0.0) == StoreStatus.QUOTA  # 3rd owner
+    # replacing its own record is measured as if the old one were gone
+    assert store.put(_record(K, O1, 2), 60, "s1", 0.0) == StoreStatus.OK
+    assert store.put(_record(K, O1, 3), 61, "s1", 0.0) == StoreStatus.QUOTA  # 101 bytes
+    assert store.put(_record(b"y" * 32, O1, 1), 50, "s2", 0.0) == StoreStatus.OK  # 150 total
+    assert store.put(_record(b"z" * 32, O1, 1), 1, "s3", 0.0) == StoreStatus.QUOTA  # max recs
+    assert (store.record_count, store.byte_count) == (3, 150)
+    assert store.subnet_usage("s1") == (2, 100)
+    assert store.subnet_usage("s2") == (1, 50)
+    bytes_only = RecordStore(max_bytes=100)
+    assert bytes_only.put(_record(K, O1, 1), 100, "s1", 0.0) == StoreStatus.OK
+    assert bytes_only.put(_record(K, O2, 1), 1, "s2", 0.0) == StoreStatus.QUOTA
+
+
+def test_store_moving_a_record_to_another_subnet_recharges_it() -> None:
+    store = RecordStore(quota_records_per_subnet=1, quota_bytes_per_subnet=100)
+    assert store.put(_record(K, O1, 1), 80, "s1", 0.0) == StoreStatus.OK
+    assert store.put(_record(K, O1, 2), 80, "s2", 0.0) == StoreStatus.OK
+    assert store.subnet_usage("s1") == (0, 0)
+    assert store.subnet_usage("s2") == (1, 80)
+    assert store.put(_record(b"x" * 32, O1, 1), 10, "s1", 0.0) == StoreStatus.OK
+
+
+def test_store_expiry_boundary_and_owner_filter() -> None:
+    store = RecordStore()
+    assert store.put(_record(K, O2, 1, expires=100), 5, "s1", 0.0) == StoreStatus.OK
+    assert store.put(_record(K, O1, 1, expires=200), 5, "s1", 0.0) == StoreStatus.OK
+    assert [r.owner for r in store.records(key(K), 50.0)] == [O1, O2]  # sorted by owner
+    assert store.records(key(K), 50.0, owner=O2) == [_record(K, O2, 1, expires=100)]
+    assert store.records(key(K), 100.0, owner=O2) == []  # expires at its timestamp
+    assert store.records(key(K), 100.0) == [_record(K, O1, 1, expires=200)]
+    assert store.records(key(b"none" * 8), 0.0) == []
+    assert store.expire(99.0) == 0
+    assert store.expire(100.0) == 1
+    assert (store.record_count, store.byte_count) == (1, 5)
+    assert store.held_keys() == [key(K)]
+    assert store.expire(200.0) == 1
+    assert store.held_keys() == []
+    assert store.subnet_usage("s1") == (0, 0)
