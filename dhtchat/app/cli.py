@@ -1120,10 +1120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the terminal as a control sequence (dhtchat/app/terminal.py).
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _terminal_safe(stdout), _terminal_safe(stderr)
+    safe_out, safe_err = sys.stdout, sys.stderr
     try:
         return _run(args)
-    finally:
-        sys.stdout, sys.stderr = stdout, stderr
+    finally:  # unless _run replaced them (a broken pipe silences stdout for the exit)
+        if sys.stdout is safe_out:
+            sys.stdout = stdout
+        if sys.stderr is safe_err:
+            sys.stderr = stderr
 
 
 def _terminal_safe(stream: TextIO) -> TextIO:
