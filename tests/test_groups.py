@@ -344,7 +344,9 @@ def test_group_file_relayed_by_the_admin(tmp_path: Path) -> None:
                            for e in carol.messenger.files.all())
             await _until(carol_has_it, 120, "Carol to receive the file")
             got = next(e for e in carol.messenger.files.all() if e.name == "minutes.bin")
-            assert Path(got.path).read_bytes() == source.read_bytes()
+            out = carol.messenger.files.export(got.id, tmp_path / "carol-minutes.bin")
+            assert out.read_bytes() == source.read_bytes()  # relayed from the admin's store
+            assert source.read_bytes()[:4096] not in Path(got.path).read_bytes()  # at rest
             assert got.group_id == state.id and got.author == bob.identity.public_key
             assert got.contact == alice.identity.public_key  # it came from the admin's copy
             assert "[file] minutes.bin (300000 bytes)" in _texts(carol, state.id)

@@ -100,7 +100,7 @@ class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     """What travels inside the ratchet."""
 
     kind: Literal["text", "ack", "read", "typing", "file", "file_request", "file_done",
-                  "timer", "group_update", "group_text", "group_leave", "reset", "call",
+                  "file_end", "timer", "group_update", "group_text", "group_leave", "reset", "call",
                   "goodbye"]
     seq: int = 0  # > 0 for sequenced kinds (text, file)
     id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
@@ -308,7 +308,7 @@ class Messenger:
         for member in group.state.members:
             if member not in (me, entry.contact):
                 await self.files.send(member, path, group_id=group.id, author=entry.contact,
-                                      name=entry.name, digest=entry.sha256)
+                                      name=entry.name, source=entry)
 
     async def _enqueue(self, contact: bytes, template: Payload, text: str,
                        message_id: bytes | None, *, conversation_timer: int | None = None,
@@ -609,6 +609,9 @@ class Messenger:
                     self.files.on_request(contact, payload.file_id, payload.offset)
                 elif payload.kind == "file_done":
                     self.files.on_done(contact, payload.file_id)
+                elif payload.kind == "file_end":
+                    self.daemon._spawn(self.files.on_end(contact, payload.file_id,
+                                                         payload.text[:16]))
                 elif payload.kind == "typing":
                     state.typing_until = time.time() + TYPING_SHOWN
                 elif payload.kind == "call" and len(payload.call_id) == 16 and \
@@ -1242,6 +1245,11 @@ class Messenger:
     async def confirm_file(self, contact: bytes, file_id: bytes) -> None:
         """Tell the contact the file arrived whole (hash checked)."""
         await self._send_control(contact, Payload("file_done", file_id=file_id))
+
+    async def end_file(self, contact: bytes, file_id: bytes, reason: str) -> None:
+        """Tell the contact a transfer ended here (``reason``: declined, cancelled, refused);
+        sent like an ack, through the mailbox when not connected."""
+        await self._send_control(contact, Payload("file_end", file_id=file_id, text=reason))
 
     def is_typing(self, contact: bytes) -> bool:
         """Whether the contact sent a typing notice in the last few seconds."""
