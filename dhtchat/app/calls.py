@@ -487,10 +487,11 @@ class CallManager:
                 call.remote_held = action == "hold"
                 call.notify()
             return
+        was_over = call.machine.ended
         try:
             call.machine.receive(action, now, nonce=nonce)
         except RemoteProtocolError as exc:
-            if call.machine.ended:  # a protocol violation that ends the call
+            if call.machine.ended and not was_over:  # a violation that ended the call
                 await self._refuse(call, str(exc))
             else:
                 log.info("ignored a call message: %s", exc)
@@ -566,10 +567,11 @@ class CallManager:
         self.daemon._spawn(self._await_media(call))
 
     async def _on_nonce(self, call: Call, nonce: bytes) -> None:
+        was_over = call.machine.ended
         try:
             call.machine.receive_reveal(nonce, time.time())
         except RemoteProtocolError as exc:
-            if call.machine.ended:
+            if call.machine.ended and not was_over:
                 await self._refuse(call, str(exc))
             else:
                 log.info("ignored a SAS nonce: %s", exc)
