@@ -237,9 +237,11 @@ def _t_payload(data: bytes) -> None:
     if payload.kind == "file":
         safe_file_name(payload.name)
     if payload.kind == "call" and payload.call_action:
-        machine = CallMachine(payload.call_id or bytes(16), "incoming", NOW)
         try:
-            machine.receive(payload.call_action, NOW)
+            machine = CallMachine(payload.call_id or bytes(16), "incoming", NOW,
+                                  nonce=bytes(16), peer_commitment=payload.commitment)
+            machine.receive(payload.call_action, NOW, nonce=payload.nonce)
+            machine.receive_reveal(payload.nonce, NOW)
         except RemoteProtocolError:
             pass
     if payload.group:
@@ -260,12 +262,16 @@ def _t_call(data: bytes) -> None:
     """A sequence of call actions from the contact, against both directions of a call."""
     actions = sorted(ACTIONS)
     for direction in ("incoming", "outgoing"):
-        machine = CallMachine(bytes(16), direction, NOW)
+        machine = CallMachine(bytes(16), direction, NOW, nonce=bytes(16),
+                              peer_commitment=bytes(32))
         for i, byte in enumerate(data[:32]):
             action = actions[byte % len(actions)] if byte < 200 else data[i:i + 4].decode(
                 "utf-8", errors="replace")
             try:
-                machine.receive(action, NOW + i)
+                if byte % 7 == 0:  # the caller's reveal, right or wrong
+                    machine.receive_reveal(data[i:i + 16], NOW + i)
+                else:
+                    machine.receive(action, NOW + i, nonce=data[i:i + 16])
             except RemoteProtocolError:
                 pass
             machine.tick(NOW + i)
