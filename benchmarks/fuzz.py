@@ -287,7 +287,7 @@ def _t_session(data: bytes) -> None:
     except SessionError:
         pass
     if not _PREKEYS:
-        _PREKEYS.append(PrekeyStore.create(BOB.seed))
+        _PREKEYS.append(PrekeyStore.create(BOB.seed, time.time()))
     convo = Conversation(_PREKEYS[0], BOB.public_key, ALICE.public_key)
     try:
         _run(convo.decrypt(data))
@@ -404,7 +404,7 @@ def _seeds() -> dict[str, list[bytes]]:
                 author=ALICE.public_key),
         Payload("ack", ack=3, read=2),
     ]
-    bundle = PrekeyStore.create(ALICE.seed).bundle()
+    bundle = PrekeyStore.create(ALICE.seed, time.time()).bundle()
     stun_tid = bytes(range(12))
     response = (b"\x01\x01\x00\x0c\x21\x12\xa4\x42" + stun_tid
                 + b"\x00\x20\x00\x08\x00\x01\xa1\x47\xe1\x12\xa6\x43")

@@ -192,7 +192,7 @@ class Messenger:
         self.identity = daemon.identity
         stored = history.get_meta("prekeys")
         if stored is None:
-            self.prekeys = PrekeyStore.create(self.identity.seed)
+            self.prekeys = PrekeyStore.create(self.identity.seed, time.time())
         else:
             self.prekeys = PrekeyStore.from_json(self.identity.seed, stored.decode())
         self.prekeys.maintain(time.time())
