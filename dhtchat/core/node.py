@@ -130,6 +130,7 @@ class DhtConfig:
     max_bytes: int = 64 * 1024 * 1024
     quota_records_per_subnet: int = 512
     quota_bytes_per_subnet: int = 512 * 1024
+    max_owners_per_key: int = 256
     listen_duration: float = 120.0
     max_listeners_per_key: int = 32
     max_listeners: int = 4096
@@ -310,6 +311,7 @@ class DhtNode:
             max_bytes=self.config.max_bytes,
             quota_records_per_subnet=self.config.quota_records_per_subnet,
             quota_bytes_per_subnet=self.config.quota_bytes_per_subnet,
+            max_owners_per_key=self.config.max_owners_per_key,
         )
         self.stats: Counter[str] = Counter()
         self._flags = FLAG_READ_ONLY if self.config.read_only else 0
