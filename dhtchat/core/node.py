@@ -58,12 +58,13 @@ from dhtchat.core.events import (
     ValueFound,
 )
 from dhtchat.core.identity import SigningIdentity, verify_signature
-from dhtchat.core.ids import ID_BITS, ID_BYTES, distance, node_id_from_public_key
+from dhtchat.core.ids import ID_BITS, ID_BYTES, blake2b_256, distance, node_id_from_public_key
 from dhtchat.core.lookup import Candidate, DisjointLookup, Lookup
 from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record, encoded_size, validate_record
 from dhtchat.core.routing import AddResult, Contact, RoutingTable
 from dhtchat.core.storage import RecordStore
+from dhtchat.core.stun import StunResponder
 from dhtchat.core.wire import (
     FLAG_READ_ONLY,
     MAX_DATAGRAM_BYTES,
@@ -298,6 +299,9 @@ class DhtNode:
         self._rng = rng
         self._token_secret = rng.randbytes(32)
         self._token_prefixes: dict[int, hashlib.blake2b] = {}  # epoch -> keyed hash state
+        # STUN on the DHT port: IPs that presented a valid write token count as receiving
+        self.stun = StunResponder(blake2b_256(b"dhtchat/stun-secret/v1", self._token_secret),
+                                  epoch=self.config.token_epoch)
         self.table = RoutingTable(
             self.node_id,
             k=self.config.k,
@@ -763,6 +767,8 @@ class DhtNode:
         validated = len(presented) == 16 and (
             hmac.compare_digest(presented, token)
             or hmac.compare_digest(presented, self._make_token(address, epoch - 1)))
+        if validated:
+            self.stun.mark_receives(host, now)
         body = envelope.body
         reply: ResponseBody
         if isinstance(body, Ping):
