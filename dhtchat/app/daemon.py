@@ -61,11 +61,13 @@ from dhtchat.app.rpc import (
 from dhtchat.core.addresses import Address, format_address
 from dhtchat.core.contacts import (
     EPOCH_SECONDS,
+    REQUEST_TTL,
     SIGNAL_MAX_AGE,
     OpenedSignal,
     Pair,
     Presence,
     Purpose,
+    RecentIds,
     ReplayGuard,
     epoch_of,
     inbox_key,
@@ -75,10 +77,12 @@ from dhtchat.core.contacts import (
     open_contact_request,
     open_presence,
     open_signal,
+    request_id,
 )
 from dhtchat.core.errors import InvalidUserId, LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity, decode_user_id, encode_user_id
 from dhtchat.core.ids import blake2b_256
+from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record
 from dhtchat.core.sas import sas_from_number, sas_from_words
 from dhtchat.net.stun import first_stun_responder
@@ -105,6 +109,9 @@ MAX_BACKOFF: Final = 60.0
 PRESENCE_POLL: Final = 30.0
 RECONNECT_GRACE: Final = 3.0  # after a connection closed, before offering again
 AUTO_OFFER_DEFER: Final = 20.0  # the larger key's head start for the smaller one
+INBOX_PUSH_RATE: Final = 0.5  # inbox pushes per second accepted from one storer...
+INBOX_PUSH_BURST: Final = 20.0  # ...after a burst of this many
+INBOX_SEEN_MEMORY: Final = 4096  # request envelopes remembered in memory
 
 Status = Literal["offline", "online", "connecting", "connected"]
 
@@ -208,7 +215,9 @@ class Daemon:
         self.calls: CallManager | None = None
         self._seq = 0
         self.joined = False
-        self._inbox_seen: set[bytes] = set()
+        self._inbox_seen = RecentIds(INBOX_SEEN_MEMORY)
+        self._inbox_push_limit = TokenBuckets(INBOX_PUSH_RATE, INBOX_PUSH_BURST, 4096)
+        self.dropped_inbox_pushes = 0
         if options.relay_only and options.turn is None:
             raise LocalProtocolError("--relay-only needs a TURN server (--turn URL)")
         restrict_host_addresses(options.ice_addresses)
@@ -450,12 +459,14 @@ class Daemon:
             if self._inbox is None:
                 try:
                     self._inbox = await self.node.listen(key)
-                    self._spawn(self._consume(self._inbox, self._on_inbox_record))
+                    self._inbox.admit = self.admit_inbox_push
+                    self._spawn(self._consume(self._inbox, self.handle_inbox_record))
                 except TimeoutError:
                     log.debug("inbox listen timed out; retrying")
             with contextlib.suppress(TimeoutError):
                 for record in await self.node.get(key):
-                    await self._on_inbox_record(record)
+                    await self.handle_inbox_record(record)
+            self.contacts.expire_incoming(time.time(), REQUEST_TTL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), INBOX_POLL)
 
@@ -467,19 +478,32 @@ class Daemon:
             except Exception:
                 log.exception("error handling a pushed record")
 
-    async def _on_inbox_record(self, record: Record) -> None:
+    def admit_inbox_push(self, record: Record, source: Address | None) -> bool:
+        """Rate limit for records pushed to the inbox subscription, per storer address: a
+        storer flooding pushes is cut to INBOX_PUSH_RATE without delaying the others."""
+        key = format_address(source) if source is not None else "local"
+        if self._inbox_push_limit.allow(key, time.monotonic()):
+            return True
+        self.dropped_inbox_pushes += 1
+        return False
+
+    async def handle_inbox_record(self, record: Record) -> None:
+        """Act on a record from the inbox (pushed or read).
+
+        A request is known by its one-time envelope key (the proof of work binds it), so
+        re-signed variants of one request count once. Nothing is written to disk for a
+        request seen before, a blocked sender, or a request that changes nothing."""
         now = time.time()
-        envelope = record.owner + record.signature[:16]
+        envelope = request_id(record)
         if envelope in self._inbox_seen:
+            return
+        self._inbox_seen.add(envelope)  # in memory only: bounded, and costs no disk write
+        if self.contacts.seen(envelope):
             return
         try:
             request = open_contact_request(self.identity, record, now)
         except RemoteProtocolError as exc:
-            self._inbox_seen.add(envelope)  # in memory only: junk costs no disk write
             log.info("dropped an inbox record: %s", exc)
-            return
-        self._inbox_seen.add(envelope)
-        if not self.contacts.mark_seen(envelope, now):
             return
         sender = request.sender
         entry = self.contacts.get(sender)
@@ -492,6 +516,7 @@ class Daemon:
                 default_label = entry.name == who[:12]
                 name = request.name if request.name and default_label else entry.name
                 self.contacts.put(sender, name=name, state="accepted", now=now)
+                self.contacts.mark_seen(envelope, now)
                 self._link(sender)
                 log.info("%s accepted the contact request", entry.name)
             return
@@ -500,11 +525,14 @@ class Daemon:
         if entry is not None and entry.state == "outgoing":
             # Both asked: that is consent on both sides.
             self.contacts.put(sender, name=entry.name, state="accepted", now=now)
+            self.contacts.mark_seen(envelope, now)
             self._link(sender)
             self._spawn(self._send_request(sender, "accept", self.options.display_name, ""))
             return
-        self.contacts.put(sender, name=request.name or who[:12], state="incoming",
-                          message=request.message, now=now)
+        if self.contacts.add_incoming(sender, name=request.name or who[:12],
+                                      message=request.message, now=now, envelope=envelope,
+                                      lifetime=REQUEST_TTL) is None:
+            return  # older than every one of the (full) pending requests
         log.info("contact request from %s (%s)", request.name, who[:12])
         posing_as = self.contacts.verified_impersonated(sender, request.name or who[:12])
         if posing_as is not None:
