@@ -19,7 +19,7 @@ from dhtchat.app.contactstore import MAX_INCOMING, ContactStore
 from dhtchat.app.daemon import INBOX_PUSH_BURST, Daemon, DaemonOptions
 from dhtchat.app.profile import Profile
 from dhtchat.core.contacts import REQUEST_TTL, RecentIds, make_contact_request
-from dhtchat.core.identity import SigningIdentity
+from dhtchat.core.identity import SigningIdentity, encode_user_id
 from dhtchat.core.records import Record, RecordType, make_record
 
 
@@ -122,6 +122,11 @@ def test_blocked_sender_costs_no_write(
     assert daemon.contacts.total_changes() == before
     entry = daemon.contacts.get(mallory.public_key)
     assert entry is not None and entry.state == "blocked"
+    # Unblocked, the request still in the inbox shows up on the next read.
+    asyncio.run(daemon.rpc_contact_unblock({"id": encode_user_id(mallory.public_key)}))
+    asyncio.run(daemon.handle_inbox_record(_variant(record, envelope, 7)))
+    entry = daemon.contacts.get(mallory.public_key)
+    assert entry is not None and entry.state == "incoming"
 
 
 def test_junk_costs_no_write_and_memory_is_bounded(daemon: Daemon) -> None:

@@ -1250,6 +1250,7 @@ class Daemon:
         if not isinstance(found, ContactEntry) or found.state != "blocked":
             raise RpcError(NOT_FOUND, "that id is not blocked")
         self.contacts.delete(found.public_key)
+        self._inbox_seen.clear()  # their requests still in the inbox show up on the next read
         return {"id": encode_user_id(found.public_key), "state": "unblocked"}
 
     async def rpc_contact_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:

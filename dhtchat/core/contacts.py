@@ -347,6 +347,10 @@ class RecentIds:
         while len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
 
+    def clear(self) -> None:
+        """Forget every id."""
+        self._ids.clear()
+
 
 # ---------------------------------------------------------------------------- presence
 
