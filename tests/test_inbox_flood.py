@@ -18,9 +18,11 @@ import pytest
 from dhtchat.app.contactstore import MAX_INCOMING, ContactStore
 from dhtchat.app.daemon import INBOX_PUSH_BURST, Daemon, DaemonOptions
 from dhtchat.app.profile import Profile
+from dhtchat.core.addresses import Address
 from dhtchat.core.contacts import REQUEST_TTL, RecentIds, make_contact_request
 from dhtchat.core.identity import SigningIdentity, encode_user_id
-from dhtchat.core.records import Record, RecordType, make_record
+from dhtchat.core.records import Record, RecordType, make_app_record, make_record
+from dhtchat.net.udp import UdpDhtNode
 
 
 def _rng(seed: int) -> Callable[[int], bytes]:
@@ -190,3 +192,42 @@ def test_inbox_pushes_are_rate_limited_per_storer(
     assert admitted <= INBOX_PUSH_BURST + 2  # the refill during the loop
     assert daemon.dropped_inbox_pushes >= 2000 - admitted
     assert daemon.admit_inbox_push(record, other)  # another storer's push still gets in
+
+
+def test_subscription_admit_sees_the_storer_and_drops_before_queueing() -> None:
+    """The per-storer limit needs the storer's address: a push reaches ``Subscription.admit``
+    with it, and a refused push never enters the subscription's queue."""
+    async def scenario() -> None:
+        nodes = [await UdpDhtNode.create(f"127.0.{i + 1}.1", 0, seed=300 + i) for i in range(8)]
+        try:
+            await asyncio.gather(*(n.bootstrap([nodes[0].address]) for n in nodes[1:]))
+            addresses = {n.address for n in nodes}
+            record = make_app_record(SigningIdentity.from_seed(b"P" * 32), "inbox", b"x",
+                                     seq=1, expires=int(time.time()) + 600)
+            admitted = await nodes[5].listen(record.key)
+            refused = await nodes[6].listen(record.key)
+            seen: dict[str, list[Address | None]] = {"admitted": [], "refused": []}
+            called = asyncio.Event()
+
+            def admit_all(_record: Record, source: Address | None) -> bool:
+                seen["admitted"].append(source)
+                return True
+
+            def refuse_all(_record: Record, source: Address | None) -> bool:
+                seen["refused"].append(source)
+                called.set()
+                return False
+
+            admitted.admit, refused.admit = admit_all, refuse_all
+            await nodes[2].put(record)
+            got = await asyncio.wait_for(anext(aiter(admitted)), 10)
+            await asyncio.wait_for(called.wait(), 10)
+            assert got.value == b"x"
+            assert refused.queue.empty()
+            sources = seen["admitted"] + seen["refused"]
+            assert sources and all(s in addresses for s in sources), (sources, addresses)
+        finally:
+            for node in nodes:
+                await node.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
