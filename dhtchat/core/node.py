@@ -1109,9 +1109,10 @@ class DhtNode:
         except InvalidRecord as exc:
             self._misbehaved(address, f"invalid pushed record: {exc}")
             return
-        self._deliver_push(query, body.record)
+        self._deliver_push(query, body.record, address)
 
-    def _deliver_push(self, query: _Query, record: Record) -> None:
+    def _deliver_push(self, query: _Query, record: Record,
+                      source: Address | None = None) -> None:
         marker = (record.owner, record.seq)
         if marker in query.seen:
             return
@@ -1119,7 +1120,8 @@ class DhtNode:
         if len(query.seen) > 4096:
             query.seen.clear()
             query.seen.add(marker)
-        self._emit(ValueFound(query_id=query.query_id, key=query.target, record=record))
+        self._emit(ValueFound(query_id=query.query_id, key=query.target, record=record,
+                              source=source))
 
     # ------------------------------------------------------------------ failures
 

@@ -61,6 +61,9 @@ class Subscription:
         self.query_id = query_id
         self.queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=1024)
         self.started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        # Called with each pushed record and the storer that pushed it; False drops it
+        # before it is queued (a per-storer rate limit: one storer cannot evict the rest).
+        self.admit: Callable[[Record, Address | None], bool] | None = None
 
     def __aiter__(self) -> AsyncIterator[Record]:
         return self._iterate()
@@ -282,7 +285,7 @@ class UdpDhtNode:
         query_id = getattr(event, "query_id", None)
         if isinstance(event, ValueFound):
             sub = self._subscriptions.get(event.query_id)
-            if sub is not None:
+            if sub is not None and (sub.admit is None or sub.admit(event.record, event.source)):
                 if sub.queue.full():
                     sub.queue.get_nowait()
                 sub.queue.put_nowait(event.record)
