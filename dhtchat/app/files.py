@@ -38,6 +38,7 @@ from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.ids import blake2b_256
 
 if TYPE_CHECKING:
+    from dhtchat.app.groups import FileOrigin
     from dhtchat.app.messenger import Messenger
 
 log = logging.getLogger("dhtchat.files")
@@ -165,9 +166,10 @@ class FileTransfers:
 
     async def send(self, contact: bytes, path: Path, *, group_id: bytes | None = None,
                    author: bytes | None = None, name: str | None = None,
-                   digest: bytes | None = None) -> FileEntry:
+                   digest: bytes | None = None, origin: FileOrigin | None = None) -> FileEntry:
         """Offer a file to a contact (the offer is a queued message; content is pulled).
-        ``group_id``/``author``: a file for a group (the admin relays members' files)."""
+        ``group_id``/``author``: a file for a group (the admin relays members' files);
+        ``origin``: its author's signed offer, sent with it."""
         path = path.expanduser().resolve()
         if not path.is_file():
             raise LocalProtocolError(f"{path} is not a readable file")
@@ -184,7 +186,7 @@ class FileTransfers:
                        (file_id, contact, name, size, digest, key, str(path),
                         time.time(), group_id, author))
         await self.messenger.send_file_offer(contact, file_id, name, size, digest, key,
-                                             group_id=group_id or b"", author=author or b"")
+                                             group_id=group_id or b"", origin=origin)
         entry = self.get(file_id)
         assert entry is not None
         return entry
