@@ -1232,8 +1232,9 @@ class Daemon:
         # A name is how the CLI addresses a group: one that is already taken could not be.
         taken = [g for g in self.messenger.groups.by_name(name) if g.active]
         if taken:
-            raise RpcError(INVALID_PARAMS, f"you are already in a group named {name!r} "
-                           f"(id {taken[0].id.hex()}); choose another name")
+            raise RpcError(INVALID_PARAMS, "you are already in a group named "
+                           f"{taken[0].state.name!r} (id {taken[0].id.hex()}); choose "
+                           "another name")
         if any(e.state == "accepted" for e in self.contacts.by_name(name)):
             raise RpcError(INVALID_PARAMS, f"a contact is named {name!r}; choose another "
                            "name for the group")
