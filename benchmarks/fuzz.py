@@ -59,7 +59,7 @@ if os.environ.get("DHTCHAT_FUZZ_INSTRUMENT") == "1":  # the atheris child: instr
 import msgspec
 
 from dhtchat.app.files import FileTransfers, safe_file_name, seal_chunk
-from dhtchat.app.groups import GroupState, open_state, sign_state
+from dhtchat.app.groups import new_group, open_state, sign_state
 from dhtchat.app.history import History
 from dhtchat.app.keystore import KeystoreError, load_identity_document, open_identity, seal_identity
 from dhtchat.app.messenger import Frame, Part, Payload
@@ -391,8 +391,8 @@ def _seeds() -> dict[str, list[bytes]]:
     presence = make_presence(ALICE, PAIR_ALICE, 1, bytes(16), int(NOW), False)
     offer = make_signal(ALICE, BOB.public_key, "offer", bytes(16), int(NOW * 1000), _SDP)
     bye = make_signal(ALICE, BOB.public_key, "bye", bytes(16), int(NOW * 1000), "busy")
-    group = sign_state(ALICE, GroupState(bytes(16), "team", ALICE.public_key, 1,
-                                         [ALICE.public_key, BOB.public_key]))
+    group = sign_state(ALICE, new_group(ALICE.public_key, "team", [BOB.public_key],
+                                        bytes(16)))
     slot = PAIR_ALICE.seal_record(_purpose("MAILBOX"), 0, _encoder.encode(Part(0, 1, b"x")),
                                   seq=1, expires=int(NOW) + 600, random_bytes=rnd)
     payloads = [

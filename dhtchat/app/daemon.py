@@ -1278,20 +1278,32 @@ class Daemon:
             raise RpcError(NOT_A_CONTACT, "not an accepted contact")
         return found
 
-    def _message_json(self, message: Any) -> dict[str, Any]:
-        sender = message.author if message.author is not None else message.contact
-        return message_json(message, self.identity.user_id, encode_user_id(sender))
+    def _message_json(self, message: StoredMessage) -> dict[str, Any]:
+        """The API form of a message: its author (a group member, not the admin who relayed
+        it) and, for a group message, the group, by id and name."""
+        assert self.messenger is not None
+        group = self.messenger.groups.get(message.group_id) if message.group_id else None
+        them = message.contact.hex() if message.outgoing and message.group_id \
+            else encode_user_id(message.contact)
+        author = None if message.outgoing else self.contacts.get(
+            message.author if message.author is not None else message.contact)
+        return message_json(message, self.identity.user_id, them,
+                            author_name=author.name if author is not None else None,
+                            group_name=group.state.name if group is not None else None)
 
     def _contact_or_group(self, value: Any) -> ContactEntry | Group:
-        """``to`` of message.send / file.send: an accepted contact, else a group (the
-        contact error if it is neither)."""
+        """``to`` of message.send / file.send / message.history: an accepted contact, else a
+        group (the contact error if it is neither, the group error if the name is several
+        groups')."""
         try:
             return self._accepted_contact(value)
         except RpcError as not_contact:
             try:
                 return self._group(value)
-            except RpcError:
-                raise not_contact from None
+            except RpcError as no_group:
+                if no_group.code == NOT_FOUND or not isinstance(value, str) or not value:
+                    raise not_contact from None
+                raise no_group from None
 
     def _group(self, value: Any) -> Group:
         assert self.messenger is not None
@@ -1320,6 +1332,15 @@ class Daemon:
         name = _text_param(params, "name", 64)
         if not name:
             raise RpcError(INVALID_PARAMS, "a group needs a name")
+        # A name is how the CLI addresses a group: one that is already taken could not be.
+        taken = [g for g in self.messenger.groups.by_name(name) if g.active]
+        if taken:
+            raise RpcError(INVALID_PARAMS, "you are already in a group named "
+                           f"{taken[0].state.name!r} (id {taken[0].id.hex()}); choose "
+                           "another name")
+        if any(e.state == "accepted" for e in self.contacts.by_name(name)):
+            raise RpcError(INVALID_PARAMS, f"a contact is named {name!r}; choose another "
+                           "name for the group")
         state = await self.messenger.create_group(name, self._members(params.get("members")))
         group = self.messenger.groups.get(state.id)
         assert group is not None
@@ -1382,8 +1403,7 @@ class Daemon:
                 message = await self.messenger.send_group_text(group.id, text)
             except LocalProtocolError as exc:
                 raise RpcError(INVALID_PARAMS, str(exc)) from None
-            message = await self._wait_delivered(params, message)
-            return message_json(message, self.identity.user_id, group.id.hex())
+            return self._message_json(await self._wait_delivered(params, message))
         entry = target
         message_id = None
         if params.get("id") is not None:
@@ -1616,17 +1636,10 @@ class Daemon:
         limit = params.get("limit", 50)
         if not isinstance(limit, int) or not 1 <= limit <= 100000:
             raise RpcError(INVALID_PARAMS, "limit must be 1-100000")
-        try:
-            entry = self._accepted_contact(params.get("contact"))
-        except RpcError as not_contact:
-            try:
-                group = self._group(params.get("contact"))
-            except RpcError:
-                raise not_contact from None
-            return [message_json(m, self.identity.user_id,
-                                 group.id.hex() if m.outgoing else encode_user_id(m.contact))
-                    for m in self.history.group_history(group.id, limit)]
-        return [self._message_json(m) for m in self.history.history(entry.public_key, limit)]
+        target = self._contact_or_group(params.get("contact"))
+        if isinstance(target, Group):
+            return [self._message_json(m) for m in self.history.group_history(target.id, limit)]
+        return [self._message_json(m) for m in self.history.history(target.public_key, limit)]
 
     async def rpc_message_typing(self, params: dict[str, Any]) -> dict[str, Any]:
         """Tell a connected contact that we are typing (params: contact)."""
@@ -1662,7 +1675,7 @@ class Daemon:
             except (LocalProtocolError, OSError) as exc:
                 raise RpcError(INVALID_PARAMS, str(exc)) from None
             return {"group": group.id.hex(),
-                    "message": message_json(message, self.identity.user_id, group.id.hex()),
+                    "message": self._message_json(message),
                     "name": Path(path).name, "size": Path(path).stat().st_size,
                     "id": message.id.hex()}
         entry = target

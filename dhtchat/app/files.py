@@ -48,6 +48,7 @@ from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.ids import blake2b_256
 
 if TYPE_CHECKING:
+    from dhtchat.app.groups import FileOrigin
     from dhtchat.app.messenger import Messenger
 
 log = logging.getLogger("dhtchat.files")
@@ -253,10 +254,12 @@ class FileTransfers:
 
     async def send(self, contact: bytes, path: Path, *, group_id: bytes | None = None,
                    author: bytes | None = None, name: str | None = None,
-                   digest: bytes | None = None, source: FileEntry | None = None) -> FileEntry:
+                   digest: bytes | None = None, source: FileEntry | None = None,
+                   origin: FileOrigin | None = None) -> FileEntry:
         """Offer a file to a contact (the offer is a queued message; content is pulled).
         ``group_id``/``author``: a file for a group (the admin relays members' files);
-        ``source``: a complete received file to offer on (read decrypted from its store)."""
+        ``source``: a complete received file to offer on (read decrypted from its store);
+        ``origin``: its author's signed offer, sent with it."""
         source_id: bytes | None = None
         if source is not None:
             source = self.get(source.id)  # as stored now (it moved when it completed)
@@ -283,7 +286,7 @@ class FileTransfers:
                        (file_id, contact, name, size, digest, key, str(path),
                         time.time(), group_id, author, source_id))
         await self.messenger.send_file_offer(contact, file_id, name, size, digest, key,
-                                             group_id=group_id or b"", author=author or b"")
+                                             group_id=group_id or b"", origin=origin)
         entry = self.get(file_id)
         assert entry is not None
         return entry
