@@ -164,9 +164,9 @@ def test_relay_only_hides_the_address(scene_factory: Any) -> None:
 
 
 def test_reconnects_after_network_outage(scene_factory: Any) -> None:
-    """Alice's uplink goes dark: ICE consent freshness (RFC 7675) declares the path dead,
-    both sides say so with a reason, and the daemons reconnect by themselves once the
-    network is back."""
+    """Alice's uplink goes dark: the connection's keepalive (5 s of silence) or ICE consent
+    freshness (RFC 7675, ~30 s) declares the path dead, both sides say so with a reason, and
+    the daemons reconnect by themselves once the network is back."""
     scene: Scene = scene_factory("cone", turn=False)
     code, _info, err = scene.connect()
     assert code == 0, err
@@ -176,7 +176,9 @@ def test_reconnects_after_network_outage(scene_factory: Any) -> None:
         row = scene.alice.wait_contact(scene.bob_id, lambda r: r.get("status") != "connected",
                                        timeout=60)
         print(f"\nafter the outage alice says: {row['status']} - {row.get('reason')}")
-        assert "consent" in row.get("reason", "") or "connection" in row.get("reason", "")
+        reason = row.get("reason", "")
+        assert row["status"] == "unreachable" or "consent" in reason or "connection" in reason
+        assert "nothing heard" in reason or "consent" in reason or "connection" in reason
     finally:
         scene.lab.run("router_a", ["iptables", "-D", "FORWARD", "1"])
     back = scene.alice.wait_contact(scene.bob_id, lambda r: r.get("status") == "connected",
