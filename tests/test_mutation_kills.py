@@ -1,4 +1,4 @@
-"""Direct unit tests of the proof of work, the rate limiter and the record store.
+"""Direct unit tests of the proof of work, the rate limiter, the record store and records.
 
 They kill mutants the mutation run (benchmarks/mutation.py, docs/benchmarks.md "Mutation
 testing") found surviving: each pins one security decision at its boundary.
@@ -8,9 +8,24 @@ from __future__ import annotations
 
 import hashlib
 
-from dhtchat.core.pow import pow_ok, solve_pow
+import msgspec
+import pytest
+
+from dhtchat.core.errors import InvalidRecord, LocalProtocolError
+from dhtchat.core.identity import SigningIdentity
+from dhtchat.core.pow import REQUEST_POW_BITS, pow_ok, solve_pow
 from dhtchat.core.ratelimit import TokenBuckets
-from dhtchat.core.records import Record, RecordType, record_key
+from dhtchat.core.records import (
+    CLOCK_SKEW_ALLOWANCE,
+    MAX_VALUE_BYTES,
+    Record,
+    RecordType,
+    app_salt,
+    make_record,
+    policy_for,
+    record_key,
+    validate_record,
+)
 from dhtchat.core.storage import RecordStore
 from dhtchat.core.wire import StoreStatus
 
@@ -172,3 +187,106 @@ def test_store_expiry_boundary_and_owner_filter() -> None:
     assert store.expire(200.0) == 1
     assert store.held_keys() == []
     assert store.subnet_usage("s1") == (0, 0)
+
+
+# ------------------------------------------------------------------ records.py (issue 11 item 17)
+
+ALICE_ID = SigningIdentity.from_seed(bytes([1]) * 32)
+BOB_ID = SigningIdentity.from_seed(bytes([2]) * 32)
+NOW = 1_700_000_000
+
+
+def test_record_key_and_app_salt_are_the_documented_domain_separated_hashes() -> None:
+    owner = ALICE_ID.public_key
+    expected = hashlib.blake2b(b"dhtchat/record-key/v1" + b"\x00\x06" + owner + b"salt",
+                               digest_size=32).digest()
+    assert record_key(RecordType.CONTACT_REQUEST, owner, b"salt") == expected
+    assert app_salt("k\u00e9y") == hashlib.blake2b(b"dhtchat/app-key/v1" + "k\u00e9y".encode(),
+                                                   digest_size=32).digest()
+
+
+def test_make_record_type_range_is_exactly_16_bits() -> None:
+    for type_ in (0, 0xFFFF):
+        record = make_record(ALICE_ID, type_, b"", b"v", seq=0, expires=NOW + 60)
+        validate_record(record, record.key, NOW)
+    for type_ in (-1, 0x10000):
+        with pytest.raises(LocalProtocolError):
+            make_record(ALICE_ID, type_, b"", b"v", seq=0, expires=NOW + 60)
+
+
+def test_make_record_namespace_rules() -> None:
+    own = make_record(ALICE_ID, RecordType.APP, b"", b"v", seq=1, expires=NOW + 60,
+                      namespace=ALICE_ID.public_key)
+    assert own.namespace == b""  # the owner's own key is stored as the empty namespace
+    validate_record(own, record_key(RecordType.APP, ALICE_ID.public_key, b""), NOW)
+    with pytest.raises(LocalProtocolError):  # an owner-only type in someone else's space
+        make_record(ALICE_ID, RecordType.APP, b"", b"v", seq=1, expires=NOW + 60,
+                    namespace=BOB_ID.public_key)
+    with pytest.raises(LocalProtocolError):  # an open-write type, but not a 32-byte key
+        make_record(ALICE_ID, RecordType.MAILBOX, b"", b"v", seq=1, expires=NOW + 60,
+                    namespace=b"short")
+
+
+def test_validate_record_checks_the_signature_by_default() -> None:
+    good = make_record(ALICE_ID, RecordType.APP, b"s", b"v", seq=1, expires=NOW + 60)
+    forged = msgspec.structs.replace(good, value=b"w")
+    validate_record(forged, forged.key, NOW, verify_signature_=False)
+    with pytest.raises(InvalidRecord, match="signature"):
+        validate_record(forged, forged.key, NOW)
+
+
+def _signed_raw(type_: int, namespace: bytes, value: bytes = b"v", expires: int = NOW + 60,
+                signer: SigningIdentity = ALICE_ID) -> Record:
+    """A correctly signed record that make_record would refuse to build."""
+    unsigned = Record(type_, signer.public_key, namespace, b"", 1, expires, value, bytes(64))
+    return msgspec.structs.replace(unsigned, signature=signer.sign(unsigned.signed_bytes()))
+
+
+def test_validate_record_refuses_foreign_or_malformed_namespaces() -> None:
+    foreign = _signed_raw(RecordType.APP, BOB_ID.public_key)  # owner-only type, Bob's space
+    with pytest.raises(InvalidRecord, match="namespace"):
+        validate_record(foreign, foreign.key, NOW)
+    short = _signed_raw(RecordType.MAILBOX, b"\x01" * 31)  # open-write, 31-byte namespace
+    with pytest.raises(InvalidRecord, match="namespace"):
+        validate_record(short, short.key, NOW)
+    own = _signed_raw(RecordType.MAILBOX, ALICE_ID.public_key)  # must be spelled b""
+    with pytest.raises(InvalidRecord, match="namespace"):
+        validate_record(own, own.key, NOW)
+    mailbox = _signed_raw(RecordType.MAILBOX, BOB_ID.public_key)
+    validate_record(mailbox, mailbox.key, NOW)
+
+
+def test_validate_record_value_size_and_expiry_boundaries() -> None:
+    full = _signed_raw(RecordType.APP, b"", value=bytes(MAX_VALUE_BYTES))
+    validate_record(full, full.key, NOW)  # exactly the maximum is allowed
+    at_now = _signed_raw(RecordType.APP, b"", expires=NOW)
+    with pytest.raises(InvalidRecord, match="expired"):
+        validate_record(at_now, at_now.key, NOW)
+    validate_record(at_now, at_now.key, NOW - 1)
+    limit = NOW + policy_for(RecordType.APP).max_ttl + CLOCK_SKEW_ALLOWANCE
+    longest = _signed_raw(RecordType.APP, b"", expires=limit)
+    validate_record(longest, longest.key, NOW)  # the skew allowance is inclusive ...
+    too_long = _signed_raw(RecordType.APP, b"", expires=limit + 1)
+    with pytest.raises(InvalidRecord, match="lifetime"):
+        validate_record(too_long, too_long.key, NOW)  # ... and added, not subtracted
+
+
+# Counters solving REQUEST_POW_BITS for subject bob || alice (precomputed with solve_pow).
+_POW_EMPTY_SEALED, _POW_SEALED_X = 25976, 309691
+
+
+def test_contact_request_needs_a_sealed_part_after_its_counter() -> None:
+    subject = BOB_ID.public_key + ALICE_ID.public_key
+    assert pow_ok(subject, b"", _POW_EMPTY_SEALED, REQUEST_POW_BITS)
+    assert pow_ok(subject, b"x", _POW_SEALED_X, REQUEST_POW_BITS)
+    counter_only = _signed_raw(RecordType.CONTACT_REQUEST, BOB_ID.public_key,
+                               value=_POW_EMPTY_SEALED.to_bytes(8, "big"))
+    with pytest.raises(InvalidRecord, match="proof of work"):
+        validate_record(counter_only, counter_only.key, NOW)
+    one_byte = _signed_raw(RecordType.CONTACT_REQUEST, BOB_ID.public_key,
+                           value=_POW_SEALED_X.to_bytes(8, "big") + b"x")
+    validate_record(one_byte, one_byte.key, NOW)
+    unsolved = _signed_raw(RecordType.CONTACT_REQUEST, BOB_ID.public_key,
+                           value=(_POW_SEALED_X + 1).to_bytes(8, "big") + b"x")
+    with pytest.raises(InvalidRecord, match="proof of work"):
+        validate_record(unsolved, unsolved.key, NOW)
