@@ -11,7 +11,8 @@ import hashlib
 import msgspec
 import pytest
 
-from dhtchat.core.errors import InvalidRecord, LocalProtocolError
+from dhtchat.core.contacts import Pair, ReplayGuard
+from dhtchat.core.errors import InvalidRecord, LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity
 from dhtchat.core.pow import REQUEST_POW_BITS, pow_ok, solve_pow
 from dhtchat.core.ratelimit import TokenBuckets
@@ -290,3 +291,40 @@ def test_contact_request_needs_a_sealed_part_after_its_counter() -> None:
                            value=(_POW_SEALED_X + 1).to_bytes(8, "big") + b"x")
     with pytest.raises(InvalidRecord, match="proof of work"):
         validate_record(unsolved, unsolved.key, NOW)
+
+
+# ----------------------------------------------------------------- contacts.py (issue 11 item 17)
+
+# Pair secret of the seeds 0x01*32 and 0x02*32: BLAKE2b(domain || X25519 || low key || high key).
+_PAIR_1_2 = "ce7c43424ef66ebdb0d96751c5a3ef83f56d738ff52997fe855751a2e90810a9"
+
+
+def test_pair_secret_is_the_known_answer_and_needs_the_private_key() -> None:
+    secret = Pair.derive(ALICE_ID, BOB_ID.public_key).secret
+    assert secret.hex() == _PAIR_1_2
+    assert Pair.derive(BOB_ID, ALICE_ID.public_key).secret == secret
+    low, high = sorted((ALICE_ID.public_key, BOB_ID.public_key))
+    assert secret != hashlib.blake2b(b"dhtchat/pair/v1" + low + high, digest_size=32).digest()
+
+
+def test_replay_guard_age_window_is_inclusive_on_both_sides() -> None:
+    guard = ReplayGuard(max_age=120)
+    guard.check(b"s", "offer", b"a", 1_000_000, 1120.0)  # exactly max_age old
+    guard.check(b"s", "offer", b"b", 1_120_000, 1000.0)  # exactly max_age in the future
+    with pytest.raises(RemoteProtocolError):
+        guard.check(b"s", "offer", b"c", 999_999, 1120.0)
+    with pytest.raises(RemoteProtocolError):
+        guard.check(b"s", "offer", b"d", 1_120_001, 1000.0)
+
+
+def test_replay_guard_remembers_within_the_window_and_at_capacity() -> None:
+    guard = ReplayGuard(max_age=120, capacity=2)
+    guard.check(b"s", "offer", b"a", 1_000_000, 1000.0)
+    with pytest.raises(RemoteProtocolError, match="replayed"):
+        guard.check(b"s", "offer", b"a", 1_000_000, 1001.0)  # still remembered a second later
+    guard.check(b"s", "offer", b"b", 1_000_000, 1001.0)  # two entries: exactly the capacity
+    with pytest.raises(RemoteProtocolError, match="replayed"):
+        guard.check(b"s", "offer", b"a", 1_000_000, 1002.0)
+    guard.check(b"s", "offer", b"c", 1_000_000, 1002.0)  # over capacity: the oldest goes ...
+    with pytest.raises(RemoteProtocolError, match="replayed"):
+        guard.check(b"s", "offer", b"c", 1_000_000, 1003.0)  # ... never the newest
