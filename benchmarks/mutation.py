@@ -22,8 +22,8 @@ MODULES = {  # short name -> dotted module mutmut names its mutants after
     "node": "dhtchat.core.node", "session": "dhtchat.messaging.session",
 }
 # measured floors (%), docs/benchmarks.md "Mutation testing"; None: not measured yet
-FLOORS: dict[str, int | None] = {"pow": 90, "ratelimit": 91, "storage": 85, "records": 72,
-                                 "contacts": 0, "sas": 0, "node": None, "session": None}
+FLOORS: dict[str, int | None] = {"pow": 90, "ratelimit": 91, "storage": 85, "records": 88,
+                                 "contacts": 76, "sas": 80, "node": None, "session": None}
 
 
 def score(module: str, results: list[str]) -> tuple[int, int, int]:
