@@ -295,6 +295,34 @@ def test_history_is_unreadable_without_the_key(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_a_history_from_before_typed_notices_gets_the_kind_column(tmp_path: Path) -> None:
+    """Item 10: an existing messages.db without ``kind`` opens; its rows read as "text" (an
+    old notice cannot be told from a text imitating one) and new rows keep their kind."""
+    import sqlcipher3  # type: ignore[import-untyped]  # noqa: PLC0415
+
+    from dhtchat.app import history as history_module  # noqa: PLC0415
+
+    key, path = bytes(range(32)), tmp_path / "messages.db"
+    old_schema = history_module._SCHEMA.replace("    kind TEXT NOT NULL DEFAULT 'text',\n", "")
+    assert old_schema != history_module._SCHEMA
+    old = sqlcipher3.connect(str(path))
+    old.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+    old.executescript(old_schema)
+    old.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text) "
+                "VALUES (?, ?, 1, 1, 0, ?)", (b"o" * 16, b"c" * 32, "[timer] old"))
+    old.commit()
+    old.close()
+    history = History(path, key)
+    message = history.message(b"o" * 16)
+    assert message is not None and message.kind == "text"
+    with history.transaction() as db:
+        db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, kind) "
+                   "VALUES (?, ?, 1, 2, 0, ?, 'notice')", (b"n" * 16, b"c" * 32, "[timer] new"))
+    assert [m.kind for m in history.history(b"c" * 32, 10)] == ["text", "notice"]
+    history.close()
+    History(path, key).close()  # and opens again (the migration runs once)
+
+
 def test_send_cli_and_errors(tmp_path: Path, dht: DhtProcess) -> None:
     alice, _alice_id, bob, bob_id = _pair(tmp_path, dht)
     try:

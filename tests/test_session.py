@@ -48,7 +48,8 @@ class Person:
 
 def person() -> Person:
     seed = secrets.token_bytes(32)
-    return Person(seed, SigningIdentity.from_seed(seed).public_key, PrekeyStore.create(seed))
+    return Person(seed, SigningIdentity.from_seed(seed).public_key,
+                  PrekeyStore.create(seed, time.time()))
 
 
 async def established() -> tuple[Person, Person, Session, Session]:
