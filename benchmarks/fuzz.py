@@ -59,7 +59,7 @@ if os.environ.get("DHTCHAT_FUZZ_INSTRUMENT") == "1":  # the atheris child: instr
 import msgspec
 
 from dhtchat.app.files import FileTransfers, safe_file_name, seal_chunk
-from dhtchat.app.groups import GroupState, open_state, sign_state
+from dhtchat.app.groups import new_group, open_state, sign_state
 from dhtchat.app.history import History
 from dhtchat.app.keystore import KeystoreError, load_identity_document, open_identity, seal_identity
 from dhtchat.app.messenger import Frame, Part, Payload
@@ -237,9 +237,11 @@ def _t_payload(data: bytes) -> None:
     if payload.kind == "file":
         safe_file_name(payload.name)
     if payload.kind == "call" and payload.call_action:
-        machine = CallMachine(payload.call_id or bytes(16), "incoming", NOW)
         try:
-            machine.receive(payload.call_action, NOW)
+            machine = CallMachine(payload.call_id or bytes(16), "incoming", NOW,
+                                  nonce=bytes(16), peer_commitment=payload.commitment)
+            machine.receive(payload.call_action, NOW, nonce=payload.nonce)
+            machine.receive_reveal(payload.nonce, NOW)
         except RemoteProtocolError:
             pass
     if payload.group:
@@ -260,12 +262,16 @@ def _t_call(data: bytes) -> None:
     """A sequence of call actions from the contact, against both directions of a call."""
     actions = sorted(ACTIONS)
     for direction in ("incoming", "outgoing"):
-        machine = CallMachine(bytes(16), direction, NOW)
+        machine = CallMachine(bytes(16), direction, NOW, nonce=bytes(16),
+                              peer_commitment=bytes(32))
         for i, byte in enumerate(data[:32]):
             action = actions[byte % len(actions)] if byte < 200 else data[i:i + 4].decode(
                 "utf-8", errors="replace")
             try:
-                machine.receive(action, NOW + i)
+                if byte % 7 == 0:  # the caller's reveal, right or wrong
+                    machine.receive_reveal(data[i:i + 16], NOW + i)
+                else:
+                    machine.receive(action, NOW + i, nonce=data[i:i + 16])
             except RemoteProtocolError:
                 pass
             machine.tick(NOW + i)
@@ -281,7 +287,7 @@ def _t_session(data: bytes) -> None:
     except SessionError:
         pass
     if not _PREKEYS:
-        _PREKEYS.append(PrekeyStore.create(BOB.seed))
+        _PREKEYS.append(PrekeyStore.create(BOB.seed, time.time()))
     convo = Conversation(_PREKEYS[0], BOB.public_key, ALICE.public_key)
     try:
         _run(convo.decrypt(data))
@@ -385,8 +391,8 @@ def _seeds() -> dict[str, list[bytes]]:
     presence = make_presence(ALICE, PAIR_ALICE, 1, bytes(16), int(NOW), False)
     offer = make_signal(ALICE, BOB.public_key, "offer", bytes(16), int(NOW * 1000), _SDP)
     bye = make_signal(ALICE, BOB.public_key, "bye", bytes(16), int(NOW * 1000), "busy")
-    group = sign_state(ALICE, GroupState(bytes(16), "team", ALICE.public_key, 1,
-                                         [ALICE.public_key, BOB.public_key]))
+    group = sign_state(ALICE, new_group(ALICE.public_key, "team", [BOB.public_key],
+                                        bytes(16)))
     slot = PAIR_ALICE.seal_record(_purpose("MAILBOX"), 0, _encoder.encode(Part(0, 1, b"x")),
                                   seq=1, expires=int(NOW) + 600, random_bytes=rnd)
     payloads = [
@@ -398,7 +404,7 @@ def _seeds() -> dict[str, list[bytes]]:
                 author=ALICE.public_key),
         Payload("ack", ack=3, read=2),
     ]
-    bundle = PrekeyStore.create(ALICE.seed).bundle()
+    bundle = PrekeyStore.create(ALICE.seed, time.time()).bundle()
     stun_tid = bytes(range(12))
     response = (b"\x01\x01\x00\x0c\x21\x12\xa4\x42" + stun_tid
                 + b"\x00\x20\x00\x08\x00\x01\xa1\x47\xe1\x12\xa6\x43")

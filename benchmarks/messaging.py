@@ -377,8 +377,8 @@ async def bench_offline(pair: Pair, count: int, size: int) -> dict[str, Any]:
 
 
 async def bench_ratchet(count: int, size: int) -> dict[str, Any]:
-    a_store = PrekeyStore.create(secrets.token_bytes(32))
-    b_store = PrekeyStore.create(secrets.token_bytes(32))
+    a_store = PrekeyStore.create(secrets.token_bytes(32), time.time())
+    b_store = PrekeyStore.create(secrets.token_bytes(32), time.time())
     a = Conversation(a_store, a_store.identity_key, b_store.identity_key)
     b = Conversation(b_store, b_store.identity_key, a_store.identity_key)
     # Establish the session both ways, so every header below is a plain ratchet header.

@@ -1,7 +1,12 @@
-"""``python -m dhtchat``: the same as the ``dhtchat`` command."""
+"""``python -m dhtchat``: the same as the ``dhtchat`` command (and what ``dhtchat simulate``
+re-executes itself as, see dhtchat/sim/launch.py)."""
 
 import sys
 
-from dhtchat.app.cli import main
+from dhtchat.sim.launch import activate_if_launched
+
+activate_if_launched()  # before anything imports the core
+
+from dhtchat.app.cli import main  # noqa: E402
 
 sys.exit(main())

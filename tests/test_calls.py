@@ -1,7 +1,8 @@
 """Voice calls between two in-process daemons over a real loopback DHT and real aiortc
 connections: tones both ways recorded to WAV and checked by FFT; equal SAS on both sides;
-a substituted DTLS fingerprint stops the call before any audio; busy, decline, ring timeout
-and the call log."""
+a substituted DTLS fingerprint stops the call before any audio; a SAS nonce reveal that does
+not open its commitment is refused; busy, decline, ring timeout, a contact known to be
+offline, and the call log."""
 
 from __future__ import annotations
 
@@ -57,6 +58,11 @@ async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> No
         await asyncio.sleep(0.05)
 
 
+def _heard(call: Call | None) -> float:
+    """Seconds of audio the call has received so far."""
+    return call.sink.duration if call is not None and call.sink is not None else 0.0
+
+
 def _run(tmp: Path, scenario: Callable[[Daemon, Daemon, Daemon], Awaitable[None]],
          auto_connect: bool = True) -> None:
     """Alice and Bob (contacts), Carol (a contact of both), on a small DHT."""
@@ -103,7 +109,8 @@ def test_tone_call_both_ways_with_equal_sas(tmp_path: Path) -> None:
         other = await carol.calls.place(bob.identity.public_key, CallMedia())
         await _until(lambda: other.machine.ended, 20, "the busy signal")
         assert other.machine.reason == "busy"
-        await asyncio.sleep(CALL_SECONDS)
+        await _until(lambda: min(_heard(call), _heard(bobs)) >= CALL_SECONDS,
+                     CALL_SECONDS + 20, f"{CALL_SECONDS} s of audio both ways")
         stats = await alice.calls.stats(call)
         assert stats["packets_received"] > 0 and stats["rtt_ms"] is not None
         print(f"stats: {stats}")
@@ -165,6 +172,42 @@ def test_substituted_fingerprint_stops_the_call_before_audio(tmp_path: Path) -> 
     _run(tmp_path, scenario)
 
 
+def test_a_reveal_that_does_not_open_the_commitment_is_refused(tmp_path: Path) -> None:
+    """Alice's daemon reveals a SAS nonce other than the one it committed to in the invite
+    (as a caller in the middle who ground a better one after seeing Bob's nonce would):
+    Bob's daemon refuses it, shows no SAS and ends the call for both."""
+    async def scenario(alice: Daemon, bob: Daemon, carol: Daemon) -> None:
+        assert alice.calls is not None and bob.calls is not None
+        assert alice.messenger is not None
+        bob.calls.auto_answer = CallMedia()
+        genuine = alice.messenger.send_call
+        revealed: list[bytes] = []
+
+        async def tampered(contact: bytes, action: str, call_id: bytes, *,
+                           nonce: bytes = b"", **kwargs: object) -> bool:
+            if action == "nonce":
+                revealed.append(nonce)
+                nonce = bytes(16) if nonce != bytes(16) else b"\x01" * 16
+            return await genuine(contact, action, call_id, nonce=nonce,
+                                 **kwargs)  # type: ignore[arg-type]
+
+        alice.messenger.send_call = tampered  # type: ignore[method-assign]
+        call = await alice.calls.place(bob.identity.public_key, CallMedia())
+        await _until(lambda: bob.calls.current is not None  # type: ignore[union-attr]
+                     or any(c.machine.ended for c in bob.calls.calls.values()),  # type: ignore[union-attr]
+                     20, "Bob to get the call")
+        bobs = next(iter(bob.calls.calls.values()))
+        await _until(lambda: bobs.machine.ended, 20, "Bob to refuse the reveal")
+        assert revealed, "Alice's daemon never revealed"
+        assert "does not open its commitment" in bobs.machine.reason, bobs.machine.reason
+        assert bobs.sas is None  # no words are shown for a refused call
+        await _until(lambda: call.machine.ended, 20, "Alice to see the hang-up")
+        assert call.machine.reason == "hung up by the contact"
+        assert bob.calls.log(1)[0]["reason"] == bobs.machine.reason
+
+    _run(tmp_path, scenario)
+
+
 def test_verified_contact_whose_call_key_changes_is_flagged(tmp_path: Path) -> None:
     """Alice verifies Bob (his call fingerprint is pinned). Bob's call certificate for Alice
     stays the same on the next call; after it changes (a new device, or someone else) the
@@ -198,7 +241,7 @@ def test_verified_contact_whose_call_key_changes_is_flagged(tmp_path: Path) -> N
     _run(tmp_path, scenario)
 
 
-def test_decline_and_ring_timeout(tmp_path: Path) -> None:
+def test_decline_ring_timeout_and_a_contact_known_offline(tmp_path: Path) -> None:
     async def scenario(alice: Daemon, bob: Daemon, carol: Daemon) -> None:
         assert alice.calls is not None and bob.calls is not None
         call = await alice.calls.place(bob.identity.public_key, CallMedia())
@@ -217,6 +260,21 @@ def test_decline_and_ring_timeout(tmp_path: Path) -> None:
         assert bob.calls is not None
         await _until(lambda: bob.calls.current is None, 10, "Bob's side to stop ringing")  # type: ignore[union-attr]
         assert bob.calls.log(1)[0]["missed"] is True
+
+        # Carol's daemon stops (it says goodbye): a call to her fails at once and says so,
+        # well before the 30 s connection timeout.
+        await carol.stop()
+        link = alice.links[carol.identity.public_key]
+        await _until(lambda: link.status == "offline" and not link.online
+                     and link.presence is not None, 20, "Carol to be shown offline")
+        dialled = time.monotonic()
+        with pytest.raises(ConnectionError, match=r"is offline \(last seen .* ago\)"):
+            await asyncio.wait_for(
+                alice.calls.place(carol.identity.public_key, CallMedia()), 5.0)
+        elapsed = time.monotonic() - dialled
+        print(f"\ncall to an offline contact failed after {elapsed * 1000:.0f} ms")
+        assert elapsed < 2.0
+        assert alice.calls.current is None
 
     _run(tmp_path, scenario)
 
@@ -245,7 +303,7 @@ def test_cli_call_answer_verify_and_list(tmp_path: Path) -> None:
              "--audio-in", "tone:1000", "--audio-out", str(tmp_path / "bob-heard.wav")],
             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
             stdin=subprocess.DEVNULL)
-        time.sleep(1.0)
+        # No wait needed: `answer` also takes a call that was already ringing when it started.
         call = cli(alice.profile, "call", "Bob", "--audio-in", "tone:440", "--audio-out",
                    str(tmp_path / "alice-heard.wav"), "--duration", str(CALL_SECONDS),
                    timeout=120)
@@ -329,7 +387,14 @@ def test_group_call_mesh(tmp_path: Path, size: int) -> None:
                 raise
             print(f"\n{size}-party mesh: all {size * (size - 1) // 2} legs active in "
                   f"{time.monotonic() - started:.1f} s")
-            await asyncio.sleep(CALL_SECONDS)
+            def carried() -> bool:
+                for person in people:
+                    assert person.calls is not None
+                    if any(_heard(c) < CALL_SECONDS for c in person.calls.calls.values()
+                           if c.conference and c.machine.state == "active"):
+                        return False
+                return True
+            await _until(carried, CALL_SECONDS + 40, f"{CALL_SECONDS} s of audio on every leg")
             legs = list(host.calls.legs(next(iter(host.calls.calls.values())).conference))
             for leg in legs:  # both ends of each leg show the same SAS
                 peer = next(p for p in people if p.identity.public_key == leg.contact)
@@ -393,17 +458,18 @@ def test_video_call_mute_and_hold(tmp_path: Path) -> None:
         codecs = {t.sender.track.kind: t for t in call.pc.getTransceivers()  # type: ignore[union-attr]
                   if t.sender.track is not None}
         assert "video" in codecs
-        await asyncio.sleep(1.0)
         assert bobs.sink is not None
+        await _until(lambda: _heard(bobs) >= 1.5, 10, "Bob to hear the tone")
         muted_at = bobs.sink.duration  # position in Bob's recording
         await alice.calls.set_mute(call, True)
-        await asyncio.sleep(2.0)
+        await _until(lambda: _heard(bobs) >= muted_at + 2.0, 10, "2 s of muted audio")
         unmuted_at = bobs.sink.duration
         await alice.calls.set_mute(call, False)
         await alice.calls.set_hold(call, True)
         await _until(lambda: bobs.remote_held, 5, "Bob to see the hold")
         frames = bobs.video_frames
-        await asyncio.sleep(1.5)
+        held_at = bobs.sink.duration  # held audio is silence, still flowing: a clock
+        await _until(lambda: _heard(bobs) >= held_at + 1.5, 10, "1.5 s on hold")
         assert bobs.video_frames - frames <= 3  # the picture stopped (a frame in flight)
         await alice.calls.set_hold(call, False)
         await _until(lambda: not bobs.remote_held and bobs.video_frames > frames + 5, 10,
@@ -426,14 +492,14 @@ def test_call_to_a_contact_not_connected_goes_through_the_dht(tmp_path: Path) ->
     async def scenario(alice: Daemon, bob: Daemon, carol: Daemon) -> None:
         assert alice.calls is not None and bob.calls is not None
         link = alice.links[bob.identity.public_key]
-        await asyncio.sleep(1.0)
-        assert link.status != "connected"
+        await _until(lambda: link.online, 30, "Bob's presence")  # reachable, yet
+        assert link.status != "connected"  # no automatic connection
         bob.calls.auto_answer = CallMedia("tone:1000", str(tmp_path / "bob-heard.wav"))
         call = await alice.calls.place(bob.identity.public_key,
                                        CallMedia("tone:440", str(tmp_path / "alice-heard.wav")))
         assert link.channel is not None  # the data connection the call opened
         await _until(lambda: call.machine.state == "active", 30, "the call")
-        await asyncio.sleep(2.0)
+        await _until(lambda: _heard(call) >= 2.0, 15, "2 s of Bob's tone")
         await alice.calls.hangup(call)
         assert abs(dominant_frequency(tmp_path / "alice-heard.wav") - 1000.0) < 15
 

@@ -24,10 +24,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dhtchat import __version__
+from dhtchat.app import cli
 from dhtchat.app.keystore import WrongPassphrase, load_identity_document, open_identity
 from dhtchat.core.errors import InvalidUserId
 from dhtchat.core.identity import decode_user_id, encode_user_id
@@ -647,3 +649,76 @@ def test_no_bootstrap_node_answering(env: dict[str, str]) -> None:
         assert out == "", name
         assert "Traceback" not in err
         assert f"no DHT node answered at {dead}" in err, (name, err)
+
+
+# --- how messages and groups print (review items 9, 10, 12; a fake daemon, no processes) ---
+
+def _fake_daemon(monkeypatch: pytest.MonkeyPatch, answers: dict[str, Any]) -> None:
+    async def fake_call(path: Path, method: str, params: dict[str, Any],
+                        timeout: float) -> Any:
+        return answers[method]
+    monkeypatch.setattr(cli, "rpc_call", fake_call)
+
+
+ME, BOB, CAROL = "m" * 50, "b" * 50, "c" * 50
+
+
+def _printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             capsys: pytest.CaptureFixture[str], messages: list[dict[str, Any]],
+             contacts: list[dict[str, Any]], command: list[str]) -> list[str]:
+    _fake_daemon(monkeypatch, {"contact.list": contacts, "message.history": messages,
+                               "message.receive": messages, "group.list": messages,
+                               "status": {"public_key": ME, "id": ME}})
+    assert cli.main(["--profile", str(tmp_path / "p"), *command]) == EXIT_OK
+    return capsys.readouterr().out.splitlines()
+
+
+def _message(text: str, kind: str, author: str = BOB, **extra: Any) -> dict[str, Any]:
+    return {"from": author, "author": author, "text": text, "kind": kind, "timestamp": 0.0,
+            "read": False, "delivered": False, "group": None, **extra}
+
+
+def test_a_text_can_never_print_like_a_notice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Item 10: Bob types the timer notice (even with the notice mark, even from a contact
+    named with the mark): nothing he chooses prints as the notice does."""
+    notice = "[timer] disappearing messages off"
+    contacts = [{"name": "bob", "state": "accepted", "id": BOB},
+                {"name": f"{cli.NOTICE_MARK} bob", "state": "accepted", "id": CAROL}]
+    lines = _printed(tmp_path, monkeypatch, capsys, [
+        _message(notice, "notice"), _message(notice, "text"),
+        _message(f"{cli.NOTICE_MARK} {notice}", "text"), _message("\u2690 x", "text"),
+        _message(notice, "text", author=CAROL)], contacts, ["history", "bob"])
+    real, *faked = lines
+    assert real.endswith(f"] {cli.NOTICE_MARK} bob: {notice}")
+    for line in faked:
+        assert line != real and cli.NOTICE_MARK not in line and "\u2690" not in line, line
+    assert faked[1].endswith(f"bob: \\u2691 {notice}")
+
+
+def test_group_messages_print_their_author_and_group(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Item 9: a group message relayed by the admin (Bob) prints as Carol's, in the group."""
+    contacts = [{"name": "bob", "state": "accepted", "id": BOB}]
+    relayed = _message("hello", "text", author=CAROL, group="ab" * 16, group_name="desk",
+                       author_name="carol")
+    mine = dict(_message("mine", "text", author=ME, group="ab" * 16, group_name="desk"),
+                to="ab" * 16)
+    for command in (["receive"], ["history", "desk"]):
+        lines = _printed(tmp_path, monkeypatch, capsys, [relayed, mine], contacts, command)
+        assert lines[0].endswith("] [desk] carol: hello"), lines
+        assert lines[1].endswith("] [desk] me: mine …"), lines
+
+
+def test_group_list_shows_the_members(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Item 12: `group list` says who is in each group (names of contacts, else ids)."""
+    contacts = [{"name": "bob", "state": "accepted", "id": BOB}]
+    row = {"id": "ab" * 16, "name": "desk", "admin": BOB, "version": 2,
+           "members": [BOB, CAROL, ME], "i_am_admin": False, "active": True}
+    _fake_daemon(monkeypatch, {"contact.list": contacts, "group.list": [row],
+                               "status": {"public_key": ME, "id": ME}})
+    assert cli.main(["--profile", str(tmp_path / "p"), "group", "list"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"bob (admin), {CAROL}, me" in out, out

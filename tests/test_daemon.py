@@ -239,3 +239,31 @@ def test_stopping_with_a_follower_attached_is_clean(tmp_path: Path, dht: DhtProc
     assert "no daemon is running" not in err, err
     assert "the daemon stopped" in err, err
     assert follower.returncode != 0
+
+
+def test_killed_contact_shows_unreachable_within_seconds(tmp_path: Path,
+                                                         dht: DhtProcess) -> None:
+    """Review item 14: after kill -9 (no goodbye) the contact stayed `connected (direct)` for
+    ~24 s (ICE consent freshness). The keepalive on the connection says it within seconds."""
+    alice, alice_id = _start(tmp_path, "alice", dht)
+    bob, bob_id = _start(tmp_path, "bob", dht)
+    try:
+        make_contacts(alice, alice_id, bob, bob_id)
+        info = json.loads(cli(alice.profile, "connect", "Bob", "--timeout", "30",
+                              "--json").stdout)
+        assert info["status"] == "connected"
+        bob.wait_contact(alice_id, lambda r: r.get("status") == "connected")
+        bob.proc.kill()
+        bob.proc.wait(10)
+        killed = time.monotonic()
+        row = alice.wait_contact(bob_id, lambda r: r.get("status") != "connected", timeout=20)
+        elapsed = time.monotonic() - killed
+        print(f"\nkill -9 -> contact shown {row['status']} after {elapsed:.1f} s")
+        assert elapsed <= 8.0, (elapsed, row)
+        assert row["status"] == "unreachable", row
+        assert "last seen" in row["reason"] and row["last_seen"] <= time.time()
+        text = cli(alice.profile, "contact", "list").stdout
+        assert "unreachable" in text, text
+    finally:
+        alice.stop()
+        bob.stop()

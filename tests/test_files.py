@@ -20,6 +20,8 @@ from dhtchat.app.files import (
     CHUNK_BYTES,
     CHUNK_MARK,
     HASH_MISMATCH,
+    MAX_PENDING_OFFERS,
+    TOO_MANY_OFFERS,
     FileTransfers,
     chunk_nonce,
     file_json,
@@ -153,6 +155,17 @@ class _FakeDaemon:
         return task
 
 
+class _FakeChannel:
+    bufferedAmount = 0  # noqa: N815 - aiortc's RTCDataChannel names
+    readyState = "open"  # noqa: N815
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
 class _FakeMessenger:
     """What FileTransfers needs of a messenger: the history and the control messages sent."""
 
@@ -161,6 +174,19 @@ class _FakeMessenger:
         self.daemon = _FakeDaemon()
         self.requests: list[tuple[bytes, int]] = []
         self.confirmed: list[bytes] = []
+        self.ended: list[tuple[bytes, bytes, str]] = []  # (contact, file id, reason code)
+        self.offered: list[bytes] = []
+        self.channel = _FakeChannel()
+
+    def _channel(self, contact: bytes) -> _FakeChannel:
+        return self.channel
+
+    async def end_file(self, contact: bytes, file_id: bytes, reason: str) -> None:
+        self.ended.append((contact, file_id, reason))
+
+    async def send_file_offer(self, contact: bytes, file_id: bytes, *args: Any,
+                              **kwargs: Any) -> None:
+        self.offered.append(file_id)
 
     async def request_file(self, contact: bytes, file_id: bytes, offset: int) -> None:
         self.requests.append((file_id, offset))
@@ -285,6 +311,155 @@ def test_an_offer_over_the_auto_accept_size_waits_for_the_user(tmp_path: Path) -
     asyncio.run(run())
 
 
+def test_declining_or_cancelling_tells_the_other_side(tmp_path: Path) -> None:
+    """Review item 3: a decline or cancel used to end the transfer on one side only, so the
+    sender's `file send --wait` waited for its timeout and the offer looked pending."""
+    async def run() -> None:
+        bob_files, bob = _receiver(tmp_path / "bob")
+        alice_files, alice = _receiver(tmp_path / "alice")
+        alice_key, bob_key = os.urandom(32), os.urandom(32)
+        bob_files.set_limits(auto_accept=10)
+        source = tmp_path / "doc.bin"
+        source.write_bytes(os.urandom(5000))
+        sent = await alice_files.send(bob_key, source)
+        with bob_files.history.transaction() as db:  # the offer arrives at Bob's
+            bob_files.on_offer(db, alice_key, sent.id, sent.name, sent.size, sent.sha256,
+                               sent.key)
+        await bob_files.end(sent.id, "declined")
+        assert bob.ended == [(alice_key, sent.id, "declined")]
+        await alice_files.on_end(bob_key, sent.id, "declined")  # Bob's file_end arrives
+        entry = alice_files.get(sent.id)
+        assert entry is not None and entry.error == "declined by the contact"
+        assert await alice_files.wait_complete(sent.id, 5)  # --wait ends with the error
+        await alice_files.on_end(os.urandom(32), sent.id, "cancelled")  # not its contact
+        assert alice_files.get(sent.id) == entry
+
+        # The sender cancels a download in progress: Bob's partial file goes.
+        again = await alice_files.send(bob_key, source)
+        with bob_files.history.transaction() as db:
+            bob_files.on_offer(db, alice_key, again.id, again.name, again.size,
+                               again.sha256, again.key)
+        await bob_files.accept(again.id)
+        await bob_files.resume(alice_key)
+        partial = bob_files.get(again.id)
+        assert partial is not None and Path(partial.path).exists()
+        await alice_files.end(again.id, "cancelled")
+        assert alice.ended == [(bob_key, again.id, "cancelled")]
+        await bob_files.on_end(alice_key, again.id, "cancelled")
+        ended = bob_files.get(again.id)
+        assert ended is not None and ended.error == "cancelled by the sender"
+        assert not Path(ended.path).exists()
+        assert bob.ended == [(alice_key, sent.id, "declined")]  # no echo back
+    asyncio.run(run())
+
+
+def test_a_contact_cannot_queue_unlimited_offers(tmp_path: Path) -> None:
+    """Review item 3: waiting offers per contact are capped; the next is refused (and the
+    sender told), while another contact's offer still waits for the user."""
+    async def run() -> None:
+        files, messenger = _receiver(tmp_path)
+        files.set_limits(auto_accept=10)
+        flooder, friend = os.urandom(32), os.urandom(32)
+        waiting = [_offer(files, flooder, os.urandom(100))[0]
+                   for _ in range(MAX_PENDING_OFFERS)]
+        assert files.pending_offers(flooder) == MAX_PENDING_OFFERS
+        assert messenger.ended == []
+        extra, _ = _offer(files, flooder, os.urandom(100))
+        await _settle(messenger)
+        entry = files.get(extra)
+        assert entry is not None and entry.error == TOO_MANY_OFFERS
+        assert messenger.ended == [(flooder, extra, "refused")]
+        assert files.pending_offers(flooder) == MAX_PENDING_OFFERS
+        theirs, _ = _offer(files, friend, os.urandom(100))
+        kept = files.get(theirs)
+        assert kept is not None and kept.error is None and not kept.accepted
+        await files.end(waiting[0], "declined")  # a decided offer frees a place
+        assert files.pending_offers(flooder) == MAX_PENDING_OFFERS - 1
+        small = _offer(files, flooder, b"tiny")[0]  # within auto-accept: not an offer that waits
+        tiny = files.get(small)
+        assert tiny is not None and tiny.accepted and tiny.error is None
+    asyncio.run(run())
+
+
+async def _receive_whole(files: FileTransfers, messenger: _FakeMessenger, contact: bytes,
+                         content: bytes) -> bytes:
+    file_id, key = _offer(files, contact, content)
+    await files.resume(contact)
+    for offset in range(0, len(content), CHUNK_BYTES):
+        files.on_chunk(contact, seal_chunk(key, file_id, offset,
+                                           content[offset:offset + CHUNK_BYTES]))
+    return file_id
+
+
+def test_received_files_are_encrypted_at_rest(tmp_path: Path) -> None:
+    """Review item 6: a received file used to lie in clear under files/; now only its
+    ciphertext is on disk (the key is in the SQLCipher history) and export decrypts."""
+    async def run() -> None:
+        files, messenger = _receiver(tmp_path)
+        contact = os.urandom(32)
+        content = b"meeting at the north gate, 9pm. " * 10_000  # 320 kB, 5 chunks
+        file_id = await _receive_whole(files, messenger, contact, content)
+        await _settle(messenger)
+        entry = files.get(file_id)
+        assert entry is not None and entry.complete and entry.error is None
+        stored = Path(entry.path).read_bytes()
+        assert b"north gate" not in stored
+        assert len(stored) == len(content) + 16 * 5
+        out = files.export(file_id, tmp_path / "out.txt")
+        assert out.read_bytes() == content
+        damaged = bytearray(stored)
+        damaged[70_000] ^= 1  # a flipped bit in the second stored chunk
+        Path(entry.path).write_bytes(bytes(damaged))
+        with pytest.raises(LocalProtocolError, match="damaged"):
+            files.export(file_id, tmp_path / "again.txt")
+        assert not (tmp_path / "again.txt").exists()  # no half-decrypted copy left
+    asyncio.run(run())
+
+
+def test_a_file_received_in_clear_is_sealed_at_start(tmp_path: Path) -> None:
+    """A profile from before encryption at rest: its clear files are sealed on start."""
+    async def run() -> None:
+        files, messenger = _receiver(tmp_path)
+        contact = os.urandom(32)
+        content = b"old secret " * 20_000
+        file_id = await _receive_whole(files, messenger, contact, content)
+        await _settle(messenger)
+        entry = files.get(file_id)
+        assert entry is not None and entry.complete
+        Path(entry.path).write_bytes(content)  # as an older version stored it
+        with files.history.transaction() as db:
+            db.execute("UPDATE files SET sealed = 0 WHERE id = ?", (file_id,))
+        again = FileTransfers(messenger, tmp_path / "files")  # type: ignore[arg-type]
+        assert b"old secret" not in Path(entry.path).read_bytes()
+        assert again.export(file_id, tmp_path / "old.txt").read_bytes() == content
+        migrated = again.get(file_id)
+        assert migrated is not None and migrated.sealed
+    asyncio.run(run())
+
+
+def test_a_received_file_is_passed_on_decrypted(tmp_path: Path) -> None:
+    """An admin relaying a member's group file streams the plaintext from its sealed store,
+    re-sealed under the new offer's key."""
+    async def run() -> None:
+        files, messenger = _receiver(tmp_path)
+        member, other = os.urandom(32), os.urandom(32)
+        content = os.urandom(CHUNK_BYTES * 2 + 123)
+        received = files.get(await _receive_whole(files, messenger, member, content))
+        await _settle(messenger)
+        assert received is not None
+        relayed = await files.send(other, Path("unused"), source=received)
+        assert relayed.size == len(content) and relayed.sha256 == received.sha256
+        files.on_request(other, relayed.id, 0)
+        await _settle(messenger)
+        plain = b"".join(
+            nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                datagram[25:], datagram[1:25],
+                chunk_nonce(relayed.id, int.from_bytes(datagram[17:25], "big")), relayed.key)
+            for datagram in messenger.channel.sent)
+        assert plain == content
+    asyncio.run(run())
+
+
 def test_the_free_disk_check_refuses_a_file_larger_than_the_disk(tmp_path: Path) -> None:
     files, _ = _receiver(tmp_path)
     files.set_limits(contact_quota=1 << 40, total_quota=1 << 40)
@@ -324,6 +499,17 @@ def test_file_accept_over_rpc_between_daemons(tmp_path: Path) -> None:
             assert await alice.messenger.files.wait_complete(bytes.fromhex(offer["id"]), 120)
             out = await bob.rpc_file_get({"id": offer["id"], "dest": str(tmp_path / "got")})
             assert Path(out["path"]).read_bytes() == source.read_bytes()
+            # A declined offer ends on Alice's side too (file_end over the connection).
+            second = await alice.rpc_file_send({"to": "bob", "path": str(source)})
+            deadline = time.monotonic() + 60
+            while not any(r["id"] == second["id"] for r in await bob.rpc_file_list({})):
+                assert time.monotonic() < deadline, "the second offer did not arrive"
+                await alice.messenger.flush(bob.identity.public_key)
+                await asyncio.sleep(0.1)
+            await bob.rpc_file_decline({"id": second["id"]})
+            assert await alice.messenger.files.wait_complete(bytes.fromhex(second["id"]), 60)
+            mine = alice.messenger.files.get(bytes.fromhex(second["id"]))
+            assert mine is not None and mine.error == "declined by the contact"
         finally:
             for daemon in (alice, *others):
                 await daemon.stop()

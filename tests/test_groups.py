@@ -9,16 +9,25 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from dhtchat.app.daemon import Daemon, DaemonOptions
-from dhtchat.app.groups import GroupState, open_state, sign_group_text, sign_state
+from dhtchat.app.groups import (
+    GroupState,
+    new_group,
+    open_state,
+    sign_group_file,
+    sign_group_text,
+    sign_state,
+)
 from dhtchat.app.messenger import Payload
 from dhtchat.app.profile import Profile
+from dhtchat.app.rpc import RpcError
 from dhtchat.core.errors import RemoteProtocolError
-from dhtchat.core.identity import SigningIdentity
+from dhtchat.core.identity import SigningIdentity, encode_user_id
 from tests.daemons import next_host
 
 # The issue asks for at least 100 members; DHTCHAT_GROUP_SIZE changes it for experiments.
@@ -248,7 +257,8 @@ def test_members_who_are_not_contacts_talk_through_the_admin(tmp_path: Path) -> 
                                                               bob.identity.public_key]))
             with pytest.raises(RemoteProtocolError):
                 open_state(forged, alice.identity.public_key)  # claims to come from Alice
-            assert open_state(forged, eve.identity.public_key).admin == eve.identity.public_key
+            with pytest.raises(RemoteProtocolError, match="derived"):  # Alice's id, Eve's key
+                open_state(forged, eve.identity.public_key)
 
             # The receiving rules, applied to crafted payloads as they would arrive at Carol.
             group_id, now = state.id, time.time()
@@ -344,7 +354,9 @@ def test_group_file_relayed_by_the_admin(tmp_path: Path) -> None:
                            for e in carol.messenger.files.all())
             await _until(carol_has_it, 120, "Carol to receive the file")
             got = next(e for e in carol.messenger.files.all() if e.name == "minutes.bin")
-            assert Path(got.path).read_bytes() == source.read_bytes()
+            out = carol.messenger.files.export(got.id, tmp_path / "carol-minutes.bin")
+            assert out.read_bytes() == source.read_bytes()  # relayed from the admin's store
+            assert source.read_bytes()[:4096] not in Path(got.path).read_bytes()  # at rest
             assert got.group_id == state.id and got.author == bob.identity.public_key
             assert got.contact == alice.identity.public_key  # it came from the admin's copy
             assert "[file] minutes.bin (300000 bytes)" in _texts(carol, state.id)
@@ -360,3 +372,195 @@ def test_group_file_relayed_by_the_admin(tmp_path: Path) -> None:
             await asyncio.gather(*(d.stop() for d in everyone))
 
     asyncio.run(scenario())
+
+
+# --- review items 9, 10, 12 on one daemon (payloads arrive as they would from the network) ---
+
+class _Session:
+    """Stands for the ratchet a payload came through (no session is stored)."""
+
+    def to_json(self) -> None:
+        return None
+
+
+def _arrive(daemon: Daemon, sender: SigningIdentity, payload: Payload) -> None:
+    """``payload`` arrives from ``sender`` in order, as if decrypted from its next frame."""
+    assert daemon.messenger is not None and daemon.history is not None
+    key = sender.public_key
+    seq = daemon.history.conversation(key)["next_in_seq"]
+    payload = msgspec.structs.replace(payload, seq=seq, id=os.urandom(16),
+                                      sent_at=time.time())
+    daemon.messenger._store_incoming(key, payload, _Session(), False)  # type: ignore[arg-type]
+
+
+def _invite(admin: SigningIdentity, name: str, members: list[SigningIdentity]) -> GroupState:
+    return new_group(admin.public_key, name, [m.public_key for m in members], os.urandom(16))
+
+
+def _update(admin: SigningIdentity, state: GroupState) -> Payload:
+    return Payload("group_update", group=sign_state(admin, state))
+
+
+def _one_daemon(tmp_path: Path, test: Callable[[Daemon], Any]) -> None:
+    async def scenario() -> None:
+        daemon = await _daemon(tmp_path, 9, [])
+        try:
+            await test(daemon)
+        finally:
+            await daemon.stop()
+    asyncio.run(scenario())
+
+
+ALICE, CAROL, MALLORY = _identity(101), _identity(102), _identity(103)
+
+
+def test_a_group_id_cannot_be_squatted_by_a_member() -> None:
+    """Item 9: Mallory knows Alice's group id and signs a state for it with herself as
+    admin: refused (the id is derived from the admin's key), with or without the real one
+    known."""
+    bob = _identity(104)
+    real = signed = _invite(ALICE, "desk", [MALLORY, bob])
+    assert open_state(sign_state(ALICE, signed), ALICE.public_key).id == real.id
+    squat = GroupState(real.id, "desk", MALLORY.public_key, 5,
+                       [MALLORY.public_key, bob.public_key], salt=os.urandom(16))
+    with pytest.raises(RemoteProtocolError, match="derived"):
+        open_state(sign_state(MALLORY, squat), MALLORY.public_key)
+    with pytest.raises(RemoteProtocolError, match="another admin"):
+        open_state(sign_state(MALLORY, squat), MALLORY.public_key, known=real)
+    # Reusing Alice's salt does not help either: the id comes from the admin's key too.
+    copied = msgspec.structs.replace(squat, salt=real.salt)
+    with pytest.raises(RemoteProtocolError, match="derived"):
+        open_state(sign_state(MALLORY, copied), MALLORY.public_key)
+
+
+def test_a_forged_first_state_does_not_capture_an_invitee(tmp_path: Path) -> None:
+    """Item 9: Mallory's forged state for Alice's group id reaches the invitee first; it is
+    refused, and Alice's real invitation is then accepted with Alice as admin."""
+    async def test(bob: Daemon) -> None:
+        assert bob.messenger is not None
+        me = SigningIdentity.from_seed(_identity(9).seed)
+        real = _invite(ALICE, "desk", [MALLORY, me])
+        squat = GroupState(real.id, "desk", MALLORY.public_key, 9,
+                           [MALLORY.public_key, me.public_key], salt=os.urandom(16))
+        _arrive(bob, MALLORY, _update(MALLORY, squat))
+        assert bob.messenger.groups.get(real.id) is None
+        _arrive(bob, ALICE, _update(ALICE, real))
+        group = bob.messenger.groups.get(real.id)
+        assert group is not None and group.state.admin == ALICE.public_key
+        # A later state for the known id signed by Mallory: refused, Alice stays admin.
+        _arrive(bob, MALLORY, _update(MALLORY, squat))
+        group = bob.messenger.groups.get(real.id)
+        assert group is not None and group.state.admin == ALICE.public_key
+    _one_daemon(tmp_path, test)
+
+
+def test_group_history_and_receive_show_the_author_not_the_admin(tmp_path: Path) -> None:
+    """Item 9: Carol's message relayed by Alice (the admin) shows Carol as author and sender
+    in history and receive, with the group marked; notices and texts are typed (item 10)."""
+    async def test(bob: Daemon) -> None:
+        assert bob.messenger is not None
+        bob.contacts.put(ALICE.public_key, name="alice", state="accepted")
+        bob.contacts.put(CAROL.public_key, name="carol", state="accepted")
+        state = _invite(ALICE, "desk", [CAROL, _identity(9)])
+        _arrive(bob, ALICE, _update(ALICE, state))
+        origin, now = os.urandom(16), time.time()
+        _arrive(bob, ALICE, Payload(
+            "group_text", group_id=state.id, text="carol's words",
+            author=CAROL.public_key, origin_id=origin, origin_time=now,
+            signature=sign_group_text(CAROL, state.id, origin, now, "carol's words")))
+        _arrive(bob, ALICE, Payload("group_text", group_id=state.id, text="alice's words",
+                                    author=ALICE.public_key, origin_id=origin,
+                                    origin_time=now, signature=sign_group_text(
+                                        ALICE, state.id, origin, now, "alice's words")))
+        rows = await bob.rpc_message_history({"contact": "desk"})
+        by_text = {r["text"]: r for r in rows}
+        carol_id, alice_id = encode_user_id(CAROL.public_key), encode_user_id(ALICE.public_key)
+        words = by_text["carol's words"]
+        assert (words["author"], words["from"], words["author_name"]) == (
+            carol_id, carol_id, "carol")
+        assert (words["group"], words["group_name"], words["kind"]) == (
+            state.id.hex(), "desk", "text")
+        assert by_text["alice's words"]["author"] == alice_id
+        notice = next(r for r in rows if r["text"].startswith("[group]"))
+        assert notice["kind"] == "notice" and notice["author"] == alice_id
+        received = (await bob.rpc_message_receive({})).result
+        got = next(r for r in received if r["text"] == "carol's words")
+        assert (got["author"], got["author_name"], got["group_name"]) == (
+            carol_id, "carol", "desk")
+    _one_daemon(tmp_path, test)
+
+
+def test_a_typed_notice_is_a_text(tmp_path: Path) -> None:
+    """Item 10: a contact's text that reads like the timer notice is stored as "text"; the
+    real timer change as "notice"."""
+    async def test(bob: Daemon) -> None:
+        bob.contacts.put(ALICE.public_key, name="alice", state="accepted")
+        _arrive(bob, ALICE, Payload("text", text="[timer] disappearing messages off"))
+        _arrive(bob, ALICE, Payload("timer", timer=0))
+        rows = await bob.rpc_message_history({"contact": "alice"})
+        assert [(r["text"], r["kind"]) for r in rows] == [
+            ("[timer] disappearing messages off", "text"),
+            ("[timer] disappearing messages off", "notice")]
+    _one_daemon(tmp_path, test)
+
+
+def test_group_file_offers_are_signed_by_their_author(tmp_path: Path) -> None:
+    """Item 9: the admin relays a file offer "from" Carol: only with Carol's signature over
+    exactly this file (name, size, hash) is it accepted."""
+    async def test(bob: Daemon) -> None:
+        assert bob.messenger is not None
+        bob.contacts.put(ALICE.public_key, name="alice", state="accepted")
+        state = _invite(ALICE, "desk", [CAROL, _identity(9)])
+        _arrive(bob, ALICE, _update(ALICE, state))
+        digest, now, offer_id = bytes(range(32)), time.time(), os.urandom(16)
+
+        def offer(signer: SigningIdentity, *, size: int = 1000, name: str = "plan.pdf",
+                  signed_digest: bytes = digest) -> Payload:
+            origin = sign_group_file(signer, state.id, offer_id, now, name, size, signed_digest)
+            return Payload("file", file_id=os.urandom(16), name="plan.pdf", size=1000,
+                           sha256=digest, key=bytes(32), group_id=state.id,
+                           author=CAROL.public_key, origin_id=offer_id, origin_time=now,
+                           signature=origin.signature)
+
+        def accepted(payload: Payload) -> bool:
+            assert bob.messenger is not None
+            return bob.messenger._group_file_origin(ALICE.public_key, payload) == (
+                state.id, CAROL.public_key)
+
+        assert accepted(offer(CAROL))
+        assert not accepted(msgspec.structs.replace(offer(CAROL), signature=b""))
+        assert not accepted(offer(ALICE))  # the admin signs for Carol
+        assert not accepted(offer(CAROL, size=999))
+        assert not accepted(offer(CAROL, name="other.pdf"))
+        assert not accepted(offer(CAROL, signed_digest=bytes(32)))
+        # Arriving through the history: the forged one leaves no offer and no row.
+        _arrive(bob, ALICE, offer(ALICE))
+        _arrive(bob, ALICE, offer(CAROL))
+        files = bob.messenger.files.all()
+        assert len(files) == 1 and files[0].author == CAROL.public_key
+    _one_daemon(tmp_path, test)
+
+
+def test_duplicate_group_names_are_refused_or_reported(tmp_path: Path) -> None:
+    """Item 12: `group create` refuses a name already used by one of our groups (or a
+    contact); a name shared by two groups others made is reported as such, not as
+    "no contact named"."""
+    async def test(alice: Daemon) -> None:
+        alice.contacts.put(CAROL.public_key, name="carol", state="accepted")
+        alice.contacts.put(MALLORY.public_key, name="mallory", state="accepted")
+        created = await alice.rpc_group_create({"name": "desk", "members": ["carol"]})
+        assert created["members"]
+        with pytest.raises(RpcError, match="already in a group named 'desk'"):
+            await alice.rpc_group_create({"name": "Desk", "members": ["carol"]})
+        with pytest.raises(RpcError, match="a contact is named 'carol'"):
+            await alice.rpc_group_create({"name": "carol", "members": ["mallory"]})
+        me = _identity(9)
+        for admin in (CAROL, MALLORY):  # two others invite us to groups named "team"
+            _arrive(alice, admin, _update(admin, _invite(admin, "team", [me])))
+        with pytest.raises(RpcError, match="several groups are named 'team'"):
+            await alice.rpc_message_send({"to": "team", "text": "hi"})
+        with pytest.raises(RpcError, match="several groups are named 'team'"):
+            await alice.rpc_message_history({"contact": "team"})
+        with pytest.raises(RpcError, match="no contact named 'nobody'"):
+            await alice.rpc_message_send({"to": "nobody", "text": "hi"})
+    _one_daemon(tmp_path, test)

@@ -21,6 +21,7 @@ from dhtchat.core.events import (
 from dhtchat.core.ids import distance
 from dhtchat.core.lookup import Lookup
 from dhtchat.core.node import DhtConfig, DhtNode
+from dhtchat.core.pow import REQUEST_POW_BITS, solve_pow
 from dhtchat.core.records import RecordType, make_app_record, make_record
 from dhtchat.core.wire import (
     Envelope,
@@ -168,9 +169,14 @@ def test_get_returns_newest_record_per_owner_and_filters_by_owner() -> None:
     addresses = list(net.nodes)
     alice, bob = node_key(1001), node_key(1002)
     inbox_owner = node_key(1003).public_key
-    letters = [make_record(s, RecordType.MAILBOX, b"inbox", f"{i}".encode(), seq=i,
-                           expires=int(net.now) + 600, namespace=inbox_owner)
-               for s in (alice, bob) for i in (1, 2)]
+    letters = []  # an inbox: the open-write type, each record with its proof of work
+    for signer in (alice, bob):
+        for i in (1, 2):
+            sealed = f"{i}".encode()
+            counter = solve_pow(inbox_owner + signer.public_key, sealed, REQUEST_POW_BITS)
+            letters.append(make_record(signer, RecordType.CONTACT_REQUEST, b"",
+                                       counter.to_bytes(8, "big") + sealed, seq=i,
+                                       expires=int(net.now) + 600, namespace=inbox_owner))
     for i, letter in enumerate(letters):
         qid = net.command(addresses[i], lambda n, now, r=letter: n.put(r, now))
         _by_query(net, addresses[i], qid)

@@ -10,6 +10,7 @@ import pytest
 import dhtchat.core.records as records_module
 from dhtchat.core.identity import SigningIdentity
 from dhtchat.core.node import DhtConfig, DhtNode
+from dhtchat.core.pow import REQUEST_POW_BITS, solve_pow
 from dhtchat.core.records import (
     MAX_SALT_BYTES,
     MAX_VALUE_BYTES,
@@ -207,15 +208,15 @@ def test_listen_without_token_refused() -> None:
 
 
 def _fill_worst_case(node: DhtNode) -> bytes:
-    """Fill the routing table with IPv6 contacts (largest NodeInfo) and one mailbox key with
+    """Fill the routing table with IPv6 contacts (largest NodeInfo) and one inbox key with
     many owners' maximum-size records (largest Values reply); returns that key."""
     rng = random.Random(11)
     for i in range(400):
         node.table.add(rng.randbytes(32), (f"2001:db8:{i:x}::1", 65535), NOW)
     recipient = owner(999).public_key
     key = None
-    for i in range(40):
-        rec = make_record(owner(1000 + i), RecordType.MAILBOX, b"s" * MAX_SALT_BYTES,
+    for i in range(40):  # (put straight into the store: no proof of work needed)
+        rec = make_record(owner(1000 + i), RecordType.CONTACT_REQUEST, b"s" * MAX_SALT_BYTES,
                           b"\xff" * MAX_VALUE_BYTES, seq=2**62 + i, expires=int(NOW) + 3600,
                           namespace=recipient)
         assert node.store.put(rec, 1400, f"10.{i}.0.0/24", NOW) is StoreStatus.OK
@@ -236,7 +237,7 @@ def test_amplification_factor_at_most_one_for_unvalidated_addresses() -> None:
         Ping(), FindNode(rng.randbytes(32)), FindNode(node.node_id),
         GetValues(key), GetValues(full_key), GetValues(full_key, offset=3),
         GetValues(key, owner=b"\x01" * 32),
-        Store(make_record(owner(5000), RecordType.MAILBOX, b"s" * MAX_SALT_BYTES,
+        Store(make_record(owner(5000), RecordType.CONTACT_REQUEST, b"s" * MAX_SALT_BYTES,
                           b"\xee" * MAX_VALUE_BYTES, seq=1, expires=int(NOW) + 60,
                           namespace=owner(999).public_key)),
         Store(record(5001)), Listen(key),
@@ -264,17 +265,38 @@ def test_amplification_factor_at_most_one_for_unvalidated_addresses() -> None:
     assert reply.total == 40
 
 
+def contact_request(signer: SigningIdentity, recipient: bytes, sealed: bytes = b"sealed",
+                    *, seq: int = 0) -> Record:
+    """An inbox record with its proof of work really solved (about 2**18 hashes)."""
+    counter = solve_pow(recipient + signer.public_key, sealed, REQUEST_POW_BITS)
+    return make_record(signer, RecordType.CONTACT_REQUEST, b"",
+                       counter.to_bytes(8, "big") + sealed, seq=seq,
+                       expires=int(NOW) + 600, namespace=recipient)
+
+
+def signed_foreign(signer: SigningIdentity, type_: int, namespace: bytes, salt: bytes,
+                   value: bytes) -> Record:
+    """A correctly signed record naming ``namespace`` (bypassing make_record's refusal)."""
+    unsigned = Record(type_, signer.public_key, namespace, salt, 1, int(NOW) + 600, value,
+                      b"\x00" * 64)
+    return msgspec.structs.replace(unsigned, signature=signer.sign(unsigned.signed_bytes()))
+
+
 def test_only_open_write_types_accept_foreign_namespaces() -> None:
     node = make_storer()
     peer = RawPeer(node, ("203.0.113.5", 5000))
     peer.get_token()
     victim = owner(1).public_key
-    letter = make_record(owner(2), RecordType.MAILBOX, b"inbox", b"hi", seq=1,
-                         expires=int(NOW) + 600, namespace=victim)
+    letter = contact_request(owner(2), victim)
     assert peer.body(Store(letter)) == Stored(StoreStatus.OK)
     app = make_app_record(owner(2), "k", b"x", seq=1, expires=int(NOW) + 600)
     hijack = msgspec.structs.replace(app, namespace=victim)  # into the victim's app space
     assert peer.body(Store(hijack)) == Stored(StoreStatus.INVALID)
+    for type_ in (RecordType.MAILBOX, RecordType.PRESENCE, RecordType.SIGNAL,
+                  RecordType.PREKEYS, RecordType.APP, 999):
+        foreign = signed_foreign(owner(2), type_, victim, b"inbox", b"hi")
+        assert peer.body(Store(foreign)) == Stored(StoreStatus.INVALID), type_
+    assert node.store.record_count == 1
 
 
 def test_flood_from_one_subnet_cannot_exceed_its_quota() -> None:

@@ -85,7 +85,8 @@ def test_envelope_round_trip(tid: bytes, sender: bytes, flags: int, token: bytes
 
 
 def test_largest_store_fits_in_a_datagram() -> None:
-    record = make_record(SIGNER, RecordType.MAILBOX, b"s" * MAX_SALT_BYTES,
+    # the largest record: an open-write type (a foreign namespace) with the longest salt
+    record = make_record(SIGNER, RecordType.CONTACT_REQUEST, b"s" * MAX_SALT_BYTES,
                          b"v" * MAX_VALUE_BYTES, seq=2**63 - 1, expires=2**40,
                          namespace=b"n" * 32)
     data = encode_request(b"t" * 8, b"p" * 32, 255, b"k" * 16, Store(record))

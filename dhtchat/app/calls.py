@@ -14,8 +14,13 @@ two authenticated peers; SRTP keyed by DTLS, RFC 5764; SAS as in ZRTP, RFC 6189 
   SRTP keyed by its own DTLS handshake. Its DTLS fingerprints travel inside that
   authenticated signalling, so a substituted fingerprint makes the DTLS handshake fail before
   any media flows. Both sides also show a SAS computed from both fingerprints and both
-  identities (:mod:`dhtchat.core.sas`): equal words mean nobody sits in the middle even if
-  the signalling path were compromised.
+  identities (:mod:`dhtchat.core.sas`) and two nonces, one from each side (the caller's
+  committed in the invite and revealed after the callee's arrived in the accept), so nobody
+  in the middle can choose her values to make the words match: equal words mean nobody sits
+  in the middle even if the signalling path were compromised.
+* A call to a contact whose daemon is known to be offline (it said goodbye, or its last
+  presence is stale) fails at once with "NAME is offline (last seen …)" instead of waiting
+  for the connection timeout; when nothing is known yet the call tries to connect.
 * One call at a time per daemon: a second invite gets ``busy``. An invite not answered
   within the ring timeout ends as "no answer" (caller) / "missed" (callee). Every call is
   logged in the history database (``calls`` table; ``call list``).
@@ -51,13 +56,7 @@ from dhtchat.app.media import (
 from dhtchat.core.calls import CallMachine
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import encode_user_id, verify_signature
-from dhtchat.core.sas import (
-    Sas,
-    check_commitment,
-    commitment,
-    compute_sas,
-    parse_fingerprint,
-)
+from dhtchat.core.sas import Sas, compute_sas, parse_fingerprint
 from dhtchat.net.webrtc import configuration, enlarge_ice_socket_buffers, selected_pair
 
 if TYPE_CHECKING:
@@ -141,8 +140,6 @@ class Call:
     remote_held: bool = False  # the contact put it on hold
     tracks: list[MediaStreamTrack] = field(default_factory=list)
     remote_sdp: str = ""
-    nonce: bytes = b""  # ours (outgoing) or the caller's once revealed (incoming)
-    committed: bytes = b""  # incoming: the caller's commitment to its nonce
     sas: Sas | None = None
     remote_fingerprint: str = ""
     media_up_at: float | None = None
@@ -261,7 +258,11 @@ class CallManager:
         """Open the inputs, make sure the contact is connected, send the invite."""
         if self._busy_for(conference):
             raise LocalProtocolError("already in a call; hang up first")
-        call = Call(CallMachine(secrets.token_bytes(16), "outgoing", time.time(), video=video),
+        offline = self._known_offline(contact)
+        if offline:
+            raise ConnectionError(offline)
+        call = Call(CallMachine(secrets.token_bytes(16), "outgoing", time.time(), video=video,
+                                nonce=secrets.token_bytes(16)),
                     contact, media, conference=conference, participants=participants)
         self._open_media(call)
         self.calls[call.call_id] = call
@@ -270,9 +271,8 @@ class CallManager:
             pc = await self._peer_connection(call)
             await pc.setLocalDescription(await pc.createOffer())
             enlarge_ice_socket_buffers(pc)
-            call.nonce = secrets.token_bytes(16)
             sent = await self._signal(call, "invite", sdp=pc.localDescription.sdp,
-                                      commitment=commitment(call.nonce),
+                                      commitment=call.machine.commitment,
                                       participants=participants)
             if not sent:
                 raise ConnectionError("the connection to the contact closed")
@@ -286,6 +286,21 @@ class CallManager:
         log.info("calling %s (call %s)", self.daemon._name(contact), call.call_id.hex()[:8])
         return call
 
+    def _known_offline(self, contact: bytes) -> str:
+        """Why a call to ``contact`` cannot connect now, from what its presence says: its
+        daemon said goodbye, or its last presence is stale. "" when it may be reachable
+        (connected, online, or nothing heard yet)."""
+        link = self.daemon.links.get(contact)
+        if link is None or link.presence is None or link.online or link.status != "offline":
+            return ""
+        last = max(float(link.presence.published), link.connected_at)
+        ago = max(0.0, time.time() - last)
+        when = (f"{ago:.0f} s ago" if ago < 120 else f"{ago / 60:.0f} min ago" if ago < 7200
+                else f"{ago / 3600:.0f} h ago" if ago < 172800
+                else time.strftime("%Y-%m-%d %H:%M", time.localtime(last)))
+        return (f"{self.daemon._name(contact)} is offline (last seen {when}); the call was not "
+                "placed: try again once they are online")
+
     async def _repeat_invite(self, call: Call, sdp: str) -> None:
         """Signals are not retransmitted by the messenger (a data connection replaced at the
         wrong moment loses one): send the invite again until the callee says it rings."""
@@ -293,7 +308,7 @@ class CallManager:
             await asyncio.sleep(INVITE_REPEAT_AFTER)
             if call.machine.state != "inviting":
                 return
-            await self._signal(call, "invite", sdp=sdp, commitment=commitment(call.nonce),
+            await self._signal(call, "invite", sdp=sdp, commitment=call.machine.commitment,
                                participants=call.participants)
 
     async def place_group(self, contacts: list[bytes], media: CallMedia) -> list[Call]:
@@ -388,7 +403,9 @@ class CallManager:
             await pc.setLocalDescription(await pc.createAnswer())
             enlarge_ice_socket_buffers(pc)
             call.machine.send("accept", time.time())
-            if not await self._signal(call, "accept", sdp=pc.localDescription.sdp):
+            # Our fresh nonce, sent after we saw the caller's commitment (sas.py).
+            if not await self._signal(call, "accept", sdp=pc.localDescription.sdp,
+                                      nonce=call.machine.nonce):
                 raise ConnectionError("the connection to the contact closed")
         except (MediaError, LocalProtocolError):
             raise
@@ -397,6 +414,7 @@ class CallManager:
             raise LocalProtocolError(f"could not answer: {exc}") from None
         self._update_sas(call)
         self._log_call(call)
+        self._ensure_ticker()  # the reveal timeout
         call.notify()
         self.daemon._spawn(self._await_media(call))
         if call.conference:
@@ -462,17 +480,21 @@ class CallManager:
             log.info("ignored a call %s for an unknown call", action)
             return
         if action == "nonce":
-            self._on_nonce(call, nonce)
+            await self._on_nonce(call, nonce)
             return
         if action in ("hold", "resume"):
             if call.machine.state in ("connecting", "active"):
                 call.remote_held = action == "hold"
                 call.notify()
             return
+        was_over = call.machine.ended
         try:
-            call.machine.receive(action, now)
+            call.machine.receive(action, now, nonce=nonce)
         except RemoteProtocolError as exc:
-            log.info("ignored a call message: %s", exc)
+            if call.machine.ended and not was_over:  # a violation that ended the call
+                await self._refuse(call, str(exc))
+            else:
+                log.info("ignored a call message: %s", exc)
             return
         call.notify()
         if call.machine.ended:
@@ -487,9 +509,14 @@ class CallManager:
             if existing.contact == contact and existing.machine.state == "ringing":
                 await self._signal(existing, "ringing")
             return
-        machine = CallMachine(call_id, "incoming", time.time(), video=video)
-        call = Call(machine, contact, remote_sdp=sdp, committed=committed,
-                    conference=conference, participants=participants)
+        try:  # our nonce is drawn now, after the caller committed to its own
+            machine = CallMachine(call_id, "incoming", time.time(), video=video,
+                                  nonce=secrets.token_bytes(16), peer_commitment=committed)
+        except RemoteProtocolError as exc:
+            log.warning("refused a call from %s: %s", self.daemon._name(contact), exc)
+            return
+        call = Call(machine, contact, remote_sdp=sdp, conference=conference,
+                    participants=participants)
         try:
             call.remote_fingerprint = sdp_fingerprint(sdp)
         except RemoteProtocolError as exc:
@@ -533,23 +560,30 @@ class CallManager:
         except (RemoteProtocolError, ValueError) as exc:
             await self._fail(call, f"bad answer: {exc}")
             return
-        await self._signal(call, "nonce", nonce=call.nonce)  # reveal: the SAS is fixed now
+        # Reveal only now that the callee's nonce is in: the SAS is fixed for both sides.
+        await self._signal(call, "nonce", nonce=call.machine.reveal(time.time()))
         self._update_sas(call)
         self._log_call(call)
         self.daemon._spawn(self._await_media(call))
 
-    def _on_nonce(self, call: Call, nonce: bytes) -> None:
-        if call.machine.direction != "incoming" or call.nonce:
-            return
+    async def _on_nonce(self, call: Call, nonce: bytes) -> None:
+        was_over = call.machine.ended
         try:
-            check_commitment(call.committed, nonce)
+            call.machine.receive_reveal(nonce, time.time())
         except RemoteProtocolError as exc:
-            log.warning("call from %s: %s", self.daemon._name(call.contact), exc)
-            self.daemon._spawn(self._fail(call, str(exc)))
+            if call.machine.ended and not was_over:
+                await self._refuse(call, str(exc))
+            else:
+                log.info("ignored a SAS nonce: %s", exc)
             return
-        call.nonce = nonce
         self._update_sas(call)
         call.notify()
+
+    async def _refuse(self, call: Call, reason: str) -> None:
+        """The contact broke the call protocol (its machine ended the call): hang up."""
+        log.warning("call with %s: %s", self.daemon._name(call.contact), reason)
+        await self._signal(call, "hangup")
+        await self._end(call, reason)
 
     # ------------------------------------------------------------------ media
 
@@ -720,13 +754,14 @@ class CallManager:
         pc = call.pc
         if pc is None or pc.localDescription is None or not call.remote_fingerprint:
             return
-        if call.machine.direction == "incoming" and not call.nonce:
-            return  # the caller reveals its nonce after our accept
+        nonces = call.machine.sas_nonces
+        if nonces is None:
+            return  # the callee waits for the caller's reveal
         call.sas = compute_sas(
             local_identity=self.daemon.identity.public_key,
             local_fingerprint=sdp_fingerprint(pc.localDescription.sdp),
             remote_identity=call.contact, remote_fingerprint=call.remote_fingerprint,
-            nonce=call.nonce)
+            offer_nonce=nonces[0], answer_nonce=nonces[1])
         pinned = self.daemon.contacts.verified_fingerprint(call.contact)
         if pinned and parse_fingerprint(pinned) != parse_fingerprint(call.remote_fingerprint):
             call.warning = (f"{self.daemon._name(call.contact)}'s call key changed since you "
@@ -825,12 +860,14 @@ class CallManager:
             self._ticker = self.daemon._spawn(self._tick_loop())
 
     async def _tick_loop(self) -> None:
-        """Ring timeouts, while any call rings."""
-        while any(c.machine.state in ("inviting", "ringing") for c in self.calls.values()):
+        """Ring and reveal timeouts, while any call rings or waits for a reveal."""
+        while any(c.machine.state in ("inviting", "ringing") or c.machine.awaiting_reveal
+                  for c in self.calls.values()):
             await asyncio.sleep(TICK)
             for call in list(self.calls.values()):
                 if call.machine.tick(time.time()):
-                    if call.machine.direction == "outgoing":
+                    if call.machine.direction == "outgoing" \
+                            or call.machine.answered_at is not None:
                         await self._signal(call, "hangup")
                     await self._end(call, call.machine.reason)
 

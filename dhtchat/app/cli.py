@@ -541,18 +541,38 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# Starts every line dhtchat itself writes into a conversation (a timer change, a group's new
+# member list, a file offer). It, and the signs that look like it, are escaped in everything
+# other people choose (names, texts, file and group names), so no text can pass for a notice.
+NOTICE_MARK = "\u2691"  # ⚑
+_MARK_LOOKALIKES = str.maketrans({c: f"\\u{ord(c):04x}" if ord(c) < 0x10000
+                                  else f"\\U{ord(c):08x}"
+                                  for c in "\u2690\u2691\u26f3\u26ff\U0001f3c1\U0001f3f3"
+                                           "\U0001f3f4\U0001f6a9"})
+
+
+def _unmarked(text: str) -> str:
+    """``text`` on one line, terminal-safe, without anything that looks like the mark."""
+    return one_line(text).translate(_MARK_LOOKALIKES)
+
+
 def _print_message(message: dict[str, Any], as_json: bool, names: dict[str, str]) -> None:
     if as_json:
         print(json.dumps(message), flush=True)
         return
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(message["timestamp"]))
-    who = one_line(names.get(message["from"], message["from"][:12]))
+    author = str(message.get("author") or message["from"])
+    who = _unmarked(names.get(author) or message.get("author_name") or author[:12])
+    where = ""
+    if message.get("group"):  # which group, before who wrote in it
+        where = f"[{_unmarked(message.get('group_name') or message['group'][:12])}] "
     marks = ""
     if message["from"] == names.get("__me__"):
         marks = " ✓✓" if message["read"] else " ✓" if message["delivered"] else " …"
     # Continuation lines are indented, so a message cannot fake a line of its own.
-    text = "\n    ".join(one_line(line) for line in str(message["text"]).split("\n"))
-    print(f"[{stamp}] {who}: {text}{marks}", flush=True)
+    text = "\n    ".join(_unmarked(line) for line in str(message["text"]).split("\n"))
+    mark = "" if message.get("kind", "text") == "text" else f"{NOTICE_MARK} "
+    print(f"[{stamp}] {mark}{where}{who}: {text}{marks}", flush=True)
 
 
 def _names(args: argparse.Namespace) -> dict[str, str]:
@@ -679,10 +699,15 @@ def cmd_group(args: argparse.Namespace) -> int:
         rows = _rpc(args, "group.list", {})
         if args.json:
             print(json.dumps(rows, indent=2))
-        for row in [] if args.json else rows:
+            return EXIT_OK
+        names = _names(args)
+        for row in rows:
             state = "" if row["active"] else " (left/removed)"
-            print(f"{row['name']:<20} {len(row['members']):>4} members  v{row['version']}  "
-                  f"{row['id']}{state}")
+            print(f"{one_line(row['name']):<20} {len(row['members']):>4} members  "
+                  f"v{row['version']}  {row['id']}{state}")
+            members = [one_line(names.get(m, m)) + (" (admin)" if m == row["admin"] else "")
+                       for m in row["members"]]
+            print(f"    {', '.join(members)}")
         return EXIT_OK
     print(f"{result['name']}: {len(result['members'])} members (version {result['version']})")
     return EXIT_OK

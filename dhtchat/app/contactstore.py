@@ -26,6 +26,10 @@ from dhtchat.app.terminal import name_skeleton
 from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.ids import blake2b_256
 
+SEEN_RETENTION: Final = 15 * 86400  # longer than a contact request can live in the DHT
+TRIM_PERIOD: Final = 3600.0  # seen envelopes are trimmed at most this often
+MAX_INCOMING: Final = 256  # pending incoming requests kept; the oldest go first
+
 ContactState = Literal["incoming", "outgoing", "accepted", "refused", "blocked"]
 STATES: Final = ("incoming", "outgoing", "accepted", "refused", "blocked")
 
@@ -99,11 +103,13 @@ class ContactStore:
                 updated REAL NOT NULL);
             CREATE TABLE IF NOT EXISTS seen_envelopes (
                 envelope BLOB PRIMARY KEY, seen REAL NOT NULL);
+            CREATE INDEX IF NOT EXISTS seen_envelopes_by_time ON seen_envelopes(seen);
             CREATE TABLE IF NOT EXISTS verified (
                 public_key BLOB PRIMARY KEY, name TEXT NOT NULL, verified REAL NOT NULL,
                 fingerprint TEXT NOT NULL DEFAULT '');
             """
         )
+        self._trimmed = 0.0
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(verified)")}
         if "fingerprint" not in columns:  # a contact list from before pinning
             with self._db:
@@ -192,13 +198,61 @@ class ContactStore:
         with self._db:
             self._db.execute("DELETE FROM contacts WHERE public_key = ?", (public_key,))
 
+    def add_incoming(self, public_key: bytes, *, name: str, message: str, now: float,
+                     envelope: bytes, lifetime: float,
+                     cap: int = MAX_INCOMING) -> ContactEntry | None:
+        """Record a pending request and its envelope in one transaction; drop pending
+        requests older than ``lifetime`` and, over ``cap``, the oldest. Returns the entry
+        (None when it was itself the oldest over the cap)."""
+        with self._db:
+            self._db.execute(
+                """INSERT INTO contacts VALUES (?, ?, 'incoming', ?, ?, ?)
+                   ON CONFLICT(public_key) DO UPDATE SET
+                     name = excluded.name, state = 'incoming', message = excluded.message,
+                     updated = excluded.updated""",
+                (public_key, name, message, now, now))
+            self._remember(envelope, now)
+            self._expire_incoming(now, lifetime, cap)
+        return self.get(public_key)
+
+    def expire_incoming(self, now: float, lifetime: float, cap: int = MAX_INCOMING) -> int:
+        """Drop pending requests older than ``lifetime`` and the oldest over ``cap``;
+        returns how many were dropped (no write when none is)."""
+        with self._db:
+            return self._expire_incoming(now, lifetime, cap)
+
+    def _expire_incoming(self, now: float, lifetime: float, cap: int) -> int:
+        stale = self._db.execute(
+            "SELECT public_key FROM contacts WHERE state = 'incoming' AND updated < ? "
+            "UNION SELECT public_key FROM (SELECT public_key FROM contacts "
+            "WHERE state = 'incoming' ORDER BY updated DESC, public_key LIMIT -1 OFFSET ?)",
+            (now - lifetime, cap)).fetchall()
+        if stale:
+            self._db.executemany("DELETE FROM contacts WHERE public_key = ?", stale)
+        return len(stale)
+
+    def seen(self, envelope: bytes) -> bool:
+        """Whether a request envelope was processed before (a read, no write)."""
+        return self._db.execute("SELECT 1 FROM seen_envelopes WHERE envelope = ?",
+                                (envelope,)).fetchone() is not None
+
     def mark_seen(self, envelope: bytes, now: float) -> bool:
         """Remember a processed request envelope; False when it was seen already."""
         with self._db:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO seen_envelopes VALUES (?, ?)", (envelope, now))
-            self._db.execute("DELETE FROM seen_envelopes WHERE seen < ?", (now - 30 * 86400,))
+            return self._remember(envelope, now)
+
+    def _remember(self, envelope: bytes, now: float) -> bool:
+        cursor = self._db.execute("INSERT OR IGNORE INTO seen_envelopes VALUES (?, ?)",
+                                  (envelope, now))
+        if now - self._trimmed >= TRIM_PERIOD:  # a range delete on the index, hourly
+            self._trimmed = now
+            self._db.execute("DELETE FROM seen_envelopes WHERE seen < ?",
+                             (now - SEEN_RETENTION,))
         return bool(cursor.rowcount == 1)
+
+    def total_changes(self) -> int:
+        """Rows written through this connection so far (for tests and diagnostics)."""
+        return int(self._db.total_changes)
 
     def close(self) -> None:
         """Close the database."""

@@ -38,6 +38,7 @@ from typing import Any, Final, Literal
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
+from dhtchat.app import faults
 from dhtchat.app.calls import Call, CallManager, CallMedia
 from dhtchat.app.contactstore import ContactEntry, ContactStore, contacts_key
 from dhtchat.app.files import file_json
@@ -61,11 +62,13 @@ from dhtchat.app.rpc import (
 from dhtchat.core.addresses import Address, format_address
 from dhtchat.core.contacts import (
     EPOCH_SECONDS,
+    REQUEST_TTL,
     SIGNAL_MAX_AGE,
     OpenedSignal,
     Pair,
     Presence,
     Purpose,
+    RecentIds,
     ReplayGuard,
     epoch_of,
     inbox_key,
@@ -75,10 +78,12 @@ from dhtchat.core.contacts import (
     open_contact_request,
     open_presence,
     open_signal,
+    request_id,
 )
 from dhtchat.core.errors import InvalidUserId, LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity, decode_user_id, encode_user_id
 from dhtchat.core.ids import blake2b_256
+from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record
 from dhtchat.core.sas import sas_from_number, sas_from_words
 from dhtchat.net.stun import first_stun_responder
@@ -105,6 +110,12 @@ MAX_BACKOFF: Final = 60.0
 PRESENCE_POLL: Final = 30.0
 RECONNECT_GRACE: Final = 3.0  # after a connection closed, before offering again
 AUTO_OFFER_DEFER: Final = 20.0  # the larger key's head start for the smaller one
+INBOX_PUSH_RATE: Final = 0.5  # inbox pushes per second accepted from one storer...
+INBOX_PUSH_BURST: Final = 20.0  # ...after a burst of this many
+INBOX_SEEN_MEMORY: Final = 4096  # request envelopes remembered in memory
+KEEPALIVE_INTERVAL: Final = 1.0  # a keepalive frame each way this often on a connection...
+KEEPALIVE_TIMEOUT: Final = 5.0  # ...and none heard for this long: the contact is unreachable
+KEEPALIVE_CHANNEL_ID: Final = 1000  # SCTP stream of the (pre-negotiated) keepalive channel
 
 Status = Literal["offline", "online", "connecting", "connected"]
 
@@ -158,6 +169,22 @@ class Link:
     gone_session: bytes = b""  # the contact's daemon run that said goodbye
     defer_until: float = 0.0  # automatic offers from the larger key wait until then
     processed: dict[tuple[bytes, int], None] = field(default_factory=dict)
+    heard: float = 0.0  # monotonic time of the last frame from the contact on this connection
+    keepalive_heard: bool = False  # the contact sends keepalives (so their absence counts)
+    lost_session: bytes = b""  # the contact's daemon run whose connection died unannounced
+    last_seen: float = 0.0  # when that connection last carried anything (UNIX time)
+
+    def hear(self) -> None:
+        """Something arrived from the contact over the connection."""
+        self.heard = time.monotonic()
+
+    @property
+    def unreachable(self) -> bool:
+        """Not connected, and the connection to the contact's current daemon run was lost
+        without a goodbye (its presence record still says online)."""
+        return self.status != "connected" and bool(self.lost_session) \
+            and self.presence is not None and self.presence.session == self.lost_session \
+            and self.online
 
     def first_time(self, record: Record) -> bool:
         """False for a record already handled (``get`` and ``listen`` both deliver it)."""
@@ -208,7 +235,9 @@ class Daemon:
         self.calls: CallManager | None = None
         self._seq = 0
         self.joined = False
-        self._inbox_seen: set[bytes] = set()
+        self._inbox_seen = RecentIds(INBOX_SEEN_MEMORY)
+        self._inbox_push_limit = TokenBuckets(INBOX_PUSH_RATE, INBOX_PUSH_BURST, 4096)
+        self.dropped_inbox_pushes = 0
         if options.relay_only and options.turn is None:
             raise LocalProtocolError("--relay-only needs a TURN server (--turn URL)")
         restrict_host_addresses(options.ice_addresses)
@@ -240,6 +269,10 @@ class Daemon:
 
     async def start(self) -> None:
         """Take the profile lock, start the DHT node, join, and open the API socket."""
+        try:
+            faults.arm_from_environment()  # crash tests only (DHTCHAT_CRASH_AFTER)
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc)) from None
         make_private(self.profile.root)
         self._acquire_lock()
         try:
@@ -411,8 +444,12 @@ class Daemon:
             out["verified"] = verified
         link = self.links.get(entry.public_key)
         if entry.state == "accepted" and link is not None:
-            out["status"] = link.status if link.status != "offline" or not link.online \
-                else "online"
+            if link.unreachable:
+                out["status"] = "unreachable"
+                out["last_seen"] = round(link.last_seen, 1)
+            else:
+                out["status"] = link.status if link.status != "offline" or not link.online \
+                    else "online"
             if link.presence is not None and link.presence.relay_only:
                 out["relay_only"] = True  # the contact hides its IP: expect relayed paths
             if self.messenger is not None and self.messenger.is_typing(entry.public_key):
@@ -450,12 +487,14 @@ class Daemon:
             if self._inbox is None:
                 try:
                     self._inbox = await self.node.listen(key)
-                    self._spawn(self._consume(self._inbox, self._on_inbox_record))
+                    self._inbox.admit = self.admit_inbox_push
+                    self._spawn(self._consume(self._inbox, self.handle_inbox_record))
                 except TimeoutError:
                     log.debug("inbox listen timed out; retrying")
             with contextlib.suppress(TimeoutError):
                 for record in await self.node.get(key):
-                    await self._on_inbox_record(record)
+                    await self.handle_inbox_record(record)
+            self.contacts.expire_incoming(time.time(), REQUEST_TTL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), INBOX_POLL)
 
@@ -467,19 +506,32 @@ class Daemon:
             except Exception:
                 log.exception("error handling a pushed record")
 
-    async def _on_inbox_record(self, record: Record) -> None:
+    def admit_inbox_push(self, record: Record, source: Address | None) -> bool:
+        """Rate limit for records pushed to the inbox subscription, per storer address: a
+        storer flooding pushes is cut to INBOX_PUSH_RATE without delaying the others."""
+        key = format_address(source) if source is not None else "local"
+        if self._inbox_push_limit.allow(key, time.monotonic()):
+            return True
+        self.dropped_inbox_pushes += 1
+        return False
+
+    async def handle_inbox_record(self, record: Record) -> None:
+        """Act on a record from the inbox (pushed or read).
+
+        A request is known by its one-time envelope key (the proof of work binds it), so
+        re-signed variants of one request count once. Nothing is written to disk for a
+        request seen before, a blocked sender, or a request that changes nothing."""
         now = time.time()
-        envelope = record.owner + record.signature[:16]
+        envelope = request_id(record)
         if envelope in self._inbox_seen:
+            return
+        self._inbox_seen.add(envelope)  # in memory only: bounded, and costs no disk write
+        if self.contacts.seen(envelope):
             return
         try:
             request = open_contact_request(self.identity, record, now)
         except RemoteProtocolError as exc:
-            self._inbox_seen.add(envelope)  # in memory only: junk costs no disk write
             log.info("dropped an inbox record: %s", exc)
-            return
-        self._inbox_seen.add(envelope)
-        if not self.contacts.mark_seen(envelope, now):
             return
         sender = request.sender
         entry = self.contacts.get(sender)
@@ -492,6 +544,7 @@ class Daemon:
                 default_label = entry.name == who[:12]
                 name = request.name if request.name and default_label else entry.name
                 self.contacts.put(sender, name=name, state="accepted", now=now)
+                self.contacts.mark_seen(envelope, now)
                 self._link(sender)
                 log.info("%s accepted the contact request", entry.name)
             return
@@ -500,11 +553,14 @@ class Daemon:
         if entry is not None and entry.state == "outgoing":
             # Both asked: that is consent on both sides.
             self.contacts.put(sender, name=entry.name, state="accepted", now=now)
+            self.contacts.mark_seen(envelope, now)
             self._link(sender)
             self._spawn(self._send_request(sender, "accept", self.options.display_name, ""))
             return
-        self.contacts.put(sender, name=request.name or who[:12], state="incoming",
-                          message=request.message, now=now)
+        if self.contacts.add_incoming(sender, name=request.name or who[:12],
+                                      message=request.message, now=now, envelope=envelope,
+                                      lifetime=REQUEST_TTL) is None:
+            return  # older than every one of the (full) pending requests
         log.info("contact request from %s (%s)", request.name, who[:12])
         posing_as = self.contacts.verified_impersonated(sender, request.name or who[:12])
         if posing_as is not None:
@@ -703,16 +759,61 @@ class Daemon:
             if link.pc is not pc:
                 return
             if pc.connectionState in ("failed", "closed") and link.status == "connected":
-                link.status = "offline"
-                link.reason = f"connection {pc.connectionState} (consent lost or peer gone)"
-                link.selected = None
-                log.info("connection to %s %s", self._name(link.public_key),
-                         pc.connectionState)
-                # Give the contact's goodbye (offline presence) time to arrive before we
-                # offer again to a daemon that may have stopped.
-                link.next_attempt = time.time() + max(link.backoff, RECONNECT_GRACE)
+                await self._connection_lost(
+                    link, pc, f"connection {pc.connectionState} (consent lost or peer gone)")
 
         return pc
+
+    def _start_keepalive(self, link: Link, pc: RTCPeerConnection) -> None:
+        """A pre-negotiated side channel (no signalling needed) on which both sides send a
+        byte every KEEPALIVE_INTERVAL: a contact whose daemon died, or whose path broke,
+        shows as unreachable within KEEPALIVE_TIMEOUT instead of ICE consent's ~30 s. Any
+        frame on the connection counts as heard. A contact that never sent a keepalive (an
+        older version) is not timed out."""
+        channel = pc.createDataChannel("keepalive", ordered=False, maxRetransmits=0,
+                                       negotiated=True, id=KEEPALIVE_CHANNEL_ID)
+        link.keepalive_heard = False
+
+        @channel.on("open")
+        def on_open() -> None:  # the first one at once: a contact may die a second later
+            with contextlib.suppress(Exception):
+                channel.send(b"k")
+
+        @channel.on("message")
+        def on_keepalive(_message: object) -> None:
+            if link.pc is pc:
+                link.keepalive_heard = True
+                link.hear()
+
+        self._spawn(self._keepalive(link, pc, channel))
+
+    async def _keepalive(self, link: Link, pc: RTCPeerConnection,
+                         channel: RTCDataChannel) -> None:
+        while link.pc is pc and not self._stopping.is_set():
+            if channel.readyState == "open":
+                with contextlib.suppress(Exception):  # a closing transport: the check ends it
+                    channel.send(b"k")
+            if link.status == "connected" and link.keepalive_heard \
+                    and time.monotonic() - link.heard > KEEPALIVE_TIMEOUT:
+                await self._connection_lost(
+                    link, pc, f"nothing heard for {KEEPALIVE_TIMEOUT:.0f} s (daemon gone or "
+                    "path broken)")
+                return
+            await asyncio.sleep(KEEPALIVE_INTERVAL)
+
+    async def _connection_lost(self, link: Link, pc: RTCPeerConnection, why: str) -> None:
+        """The connection died without a goodbye: show the contact as unreachable now (its
+        presence still says online) and reconnect with backoff."""
+        if link.pc is not pc or link.status != "connected":
+            return
+        link.lost_session = link.presence.session if link.presence is not None else b""
+        link.last_seen = time.time() - max(0.0, time.monotonic() - link.heard)
+        seen = time.strftime("%H:%M:%S", time.localtime(link.last_seen))
+        log.info("connection to %s lost: %s", self._name(link.public_key), why)
+        await self._close_link_connection(link, f"{why}; last seen {seen}", status="offline")
+        # Give the contact's goodbye (offline presence) time to arrive before we offer again
+        # to a daemon that may have stopped.
+        link.next_attempt = time.time() + max(link.backoff, RECONNECT_GRACE)
 
     async def _pick_stun(self) -> Address | None:
         """The first DHT peer (or configured server) answering a STUN Binding request."""
@@ -813,7 +914,9 @@ class Daemon:
             self.messenger.listen(link, channel)  # before any frame can arrive
         opened = asyncio.Event()
         channel.on("open", opened.set)
+        channel.on("message", lambda _message: link.hear())
         link.channel = channel
+        self._start_keepalive(link, pc)
         try:
             await pc.setLocalDescription(await pc.createOffer())
             enlarge_ice_socket_buffers(pc)
@@ -854,6 +957,7 @@ class Daemon:
         @pc.on("datachannel")
         def on_channel(channel: RTCDataChannel) -> None:
             link.channel = channel
+            channel.on("message", lambda _message: link.hear())
             if self.messenger is not None:
                 self.messenger.listen(link, channel)  # before any frame can arrive
             if channel.readyState == "open":
@@ -862,6 +966,7 @@ class Daemon:
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+            self._start_keepalive(link, pc)
             await pc.setLocalDescription(await pc.createAnswer())
             enlarge_ice_socket_buffers(pc)
             await self._send_signal(link, "answer", offer.session, pc.localDescription.sdp)
@@ -905,6 +1010,8 @@ class Daemon:
         link.defer_until = 0.0
         link.reason = ""
         link.connected_at = time.time()
+        link.lost_session = b""
+        link.hear()
         link.connect_ms = round((time.monotonic() - started) * 1000, 1)
         link.backoff = 1.0
         if link.selected is None:  # pragma: no cover - aioice always nominates before open
@@ -1148,6 +1255,7 @@ class Daemon:
         if not isinstance(found, ContactEntry) or found.state != "blocked":
             raise RpcError(NOT_FOUND, "that id is not blocked")
         self.contacts.delete(found.public_key)
+        self._inbox_seen.clear()  # their requests still in the inbox show up on the next read
         return {"id": encode_user_id(found.public_key), "state": "unblocked"}
 
     async def rpc_contact_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1175,20 +1283,32 @@ class Daemon:
             raise RpcError(NOT_A_CONTACT, "not an accepted contact")
         return found
 
-    def _message_json(self, message: Any) -> dict[str, Any]:
-        sender = message.author if message.author is not None else message.contact
-        return message_json(message, self.identity.user_id, encode_user_id(sender))
+    def _message_json(self, message: StoredMessage) -> dict[str, Any]:
+        """The API form of a message: its author (a group member, not the admin who relayed
+        it) and, for a group message, the group, by id and name."""
+        assert self.messenger is not None
+        group = self.messenger.groups.get(message.group_id) if message.group_id else None
+        them = message.contact.hex() if message.outgoing and message.group_id \
+            else encode_user_id(message.contact)
+        author = None if message.outgoing else self.contacts.get(
+            message.author if message.author is not None else message.contact)
+        return message_json(message, self.identity.user_id, them,
+                            author_name=author.name if author is not None else None,
+                            group_name=group.state.name if group is not None else None)
 
     def _contact_or_group(self, value: Any) -> ContactEntry | Group:
-        """``to`` of message.send / file.send: an accepted contact, else a group (the
-        contact error if it is neither)."""
+        """``to`` of message.send / file.send / message.history: an accepted contact, else a
+        group (the contact error if it is neither, the group error if the name is several
+        groups')."""
         try:
             return self._accepted_contact(value)
         except RpcError as not_contact:
             try:
                 return self._group(value)
-            except RpcError:
-                raise not_contact from None
+            except RpcError as no_group:
+                if no_group.code == NOT_FOUND or not isinstance(value, str) or not value:
+                    raise not_contact from None
+                raise no_group from None
 
     def _group(self, value: Any) -> Group:
         assert self.messenger is not None
@@ -1217,6 +1337,15 @@ class Daemon:
         name = _text_param(params, "name", 64)
         if not name:
             raise RpcError(INVALID_PARAMS, "a group needs a name")
+        # A name is how the CLI addresses a group: one that is already taken could not be.
+        taken = [g for g in self.messenger.groups.by_name(name) if g.active]
+        if taken:
+            raise RpcError(INVALID_PARAMS, "you are already in a group named "
+                           f"{taken[0].state.name!r} (id {taken[0].id.hex()}); choose "
+                           "another name")
+        if any(e.state == "accepted" for e in self.contacts.by_name(name)):
+            raise RpcError(INVALID_PARAMS, f"a contact is named {name!r}; choose another "
+                           "name for the group")
         state = await self.messenger.create_group(name, self._members(params.get("members")))
         group = self.messenger.groups.get(state.id)
         assert group is not None
@@ -1279,8 +1408,7 @@ class Daemon:
                 message = await self.messenger.send_group_text(group.id, text)
             except LocalProtocolError as exc:
                 raise RpcError(INVALID_PARAMS, str(exc)) from None
-            message = await self._wait_delivered(params, message)
-            return message_json(message, self.identity.user_id, group.id.hex())
+            return self._message_json(await self._wait_delivered(params, message))
         entry = target
         message_id = None
         if params.get("id") is not None:
@@ -1513,17 +1641,10 @@ class Daemon:
         limit = params.get("limit", 50)
         if not isinstance(limit, int) or not 1 <= limit <= 100000:
             raise RpcError(INVALID_PARAMS, "limit must be 1-100000")
-        try:
-            entry = self._accepted_contact(params.get("contact"))
-        except RpcError as not_contact:
-            try:
-                group = self._group(params.get("contact"))
-            except RpcError:
-                raise not_contact from None
-            return [message_json(m, self.identity.user_id,
-                                 group.id.hex() if m.outgoing else encode_user_id(m.contact))
-                    for m in self.history.group_history(group.id, limit)]
-        return [self._message_json(m) for m in self.history.history(entry.public_key, limit)]
+        target = self._contact_or_group(params.get("contact"))
+        if isinstance(target, Group):
+            return [self._message_json(m) for m in self.history.group_history(target.id, limit)]
+        return [self._message_json(m) for m in self.history.history(target.public_key, limit)]
 
     async def rpc_message_typing(self, params: dict[str, Any]) -> dict[str, Any]:
         """Tell a connected contact that we are typing (params: contact)."""
@@ -1559,7 +1680,7 @@ class Daemon:
             except (LocalProtocolError, OSError) as exc:
                 raise RpcError(INVALID_PARAMS, str(exc)) from None
             return {"group": group.id.hex(),
-                    "message": message_json(message, self.identity.user_id, group.id.hex()),
+                    "message": self._message_json(message),
                     "name": Path(path).name, "size": Path(path).stat().st_size,
                     "id": message.id.hex()}
         entry = target

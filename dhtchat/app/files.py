@@ -13,7 +13,16 @@ Theory of operation (the attachment scheme of Signal, over our own data channel)
   byte count (after an fsync) every 4 MiB and at the end. After a crash or a reconnection it
   asks again from the recorded offset. When all bytes are there it checks the SHA-256, moves
   the file to ``files/ID``, and sends ``file_done``.
+* At rest, a received file stays encrypted: the receiver stores each chunk's ciphertext as it
+  arrived (chunk i at byte i * SEALED_CHUNK_BYTES), and the file key lives only in the
+  SQLCipher history, so the file opens only with the passphrase. Hash check, export
+  (``file get``) and relaying a group file decrypt it chunk by chunk. Files received in clear
+  by an older version are sealed this way when the daemon starts.
 * Flow control: the sender waits while the SCTP send buffer holds more than 4 MiB.
+* Consent: an offer over the user's auto-accept size (or a quota) waits for ``file accept``.
+  Declining, cancelling (either side) or refusing an offer (more than
+  MAX_PENDING_OFFERS waiting from one contact) sends ``file_end`` with a reason code, so
+  the other side's transfer ends with that error instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -38,20 +48,30 @@ from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.ids import blake2b_256
 
 if TYPE_CHECKING:
+    from dhtchat.app.groups import FileOrigin
     from dhtchat.app.messenger import Messenger
 
 log = logging.getLogger("dhtchat.files")
 
 CHUNK_BYTES: Final = 64 * 1024
+SEALED_CHUNK_BYTES: Final = CHUNK_BYTES + 16  # one stored chunk: ciphertext + Poly1305 tag
 CHUNK_MARK: Final = b"\x01"  # first byte of a chunk datagram (frames start with 0x92)
 SEND_BUFFER_HIGH: Final = 4 * 1024 * 1024
 CHECKPOINT_BYTES: Final = 4 * 1024 * 1024
 MAX_FILE_BYTES: Final = 1 << 40
 DONE_REPEAT_WINDOW: Final = 24 * 3600
 HASH_MISMATCH: Final = "the content does not match the offer's SHA-256"
+STORE_DAMAGED: Final = "the stored file is damaged (a chunk failed authentication)"
 DECLINED: Final = "declined"
 CANCELLED: Final = "cancelled"
 DISK_RESERVE: Final = 256 * 1024 * 1024  # never fill the disk past this much free space
+MAX_PENDING_OFFERS: Final = 32  # offers waiting for the user, per contact; more are refused
+TOO_MANY_OFFERS: Final = f"refused: {MAX_PENDING_OFFERS} offers from this contact already wait"
+# What the other side's ``file_end`` reason code means here, by the direction of our entry.
+END_REASONS_OUTGOING: Final = {"declined": "declined by the contact",
+                               "cancelled": "cancelled by the contact",
+                               "refused": "refused by the contact (too many offers waiting)"}
+END_REASONS_INCOMING: Final = {"cancelled": "cancelled by the sender"}
 DEFAULT_LIMITS: Final = {"auto_accept": 1 << 20, "contact_quota": 4 << 30, "total_quota": 16 << 30}
 
 _SCHEMA = """
@@ -82,6 +102,8 @@ class FileEntry:
     author: bytes | None = None  # incoming, relayed by the group's admin: who sent it
     error: str | None = None  # the transfer ended without the file (e.g. a hash mismatch)
     accepted: bool = True  # incoming: the user (or the auto-accept limit) said yes
+    sealed: bool = True  # incoming: stored as sealed chunks (False: in clear, pre-migration)
+    source_id: bytes | None = None  # outgoing: streamed from this received (sealed) file
 
 
 def chunk_nonce(file_id: bytes, offset: int) -> bytes:
@@ -94,6 +116,56 @@ def seal_chunk(key: bytes, file_id: bytes, offset: int, data: bytes) -> bytes:
     ad = file_id + offset.to_bytes(8, "big")
     return CHUNK_MARK + ad + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
         data, ad, chunk_nonce(file_id, offset), key)
+
+
+def sealed_size(plain_bytes: int) -> int:
+    """Bytes on disk of the first ``plain_bytes`` of a received file (whole chunks, or all)."""
+    return plain_bytes + 16 * -(-plain_bytes // CHUNK_BYTES)
+
+
+def read_sealed(path: Path | str, key: bytes, file_id: bytes, offset: int = 0,
+                ) -> Iterator[bytes]:
+    """The plaintext of a stored (sealed) received file, chunk by chunk from ``offset`` (a
+    multiple of CHUNK_BYTES). Raises LocalProtocolError if a chunk fails authentication."""
+    with open(path, "rb") as handle:
+        handle.seek(offset // CHUNK_BYTES * SEALED_CHUNK_BYTES)
+        while sealed := handle.read(SEALED_CHUNK_BYTES):
+            ad = file_id + offset.to_bytes(8, "big")
+            try:
+                chunk = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                    sealed, ad, chunk_nonce(file_id, offset), key)
+            except nacl.exceptions.CryptoError:
+                raise LocalProtocolError(STORE_DAMAGED) from None
+            yield chunk
+            offset += len(chunk)
+
+
+def sha256_sealed(path: Path | str, key: bytes, file_id: bytes) -> bytes:
+    """SHA-256 of a stored received file's plaintext."""
+    digest = hashlib.sha256()
+    for chunk in read_sealed(path, key, file_id):
+        digest.update(chunk)
+    return digest.digest()
+
+
+def seal_file_in_place(path: Path, key: bytes, file_id: bytes, plain_bytes: int) -> None:
+    """Encrypt the first ``plain_bytes`` of a file received in clear (by an older version)
+    into the sealed layout, through a temporary file renamed over it."""
+    temp = path.with_name(path.name + ".sealing")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with open(path, "rb") as source, open(fd, "wb") as out:
+        offset = 0
+        while offset < plain_bytes:
+            data = source.read(min(CHUNK_BYTES, plain_bytes - offset))
+            if not data:
+                break
+            out.write(seal_chunk(key, file_id, offset, data)[25:])
+            offset += len(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, path)
 
 
 def safe_file_name(name: str) -> str:
@@ -143,6 +215,10 @@ class FileTransfers:
                 db.execute("ALTER TABLE files ADD COLUMN error TEXT")
             if "accepted" not in columns:  # a history from before consent: all accepted
                 db.execute("ALTER TABLE files ADD COLUMN accepted INTEGER NOT NULL DEFAULT 1")
+            if "sealed" not in columns:  # a history from before encryption at rest
+                db.execute("ALTER TABLE files ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0")
+                db.execute("ALTER TABLE files ADD COLUMN source_id BLOB")
+        self._seal_files_in_clear()
         self._streams: dict[bytes, asyncio.Task[None]] = {}
         self._handles: dict[bytes, Any] = {}
         self._unsynced: dict[bytes, int] = {}
@@ -150,6 +226,19 @@ class FileTransfers:
         self.sent: dict[bytes, int] = {}  # outgoing: bytes handed to the channel so far
 
     # ------------------------------------------------------------------ state
+
+    def _seal_files_in_clear(self) -> None:
+        """Encrypt at rest the received files an older version stored in clear."""
+        rows = self.history.db.execute(
+            "SELECT id, key, path, received, complete, size FROM files "
+            "WHERE outgoing = 0 AND sealed = 0").fetchall()
+        for fid, key, path, received, complete, size in rows:
+            file_id, kept = bytes(fid), size if complete else received
+            if Path(path).exists():
+                seal_file_in_place(Path(path), bytes(key), file_id, kept)
+            with self.history.transaction() as db:
+                db.execute("UPDATE files SET sealed = 1 WHERE id = ?", (file_id,))
+            log.info("encrypted at rest a file received in clear (%d bytes)", kept)
 
     def get(self, file_id: bytes) -> FileEntry | None:
         """A transfer by id."""
@@ -165,13 +254,25 @@ class FileTransfers:
 
     async def send(self, contact: bytes, path: Path, *, group_id: bytes | None = None,
                    author: bytes | None = None, name: str | None = None,
-                   digest: bytes | None = None) -> FileEntry:
+                   digest: bytes | None = None, source: FileEntry | None = None,
+                   origin: FileOrigin | None = None) -> FileEntry:
         """Offer a file to a contact (the offer is a queued message; content is pulled).
-        ``group_id``/``author``: a file for a group (the admin relays members' files)."""
-        path = path.expanduser().resolve()
-        if not path.is_file():
-            raise LocalProtocolError(f"{path} is not a readable file")
-        size = path.stat().st_size
+        ``group_id``/``author``: a file for a group (the admin relays members' files);
+        ``source``: a complete received file to offer on (read decrypted from its store);
+        ``origin``: its author's signed offer, sent with it."""
+        source_id: bytes | None = None
+        if source is not None:
+            source = self.get(source.id)  # as stored now (it moved when it completed)
+            if source is None or source.outgoing or not source.complete:
+                raise LocalProtocolError("only a complete received file can be passed on")
+            path, size, digest, source_id = Path(source.path), source.size, source.sha256, \
+                source.id
+            name = name or source.name
+        else:
+            path = path.expanduser().resolve()
+            if not path.is_file():
+                raise LocalProtocolError(f"{path} is not a readable file")
+            size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise LocalProtocolError("file too large")
         if digest is None:
@@ -180,11 +281,12 @@ class FileTransfers:
         file_id, key = secrets.token_bytes(16), secrets.token_bytes(32)
         with self.history.transaction() as db:
             db.execute("INSERT INTO files (id, contact, outgoing, name, size, sha256, key, "
-                       "path, created, group_id, author) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "path, created, group_id, author, source_id) "
+                       "VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (file_id, contact, name, size, digest, key, str(path),
-                        time.time(), group_id, author))
+                        time.time(), group_id, author, source_id))
         await self.messenger.send_file_offer(contact, file_id, name, size, digest, key,
-                                             group_id=group_id or b"", author=author or b"")
+                                             group_id=group_id or b"", origin=origin)
         entry = self.get(file_id)
         assert entry is not None
         return entry
@@ -196,22 +298,34 @@ class FileTransfers:
                 or not 0 <= offset <= entry.size or entry.error is not None:
             log.info("ignored a request for an unknown file")
             return
+        if offset % CHUNK_BYTES:
+            log.info("ignored a file request not at a chunk boundary")
+            return
         old = self._streams.pop(file_id, None)
         if old is not None:
             old.cancel()
         self._streams[file_id] = self.messenger.daemon._spawn(self._stream(entry, offset))
 
+    def _plain_chunks(self, entry: FileEntry, offset: int) -> Generator[bytes, None, None]:
+        """An outgoing file's content from ``offset``, chunk by chunk."""
+        if entry.source_id is not None:  # a received file passed on: decrypt its store
+            source = self.get(entry.source_id)
+            if source is None or not source.complete:
+                raise LocalProtocolError("the received file to pass on is gone")
+            if source.sealed:
+                yield from read_sealed(source.path, source.key, source.id, offset)
+                return
+        with open(entry.path, "rb") as handle:
+            handle.seek(offset)
+            while data := handle.read(CHUNK_BYTES):
+                yield data
+
     async def _stream(self, entry: FileEntry, offset: int) -> None:
         channel = self.messenger._channel(entry.contact)
         if channel is None:
             return
+        chunks = self._plain_chunks(entry, offset)
         try:
-            handle = open(entry.path, "rb")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            log.warning("cannot read %s for %s: %s", entry.path, entry.contact.hex()[:12], exc)
-            return
-        with handle:
-            handle.seek(offset)
             while offset < entry.size:
                 while channel.bufferedAmount > SEND_BUFFER_HIGH:
                     if channel.readyState != "open":
@@ -219,13 +333,17 @@ class FileTransfers:
                     await asyncio.sleep(0.005)
                 if channel.readyState != "open":
                     return
-                data = handle.read(CHUNK_BYTES)
+                data = next(chunks, b"")
                 if not data:
                     log.warning("%s shrank while being sent", entry.path)
                     return
                 channel.send(seal_chunk(entry.key, entry.id, offset, data))
                 offset += len(data)
                 self.sent[entry.id] = offset
+        except (OSError, LocalProtocolError) as exc:
+            log.warning("cannot read %s for %s: %s", entry.name, entry.contact.hex()[:12], exc)
+        finally:
+            chunks.close()
 
     def on_done(self, contact: bytes, file_id: bytes) -> None:
         """The contact has the whole file, hash checked."""
@@ -248,11 +366,25 @@ class FileTransfers:
         # Only a file within the user's auto-accept size (and the quotas) downloads at once;
         # any other offer waits for `file accept`.
         accepted = size <= self.limits()["auto_accept"] and self.refusal(contact, size) is None
-        db.execute("INSERT OR IGNORE INTO files (id, contact, outgoing, name, size, sha256, "
-                   "key, path, created, group_id, author, accepted) "
-                   "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (file_id, contact, safe, size, digest, key, str(partial), time.time(),
-                    group_id, author, int(accepted)))
+        error: str | None = None
+        if not accepted and self.pending_offers(contact) >= MAX_PENDING_OFFERS:
+            error = TOO_MANY_OFFERS  # one contact cannot bury the list; it is told
+        inserted = db.execute(
+            "INSERT OR IGNORE INTO files (id, contact, outgoing, name, size, sha256, "
+            "key, path, created, group_id, author, accepted, error, sealed) "
+            "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            (file_id, contact, safe, size, digest, key, str(partial), time.time(),
+             group_id, author, int(accepted), error)).rowcount
+        if inserted and error is not None:
+            log.warning("refused a file offer: %s", error)
+            self.messenger.daemon._spawn(self.messenger.end_file(contact, file_id, "refused"))
+
+    def pending_offers(self, contact: bytes) -> int:
+        """Incoming offers from ``contact`` that wait for the user's accept or decline."""
+        row = self.history.db.execute(
+            "SELECT count(*) FROM files WHERE contact = ? AND outgoing = 0 AND accepted = 0 "
+            "AND error IS NULL AND complete = 0", (contact,)).fetchone()
+        return int(row[0])
 
     # ------------------------------------------------------------------ consent and limits
 
@@ -314,13 +446,32 @@ class FileTransfers:
         return entry
 
     async def end(self, file_id: bytes, reason: str) -> FileEntry:
-        """Decline an offer or cancel a download: it ends, what arrived is deleted.
-        (Outgoing transfers: stop streaming; the contact is not told.)"""
+        """Decline an offer or cancel a transfer (``reason``: ``declined`` or ``cancelled``):
+        it ends on both sides (the contact is sent ``file_end``); a partial download is
+        deleted."""
         entry = self.get(file_id)
         if entry is None:
             raise LocalProtocolError("no such file")
         if entry.complete:
             raise LocalProtocolError(f"{entry.name} is already complete")
+        ended = await self._end_here(entry, reason)
+        if entry.error is None:
+            await self.messenger.end_file(entry.contact, file_id, reason)
+        return ended
+
+    async def on_end(self, contact: bytes, file_id: bytes, code: str) -> None:
+        """The contact ended a transfer (declined, refused or cancelled it)."""
+        entry = self.get(file_id)
+        if entry is None or entry.contact != contact or entry.complete \
+                or entry.error is not None:
+            return
+        reasons = END_REASONS_OUTGOING if entry.outgoing else END_REASONS_INCOMING
+        reason = reasons.get(code, "ended by the contact")
+        log.info("file %s: %s", entry.name, reason)
+        await self._end_here(entry, reason)
+
+    async def _end_here(self, entry: FileEntry, reason: str) -> FileEntry:
+        file_id = entry.id
         stream = self._streams.pop(file_id, None)
         if stream is not None:
             stream.cancel()
@@ -359,7 +510,7 @@ class FileTransfers:
             return
         fd = open_private(Path(entry.path))  # create it 0600; keep what was checkpointed
         try:
-            os.ftruncate(fd, entry.received)
+            os.ftruncate(fd, sealed_size(entry.received))
         finally:
             os.close(fd)
         if entry.received >= entry.size:  # a 0-byte file, or all bytes checkpointed
@@ -379,6 +530,9 @@ class FileTransfers:
         expected = entry.received + self._unsynced.get(file_id, 0)
         if offset != expected:
             return  # a stale stream from before a restart; the current one follows
+        if len(data) - 25 - 16 != min(CHUNK_BYTES, entry.size - offset):
+            log.warning("dropped a file chunk of the wrong length")
+            return  # only whole chunks (the last may be short): the stored layout needs it
         try:
             chunk = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
                 data[25:], data[1:25], chunk_nonce(file_id, offset), entry.key)
@@ -392,8 +546,8 @@ class FileTransfers:
         if handle is None:
             handle = open(entry.path, "r+b")  # noqa: SIM115 - kept open while receiving
             self._handles[file_id] = handle
-        handle.seek(offset)
-        handle.write(chunk)
+        handle.seek(offset // CHUNK_BYTES * SEALED_CHUNK_BYTES)
+        handle.write(data[25:])  # stored as it came: encrypted at rest
         unsynced = self._unsynced.get(file_id, 0) + len(chunk)
         self._unsynced[file_id] = unsynced
         total = entry.received + unsynced
@@ -415,7 +569,10 @@ class FileTransfers:
         final = self.root / file_id.hex()
         if not Path(entry.path).exists() and final.exists():  # stopped after the rename
             entry = FileEntry(**{**entry.__dict__, "path": str(final)})
-        digest = await asyncio.to_thread(sha256_file, Path(entry.path))
+        try:
+            digest = await asyncio.to_thread(sha256_sealed, entry.path, entry.key, entry.id)
+        except LocalProtocolError:
+            digest = b""
         if digest != entry.sha256:
             # The chunks were authentic (sealed with the offer's key), so the sender itself
             # sent content that does not match its offer: fetching again would loop forever.
@@ -481,24 +638,30 @@ class FileTransfers:
         target = dest / safe_file_name(entry.name) if dest.is_dir() else dest
         try:  # never overwrite: the name came from the contact; private like the original
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with open(entry.path, "rb") as source, open(fd, "wb") as out:
-                shutil.copyfileobj(source, out, 1 << 20)
         except FileExistsError:
             raise LocalProtocolError(f"{target} exists; choose another destination") from None
+        try:
+            with open(fd, "wb") as out:
+                for chunk in read_sealed(entry.path, entry.key, entry.id):
+                    out.write(chunk)
+        except LocalProtocolError:
+            os.unlink(target)  # never leave a half-decrypted copy
+            raise
         return target
 
 
 _SELECT = ("SELECT id, contact, outgoing, name, size, sha256, key, path, received, complete, "
-           "created, group_id, author, error, accepted FROM files")
+           "created, group_id, author, error, accepted, sealed, source_id FROM files")
 
 
 def _convert(row: tuple[Any, ...]) -> tuple[Any, ...]:
     fid, contact, outgoing, name, size, digest, key, path, received, complete, created, \
-        group_id, author, error, accepted = row
+        group_id, author, error, accepted, sealed, source_id = row
     return (bytes(fid), bytes(contact), bool(outgoing), name, size, bytes(digest), bytes(key),
             path, received, bool(complete), created,
             bytes(group_id) if group_id is not None else None,
-            bytes(author) if author is not None else None, error, bool(accepted))
+            bytes(author) if author is not None else None, error, bool(accepted),
+            bool(sealed), bytes(source_id) if source_id is not None else None)
 
 
 def file_json(entry: FileEntry, sent: int = 0) -> dict[str, Any]:

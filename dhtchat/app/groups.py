@@ -19,6 +19,13 @@ Theory of operation (Signal's original "private groups", client-side fan-out):
   while the admin is offline, members' messages wait in the admin's mailbox (nothing is lost,
   delivery is late), and the admin sees who sends what when (it is a member and reads the
   group anyway); it cannot forge another member's message.
+* A group's id is ``BLAKE2b(admin key || salt)[:16]`` with the salt in the signed state, and
+  every state received is checked against it: a member who knows a group's id cannot get an
+  invitee to store a forged state under that id with itself as admin (it would need a
+  second preimage), and a state for a known id signed by another admin is refused.
+* A group file offer is signed by its author like a message (over group id, offer id, time,
+  name, size and SHA-256); the admin relays the signature with its own copy, so it can serve
+  a member's file but cannot attribute a file to someone who did not offer it.
 * A removed member gets the new member list and no later message: nothing is ever encrypted
   to it again (forward secrecy for the group follows from the pairwise ratchets). A member
   who leaves tells the admin, who publishes the list without it.
@@ -34,10 +41,14 @@ import msgspec
 
 from dhtchat.core.errors import RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity, encode_user_id, verify_signature
+from dhtchat.core.ids import blake2b_256
 
 MAX_MEMBERS: Final = 1000
 _SIG_DOMAIN: Final = b"dhtchat/group-state/v1"
 _TEXT_DOMAIN: Final = b"dhtchat/group-text/v1"
+_FILE_DOMAIN: Final = b"dhtchat/group-file/v1"
+_ID_DOMAIN: Final = b"dhtchat/group-id/v1"
+SALT_BYTES: Final = 16
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS groups (
@@ -56,6 +67,8 @@ class GroupState(msgspec.Struct, array_like=True, frozen=True):
     members: Annotated[list[Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]],
                        msgspec.Meta(max_length=MAX_MEMBERS)]
     signature: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
+    # The id is derived from the admin's key and this salt (empty: a group from before).
+    salt: Annotated[bytes, msgspec.Meta(max_length=SALT_BYTES)] = b""
 
     def signed_bytes(self) -> bytes:
         """Bytes covered by the admin's signature."""
@@ -67,16 +80,50 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(GroupState)
 
 
-def sign_state(admin: SigningIdentity, state: GroupState) -> bytes:
-    """Serialize ``state`` with the admin's signature."""
+def group_id_for(admin: bytes, salt: bytes) -> bytes:
+    """The id of the group ``admin`` creates with ``salt``."""
+    return blake2b_256(_ID_DOMAIN, admin, salt)[:16]
+
+
+def new_group(admin: bytes, name: str, members: list[bytes], salt: bytes) -> GroupState:
+    """Version 1 of a group (unsigned), its id derived from the admin's key and ``salt``
+    (``SALT_BYTES`` random bytes from the caller)."""
+    if len(salt) != SALT_BYTES:
+        raise ValueError(f"the salt is {SALT_BYTES} bytes")
+    return GroupState(group_id_for(admin, salt), name, admin, 1, sorted({admin, *members}),
+                      salt=salt)
+
+
+def signed_state(admin: SigningIdentity, state: GroupState) -> GroupState:
+    """``state`` as published by ``admin``: its key as admin, members sorted, signed."""
     unsigned = msgspec.structs.replace(state, admin=admin.public_key,
                                        members=sorted(set(state.members)), signature=b"")
-    return _encoder.encode(msgspec.structs.replace(
-        unsigned, signature=admin.sign(unsigned.signed_bytes())))
+    return msgspec.structs.replace(unsigned, signature=admin.sign(unsigned.signed_bytes()))
 
 
-def open_state(data: bytes, sender: bytes) -> GroupState:
-    """Decode and verify a group state received from ``sender`` (who must be its admin)."""
+def encode_state(state: GroupState) -> bytes:
+    """Wire (and stored) form of a state."""
+    return _encoder.encode(state)
+
+
+def sign_state(admin: SigningIdentity, state: GroupState) -> bytes:
+    """Serialize ``state`` with the admin's signature."""
+    return encode_state(signed_state(admin, state))
+
+
+def claimed_group_id(data: bytes) -> bytes:
+    """The id a serialized state claims, unverified (b"" if it is not a state)."""
+    try:
+        return _decoder.decode(data).id
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        return b""
+
+
+def open_state(data: bytes, sender: bytes, known: GroupState | None = None) -> GroupState:
+    """Decode and verify a group state received from ``sender`` (who must be its admin);
+    ``known``: the state stored under the same id, if any. The id must be derived from the
+    admin's key (only a group from before derived ids, already stored with the same admin,
+    may go on without), and a known id cannot change admin."""
     try:
         state = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
@@ -85,6 +132,12 @@ def open_state(data: bytes, sender: bytes) -> GroupState:
         raise RemoteProtocolError("group state not sent by the group's admin")
     if state.admin not in state.members:
         raise RemoteProtocolError("the admin must be a member")
+    if known is not None and known.admin != state.admin:
+        raise RemoteProtocolError("a state for a known group signed by another admin")
+    legacy = known is not None and not known.salt and not state.salt
+    if not legacy and (len(state.salt) != SALT_BYTES
+                       or group_id_for(state.admin, state.salt) != state.id):
+        raise RemoteProtocolError("group id not derived from its admin's key")
     if not verify_signature(state.admin, state.signed_bytes(), state.signature):
         raise RemoteProtocolError("group state signature is not the admin's")
     return state
@@ -105,6 +158,48 @@ def verify_group_text(author: bytes, group_id: bytes, message_id: bytes, sent_at
     """Whether ``signature`` is ``author``'s over this group message."""
     return len(author) == 32 and verify_signature(
         author, _text_bytes(group_id, message_id, sent_at, text), signature)
+
+
+class FileOrigin(msgspec.Struct, array_like=True, frozen=True):
+    """Who offered a group file, with the author's signature (kept by the admin to relay)."""
+
+    author: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    origin_id: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+    origin_time: float
+    name: Annotated[str, msgspec.Meta(max_length=255)]
+    signature: Annotated[bytes, msgspec.Meta(max_length=64)]
+
+    def encode(self) -> bytes:
+        """Stored form."""
+        return _encoder.encode(self)
+
+
+_origin_decoder = msgspec.msgpack.Decoder(FileOrigin)
+
+
+def decode_file_origin(data: bytes) -> FileOrigin:
+    """The stored form back (written by this daemon)."""
+    return _origin_decoder.decode(data)
+
+
+def _file_bytes(group_id: bytes, origin: FileOrigin, size: int, digest: bytes) -> bytes:
+    return _FILE_DOMAIN + _encoder.encode(
+        (group_id, origin.author, origin.origin_id, origin.origin_time, origin.name, size,
+         digest))
+
+
+def sign_group_file(author: SigningIdentity, group_id: bytes, origin_id: bytes,
+                    origin_time: float, name: str, size: int, digest: bytes) -> FileOrigin:
+    """The author's signed offer of a file to a group."""
+    unsigned = FileOrigin(author.public_key, origin_id, origin_time, name, b"")
+    return msgspec.structs.replace(
+        unsigned, signature=author.sign(_file_bytes(group_id, unsigned, size, digest)))
+
+
+def verify_group_file(group_id: bytes, origin: FileOrigin, size: int, digest: bytes) -> bool:
+    """Whether ``origin.signature`` is its author's over this offer."""
+    return len(origin.author) == 32 and verify_signature(
+        origin.author, _file_bytes(group_id, origin, size, digest), origin.signature)
 
 
 @dataclass(frozen=True)

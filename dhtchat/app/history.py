@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS messages (
     expire_at REAL,
     group_id BLOB,
     author BLOB,
+    kind TEXT NOT NULL DEFAULT 'text',
     UNIQUE (contact, outgoing, seq));
 CREATE INDEX IF NOT EXISTS messages_by_contact ON messages (contact, outgoing, seq);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -71,6 +72,11 @@ CREATE TABLE IF NOT EXISTS group_copies (
 CREATE INDEX IF NOT EXISTS group_copies_by_message ON group_copies (message_id);
 """
 
+
+# What a history row is: a message someone typed, a notice the software wrote (a timer
+# change, a group's new member list) or a file offer. Only "text" rows hold what a contact
+# typed, so only they can be mistaken for nothing else (see the CLI's printing).
+MESSAGE_KINDS: Final = ("text", "notice", "file")
 
 _CONVERSATION_COLUMNS: Final = frozenset({
     "next_out_seq", "next_in_seq", "acked_out_seq", "mailbox_out_index", "mailbox_in_index",
@@ -96,6 +102,7 @@ class StoredMessage:
     read: bool
     group_id: bytes | None = None
     author: bytes | None = None  # a group message relayed by the admin: who wrote it
+    kind: str = "text"  # one of MESSAGE_KINDS
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,10 @@ class History:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
         if "author" not in columns:  # a history from before group relaying
             self._db.execute("ALTER TABLE messages ADD COLUMN author BLOB")
+        if "kind" not in columns:  # a history from before typed notices: rows stay "text"
+            # (an old notice cannot be told from a contact's text that imitates one)
+            self._db.execute("ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL "
+                             "DEFAULT 'text'")
 
     @property
     def db(self) -> Any:
@@ -263,15 +274,16 @@ class History:
 
 
 _SELECT = ("SELECT m.id, m.contact, m.outgoing, m.seq, m.sent_at, m.received_at, m.text, "
-           "m.delivered, m.read, m.group_id, m.author FROM messages m")
+           "m.delivered, m.read, m.group_id, m.author, m.kind FROM messages m")
 
 
 def _message(row: tuple[Any, ...]) -> StoredMessage:
-    mid, contact, outgoing, seq, sent_at, received_at, text, delivered, read, group, author = row
+    mid, contact, outgoing, seq, sent_at, received_at, text, delivered, read, group, author, \
+        kind = row
     return StoredMessage(bytes(mid), bytes(contact), bool(outgoing), seq, sent_at, received_at,
                          text, bool(delivered), bool(read),
                          bytes(group) if group is not None else None,
-                         bytes(author) if author is not None else None)
+                         bytes(author) if author is not None else None, kind)
 
 
 def now() -> float:

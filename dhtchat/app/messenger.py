@@ -38,13 +38,22 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 import msgspec
 from aiortc import RTCDataChannel
 
+from dhtchat.app import faults
 from dhtchat.app.files import CHUNK_MARK, FileEntry, FileTransfers, sha256_file
 from dhtchat.app.groups import (
+    SALT_BYTES,
+    FileOrigin,
     GroupState,
     GroupStore,
+    claimed_group_id,
+    decode_file_origin,
+    encode_state,
+    new_group,
     open_state,
+    sign_group_file,
     sign_group_text,
-    sign_state,
+    signed_state,
+    verify_group_file,
     verify_group_text,
 )
 from dhtchat.app.history import History, StoredMessage
@@ -100,7 +109,7 @@ class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     """What travels inside the ratchet."""
 
     kind: Literal["text", "ack", "read", "typing", "file", "file_request", "file_done",
-                  "timer", "group_update", "group_text", "group_leave", "reset", "call",
+                  "file_end", "timer", "group_update", "group_text", "group_leave", "reset", "call",
                   "goodbye"]
     seq: int = 0  # > 0 for sequenced kinds (text, file)
     id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
@@ -192,7 +201,7 @@ class Messenger:
         self.identity = daemon.identity
         stored = history.get_meta("prekeys")
         if stored is None:
-            self.prekeys = PrekeyStore.create(self.identity.seed)
+            self.prekeys = PrekeyStore.create(self.identity.seed, time.time())
         else:
             self.prekeys = PrekeyStore.from_json(self.identity.seed, stored.decode())
         self.prekeys.maintain(time.time())
@@ -260,17 +269,23 @@ class Messenger:
         if not 0 <= seconds <= MAX_TIMER:
             raise LocalProtocolError("the timer is 0 (off) to one year, in seconds")
         return await self._enqueue(contact, Payload("timer", timer=seconds),
-                                   _timer_text(seconds), None, conversation_timer=seconds)
+                                   _timer_text(seconds), None, conversation_timer=seconds,
+                                   kind="notice")
 
     async def send_file_offer(self, contact: bytes, file_id: bytes, name: str, size: int,
                               digest: bytes, key: bytes, *, group_id: bytes = b"",
-                              author: bytes = b"") -> StoredMessage:
+                              origin: FileOrigin | None = None) -> StoredMessage:
         """Queue the offer of a file (see :mod:`dhtchat.app.files`); a group file's copies
-        have no history row of their own (the group's row is written once)."""
+        have no history row of their own (the group's row is written once) and carry its
+        author's signed ``origin``."""
         payload = Payload("file", file_id=file_id, name=name, size=size, sha256=digest,
-                          key=key, group_id=group_id, author=author)
+                          key=key, group_id=group_id)
+        if origin is not None:
+            payload = msgspec.structs.replace(
+                payload, name=origin.name, author=origin.author, origin_id=origin.origin_id,
+                origin_time=origin.origin_time, signature=origin.signature)
         return await self._enqueue(contact, payload, _file_text(name, size), file_id,
-                                   history_row=not group_id)
+                                   history_row=not group_id, kind="file")
 
     async def send_group_file(self, group_id: bytes, path: Path) -> StoredMessage:
         """Offer a file to a group: to every member if we are the admin, else to the admin,
@@ -283,16 +298,20 @@ class Messenger:
         if not path.is_file():
             raise LocalProtocolError(f"{path} is not a readable file")
         digest = await asyncio.to_thread(sha256_file, path)
+        size = path.stat().st_size
         targets = [m for m in group.state.members if m != me] if group.state.admin == me \
             else [group.state.admin]
         message_id, now = secrets.token_bytes(16), time.time()
+        origin = sign_group_file(self.identity, group_id, message_id, now, path.name, size,
+                                 digest)
         with self.history.transaction() as db:
             db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, "
-                       "group_id, fetched) VALUES (?, ?, 1, ?, ?, ?, ?, 1)",
+                       "group_id, fetched, kind) VALUES (?, ?, 1, ?, ?, ?, ?, 1, 'file')",
                        (message_id, group_id, int(now * 1e6), now,
-                        _file_text(path.name, path.stat().st_size), group_id))
+                        _file_text(path.name, size), group_id))
         for member in targets:
-            await self.files.send(member, path, group_id=group_id, digest=digest)
+            await self.files.send(member, path, group_id=group_id, digest=digest,
+                                  origin=origin)
         stored = self.history.message(message_id)
         assert stored is not None
         return stored
@@ -305,14 +324,20 @@ class Messenger:
         me = self.identity.public_key
         if group is None or not group.active or group.state.admin != me:
             return
+        stored = self.history.get_meta(_origin_meta(entry.id))
+        if stored is None:  # an offer from before signed group files: not relayed
+            log.warning("not relaying group file %s: its offer carries no author signature",
+                        entry.name)
+            return
+        origin = decode_file_origin(stored)
         for member in group.state.members:
             if member not in (me, entry.contact):
                 await self.files.send(member, path, group_id=group.id, author=entry.contact,
-                                      name=entry.name, digest=entry.sha256)
+                                      name=entry.name, source=entry, origin=origin)
 
     async def _enqueue(self, contact: bytes, template: Payload, text: str,
                        message_id: bytes | None, *, conversation_timer: int | None = None,
-                       history_row: bool = True) -> StoredMessage:
+                       history_row: bool = True, kind: str = "text") -> StoredMessage:
         message_id = message_id or secrets.token_bytes(16)
         now = time.time()
         # No await from here to the commit: asyncio runs this atomically, so sends never wait
@@ -327,14 +352,16 @@ class Messenger:
             if template.kind not in GROUP_KINDS and history_row:  # (a group: one row)
                 timer = template.timer if template.kind == "text" else 0
                 db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
-                           "text, timer, expire_at) VALUES (?, ?, 1, ?, ?, ?, ?, NULL)",
-                           (message_id, contact, seq, now, text, timer))
+                           "text, timer, expire_at, kind) VALUES (?, ?, 1, ?, ?, ?, ?, NULL, ?)",
+                           (message_id, contact, seq, now, text, timer, kind))
             if conversation_timer is not None:
                 self.history.update_conversation(db, contact, timer=conversation_timer)
+        faults.reached("outbox-commit")
         self.daemon._spawn(self.flush(contact))
         stored = self.history.message(message_id)
         if stored is None:  # a group fan-out copy: no row of its own
-            return StoredMessage(message_id, contact, True, seq, now, None, text, False, False)
+            return StoredMessage(message_id, contact, True, seq, now, None, text, False, False,
+                                 kind=kind)
         return stored
 
     def _enqueue_in(self, db: Any, contact: bytes, template: Payload, message_id: bytes,
@@ -594,6 +621,7 @@ class Messenger:
                     payload = msgspec.structs.replace(payload, kind="text", text="",
                                                       file_id=b"")
                 self._store_incoming(contact, payload, convo, initial)
+                faults.reached("receive-commit")
                 self._flush_queued()
                 self._schedule_ack(contact)
                 if payload.kind == "file" and self._channel(contact) is not None:
@@ -609,6 +637,9 @@ class Messenger:
                     self.files.on_request(contact, payload.file_id, payload.offset)
                 elif payload.kind == "file_done":
                     self.files.on_done(contact, payload.file_id)
+                elif payload.kind == "file_end":
+                    self.daemon._spawn(self.files.on_end(contact, payload.file_id,
+                                                         payload.text[:16]))
                 elif payload.kind == "typing":
                     state.typing_until = time.time() + TYPING_SHOWN
                 elif payload.kind == "call" and len(payload.call_id) == 16 and \
@@ -639,6 +670,9 @@ class Messenger:
             text = payload.text
             group_id: bytes | None = None
             author: bytes | None = None
+            # Only what the contact typed is "text"; what the software says is a "notice".
+            kind = "notice" if payload.kind in ("timer", "group_update", "group_leave") \
+                else "file" if payload.kind == "file" else "text"
             if payload.kind in GROUP_KINDS:
                 group_id, text, author = self._on_group_payload(db, contact, payload)
             if payload.kind == "file" and len(payload.file_id) == 16 \
@@ -650,6 +684,10 @@ class Messenger:
                     author = file_author if file_author != contact else None
                     if group_id is None:
                         text = ""  # not acceptable for that group: stored hidden, not offered
+                    elif author is None and self._is_admin(group_id):
+                        # We relay it once it is here: keep the author's signed offer.
+                        self.history.set_meta(db, _origin_meta(payload.file_id),
+                                              _file_origin(contact, payload).encode())
                 if text:
                     self.files.on_offer(db, contact, payload.file_id, payload.name,
                                         payload.size, payload.sha256, payload.key,
@@ -661,11 +699,11 @@ class Messenger:
             # Incoming ids are namespaced by the sender: a peer cannot collide with our ids.
             local_id = blake2b_256(b"dhtchat/incoming-id/v1", contact, payload.id)[:16]
             db.execute("INSERT OR IGNORE INTO messages (id, contact, outgoing, seq, sent_at, "
-                       "received_at, text, timer, group_id, fetched, author) "
-                       "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "received_at, text, timer, group_id, fetched, author, kind) "
+                       "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (local_id, contact, payload.seq,
                         payload.origin_time or payload.sent_at, time.time(), text, timer,
-                        group_id, int(text == ""), author))
+                        group_id, int(text == ""), author, kind))
             if payload.seq == next_in:
                 while db.execute("SELECT 1 FROM messages WHERE contact = ? AND outgoing = 0 "
                                  "AND seq = ?", (contact, next_in)).fetchone():
@@ -1078,14 +1116,15 @@ class Messenger:
         me = self.identity.public_key
         if payload.kind == "group_update":
             try:
-                state = open_state(payload.group, sender)
+                claimed = self.groups.get(claimed_group_id(payload.group))
+                state = open_state(payload.group, sender,
+                                   claimed.state if claimed is not None else None)
             except RemoteProtocolError as exc:
                 log.warning("refused a group update: %s", exc)
                 return None, "", None
             current = self.groups.get(state.id)
-            if current is not None and (current.state.admin != state.admin
-                                        or current.state.version >= state.version):
-                return state.id, "", None  # stale or foreign: ignore
+            if current is not None and current.state.version >= state.version:
+                return state.id, "", None  # stale: ignore
             self.groups.save(db, state, me)
             if me not in state.members:
                 return state.id, f"[group] you were removed from {state.name}", None
@@ -1129,8 +1168,8 @@ class Messenger:
     def _group_file_origin(self, sender: bytes,
                            payload: Payload) -> tuple[bytes | None, bytes | None]:
         """The group and author of a group file offer, or (None, None) if the sender may
-        not offer it there (the same rules as group messages, without signatures: the file
-        offer travels inside the pairwise ratchet and the content is hash-checked)."""
+        not offer it there (the same rules as group messages: a member of the current
+        list, from the author or the admin, signed by the author)."""
         group = self.groups.get(payload.group_id)
         me = self.identity.public_key
         author = payload.author or sender
@@ -1139,12 +1178,20 @@ class Messenger:
                 or sender not in (author, group.state.admin):
             log.warning("dropped a file offer for a group the sender may not write to")
             return None, None
+        if len(payload.origin_id) != 16 or not verify_group_file(
+                group.id, _file_origin(sender, payload), payload.size, payload.sha256):
+            log.warning("dropped a group file offer without its author's signature")
+            return None, None
         return group.id, author
+
+    def _is_admin(self, group_id: bytes) -> bool:
+        group = self.groups.get(group_id)
+        return group is not None and group.state.admin == self.identity.public_key
 
     async def create_group(self, name: str, members: list[bytes]) -> GroupState:
         """Create a group we administer and send its member list to everyone."""
-        me = self.identity.public_key
-        state = GroupState(secrets.token_bytes(16), name, me, 1, sorted({me, *members}))
+        state = new_group(self.identity.public_key, name, members,
+                          secrets.token_bytes(SALT_BYTES))
         return self._publish_group(state, notify=set(members))
 
     async def change_group(self, group_id: bytes, *, add: list[bytes] | None = None,
@@ -1171,8 +1218,8 @@ class Messenger:
 
     def _publish_group_in(self, db: Any, state: GroupState, notify: set[bytes]) -> GroupState:
         """Sign and store a new member list and queue it to ``notify``, in one transaction."""
-        signed = sign_state(self.identity, state)
-        state = open_state(signed, self.identity.public_key)
+        state = signed_state(self.identity, state)
+        signed = encode_state(state)
         self.groups.save(db, state, self.identity.public_key)
         now = time.time()
         for member in sorted(notify):
@@ -1243,6 +1290,11 @@ class Messenger:
         """Tell the contact the file arrived whole (hash checked)."""
         await self._send_control(contact, Payload("file_done", file_id=file_id))
 
+    async def end_file(self, contact: bytes, file_id: bytes, reason: str) -> None:
+        """Tell the contact a transfer ended here (``reason``: declined, cancelled, refused);
+        sent like an ack, through the mailbox when not connected."""
+        await self._send_control(contact, Payload("file_end", file_id=file_id, text=reason))
+
     def is_typing(self, contact: bytes) -> bool:
         """Whether the contact sent a typing notice in the last few seconds."""
         state = self._states.get(contact)
@@ -1275,13 +1327,32 @@ def _file_text(name: str, size: int) -> str:
     return f"[file] {name} ({size} bytes)"
 
 
-def message_json(message: StoredMessage, me: str, them: str) -> dict[str, Any]:
+def _origin_meta(file_id: bytes) -> str:
+    return "group-file:" + file_id.hex()
+
+
+def _file_origin(sender: bytes, payload: Payload) -> FileOrigin:
+    """The signed origin a group file offer claims (``author`` empty: the sender)."""
+    return FileOrigin(payload.author or sender, payload.origin_id, payload.origin_time,
+                      payload.name, payload.signature)
+
+
+def message_json(message: StoredMessage, me: str, them: str, *,
+                 author_name: str | None = None,
+                 group_name: str | None = None) -> dict[str, Any]:
     """The JSON form of a message for the API (``them``: the contact, or for an outgoing
-    group message the group id)."""
+    group message the group id). ``author``: who wrote it (for a group message relayed by
+    the admin, the member who signed it, not the admin); ``kind``: "text" (typed by
+    ``author``), "notice" (written by dhtchat: a timer change, a member list) or "file"."""
+    sender = them if message.author is None else encode_user_id(message.author)
     return {
         "group": message.group_id.hex() if message.group_id else None,
+        "group_name": group_name,
         "id": message.id.hex(),
-        "from": me if message.outgoing else them,
+        "kind": message.kind,
+        "author": me if message.outgoing else sender,
+        "author_name": author_name,
+        "from": me if message.outgoing else sender,
         "to": them if message.outgoing else me,
         "timestamp": message.sent_at,
         "received": message.received_at,

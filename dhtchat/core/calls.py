@@ -13,6 +13,15 @@ between two authenticated peers needs; the state-table style of h11):
   the call is not affected) and refuses our own illegal moves (a :class:`LocalProtocolError`).
 * Time comes in as ``now``: an unanswered invite ends after ``ring_timeout`` seconds
   ("no answer" for the caller, "missed" for the callee); the driver calls :meth:`tick`.
+* The SAS nonces (:mod:`dhtchat.core.sas`, a ZRTP-style hash commitment, RFC 6189
+  §4.4.1.1): each machine is given its own fresh random ``nonce`` (injected). The caller
+  sends :attr:`CallMachine.commitment` in the invite; the callee's machine is built with
+  that commitment and sends its own nonce in ``accept``; the caller may :meth:`reveal` its
+  nonce only after that accept; the callee checks the reveal with :meth:`receive_reveal`.
+  A violation of this order, a missing nonce or a reveal that does not open the commitment
+  ends the call (the error says why; the driver hangs up), and an answered call whose
+  caller never reveals ends after ``reveal_timeout``. :attr:`sas_nonces` gives the two
+  nonces once both are known.
 
 States: ``inviting`` → ``ringing`` → ``connecting`` → ``active`` → ``ended``; the callee
 starts in ``ringing``. ``ended`` carries the reason.
@@ -24,8 +33,17 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, cast
 
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
+from dhtchat.core.sas import (
+    COMMITMENT_BYTES,
+    MAX_NONCE_BYTES,
+    MIN_NONCE_BYTES,
+    check_commitment,
+    commitment,
+)
 
 RING_TIMEOUT: Final = 45.0
+REVEAL_TIMEOUT: Final = 20.0
+"""Seconds after our accept within which the caller must reveal its SAS nonce."""
 
 Action = Literal["invite", "ringing", "accept", "decline", "busy", "hangup"]
 ACTIONS: Final[tuple[str, ...]] = ("invite", "ringing", "accept", "decline", "busy", "hangup")
@@ -62,15 +80,50 @@ class CallMachine:
     started: float
     video: bool = False
     ring_timeout: float = RING_TIMEOUT
+    nonce: bytes = field(kw_only=True, repr=False)
+    """Our SAS nonce: fresh random bytes for this call, 16-64 (required)."""
+    peer_commitment: bytes = field(default=b"", kw_only=True)
+    """Incoming: the caller's commitment to its nonce, from the invite (required)."""
+    reveal_timeout: float = field(default=REVEAL_TIMEOUT, kw_only=True)
     state: State = field(init=False)
     reason: str = field(default="", init=False)
     answered_at: float | None = field(default=None, init=False)
     ended_at: float | None = field(default=None, init=False)
+    peer_nonce: bytes = field(default=b"", init=False, repr=False)
+    revealed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         if len(self.call_id) != 16:
             raise LocalProtocolError("a call id is 16 bytes")
+        if not MIN_NONCE_BYTES <= len(self.nonce) <= MAX_NONCE_BYTES:
+            raise LocalProtocolError(
+                f"a call needs a random SAS nonce of {MIN_NONCE_BYTES}-{MAX_NONCE_BYTES} bytes")
+        if self.direction == "incoming" and len(self.peer_commitment) != COMMITMENT_BYTES:
+            raise RemoteProtocolError("the invite carries no commitment to a SAS nonce")
         self.state = "inviting" if self.direction == "outgoing" else "ringing"
+
+    @property
+    def commitment(self) -> bytes:
+        """Outgoing: the commitment to our nonce, for the invite."""
+        if self.direction != "outgoing":
+            raise LocalProtocolError("only the caller commits to its SAS nonce")
+        return commitment(self.nonce)
+
+    @property
+    def sas_nonces(self) -> tuple[bytes, bytes] | None:
+        """``(caller's nonce, callee's nonce)`` once both are known (the callee: after a
+        reveal that opened the commitment), else None."""
+        if not self.peer_nonce or self.answered_at is None:
+            return None
+        if self.direction == "outgoing":
+            return self.nonce, self.peer_nonce
+        return self.peer_nonce, self.nonce
+
+    @property
+    def awaiting_reveal(self) -> bool:
+        """Incoming and accepted, but the caller has not revealed its nonce yet."""
+        return self.direction == "incoming" and self.answered_at is not None \
+            and not self.peer_nonce and not self.ended
 
     @property
     def ended(self) -> bool:
@@ -100,9 +153,10 @@ class CallMachine:
             self.reason = _END_REASONS.get(action, action)
             self.ended_at = now
 
-    def receive(self, action: str, now: float) -> None:
+    def receive(self, action: str, now: float, *, nonce: bytes = b"") -> None:
         """Apply an action from the contact (raises :class:`RemoteProtocolError` if it makes
-        no sense now; the call is unchanged then)."""
+        no sense now; the call is unchanged then). ``nonce`` is the callee's SAS nonce that
+        an ``accept`` carries: an accept without a valid one ends the call (and raises)."""
         if action not in ACTIONS:
             raise RemoteProtocolError(f"unknown call action {action!r}")
         if self.state == "ended":
@@ -117,12 +171,47 @@ class CallMachine:
         key = (self.direction, self.state, cast(Action, action))
         if key not in _RECEIVE:
             raise RemoteProtocolError(f"{action} for a call that is {self.state}")
+        if action == "accept" and not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
+            self._end("refused: the answer carries no valid SAS nonce", now)
+            raise RemoteProtocolError(self.reason)
         self.state = _RECEIVE[key]
         if action == "accept":
             self.answered_at = now
+            self.peer_nonce = nonce
         elif self.state == "ended":
             self.reason = _END_REASONS.get(action, action)
             self.ended_at = now
+
+    def reveal(self, now: float) -> bytes:
+        """Outgoing: our nonce, to send now that the callee's nonce has arrived (raises
+        :class:`LocalProtocolError` before the accept: revealing earlier would let a callee
+        in the middle choose its nonce knowing ours)."""
+        if self.direction != "outgoing" or self.answered_at is None or self.ended:
+            raise LocalProtocolError(f"cannot reveal the SAS nonce of a call that is "
+                                     f"{self.state}")
+        self.revealed = True
+        return self.nonce
+
+    def receive_reveal(self, nonce: bytes, now: float) -> None:
+        """Incoming: the caller's revealed nonce. Raises :class:`RemoteProtocolError`; a
+        reveal before our accept or one that does not open the invite's commitment ends the
+        call (a repeated or late one changes nothing)."""
+        if self.direction != "incoming":
+            raise RemoteProtocolError("only the caller reveals a SAS nonce")
+        if self.ended:
+            raise RemoteProtocolError("SAS nonce for a call that already ended")
+        if self.peer_nonce:
+            raise RemoteProtocolError("the caller revealed its SAS nonce already")
+        if self.answered_at is None:
+            self._end("refused: the caller revealed its SAS nonce before our answer", now)
+            raise RemoteProtocolError(self.reason)
+        try:
+            check_commitment(self.peer_commitment, nonce)
+        except RemoteProtocolError:
+            self._end("refused: the caller's SAS nonce does not open its commitment "
+                      "(possible man in the middle)", now)
+            raise RemoteProtocolError(self.reason) from None
+        self.peer_nonce = nonce
 
     def media_up(self, now: float) -> None:
         """The media connection is established."""
@@ -135,9 +224,13 @@ class CallMachine:
         self._end(reason, now)
 
     def tick(self, now: float) -> bool:
-        """Apply the ring timeout; returns True if the call just ended."""
+        """Apply the ring and reveal timeouts; returns True if the call just ended."""
         if self.state in ("inviting", "ringing") and now - self.started >= self.ring_timeout:
             self._end("no answer" if self.direction == "outgoing" else "missed", now)
+            return True
+        if self.awaiting_reveal and self.answered_at is not None \
+                and now - self.answered_at >= self.reveal_timeout:
+            self._end("refused: the caller did not reveal its SAS nonce", now)
             return True
         return False
 

@@ -317,6 +317,41 @@ def open_contact_request(
     return body
 
 
+def request_id(record: Record) -> bytes:
+    """What identifies one contact request: its one-time envelope key.
+
+    The proof of work covers the recipient, this key and the sealed body, so a new request
+    costs a new proof of work only with a new key; re-signing the same envelope with another
+    ``seq`` or ``expires`` gives the same id (those fields are outside the proof of work).
+    """
+    return record.owner
+
+
+class RecentIds:
+    """A bounded set of recently seen ids: the least recently added is forgotten first."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[bytes, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, ident: object) -> bool:
+        return ident in self._ids
+
+    def add(self, ident: bytes) -> None:
+        """Remember ``ident`` (refreshing it if known), forgetting the oldest over capacity."""
+        self._ids[ident] = None
+        self._ids.move_to_end(ident)
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every id."""
+        self._ids.clear()
+
+
 # ---------------------------------------------------------------------------- presence
 
 

@@ -76,6 +76,7 @@ class ValueFound(Event):
     query_id: int
     key: bytes
     record: Record
+    source: Address | None = None  # the storer that pushed it (None: a get or our own store)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -58,12 +58,13 @@ from dhtchat.core.events import (
     ValueFound,
 )
 from dhtchat.core.identity import SigningIdentity, verify_signature
-from dhtchat.core.ids import ID_BITS, ID_BYTES, distance, node_id_from_public_key
+from dhtchat.core.ids import ID_BITS, ID_BYTES, blake2b_256, distance, node_id_from_public_key
 from dhtchat.core.lookup import Candidate, DisjointLookup, Lookup
 from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record, encoded_size, validate_record
 from dhtchat.core.routing import AddResult, Contact, RoutingTable
 from dhtchat.core.storage import RecordStore
+from dhtchat.core.stun import StunResponder
 from dhtchat.core.wire import (
     FLAG_READ_ONLY,
     MAX_DATAGRAM_BYTES,
@@ -130,6 +131,7 @@ class DhtConfig:
     max_bytes: int = 64 * 1024 * 1024
     quota_records_per_subnet: int = 512
     quota_bytes_per_subnet: int = 512 * 1024
+    max_owners_per_key: int = 256
     listen_duration: float = 120.0
     max_listeners_per_key: int = 32
     max_listeners: int = 4096
@@ -297,6 +299,9 @@ class DhtNode:
         self._rng = rng
         self._token_secret = rng.randbytes(32)
         self._token_prefixes: dict[int, hashlib.blake2b] = {}  # epoch -> keyed hash state
+        # STUN on the DHT port: IPs that presented a valid write token count as receiving
+        self.stun = StunResponder(blake2b_256(b"dhtchat/stun-secret/v1", self._token_secret),
+                                  epoch=self.config.token_epoch)
         self.table = RoutingTable(
             self.node_id,
             k=self.config.k,
@@ -310,6 +315,7 @@ class DhtNode:
             max_bytes=self.config.max_bytes,
             quota_records_per_subnet=self.config.quota_records_per_subnet,
             quota_bytes_per_subnet=self.config.quota_bytes_per_subnet,
+            max_owners_per_key=self.config.max_owners_per_key,
         )
         self.stats: Counter[str] = Counter()
         self._flags = FLAG_READ_ONLY if self.config.read_only else 0
@@ -761,6 +767,8 @@ class DhtNode:
         validated = len(presented) == 16 and (
             hmac.compare_digest(presented, token)
             or hmac.compare_digest(presented, self._make_token(address, epoch - 1)))
+        if validated:
+            self.stun.mark_receives(host, now)
         body = envelope.body
         reply: ResponseBody
         if isinstance(body, Ping):
@@ -1101,9 +1109,10 @@ class DhtNode:
         except InvalidRecord as exc:
             self._misbehaved(address, f"invalid pushed record: {exc}")
             return
-        self._deliver_push(query, body.record)
+        self._deliver_push(query, body.record, address)
 
-    def _deliver_push(self, query: _Query, record: Record) -> None:
+    def _deliver_push(self, query: _Query, record: Record,
+                      source: Address | None = None) -> None:
         marker = (record.owner, record.seq)
         if marker in query.seen:
             return
@@ -1111,7 +1120,8 @@ class DhtNode:
         if len(query.seen) > 4096:
             query.seen.clear()
             query.seen.add(marker)
-        self._emit(ValueFound(query_id=query.query_id, key=query.target, record=record))
+        self._emit(ValueFound(query_id=query.query_id, key=query.target, record=record,
+                              source=source))
 
     # ------------------------------------------------------------------ failures
 

@@ -1,13 +1,15 @@
 """Signed, typed DHT records (design sec. 4; BEP 44 "mutable items" is the closest relative).
 
 A record is signed by its owner's Ed25519 key and lives in a *namespace*, the public key
-whose key space it belongs to: ``namespace`` is empty (the owner's own space) or, for
-open-write types such as a mailbox, the recipient's key. The storage key is bound to it:
+whose key space it belongs to: ``namespace`` is empty (the owner's own space) or, for the
+open-write type (a contact request), the recipient's key. The storage key is bound to it:
 ``key = BLAKE2b-256("dhtchat/record-key/v1" || type(u16 be) || namespace_key || salt)``
 with ``namespace_key = namespace or owner``. Owner-only types (app values, presence, prekeys,
-signalling) require ``namespace`` to be empty or the owner, so nobody else can write under the
-key; open-write types let many owners store under one key (one record per owner), which is
-how an inbox holds messages from many senders.
+mailbox slots, signalling) require ``namespace`` to be empty or the owner, so nobody else can
+write under the key; open-write types let many owners store under one key (one record per
+owner), which is how an inbox holds requests from many senders (each paid for with proof of
+work). A mailbox slot's owner is the pair's channel key, which only the two contacts can
+derive, so nobody else can write, or squat, a slot key.
 
 Validation order, used by storers and readers alike: bounded sizes (enforced by the decoder
 before anything else), type policy, key binding, expiry, the proof of work of a contact
@@ -64,7 +66,8 @@ POLICIES: Final[dict[int, RecordPolicy]] = {
     RecordType.APP: RecordPolicy(max_ttl=7 * 24 * 3600),
     RecordType.PRESENCE: RecordPolicy(max_ttl=3600),
     RecordType.PREKEYS: RecordPolicy(max_ttl=30 * 24 * 3600),
-    RecordType.MAILBOX: RecordPolicy(max_ttl=14 * 24 * 3600, open_write=True),
+    # owner-only: a slot's key is bound to the pair's channel key (review item 4)
+    RecordType.MAILBOX: RecordPolicy(max_ttl=14 * 24 * 3600),
     RecordType.SIGNAL: RecordPolicy(max_ttl=600),
     RecordType.CONTACT_REQUEST: RecordPolicy(max_ttl=14 * 24 * 3600, open_write=True),
 }
@@ -144,7 +147,7 @@ def make_record(
 ) -> Record:
     """Create and sign a record. Raises :class:`LocalProtocolError` on out-of-range input.
 
-    ``namespace`` is the recipient's public key for open-write types (e.g. a mailbox), empty
+    ``namespace`` is the recipient's public key for open-write types (a contact request), empty
     for a record in the signer's own key space.
     """
     policy = policy_for(type_)

@@ -18,13 +18,15 @@ is the SAS and its verbal comparison): each side hashes what *it* sees of the se
 renders the leftmost bits as words::
 
     pairs     = sorted([(identity_A, fingerprint_A), (identity_B, fingerprint_B)])
-    sas_hash  = BLAKE2b-256("dhtchat/call-sas/v1" || 0x00 || id_1 || fp_1 || id_2 || fp_2
-                            || len(nonce) as 1 byte || nonce)
+    sas_hash  = BLAKE2b-256("dhtchat/call-sas/v2" || 0x00 || id_1 || fp_1 || id_2 || fp_2
+                            || u8(len(offer_nonce)) || offer_nonce
+                            || u8(len(answer_nonce)) || answer_nonce)
     sas_value = leftmost 24 bits of sas_hash      (3 words of 8 bits, or 8 decimal digits)
 
 Identities are 32-byte Ed25519 public keys and fingerprints are the 32 raw SHA-256 bytes, so
 the concatenation is unambiguous; sorting the (identity, fingerprint) pairs makes the value
 independent of who called, and keeps each fingerprint tied to the identity that claimed it.
+The nonces are not sorted: the caller's (offerer's) comes first on both sides.
 Under attack Alice hashes ``(A, fp_A), (M_b, fp_M1)`` while Bob hashes ``(M_a, fp_M2),
 (B, fp_B)``: the inputs differ in both identities and both fingerprints, so the two SAS agree
 only by chance, with probability 2^-24 per call, and the people hear different words. Binding
@@ -32,18 +34,27 @@ both fingerprints catches a MITM who kept the right identities but swapped certi
 signature bug, a leaked signalling key); binding both identities catches one who swapped keys,
 and stops a SAS verified with one contact from being replayed for another.
 
-**Grinding and the commitment nonce.** The fingerprint a MITM sends last is hers to choose: a
-certificate is cheap to vary, so without further care she could try certificates until her
-two SAS values collide (2^24 hashes: seconds on one machine). ZRTP prevents this with a
-hash commitment (RFC 6189 sec. 4.4.1.1): the initiator commits to its DH value before it sees
-the responder's. Here the offerer draws a random ``nonce``, puts ``commitment(nonce)`` in the
-signed offer and reveals ``nonce`` only after the answer arrived (e.g. on the DTLS-protected
-channel); the answerer checks it with :func:`check_commitment`, and both pass it to
-:func:`compute_sas`. The MITM must fix the fingerprints she presents before learning the nonce
-that decides Alice's SAS, so each attempt succeeds with probability 2^-24 only. Without a nonce
-(``b""``) the SAS still detects a MITM that does not grind, but not one that does.
+**Grinding, and why both sides contribute a nonce.** Whatever a MITM sends last on a leg is
+hers to choose: a certificate or a nonce is cheap to vary, so if she knows every other input
+of a leg's SAS she can try values until it equals the other leg's (2^24 hashes: seconds).
+Version 1 had only the caller's committed nonce: on the leg where Mallory is the *caller*
+(to Bob) she knew every input (Bob's certificate is kept per contact, so its fingerprint is
+known in advance) and could grind her own nonce. ZRTP's hash commitment (RFC 6189 sec.
+4.4.1.1, ``hvi``) closes both legs, and version 2 does the same:
 
-Everything here is pure: no clock, randomness or I/O (the nonce comes from the caller).
+1. the caller draws ``offer_nonce`` and sends only ``commitment(offer_nonce)`` in the invite;
+2. the callee, having seen the commitment, draws a fresh ``answer_nonce`` and sends it in
+   the accept;
+3. only then does the caller reveal ``offer_nonce``; the callee refuses the call unless it
+   opens the commitment (:func:`check_commitment`).
+
+On each leg the SAS then depends on a random value the MITM cannot influence and learns only
+after her own contribution is fixed: as callee (to Alice) she must send her answer before
+Alice reveals; as caller (to Bob) she is bound by her commitment before Bob draws his nonce.
+Each attempt thus matches with probability 2^-24, however much she computes; an attempt is a
+call that rings. With empty nonces the SAS still detects a MITM who does not grind.
+
+Everything here is pure: no clock, randomness or I/O (the nonces come from the caller).
 """
 
 from __future__ import annotations
@@ -69,7 +80,7 @@ MIN_NONCE_BYTES: Final = 16
 MAX_NONCE_BYTES: Final = 64
 COMMITMENT_BYTES: Final = 32
 
-_SAS_DOMAIN: Final = b"dhtchat/call-sas/v1\x00"
+_SAS_DOMAIN: Final = b"dhtchat/call-sas/v2\x00"
 _COMMIT_DOMAIN: Final = b"dhtchat/call-sas-commit/v1\x00"
 
 WORDS: Final[tuple[str, ...]] = (
@@ -147,7 +158,8 @@ def _identity(key: bytes, role: str) -> bytes:
     return key
 
 
-def _check_nonce(nonce: bytes) -> None:
+def check_nonce(nonce: bytes) -> None:
+    """Raise :class:`RemoteProtocolError` unless ``nonce`` is empty or 16-64 bytes."""
     if nonce and not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
         raise RemoteProtocolError(
             f"a SAS nonce has {MIN_NONCE_BYTES}-{MAX_NONCE_BYTES} bytes, not {len(nonce)}"
@@ -189,33 +201,37 @@ class Sas:
 
 def compute_sas(*, local_identity: bytes, local_fingerprint: str | bytes,
                 remote_identity: bytes, remote_fingerprint: str | bytes,
-                nonce: bytes = b"") -> Sas:
+                offer_nonce: bytes = b"", answer_nonce: bytes = b"") -> Sas:
     """The SAS of a call as this side sees it; both sides get the same value.
 
     ``*_identity`` are Ed25519 public keys (32 bytes); ``*_fingerprint`` are the SHA-256 DTLS
-    fingerprints of the local certificate and of the one the peer's SDP announced; ``nonce``
-    is the offerer's revealed commitment nonce (see the module docstring), ``b""`` for none.
+    fingerprints of the local certificate and of the one the peer's SDP announced;
+    ``offer_nonce`` is the caller's revealed (committed) nonce and ``answer_nonce`` the
+    callee's, whoever computes (see the module docstring); ``b""`` for none.
     Raises :class:`RemoteProtocolError` for a malformed fingerprint or nonce, or when the
     peer announced our own fingerprint (a reflection), and :class:`LocalProtocolError` for a
     malformed identity key.
     """
     return Sas(int.from_bytes(sas_hash(
         local_identity=local_identity, local_fingerprint=local_fingerprint,
-        remote_identity=remote_identity, remote_fingerprint=remote_fingerprint, nonce=nonce,
+        remote_identity=remote_identity, remote_fingerprint=remote_fingerprint,
+        offer_nonce=offer_nonce, answer_nonce=answer_nonce,
     )[:4], "big") >> (32 - SAS_BITS))
 
 
 def sas_hash(*, local_identity: bytes, local_fingerprint: str | bytes,
              remote_identity: bytes, remote_fingerprint: str | bytes,
-             nonce: bytes = b"") -> bytes:
+             offer_nonce: bytes = b"", answer_nonce: bytes = b"") -> bytes:
     """The full 32-byte hash the SAS is cut from (arguments as for :func:`compute_sas`)."""
     local = (_identity(local_identity, "local"), parse_fingerprint(local_fingerprint))
     remote = (_identity(remote_identity, "remote"), parse_fingerprint(remote_fingerprint))
     if local[1] == remote[1]:
         raise RemoteProtocolError("the peer announced our own DTLS fingerprint")
-    _check_nonce(nonce)
+    check_nonce(offer_nonce)
+    check_nonce(answer_nonce)
     first, second = sorted((local, remote))
-    return blake2b_256(_SAS_DOMAIN, *first, *second, bytes([len(nonce)]), nonce)
+    return blake2b_256(_SAS_DOMAIN, *first, *second, bytes([len(offer_nonce)]), offer_nonce,
+                       bytes([len(answer_nonce)]), answer_nonce)
 
 
 def sas_from_words(words: str | Iterable[str]) -> Sas:
@@ -252,7 +268,7 @@ def sas_from_number(number: str) -> Sas:
 
 
 def commitment(nonce: bytes) -> bytes:
-    """The 32-byte commitment to the offerer's SAS nonce, sent in the signed offer."""
+    """The 32-byte commitment to the caller's SAS nonce, sent in the invite."""
     if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
         raise LocalProtocolError(
             f"a SAS nonce has {MIN_NONCE_BYTES}-{MAX_NONCE_BYTES} bytes, not {len(nonce)}"
@@ -261,7 +277,7 @@ def commitment(nonce: bytes) -> bytes:
 
 
 def check_commitment(committed: bytes, nonce: bytes) -> None:
-    """Raise :class:`RemoteProtocolError` unless ``nonce`` opens the offer's ``committed``."""
-    _check_nonce(nonce)
+    """Raise :class:`RemoteProtocolError` unless ``nonce`` opens the invite's ``committed``."""
+    check_nonce(nonce)
     if not nonce or not hmac.compare_digest(committed, blake2b_256(_COMMIT_DOMAIN, nonce)):
         raise RemoteProtocolError("the revealed SAS nonce does not match the offer's commitment")

@@ -62,12 +62,13 @@ yet it stays our own pending session. Both sides apply the same rule to the same
 after one exchange in each direction they converge on the same session, and every message
 sent meanwhile still decrypts from the archive.
 
-Randomness and time. This module is *not* sans-IO: x3dh and doubleratchet draw their own
-randomness (``secrets`` / ``os.urandom`` via ``cryptography``) for prekeys, ephemeral keys
-and ratchet keys, and x3dh stamps prekeys with ``time.time()``. That is why it lives in
-``dhtchat/messaging`` rather than in the deterministic ``dhtchat/core``. Signed prekey
-rotation is driven by :meth:`PrekeyStore.maintain` with a caller-supplied clock (the library's
-own time-based rotation is disabled).
+Randomness and time. This module reads no clock and draws no randomness itself (an
+import-linter contract forbids ``time``, ``secrets``, ``asyncio`` and sockets here): time is
+passed in (``PrekeyStore.create(seed, now)``, :meth:`PrekeyStore.maintain`). The libraries
+under it are not deterministic: x3dh and doubleratchet draw their own randomness
+(``os.urandom`` via ``cryptography``) for prekeys, ephemeral keys and ratchet keys, and
+x3dh stamps prekeys with its own ``time.time()``; the library's time-based rotation is
+disabled.
 
 Persistence. Every mutating call (``initiate``, ``accept``, ``encrypt``, ``decrypt``,
 ``maintain``) changes state that must be saved (``to_json``) together -- the prekey store as
@@ -80,7 +81,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -357,11 +357,12 @@ class PrekeyStore:
         )
 
     @classmethod
-    def create(cls, identity_seed: bytes) -> PrekeyStore:
-        """A fresh store: new signed prekey and :data:`PREKEY_TARGET` one-time prekeys."""
+    def create(cls, identity_seed: bytes, now: float) -> PrekeyStore:
+        """A fresh store made at ``now``: new signed prekey and :data:`PREKEY_TARGET` one-time
+        prekeys."""
         if len(identity_seed) != 32:
             raise ValueError("identity seed must be 32 bytes")
-        store = cls(identity_seed, cls._make_state(identity_seed), time.time(), b"")
+        store = cls(identity_seed, cls._make_state(identity_seed), now, b"")
         store._published = store.bundle()
         return store
 

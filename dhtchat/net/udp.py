@@ -30,9 +30,8 @@ from dhtchat.core.events import (
 )
 from dhtchat.core.identity import SEED_BYTES, SigningIdentity
 from dhtchat.core.node import DhtConfig, DhtNode
-from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record
-from dhtchat.core.stun import answer_binding_request, looks_like_stun
+from dhtchat.core.stun import looks_like_stun
 
 log = logging.getLogger("dhtchat.net")
 
@@ -62,6 +61,9 @@ class Subscription:
         self.query_id = query_id
         self.queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=1024)
         self.started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        # Called with each pushed record and the storer that pushed it; False drops it
+        # before it is queued (a per-storer rate limit: one storer cannot evict the rest).
+        self.admit: Callable[[Record, Address | None], bool] | None = None
 
     def __aiter__(self) -> AsyncIterator[Record]:
         return self._iterate()
@@ -89,8 +91,6 @@ class UdpDhtNode:
         self.address: Address = ("", 0)
         self.internal_errors = 0
         self.stun_answered = 0
-        # STUN Binding answers per source IP: enough for ICE gathering, useless for floods.
-        self._stun_limit = TokenBuckets(rate=5.0, burst=20.0)
 
     @classmethod
     async def create(
@@ -233,11 +233,11 @@ class UdpDhtNode:
         self._flush()
 
     def _answer_stun(self, data: bytes, address: Address) -> None:
-        """Answer a STUN Binding request (RFC 5389) so peers learn their reflexive address."""
-        response = answer_binding_request(data, address)
+        """Answer a STUN Binding request (RFC 5389) so peers learn their reflexive address;
+        the core's :class:`~dhtchat.core.stun.StunResponder` decides whether (no amplification
+        towards an IP that has not shown it receives, per-IP and per-/24 limits)."""
+        response = self.core.stun.answer(data, address, time.time())
         if response is None or self._transport is None:
-            return
-        if not self._stun_limit.allow(address[0], time.monotonic()):
             return
         try:
             self._transport.sendto(response, address)
@@ -285,7 +285,7 @@ class UdpDhtNode:
         query_id = getattr(event, "query_id", None)
         if isinstance(event, ValueFound):
             sub = self._subscriptions.get(event.query_id)
-            if sub is not None:
+            if sub is not None and (sub.admit is None or sub.admit(event.record, event.source)):
                 if sub.queue.full():
                     sub.queue.get_nowait()
                 sub.queue.put_nowait(event.record)

@@ -1,9 +1,11 @@
 """``dhtchat simulate`` in a fresh process: the compiled hot path, then the usual CLI.
 
-``dhtchat simulate ...`` re-executes itself as ``python -m dhtchat.sim.launch simulate ...``
-(on huge pages where available, see :mod:`dhtchat.sim.hugepages`), because the compiled
-modules (:mod:`dhtchat.sim.accel`) must be chosen before anything imports the core, and
-the CLI module imports it.
+``dhtchat simulate ...`` re-executes itself as ``python -m dhtchat simulate ...`` with
+``_DHTCHAT_SIM_LAUNCHED=1`` (on huge pages where available, see
+:mod:`dhtchat.sim.hugepages`), because the compiled modules (:mod:`dhtchat.sim.accel`) must
+be chosen before anything imports the core, and the CLI module imports it:
+``dhtchat/__main__.py`` calls :func:`activate_if_launched` before it imports the CLI. (The
+simulator never imports the app layer itself: import-linter's contracts in pyproject.toml.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ LAUNCHED = "_DHTCHAT_SIM_LAUNCHED"  # set in the relaunched process: never relau
 
 
 def relaunch() -> None:
-    """Replace this process by ``python -m dhtchat.sim.launch`` with the same arguments.
+    """Replace this process by ``python -m dhtchat`` with the same arguments.
 
     For the ``dhtchat`` command line only (it execs). Returns, doing nothing, when there
     is nothing to gain (compilation and huge pages both off or unavailable) or on failure.
@@ -33,20 +35,15 @@ def relaunch() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "dhtchat.sim.launch", *sys.argv[1:]],
+        os.execve(sys.executable, [sys.executable, "-m", "dhtchat", *sys.argv[1:]],
                   env)
     except OSError as exc:  # run on as is: only speed is lost
         print(f"note: could not restart the simulator ({exc}); running as is",
               file=sys.stderr)
 
 
-def main() -> int:
-    """Activate the compiled modules if possible, then run the command line as given."""
-    activate()
-    from dhtchat.app.cli import main as cli_main  # noqa: PLC0415
-
-    return cli_main(sys.argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def activate_if_launched() -> None:
+    """In the process :func:`relaunch` started: activate the compiled modules (before the
+    core is imported)."""
+    if os.environ.get(LAUNCHED) == "1":
+        activate()
