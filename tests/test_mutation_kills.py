@@ -7,11 +7,17 @@ testing") found surviving: each pins one security decision at its boundary.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import msgspec
 import pytest
 
-from dhtchat.core.contacts import Pair, ReplayGuard
+from dhtchat.core.contacts import (
+    Pair,
+    ReplayGuard,
+    make_contact_request,
+    open_contact_request,
+)
 from dhtchat.core.errors import InvalidRecord, LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity
 from dhtchat.core.pow import REQUEST_POW_BITS, pow_ok, solve_pow
@@ -27,6 +33,7 @@ from dhtchat.core.records import (
     record_key,
     validate_record,
 )
+from dhtchat.core.sas import MAX_NONCE_BYTES, MIN_NONCE_BYTES, commitment
 from dhtchat.core.storage import RecordStore
 from dhtchat.core.wire import StoreStatus
 
@@ -247,14 +254,15 @@ def test_validate_record_refuses_foreign_or_malformed_namespaces() -> None:
     foreign = _signed_raw(RecordType.APP, BOB_ID.public_key)  # owner-only type, Bob's space
     with pytest.raises(InvalidRecord, match="namespace"):
         validate_record(foreign, foreign.key, NOW)
-    short = _signed_raw(RecordType.MAILBOX, b"\x01" * 31)  # open-write, 31-byte namespace
+    short = _signed_raw(RecordType.CONTACT_REQUEST, b"\x01" * 31)  # open-write, 31 bytes
     with pytest.raises(InvalidRecord, match="namespace"):
         validate_record(short, short.key, NOW)
-    own = _signed_raw(RecordType.MAILBOX, ALICE_ID.public_key)  # must be spelled b""
+    own = _signed_raw(RecordType.CONTACT_REQUEST, ALICE_ID.public_key)  # must be spelled b""
     with pytest.raises(InvalidRecord, match="namespace"):
         validate_record(own, own.key, NOW)
-    mailbox = _signed_raw(RecordType.MAILBOX, BOB_ID.public_key)
-    validate_record(mailbox, mailbox.key, NOW)
+    mailbox = _signed_raw(RecordType.MAILBOX, BOB_ID.public_key)  # owner-only since item 4
+    with pytest.raises(InvalidRecord, match="namespace"):
+        validate_record(mailbox, mailbox.key, NOW)
 
 
 def test_validate_record_value_size_and_expiry_boundaries() -> None:
@@ -328,3 +336,56 @@ def test_replay_guard_remembers_within_the_window_and_at_capacity() -> None:
     guard.check(b"s", "offer", b"c", 1_000_000, 1002.0)  # over capacity: the oldest goes ...
     with pytest.raises(RemoteProtocolError, match="replayed"):
         guard.check(b"s", "offer", b"c", 1_000_000, 1003.0)  # ... never the newest
+
+
+# ---------------------------------------------------------------------------- contact requests
+# Survivors of the contacts.py run that changed a security decision (docs/benchmarks.md).
+
+def _counter_bytes(seed: int) -> Callable[[int], bytes]:
+    state = hashlib.sha256(seed.to_bytes(8, "big")).digest()
+
+    def draw(n: int) -> bytes:
+        nonlocal state
+        out = b""
+        while len(out) < n:
+            state = hashlib.sha256(state).digest()
+            out += state
+        return out[:n]
+    return draw
+
+
+def test_a_request_rewrapped_in_another_envelope_is_refused() -> None:
+    """The sealed body names its envelope key: a storer (or anyone) who re-wraps a real
+    request under a fresh envelope key of its own, paying the proof of work again, gets a
+    request the recipient refuses (kills `or` -> `and` in the recipient/envelope check)."""
+    alice, bob = SigningIdentity.from_seed(b"\x0a" * 32), SigningIdentity.from_seed(b"\x0b" * 32)
+    real = make_contact_request(alice, bob.public_key, name="Alice", message="hi", now=NOW,
+                                random_bytes=_counter_bytes(1), pow_bits=4)
+    assert open_contact_request(bob, real, NOW, pow_bits=4).sender == alice.public_key
+    sealed = real.value[8:]
+    thief = SigningIdentity.from_seed(b"\x0c" * 32)
+    counter = solve_pow(bob.public_key + thief.public_key, sealed, 4)
+    rewrapped = make_record(thief, RecordType.CONTACT_REQUEST, b"",
+                            counter.to_bytes(8, "big") + sealed, seq=0,
+                            expires=int(NOW) + 3600, namespace=bob.public_key)
+    with pytest.raises(RemoteProtocolError, match="another envelope"):
+        open_contact_request(bob, rewrapped, NOW, pow_bits=4)
+
+
+def test_a_request_dated_more_than_ten_minutes_ahead_is_refused() -> None:
+    alice, bob = SigningIdentity.from_seed(b"\x0a" * 32), SigningIdentity.from_seed(b"\x0b" * 32)
+    edge = make_contact_request(alice, bob.public_key, name="A", message="", now=NOW + 600,
+                                random_bytes=_counter_bytes(2), pow_bits=4)
+    assert open_contact_request(bob, edge, NOW, pow_bits=4).created == NOW + 600  # inclusive
+    ahead = make_contact_request(alice, bob.public_key, name="A", message="", now=NOW + 601,
+                                 random_bytes=_counter_bytes(3), pow_bits=4)
+    with pytest.raises(RemoteProtocolError, match="future"):
+        open_contact_request(bob, ahead, NOW, pow_bits=4)
+
+
+def test_the_sas_commitment_takes_only_nonces_of_the_allowed_length() -> None:
+    assert len(commitment(bytes(MAX_NONCE_BYTES))) == 32
+    assert len(commitment(bytes(MIN_NONCE_BYTES))) == 32
+    for size in (MIN_NONCE_BYTES - 1, MAX_NONCE_BYTES + 1):
+        with pytest.raises(LocalProtocolError):
+            commitment(bytes(size))
