@@ -459,6 +459,7 @@ class Result:
     first_failures: list[str] = field(default_factory=list)
     coverage: int | None = None  # libFuzzer "cov" (edges), atheris only
     features: int | None = None
+    crashed: bool = False  # libFuzzer itself stopped (C crash, timeout, out of memory)
 
     @property
     def per_second(self) -> float:
@@ -550,6 +551,7 @@ def run_atheris(name: str, inputs: int) -> Result:
                     int(covs[-1][0]) if covs else None, int(covs[-1][1]) if covs else None)
     if proc.returncode != 0:  # libFuzzer itself stopped (crash in C, timeout, out of memory)
         result.failures += 1
+        result.crashed = True
         result.first_failures.append(f"fuzzer exited {proc.returncode}:\n{err[-3000:]}")
     return result
 
@@ -570,15 +572,15 @@ def main(argv: list[str] | None = None) -> int:
     names = args.target or list(_RUNNERS)
     all_targets = targets() if args.engine == "random" else {}
     results: list[Result] = []
-    print(f"{'target':16} {'inputs':>10} {'exec/s':>9} {'failures':>8} {'cov':>6} {'ft':>6}",
-          flush=True)
+    print(f"{'target':16} {'inputs':>10} {'seconds':>8} {'exec/s':>9} {'failures':>8} "
+          f"{'crashed':>7} {'cov':>6} {'ft':>6}", flush=True)
     for name in names:
         result = (run_random(all_targets[name], args.inputs) if args.engine == "random"
                   else run_atheris(name, args.inputs))
         results.append(result)
-        print(f"{name:16} {result.inputs:>10} {result.per_second:>9.0f} "
-              f"{result.failures:>8} {result.coverage or '-':>6} {result.features or '-':>6}",
-              flush=True)
+        print(f"{name:16} {result.inputs:>10} {result.seconds:>8.0f} {result.per_second:>9.0f} "
+              f"{result.failures:>8} {'yes' if result.crashed else 'no':>7} "
+              f"{result.coverage or '-':>6} {result.features or '-':>6}", flush=True)
         for failure in result.first_failures:
             print(failure, file=sys.stderr)
     if args.json:

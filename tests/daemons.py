@@ -61,7 +61,9 @@ def new_identity(profile: Path) -> str:
 class DaemonProcess:
     """``dhtchat daemon`` in a subprocess; its log goes to ``PROFILE/daemon.log``."""
 
-    def __init__(self, profile: Path, args: Sequence[str], wrap: Wrap | None = None) -> None:
+    def __init__(self, profile: Path, args: Sequence[str], wrap: Wrap | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """``env``: extra environment variables (e.g. ``DHTCHAT_CRASH_AFTER``)."""
         self.profile = profile
         self.log_path = profile / "daemon.log"
         verbose = ["-v"] if os.environ.get("DHTCHAT_DAEMON_VERBOSE") else []
@@ -70,7 +72,7 @@ class DaemonProcess:
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen((wrap or (lambda a: a))(argv), stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=_env())
+                                     env=_env() | (env or {}))
 
     def status(self) -> dict[str, Any] | None:
         """The daemon's ``status`` once it has joined the DHT (None before)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,6 +13,26 @@ from dhtchat.core.addresses import Address
 from dhtchat.core.events import Event
 from dhtchat.core.identity import SigningIdentity
 from dhtchat.core.node import DhtConfig, DhtNode
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "",
+               interval: float = 0.1) -> None:
+    """Poll ``predicate`` until it holds; AssertionError after ``timeout`` real seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {timeout} s: {what or predicate}")
+        time.sleep(interval)
+
+
+async def async_wait_until(predicate: Callable[[], bool], timeout: float, what: str = "",
+                           interval: float = 0.05) -> None:
+    """:func:`wait_until` inside an event loop (the loop keeps running while we wait)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {timeout} s: {what or predicate}")
+        await asyncio.sleep(interval)
 
 
 def node_key(seed: int) -> SigningIdentity:

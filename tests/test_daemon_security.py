@@ -144,6 +144,8 @@ def test_offer_from_non_contact_is_dropped(tmp_path: Path) -> None:
         assert world.alice.node is not None
         stored = await world.nodes[3].put(record)
         assert stored.stored > 0  # it is in the DHT, where Eve can write what she likes
+        # A window for something that must NOT happen (no event to wait for): 2 s is ten
+        # DHT round trips on loopback, ample for a listen push to arrive.
         await asyncio.sleep(2.0)
         assert eve.public_key not in bob.links  # Bob never listens on Eve's channel
         # And should it reach Bob's handler anyway, it is dropped before any work.

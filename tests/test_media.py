@@ -69,7 +69,9 @@ def test_tone_track_frames_and_pacing() -> None:
 
     pts, elapsed = asyncio.run(run())
     assert pts == [960 * i for i in range(26)]
-    assert 0.48 <= elapsed < 0.7  # frame n is due n * 20 ms after the first
+    # Frame n is due n * 20 ms after the first: paced, not rushed. (No upper bound: how
+    # late a loaded machine delivers is speed, not behaviour.)
+    assert elapsed >= 0.48
 
 
 def test_tone_through_a_wav_sink(tmp_path: Path) -> None:

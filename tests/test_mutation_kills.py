@@ -1,4 +1,4 @@
-"""Direct unit tests of the proof of work, the rate limiter and the record store.
+"""Direct unit tests of the proof of work, the rate limiter, the record store and records.
 
 They kill mutants the mutation run (benchmarks/mutation.py, docs/benchmarks.md "Mutation
 testing") found surviving: each pins one security decision at its boundary.
@@ -7,10 +7,33 @@ testing") found surviving: each pins one security decision at its boundary.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
-from dhtchat.core.pow import pow_ok, solve_pow
+import msgspec
+import pytest
+
+from dhtchat.core.contacts import (
+    Pair,
+    ReplayGuard,
+    make_contact_request,
+    open_contact_request,
+)
+from dhtchat.core.errors import InvalidRecord, LocalProtocolError, RemoteProtocolError
+from dhtchat.core.identity import SigningIdentity
+from dhtchat.core.pow import REQUEST_POW_BITS, pow_ok, solve_pow
 from dhtchat.core.ratelimit import TokenBuckets
-from dhtchat.core.records import Record, RecordType, record_key
+from dhtchat.core.records import (
+    CLOCK_SKEW_ALLOWANCE,
+    MAX_VALUE_BYTES,
+    Record,
+    RecordType,
+    app_salt,
+    make_record,
+    policy_for,
+    record_key,
+    validate_record,
+)
+from dhtchat.core.sas import MAX_NONCE_BYTES, MIN_NONCE_BYTES, commitment
 from dhtchat.core.storage import RecordStore
 from dhtchat.core.wire import StoreStatus
 
@@ -172,3 +195,197 @@ def test_store_expiry_boundary_and_owner_filter() -> None:
     assert store.expire(200.0) == 1
     assert store.held_keys() == []
     assert store.subnet_usage("s1") == (0, 0)
+
+
+# ------------------------------------------------------------------ records.py (issue 11 item 17)
+
+ALICE_ID = SigningIdentity.from_seed(bytes([1]) * 32)
+BOB_ID = SigningIdentity.from_seed(bytes([2]) * 32)
+NOW = 1_700_000_000
+
+
+def test_record_key_and_app_salt_are_the_documented_domain_separated_hashes() -> None:
+    owner = ALICE_ID.public_key
+    expected = hashlib.blake2b(b"dhtchat/record-key/v1" + b"\x00\x06" + owner + b"salt",
+                               digest_size=32).digest()
+    assert record_key(RecordType.CONTACT_REQUEST, owner, b"salt") == expected
+    assert app_salt("k\u00e9y") == hashlib.blake2b(b"dhtchat/app-key/v1" + "k\u00e9y".encode(),
+                                                   digest_size=32).digest()
+
+
+def test_make_record_type_range_is_exactly_16_bits() -> None:
+    for type_ in (0, 0xFFFF):
+        record = make_record(ALICE_ID, type_, b"", b"v", seq=0, expires=NOW + 60)
+        validate_record(record, record.key, NOW)
+    for type_ in (-1, 0x10000):
+        with pytest.raises(LocalProtocolError):
+            make_record(ALICE_ID, type_, b"", b"v", seq=0, expires=NOW + 60)
+
+
+def test_make_record_namespace_rules() -> None:
+    own = make_record(ALICE_ID, RecordType.APP, b"", b"v", seq=1, expires=NOW + 60,
+                      namespace=ALICE_ID.public_key)
+    assert own.namespace == b""  # the owner's own key is stored as the empty namespace
+    validate_record(own, record_key(RecordType.APP, ALICE_ID.public_key, b""), NOW)
+    with pytest.raises(LocalProtocolError):  # an owner-only type in someone else's space
+        make_record(ALICE_ID, RecordType.APP, b"", b"v", seq=1, expires=NOW + 60,
+                    namespace=BOB_ID.public_key)
+    with pytest.raises(LocalProtocolError):  # an open-write type, but not a 32-byte key
+        make_record(ALICE_ID, RecordType.MAILBOX, b"", b"v", seq=1, expires=NOW + 60,
+                    namespace=b"short")
+
+
+def test_validate_record_checks_the_signature_by_default() -> None:
+    good = make_record(ALICE_ID, RecordType.APP, b"s", b"v", seq=1, expires=NOW + 60)
+    forged = msgspec.structs.replace(good, value=b"w")
+    validate_record(forged, forged.key, NOW, verify_signature_=False)
+    with pytest.raises(InvalidRecord, match="signature"):
+        validate_record(forged, forged.key, NOW)
+
+
+def _signed_raw(type_: int, namespace: bytes, value: bytes = b"v", expires: int = NOW + 60,
+                signer: SigningIdentity = ALICE_ID) -> Record:
+    """A correctly signed record that make_record would refuse to build."""
+    unsigned = Record(type_, signer.public_key, namespace, b"", 1, expires, value, bytes(64))
+    return msgspec.structs.replace(unsigned, signature=signer.sign(unsigned.signed_bytes()))
+
+
+def test_validate_record_refuses_foreign_or_malformed_namespaces() -> None:
+    foreign = _signed_raw(RecordType.APP, BOB_ID.public_key)  # owner-only type, Bob's space
+    with pytest.raises(InvalidRecord, match="namespace"):
+        validate_record(foreign, foreign.key, NOW)
+    short = _signed_raw(RecordType.CONTACT_REQUEST, b"\x01" * 31)  # open-write, 31 bytes
+    with pytest.raises(InvalidRecord, match="namespace"):
+        validate_record(short, short.key, NOW)
+    own = _signed_raw(RecordType.CONTACT_REQUEST, ALICE_ID.public_key)  # must be spelled b""
+    with pytest.raises(InvalidRecord, match="namespace"):
+        validate_record(own, own.key, NOW)
+    mailbox = _signed_raw(RecordType.MAILBOX, BOB_ID.public_key)  # owner-only since item 4
+    with pytest.raises(InvalidRecord, match="namespace"):
+        validate_record(mailbox, mailbox.key, NOW)
+
+
+def test_validate_record_value_size_and_expiry_boundaries() -> None:
+    full = _signed_raw(RecordType.APP, b"", value=bytes(MAX_VALUE_BYTES))
+    validate_record(full, full.key, NOW)  # exactly the maximum is allowed
+    at_now = _signed_raw(RecordType.APP, b"", expires=NOW)
+    with pytest.raises(InvalidRecord, match="expired"):
+        validate_record(at_now, at_now.key, NOW)
+    validate_record(at_now, at_now.key, NOW - 1)
+    limit = NOW + policy_for(RecordType.APP).max_ttl + CLOCK_SKEW_ALLOWANCE
+    longest = _signed_raw(RecordType.APP, b"", expires=limit)
+    validate_record(longest, longest.key, NOW)  # the skew allowance is inclusive ...
+    too_long = _signed_raw(RecordType.APP, b"", expires=limit + 1)
+    with pytest.raises(InvalidRecord, match="lifetime"):
+        validate_record(too_long, too_long.key, NOW)  # ... and added, not subtracted
+
+
+# Counters solving REQUEST_POW_BITS for subject bob || alice (precomputed with solve_pow).
+_POW_EMPTY_SEALED, _POW_SEALED_X = 25976, 309691
+
+
+def test_contact_request_needs_a_sealed_part_after_its_counter() -> None:
+    subject = BOB_ID.public_key + ALICE_ID.public_key
+    assert pow_ok(subject, b"", _POW_EMPTY_SEALED, REQUEST_POW_BITS)
+    assert pow_ok(subject, b"x", _POW_SEALED_X, REQUEST_POW_BITS)
+    counter_only = _signed_raw(RecordType.CONTACT_REQUEST, BOB_ID.public_key,
+                               value=_POW_EMPTY_SEALED.to_bytes(8, "big"))
+    with pytest.raises(InvalidRecord, match="proof of work"):
+        validate_record(counter_only, counter_only.key, NOW)
+    one_byte = _signed_raw(RecordType.CONTACT_REQUEST, BOB_ID.public_key,
+                           value=_POW_SEALED_X.to_bytes(8, "big") + b"x")
+    validate_record(one_byte, one_byte.key, NOW)
+    unsolved = _signed_raw(RecordType.CONTACT_REQUEST, BOB_ID.public_key,
+                           value=(_POW_SEALED_X + 1).to_bytes(8, "big") + b"x")
+    with pytest.raises(InvalidRecord, match="proof of work"):
+        validate_record(unsolved, unsolved.key, NOW)
+
+
+# ----------------------------------------------------------------- contacts.py (issue 11 item 17)
+
+# Pair secret of the seeds 0x01*32 and 0x02*32: BLAKE2b(domain || X25519 || low key || high key).
+_PAIR_1_2 = "ce7c43424ef66ebdb0d96751c5a3ef83f56d738ff52997fe855751a2e90810a9"
+
+
+def test_pair_secret_is_the_known_answer_and_needs_the_private_key() -> None:
+    secret = Pair.derive(ALICE_ID, BOB_ID.public_key).secret
+    assert secret.hex() == _PAIR_1_2
+    assert Pair.derive(BOB_ID, ALICE_ID.public_key).secret == secret
+    low, high = sorted((ALICE_ID.public_key, BOB_ID.public_key))
+    assert secret != hashlib.blake2b(b"dhtchat/pair/v1" + low + high, digest_size=32).digest()
+
+
+def test_replay_guard_age_window_is_inclusive_on_both_sides() -> None:
+    guard = ReplayGuard(max_age=120)
+    guard.check(b"s", "offer", b"a", 1_000_000, 1120.0)  # exactly max_age old
+    guard.check(b"s", "offer", b"b", 1_120_000, 1000.0)  # exactly max_age in the future
+    with pytest.raises(RemoteProtocolError):
+        guard.check(b"s", "offer", b"c", 999_999, 1120.0)
+    with pytest.raises(RemoteProtocolError):
+        guard.check(b"s", "offer", b"d", 1_120_001, 1000.0)
+
+
+def test_replay_guard_remembers_within_the_window_and_at_capacity() -> None:
+    guard = ReplayGuard(max_age=120, capacity=2)
+    guard.check(b"s", "offer", b"a", 1_000_000, 1000.0)
+    with pytest.raises(RemoteProtocolError, match="replayed"):
+        guard.check(b"s", "offer", b"a", 1_000_000, 1001.0)  # still remembered a second later
+    guard.check(b"s", "offer", b"b", 1_000_000, 1001.0)  # two entries: exactly the capacity
+    with pytest.raises(RemoteProtocolError, match="replayed"):
+        guard.check(b"s", "offer", b"a", 1_000_000, 1002.0)
+    guard.check(b"s", "offer", b"c", 1_000_000, 1002.0)  # over capacity: the oldest goes ...
+    with pytest.raises(RemoteProtocolError, match="replayed"):
+        guard.check(b"s", "offer", b"c", 1_000_000, 1003.0)  # ... never the newest
+
+
+# ---------------------------------------------------------------------------- contact requests
+# Survivors of the contacts.py run that changed a security decision (docs/benchmarks.md).
+
+def _counter_bytes(seed: int) -> Callable[[int], bytes]:
+    state = hashlib.sha256(seed.to_bytes(8, "big")).digest()
+
+    def draw(n: int) -> bytes:
+        nonlocal state
+        out = b""
+        while len(out) < n:
+            state = hashlib.sha256(state).digest()
+            out += state
+        return out[:n]
+    return draw
+
+
+def test_a_request_rewrapped_in_another_envelope_is_refused() -> None:
+    """The sealed body names its envelope key: a storer (or anyone) who re-wraps a real
+    request under a fresh envelope key of its own, paying the proof of work again, gets a
+    request the recipient refuses (kills `or` -> `and` in the recipient/envelope check)."""
+    alice, bob = SigningIdentity.from_seed(b"\x0a" * 32), SigningIdentity.from_seed(b"\x0b" * 32)
+    real = make_contact_request(alice, bob.public_key, name="Alice", message="hi", now=NOW,
+                                random_bytes=_counter_bytes(1), pow_bits=4)
+    assert open_contact_request(bob, real, NOW, pow_bits=4).sender == alice.public_key
+    sealed = real.value[8:]
+    thief = SigningIdentity.from_seed(b"\x0c" * 32)
+    counter = solve_pow(bob.public_key + thief.public_key, sealed, 4)
+    rewrapped = make_record(thief, RecordType.CONTACT_REQUEST, b"",
+                            counter.to_bytes(8, "big") + sealed, seq=0,
+                            expires=int(NOW) + 3600, namespace=bob.public_key)
+    with pytest.raises(RemoteProtocolError, match="another envelope"):
+        open_contact_request(bob, rewrapped, NOW, pow_bits=4)
+
+
+def test_a_request_dated_more_than_ten_minutes_ahead_is_refused() -> None:
+    alice, bob = SigningIdentity.from_seed(b"\x0a" * 32), SigningIdentity.from_seed(b"\x0b" * 32)
+    edge = make_contact_request(alice, bob.public_key, name="A", message="", now=NOW + 600,
+                                random_bytes=_counter_bytes(2), pow_bits=4)
+    assert open_contact_request(bob, edge, NOW, pow_bits=4).created == NOW + 600  # inclusive
+    ahead = make_contact_request(alice, bob.public_key, name="A", message="", now=NOW + 601,
+                                 random_bytes=_counter_bytes(3), pow_bits=4)
+    with pytest.raises(RemoteProtocolError, match="future"):
+        open_contact_request(bob, ahead, NOW, pow_bits=4)
+
+
+def test_the_sas_commitment_takes_only_nonces_of_the_allowed_length() -> None:
+    assert len(commitment(bytes(MAX_NONCE_BYTES))) == 32
+    assert len(commitment(bytes(MIN_NONCE_BYTES))) == 32
+    for size in (MIN_NONCE_BYTES - 1, MAX_NONCE_BYTES + 1):
+        with pytest.raises(LocalProtocolError):
+            commitment(bytes(size))

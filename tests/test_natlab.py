@@ -122,7 +122,7 @@ def test_unsolicited_udp_does_not_reach_alice(lab: NatLab) -> None:
     lab.send_udp("public0", (wan, mapped_port), b"other-port", src_port=5001)  # port-dependent
     lab.send_udp("public1", (wan, 40011), b"no-mapping")  # nothing ever left 40011
     lab.send_udp("public1", ("10.1.0.2", 40011), b"private")  # no route to the LAN
-    time.sleep(0.3)
+    time.sleep(0.3)  # a window for datagrams that must NOT arrive (no event to wait for)
 
     assert _received(_drain(talker, talker_reader)) == []  # echo already read
     assert _received(_drain(quiet, quiet_reader)) == []

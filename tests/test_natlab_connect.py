@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -197,8 +196,7 @@ def _tone_call(scene: Scene, tmp: Path, seconds: float = 4.0) -> tuple[str, str]
          "--audio-in", "tone:1000", "--audio-out", str(tmp / "bob-heard.wav")],
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         stdin=subprocess.DEVNULL)
-    try:
-        time.sleep(1.0)
+    try:  # (no wait: `answer` also picks up a call that is already ringing)
         call = cli(scene.alice.profile, "call", scene.bob_id, "--audio-in", "tone:440",
                    "--audio-out", str(tmp / "alice-heard.wav"), "--duration", str(seconds),
                    timeout=180)

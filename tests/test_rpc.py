@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dhtchat.app.rpc import Reply, RpcServer, call
+from tests.support import async_wait_until
 
 
 def test_reply_hooks_follow_the_client(tmp_path: Path) -> None:
@@ -16,7 +17,7 @@ def test_reply_hooks_follow_the_client(tmp_path: Path) -> None:
         events: list[str] = []
 
         async def slow(params: dict[str, Any]) -> Reply:
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the scenario: a handler slower than the client
             return Reply(["message"], on_sent=lambda: events.append("sent"),
                          on_lost=lambda: events.append("lost"))
 
@@ -29,18 +30,17 @@ def test_reply_hooks_follow_the_client(tmp_path: Path) -> None:
                          + b"\n")
             await writer.drain()
             writer.close()
-            await asyncio.sleep(0.6)
-            assert events == ["lost"]
+            await async_wait_until(lambda: events == ["lost"], 10, "the first reply lost")
             # A notification (no id): nobody reads the result either.
             _reader, writer = await asyncio.open_unix_connection(str(tmp_path / "api.sock"))
             writer.write(json.dumps({"jsonrpc": "2.0", "method": "receive"}).encode() + b"\n")
             await writer.drain()
-            await asyncio.sleep(0.6)
+            await async_wait_until(lambda: events == ["lost", "lost"], 10,
+                                   "the notification's reply lost")
             writer.close()
-            assert events == ["lost", "lost"]
             # A client that reads it: marked once it is written.
             assert await call(tmp_path / "api.sock", "receive") == ["message"]
-            await asyncio.sleep(0.05)
+            await async_wait_until(lambda: len(events) == 3, 10, "the reply marked sent")
             return events
         finally:
             await server.close()

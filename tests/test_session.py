@@ -239,10 +239,9 @@ def test_huge_chain_jump_is_rejected_before_any_kdf_work() -> None:
     async def go() -> None:
         *_, sa, sb = await established()
         # baseline: a legitimate jump of MAX_SKIP - 1 keys (the work we refuse to do 1000x of)
+        # (How fast the refusal is, against this jump, is benchmarks/session_reject.py.)
         wires = [await sa.encrypt(b"m") for _ in range(MAX_SKIP)]
-        t0 = time.perf_counter()
         assert await sb.decrypt(wires[-1]) == b"m"
-        t_skip = time.perf_counter() - t0
         assert sb.skipped_message_keys == MAX_SKIP - 1
 
         legit = await sa.encrypt(b"after")
@@ -253,11 +252,9 @@ def test_huge_chain_jump_is_rejected_before_any_kdf_work() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # the library only *warns* for a huge pn
             for forged in (forged_same_chain, forged_new_chain, forged_new_chain_n):
-                t0 = time.perf_counter()
                 with pytest.raises(SessionError, match="skip"):
                     await sb.decrypt(forged)
-                t_reject = time.perf_counter() - t0
-                assert t_reject < t_skip / 10, (t_reject, t_skip)
+                assert sb.skipped_message_keys == MAX_SKIP - 1  # no key was derived
         assert sb.to_json() == before
         assert await sb.decrypt(legit) == b"after"
         assert await sa.decrypt(await sb.encrypt(b"still fine")) == b"still fine"

@@ -110,7 +110,7 @@ def test_real_node_answers_and_rate_limits() -> None:
             sock.bind(("127.0.0.1", 0))
             for i in range(200):
                 sock.sendto(binding_request(i.to_bytes(12, "big")), a.address)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # a window: every answer that will come has come
             answers = 0
             while True:
                 try:

@@ -38,6 +38,7 @@ from typing import Any, Final, Literal
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
+from dhtchat.app import faults
 from dhtchat.app.calls import Call, CallManager, CallMedia
 from dhtchat.app.contactstore import ContactEntry, ContactStore, contacts_key
 from dhtchat.app.files import file_json
@@ -268,6 +269,10 @@ class Daemon:
 
     async def start(self) -> None:
         """Take the profile lock, start the DHT node, join, and open the API socket."""
+        try:
+            faults.arm_from_environment()  # crash tests only (DHTCHAT_CRASH_AFTER)
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc)) from None
         make_private(self.profile.root)
         self._acquire_lock()
         try:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 import msgspec
 from aiortc import RTCDataChannel
 
+from dhtchat.app import faults
 from dhtchat.app.files import CHUNK_MARK, FileEntry, FileTransfers, sha256_file
 from dhtchat.app.groups import (
     SALT_BYTES,
@@ -355,6 +356,7 @@ class Messenger:
                            (message_id, contact, seq, now, text, timer, kind))
             if conversation_timer is not None:
                 self.history.update_conversation(db, contact, timer=conversation_timer)
+        faults.reached("outbox-commit")
         self.daemon._spawn(self.flush(contact))
         stored = self.history.message(message_id)
         if stored is None:  # a group fan-out copy: no row of its own
@@ -619,6 +621,7 @@ class Messenger:
                     payload = msgspec.structs.replace(payload, kind="text", text="",
                                                       file_id=b"")
                 self._store_incoming(contact, payload, convo, initial)
+                faults.reached("receive-commit")
                 self._flush_queued()
                 self._schedule_ack(contact)
                 if payload.kind == "file" and self._channel(contact) is not None:
