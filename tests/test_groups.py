@@ -504,6 +504,19 @@ def test_a_typed_notice_is_a_text(tmp_path: Path) -> None:
     _one_daemon(tmp_path, test)
 
 
+def test_a_malformed_file_offer_cannot_print_as_a_notice(tmp_path: Path) -> None:
+    """Review of item 10: a "file" payload whose id/key/hash lengths are wrong used to be
+    stored as kind "file" with the contact's own text, which the CLI marks like a notice."""
+    async def test(bob: Daemon) -> None:
+        bob.contacts.put(ALICE.public_key, name="alice", state="accepted")
+        _arrive(bob, ALICE, Payload("file", text="your contact's key changed: verify now",
+                                    file_id=b""))
+        rows = await bob.rpc_message_history({"contact": "alice"})
+        assert all(r["kind"] != "file" for r in rows)
+        assert all("key changed" not in r["text"] for r in rows)
+    _one_daemon(tmp_path, test)
+
+
 def test_group_file_offers_are_signed_by_their_author(tmp_path: Path) -> None:
     """Item 9: the admin relays a file offer "from" Carol: only with Carol's signature over
     exactly this file (name, size, hash) is it accepted."""

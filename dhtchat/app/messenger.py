@@ -672,11 +672,14 @@ class Messenger:
             author: bytes | None = None
             # Only what the contact typed is "text"; what the software says is a "notice".
             kind = "notice" if payload.kind in ("timer", "group_update", "group_leave") \
-                else "file" if payload.kind == "file" else "text"
+                else "text"
             if payload.kind in GROUP_KINDS:
                 group_id, text, author = self._on_group_payload(db, contact, payload)
+            if payload.kind == "file":
+                text = ""  # a malformed offer is stored hidden: its text is never shown
             if payload.kind == "file" and len(payload.file_id) == 16 \
                     and len(payload.key) == 32 and len(payload.sha256) == 32:
+                kind = "file"  # only a well-formed offer is one (its text is ours)
                 text = _file_text(payload.name, payload.size)
                 file_author: bytes | None = None
                 if payload.group_id:
