@@ -437,6 +437,81 @@ def test_a_file_received_in_clear_is_sealed_at_start(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
+def _as_old_version(files: FileTransfers, file_id: bytes, content: bytes, **row: Any) -> None:
+    """Make a received file look as an older version left it: in clear, not marked sealed."""
+    entry = files.get(file_id)
+    assert entry is not None
+    Path(entry.path).write_bytes(content)
+    sets = ", ".join(f"{k} = ?" for k in ("sealed", *row))
+    with files.history.transaction() as db:
+        db.execute(f"UPDATE files SET {sets} WHERE id = ?", (0, *row.values(), file_id))
+
+
+def test_sealing_at_start_survives_interruption_and_errors(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           ) -> None:
+    """The start-up migration (review findings): killed after sealing but before marking,
+    a file is not sealed twice; a file that cannot be sealed (no space) does not stop the
+    daemon and stays readable; an older version's download stopped after its final rename
+    is sealed and finished, not deleted as a hash mismatch; a partial download in clear is
+    fetched again from 0; an admin's old relay of a received file streams its plaintext."""
+    async def run() -> None:
+        files, messenger = _receiver(tmp_path)
+        contact, member = os.urandom(32), os.urandom(32)
+        content = b"minutes of the meeting " * 8000  # 184 kB, 3 chunks
+        sealed_twice = await _receive_whole(files, messenger, contact, content)
+        unsealable = await _receive_whole(files, messenger, contact, content)
+        renamed = await _receive_whole(files, messenger, contact, content)
+        await _settle(messenger)
+        relayed = await files.send(member, Path(files.get(unsealable).path))  # type: ignore[union-attr]
+        # 1. Sealed already, but the flag was not committed (killed in between).
+        with files.history.transaction() as db:
+            db.execute("UPDATE files SET sealed = 0 WHERE id = ?", (sealed_twice,))
+        # 2. In clear, and sealing it fails.
+        _as_old_version(files, unsealable, content)
+        # 3. Stopped after the final rename: row still says partial, all bytes received.
+        whole = files.get(renamed)
+        assert whole is not None
+        _as_old_version(files, renamed, content, complete=0,
+                        path=str(tmp_path / "files" / "partial" / renamed.hex()))
+        # 4. A partial download in clear.
+        partial_id, _ = _offer(files, contact, content)
+        await files.resume(contact)
+        _as_old_version(files, partial_id, content[:CHUNK_BYTES], received=CHUNK_BYTES)
+
+        def no_space(*args: Any) -> None:
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr("dhtchat.app.files.seal_file_in_place", no_space)
+        again = FileTransfers(messenger, tmp_path / "files")  # type: ignore[arg-type]
+        monkeypatch.undo()
+        assert again.export(sealed_twice, tmp_path / "1.txt").read_bytes() == content
+        stays = again.get(unsealable)
+        assert stays is not None and not stays.sealed  # tried again at the next start
+        assert again.export(unsealable, tmp_path / "2.txt").read_bytes() == content
+        partial = again.get(partial_id)
+        assert partial is not None and partial.received == 0 and partial.sealed
+
+        third = FileTransfers(messenger, tmp_path / "files")  # type: ignore[arg-type]
+        sealed_now = third.get(unsealable)
+        assert sealed_now is not None and sealed_now.sealed
+        assert b"minutes" not in Path(sealed_now.path).read_bytes()
+        third.on_request(member, relayed.id, 0)  # the old relay row now decrypts its source
+        await _settle(messenger)
+        out = third.get(relayed.id)
+        assert out is not None and out.source_id == unsealable
+        plain = b"".join(
+            nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                d[25:], d[1:25], chunk_nonce(relayed.id, int.from_bytes(d[17:25], "big")),
+                relayed.key) for d in messenger.channel.sent)
+        assert plain == content
+        await third.resume(contact)  # finishes the renamed one from its sealed final file
+        await _settle(messenger)
+        done = third.get(renamed)
+        assert done is not None and done.complete and done.error is None
+        assert third.export(renamed, tmp_path / "3.txt").read_bytes() == content
+    asyncio.run(run())
+
+
 def test_a_received_file_is_passed_on_decrypted(tmp_path: Path) -> None:
     """An admin relaying a member's group file streams the plaintext from its sealed store,
     re-sealed under the new offer's key."""

@@ -140,12 +140,17 @@ def read_sealed(path: Path | str, key: bytes, file_id: bytes, offset: int = 0,
             offset += len(chunk)
 
 
-def sha256_sealed(path: Path | str, key: bytes, file_id: bytes) -> bytes:
-    """SHA-256 of a stored received file's plaintext."""
-    digest = hashlib.sha256()
-    for chunk in read_sealed(path, key, file_id):
-        digest.update(chunk)
-    return digest.digest()
+def _already_sealed(path: Path, key: bytes, file_id: bytes, plain_bytes: int) -> bool:
+    """Whether a received file is already in the sealed layout (its first chunk opens)."""
+    if path.stat().st_size != sealed_size(plain_bytes):
+        return False
+    if plain_bytes == 0:
+        return True
+    try:
+        next(read_sealed(path, key, file_id), None)
+    except LocalProtocolError:
+        return False
+    return True
 
 
 def seal_file_in_place(path: Path, key: bytes, file_id: bytes, plain_bytes: int) -> None:
@@ -218,27 +223,70 @@ class FileTransfers:
             if "sealed" not in columns:  # a history from before encryption at rest
                 db.execute("ALTER TABLE files ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0")
                 db.execute("ALTER TABLE files ADD COLUMN source_id BLOB")
+            # An outgoing file that is a received one (an older version's relay of a group
+            # file): that file is sealed, so the stream must decrypt it as its source.
+            db.execute("UPDATE files SET source_id = (SELECT i.id FROM files AS i "
+                       "WHERE i.outgoing = 0 AND i.path = files.path) WHERE outgoing = 1 "
+                       "AND source_id IS NULL "
+                       "AND path IN (SELECT path FROM files WHERE outgoing = 0)")
         self._seal_files_in_clear()
         self._streams: dict[bytes, asyncio.Task[None]] = {}
         self._handles: dict[bytes, Any] = {}
         self._unsynced: dict[bytes, int] = {}
+        self._finishing: set[bytes] = set()
         self._changed = asyncio.Condition()
         self.sent: dict[bytes, int] = {}  # outgoing: bytes handed to the channel so far
 
     # ------------------------------------------------------------------ state
 
     def _seal_files_in_clear(self) -> None:
-        """Encrypt at rest the received files an older version stored in clear."""
+        """Encrypt at rest the received files an older version stored in clear.
+
+        Idempotent and safe to interrupt: a file already sealed (killed between the rename
+        and the commit) is only marked; a file that cannot be sealed now (no space, an I/O
+        error) stays readable in clear and is tried again at the next start. A partial
+        download in clear is fetched again from 0 (sealed as it arrives), except one whose
+        bytes were all there (stopped after its final rename), which is sealed and finished."""
         rows = self.history.db.execute(
             "SELECT id, key, path, received, complete, size FROM files "
             "WHERE outgoing = 0 AND sealed = 0").fetchall()
-        for fid, key, path, received, complete, size in rows:
-            file_id, kept = bytes(fid), size if complete else received
-            if Path(path).exists():
-                seal_file_in_place(Path(path), bytes(key), file_id, kept)
+        for fid, raw_key, path, received, complete, size in rows:
+            file_id, key, stored = bytes(fid), bytes(raw_key), Path(path)
+            final = self.root / file_id.hex()
+            if not complete and not stored.exists() and final.exists() and received >= size:
+                stored = final  # an older version stopped after the rename
+            elif not complete:
+                with contextlib.suppress(OSError):
+                    os.unlink(stored)
+                with self.history.transaction() as db:
+                    db.execute("UPDATE files SET sealed = 1, received = 0 WHERE id = ?",
+                               (file_id,))
+                continue
+            try:
+                if stored.exists() and not _already_sealed(stored, key, file_id, size):
+                    free = shutil.disk_usage(self.root).free
+                    if free < sealed_size(size) + DISK_RESERVE:
+                        raise OSError(28, "not enough free disk space to encrypt it")
+                    seal_file_in_place(stored, key, file_id, size)
+            except OSError as exc:
+                log.warning("could not encrypt a received file at rest (%s); it stays in "
+                            "clear and is tried again at the next start", exc)
+                continue
             with self.history.transaction() as db:
-                db.execute("UPDATE files SET sealed = 1 WHERE id = ?", (file_id,))
-            log.info("encrypted at rest a file received in clear (%d bytes)", kept)
+                db.execute("UPDATE files SET sealed = 1, path = ? WHERE id = ?",
+                           (str(stored), file_id))
+            log.info("encrypted at rest a file received in clear (%d bytes)", size)
+
+    def _plain_content(self, entry: FileEntry, offset: int = 0) -> Iterator[bytes]:
+        """A received file's plaintext from ``offset`` (sealed, or in clear if it could not
+        be sealed yet)."""
+        if entry.sealed:
+            yield from read_sealed(entry.path, entry.key, entry.id, offset)
+            return
+        with open(entry.path, "rb") as handle:
+            handle.seek(offset)
+            while data := handle.read(CHUNK_BYTES):
+                yield data
 
     def get(self, file_id: bytes) -> FileEntry | None:
         """A transfer by id."""
@@ -312,9 +360,8 @@ class FileTransfers:
             source = self.get(entry.source_id)
             if source is None or not source.complete:
                 raise LocalProtocolError("the received file to pass on is gone")
-            if source.sealed:
-                yield from read_sealed(source.path, source.key, source.id, offset)
-                return
+            yield from self._plain_content(source, offset)
+            return
         with open(entry.path, "rb") as handle:
             handle.seek(offset)
             while data := handle.read(CHUNK_BYTES):
@@ -563,14 +610,31 @@ class FileTransfers:
                 self.messenger.daemon._spawn(self._finish(file_id))
 
     async def _finish(self, file_id: bytes) -> None:
+        # One check at a time per file: a reconnection's resume can reach here while the
+        # last chunk's check still runs (both would hash, the second rename would fail).
+        if file_id in self._finishing:
+            return
+        self._finishing.add(file_id)
+        try:
+            await self._check_and_complete(file_id)
+        finally:
+            self._finishing.discard(file_id)
+
+    async def _check_and_complete(self, file_id: bytes) -> None:
         entry = self.get(file_id)
         if entry is None or entry.complete:
             return
         final = self.root / file_id.hex()
         if not Path(entry.path).exists() and final.exists():  # stopped after the rename
             entry = FileEntry(**{**entry.__dict__, "path": str(final)})
+
+        def plain_digest(stored: FileEntry) -> bytes:
+            digest = hashlib.sha256()
+            for chunk in self._plain_content(stored):
+                digest.update(chunk)
+            return digest.digest()
         try:
-            digest = await asyncio.to_thread(sha256_sealed, entry.path, entry.key, entry.id)
+            digest = await asyncio.to_thread(plain_digest, entry)
         except LocalProtocolError:
             digest = b""
         if digest != entry.sha256:
@@ -642,7 +706,7 @@ class FileTransfers:
             raise LocalProtocolError(f"{target} exists; choose another destination") from None
         try:
             with open(fd, "wb") as out:
-                for chunk in read_sealed(entry.path, entry.key, entry.id):
+                for chunk in self._plain_content(entry):
                     out.write(chunk)
         except LocalProtocolError:
             os.unlink(target)  # never leave a half-decrypted copy
