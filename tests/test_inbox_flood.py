@@ -192,6 +192,9 @@ def test_inbox_pushes_are_rate_limited_per_storer(
     assert admitted <= INBOX_PUSH_BURST + 2  # the refill during the loop
     assert daemon.dropped_inbox_pushes >= 2000 - admitted
     assert daemon.admit_inbox_push(record, other)  # another storer's push still gets in
+    fresh_ports = sum(daemon.admit_inbox_push(record, ("127.0.0.9", 5000 + port))
+                      for port in range(100))
+    assert fresh_ports <= 2  # the same storer on new ports gets no new burst
 
 
 def test_subscription_admit_sees_the_storer_and_drops_before_queueing() -> None:
@@ -231,3 +234,20 @@ def test_subscription_admit_sees_the_storer_and_drops_before_queueing() -> None:
                 await node.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_envelopes_seen_by_an_older_version_stay_seen(tmp_path: Path) -> None:
+    """Older versions stored ``owner + signature[:16]``; the request id is now the owner, so
+    a request refused before the upgrade must not come back as new (review finding)."""
+    path = tmp_path / "contacts.sqlite"
+    owner = bytes(range(32))
+    store = ContactStore(path)
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO seen_envelopes VALUES (?, ?)", (owner + b"\x07" * 16, 5.0))
+    reopened = ContactStore(path)
+    try:
+        assert reopened.seen(owner)
+        assert not reopened.seen(owner + b"\x07" * 16)
+    finally:
+        reopened.close()

@@ -109,6 +109,13 @@ class ContactStore:
                 fingerprint TEXT NOT NULL DEFAULT '');
             """
         )
+        # Older versions keyed seen envelopes by owner + signature[:16]; the request id is
+        # the owner (the one-time envelope key): keep what was refused refused.
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO seen_envelopes (envelope, seen) "
+                             "SELECT substr(envelope, 1, 32), seen FROM seen_envelopes "
+                             "WHERE length(envelope) = 48")
+            self._db.execute("DELETE FROM seen_envelopes WHERE length(envelope) = 48")
         self._trimmed = 0.0
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(verified)")}
         if "fingerprint" not in columns:  # a contact list from before pinning

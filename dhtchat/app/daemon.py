@@ -507,9 +507,10 @@ class Daemon:
                 log.exception("error handling a pushed record")
 
     def admit_inbox_push(self, record: Record, source: Address | None) -> bool:
-        """Rate limit for records pushed to the inbox subscription, per storer address: a
-        storer flooding pushes is cut to INBOX_PUSH_RATE without delaying the others."""
-        key = format_address(source) if source is not None else "local"
+        """Rate limit for records pushed to the inbox subscription, per storer IP (not port:
+        a storer could send from new ports): a storer flooding pushes is cut to
+        INBOX_PUSH_RATE without delaying the others."""
+        key = source[0] if source is not None else "local"
         if self._inbox_push_limit.allow(key, time.monotonic()):
             return True
         self.dropped_inbox_pushes += 1
