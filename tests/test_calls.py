@@ -19,11 +19,13 @@ import av
 import numpy as np
 import pytest
 
+from dhtchat.app import messenger as messenger_module
 from dhtchat.app.calls import Call, CallMedia, fingerprint_signed_bytes, sdp_fingerprint
 from dhtchat.app.daemon import Daemon, DaemonOptions
 from dhtchat.app.media import audio_duration, dominant_frequency
 from dhtchat.app.profile import Profile
 from dhtchat.core.identity import SigningIdentity, encode_user_id
+from dhtchat.core.sas import SAS_VERSION
 from tests.daemons import (
     PASSPHRASE,
     REPO,
@@ -204,6 +206,33 @@ def test_a_reveal_that_does_not_open_the_commitment_is_refused(tmp_path: Path) -
         await _until(lambda: call.machine.ended, 20, "Alice to see the hang-up")
         assert call.machine.reason == "hung up by the contact"
         assert bob.calls.log(1)[0]["reason"] == bobs.machine.reason
+
+    _run(tmp_path, scenario)
+
+
+def test_an_invite_of_the_older_sas_scheme_is_refused(tmp_path: Path) -> None:
+    """Review finding: an older caller (one nonce, SAS v1) and this callee would finish the
+    call with different words, which reads as a man in the middle. The callee refuses such
+    an invite before it rings; a current invite to the same daemon rings."""
+    async def scenario(alice: Daemon, bob: Daemon, carol: Daemon) -> None:
+        assert alice.calls is not None and bob.calls is not None
+        assert alice.messenger is not None
+        # Alice's signals say what an older version's say: no SAS scheme (0). (Both daemons
+        # share the module; Bob's refusal reads its own constant in dhtchat.app.calls.)
+        vars(messenger_module)["SAS_VERSION"] = 0
+        try:
+            old = await alice.calls.place(bob.identity.public_key, CallMedia())
+            await _until(lambda: bob.calls.refused_invites == 1, 20,  # type: ignore[union-attr]
+                         "Bob to refuse the old invite")
+            assert old.call_id not in bob.calls.calls and bob.calls.current is None
+            await alice.calls.hangup(old)
+        finally:
+            vars(messenger_module)["SAS_VERSION"] = SAS_VERSION
+        bob.calls.auto_answer = CallMedia()
+        call = await alice.calls.place(bob.identity.public_key, CallMedia())
+        await _until(lambda: call.machine.state == "active" and call.sas is not None, 30,
+                     "the current call")
+        await alice.calls.hangup(call)
 
     _run(tmp_path, scenario)
 

@@ -56,7 +56,7 @@ from dhtchat.app.media import (
 from dhtchat.core.calls import CallMachine
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import encode_user_id, verify_signature
-from dhtchat.core.sas import Sas, compute_sas, parse_fingerprint
+from dhtchat.core.sas import SAS_VERSION, Sas, compute_sas, parse_fingerprint
 from dhtchat.net.webrtc import configuration, enlarge_ice_socket_buffers, selected_pair
 
 if TYPE_CHECKING:
@@ -170,6 +170,7 @@ class CallManager:
         self.calls: dict[bytes, Call] = {}
         self.auto_answer: CallMedia | None = None
         self.incoming = asyncio.Event()  # set when a call starts ringing here
+        self.refused_invites = 0  # invites refused before ringing (e.g. an older SAS scheme)
         assert daemon.history is not None
         self._db = daemon.history
         self._db.db.executescript(_SCHEMA)
@@ -445,7 +446,7 @@ class CallManager:
     async def on_signal(self, contact: bytes, action: str, call_id: bytes, *, sdp: str = "",
                         video: bool = False, committed: bytes = b"", nonce: bytes = b"",
                         conference: bytes = b"", participants: tuple[bytes, ...] = (),
-                        signature: bytes = b"") -> None:
+                        signature: bytes = b"", sas_version: int = 0) -> None:
         """A call payload from a contact (already authenticated and decrypted)."""
         now = time.time()
         call = self.calls.get(call_id)
@@ -464,6 +465,12 @@ class CallManager:
                                      "the contact (possible man in the middle)")
                 return
         if action == "invite":
+            if sas_version < SAS_VERSION:
+                self.refused_invites += 1
+                log.warning("refused a call from %s: it runs an older dhtchat whose call SAS "
+                            "is computed differently (the words would not match); both sides "
+                            "need this version", self.daemon._name(contact))
+                return
             me = self.daemon.identity.public_key
             if conference and (len(conference) != 16 or contact not in participants
                                or me not in participants
@@ -559,6 +566,8 @@ class CallManager:
             await call.pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
         except (RemoteProtocolError, ValueError) as exc:
             await self._fail(call, f"bad answer: {exc}")
+            return
+        if call.machine.ended:  # hung up (or rang out) while the answer was being applied
             return
         # Reveal only now that the callee's nonce is in: the SAS is fixed for both sides.
         await self._signal(call, "nonce", nonce=call.machine.reveal(time.time()))

@@ -62,6 +62,7 @@ from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import encode_user_id
 from dhtchat.core.ids import blake2b_256
 from dhtchat.core.records import Record
+from dhtchat.core.sas import SAS_VERSION
 from dhtchat.messaging.session import (
     Conversation,
     PrekeyStore,
@@ -142,6 +143,8 @@ class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
     conference: Annotated[bytes, msgspec.Meta(max_length=16)] = b""  # a group call's id
     participants: Annotated[list[Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]],
                             msgspec.Meta(max_length=8)] = []
+    # The call's SAS scheme (dhtchat.core.sas.SAS_VERSION); last, so older decoders ignore it.
+    sas_version: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True):
@@ -649,7 +652,7 @@ class Messenger:
                         video=payload.video, committed=payload.commitment,
                         nonce=payload.nonce, conference=payload.conference,
                         participants=tuple(payload.participants),
-                        signature=payload.signature))
+                        signature=payload.signature, sas_version=payload.sas_version))
                 elif payload.kind == "goodbye" and self._is_contact(contact):
                     self.daemon._spawn(self.daemon.contact_said_goodbye(contact))
                 elif payload.kind == "reset":
@@ -823,7 +826,7 @@ class Messenger:
         await self._send_control(contact, Payload(
             "call", call_id=call_id, call_action=action, text=sdp, video=video,
             commitment=commitment, nonce=nonce, conference=conference,
-            participants=list(participants), signature=signature),
+            participants=list(participants), signature=signature, sas_version=SAS_VERSION),
             new_session_from=bundle)
         return self._channel(contact) is not None
 

@@ -78,6 +78,10 @@ IDENTITY_BYTES: Final = 32
 FINGERPRINT_BYTES: Final = 32
 MIN_NONCE_BYTES: Final = 16
 MAX_NONCE_BYTES: Final = 64
+# The SAS scheme this code speaks, sent with every call signal: 2 = both nonces (commit,
+# callee nonce in accept, reveal). A callee refuses an invite of an older scheme, whose SAS
+# would differ from ours and look like a man in the middle.
+SAS_VERSION: Final = 2
 COMMITMENT_BYTES: Final = 32
 
 _SAS_DOMAIN: Final = b"dhtchat/call-sas/v2\x00"
