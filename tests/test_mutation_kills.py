@@ -1,4 +1,5 @@
-"""Direct unit tests of the proof of work, the rate limiter, the record store and records.
+"""Direct unit tests of the proof of work, the rate limiter, the record store, records,
+contacts, the SAS, the crypto sessions and the DHT node.
 
 They kill mutants the mutation run (benchmarks/mutation.py, docs/benchmarks.md "Mutation
 testing") found surviving: each pins one security decision at its boundary.
@@ -6,7 +7,10 @@ testing") found surviving: each pins one security decision at its boundary.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
+import json
 from collections.abc import Callable
 
 import msgspec
@@ -36,6 +40,19 @@ from dhtchat.core.records import (
 from dhtchat.core.sas import MAX_NONCE_BYTES, MIN_NONCE_BYTES, commitment
 from dhtchat.core.storage import RecordStore
 from dhtchat.core.wire import StoreStatus
+from dhtchat.messaging.session import (
+    BUNDLE_PREKEYS,
+    MAX_BUNDLE_PREKEYS,
+    MAX_PLAINTEXT,
+    MAX_SKIP,
+    SPK_ROTATION_SECONDS,
+    Conversation,
+    PrekeyStore,
+    Session,
+    SessionError,
+    is_initial_message,
+    parse_bundle,
+)
 
 SUBJECT = bytes(range(64))
 SEALED = b"sealed request"
@@ -389,3 +406,206 @@ def test_the_sas_commitment_takes_only_nonces_of_the_allowed_length() -> None:
     for size in (MIN_NONCE_BYTES - 1, MAX_NONCE_BYTES + 1):
         with pytest.raises(LocalProtocolError):
             commitment(bytes(size))
+
+
+# --- messaging/session.py ------------------------------------------------------------------
+
+
+def _person(seed_byte: int, now: float = 1000.0) -> tuple[bytes, bytes, PrekeyStore]:
+    seed = bytes([seed_byte]) * 32
+    return seed, SigningIdentity.from_seed(seed).public_key, PrekeyStore.create(seed, now)
+
+
+def _rewrite(wire: bytes, **changes: int | bytes) -> bytes:
+    """Rewrite header fields of a wire message (a msgpack array, see the session module)."""
+    fields = msgspec.msgpack.decode(wire)
+    names = (["tag", "dh", "pn", "n", "ct"] if fields[0] == 1
+             else ["tag", "ik", "ek", "spk", "opk", "dh", "pn", "n", "ct"])
+    for name, value in changes.items():
+        fields[names.index(name)] = value
+    return msgspec.msgpack.encode(fields)
+
+
+def test_message_and_bundle_size_bounds_are_exact() -> None:
+    _, _, store = _person(1)
+    _, other, _ = _person(2)
+    limit = MAX_PLAINTEXT + 1024
+    with pytest.raises(SessionError, match="malformed"):
+        asyncio.run(Session.accept(store, other, b"\xc1" * limit))
+    with pytest.raises(SessionError, match="too large"):
+        asyncio.run(Session.accept(store, other, b"\xc1" * (limit + 1)))
+    with pytest.raises(SessionError, match="malformed"):
+        parse_bundle(b"\xc1" * 2048)
+    with pytest.raises(SessionError, match="too large"):
+        parse_bundle(b"\xc1" * 2049)
+    assert not is_initial_message(b"\xc1" * 40)
+    assert not is_initial_message(b"\xc1" * (limit + 1))
+
+
+def test_the_largest_plaintext_goes_through_and_one_byte_more_is_refused() -> None:
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        sa, first = await Session.initiate(alice_store, bob, bob_store.bundle(), b"hi")
+        sb, _ = await Session.accept(bob_store, alice, first)
+        largest = b"x" * MAX_PLAINTEXT
+        assert await sb.decrypt(await sa.encrypt(largest)) == largest
+        with pytest.raises(SessionError, match="too large"):
+            await sa.encrypt(largest + b"x")
+
+    asyncio.run(go())
+
+
+def test_the_associated_data_encodes_both_identity_keys_as_ed25519() -> None:
+    """X3DH AD = Encode(IK_A) || Encode(IK_B) with the 0xED prefix of an Ed25519 key."""
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        sa, first = await Session.initiate(alice_store, bob, bob_store.bundle(), b"hi")
+        sb, _ = await Session.accept(bob_store, alice, first)
+        expected = (b"\xed" + alice + b"\xed" + bob).hex()
+        assert json.loads(sa.to_json())["ad"] == expected
+        assert json.loads(sb.to_json())["ad"] == expected
+
+    asyncio.run(go())
+
+
+def test_a_previous_chain_jump_over_max_skip_is_refused_before_any_receiving_chain() -> None:
+    """The initiator has no receiving chain until the first reply: a header claiming
+    pn = MAX_SKIP + 1 on a new ratchet key is refused as a jump, counted from 0."""
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        sa, first = await Session.initiate(alice_store, bob, bob_store.bundle(), b"hi")
+        sb, _ = await Session.accept(bob_store, alice, first)
+        reply = await sb.encrypt(b"reply")
+        with pytest.raises(SessionError, match="skip"):
+            await sa.decrypt(_rewrite(reply, pn=MAX_SKIP + 1))
+        assert await sa.decrypt(reply) == b"reply"
+
+    asyncio.run(go())
+
+
+def test_an_initial_message_with_another_sessions_x3dh_header_is_refused() -> None:
+    """The X3DH header is not in the AD, so the session checks it itself: a rewritten
+    ephemeral key, or our own initial message reflected under the peer's identity key."""
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        sa, first = await Session.initiate(alice_store, bob, bob_store.bundle(), b"hi")
+        sb, _ = await Session.accept(bob_store, alice, first)
+        second = await sa.encrypt(b"second")
+        assert is_initial_message(second)  # no reply yet: the header is still attached
+        with pytest.raises(SessionError, match="another session"):
+            await sb.decrypt(_rewrite(second, ek=bytes(range(32))))
+        with pytest.raises(SessionError, match="another session"):
+            await sa.decrypt(_rewrite(second, ik=bob))
+        assert await sb.decrypt(second) == b"second"
+
+    asyncio.run(go())
+
+
+def test_a_conversation_accepts_a_new_session_the_peer_started_after_losing_its_state() -> None:
+    """An initial message is routed by its ephemeral key: a new one is a new session even
+    when the peer already has a session it started (kills `and` -> `or` in that match)."""
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        cb = Conversation(bob_store, bob, alice)
+        ca = Conversation(alice_store, alice, bob)
+        assert await cb.decrypt(await ca.encrypt(b"one", bob_store.bundle())) == b"one"
+        ca = Conversation(alice_store, alice, bob)  # Alice forgot everything
+        assert await cb.decrypt(await ca.encrypt(b"two", bob_store.bundle())) == b"two"
+        assert cb.current_session_id == ca.current_session_id
+
+    asyncio.run(go())
+
+
+def test_bundles_keep_their_prekey_bounds_and_the_per_contact_order() -> None:
+    _, me, store = _person(1)
+    full = parse_bundle(store.bundle())
+    assert len(full.pre_keys) == BUNDLE_PREKEYS
+    assert not parse_bundle(store.bundle(0)).pre_keys
+    contact = bytes(range(32))
+    assert not msgspec.msgpack.decode(store.bundle_for(contact, 0))[4]
+    for make in (store.bundle, functools.partial(store.bundle_for, contact)):
+        assert len(parse_bundle(make(MAX_BUNDLE_PREKEYS)).pre_keys) == MAX_BUNDLE_PREKEYS
+        for bad in (-1, MAX_BUNDLE_PREKEYS + 1):
+            with pytest.raises(ValueError, match="max_prekeys"):
+                make(bad)
+    shown = msgspec.msgpack.decode(store.bundle_for(contact, MAX_BUNDLE_PREKEYS))
+    assert shown[1:4] == [me, full.signed_pre_key, full.signed_pre_key_sig]
+    ranked = shown[4]
+
+    def rank(pk: bytes) -> bytes:
+        return hashlib.blake2b(b"dhtchat/opk-order/v1" + contact + pk, digest_size=16).digest()
+
+    assert ranked == sorted(ranked, key=rank) != sorted(ranked)
+    assert msgspec.msgpack.decode(store.bundle_for(contact))[4] == ranked[:BUNDLE_PREKEYS]
+    assert msgspec.msgpack.decode(store.bundle_for(bytes(32)))[4] != ranked[:BUNDLE_PREKEYS]
+
+
+def test_a_restored_prekey_store_rotates_its_signed_prekey_on_schedule() -> None:
+    seed, _, store = _person(1, now=1000.0)
+    store = PrekeyStore.from_json(seed, store.to_json())
+    spk = parse_bundle(store.bundle()).signed_pre_key
+    store.maintain(1000.0 + SPK_ROTATION_SECONDS - 1)
+    assert parse_bundle(store.bundle()).signed_pre_key == spk
+    assert store.maintain(1000.0 + SPK_ROTATION_SECONDS)  # exactly 7 days: rotated
+    assert parse_bundle(store.bundle()).signed_pre_key != spk
+
+
+def test_an_unacknowledged_session_keeps_its_x3dh_header_across_persistence() -> None:
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        sa, _lost = await Session.initiate(alice_store, bob, bob_store.bundle(), b"lost")
+        restored = Session.from_json(sa.to_json())
+        assert not restored.acknowledged
+        again = await restored.encrypt(b"again")
+        assert is_initial_message(again)
+        _, plaintext = await Session.accept(bob_store, alice, again)
+        assert plaintext == b"again"
+
+    asyncio.run(go())
+
+
+def test_restart_stops_sending_on_the_current_session_and_survives_persistence() -> None:
+    """After restart the old session is not preferred again until the contact answers on it,
+    even when its initiator's key ranks higher (both sides then converge on the new one)."""
+    async def go() -> None:
+        people = sorted((_person(1), _person(2)), key=lambda p: p[1])
+        (_, alice, alice_store), (_, bob, bob_store) = people  # bob's key ranks higher
+        ca = Conversation(alice_store, alice, bob)
+        cb = Conversation(bob_store, bob, alice)
+        assert await ca.decrypt(await cb.encrypt(b"hi", alice_store.bundle())) == b"hi"
+        assert await cb.decrypt(await ca.encrypt(b"hey", None)) == b"hey"
+        ca.restart()
+        assert not ca.established
+        with pytest.raises(SessionError, match="bundle"):
+            await ca.encrypt(b"x", None)
+        ca = Conversation.from_json(alice_store, ca.to_json())
+        assert not ca.established
+        fresh = await ca.encrypt(b"new", bob_store.bundle())
+        assert is_initial_message(fresh)
+        assert await cb.decrypt(fresh) == b"new"
+        assert await ca.decrypt(await cb.encrypt(b"ok", None)) == b"ok"
+        assert ca.current_session_id == cb.current_session_id
+
+    asyncio.run(go())
+
+
+def test_a_restored_conversation_keeps_sending_on_its_current_session() -> None:
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        ca = Conversation(alice_store, alice, bob)
+        cb = Conversation(bob_store, bob, alice)
+        to_bob = await ca.encrypt(b"a", bob_store.bundle())
+        assert await ca.decrypt(await cb.encrypt(b"b", alice_store.bundle())) == b"b"
+        assert await cb.decrypt(to_bob) == b"a"  # simultaneous: two sessions each
+        current = ca.current_session_id
+        assert current is not None
+        assert Conversation.from_json(alice_store, ca.to_json()).current_session_id == current
+
+    asyncio.run(go())
