@@ -11,6 +11,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import random
 from collections.abc import Callable
 
 import msgspec
@@ -23,7 +24,9 @@ from dhtchat.core.contacts import (
     open_contact_request,
 )
 from dhtchat.core.errors import InvalidRecord, LocalProtocolError, RemoteProtocolError
+from dhtchat.core.events import Event, GetCompleted, PeerMisbehaved, ValueFound
 from dhtchat.core.identity import SigningIdentity
+from dhtchat.core.node import DhtConfig, DhtNode
 from dhtchat.core.pow import REQUEST_POW_BITS, pow_ok, solve_pow
 from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import (
@@ -32,6 +35,7 @@ from dhtchat.core.records import (
     Record,
     RecordType,
     app_salt,
+    make_app_record,
     make_record,
     policy_for,
     record_key,
@@ -39,7 +43,28 @@ from dhtchat.core.records import (
 )
 from dhtchat.core.sas import MAX_NONCE_BYTES, MIN_NONCE_BYTES, commitment
 from dhtchat.core.storage import RecordStore
-from dhtchat.core.wire import StoreStatus
+from dhtchat.core.wire import (
+    Envelope,
+    Error,
+    ErrorCode,
+    GetValues,
+    Listen,
+    Listening,
+    Nodes,
+    Ping,
+    Push,
+    RequestBody,
+    ResponseBody,
+    Store,
+    Stored,
+    StoreStatus,
+    Values,
+    decode,
+    encode_envelope,
+    encode_request,
+    pack,
+    response_signed_bytes,
+)
 from dhtchat.messaging.session import (
     BUNDLE_PREKEYS,
     MAX_BUNDLE_PREKEYS,
@@ -53,6 +78,7 @@ from dhtchat.messaging.session import (
     is_initial_message,
     parse_bundle,
 )
+from tests.support import node_key
 
 SUBJECT = bytes(range(64))
 SEALED = b"sealed request"
@@ -609,3 +635,249 @@ def test_a_restored_conversation_keeps_sending_on_its_current_session() -> None:
         assert Conversation.from_json(alice_store, ca.to_json()).current_session_id == current
 
     asyncio.run(go())
+
+
+# --- core/node.py: request handling and the checks on values in replies ---------------------
+
+NODE_NOW = 1_700_000_000.0
+CENTER = ("10.200.0.1", 4000)
+
+
+def _signed(peer: SigningIdentity, requester_id: bytes, tid: bytes, body: ResponseBody) -> bytes:
+    envelope = encode_envelope(Envelope(tid, peer.public_key, 0, b"t" * 16, body))
+    return pack(envelope, peer.sign(response_signed_bytes(requester_id, envelope)))
+
+
+def _star(count: int, config: DhtConfig | None = None
+          ) -> tuple[DhtNode, list[SigningIdentity], list[tuple[str, int]]]:
+    """A node whose table holds ``count`` peers; the test answers for them by hand."""
+    center = DhtNode(node_key(1), rng=random.Random(1), now=NODE_NOW, config=config)
+    keys = [node_key(100 + i) for i in range(count)]
+    addresses = [(f"10.0.{i}.1", 4000) for i in range(count)]
+    for key, address in zip(keys, addresses, strict=True):
+        center.table.add(DhtNode(key, rng=random.Random(0), now=NODE_NOW).node_id, address,
+                         NODE_NOW)
+    return center, keys, addresses
+
+
+def _events(node: DhtNode) -> list[Event]:
+    out = []
+    while (event := node.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def _app_record(seq: int, signer_seed: int = 900) -> Record:
+    return make_app_record(node_key(signer_seed), "topic", b"v%d" % seq, seq=seq,
+                           expires=int(NODE_NOW) + 600)
+
+
+def test_a_get_refuses_forged_and_older_records_in_replies() -> None:
+    """Each storer's reply is checked: a record with a bad signature is refused and reported,
+    an older seq never replaces a newer one, and a newer one always replaces an older one."""
+    center, keys, addresses = _star(3, DhtConfig(alpha=3))
+    old, new = _app_record(1), _app_record(2)
+    forged = msgspec.structs.replace(_app_record(3), signature=bytes(64))
+    qid = center.get(new.key, NODE_NOW)
+    sent = {a: decode(d).envelope.tid for d, a in center.datagrams_to_send(NODE_NOW)}
+    assert set(sent) == set(addresses)
+    pages = {addresses[0]: [forged, old], addresses[1]: [new], addresses[2]: [old]}
+    for key, address in zip(keys, addresses, strict=True):
+        reply = Values(pages[address], len(pages[address]), False, [])
+        center.receive_datagram(_signed(key, center.node_id, sent[address], reply), address,
+                                NODE_NOW)
+    events = _events(center)
+    done = next(e for e in events if isinstance(e, GetCompleted) and e.query_id == qid)
+    assert done.records == (new,)
+    bad = [e for e in events if isinstance(e, PeerMisbehaved)]
+    assert [e.address for e in bad] == [addresses[0]]
+    assert "invalid record in reply" in bad[0].reason
+
+
+def test_a_get_follows_at_most_256_pages_from_one_storer() -> None:
+    """A storer claiming a huge total gets exactly the page budget of requests, with the
+    offset advancing by the records it returned."""
+    center, keys, _ = _star(1)
+    record = _app_record(1)
+    center.get(record.key, NODE_NOW)
+    now = NODE_NOW
+    offsets = []
+    for _ in range(300):
+        out = [(d, a) for d, a in center.datagrams_to_send(now)
+               if isinstance(decode(d).envelope.body, GetValues)]
+        if not out:
+            break
+        for data, address in out:
+            request = decode(data).envelope
+            assert isinstance(request.body, GetValues)
+            offsets.append(request.body.offset)
+            assert request.body.owner == b""  # no owner filter asked for
+            reply = Values([record], 100_000, False, [])
+            now += 0.001
+            center.receive_datagram(_signed(keys[0], center.node_id, request.tid, reply),
+                                    address, now)
+    assert offsets == list(range(257))  # the first request, then 256 pages
+    assert center.stats["page_budget_exhausted"] == 1
+
+
+def _get_requests(node: DhtNode, now: float) -> list[tuple[bytes, tuple[str, int]]]:
+    out = node.datagrams_to_send(now)
+    return [(decode(d).envelope.tid, a) for d, a in out
+            if isinstance(decode(d).envelope.body, GetValues)]
+
+
+def test_a_reply_or_a_page_from_another_node_than_the_one_asked_is_refused() -> None:
+    center, keys, _ = _star(1)
+    record = _app_record(1)
+    impostor = node_key(555)
+    qid = center.get(record.key, NODE_NOW)
+    ((tid, address),) = _get_requests(center, NODE_NOW)
+    first = Values([record], 2, False, [])  # "there is one more": a page will follow
+    center.receive_datagram(_signed(impostor, center.node_id, tid, first), address, NODE_NOW)
+    events = _events(center)
+    assert [(e.address, e.reason) for e in events if isinstance(e, PeerMisbehaved)] == [
+        (address, "responder is not the node we asked")]
+    done = next(e for e in events if isinstance(e, GetCompleted))
+    assert done.query_id == qid and done.records == ()  # the asked node is failed
+    center.receive_datagram(_signed(keys[0], center.node_id, tid, first), address, NODE_NOW)
+    assert center.stats["responses_unmatched"] == 1  # its transaction is gone
+
+    center.get(record.key, NODE_NOW + 1)
+    ((tid, address),) = _get_requests(center, NODE_NOW + 1)
+    center.receive_datagram(_signed(keys[0], center.node_id, tid, first), address,
+                            NODE_NOW + 1)
+    ((page_tid, _),) = _get_requests(center, NODE_NOW + 1)
+    page = Values([], 2, False, [])
+    center.receive_datagram(_signed(impostor, center.node_id, page_tid, page), address,
+                            NODE_NOW + 1)
+    assert any(isinstance(e, PeerMisbehaved) and e.reason == "responder is not the node we asked"
+               for e in _events(center))
+
+
+def test_an_empty_page_from_a_storer_claiming_more_is_not_asked_for_again() -> None:
+    center, keys, _ = _star(1)
+    center.get(_app_record(1).key, NODE_NOW)
+    ((tid, address),) = _get_requests(center, NODE_NOW)
+    center.receive_datagram(_signed(keys[0], center.node_id, tid, Values([], 5, False, [])),
+                            address, NODE_NOW)
+    assert _get_requests(center, NODE_NOW) == []
+    assert any(isinstance(e, GetCompleted) for e in _events(center))
+
+
+def _token(node: DhtNode, address: tuple[str, int], now: float) -> bytes:
+    node.receive_datagram(encode_request(b"tokentid", node_key(7).public_key, 0, b"", Ping(),
+                                         200), address, now)
+    replies = [decode(d).envelope for d, a in node.datagrams_to_send(now)
+               if a == address and decode(d).envelope.tid == b"tokentid"]
+    assert len(replies) == 1
+    return replies[0].token
+
+
+def _ask(node: DhtNode, address: tuple[str, int], body: RequestBody, now: float,
+         token: bytes | None = None) -> object:
+    if token is None:
+        token = _token(node, address, now)
+    node.receive_datagram(encode_request(b"requests", node_key(8).public_key, 0, token, body,
+                                         200), address, now)
+    replies = [decode(d).envelope for d, a in node.datagrams_to_send(now)
+               if a == address and decode(d).envelope.tid == b"requests"]
+    assert len(replies) == 1
+    return replies[0].body
+
+
+def test_the_write_token_is_keyed_by_the_nodes_secret() -> None:
+    one = DhtNode(node_key(1), rng=random.Random(1), now=NODE_NOW)
+    two = DhtNode(node_key(2), rng=random.Random(2), now=NODE_NOW)
+    token = _token(one, CENTER, NODE_NOW)
+    assert len(token) == 16
+    assert token != _token(two, CENTER, NODE_NOW)  # unkeyed, any node could mint it
+    assert token == _token(one, CENTER, NODE_NOW + 1)  # same epoch, same address
+
+
+def test_listener_limits_per_key_and_in_total_and_pushes_only_for_new_records() -> None:
+    node = DhtNode(node_key(1), rng=random.Random(1), now=NODE_NOW,
+                   config=DhtConfig(max_listeners_per_key=2, max_listeners=3))
+    key = _app_record(1).key
+    other = bytes(32)
+    a1, a2, a3, a4, writer = [(f"10.1.{i}.1", 4000) for i in range(5)]
+    assert isinstance(_ask(node, a1, Listen(key), NODE_NOW), Listening)
+    assert isinstance(_ask(node, a2, Listen(key), NODE_NOW), Listening)
+    full = _ask(node, a3, Listen(key), NODE_NOW)
+    assert isinstance(full, Error) and full.code == ErrorCode.OVERLOADED
+    assert isinstance(_ask(node, a1, Listen(key), NODE_NOW), Listening)  # renewal is fine
+    assert isinstance(_ask(node, a3, Listen(other), NODE_NOW), Listening)  # 3 in total
+    full = _ask(node, a4, Listen(bytes([1]) * 32), NODE_NOW)
+    assert isinstance(full, Error) and full.code == ErrorCode.OVERLOADED
+    assert isinstance(_ask(node, a4, Listen(key), NODE_NOW, token=b""), Error)  # no token
+
+    def store(record: Record) -> list[tuple[str, int]]:
+        token = _token(node, writer, NODE_NOW + 1)
+        node.receive_datagram(encode_request(b"storetid", node_key(9).public_key, 0, token,
+                                             Store(record), 200), writer, NODE_NOW + 1)
+        out = node.datagrams_to_send(NODE_NOW + 1)
+        assert any(a == writer and isinstance(decode(d).envelope.body, Stored)
+                   for d, a in out)
+        return sorted(a for d, a in out if isinstance(decode(d).envelope.body, Push))
+
+    assert store(_app_record(2)) == [a1, a2]  # both key listeners, after a3 was turned away
+    assert store(_app_record(2)) == []  # the same record again: no push
+    assert store(_app_record(1)) == []  # an older one: refused, no push
+    assert store(_app_record(3)) == [a1, a2]
+
+
+def test_each_subnet_has_its_own_request_budget() -> None:
+    config = DhtConfig(rate_per_ip=1.0, burst_per_ip=1.0, rate_per_subnet=1.0,
+                       burst_per_subnet=2.0)
+    node = DhtNode(node_key(1), rng=random.Random(1), now=NODE_NOW, config=config)
+    for i in range(6):
+        node.receive_datagram(encode_request(b"ping%04d" % i, node_key(7).public_key, 0, b"",
+                                             Ping(), 200), (f"10.2.{i}.1", 4000), NODE_NOW)
+    out = node.datagrams_to_send(NODE_NOW)
+    assert sum(decode(d).envelope.tid.startswith(b"ping") for d, _ in out) == 6
+    assert node.stats["rate_limited"] == 0
+    for i in range(2):  # a second host of subnet 0 still fits, a third does not
+        node.receive_datagram(encode_request(b"more%04d" % i, node_key(7).public_key, 0, b"",
+                                             Ping(), 200), (f"10.2.0.{i + 2}", 4000), NODE_NOW)
+    assert node.stats["rate_limited"] == 1
+
+
+def test_a_listener_takes_only_signed_pushes_for_its_key_on_its_subscription() -> None:
+    center, keys, addresses = _star(1)
+    record = _app_record(1)
+    qid = center.listen(record.key, NODE_NOW)
+    listen_tid = None
+    for _ in range(10):
+        out = center.datagrams_to_send(NODE_NOW)
+        if not out:
+            break
+        for data, address in out:
+            request = decode(data).envelope
+            reply: ResponseBody
+            if isinstance(request.body, Listen):
+                listen_tid, reply = request.tid, Listening(120)
+            elif isinstance(request.body, GetValues):
+                reply = Values([], 0, False, [])
+            else:
+                reply = Nodes([])
+            center.receive_datagram(_signed(keys[0], center.node_id, request.tid, reply),
+                                    address, NODE_NOW)
+    assert listen_tid is not None
+    _events(center)
+
+    def push(tid: bytes, key: bytes, pushed: Record) -> list[Event]:
+        center.receive_datagram(_signed(keys[0], center.node_id, tid, Push(key, pushed)),
+                                addresses[0], NODE_NOW + 1)
+        return _events(center)
+
+    elsewhere = _app_record(1, signer_seed=901)  # valid, but for another key
+    assert push(listen_tid, elsewhere.key, elsewhere) == []
+    assert center.stats["pushes_unmatched"] == 1
+    assert push(b"othertid", record.key, record) == []
+    assert center.stats["pushes_unmatched"] == 2
+    forged = msgspec.structs.replace(_app_record(2), signature=bytes(64))
+    events = push(listen_tid, record.key, forged)
+    assert len(events) == 1 and isinstance(events[0], PeerMisbehaved)
+    assert events[0].address == addresses[0] and "invalid pushed record" in events[0].reason
+    found = push(listen_tid, record.key, record)
+    assert found == [ValueFound(query_id=qid, key=record.key, record=record,
+                                source=addresses[0])]
