@@ -1,4 +1,5 @@
-"""Direct unit tests of the proof of work, the rate limiter, the record store and records.
+"""Direct unit tests of the proof of work, the rate limiter, the record store, records,
+contacts, the SAS, the crypto sessions and the DHT node.
 
 They kill mutants the mutation run (benchmarks/mutation.py, docs/benchmarks.md "Mutation
 testing") found surviving: each pins one security decision at its boundary.
@@ -6,7 +7,11 @@ testing") found surviving: each pins one security decision at its boundary.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
+import json
+import random
 from collections.abc import Callable
 
 import msgspec
@@ -19,7 +24,9 @@ from dhtchat.core.contacts import (
     open_contact_request,
 )
 from dhtchat.core.errors import InvalidRecord, LocalProtocolError, RemoteProtocolError
+from dhtchat.core.events import Event, GetCompleted, PeerMisbehaved, ValueFound
 from dhtchat.core.identity import SigningIdentity
+from dhtchat.core.node import DhtConfig, DhtNode
 from dhtchat.core.pow import REQUEST_POW_BITS, pow_ok, solve_pow
 from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import (
@@ -28,6 +35,7 @@ from dhtchat.core.records import (
     Record,
     RecordType,
     app_salt,
+    make_app_record,
     make_record,
     policy_for,
     record_key,
@@ -35,7 +43,42 @@ from dhtchat.core.records import (
 )
 from dhtchat.core.sas import MAX_NONCE_BYTES, MIN_NONCE_BYTES, commitment
 from dhtchat.core.storage import RecordStore
-from dhtchat.core.wire import StoreStatus
+from dhtchat.core.wire import (
+    Envelope,
+    Error,
+    ErrorCode,
+    GetValues,
+    Listen,
+    Listening,
+    Nodes,
+    Ping,
+    Push,
+    RequestBody,
+    ResponseBody,
+    Store,
+    Stored,
+    StoreStatus,
+    Values,
+    decode,
+    encode_envelope,
+    encode_request,
+    pack,
+    response_signed_bytes,
+)
+from dhtchat.messaging.session import (
+    BUNDLE_PREKEYS,
+    MAX_BUNDLE_PREKEYS,
+    MAX_PLAINTEXT,
+    MAX_SKIP,
+    SPK_ROTATION_SECONDS,
+    Conversation,
+    PrekeyStore,
+    Session,
+    SessionError,
+    is_initial_message,
+    parse_bundle,
+)
+from tests.support import node_key
 
 SUBJECT = bytes(range(64))
 SEALED = b"sealed request"
@@ -389,3 +432,452 @@ def test_the_sas_commitment_takes_only_nonces_of_the_allowed_length() -> None:
     for size in (MIN_NONCE_BYTES - 1, MAX_NONCE_BYTES + 1):
         with pytest.raises(LocalProtocolError):
             commitment(bytes(size))
+
+
+# --- messaging/session.py ------------------------------------------------------------------
+
+
+def _person(seed_byte: int, now: float = 1000.0) -> tuple[bytes, bytes, PrekeyStore]:
+    seed = bytes([seed_byte]) * 32
+    return seed, SigningIdentity.from_seed(seed).public_key, PrekeyStore.create(seed, now)
+
+
+def _rewrite(wire: bytes, **changes: int | bytes) -> bytes:
+    """Rewrite header fields of a wire message (a msgpack array, see the session module)."""
+    fields = msgspec.msgpack.decode(wire)
+    names = (["tag", "dh", "pn", "n", "ct"] if fields[0] == 1
+             else ["tag", "ik", "ek", "spk", "opk", "dh", "pn", "n", "ct"])
+    for name, value in changes.items():
+        fields[names.index(name)] = value
+    return msgspec.msgpack.encode(fields)
+
+
+def test_message_and_bundle_size_bounds_are_exact() -> None:
+    _, _, store = _person(1)
+    _, other, _ = _person(2)
+    limit = MAX_PLAINTEXT + 1024
+    with pytest.raises(SessionError, match="malformed"):
+        asyncio.run(Session.accept(store, other, b"\xc1" * limit))
+    with pytest.raises(SessionError, match="too large"):
+        asyncio.run(Session.accept(store, other, b"\xc1" * (limit + 1)))
+    with pytest.raises(SessionError, match="malformed"):
+        parse_bundle(b"\xc1" * 2048)
+    with pytest.raises(SessionError, match="too large"):
+        parse_bundle(b"\xc1" * 2049)
+    assert not is_initial_message(b"\xc1" * 40)
+    assert not is_initial_message(b"\xc1" * (limit + 1))
+
+
+def test_the_largest_plaintext_goes_through_and_one_byte_more_is_refused() -> None:
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        sa, first = await Session.initiate(alice_store, bob, bob_store.bundle(), b"hi")
+        sb, _ = await Session.accept(bob_store, alice, first)
+        largest = b"x" * MAX_PLAINTEXT
+        assert await sb.decrypt(await sa.encrypt(largest)) == largest
+        with pytest.raises(SessionError, match="too large"):
+            await sa.encrypt(largest + b"x")
+
+    asyncio.run(go())
+
+
+def test_the_associated_data_encodes_both_identity_keys_as_ed25519() -> None:
+    """X3DH AD = Encode(IK_A) || Encode(IK_B) with the 0xED prefix of an Ed25519 key."""
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        sa, first = await Session.initiate(alice_store, bob, bob_store.bundle(), b"hi")
+        sb, _ = await Session.accept(bob_store, alice, first)
+        expected = (b"\xed" + alice + b"\xed" + bob).hex()
+        assert json.loads(sa.to_json())["ad"] == expected
+        assert json.loads(sb.to_json())["ad"] == expected
+
+    asyncio.run(go())
+
+
+def test_a_previous_chain_jump_over_max_skip_is_refused_before_any_receiving_chain() -> None:
+    """The initiator has no receiving chain until the first reply: a header claiming
+    pn = MAX_SKIP + 1 on a new ratchet key is refused as a jump, counted from 0."""
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        sa, first = await Session.initiate(alice_store, bob, bob_store.bundle(), b"hi")
+        sb, _ = await Session.accept(bob_store, alice, first)
+        reply = await sb.encrypt(b"reply")
+        with pytest.raises(SessionError, match="skip"):
+            await sa.decrypt(_rewrite(reply, pn=MAX_SKIP + 1))
+        assert await sa.decrypt(reply) == b"reply"
+
+    asyncio.run(go())
+
+
+def test_an_initial_message_with_another_sessions_x3dh_header_is_refused() -> None:
+    """The X3DH header is not in the AD, so the session checks it itself: a rewritten
+    ephemeral key, or our own initial message reflected under the peer's identity key."""
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        sa, first = await Session.initiate(alice_store, bob, bob_store.bundle(), b"hi")
+        sb, _ = await Session.accept(bob_store, alice, first)
+        second = await sa.encrypt(b"second")
+        assert is_initial_message(second)  # no reply yet: the header is still attached
+        with pytest.raises(SessionError, match="another session"):
+            await sb.decrypt(_rewrite(second, ek=bytes(range(32))))
+        with pytest.raises(SessionError, match="another session"):
+            await sa.decrypt(_rewrite(second, ik=bob))
+        assert await sb.decrypt(second) == b"second"
+
+    asyncio.run(go())
+
+
+def test_a_conversation_accepts_a_new_session_the_peer_started_after_losing_its_state() -> None:
+    """An initial message is routed by its ephemeral key: a new one is a new session even
+    when the peer already has a session it started (kills `and` -> `or` in that match)."""
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        cb = Conversation(bob_store, bob, alice)
+        ca = Conversation(alice_store, alice, bob)
+        assert await cb.decrypt(await ca.encrypt(b"one", bob_store.bundle())) == b"one"
+        ca = Conversation(alice_store, alice, bob)  # Alice forgot everything
+        assert await cb.decrypt(await ca.encrypt(b"two", bob_store.bundle())) == b"two"
+        assert cb.current_session_id == ca.current_session_id
+
+    asyncio.run(go())
+
+
+def test_bundles_keep_their_prekey_bounds_and_the_per_contact_order() -> None:
+    _, me, store = _person(1)
+    full = parse_bundle(store.bundle())
+    assert len(full.pre_keys) == BUNDLE_PREKEYS
+    assert not parse_bundle(store.bundle(0)).pre_keys
+    contact = bytes(range(32))
+    assert not msgspec.msgpack.decode(store.bundle_for(contact, 0))[4]
+    for make in (store.bundle, functools.partial(store.bundle_for, contact)):
+        assert len(parse_bundle(make(MAX_BUNDLE_PREKEYS)).pre_keys) == MAX_BUNDLE_PREKEYS
+        for bad in (-1, MAX_BUNDLE_PREKEYS + 1):
+            with pytest.raises(ValueError, match="max_prekeys"):
+                make(bad)
+    shown = msgspec.msgpack.decode(store.bundle_for(contact, MAX_BUNDLE_PREKEYS))
+    assert shown[1:4] == [me, full.signed_pre_key, full.signed_pre_key_sig]
+    ranked = shown[4]
+
+    def rank(pk: bytes) -> bytes:
+        return hashlib.blake2b(b"dhtchat/opk-order/v1" + contact + pk, digest_size=16).digest()
+
+    assert ranked == sorted(ranked, key=rank) != sorted(ranked)
+    assert msgspec.msgpack.decode(store.bundle_for(contact))[4] == ranked[:BUNDLE_PREKEYS]
+    assert msgspec.msgpack.decode(store.bundle_for(bytes(32)))[4] != ranked[:BUNDLE_PREKEYS]
+
+
+def test_a_restored_prekey_store_rotates_its_signed_prekey_on_schedule() -> None:
+    seed, _, store = _person(1, now=1000.0)
+    store = PrekeyStore.from_json(seed, store.to_json())
+    spk = parse_bundle(store.bundle()).signed_pre_key
+    store.maintain(1000.0 + SPK_ROTATION_SECONDS - 1)
+    assert parse_bundle(store.bundle()).signed_pre_key == spk
+    assert store.maintain(1000.0 + SPK_ROTATION_SECONDS)  # exactly 7 days: rotated
+    assert parse_bundle(store.bundle()).signed_pre_key != spk
+
+
+def test_an_unacknowledged_session_keeps_its_x3dh_header_across_persistence() -> None:
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        sa, _lost = await Session.initiate(alice_store, bob, bob_store.bundle(), b"lost")
+        restored = Session.from_json(sa.to_json())
+        assert not restored.acknowledged
+        again = await restored.encrypt(b"again")
+        assert is_initial_message(again)
+        _, plaintext = await Session.accept(bob_store, alice, again)
+        assert plaintext == b"again"
+
+    asyncio.run(go())
+
+
+def test_restart_stops_sending_on_the_current_session_and_survives_persistence() -> None:
+    """After restart the old session is not preferred again until the contact answers on it,
+    even when its initiator's key ranks higher (both sides then converge on the new one)."""
+    async def go() -> None:
+        people = sorted((_person(1), _person(2)), key=lambda p: p[1])
+        (_, alice, alice_store), (_, bob, bob_store) = people  # bob's key ranks higher
+        ca = Conversation(alice_store, alice, bob)
+        cb = Conversation(bob_store, bob, alice)
+        assert await ca.decrypt(await cb.encrypt(b"hi", alice_store.bundle())) == b"hi"
+        assert await cb.decrypt(await ca.encrypt(b"hey", None)) == b"hey"
+        ca.restart()
+        assert not ca.established
+        with pytest.raises(SessionError, match="bundle"):
+            await ca.encrypt(b"x", None)
+        ca = Conversation.from_json(alice_store, ca.to_json())
+        assert not ca.established
+        fresh = await ca.encrypt(b"new", bob_store.bundle())
+        assert is_initial_message(fresh)
+        assert await cb.decrypt(fresh) == b"new"
+        assert await ca.decrypt(await cb.encrypt(b"ok", None)) == b"ok"
+        assert ca.current_session_id == cb.current_session_id
+
+    asyncio.run(go())
+
+
+def test_a_restored_conversation_keeps_sending_on_its_current_session() -> None:
+    async def go() -> None:
+        _, alice, alice_store = _person(1)
+        _, bob, bob_store = _person(2)
+        ca = Conversation(alice_store, alice, bob)
+        cb = Conversation(bob_store, bob, alice)
+        to_bob = await ca.encrypt(b"a", bob_store.bundle())
+        assert await ca.decrypt(await cb.encrypt(b"b", alice_store.bundle())) == b"b"
+        assert await cb.decrypt(to_bob) == b"a"  # simultaneous: two sessions each
+        current = ca.current_session_id
+        assert current is not None
+        assert Conversation.from_json(alice_store, ca.to_json()).current_session_id == current
+
+    asyncio.run(go())
+
+
+# --- core/node.py: request handling and the checks on values in replies ---------------------
+
+NODE_NOW = 1_700_000_000.0
+CENTER = ("10.200.0.1", 4000)
+
+
+def _signed(peer: SigningIdentity, requester_id: bytes, tid: bytes, body: ResponseBody) -> bytes:
+    envelope = encode_envelope(Envelope(tid, peer.public_key, 0, b"t" * 16, body))
+    return pack(envelope, peer.sign(response_signed_bytes(requester_id, envelope)))
+
+
+def _star(count: int, config: DhtConfig | None = None
+          ) -> tuple[DhtNode, list[SigningIdentity], list[tuple[str, int]]]:
+    """A node whose table holds ``count`` peers; the test answers for them by hand."""
+    center = DhtNode(node_key(1), rng=random.Random(1), now=NODE_NOW, config=config)
+    keys = [node_key(100 + i) for i in range(count)]
+    addresses = [(f"10.0.{i}.1", 4000) for i in range(count)]
+    for key, address in zip(keys, addresses, strict=True):
+        center.table.add(DhtNode(key, rng=random.Random(0), now=NODE_NOW).node_id, address,
+                         NODE_NOW)
+    return center, keys, addresses
+
+
+def _events(node: DhtNode) -> list[Event]:
+    out = []
+    while (event := node.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def _app_record(seq: int, signer_seed: int = 900) -> Record:
+    return make_app_record(node_key(signer_seed), "topic", b"v%d" % seq, seq=seq,
+                           expires=int(NODE_NOW) + 600)
+
+
+def test_a_get_refuses_forged_and_older_records_in_replies() -> None:
+    """Each storer's reply is checked: a record with a bad signature is refused and reported,
+    an older seq never replaces a newer one, and a newer one always replaces an older one."""
+    center, keys, addresses = _star(3, DhtConfig(alpha=3))
+    old, new = _app_record(1), _app_record(2)
+    forged = msgspec.structs.replace(_app_record(3), signature=bytes(64))
+    qid = center.get(new.key, NODE_NOW)
+    sent = {a: decode(d).envelope.tid for d, a in center.datagrams_to_send(NODE_NOW)}
+    assert set(sent) == set(addresses)
+    pages = {addresses[0]: [forged, old], addresses[1]: [new], addresses[2]: [old]}
+    for key, address in zip(keys, addresses, strict=True):
+        reply = Values(pages[address], len(pages[address]), False, [])
+        center.receive_datagram(_signed(key, center.node_id, sent[address], reply), address,
+                                NODE_NOW)
+    events = _events(center)
+    done = next(e for e in events if isinstance(e, GetCompleted) and e.query_id == qid)
+    assert done.records == (new,)
+    bad = [e for e in events if isinstance(e, PeerMisbehaved)]
+    assert [e.address for e in bad] == [addresses[0]]
+    assert "invalid record in reply" in bad[0].reason
+
+
+def test_a_get_follows_at_most_256_pages_from_one_storer() -> None:
+    """A storer claiming a huge total gets exactly the page budget of requests, with the
+    offset advancing by the records it returned."""
+    center, keys, _ = _star(1)
+    record = _app_record(1)
+    center.get(record.key, NODE_NOW)
+    now = NODE_NOW
+    offsets = []
+    for _ in range(300):
+        out = [(d, a) for d, a in center.datagrams_to_send(now)
+               if isinstance(decode(d).envelope.body, GetValues)]
+        if not out:
+            break
+        for data, address in out:
+            request = decode(data).envelope
+            assert isinstance(request.body, GetValues)
+            offsets.append(request.body.offset)
+            assert request.body.owner == b""  # no owner filter asked for
+            reply = Values([record], 100_000, False, [])
+            now += 0.001
+            center.receive_datagram(_signed(keys[0], center.node_id, request.tid, reply),
+                                    address, now)
+    assert offsets == list(range(257))  # the first request, then 256 pages
+    assert center.stats["page_budget_exhausted"] == 1
+
+
+def _get_requests(node: DhtNode, now: float) -> list[tuple[bytes, tuple[str, int]]]:
+    out = node.datagrams_to_send(now)
+    return [(decode(d).envelope.tid, a) for d, a in out
+            if isinstance(decode(d).envelope.body, GetValues)]
+
+
+def test_a_reply_or_a_page_from_another_node_than_the_one_asked_is_refused() -> None:
+    center, keys, _ = _star(1)
+    record = _app_record(1)
+    impostor = node_key(555)
+    qid = center.get(record.key, NODE_NOW)
+    ((tid, address),) = _get_requests(center, NODE_NOW)
+    first = Values([record], 2, False, [])  # "there is one more": a page will follow
+    center.receive_datagram(_signed(impostor, center.node_id, tid, first), address, NODE_NOW)
+    events = _events(center)
+    assert [(e.address, e.reason) for e in events if isinstance(e, PeerMisbehaved)] == [
+        (address, "responder is not the node we asked")]
+    done = next(e for e in events if isinstance(e, GetCompleted))
+    assert done.query_id == qid and done.records == ()  # the asked node is failed
+    center.receive_datagram(_signed(keys[0], center.node_id, tid, first), address, NODE_NOW)
+    assert center.stats["responses_unmatched"] == 1  # its transaction is gone
+
+    center.get(record.key, NODE_NOW + 1)
+    ((tid, address),) = _get_requests(center, NODE_NOW + 1)
+    center.receive_datagram(_signed(keys[0], center.node_id, tid, first), address,
+                            NODE_NOW + 1)
+    ((page_tid, _),) = _get_requests(center, NODE_NOW + 1)
+    page = Values([], 2, False, [])
+    center.receive_datagram(_signed(impostor, center.node_id, page_tid, page), address,
+                            NODE_NOW + 1)
+    assert any(isinstance(e, PeerMisbehaved) and e.reason == "responder is not the node we asked"
+               for e in _events(center))
+
+
+def test_an_empty_page_from_a_storer_claiming_more_is_not_asked_for_again() -> None:
+    center, keys, _ = _star(1)
+    center.get(_app_record(1).key, NODE_NOW)
+    ((tid, address),) = _get_requests(center, NODE_NOW)
+    center.receive_datagram(_signed(keys[0], center.node_id, tid, Values([], 5, False, [])),
+                            address, NODE_NOW)
+    assert _get_requests(center, NODE_NOW) == []
+    assert any(isinstance(e, GetCompleted) for e in _events(center))
+
+
+def _token(node: DhtNode, address: tuple[str, int], now: float) -> bytes:
+    node.receive_datagram(encode_request(b"tokentid", node_key(7).public_key, 0, b"", Ping(),
+                                         200), address, now)
+    replies = [decode(d).envelope for d, a in node.datagrams_to_send(now)
+               if a == address and decode(d).envelope.tid == b"tokentid"]
+    assert len(replies) == 1
+    return replies[0].token
+
+
+def _ask(node: DhtNode, address: tuple[str, int], body: RequestBody, now: float,
+         token: bytes | None = None) -> object:
+    if token is None:
+        token = _token(node, address, now)
+    node.receive_datagram(encode_request(b"requests", node_key(8).public_key, 0, token, body,
+                                         200), address, now)
+    replies = [decode(d).envelope for d, a in node.datagrams_to_send(now)
+               if a == address and decode(d).envelope.tid == b"requests"]
+    assert len(replies) == 1
+    return replies[0].body
+
+
+def test_the_write_token_is_keyed_by_the_nodes_secret() -> None:
+    one = DhtNode(node_key(1), rng=random.Random(1), now=NODE_NOW)
+    two = DhtNode(node_key(2), rng=random.Random(2), now=NODE_NOW)
+    token = _token(one, CENTER, NODE_NOW)
+    assert len(token) == 16
+    assert token != _token(two, CENTER, NODE_NOW)  # unkeyed, any node could mint it
+    assert token == _token(one, CENTER, NODE_NOW + 1)  # same epoch, same address
+
+
+def test_listener_limits_per_key_and_in_total_and_pushes_only_for_new_records() -> None:
+    node = DhtNode(node_key(1), rng=random.Random(1), now=NODE_NOW,
+                   config=DhtConfig(max_listeners_per_key=2, max_listeners=3))
+    key = _app_record(1).key
+    other = bytes(32)
+    a1, a2, a3, a4, writer = [(f"10.1.{i}.1", 4000) for i in range(5)]
+    assert isinstance(_ask(node, a1, Listen(key), NODE_NOW), Listening)
+    assert isinstance(_ask(node, a2, Listen(key), NODE_NOW), Listening)
+    full = _ask(node, a3, Listen(key), NODE_NOW)
+    assert isinstance(full, Error) and full.code == ErrorCode.OVERLOADED
+    assert isinstance(_ask(node, a1, Listen(key), NODE_NOW), Listening)  # renewal is fine
+    assert isinstance(_ask(node, a3, Listen(other), NODE_NOW), Listening)  # 3 in total
+    full = _ask(node, a4, Listen(bytes([1]) * 32), NODE_NOW)
+    assert isinstance(full, Error) and full.code == ErrorCode.OVERLOADED
+    assert isinstance(_ask(node, a4, Listen(key), NODE_NOW, token=b""), Error)  # no token
+
+    def store(record: Record) -> list[tuple[str, int]]:
+        token = _token(node, writer, NODE_NOW + 1)
+        node.receive_datagram(encode_request(b"storetid", node_key(9).public_key, 0, token,
+                                             Store(record), 200), writer, NODE_NOW + 1)
+        out = node.datagrams_to_send(NODE_NOW + 1)
+        assert any(a == writer and isinstance(decode(d).envelope.body, Stored)
+                   for d, a in out)
+        return sorted(a for d, a in out if isinstance(decode(d).envelope.body, Push))
+
+    assert store(_app_record(2)) == [a1, a2]  # both key listeners, after a3 was turned away
+    assert store(_app_record(2)) == []  # the same record again: no push
+    assert store(_app_record(1)) == []  # an older one: refused, no push
+    assert store(_app_record(3)) == [a1, a2]
+
+
+def test_each_subnet_has_its_own_request_budget() -> None:
+    config = DhtConfig(rate_per_ip=1.0, burst_per_ip=1.0, rate_per_subnet=1.0,
+                       burst_per_subnet=2.0)
+    node = DhtNode(node_key(1), rng=random.Random(1), now=NODE_NOW, config=config)
+    for i in range(6):
+        node.receive_datagram(encode_request(b"ping%04d" % i, node_key(7).public_key, 0, b"",
+                                             Ping(), 200), (f"10.2.{i}.1", 4000), NODE_NOW)
+    out = node.datagrams_to_send(NODE_NOW)
+    assert sum(decode(d).envelope.tid.startswith(b"ping") for d, _ in out) == 6
+    assert node.stats["rate_limited"] == 0
+    for i in range(2):  # a second host of subnet 0 still fits, a third does not
+        node.receive_datagram(encode_request(b"more%04d" % i, node_key(7).public_key, 0, b"",
+                                             Ping(), 200), (f"10.2.0.{i + 2}", 4000), NODE_NOW)
+    assert node.stats["rate_limited"] == 1
+
+
+def test_a_listener_takes_only_signed_pushes_for_its_key_on_its_subscription() -> None:
+    center, keys, addresses = _star(1)
+    record = _app_record(1)
+    qid = center.listen(record.key, NODE_NOW)
+    listen_tid = None
+    for _ in range(10):
+        out = center.datagrams_to_send(NODE_NOW)
+        if not out:
+            break
+        for data, address in out:
+            request = decode(data).envelope
+            reply: ResponseBody
+            if isinstance(request.body, Listen):
+                listen_tid, reply = request.tid, Listening(120)
+            elif isinstance(request.body, GetValues):
+                reply = Values([], 0, False, [])
+            else:
+                reply = Nodes([])
+            center.receive_datagram(_signed(keys[0], center.node_id, request.tid, reply),
+                                    address, NODE_NOW)
+    assert listen_tid is not None
+    _events(center)
+
+    def push(tid: bytes, key: bytes, pushed: Record) -> list[Event]:
+        center.receive_datagram(_signed(keys[0], center.node_id, tid, Push(key, pushed)),
+                                addresses[0], NODE_NOW + 1)
+        return _events(center)
+
+    elsewhere = _app_record(1, signer_seed=901)  # valid, but for another key
+    assert push(listen_tid, elsewhere.key, elsewhere) == []
+    assert center.stats["pushes_unmatched"] == 1
+    assert push(b"othertid", record.key, record) == []
+    assert center.stats["pushes_unmatched"] == 2
+    forged = msgspec.structs.replace(_app_record(2), signature=bytes(64))
+    events = push(listen_tid, record.key, forged)
+    assert len(events) == 1 and isinstance(events[0], PeerMisbehaved)
+    assert events[0].address == addresses[0] and "invalid pushed record" in events[0].reason
+    found = push(listen_tid, record.key, record)
+    assert found == [ValueFound(query_id=qid, key=record.key, record=record,
+                                source=addresses[0])]
