@@ -35,6 +35,7 @@ from dhtchat.core.records import (
     Record,
     RecordType,
     app_salt,
+    encoded_size,
     make_app_record,
     make_record,
     policy_for,
@@ -44,6 +45,7 @@ from dhtchat.core.records import (
 from dhtchat.core.sas import MAX_NONCE_BYTES, MIN_NONCE_BYTES, commitment
 from dhtchat.core.storage import RecordStore
 from dhtchat.core.wire import (
+    MAX_DATAGRAM_BYTES,
     Envelope,
     Error,
     ErrorCode,
@@ -881,3 +883,39 @@ def test_a_listener_takes_only_signed_pushes_for_its_key_on_its_subscription() -
     found = push(listen_tid, record.key, record)
     assert found == [ValueFound(query_id=qid, key=record.key, record=record,
                                 source=addresses[0])]
+
+
+def test_a_values_page_never_outgrows_a_datagram() -> None:
+    """The byte budget of a Values page (node.py `_values_for`): near-maximum records under
+    one key are split across pages, each within one datagram, and the pages cover them all.
+    (Kills the open budget survivors, e.g. `budget += size`.) The records are put in the
+    node's store directly: the store indexes by key and the reply path is what is tested."""
+    node = DhtNode(node_key(1), rng=random.Random(1), now=NODE_NOW)
+    inbox = node_key(949).public_key  # an open-write key: many owners under one key
+    records = []
+    for seed in range(6):
+        record = make_record(node_key(950 + seed), RecordType.CONTACT_REQUEST, b"",
+                             bytes([seed]) * MAX_VALUE_BYTES, seq=0,
+                             expires=int(NODE_NOW) + 600, namespace=inbox)
+        assert node.store.put(record, encoded_size(record), f"10.9.{seed}", NODE_NOW) \
+            is StoreStatus.OK
+        records.append(record)
+    key = records[0].key
+    assert all(r.key == key for r in records)
+    asker = ("10.2.0.1", 4000)
+    seen: list[Record] = []
+    offset = 0
+    while offset < len(records):
+        now = NODE_NOW + offset  # a fresh request budget each page
+        node.receive_datagram(encode_request(b"requests", node_key(8).public_key, 0,
+                                             _token(node, asker, now),
+                                             GetValues(key, offset=offset), 200), asker, now)
+        out = [d for d, a in node.datagrams_to_send(now)
+               if a == asker and decode(d).envelope.tid == b"requests"]
+        assert len(out) == 1 and len(out[0]) <= MAX_DATAGRAM_BYTES
+        page = decode(out[0]).envelope.body
+        assert isinstance(page, Values) and page.total == len(records)
+        assert 1 <= len(page.records) < len(records)  # near-maximum records need pages
+        seen += page.records
+        offset += len(page.records)
+    assert sorted(r.owner for r in seen) == sorted(r.owner for r in records)
