@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import random
 import time
@@ -142,3 +143,17 @@ def build_network(count: int, *, config: DhtConfig | None = None, seed: int = 1,
         net.run(duration=2.0)
     net.run(duration=30.0)
     return net
+
+
+def deterministic_bytes(seed: int) -> Callable[[int], bytes]:
+    """A reproducible ``random_bytes`` for the core's injected randomness (a SHA-256 chain)."""
+    state = hashlib.sha256(seed.to_bytes(8, "big")).digest()
+
+    def draw(n: int) -> bytes:
+        nonlocal state
+        out = b""
+        while len(out) < n:
+            state = hashlib.sha256(state).digest()
+            out += state
+        return out[:n]
+    return draw

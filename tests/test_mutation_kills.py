@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import random
-from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -80,7 +79,7 @@ from dhtchat.messaging.session import (
     is_initial_message,
     parse_bundle,
 )
-from tests.support import node_key
+from tests.support import deterministic_bytes, node_key
 
 SUBJECT = bytes(range(64))
 SEALED = b"sealed request"
@@ -386,17 +385,6 @@ def test_replay_guard_remembers_within_the_window_and_at_capacity() -> None:
 # ---------------------------------------------------------------------------- contact requests
 # Survivors of the contacts.py run that changed a security decision (docs/benchmarks.md).
 
-def _counter_bytes(seed: int) -> Callable[[int], bytes]:
-    state = hashlib.sha256(seed.to_bytes(8, "big")).digest()
-
-    def draw(n: int) -> bytes:
-        nonlocal state
-        out = b""
-        while len(out) < n:
-            state = hashlib.sha256(state).digest()
-            out += state
-        return out[:n]
-    return draw
 
 
 def test_a_request_rewrapped_in_another_envelope_is_refused() -> None:
@@ -405,7 +393,7 @@ def test_a_request_rewrapped_in_another_envelope_is_refused() -> None:
     request the recipient refuses (kills `or` -> `and` in the recipient/envelope check)."""
     alice, bob = SigningIdentity.from_seed(b"\x0a" * 32), SigningIdentity.from_seed(b"\x0b" * 32)
     real = make_contact_request(alice, bob.public_key, name="Alice", message="hi", now=NOW,
-                                random_bytes=_counter_bytes(1), pow_bits=4)
+                                random_bytes=deterministic_bytes(1), pow_bits=4)
     assert open_contact_request(bob, real, NOW, pow_bits=4).sender == alice.public_key
     sealed = real.value[8:]
     thief = SigningIdentity.from_seed(b"\x0c" * 32)
@@ -420,10 +408,10 @@ def test_a_request_rewrapped_in_another_envelope_is_refused() -> None:
 def test_a_request_dated_more_than_ten_minutes_ahead_is_refused() -> None:
     alice, bob = SigningIdentity.from_seed(b"\x0a" * 32), SigningIdentity.from_seed(b"\x0b" * 32)
     edge = make_contact_request(alice, bob.public_key, name="A", message="", now=NOW + 600,
-                                random_bytes=_counter_bytes(2), pow_bits=4)
+                                random_bytes=deterministic_bytes(2), pow_bits=4)
     assert open_contact_request(bob, edge, NOW, pow_bits=4).created == NOW + 600  # inclusive
     ahead = make_contact_request(alice, bob.public_key, name="A", message="", now=NOW + 601,
-                                 random_bytes=_counter_bytes(3), pow_bits=4)
+                                 random_bytes=deterministic_bytes(3), pow_bits=4)
     with pytest.raises(RemoteProtocolError, match="future"):
         open_contact_request(bob, ahead, NOW, pow_bits=4)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable
 
 import msgspec
 import nacl.bindings
@@ -36,6 +35,7 @@ from dhtchat.core.identity import SigningIdentity
 from dhtchat.core.pow import solve_pow
 from dhtchat.core.records import MAX_VALUE_BYTES, RecordType, make_record, record_key
 from dhtchat.core.sas import MAX_NONCE_BYTES, check_commitment
+from tests.support import deterministic_bytes
 
 NOW = 1_800_000_000.0
 ALICE, BOB, EVE = (SigningIdentity.from_seed(bytes([n]) * 32) for n in (1, 2, 3))
@@ -56,18 +56,6 @@ def _h(*parts: bytes) -> bytes:
     return hashlib.blake2b(b"".join(parts), digest_size=32).digest()
 
 
-def _stream(seed: int) -> Callable[[int], bytes]:
-    """Deterministic ``random_bytes`` (a SHA-256 chain)."""
-    state = hashlib.sha256(seed.to_bytes(8, "big")).digest()
-
-    def draw(n: int) -> bytes:
-        nonlocal state
-        out = b""
-        while len(out) < n:
-            state = hashlib.sha256(state).digest()
-            out += state
-        return out[:n]
-    return draw
 
 
 # ---------------------------------------------------------------------------- sas.py
@@ -104,7 +92,7 @@ def test_channel_key_aead_key_and_aad_are_the_known_derivations() -> None:
     ab = Pair.derive(ALICE, BOB.public_key)
     epoch, salt, plaintext = 7, b"slot-1", b"hello"
     record = ab.seal_record(Purpose.PRESENCE, epoch, plaintext, seq=1, expires=int(NOW) + 60,
-                            random_bytes=_stream(1), salt=salt)
+                            random_bytes=deterministic_bytes(1), salt=salt)
     seed = _h(b"dhtchat/channel/v1", ab.secret, b"presence", ALICE.public_key,
               BOB.public_key, epoch.to_bytes(8, "big"))
     signer = SigningIdentity.from_seed(seed)
@@ -129,16 +117,16 @@ def test_an_empty_message_and_a_full_record_still_seal_and_open() -> None:
     _aead_open, ``>`` -> ``>=`` in seal_record); one byte more is refused."""
     ab, ba = Pair.derive(ALICE, BOB.public_key), Pair.derive(BOB, ALICE.public_key)
     empty = ab.seal_record(Purpose.SIGNAL, 3, b"", seq=1, expires=int(NOW),
-                           random_bytes=_stream(2))
+                           random_bytes=deterministic_bytes(2))
     assert len(empty.value) == 40
     assert ba.open_record(Purpose.SIGNAL, 3, empty) == b""
     full = ab.seal_record(Purpose.SIGNAL, 3, bytes(MAX_VALUE_BYTES - 40), seq=1,
-                          expires=int(NOW), random_bytes=_stream(3))
+                          expires=int(NOW), random_bytes=deterministic_bytes(3))
     assert len(full.value) == MAX_VALUE_BYTES
     assert ba.open_record(Purpose.SIGNAL, 3, full) == bytes(MAX_VALUE_BYTES - 40)
     with pytest.raises(LocalProtocolError):
         ab.seal_record(Purpose.SIGNAL, 3, bytes(MAX_VALUE_BYTES - 39), seq=1,
-                       expires=int(NOW), random_bytes=_stream(3))
+                       expires=int(NOW), random_bytes=deterministic_bytes(3))
 
 
 def test_a_genuine_ciphertext_re_signed_by_another_key_is_refused() -> None:
@@ -147,7 +135,7 @@ def test_a_genuine_ciphertext_re_signed_by_another_key_is_refused() -> None:
     in open_record)."""
     ab, ba = Pair.derive(ALICE, BOB.public_key), Pair.derive(BOB, ALICE.public_key)
     genuine = ab.seal_record(Purpose.PRESENCE, 5, b"online", seq=1, expires=int(NOW),
-                             random_bytes=_stream(4))
+                             random_bytes=deterministic_bytes(4))
     copied = make_record(EVE, RecordType.PRESENCE, genuine.salt, genuine.value, seq=2,
                          expires=int(NOW))
     assert ba.open_record(Purpose.PRESENCE, 5, genuine) == b"online"
@@ -183,13 +171,13 @@ def test_request_name_and_message_limits_are_exact_and_independent() -> None:
     """64 name characters and 280 message characters are allowed; one more of either alone
     is refused (kills ``or`` -> ``and`` and ``>`` -> ``>=`` in make_contact_request)."""
     request = make_contact_request(ALICE, BOB.public_key, name="n" * 64, message="m" * 280,
-                                   now=NOW, random_bytes=_stream(5), pow_bits=1)
+                                   now=NOW, random_bytes=deterministic_bytes(5), pow_bits=1)
     body = open_contact_request(BOB, request, NOW, pow_bits=1)
     assert (len(body.name), len(body.message)) == (64, 280)
     for name, message in (("n" * 65, ""), ("", "m" * 281)):
         with pytest.raises(LocalProtocolError):
             make_contact_request(ALICE, BOB.public_key, name=name, message=message, now=NOW,
-                                 random_bytes=_stream(6), pow_bits=1)
+                                 random_bytes=deterministic_bytes(6), pow_bits=1)
 
 
 def test_a_request_of_exactly_a_full_record_is_made() -> None:
@@ -197,7 +185,7 @@ def test_a_request_of_exactly_a_full_record_is_made() -> None:
     MAX_VALUE_BYTES is made, one byte more is refused (kills 8 -> 9 and ``>`` -> ``>=``)."""
     name = "n" * 64
     probe = make_contact_request(ALICE, BOB.public_key, name=name, message="", now=NOW,
-                                 random_bytes=_stream(7), pow_bits=1)
+                                 random_bytes=deterministic_bytes(7), pow_bits=1)
     # A message of k UTF-8 bytes (256 <= k < 65536) adds k bytes and 2 more of its msgpack
     # str16 header to the empty message's; 4-byte characters fill most of it.
     spare = MAX_VALUE_BYTES - len(probe.value) - 2
@@ -205,12 +193,12 @@ def test_a_request_of_exactly_a_full_record_is_made() -> None:
     message = "\U0001F600" * four + "m" * one
     assert len(message.encode()) == spare and spare >= 256 and len(message) <= 280
     exact = make_contact_request(ALICE, BOB.public_key, name=name, message=message, now=NOW,
-                                 random_bytes=_stream(7), pow_bits=1)
+                                 random_bytes=deterministic_bytes(7), pow_bits=1)
     assert len(exact.value) == MAX_VALUE_BYTES
     assert open_contact_request(BOB, exact, NOW, pow_bits=1).message == message
     with pytest.raises(LocalProtocolError, match="bytes sealed"):
         make_contact_request(ALICE, BOB.public_key, name=name, message=message + "m",
-                             now=NOW, random_bytes=_stream(7), pow_bits=1)
+                             now=NOW, random_bytes=deterministic_bytes(7), pow_bits=1)
 
 
 def test_every_request_has_a_fresh_secret_ephemeral_key() -> None:
@@ -221,7 +209,7 @@ def test_every_request_has_a_fresh_secret_ephemeral_key() -> None:
     ephemerals = set()
     for seed in (8, 9):
         record = make_contact_request(ALICE, BOB.public_key, name="A", message="", now=NOW,
-                                      random_bytes=_stream(seed), pow_bits=1)
+                                      random_bytes=deterministic_bytes(seed), pow_bits=1)
         ephemerals.add(record.value[8:40])
     assert len(ephemerals) == 2 and constant not in ephemerals
 
@@ -230,8 +218,8 @@ def test_a_request_in_another_namespace_is_refused_even_with_its_proof_of_work()
     """A request made for Bob but re-signed by its envelope key into Carol's namespace (so it
     is stored in another inbox) is not a request for Bob (kills ``or`` -> ``and`` in the
     type/namespace check: the proof of work and the seal would both pass)."""
-    draws = _stream(10)
-    envelope_seed = _stream(10)(32)  # make_contact_request draws the envelope seed first
+    draws = deterministic_bytes(10)
+    envelope_seed = deterministic_bytes(10)(32)  # drawn first by make_contact_request
     genuine = make_contact_request(ALICE, BOB.public_key, name="A", message="", now=NOW,
                                    random_bytes=draws, pow_bits=4)
     envelope = SigningIdentity.from_seed(envelope_seed)
