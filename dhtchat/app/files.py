@@ -36,7 +36,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -48,8 +48,11 @@ from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.ids import blake2b_256
 
 if TYPE_CHECKING:
+    from aiortc import RTCDataChannel
+
     from dhtchat.app.groups import FileOrigin
     from dhtchat.app.messenger import Messenger
+    from dhtchat.app.services import Spawner
 
 log = logging.getLogger("dhtchat.files")
 
@@ -204,8 +207,13 @@ def sha256_file(path: Path) -> bytes:
 class FileTransfers:
     """Both directions of file transfer for one daemon (state in the history database)."""
 
-    def __init__(self, messenger: Messenger, root: Path) -> None:
+    def __init__(self, messenger: Messenger, root: Path, *, tasks: Spawner,
+                 channel: Callable[[bytes], RTCDataChannel | None]) -> None:
+        """``messenger`` sends the control messages; ``tasks`` runs the streams;
+        ``channel`` gives a contact's open data channel (None when not connected)."""
         self.messenger = messenger
+        self._tasks = tasks
+        self._channel_of = channel
         self.history = messenger.history
         self.root = root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -352,7 +360,7 @@ class FileTransfers:
         old = self._streams.pop(file_id, None)
         if old is not None:
             old.cancel()
-        self._streams[file_id] = self.messenger.daemon._spawn(self._stream(entry, offset))
+        self._streams[file_id] = self._tasks.spawn(self._stream(entry, offset))
 
     def _plain_chunks(self, entry: FileEntry, offset: int) -> Generator[bytes, None, None]:
         """An outgoing file's content from ``offset``, chunk by chunk."""
@@ -368,7 +376,7 @@ class FileTransfers:
                 yield data
 
     async def _stream(self, entry: FileEntry, offset: int) -> None:
-        channel = self.messenger._channel(entry.contact)
+        channel = self._channel_of(entry.contact)
         if channel is None:
             return
         chunks = self._plain_chunks(entry, offset)
@@ -400,7 +408,7 @@ class FileTransfers:
         with self.history.transaction() as db:
             db.execute("UPDATE files SET complete = 1, received = size WHERE id = ?",
                        (file_id,))
-        self.messenger.daemon._spawn(self._notify())
+        self._tasks.spawn(self._notify())
 
     # ------------------------------------------------------------------ receiving
 
@@ -424,7 +432,7 @@ class FileTransfers:
              group_id, author, int(accepted), error)).rowcount
         if inserted and error is not None:
             log.warning("refused a file offer: %s", error)
-            self.messenger.daemon._spawn(self.messenger.end_file(contact, file_id, "refused"))
+            self._tasks.spawn(self.messenger.end_file(contact, file_id, "refused"))
 
     def pending_offers(self, contact: bytes) -> int:
         """Incoming offers from ``contact`` that wait for the user's accept or decline."""
@@ -604,10 +612,10 @@ class FileTransfers:
             with self.history.transaction() as db:
                 db.execute("UPDATE files SET received = ? WHERE id = ?", (total, file_id))
             self._unsynced[file_id] = 0
-            self.messenger.daemon._spawn(self._notify())
+            self._tasks.spawn(self._notify())
             if total == entry.size:
                 self._close_handle(file_id)
-                self.messenger.daemon._spawn(self._finish(file_id))
+                self._tasks.spawn(self._finish(file_id))
 
     async def _finish(self, file_id: bytes) -> None:
         # One check at a time per file: a reconnection's resume can reach here while the
