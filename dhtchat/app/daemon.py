@@ -39,7 +39,7 @@ from typing import Any, Final, Literal, TypeVar
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from dhtchat.app import faults
-from dhtchat.app.calls import Call, CallManager, CallMedia
+from dhtchat.app.calls import Call, CallManager, CallMedia, CallStore
 from dhtchat.app.contactstore import ContactEntry, ContactStore, contacts_key
 from dhtchat.app.files import file_json
 from dhtchat.app.groups import Group
@@ -282,7 +282,8 @@ class Daemon:
         except HistoryLocked as exc:
             raise LocalProtocolError(str(exc)) from None
         self.messenger = Messenger(self, self.history)
-        self.calls = CallManager(self)
+        self.calls = CallManager(CallStore(self.history), self, self.messenger, tasks=self,
+                                 names=self.name_of)
         state = NodeState(self.profile.node_db_path)
         try:
             self.node = await UdpDhtNode.create(self.options.host, self.options.port,
