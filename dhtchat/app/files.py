@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import nacl.bindings
 import nacl.exceptions
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from aiortc import RTCDataChannel
 
     from dhtchat.app.groups import FileOrigin
-    from dhtchat.app.messenger import Messenger
+    from dhtchat.app.history import History
     from dhtchat.app.services import Spawner
 
 log = logging.getLogger("dhtchat.files")
@@ -204,10 +204,42 @@ def sha256_file(path: Path) -> bytes:
     return digest.digest()
 
 
+class FileMessages(Protocol):
+    """What file transfer needs of the messenger: the history database and the control
+    messages of the transfer protocol, sent inside the contact's ratchet."""
+
+    @property
+    def history(self) -> History:
+        """The history database (the ``files`` table lives there)."""
+        ...
+
+    async def send_file_offer(self, contact: bytes, file_id: bytes, name: str, size: int,
+                              digest: bytes, key: bytes, *, group_id: bytes = b"",
+                              origin: FileOrigin | None = None) -> object:
+        """Queue the offer of a file to ``contact``."""
+        ...
+
+    async def request_file(self, contact: bytes, file_id: bytes, offset: int) -> None:
+        """Ask the contact to stream the file from ``offset``."""
+        ...
+
+    async def confirm_file(self, contact: bytes, file_id: bytes) -> None:
+        """Tell the contact the file arrived whole."""
+        ...
+
+    async def end_file(self, contact: bytes, file_id: bytes, reason: str) -> None:
+        """Tell the contact a transfer ended here."""
+        ...
+
+    async def relay_group_file(self, entry: FileEntry, path: Path) -> None:
+        """As a group's admin, offer a member's file to the other members."""
+        ...
+
+
 class FileTransfers:
     """Both directions of file transfer for one daemon (state in the history database)."""
 
-    def __init__(self, messenger: Messenger, root: Path, *, tasks: Spawner,
+    def __init__(self, messenger: FileMessages, root: Path, *, tasks: Spawner,
                  channel: Callable[[bytes], RTCDataChannel | None]) -> None:
         """``messenger`` sends the control messages; ``tasks`` runs the streams;
         ``channel`` gives a contact's open data channel (None when not connected)."""
