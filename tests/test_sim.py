@@ -298,7 +298,7 @@ def test_scenario_files_parse_and_reject_typos(tmp_path: Path) -> None:
 def test_simulate_cli_writes_outputs_with_baseline(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "dhtchat.app.cli", "simulate", "--nodes", "120", "--lookups",
+        [sys.executable, "-m", "dhtchat", "simulate", "--nodes", "120", "--lookups",
          "60", "--seed", "3", "--join", "oracle", "--baseline", "kademlia", "--out", str(out)],
         capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
     )
@@ -316,7 +316,7 @@ def test_simulate_cli_writes_outputs_with_baseline(tmp_path: Path) -> None:
     for png in ("latency_cdf.png", "hops_histogram.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
     assert (out / "lookups.csv").read_text().count("\n") == 61
-    bad = subprocess.run([sys.executable, "-m", "dhtchat.app.cli", "simulate", "--nodes", "1"],
+    bad = subprocess.run([sys.executable, "-m", "dhtchat", "simulate", "--nodes", "1"],
                          capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
     assert bad.returncode == 2 and "nodes must be" in bad.stderr
 
@@ -429,7 +429,7 @@ def test_simulate_runs_compiled_on_huge_pages_with_identical_results(tmp_path: P
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", OPT_OUT)}
         env[OPT_OUT] = env[accel.OPT_OUT] = fast
         proc = subprocess.run(
-            [sys.executable, "-m", "dhtchat.app.cli", "simulate", *args, "--no-plots",
+            [sys.executable, "-m", "dhtchat", "simulate", *args, "--no-plots",
              "--out", str(out)],
             capture_output=True, text=True, timeout=600, check=False, cwd=ROOT, env=env)
         assert proc.returncode == 0, proc.stderr
