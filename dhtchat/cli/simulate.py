@@ -14,8 +14,6 @@ import argparse
 import os
 import sys
 
-from dhtchat.sim.launch import launch_environment
-
 
 def relaunch() -> None:
     """Replace this process by ``python -m dhtchat`` with the same arguments.
@@ -23,6 +21,8 @@ def relaunch() -> None:
     For the ``dhtchat`` command line only (it execs). Returns, doing nothing, when there
     is nothing to gain (compilation and huge pages both off or unavailable) or on failure.
     """
+    from dhtchat.sim.launch import launch_environment  # noqa: PLC0415
+
     env = launch_environment(os.environ)
     if env is None:
         return
