@@ -39,6 +39,7 @@ from dhtchat.sim.hugepages import (
     huge_page_environment,
     transparent_huge_pages,
 )
+from dhtchat.sim.launch import LAUNCHED, launch_environment
 from dhtchat.sim.models import (
     CHURN_PRESETS,
     ConstantLatency,
@@ -403,6 +404,15 @@ def test_huge_page_environment_decisions() -> None:
     assert huge_page_environment({OPT_OUT: "0"}, glibc=(2, 36), thp_mode="madvise") is None
     assert huge_page_environment({"PYTHONMALLOC": "pymalloc"}, glibc=(2, 36),
                                  thp_mode="madvise") is None
+
+
+def test_a_simulator_process_is_restarted_once_and_only_when_it_gains() -> None:
+    base = {"PATH": "/usr/bin"}
+    env = launch_environment(base)  # compilation is on by default: worth a restart
+    assert env is not None and env[LAUNCHED] == "1" and env["PATH"] == "/usr/bin"
+    assert LAUNCHED not in base  # a copy
+    assert launch_environment(env) is None  # the restarted process never restarts again
+    assert launch_environment({**base, accel.OPT_OUT: "0", OPT_OUT: "0"}) is None
 
 
 def test_simulate_runs_compiled_on_huge_pages_with_identical_results(tmp_path: Path) -> None:
