@@ -14,6 +14,9 @@ written in three layers, each a class that inherits the one below, so the state 
 * :class:`~dhtchat.core.node.DhtNode`: datagrams in -- request handling and the checks on
   replies.
 
+The records with a leading underscore (``_Transaction``, ``_Query``, ``_Peer``, ...) are
+private to these three modules.
+
 Requests are transactions keyed by a random 8-byte tid, retransmitted and timed out with a
 per-address retransmission timeout after RFC 6298 sec. 2 (SRTT, RTTVAR, the RTO bounded by
 ``min_rto`` / ``max_rto``, doubled on each timeout as sec. 5.5 backs it off); an address never
@@ -23,9 +26,10 @@ node keeps one record (:class:`_Peer`): its RTT estimate and the write token it 
 Write tokens are recomputed rather than stored, ``BLAKE2b(secret, epoch || ip || port)``: the
 token of BEP 5 ("get_peers" / "announce_peer") bound to the requester's address, valid for the
 epoch it was made in and the next. Replies are signed over the requester's node id and the
-envelope (S/Kademlia's signed RPCs, Baumgart & Mies 2007, sec. 4.1), so a reply proves key
-ownership and presence at the address. A stored record is validated first, then pushed to every
-subscribed listener (the BEP 44 mutable item, delivered like a Kademlia STORE, paper sec. 2.3).
+envelope (signed messages as in S/Kademlia, Baumgart & Mies 2007), so a reply proves key
+ownership and presence at the address. A record to store (a Kademlia STORE, paper sec. 2.3;
+records are signed like BEP 44 mutable items, see :mod:`dhtchat.core.records`) is validated
+first, then charged to its source's /24 and pushed to every subscribed listener.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ _bundle_decoder = msgspec.msgpack.Decoder(_BundleWire)
 
 
 def parse_bundle(data: bytes) -> x3dh.Bundle:
-    """Decode a published prekey bundle, checking every size (not the signature: see initiate)."""
+    """Decode a published prekey bundle, checking every size (not the signature: see
+    :meth:`~dhtchat.messaging.session.Session.initiate`)."""
     if len(data) > 2048:
         raise SessionError(f"prekey bundle too large ({len(data)} bytes)")
     try:

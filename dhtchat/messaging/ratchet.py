@@ -51,10 +51,12 @@ from doubleratchet.recommended import (
 )
 
 __all__ = [
+    "AEAD_OVERHEAD",
     "MAX_PLAINTEXT",
     "MAX_SKIP",
     "RATCHET_ARGS",
     "REJECTED",
+    "Bytes32",
     "InitialWire",
     "Ratchet",
     "RatchetWire",
@@ -87,6 +89,8 @@ Ciphertext = Annotated[
 
 
 class RatchetWire(msgspec.Struct, array_like=True, frozen=True, tag=1):
+    """A ratchet message: the header ``dh || pn || n`` (spec sec. 3.4) and the ciphertext."""
+
     dh: Bytes32
     pn: U32
     n: U32
@@ -94,6 +98,8 @@ class RatchetWire(msgspec.Struct, array_like=True, frozen=True, tag=1):
 
 
 class InitialWire(msgspec.Struct, array_like=True, frozen=True, tag=2):
+    """A ratchet message with the X3DH header ``ik, ek, spk, opk`` (X3DH sec. 3.3) attached."""
+
     ik: Bytes32
     ek: Bytes32
     spk: Bytes32
@@ -104,7 +110,6 @@ class InitialWire(msgspec.Struct, array_like=True, frozen=True, tag=2):
     ct: Ciphertext
 
 
-_encoder = msgspec.msgpack.Encoder()
 _wire_decoder = msgspec.msgpack.Decoder(RatchetWire | InitialWire)
 
 # Everything the libraries raise for hostile input (XEdDSAException: low-order / invalid keys;
@@ -122,6 +127,8 @@ REJECTED = (
 
 
 def parse_message(wire: bytes) -> RatchetWire | InitialWire:
+    """Decode a ratchet or initial message, checking every size; :class:`SessionError` if
+    it is malformed."""
     if len(wire) > MAX_PLAINTEXT + 1024:
         raise SessionError(f"message too large ({len(wire)} bytes)")
     try:
@@ -140,11 +147,13 @@ def is_initial_message(wire: bytes) -> bool:
 
 
 def check_plaintext(plaintext: bytes) -> None:
+    """Refuse a plaintext above :data:`MAX_PLAINTEXT` (:class:`SessionError`)."""
     if len(plaintext) > MAX_PLAINTEXT:
         raise SessionError(f"message too large ({len(plaintext)} > {MAX_PLAINTEXT} bytes)")
 
 
 def encrypted_message(msg: RatchetWire | InitialWire) -> EncryptedMessage:
+    """The library's form of a parsed message."""
     return EncryptedMessage(Header(msg.dh, msg.pn, msg.n), msg.ct)
 
 
@@ -194,6 +203,9 @@ class _DHRatchet(diffie_hellman_ratchet_curve25519.DiffieHellmanRatchet):
 
 
 class Ratchet(DoubleRatchet):
+    """The library's Double Ratchet with our associated data ``AD || dh || pn || n``; build
+    it with :data:`RATCHET_ARGS`."""
+
     @staticmethod
     def _build_associated_data(associated_data: bytes, header: Header) -> bytes:
         # AD has a fixed length (two 33-byte encoded identity keys), so this is unambiguous.

@@ -38,10 +38,11 @@ Bounds (denial of service). :data:`MAX_SKIP` bounds both the number of skipped m
 kept (oldest dropped first) and the chain jump a header may ask for. The library's own
 ``dos_protection_threshold`` (set to :data:`MAX_SKIP`) raises only for a jump in the *current*
 receiving chain; for a header with a *new* ratchet key whose ``pn`` claims a huge jump it
-merely ``warnings.warn``\\s and skips nothing. :class:`_DHRatchet` therefore checks both
-jumps (``n - Nr`` on the current chain; ``pn - Nr`` and ``n`` on a new one) before any KDF
-step, as in the spec's ``SkipMessageKeys``. Decryption works on a copy of the ratchet (the
-library's behaviour), so a rejected or forged message never changes session state.
+merely ``warnings.warn``\\s and skips nothing. The ratchet of
+:mod:`dhtchat.messaging.ratchet` therefore checks both jumps (``n - Nr`` on the current chain;
+``pn - Nr`` and ``n`` on a new one) before any KDF step, as in the spec's ``SkipMessageKeys``.
+Decryption works on a copy of the ratchet (the library's behaviour), so a rejected or forged
+message never changes session state.
 
 Replay. A message key is used once: a replayed message finds neither a skipped key nor a
 forward chain position and is rejected (``DuplicateMessageException``); this survives
@@ -69,6 +70,12 @@ under it are not deterministic: x3dh and doubleratchet draw their own randomness
 (``os.urandom`` via ``cryptography``) for prekeys, ephemeral keys and ratchet keys, and
 x3dh stamps prekeys with its own ``time.time()``; the library's time-based rotation is
 disabled.
+
+Modules. This docstring is the normative description of the whole layer; the code is in three
+modules, imported downward only: :mod:`dhtchat.messaging.ratchet` (the Double Ratchet
+configuration and the message wire format), :mod:`dhtchat.messaging.prekeys` (X3DH:
+:class:`PrekeyStore` and the bundle wire format) and this one (:class:`Session` and
+:class:`Conversation`; it re-exports the public names of the other two).
 
 Persistence. Every mutating call (``initiate``, ``accept``, ``encrypt``, ``decrypt``,
 ``maintain``) changes state that must be saved (``to_json``) together -- the prekey store as
