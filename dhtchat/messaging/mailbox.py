@@ -386,6 +386,12 @@ class MailboxReader:
             poll.window = [poll.results.pop(s) for s in poll.window_slots]
             poll.filled = [c is not Slot.EMPTY for c in poll.window]
             poll.asked_again = False
+            # Every empty slot followed by a filled one starts its grace now, so a frame of
+            # several slots that never came is skipped after one grace, not one per slot.
+            last_filled = max((j for j, f in enumerate(poll.filled) if f), default=-1)
+            for j in range(last_filled):
+                if not poll.filled[j]:
+                    self._empty_since.setdefault(poll.window_slots[j], poll.now)
         while True:
             position = poll.index - poll.window_slots[0]
             if position >= len(poll.window):
