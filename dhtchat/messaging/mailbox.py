@@ -21,7 +21,9 @@ not held up, and remembers the frame's first slot as a *hole* (at most :data:`MA
 oldest forgotten first). Every poll first reads the holes again: a hole filled late is
 delivered, one still empty after :data:`HOLE_MEMORY` seconds is forgotten. Frames may thus be
 delivered out of order or twice; the messenger above orders and deduplicates by sequence
-number.
+number. A poll whose first window is all empty ends there (idle polls stay cheap), so a run
+of that many slots never stored holds later frames up until the sender stores them (it
+retries every frame not yet stored).
 
 In the manner of h11 the machines do no I/O and read no clock: ``now`` is passed in and the
 reader returns actions (:class:`Fetch`, :class:`Deliver`, :class:`SaveHoles`,
