@@ -178,7 +178,8 @@ class Messenger:
         self._states: dict[bytes, _ContactState] = {}
         self._flush_after_commit: set[bytes] = set()  # outboxes a transaction filled
         self._in_flight: set[bytes] = set()  # returned by receive, reply not yet written
-        self.files = FileTransfers(self, daemon.profile.root / "files")
+        self.files = FileTransfers(self, daemon.profile.root / "files", tasks=daemon,
+                                   channel=self._channel)
         self.groups = GroupStore(history.db)
         self._arrived = asyncio.Condition()
         self._delivered = asyncio.Condition()
@@ -328,7 +329,7 @@ class Messenger:
             if conversation_timer is not None:
                 self.history.update_conversation(db, contact, timer=conversation_timer)
         faults.reached("outbox-commit")
-        self.daemon._spawn(self.flush(contact))
+        self.daemon.spawn(self.flush(contact))
         stored = self.history.message(message_id)
         if stored is None:  # a group fan-out copy: no row of its own
             return StoredMessage(message_id, contact, True, seq, now, None, text, False, False,
@@ -430,7 +431,7 @@ class Messenger:
                         await asyncio.sleep(RETRANSMIT_AFTER + 0.5)
                         if self.history.outbox(contact):
                             await self.flush(contact)
-                    state.retransmit_task = self.daemon._spawn(later())
+                    state.retransmit_task = self.daemon.spawn(later())
                 return
             # Reserve mailbox slots under the lock (so slot order = sequence order); the DHT
             # puts happen outside it, so sending and receiving never wait for the network.
@@ -490,7 +491,7 @@ class Messenger:
             self.dropped_frames += 1
             return
         if state.inbound_task is None or state.inbound_task.done():
-            state.inbound_task = self.daemon._spawn(self._drain(contact, state.inbound))
+            state.inbound_task = self.daemon.spawn(self._drain(contact, state.inbound))
 
     async def _drain(self, contact: bytes, queue: asyncio.Queue[bytes]) -> None:
         while not queue.empty():
@@ -503,9 +504,9 @@ class Messenger:
     def attach(self, link: Link, channel: RTCDataChannel) -> None:
         """The connection is up: resend the outbox and resume incoming files."""
         contact = link.public_key
-        self.daemon._spawn(self.flush(contact, force=True))
-        self.daemon._spawn(self.files.resume(contact))
-        self.daemon._spawn(self._send_control(contact, self._ack_payload(contact)))
+        self.daemon.spawn(self.flush(contact, force=True))
+        self.daemon.spawn(self.files.resume(contact))
+        self.daemon.spawn(self._send_control(contact, self._ack_payload(contact)))
 
     async def on_frame(self, contact: bytes, data: bytes) -> None:
         """Handle one frame from the data channel or the mailbox."""
@@ -534,7 +535,7 @@ class Messenger:
                 log.warning("cannot decrypt a message from %s: %s", contact.hex()[:12], exc)
                 if time.monotonic() - state.reset_asked >= RESET_INTERVAL:
                     state.reset_asked = time.monotonic()
-                    self.daemon._spawn(self._ask_reset(contact))
+                    self.daemon.spawn(self._ask_reset(contact))
                 return
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
                 self.undecryptable += 1
@@ -554,7 +555,7 @@ class Messenger:
                 self._flush_queued()
                 self._schedule_ack(contact)
                 if payload.kind == "file" and self._channel(contact) is not None:
-                    self.daemon._spawn(self.files.resume(contact))
+                    self.daemon.spawn(self.files.resume(contact))
             else:
                 with self.history.transaction() as db:
                     self.history.update_conversation(db, contact, session=convo.to_json())
@@ -567,26 +568,26 @@ class Messenger:
                 elif payload.kind == "file_done":
                     self.files.on_done(contact, payload.file_id)
                 elif payload.kind == "file_end":
-                    self.daemon._spawn(self.files.on_end(contact, payload.file_id,
+                    self.daemon.spawn(self.files.on_end(contact, payload.file_id,
                                                          payload.text[:16]))
                 elif payload.kind == "typing":
                     state.typing_until = time.time() + TYPING_SHOWN
                 elif payload.kind == "call" and len(payload.call_id) == 16 and \
                         self._is_contact(contact) and self.daemon.calls is not None:
-                    self.daemon._spawn(self.daemon.calls.on_signal(
+                    self.daemon.spawn(self.daemon.calls.on_signal(
                         contact, payload.call_action, payload.call_id, sdp=payload.text,
                         video=payload.video, committed=payload.commitment,
                         nonce=payload.nonce, conference=payload.conference,
                         participants=tuple(payload.participants),
                         signature=payload.signature, sas_version=payload.sas_version))
                 elif payload.kind == "goodbye" and self._is_contact(contact):
-                    self.daemon._spawn(self.daemon.contact_said_goodbye(contact))
+                    self.daemon.spawn(self.daemon.contact_said_goodbye(contact))
                 elif payload.kind == "reset":
                     tombstones = self._reencrypt_outbox(contact)
                     state.last_sent = {}
                     for index, length in tombstones:
-                        self.daemon._spawn(self._tombstone(contact, index, length))
-                    self.daemon._spawn(self.flush(contact, force=True))
+                        self.daemon.spawn(self._tombstone(contact, index, length))
+                    self.daemon.spawn(self.flush(contact, force=True))
         if payload.kind in SEQUENCED:
             async with self._arrived:
                 self._arrived.notify_all()
@@ -678,7 +679,7 @@ class Messenger:
             state = self._state(contact)
             state.retransmits = {seq: n for seq, n in state.retransmits.items() if seq > ack}
         for index, frame_bytes in tombstones:
-            self.daemon._spawn(self._tombstone(contact, index, frame_bytes or 0))
+            self.daemon.spawn(self._tombstone(contact, index, frame_bytes or 0))
         async with self._delivered:
             self._delivered.notify_all()
 
@@ -693,7 +694,7 @@ class Messenger:
             async def later() -> None:
                 await asyncio.sleep(ACK_DELAY)  # one ack per burst
                 await self._send_control(contact, self._ack_payload(contact))
-            state.ack_task = self.daemon._spawn(later())
+            state.ack_task = self.daemon.spawn(later())
 
     async def _send_control(self, contact: bytes, payload: Payload, *,
                             new_session_from: bytes | None = None,
@@ -886,7 +887,7 @@ class Messenger:
             by_contact[message.contact] = max(by_contact.get(message.contact, 0), message.seq)
         for contact, seq in by_contact.items():
             self._state(contact).read_sent = max(self._state(contact).read_sent, seq)
-            self.daemon._spawn(self._send_control(contact, Payload(
+            self.daemon.spawn(self._send_control(contact, Payload(
                 "read", ack=self.history.conversation(contact)["next_in_seq"] - 1, read=seq)))
 
     # ------------------------------------------------------------------ groups
@@ -1018,7 +1019,7 @@ class Messenger:
 
     def _flush_queued(self) -> None:
         for contact in sorted(self._flush_after_commit):
-            self.daemon._spawn(self.flush(contact))
+            self.daemon.spawn(self.flush(contact))
         self._flush_after_commit.clear()
 
     async def send_group_text(self, group_id: bytes, text: str) -> StoredMessage:
