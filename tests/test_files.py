@@ -559,29 +559,29 @@ def test_file_accept_over_rpc_between_daemons(tmp_path: Path) -> None:
             await alice.connect(bob.identity.public_key, 30)
             source = tmp_path / "two.bin"
             source.write_bytes(os.urandom(2 << 20))
-            offer = await alice.rpc_file_send({"to": "bob", "path": str(source)})
+            offer = await alice.api.call("file.send", {"to": "bob", "path": str(source)})
             deadline = time.monotonic() + 60
-            while not (rows := [r for r in await bob.rpc_file_list({})
+            while not (rows := [r for r in await bob.api.call("file.list", {})
                                 if r["id"] == offer["id"]]):
                 assert time.monotonic() < deadline, "the offer did not arrive"
                 await alice.messenger.flush(bob.identity.public_key)
                 await asyncio.sleep(0.1)
             assert rows[0]["accepted"] is False and rows[0]["transferred"] == 0
             with pytest.raises(RpcError):
-                await bob.rpc_file_accept({"id": "00" * 16})
-            accepted = await bob.rpc_file_accept({"id": offer["id"]})
+                await bob.api.call("file.accept", {"id": "00" * 16})
+            accepted = await bob.api.call("file.accept", {"id": offer["id"]})
             assert accepted["accepted"] is True
             assert await alice.messenger.files.wait_complete(bytes.fromhex(offer["id"]), 120)
-            out = await bob.rpc_file_get({"id": offer["id"], "dest": str(tmp_path / "got")})
+            out = await bob.api.call("file.get", {"id": offer["id"], "dest": str(tmp_path / "got")})
             assert Path(out["path"]).read_bytes() == source.read_bytes()
             # A declined offer ends on Alice's side too (file_end over the connection).
-            second = await alice.rpc_file_send({"to": "bob", "path": str(source)})
+            second = await alice.api.call("file.send", {"to": "bob", "path": str(source)})
             deadline = time.monotonic() + 60
-            while not any(r["id"] == second["id"] for r in await bob.rpc_file_list({})):
+            while not any(r["id"] == second["id"] for r in await bob.api.call("file.list", {})):
                 assert time.monotonic() < deadline, "the second offer did not arrive"
                 await alice.messenger.flush(bob.identity.public_key)
                 await asyncio.sleep(0.1)
-            await bob.rpc_file_decline({"id": second["id"]})
+            await bob.api.call("file.decline", {"id": second["id"]})
             assert await alice.messenger.files.wait_complete(bytes.fromhex(second["id"]), 60)
             mine = alice.messenger.files.get(bytes.fromhex(second["id"]))
             assert mine is not None and mine.error == "declined by the contact"

@@ -45,6 +45,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from dhtchat.app.events import EventLog
 from dhtchat.app.media import (
     AudioSink,
     MediaError,
@@ -54,7 +55,7 @@ from dhtchat.app.media import (
     parse_media_spec,
 )
 from dhtchat.core.calls import CallMachine
-from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
+from dhtchat.core.errors import LocalProtocolError, NotFound, RemoteProtocolError
 from dhtchat.core.identity import encode_user_id, verify_signature
 from dhtchat.core.sas import SAS_VERSION, Sas, compute_sas, parse_fingerprint
 from dhtchat.net.webrtc import configuration, enlarge_ice_socket_buffers, selected_pair
@@ -148,6 +149,7 @@ class Call:
     answering: bool = False  # answer() has started (it awaits before the state changes)
     conference: bytes = b""  # a group call: the legs of one mesh share this id
     participants: tuple[bytes, ...] = ()  # a group call: its initiator, then the others
+    events: EventLog | None = None  # where its changes are reported (events.subscribe)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     last_stats: tuple[float, int, int] | None = None  # (time, bytes sent, packets received)
 
@@ -157,8 +159,13 @@ class Call:
         return self.machine.call_id
 
     def notify(self) -> None:
-        """Wake whoever waits for a change of this call."""
+        """Wake whoever waits for a change of this call (and tell event subscribers)."""
         self.changed.set()
+        if self.events is not None:
+            self.events.emit("call.state", id=self.call_id.hex(),
+                             contact=encode_user_id(self.contact), state=self.machine.state,
+                             reason=self.machine.reason,
+                             sas=self.sas.text if self.sas is not None else None)
         self.changed = asyncio.Event()
 
 
@@ -203,7 +210,7 @@ class CallManager:
         """A call by id, or the current one."""
         call = self.calls.get(call_id) if call_id else self.current
         if call is None:
-            raise LocalProtocolError("no such call" if call_id else "no call in progress")
+            raise NotFound("no such call" if call_id else "no call in progress")
         return call
 
     def log(self, limit: int) -> list[dict[str, Any]]:
@@ -264,7 +271,8 @@ class CallManager:
             raise ConnectionError(offline)
         call = Call(CallMachine(secrets.token_bytes(16), "outgoing", time.time(), video=video,
                                 nonce=secrets.token_bytes(16)),
-                    contact, media, conference=conference, participants=participants)
+                    contact, media, conference=conference, participants=participants,
+                    events=self.daemon.events)
         self._open_media(call)
         self.calls[call.call_id] = call
         try:
@@ -523,7 +531,7 @@ class CallManager:
             log.warning("refused a call from %s: %s", self.daemon._name(contact), exc)
             return
         call = Call(machine, contact, remote_sdp=sdp, conference=conference,
-                    participants=participants)
+                    participants=participants, events=self.daemon.events)
         try:
             call.remote_fingerprint = sdp_fingerprint(sdp)
         except RemoteProtocolError as exc:
@@ -551,6 +559,7 @@ class CallManager:
                     self.daemon._name(contact))
         self.incoming.set()
         self.incoming = asyncio.Event()
+        self.daemon.events.emit("call.ringing", **self.as_json(call))
         self._ensure_ticker()
         if self.auto_answer is not None:
             try:

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any, Final
 import nacl.bindings
 import nacl.exceptions
 
-from dhtchat.core.errors import LocalProtocolError
+from dhtchat.core.errors import LocalProtocolError, NotFound
+from dhtchat.core.identity import encode_user_id
 from dhtchat.core.ids import blake2b_256
 
 if TYPE_CHECKING:
@@ -400,6 +401,7 @@ class FileTransfers:
         with self.history.transaction() as db:
             db.execute("UPDATE files SET complete = 1, received = size WHERE id = ?",
                        (file_id,))
+        self.messenger.daemon.events.emit("file.complete", id=file_id.hex(), direction="out", error=None)  # noqa: E501
         self.messenger.daemon._spawn(self._notify())
 
     # ------------------------------------------------------------------ receiving
@@ -422,6 +424,8 @@ class FileTransfers:
             "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
             (file_id, contact, safe, size, digest, key, str(partial), time.time(),
              group_id, author, int(accepted), error)).rowcount
+        if inserted:
+            self.messenger.daemon.events.emit("file.offer", id=file_id.hex(), contact=encode_user_id(contact), name=safe, size=size, accepted=bool(accepted))  # noqa: E501
         if inserted and error is not None:
             log.warning("refused a file offer: %s", error)
             self.messenger.daemon._spawn(self.messenger.end_file(contact, file_id, "refused"))
@@ -604,6 +608,7 @@ class FileTransfers:
             with self.history.transaction() as db:
                 db.execute("UPDATE files SET received = ? WHERE id = ?", (total, file_id))
             self._unsynced[file_id] = 0
+            self.messenger.daemon.events.emit("file.progress", id=file_id.hex(), received=total, size=entry.size)  # noqa: E501
             self.messenger.daemon._spawn(self._notify())
             if total == entry.size:
                 self._close_handle(file_id)
@@ -644,6 +649,7 @@ class FileTransfers:
             with self.history.transaction() as db:
                 db.execute("UPDATE files SET error = ?, received = 0 WHERE id = ?",
                            (HASH_MISMATCH, file_id))
+            self.messenger.daemon.events.emit("file.complete", id=file_id.hex(), direction="in", error=HASH_MISMATCH)  # noqa: E501
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
             await self._notify()
@@ -654,6 +660,7 @@ class FileTransfers:
             db.execute("UPDATE files SET complete = 1, path = ? WHERE id = ?",
                        (str(final), file_id))
         log.info("received file %s (%d bytes)", entry.name, entry.size)
+        self.messenger.daemon.events.emit("file.complete", id=file_id.hex(), direction="in", error=None)  # noqa: E501
         await self.messenger.confirm_file(entry.contact, file_id)
         await self._notify()
         if entry.group_id is not None and entry.author is None:
@@ -695,15 +702,15 @@ class FileTransfers:
         """Copy a received file to ``dest`` (a directory or a file path)."""
         entry = self.get(file_id)
         if entry is None:
-            raise LocalProtocolError("no such file")
+            raise NotFound("no such file")
         if not entry.complete:
-            raise LocalProtocolError(
+            raise NotFound(
                 f"{entry.name} is not complete yet ({entry.received} of {entry.size} bytes)")
         target = dest / safe_file_name(entry.name) if dest.is_dir() else dest
         try:  # never overwrite: the name came from the contact; private like the original
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
-            raise LocalProtocolError(f"{target} exists; choose another destination") from None
+            raise NotFound(f"{target} exists; choose another destination") from None
         try:
             with open(fd, "wb") as out:
                 for chunk in self._plain_content(entry):
