@@ -10,9 +10,9 @@ never sees an id the store could lose in a crash and reuse.
 
 A subscriber starts by catching up: it reads the stored events after the id it names, then
 takes the live ones. Catching up and going live meet without a gap or a repeat because the
-switch happens synchronously (flush, note the last id, register) and the subscriber writes
-only ids above the last it wrote. A subscriber that falls behind (its queue full: the client
-reads too slowly) drops its queue and catches up from the store again; memory stays bounded.
+switch happens synchronously (flush, note the last id, queue only later ones). A subscriber
+that falls behind (its queue full: the client reads too slowly) drops its queue and catches
+up from the store again; memory stays bounded.
 The store keeps the newest MAX_EVENTS events.
 """
 
@@ -169,10 +169,9 @@ class EventLog:
             while True:
                 if sub.catch_up and sub.queue.empty():
                     await self._catch_up(sub)
-                event = await sub.queue.get()
-                if event.id > sub.last:
-                    await sub.connection.notify("event", event.as_json())
-                    sub.last = event.id
+                event = await sub.queue.get()  # (queued ids all follow sub.last)
+                await sub.connection.notify("event", event.as_json())
+                sub.last = event.id
         except ConnectionError:
             pass
         finally:
