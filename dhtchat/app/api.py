@@ -498,8 +498,6 @@ class Api:
     async def file_send(self, p: FileSendParams) -> dict[str, Any]:
         """Offer a file to a contact or a group."""
         messenger = self._messenger
-        if not p.path:
-            raise RpcError(INVALID_PARAMS, "path must be a file path")
         target = self._contact_or_group(p.to)
         path = Path(p.path)
         try:
@@ -533,8 +531,6 @@ class Api:
 
     async def file_get(self, p: FileGetParams) -> dict[str, Any]:
         """Copy a received file out of the profile."""
-        if not p.id or not p.dest:
-            raise RpcError(INVALID_PARAMS, "need id (32 hex digits) and dest")
         files = self._messenger.files
         try:
             target = await asyncio.to_thread(files.export, bytes.fromhex(p.id), Path(p.dest))
@@ -543,8 +539,6 @@ class Api:
         return {"path": str(target)}
 
     def _file_id(self, p: FileIdParams) -> bytes:
-        if not p.id:
-            raise RpcError(INVALID_PARAMS, "need id (32 hex digits)")
         file_id = bytes.fromhex(p.id)
         if self._messenger.files.get(file_id) is None:
             raise RpcError(NOT_FOUND, "no such file")

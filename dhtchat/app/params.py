@@ -20,10 +20,12 @@ from dhtchat.app.rpc import INVALID_PARAMS, RpcError
 MAX_BATCH: Final = 1000  # messages in one message.send_batch
 
 
-def _meta(error: str, type_error: str | None = None, **limits: Any) -> msgspec.Meta:
+def _meta(error: str, type_error: str | None = None, *, missing: str | None = None,
+          **limits: Any) -> msgspec.Meta:
     """Limits of a param and the message of a value outside them (``type_error``: of a value
-    of the wrong type, if that reads differently)."""
-    extra = {"error": error, "type_error": type_error or error}
+    of the wrong type, ``missing``: of no value, if those read differently)."""
+    extra = {"error": error, "type_error": type_error or error,
+             "missing": missing or type_error or error}
     return msgspec.Meta(extra=extra, **limits)
 
 
@@ -47,29 +49,29 @@ class Params(msgspec.Struct, kw_only=True):
     """Params of a method without any."""
 
 
-class ContactRequestParams(Params):
-    id: Annotated[str, _meta("a user id is required")] = ""
+class ContactRequestParams(Params, kw_only=True):
+    id: Annotated[str, _meta("a user id is required")]
     name: Annotated[str, _text("name", 64)] | None = None
     message: Annotated[str, _text("message", 280)] | None = None
 
 
-class ContactParams(Params):
-    id: ContactName = ""
+class ContactParams(Params, kw_only=True):
+    id: ContactName
 
 
-class ContactAcceptParams(Params):
-    id: ContactName = ""
+class ContactAcceptParams(Params, kw_only=True):
+    id: ContactName
     name: Annotated[str, _text("name", 64)] | None = None
 
 
-class ConnectParams(Params):
-    contact: ContactName = ""
+class ConnectParams(Params, kw_only=True):
+    contact: ContactName
     timeout: Annotated[float, _meta("timeout must be 1-600 seconds", ge=1, le=600)] | None = None
 
 
-class MessageSendParams(Params):
+class MessageSendParams(Params, kw_only=True):
     text: Annotated[str, _meta("text must be a non-empty string", min_length=1)]
-    to: ContactName = ""
+    to: ContactName
     id: HexId | None = None
     wait: bool = False
     timeout: Annotated[float, _meta("timeout must be 0-3600 seconds", gt=0, le=3600)] = 60
@@ -79,123 +81,124 @@ class BatchItem(msgspec.Struct, kw_only=True):
     """One message of message.send_batch."""
 
     text: Annotated[str, _meta("text must be a non-empty string", min_length=1)]
-    to: ContactName = ""
+    to: ContactName
     id: HexId | None = None
 
 
-class MessageBatchParams(Params):
+class MessageBatchParams(Params, kw_only=True):
     messages: Annotated[list[BatchItem],
                         _meta(f"messages must be a list of 1-{MAX_BATCH} messages",
                               min_length=1, max_length=MAX_BATCH)]
 
 
-class MessageReceiveParams(Params):
+class MessageReceiveParams(Params, kw_only=True):
     wait: Annotated[float, _meta("wait must be 0-3600 seconds", ge=0, le=3600)] = 0
     limit: Annotated[int, _meta("limit must be 1-10000", ge=1, le=10000)] = 1000
 
 
-class MessageHistoryParams(Params):
-    contact: ContactName = ""
+class MessageHistoryParams(Params, kw_only=True):
+    contact: ContactName
     limit: Annotated[int, _meta("limit must be 1-100000", ge=1, le=100000)] = 50
 
 
-class MessageTypingParams(Params):
-    contact: ContactName = ""
+class MessageTypingParams(Params, kw_only=True):
+    contact: ContactName
 
 
-class MessageTimerParams(Params):
+class MessageTimerParams(Params, kw_only=True):
     seconds: Annotated[int, _meta("seconds must be an integer")]
-    contact: ContactName = ""
+    contact: ContactName
 
 
-class GroupCreateParams(Params):
-    name: Annotated[str, _text("name", 64)] = ""
-    members: Members | None = None
+class GroupCreateParams(Params, kw_only=True):
+    name: Annotated[str, _meta("name is limited to 64 characters", "name must be a string",
+                               max_length=64, missing="a group needs a name")]
+    members: Members
 
 
-class GroupInviteParams(Params):
-    group: GroupName = ""
-    members: Members | None = None
+class GroupInviteParams(Params, kw_only=True):
+    group: GroupName
+    members: Members
 
 
-class GroupRemoveParams(Params):
-    group: GroupName = ""
-    member: ContactName = ""
+class GroupRemoveParams(Params, kw_only=True):
+    group: GroupName
+    member: ContactName
 
 
-class GroupParams(Params):
-    group: GroupName = ""
+class GroupParams(Params, kw_only=True):
+    group: GroupName
 
 
-class FileSendParams(Params):
-    to: ContactName = ""
-    path: Annotated[str, _meta("path must be a file path", min_length=1)] = ""
+class FileSendParams(Params, kw_only=True):
+    to: ContactName
+    path: Annotated[str, _meta("path must be a file path", min_length=1)]
     wait: bool = False
     timeout: Annotated[float, _meta("timeout must be 0-86400 seconds", gt=0, le=86400)] = 3600
 
 
-class FileIdParams(Params):
-    id: FileId = ""
+class FileIdParams(Params, kw_only=True):
+    id: FileId
 
 
-class FileGetParams(Params):
+class FileGetParams(Params, kw_only=True):
     id: Annotated[str, _meta("need id (32 hex digits) and dest",
-                             pattern="^[0-9a-fA-F]{32}$")] = ""
-    dest: Annotated[str, _meta("need id (32 hex digits) and dest", min_length=1)] = ""
+                             pattern="^[0-9a-fA-F]{32}$")]
+    dest: Annotated[str, _meta("need id (32 hex digits) and dest", min_length=1)]
 
 
-class FileLimitsParams(Params):
+class FileLimitsParams(Params, kw_only=True):
     auto_accept: Bytes | None = None
     contact_quota: Bytes | None = None
     total_quota: Bytes | None = None
 
 
-class MediaParams(Params):
+class MediaParams(Params, kw_only=True):
     audio_in: MediaSpec | None = "silence"
     audio_out: MediaSpec | None = "null"
     video_in: MediaSpec | None = None
 
 
-class CallStartParams(MediaParams):
+class CallStartParams(MediaParams, kw_only=True):
     to: ContactName | Annotated[list[ContactName],
-                                _meta("a group call takes 2 to 4 contacts")] = ""
+                                _meta("a group call takes 2 to 4 contacts")]
     video: bool = False
 
 
-class CallIdParams(Params):
+class CallIdParams(Params, kw_only=True):
     id: HexId | None = None
 
 
-class CallAnswerParams(MediaParams):
+class CallAnswerParams(MediaParams, kw_only=True):
     id: HexId | None = None
 
 
-class CallWaitParams(Params):
+class CallWaitParams(Params, kw_only=True):
     id: HexId | None = None
     timeout: Annotated[float, _meta("timeout must be 0-3600 seconds", gt=0, le=3600)] = 30
 
 
-class CallListParams(Params):
+class CallListParams(Params, kw_only=True):
     limit: Annotated[int, _meta("limit must be 1-10000", ge=1, le=10000)] = 50
 
 
-class CallVerifyParams(Params):
-    contact: ContactName = ""
+class CallVerifyParams(Params, kw_only=True):
+    contact: ContactName
     sas: str | int | None = None
 
 
-class CallAutoAnswerParams(MediaParams):
+class CallAutoAnswerParams(MediaParams, kw_only=True):
     enabled: bool = True
 
 
-class CallControlParams(Params):
+class CallControlParams(Params, kw_only=True):
     id: HexId | None = None
     mute: bool | None = None
     hold: bool | None = None
     camera: bool | None = None
 
 
-class EventsSubscribeParams(Params):
+class EventsSubscribeParams(Params, kw_only=True):
     since: Annotated[int, _meta("since must be an event id (0 or more)", ge=0,
                                 le=2**63 - 1)] = 0
 
@@ -228,7 +231,7 @@ def _message(kind: type[Params], error: str) -> str:
         if owner is None:
             return error
         hint = typing.get_type_hints(owner, include_extras=True).get(name)
-    which = "type_error" if ", got `" in error or missing else "error"
+    which = "missing" if missing else "type_error" if ", got `" in error else "error"
     indexes = [index for _name, index in path if index]
     prefix = f"{names[0]}[{indexes[0]}]: " if indexes and len(names) > 1 else ""
     for meta in _metas(hint):
