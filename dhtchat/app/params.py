@@ -106,7 +106,8 @@ class MessageTypingParams(Params, kw_only=True):
 
 
 class MessageTimerParams(Params, kw_only=True):
-    seconds: Annotated[int, _meta("seconds must be an integer")]
+    seconds: Annotated[int, _meta("the timer is 0 (off) to one year, in seconds",
+                                  "seconds must be an integer", ge=0, le=365 * 24 * 3600)]
     contact: ContactName
 
 
@@ -161,7 +162,8 @@ class MediaParams(Params, kw_only=True):
 
 class CallStartParams(MediaParams, kw_only=True):
     to: ContactName | Annotated[list[ContactName],
-                                _meta("a group call takes 2 to 4 contacts")]
+                                _meta("a group call takes 2 to 4 contacts", min_length=2,
+                                      max_length=4)]
     video: bool = False
 
 
@@ -238,7 +240,15 @@ def _message(kind: type[Params], error: str) -> str:
         extra = meta.extra or {}
         if which in extra:
             return prefix + str(extra[which]).replace("{name}", names[-1])
-    return f"{names[-1]}: {error}"
+    expected = re.search(r"Expected `([^`]+)`", error)
+    if expected is None:
+        return f"{names[-1]}: {error}"
+    words = [_WORDS.get(part.strip(), part.strip()) for part in expected.group(1).split("|")]
+    return f"{prefix}{names[-1]} must be {' or '.join(words)}"
+
+
+_WORDS: Final = {"bool": "true or false", "int": "an integer", "float": "a number",
+                 "str": "a string", "null": "null", "array": "a list", "object": "an object"}
 
 
 def _struct_in(hint: Any) -> type[msgspec.Struct] | None:
