@@ -4,9 +4,10 @@ Theory of operation: the services report what happens (a message arrived, a rece
 contact's presence, a file's progress, a call ringing...) with :meth:`EventLog.emit`. Each
 event gets the next id of a counter that never goes back (ids continue across restarts: the
 events are kept in the ``events`` table of the history database). Emitting only appends to
-memory; a flush scheduled on the event loop commits everything emitted in the same loop
-iteration in one transaction, and only then hands the events to the subscribers, so a client
-never sees an id the store could lose in a crash and reuse.
+memory; a flush FLUSH_DELAY later commits everything emitted meanwhile in one transaction
+(at thousands of messages a second, one fsync for many events), and only then hands the
+events to the subscribers, so a client never sees an id the store could lose in a crash and
+reuse.
 
 A subscriber starts by catching up: it reads the stored events after the id it names, then
 takes the live ones. Catching up and going live meet without a gap or a repeat because the
@@ -34,6 +35,7 @@ log = logging.getLogger("dhtchat.events")
 MAX_EVENTS: Final = 100_000  # events kept in the store (older ones are deleted)
 QUEUE_LIMIT: Final = 1000  # live events buffered per subscriber before it re-reads the store
 PAGE: Final = 500  # events read from the store at a time when catching up
+FLUSH_DELAY: Final = 0.005  # events of these seconds share one transaction (one fsync)
 
 # The event types (docs/api.md §3.19): the `type` member of every event.
 EVENT_TYPES: Final = (
@@ -99,14 +101,15 @@ class EventLog:
         return self._last_id
 
     def emit(self, kind: str, /, **data: Any) -> None:
-        """Record an event (committed and streamed at the end of this loop iteration)."""
+        """Record an event (committed and streamed FLUSH_DELAY seconds later, with the
+        others emitted meanwhile)."""
         if self._history is None:
             return  # not started or already closed: nothing runs that a client could miss
         self._last_id += 1
         self._pending.append(Event(self._last_id, time.time(), kind, data))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
 
     def flush(self) -> None:
         """Commit the pending events in one transaction, then hand them to subscribers."""
