@@ -48,8 +48,6 @@ from dhtchat.app.messenger import Messenger
 from dhtchat.app.profile import NodeState, Profile, make_private
 from dhtchat.app.rpc import (
     CONNECTION_FAILED,
-    INVALID_PARAMS,
-    NOT_FOUND,
     TIMEOUT,
     RpcError,
     RpcServer,
@@ -75,8 +73,8 @@ from dhtchat.core.contacts import (
     open_signal,
     request_id,
 )
-from dhtchat.core.errors import InvalidUserId, LocalProtocolError, RemoteProtocolError
-from dhtchat.core.identity import SigningIdentity, decode_user_id, encode_user_id
+from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
+from dhtchat.core.identity import SigningIdentity, encode_user_id
 from dhtchat.core.ids import blake2b_256
 from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record
@@ -404,25 +402,6 @@ class Daemon:
             if self.messenger is not None:
                 self._spawn(self.messenger.publish_prekeys(public_key))
         return link
-
-    def _resolve(self, text: Any, *, accepted_only: bool = False) -> ContactEntry | bytes:
-        if not isinstance(text, str) or not text:
-            raise RpcError(INVALID_PARAMS, "a contact name or user id is required")
-        try:
-            key = decode_user_id(text)
-        except InvalidUserId as exc:
-            matches = [e for e in self.contacts.by_name(text)
-                       if not accepted_only or e.state == "accepted"]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise RpcError(INVALID_PARAMS, f"several contacts are named {text!r}; "
-                               "use the user id") from None
-            if len(text) >= 50:
-                raise RpcError(INVALID_PARAMS, str(exc)) from None
-            raise RpcError(NOT_FOUND, f"no contact named {text!r}") from None
-        entry = self.contacts.get(key)
-        return entry if entry is not None else key
 
     def _contact_json(self, entry: ContactEntry) -> dict[str, Any]:
         out: dict[str, Any] = {
