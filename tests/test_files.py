@@ -16,6 +16,7 @@ import nacl.bindings
 import nacl.exceptions
 import pytest
 
+from dhtchat.app.events import EventLog
 from dhtchat.app.files import (
     CHUNK_BYTES,
     CHUNK_MARK,
@@ -148,6 +149,7 @@ def test_200_mb_file_resumes_after_the_sender_is_killed(tmp_path: Path,
 class _FakeDaemon:
     def __init__(self) -> None:
         self.tasks: list[asyncio.Task[None]] = []
+        self.events = EventLog()  # not opened: file events go nowhere
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
