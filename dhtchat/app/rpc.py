@@ -187,6 +187,8 @@ class RpcServer:
         requests: set[asyncio.Task[None]] = set()
         room = asyncio.Semaphore(MAX_IN_FLIGHT)
 
+        unanswered: dict[asyncio.Task[None], bytes] = {}  # (until its _answer starts)
+
         def finished(task: asyncio.Task[None]) -> None:
             requests.discard(task)
             room.release()
@@ -205,8 +207,9 @@ class RpcServer:
                 if not line:
                     break
                 await room.acquire()
-                task = asyncio.ensure_future(self._answer(line, connection))
+                task = asyncio.ensure_future(self._answer(line, connection, unanswered))
                 requests.add(task)
+                unanswered[task] = line
                 task.add_done_callback(finished)
             # The client stopped writing: the requests under way still get their replies.
             while requests:
@@ -216,10 +219,19 @@ class RpcServer:
                 task.cancel()
             if requests:
                 await asyncio.wait(list(requests), timeout=2.0)
+            if self._closing:  # a request cancelled before it started still gets its reply
+                for line in list(unanswered.values()):
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(connection.send(_error(
+                            _request_id(line), RpcError(STOPPING, "the daemon stopped"))), 1.0)
             raise
 
-    async def _answer(self, line: bytes, connection: Connection) -> None:
+    async def _answer(self, line: bytes, connection: Connection,
+                      unanswered: dict[asyncio.Task[None], bytes]) -> None:
         """Handle one request line and write its reply (if it has one)."""
+        task = asyncio.current_task()
+        if task is not None:
+            unanswered.pop(task, None)  # started: it answers for itself from here on
         try:
             response, reply = await self.handle_line(line)
         except asyncio.CancelledError:
