@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from dhtchat.app.api import Api
+from dhtchat.app.events import EVENT_TYPES
 from dhtchat.app.params import Params, decode_params
 from dhtchat.app.rpc import RpcError
 
@@ -205,3 +206,13 @@ def test_bad_params_are_invalid_params_with_a_message(method: str) -> None:
             decode_params(kind, {field.name: {"not": "this"}})
         assert bad.value.code == -32602
         assert bad.value.message and "$." not in bad.value.message, bad.value.message
+
+
+def test_the_event_types_are_the_documented_ones() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("### 3.19 `events.subscribe`"):text.index("### 3.20")]
+    rows = [_cells(line) for line in section.splitlines() if line.startswith("| `")]
+    documented = {re.fullmatch(r"`([a-z.]+)`", row[0]).group(1)  # type: ignore[union-attr]
+                  for row in rows if re.fullmatch(r"`([a-z.]+)`", row[0])}
+    documented -= {"since", "type"}  # (the param table, the header)
+    assert documented == EVENT_TYPES

@@ -386,6 +386,7 @@ class Daemon:
             exc = t.exception()
             if exc is not None and not isinstance(exc, RpcError):  # RpcErrors were logged
                 log.error("background task failed: %r", exc)
+                self.events.emit("error", message=f"background task failed: {exc!r}")
 
         task.add_done_callback(done)
         return task

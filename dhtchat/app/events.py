@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from dhtchat.app.history import History
 from dhtchat.app.rpc import NOT_READY, Connection, Reply, RpcError, current_connection
+from dhtchat.core.errors import LocalProtocolError
 
 log = logging.getLogger("dhtchat.events")
 
@@ -38,11 +39,11 @@ PAGE: Final = 500  # events read from the store at a time when catching up
 FLUSH_DELAY: Final = 0.005  # events of these seconds share one transaction (one fsync)
 
 # The event types (docs/api.md §3.19): the `type` member of every event.
-EVENT_TYPES: Final = (
-    "message", "delivered", "read", "typing", "presence", "contact.request",
+EVENT_TYPES: Final = frozenset({
+    "message", "receipt", "typing", "presence", "connection", "contact.request",
     "contact.accepted", "file.offer", "file.progress", "file.complete", "call.ringing",
-    "call.state", "call.sas", "group.changed", "error",
-)
+    "call.state", "group.changed", "error",
+})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -103,6 +104,8 @@ class EventLog:
     def emit(self, kind: str, /, **data: Any) -> None:
         """Record an event (committed and streamed FLUSH_DELAY seconds later, with the
         others emitted meanwhile)."""
+        if kind not in EVENT_TYPES:
+            raise LocalProtocolError(f"no event type {kind!r}")
         if self._history is None:
             return  # not started or already closed: nothing runs that a client could miss
         self._last_id += 1
