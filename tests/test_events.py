@@ -19,6 +19,7 @@ from dhtchat.app.profile import Profile
 from dhtchat.app.rpc import RpcClient, RpcError, RpcServer
 from dhtchat.core.contacts import make_contact_request
 from dhtchat.core.identity import SigningIdentity, encode_user_id
+from tests.daemons import befriend, start_in_process, wait_joined
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -167,3 +168,50 @@ def test_the_daemon_streams_its_events_and_keeps_them_across_restarts(tmp_path: 
         assert [e["data"]["name"] for e in requests] == ["Ann", "Bob"]
         assert [e["id"] for e in backlog] == sorted({e["id"] for e in backlog})
     asyncio.run(scenario())
+
+
+def test_messages_receipts_and_connections_are_events(tmp_path: Path) -> None:
+    """Two daemons on loopback: Bob connects and sends; Alice's subscriber sees the connection
+    and the message, and Bob's sees the delivery and then the read receipt."""
+    async def wait_for(client: RpcClient, kind: str, match: Any,
+                       timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            (event,) = await _next_events(client, 1, max(0.01, deadline - time.monotonic()))
+            if event["type"] == kind and match(event["data"]):
+                return event
+
+    async def scenario() -> None:
+        alice = await start_in_process(tmp_path, 1, 201, [])
+        bob = await start_in_process(tmp_path, 2, 202, [alice_address(alice)])
+        try:
+            await wait_joined([alice, bob])
+            befriend(alice, bob, "alice", "bob")
+            alice_id, bob_id = alice.identity.user_id, bob.identity.user_id
+            at_alice = await RpcClient.open(alice.socket_path)
+            at_bob = await RpcClient.open(bob.socket_path)
+            await at_alice.call("events.subscribe", {})
+            await at_bob.call("events.subscribe", {})
+            await at_bob.call("connect", {"contact": "alice", "timeout": 30})
+            await wait_for(at_alice, "connection",
+                           lambda d: d["contact"] == bob_id and d["status"] == "connected")
+            sent = await at_bob.call("message.send", {"to": "alice", "text": "hello"})
+            message = await wait_for(at_alice, "message", lambda d: d["contact"] == bob_id)
+            assert message["data"]["seq"] == sent["seq"] and message["data"]["kind"] == "text"
+            await wait_for(at_bob, "receipt",
+                           lambda d: d["contact"] == alice_id and d["delivered"] >= sent["seq"])
+            got = await at_alice.call("message.receive", {"wait": 10})
+            assert [m["text"] for m in got] == ["hello"]
+            await wait_for(at_bob, "receipt",
+                           lambda d: d["contact"] == alice_id and d["read"] >= sent["seq"])
+            await at_alice.close()
+            await at_bob.close()
+        finally:
+            await bob.stop()
+            await alice.stop()
+    asyncio.run(scenario())
+
+
+def alice_address(daemon: Daemon) -> tuple[str, int]:
+    assert daemon.node is not None
+    return daemon.node.address
