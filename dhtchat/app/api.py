@@ -83,6 +83,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dhtchat.api")
 
+JsonObject = dict[str, object]  # a JSON object of a result
+
 # ------------------------------------------------------------------ the API
 
 
@@ -141,11 +143,11 @@ class Api:
         return {name: self._bind(name) for name in self.methods()}
 
     def _bind(self, method: str) -> Handler:
-        async def handle(params: dict[str, Any]) -> Any:
+        async def handle(params: JsonObject) -> Any:
             return await self.call(method, params)
         return handle
 
-    async def call(self, method: str, params: dict[str, Any]) -> Any:
+    async def call(self, method: str, params: JsonObject) -> Any:
         """Decode ``params``, run the method; every error leaves as an :class:`RpcError`."""
         kind, handler = self.methods()[method]
         decoded = decode_params(kind, params)
@@ -235,7 +237,7 @@ class Api:
             raise RpcError(NOT_READY, "the daemon is starting")
         return calls
 
-    def message_json(self, message: StoredMessage) -> dict[str, Any]:
+    def message_json(self, message: StoredMessage) -> JsonObject:
         """The API form of a message: its author (a group member, not the admin who relayed
         it) and, for a group message, the group, by id and name."""
         daemon = self.daemon
@@ -250,7 +252,7 @@ class Api:
 
     # -------------------------------------------------------------- status, contacts
 
-    async def status(self, p: Params) -> dict[str, Any]:
+    async def status(self, p: Params) -> JsonObject:
         """Identity, DHT and configuration summary."""
         daemon = self.daemon
         node = daemon.node
@@ -269,7 +271,7 @@ class Api:
             "outbox_in_mailbox": sum(e.mailbox_stored for e in outbox),
         }
 
-    async def contact_request(self, p: ContactRequestParams) -> dict[str, Any]:
+    async def contact_request(self, p: ContactRequestParams) -> JsonObject:
         """Send a contact request."""
         self._require_joined()
         daemon = self.daemon
@@ -299,12 +301,12 @@ class Api:
         out["stored_on"] = stored
         return out
 
-    async def contact_pending(self, p: Params) -> list[dict[str, Any]]:
+    async def contact_pending(self, p: Params) -> list[JsonObject]:
         """Requests waiting for an answer (incoming) and sent ones (outgoing)."""
         return [self.daemon.contact_json(e) for e in self.daemon.contacts.all()
                 if e.state in ("incoming", "outgoing")]
 
-    async def contact_accept(self, p: ContactAcceptParams) -> dict[str, Any]:
+    async def contact_accept(self, p: ContactAcceptParams) -> JsonObject:
         """Accept a pending incoming request."""
         daemon = self.daemon
         found = self._resolve(p.id)
@@ -317,7 +319,7 @@ class Api:
                                                  daemon.options.display_name, ""))
         return daemon.contact_json(entry)
 
-    async def contact_refuse(self, p: ContactParams) -> dict[str, Any]:
+    async def contact_refuse(self, p: ContactParams) -> JsonObject:
         """Refuse a pending request."""
         found = self._resolve(p.id)
         if not isinstance(found, ContactEntry) or found.state != "incoming":
@@ -325,7 +327,7 @@ class Api:
         return self.daemon.contact_json(self.daemon.contacts.put(found.public_key, name="",
                                                                  state="refused"))
 
-    async def contact_block(self, p: ContactParams) -> dict[str, Any]:
+    async def contact_block(self, p: ContactParams) -> JsonObject:
         """Block an id: its requests and signals are dropped from now on."""
         found = self._resolve(p.id)
         key = found.public_key if isinstance(found, ContactEntry) else found
@@ -333,7 +335,7 @@ class Api:
         await self.daemon.drop_link(key)
         return self.daemon.contact_json(entry)
 
-    async def contact_unblock(self, p: ContactParams) -> dict[str, Any]:
+    async def contact_unblock(self, p: ContactParams) -> JsonObject:
         """Forget a block; the id can send requests again."""
         found = self._resolve(p.id)
         if not isinstance(found, ContactEntry) or found.state != "blocked":
@@ -342,11 +344,11 @@ class Api:
         self.daemon.forget_seen_requests()  # their requests show up on the next read
         return {"id": encode_user_id(found.public_key), "state": "unblocked"}
 
-    async def contact_list(self, p: Params) -> list[dict[str, Any]]:
+    async def contact_list(self, p: Params) -> list[JsonObject]:
         """Every contact with its state and, for accepted ones, the connection status."""
         return [self.daemon.contact_json(e) for e in self.daemon.contacts.all()]
 
-    async def connect(self, p: ConnectParams) -> dict[str, Any]:
+    async def connect(self, p: ConnectParams) -> JsonObject:
         """Connect to an accepted contact."""
         self._require_joined()
         found = self._resolve(p.contact, accepted_only=True)
@@ -359,24 +361,24 @@ class Api:
         timeout = p.timeout if p.timeout is not None else self.daemon.options.connect_timeout
         return await self.daemon.connect(found.public_key, float(timeout))
 
-    async def shutdown(self, p: Params) -> dict[str, Any]:
+    async def shutdown(self, p: Params) -> JsonObject:
         """Stop the daemon."""
         self.daemon.request_stop()
         return {"stopping": True}
 
     # -------------------------------------------------------------- messages
 
-    async def message_send(self, p: MessageSendParams) -> dict[str, Any]:
+    async def message_send(self, p: MessageSendParams) -> JsonObject:
         """Queue a message to a contact or a group; returns once it is persisted, or with
         ``wait`` once the delivery receipt arrived."""
         message = await self._send_one(p.to, p.text, p.id)
         return self.message_json(await self._wait_delivered(p, message))
 
-    async def message_send_batch(self, p: MessageBatchParams) -> list[dict[str, Any]]:
+    async def message_send_batch(self, p: MessageBatchParams) -> list[JsonObject]:
         """Queue many messages in one call, in order (one round trip for all: the way to
         send fast). Each result is the message object, or ``{"error": {code, message}}``
         for one that was refused; the others are queued all the same."""
-        out: list[dict[str, Any]] = []
+        out: list[JsonObject] = []
         for item in p.messages:
             try:
                 out.append(self.message_json(await self._send_one(item.to, item.text,
@@ -418,7 +420,7 @@ class Api:
                      on_sent=lambda: messenger.shown(messages),
                      on_lost=lambda: messenger.release(messages))
 
-    async def message_history(self, p: MessageHistoryParams) -> list[dict[str, Any]]:
+    async def message_history(self, p: MessageHistoryParams) -> list[JsonObject]:
         """The conversation with a contact or a group."""
         history = self._messenger.history
         target = self._contact_or_group(p.contact)
@@ -426,26 +428,26 @@ class Api:
             return [self.message_json(m) for m in history.group_history(target.id, p.limit)]
         return [self.message_json(m) for m in history.history(target.public_key, p.limit)]
 
-    async def message_typing(self, p: MessageTypingParams) -> dict[str, Any]:
+    async def message_typing(self, p: MessageTypingParams) -> JsonObject:
         """Tell a connected contact that we are typing."""
         entry = self._accepted_contact(p.contact)
         return {"sent": await self._messenger.typing(entry.public_key)}
 
-    async def message_timer(self, p: MessageTimerParams) -> dict[str, Any]:
+    async def message_timer(self, p: MessageTimerParams) -> JsonObject:
         """Set disappearing messages for a conversation (0 = off)."""
         entry = self._accepted_contact(p.contact)
         return self.message_json(await self._messenger.set_timer(entry.public_key, p.seconds))
 
     # -------------------------------------------------------------- groups
 
-    def _group_json(self, group_id: bytes) -> dict[str, Any]:
+    def _group_json(self, group_id: bytes) -> JsonObject:
         group = self._messenger.groups.get(group_id)
         if group is None:
             raise RpcError(NOT_FOUND, "no such group")
-        out: dict[str, Any] = group.as_json(self.daemon.identity.public_key)
+        out: JsonObject = group.as_json(self.daemon.identity.public_key)
         return out
 
-    async def group_create(self, p: GroupCreateParams) -> dict[str, Any]:
+    async def group_create(self, p: GroupCreateParams) -> JsonObject:
         """Create a group of accepted contacts."""
         messenger = self._messenger
         name = p.name
@@ -463,14 +465,14 @@ class Api:
         state = await messenger.create_group(name, self._members(p.members))
         return self._group_json(state.id)
 
-    async def group_invite(self, p: GroupInviteParams) -> dict[str, Any]:
+    async def group_invite(self, p: GroupInviteParams) -> JsonObject:
         """Admin: add contacts to a group."""
         members = self._members(p.members)
         group = self._group(p.group)
         state = await self._messenger.change_group(group.id, add=members, remove=None)
         return self._group_json(state.id)
 
-    async def group_remove(self, p: GroupRemoveParams) -> dict[str, Any]:
+    async def group_remove(self, p: GroupRemoveParams) -> JsonObject:
         """Admin: remove a member; it reads no later message."""
         group = self._group(p.group)
         try:
@@ -482,20 +484,20 @@ class Api:
         state = await self._messenger.change_group(group.id, add=None, remove=[member])
         return self._group_json(state.id)
 
-    async def group_leave(self, p: GroupParams) -> dict[str, Any]:
+    async def group_leave(self, p: GroupParams) -> JsonObject:
         """Leave a group."""
         group = self._group(p.group)
         await self._messenger.leave_group(group.id)
         return {"id": group.id.hex(), "left": True}
 
-    async def group_list(self, p: Params) -> list[dict[str, Any]]:
+    async def group_list(self, p: Params) -> list[JsonObject]:
         """Groups we are (or were) in."""
         me = self.daemon.identity.public_key
         return [g.as_json(me) for g in self._messenger.groups.all()]
 
     # -------------------------------------------------------------- files
 
-    async def file_send(self, p: FileSendParams) -> dict[str, Any]:
+    async def file_send(self, p: FileSendParams) -> JsonObject:
         """Offer a file to a contact or a group."""
         messenger = self._messenger
         target = self._contact_or_group(p.to)
@@ -519,7 +521,7 @@ class Api:
                                {"id": transfer.id.hex()})
         return file_json(transfer, messenger.files.sent.get(transfer.id, 0))
 
-    async def file_list(self, p: Params) -> list[dict[str, Any]]:
+    async def file_list(self, p: Params) -> list[JsonObject]:
         """Every transfer with its progress."""
         files = self._messenger.files
         out = []
@@ -529,7 +531,7 @@ class Api:
             out.append(row)
         return out
 
-    async def file_get(self, p: FileGetParams) -> dict[str, Any]:
+    async def file_get(self, p: FileGetParams) -> JsonObject:
         """Copy a received file out of the profile."""
         files = self._messenger.files
         try:
@@ -544,19 +546,19 @@ class Api:
             raise RpcError(NOT_FOUND, "no such file")
         return file_id
 
-    async def file_accept(self, p: FileIdParams) -> dict[str, Any]:
+    async def file_accept(self, p: FileIdParams) -> JsonObject:
         """Download an offered file; refused over a quota or the free disk."""
         return file_json(await self._messenger.files.accept(self._file_id(p)))
 
-    async def file_decline(self, p: FileIdParams) -> dict[str, Any]:
+    async def file_decline(self, p: FileIdParams) -> JsonObject:
         """Refuse an offered file."""
         return file_json(await self._messenger.files.end(self._file_id(p), "declined"))
 
-    async def file_cancel(self, p: FileIdParams) -> dict[str, Any]:
+    async def file_cancel(self, p: FileIdParams) -> JsonObject:
         """Stop a transfer in either direction; a partial download is deleted."""
         return file_json(await self._messenger.files.end(self._file_id(p), "cancelled"))
 
-    async def file_limits(self, p: FileLimitsParams) -> dict[str, Any]:
+    async def file_limits(self, p: FileLimitsParams) -> JsonObject:
         """Show or set auto_accept / contact_quota / total_quota (bytes)."""
         files = self._messenger.files
         changes = {k: v for k, v in msgspec.structs.asdict(p).items() if v is not None}
@@ -568,7 +570,7 @@ class Api:
         found: Call = self._calls.find(bytes.fromhex(call_id) if call_id else None)
         return found
 
-    async def call_start(self, p: CallStartParams) -> dict[str, Any]:
+    async def call_start(self, p: CallStartParams) -> JsonObject:
         """Call a contact, or 2-4 contacts as a group call; returns once the invites are
         sent."""
         calls = self._calls
@@ -585,38 +587,38 @@ class Api:
             call = await calls.place(entry.public_key, media, video=p.video)
         except (ConnectionError, TimeoutError) as exc:  # the contact cannot be reached
             raise RpcError(CONNECTION_FAILED, f"call failed: {exc}") from None
-        out: dict[str, Any] = calls.as_json(call)
+        out: JsonObject = calls.as_json(call)
         return out
 
-    async def call_answer(self, p: CallAnswerParams) -> dict[str, Any]:
+    async def call_answer(self, p: CallAnswerParams) -> JsonObject:
         """Answer the ringing call."""
         call = self._call(p.id)
         await self._calls.answer(call, _media(p))
-        out: dict[str, Any] = self._calls.as_json(call)
+        out: JsonObject = self._calls.as_json(call)
         return out
 
-    async def call_decline(self, p: CallIdParams) -> dict[str, Any]:
+    async def call_decline(self, p: CallIdParams) -> JsonObject:
         """Decline the ringing call."""
         call = self._call(p.id)
         await self._calls.decline(call)
-        out: dict[str, Any] = self._calls.as_json(call)
+        out: JsonObject = self._calls.as_json(call)
         return out
 
-    async def call_hangup(self, p: CallIdParams) -> dict[str, Any]:
+    async def call_hangup(self, p: CallIdParams) -> JsonObject:
         """Hang up."""
         call = self._call(p.id)
         await self._calls.hangup(call)
-        out: dict[str, Any] = self._calls.as_json(call)
+        out: JsonObject = self._calls.as_json(call)
         return out
 
-    async def call_status(self, p: CallIdParams) -> dict[str, Any]:
+    async def call_status(self, p: CallIdParams) -> JsonObject:
         """A call with its SAS and media statistics."""
         call = self._call(p.id)
-        out: dict[str, Any] = self._calls.as_json(call)
+        out: JsonObject = self._calls.as_json(call)
         out["stats"] = await self._calls.stats(call)
         return out
 
-    async def call_wait(self, p: CallWaitParams) -> dict[str, Any] | None:
+    async def call_wait(self, p: CallWaitParams) -> JsonObject | None:
         """Wait until a call changes, or, without id, until one rings; returns the call
         (None on timeout)."""
         calls = self._calls
@@ -631,15 +633,15 @@ class Api:
         call = self._call(p.id)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(call.changed.wait(), p.timeout)
-        out: dict[str, Any] = calls.as_json(call)
+        out: JsonObject = calls.as_json(call)
         return out
 
-    async def call_list(self, p: CallListParams) -> list[dict[str, Any]]:
+    async def call_list(self, p: CallListParams) -> list[JsonObject]:
         """The call log, newest first."""
-        rows: list[dict[str, Any]] = self._calls.log(p.limit)
+        rows: list[JsonObject] = self._calls.log(p.limit)
         return rows
 
-    async def call_verify(self, p: CallVerifyParams) -> dict[str, Any]:
+    async def call_verify(self, p: CallVerifyParams) -> JsonObject:
         """Mark a contact verified after comparing the SAS of a call (``sas``: the words or
         digits the contact read out, checked against our last call)."""
         entry = self._accepted_contact(p.contact)
@@ -665,7 +667,7 @@ class Api:
         return {"contact": encode_user_id(entry.public_key), "name": entry.name,
                 "verified": True, "sas": shown.text}
 
-    async def call_control(self, p: CallControlParams) -> dict[str, Any]:
+    async def call_control(self, p: CallControlParams) -> JsonObject:
         """Mute, hold or camera during a call (for a group call every leg)."""
         calls = self._calls
         call = self._call(p.id)
@@ -676,10 +678,10 @@ class Api:
                 await calls.set_hold(leg, p.hold)
             if p.camera is not None:
                 await calls.set_camera(leg, p.camera)
-        out: dict[str, Any] = calls.as_json(call)
+        out: JsonObject = calls.as_json(call)
         return out
 
-    async def call_auto_answer(self, p: CallAutoAnswerParams) -> dict[str, Any]:
+    async def call_auto_answer(self, p: CallAutoAnswerParams) -> JsonObject:
         """Answer every incoming call with these media (headless use)."""
         calls = self._calls
         calls.auto_answer = _media(p) if p.enabled else None
