@@ -179,7 +179,7 @@ class Messenger:
         self._flush_after_commit: set[bytes] = set()  # outboxes a transaction filled
         self._in_flight: set[bytes] = set()  # returned by receive, reply not yet written
         self.files = FileTransfers(self, daemon.profile.root / "files", tasks=daemon,
-                                   channel=self._channel)
+                                   channel=self._channel, events=daemon.events)
         self.groups = GroupStore(history.db)
         self._arrived = asyncio.Condition()
         self._delivered = asyncio.Condition()
@@ -551,6 +551,7 @@ class Messenger:
                     payload = msgspec.structs.replace(payload, kind="text", text="",
                                                       file_id=b"")
                 self._store_incoming(contact, payload, convo, initial)
+                self.daemon.events.emit("group.changed" if payload.kind in ("group_update", "group_leave") else "message", contact=encode_user_id(contact), seq=payload.seq, kind=payload.kind)  # noqa: E501
                 faults.reached("receive-commit")
                 self._flush_queued()
                 self._schedule_ack(contact)
@@ -572,6 +573,7 @@ class Messenger:
                                                          payload.text[:16]))
                 elif payload.kind == "typing":
                     state.typing_until = time.time() + TYPING_SHOWN
+                    self.daemon.events.emit("typing", contact=encode_user_id(contact))
                 elif payload.kind == "call" and len(payload.call_id) == 16 and \
                         self._is_contact(contact) and self.daemon.calls is not None:
                     self.daemon.spawn(self.daemon.calls.on_signal(
@@ -678,6 +680,7 @@ class Messenger:
         if ack:
             state = self._state(contact)
             state.retransmits = {seq: n for seq, n in state.retransmits.items() if seq > ack}
+            self.daemon.events.emit("receipt", contact=encode_user_id(contact), delivered=ack, read=read)  # noqa: E501
         for index, frame_bytes in tombstones:
             self.daemon.spawn(self._tombstone(contact, index, frame_bytes or 0))
         async with self._delivered:
