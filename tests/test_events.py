@@ -144,7 +144,7 @@ def test_the_daemon_streams_its_events_and_keeps_them_across_restarts(tmp_path: 
             client = await RpcClient.open(daemon.socket_path)
             reply = await client.call("events.subscribe", {"since": since})
             backlog = await _next_events(client, reply["last"] - since)
-            await daemon.handle_inbox_record(record)
+            await daemon.inbox.handle_record(record)
             (new,) = [e for e in await _next_events(client, 1)]
             assert new["type"] == "contact.request"
             assert new["data"] == {"contact": who, "name": name, "message": "hi"}
