@@ -24,12 +24,13 @@ When a lookup ends depends on what it is for:
   have all answered, and (b) of the ``k`` closest candidates that have not failed (slow ones
   included), at least the fraction ``q`` has answered. A dead node among the closest -- a
   peer that just went offline, still in everyone's table -- then costs one soft timeout
-  (one RTO), not the hard timeout; (b) keeps a lookup from ending on farther nodes only when
-  many of the true closest are merely slow (a congested path), where it still waits. With
-  ``q = 1`` it is the patient rule. This is how deployed value lookups end: OpenDHT's ``get``
+  (one RTO; the node does not stretch it by the address's backoff), not the hard timeout.
+  (b) keeps the lookup from ending on farther nodes alone when most of the true closest are
+  slow (a congested path, or many replicas gone): then it still waits for them. With
+  ``q = 1`` it is the patient rule. This follows deployed value lookups: OpenDHT's ``get``
   is done once its closest nodes that are not expired have replied (an unresponsive node
-  does not hold it), and Jimenez et al. (sec. IV) end a lookup without waiting for nodes
-  that outlived their soft timeout. A record lives on the ``k`` closest nodes, so the answered
+  does not hold it), and Jimenez et al. argue that a node past its soft timeout must not
+  dictate the lookup's latency. A record lives on the ``k`` closest nodes, so the answered
   majority of them (plus the next closest non-slow ones, which a churned replica set moves
   to) holds it; reading the newest ``seq`` from several storers is also why (b) asks for a
   fraction of them rather than stopping at the first value found.
