@@ -12,9 +12,12 @@ on until the lookup has converged; then the query stores (STORE on the ``k`` clo
 
 Timers: a lookup request past its RTO is a *soft* timeout (Jimenez et al., "Sub-second lookups
 on a large-scale Kademlia-based overlay", 2011): its slot goes to the next candidate while the
-reply is still accepted until a hard limit. Other requests are retried (``store_retries``) and
-then fail; a failure counts against the contact only at its known address, and
-``max_failures`` in a row evict it (paper sec. 2.2, 4.1).
+reply is still accepted until a hard limit. The soft timeout ignores the address's backoff
+(``soft_timeout_backoff``; the hard limit keeps it), and a GET does not wait for slow
+candidates once ``get_quorum`` of the closest answered (see :mod:`dhtchat.core.lookup`).
+Other requests are retried (``store_retries``) and then fail; a failure counts against the
+contact only at its known address, and ``max_failures`` in a row evict it (paper sec. 2.2,
+4.1).
 
 Contacts enter the routing table only after a signed challenge (a Ping, or a reply we were
 already waiting for). A full bucket keeps its long-lived contacts (sec. 2.2); a newcomer waits
@@ -189,16 +192,19 @@ class NodeQueries(NodeState):
         if query.target != self.node_id:
             self.table.touch_bucket(self.table.bucket_index(query.target), now)
         lookup: Lookup | DisjointLookup
+        # a GET needs some replicas, not the exact k closest: it need not wait for slow ones
+        quorum = self.config.get_quorum if query.kind is _Kind.GET else None
         if self.config.disjoint_paths > 1:
             lookup = DisjointLookup(query.target, k=self.config.k, alpha=self.config.alpha,
                                     paths=self.config.disjoint_paths,
                                     max_queries=self.config.max_lookup_queries,
-                                    max_per_ip=self.config.max_per_subnet_table)
+                                    max_per_ip=self.config.max_per_subnet_table,
+                                    quorum=quorum)
             seeds = self.config.k * self.config.disjoint_paths
         else:
             lookup = Lookup(query.target, k=self.config.k, alpha=self.config.alpha,
                             max_queries=self.config.max_lookup_queries,
-                            max_per_ip=self.config.max_per_subnet_table)
+                            max_per_ip=self.config.max_per_subnet_table, quorum=quorum)
             seeds = self.config.k
         for contact in self.table.closest(query.target, seeds):
             lookup.add(contact.node_id, contact.address)
@@ -314,7 +320,7 @@ class NodeQueries(NodeState):
             # never under RFC 6298's initial 1 s for a path we have not measured yet (the
             # prior from other peers says nothing about this one)
             cfg = self.config
-            wait = 3 * (txn.deadline - txn.sent_at)
+            wait = 3 * txn.rto
             measured = self._peers.get(txn.address)
             if measured is None or measured.srtt is None:
                 wait = max(wait, cfg.initial_rto)

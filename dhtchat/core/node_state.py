@@ -101,6 +101,12 @@ class DhtConfig:
     min_rto: float = 0.2
     max_rto: float = 4.0
     max_lookup_queries: int = 128
+    # A GET stops waiting for slow candidates once this fraction of the k closest that have
+    # not failed answered (1.0: wait for every one, as FIND_NODE/PUT do); see core.lookup.
+    get_quorum: float = 0.5
+    # Whether a lookup query's soft timeout (when its slot goes to the next candidate) grows
+    # with the address's RFC 6298 backoff; the hard timeout always does.
+    soft_timeout_backoff: bool = False
     disjoint_paths: int = 1
     refresh_on_join: bool = True
     # How a node id follows from a node public key. Only the simulator changes it, to model
@@ -140,6 +146,8 @@ class DhtConfig:
             raise LocalProtocolError("alpha must be 1..32")
         if not 1 <= self.disjoint_paths <= 16:
             raise LocalProtocolError("disjoint_paths must be 1..16")
+        if not 0.0 <= self.get_quorum <= 1.0:
+            raise LocalProtocolError("get_quorum must be 0..1")
         if self.max_failures < 1 or self.min_rto <= 0 or self.max_rto < self.min_rto:
             raise LocalProtocolError("max_failures >= 1 and 0 < min_rto <= max_rto required")
 
@@ -186,6 +194,7 @@ class _Transaction:
     attempts: int = 1
     token_retry_done: bool = False
     slow: bool = False  # a lookup query past its RTO, still waiting until max_rto
+    rto: float = 0.0  # the backed-off RTO when sent (a lookup's soft deadline may be sooner)
 
 
 class _Kind(Enum):
@@ -356,7 +365,13 @@ class NodeState:
         # Nobody waits on a verification or liveness ping: give it the longest timeout, so a
         # slow but live node is not counted as failed.
         rto = self.config.max_rto if purpose in _BACKGROUND else self._rto(address)
-        txn = _Transaction(tid, address, expected_id, purpose, query_id, body, now, now + rto)
+        soft = rto
+        if purpose is _Purpose.LOOKUP and not self.config.soft_timeout_backoff:
+            # The backoff says "wait longer before retransmitting to this address"; a lookup
+            # never retransmits, and a suspect node must not hold a lookup slot the longer.
+            soft = self._rto(address, backoff=False)
+        txn = _Transaction(tid, address, expected_id, purpose, query_id, body, now, now + soft,
+                           rto=rto)
         self._remember_transaction(txn)
         self.stats[_SENT_STAT[purpose]] += 1
         heapq.heappush(self._deadlines, (txn.deadline, tid))
@@ -420,7 +435,7 @@ class NodeState:
         for address, _ in ranked[: len(peers) // 8]:
             del peers[address]
 
-    def _rto(self, address: Address) -> float:
+    def _rto(self, address: Address, *, backoff: bool = True) -> float:
         est = self._peers.get(address)
         cfg = self.config
         if est is None or est.srtt is None:
@@ -431,8 +446,8 @@ class NodeState:
                 cfg.initial_rto, overall.srtt + max(0.01, 4 * overall.rttvar))
         else:
             base = est.srtt + max(0.01, 4 * est.rttvar)
-        backoff = est.backoff if est is not None else 1.0
-        return min(cfg.max_rto, max(cfg.min_rto, base) * backoff)
+        factor = est.backoff if est is not None and backoff else 1.0
+        return min(cfg.max_rto, max(cfg.min_rto, base) * factor)
 
     # ------------------------------------------------------------------ replies, tokens and events
 
