@@ -45,8 +45,8 @@ def _exchange(a: LinkMachine, b: LinkMachine, a_first: bool) -> tuple[bool, bool
     offers = {id(a): b.session, id(b): a.session}
     answered = {id(a): False, id(b): False}
     for m in ((a, b) if a_first else (b, a)):
-        if m.on_offer() == "answer":
-            m.begin_answer(offers[id(m)])
+        if m.on_offer(1000) == "answer":
+            m.begin_answer(offers[id(m)], 1000)
             answered[id(m)] = True
     return answered[id(a)], answered[id(b)]
 
@@ -81,16 +81,35 @@ def test_glare_always_ends_on_one_offer(key_a: bytes, key_b: bytes, a_first: boo
 
 def test_an_offer_when_not_offering_is_answered_even_by_the_larger_key() -> None:
     m = machine(LARGE, SMALL)
-    assert m.on_offer() == "answer"  # idle: a restarted contact's offer, or theirs first
+    assert m.on_offer(1000) == "answer"  # idle: a restarted contact's offer, or theirs first
     m.begin_offer(S1, 0.0)
     m.answered()  # our offer got its answer; ICE under way: a new offer is a restart
-    assert m.on_offer() == "answer"
+    assert m.on_offer(1000) == "answer"
+
+
+def test_the_losers_dropped_offer_delivered_late_is_stale() -> None:
+    """Glare: Bob (smaller key) dropped his offer (made at 1000 ms on his clock) and answered
+    Alice's (at 1200 ms). His offer reaches Alice only after his answer did: it must not make
+    her drop the connection being set up for an offer nobody waits for any more."""
+    alice = machine(LARGE, SMALL)
+    alice.begin_offer(S1, 1.0)
+    assert alice.on_answer(S1, 1200)
+    alice.answered()
+    assert alice.on_offer(1000) == "stale"
+    assert alice.session == S1
+    assert alice.on_offer(5000) == "answer"  # a later offer (Bob restarted) is answered
+    bob = machine(SMALL, LARGE)
+    bob.begin_answer(S1, 1100)  # answering Alice's offer made at 1100 ms on her clock
+    assert bob.on_offer(1050) == "stale"  # an older offer of hers, delivered late
+    assert bob.on_offer(1100) == "answer"
 
 
 def test_an_answer_counts_only_for_our_pending_offer() -> None:
     m = machine()
     m.begin_offer(S1, 0.0)
     assert m.accepts_answer(S1) and not m.accepts_answer(S2)
+    assert not m.on_answer(S2, 10)
+    assert m.their_latest_ms == 0  # an answer to someone else's offer changes nothing
     m.answered()
     assert not m.accepts_answer(S1)
 

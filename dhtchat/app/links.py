@@ -222,8 +222,8 @@ class Links:
         if opened.kind == "done":
             return  # the offerer superseded its finished offer; nothing to answer
         if opened.kind == "answer":
-            if link.machine.accepts_answer(opened.session) and link.answer is not None \
-                    and not link.answer.done():
+            if link.answer is not None and not link.answer.done() \
+                    and link.machine.on_answer(opened.session, opened.created_ms):
                 link.answer.set_result(opened)
             return
         if opened.kind == "bye":
@@ -232,15 +232,19 @@ class Links:
                 await self.close_connection(
                     link, f"{entry.name} ended the connection{why}", status="offline")
             return
-        if link.machine.on_offer() == "keep_ours":
+        decision = link.machine.on_offer(opened.created_ms)
+        if decision == "keep_ours":
             log.info("glare with %s: keeping our own offer", entry.name)
+            return
+        if decision == "stale":
+            log.info("ignored an offer from %s older than its answer", entry.name)
             return
         if link.attempt is not None and not link.attempt.done():
             link.attempt.cancel()
         # Answer at once; the replaced peer connection closes in the background (closing
         # one with a TURN allocation waits for the server to delete it).
         self.close_later(link, "replaced by a new offer", status="connecting")
-        link.machine.begin_answer(opened.session)
+        link.machine.begin_answer(opened.session, opened.created_ms)
         link.attempt = self._spawn(self._answer(link, opened))
 
     def abort_offer(self, link: Link, why: str) -> None:
@@ -463,7 +467,7 @@ class Links:
 
     async def _answer(self, link: Link, offer: OpenedSignal) -> dict[str, Any]:
         started = time.monotonic()
-        link.machine.begin_answer(offer.session)
+        link.machine.begin_answer(offer.session, offer.created_ms)
         pc = await self._new_peer_connection(link)
         link.pc = pc
         opened = asyncio.Event()

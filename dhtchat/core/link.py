@@ -12,7 +12,10 @@ Theory of operation (docs/protocol.md, "connection setup and glare"; the driver 
   ``online`` is not stored but shown when a fresh presence record says so.
 * Glare (both sides offer at once): while our own offer is still waiting for its answer, the
   side with the larger public key keeps its offer and ignores the other one; the smaller side
-  drops its offer and answers. Any other offer (a restarted contact, a retry) replaces the
+  drops its offer and answers. An offer the contact made before a message of theirs we already
+  acted on (its offer we answer, its answer to ours; times on the contact's own clock) is
+  stale: the losing side's dropped offer, delivered late, must not replace the connection
+  being set up on the winning one. Any other offer (a restarted contact, a retry) replaces the
   connection under way.
 * Backoff: a failed attempt waits ``backoff`` seconds (1 s, doubling to ``MAX_BACKOFF``) before
   the next automatic one; a connection resets it; a lost connection waits at least
@@ -44,7 +47,7 @@ PRESENCE_POLL: Final = 30.0  # a missed presence push is found by a get this oft
 KEEPALIVE_TIMEOUT: Final = 5.0  # nothing heard for this long: the contact is unreachable
 
 Status = Literal["offline", "online", "connecting", "connected"]
-OfferDecision = Literal["answer", "keep_ours"]
+OfferDecision = Literal["answer", "keep_ours", "stale"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class LinkMachine:
     next_attempt: float = 0.0
     backoff: float = FIRST_BACKOFF
     defer_until: float = 0.0  # automatic offers from the larger key wait until then
+    their_latest_ms: int = 0  # creation time (their clock) of their newest offer/answer used
     heard: float = 0.0  # monotonic time of the last frame from the contact on this connection
     keepalive_heard: bool = False  # the contact sends keepalives (so their absence counts)
 
@@ -135,9 +139,12 @@ class LinkMachine:
 
     # ------------------------------------------------------------------ offers and answers
 
-    def on_offer(self) -> OfferDecision:
-        """An offer from the contact: answer it (replacing whatever is under way), or keep our
-        own pending offer (glare, and our key is the larger)."""
+    def on_offer(self, created_ms: int) -> OfferDecision:
+        """An offer from the contact, made at ``created_ms`` on its clock: answer it (replacing
+        whatever is under way), keep our own pending offer (glare, and our key is the larger),
+        or ignore it as stale (older than a message of theirs we already acted on)."""
+        if created_ms < self.their_latest_ms:
+            return "stale"
         if self.offering and self.status == "connecting" and self.wins_glare:
             return "keep_ours"
         return "answer"
@@ -145,6 +152,14 @@ class LinkMachine:
     def accepts_answer(self, session: bytes) -> bool:
         """An answer is for us only while our offer with that session waits for one."""
         return self.offering and self.session == session
+
+    def on_answer(self, session: bytes, created_ms: int) -> bool:
+        """The contact's answer: True if it is the one our pending offer waits for (then
+        their offers made before it are stale)."""
+        if not self.accepts_answer(session):
+            return False
+        self.their_latest_ms = max(self.their_latest_ms, created_ms)
+        return True
 
     def begin_offer(self, session: bytes, now: float) -> None:
         """We start an offer (session chosen by the driver)."""
@@ -156,10 +171,11 @@ class LinkMachine:
         """Our offer got its answer (or ended); a new offer of theirs is no longer glare."""
         self.offering = False
 
-    def begin_answer(self, session: bytes) -> None:
-        """We answer their offer."""
+    def begin_answer(self, session: bytes, created_ms: int) -> None:
+        """We answer their offer (made at ``created_ms`` on their clock)."""
         self.status, self.reason = "connecting", ""
         self.session, self.offering = session, False
+        self.their_latest_ms = max(self.their_latest_ms, created_ms)
 
     # ------------------------------------------------------------------ outcomes
 
