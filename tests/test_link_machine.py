@@ -98,6 +98,11 @@ def test_the_losers_dropped_offer_delivered_late_is_stale() -> None:
     assert alice.on_offer(1000) == "stale"
     assert alice.session == S1
     assert alice.on_offer(5000) == "answer"  # a later offer (Bob restarted) is answered
+    alice.begin_answer(S2, 5000)
+    assert alice.on_offer(4000) == "stale"
+    alice.on_presence(presence(S2, 10), 10.0)
+    alice.on_presence(presence(S1, 11), 11.0)  # a new run of Bob's: its clock may be behind
+    assert alice.on_offer(4000) == "answer"
     bob = machine(SMALL, LARGE)
     bob.begin_answer(S1, 1100)  # answering Alice's offer made at 1100 ms on her clock
     assert bob.on_offer(1050) == "stale"  # an older offer of hers, delivered late

@@ -8,18 +8,10 @@ Theory of operation (design sec. 5; protocol in docs/protocol.md, API in docs/ap
 * Contact requests arrive in the identity's public inbox (``listen`` + a periodic ``get``);
   a request is shown only after its proof of work, seal and signature check out; blocked ids
   are dropped before anything is stored.
-* For every accepted contact the daemon publishes sealed presence on the pair's rendezvous key
-  of the current epoch, republishing before expiry, and listens on the keys where the contact
-  publishes presence and signalling to it (the current epoch, and the adjacent one near a
-  boundary).
-* ``connect``: a fresh aiortc peer connection, an offer sealed and signed over the DTLS
-  fingerprint and ICE credentials, put on the pair's signalling key; the contact's daemon gets
-  it by ``listen``, verifies it, answers the same way, and ICE + DTLS + SCTP bring up a data
-  channel. aiortc itself checks the peer's DTLS certificate against the (signed) fingerprint.
-* Lifecycle: ICE consent freshness (RFC 7675, in aioice) detects a dead path; a contact that
-  was connected is reconnected with exponential backoff; an offer from a contact that restarted
-  replaces the old connection. Simultaneous offers (glare) resolve by key order: the side with
-  the larger public key keeps its offer.
+* For every accepted contact the daemon publishes sealed presence and listens for the
+  contact's presence and signalling (:mod:`dhtchat.app.rendezvous`), and keeps a WebRTC
+  connection with glare, backoff and keepalives (:mod:`dhtchat.app.links`, the driver of the
+  sans-IO :mod:`dhtchat.core.link`).
 """
 
 from __future__ import annotations
@@ -62,7 +54,6 @@ from dhtchat.app.rpc import (
 from dhtchat.core.addresses import Address, format_address
 from dhtchat.core.contacts import (
     REQUEST_TTL,
-    SIGNAL_MAX_AGE,
     OpenedSignal,
     RecentIds,
     epoch_of,
@@ -84,22 +75,11 @@ from dhtchat.net.webrtc import (
 
 log = logging.getLogger("dhtchat.daemon")
 
-PRESENCE_TTL: Final = 1800
-PRESENCE_REPUBLISH: Final = 1200
-PRESENCE_FRESH: Final = PRESENCE_TTL + 120
 INBOX_POLL: Final = 20.0  # a get per 20 s covers a missed listen push
 MAINTENANCE_PERIOD: Final = 5.0
-EPOCH_OVERLAP: Final = SIGNAL_MAX_AGE
-MAX_BACKOFF: Final = 60.0
-PRESENCE_POLL: Final = 30.0
-RECONNECT_GRACE: Final = 3.0  # after a connection closed, before offering again
-AUTO_OFFER_DEFER: Final = 20.0  # the larger key's head start for the smaller one
 INBOX_PUSH_RATE: Final = 0.5  # inbox pushes per second accepted from one storer...
 INBOX_PUSH_BURST: Final = 20.0  # ...after a burst of this many
 INBOX_SEEN_MEMORY: Final = 4096  # request envelopes remembered in memory
-KEEPALIVE_INTERVAL: Final = 1.0  # a keepalive frame each way this often on a connection...
-KEEPALIVE_TIMEOUT: Final = 5.0  # ...and none heard for this long: the contact is unreachable
-KEEPALIVE_CHANNEL_ID: Final = 1000  # SCTP stream of the (pre-negotiated) keepalive channel
 
 Status = Literal["offline", "online", "connecting", "connected"]
 

@@ -116,8 +116,10 @@ class LinkMachine:
         restarted = old is not None and old.session != presence.session
         self.presence, self.presence_seen = presence, now
         waiting = self.wanted and self.status != "connected"
-        if restarted and waiting:
-            self.next_attempt = 0.0  # the contact came back: try again now
+        if restarted:
+            self.their_latest_ms = 0  # a new run (its clock may have moved back): start over
+            if waiting:
+                self.next_attempt = 0.0  # the contact came back: try again now
         abort = ""
         if not presence.online and self.offering and self.goodbye_is_news(presence):
             abort = "went offline"  # our offer waits for an answer that will not come
