@@ -167,7 +167,6 @@ class LinkMachine:
         """We start an offer (session chosen by the driver)."""
         self.status, self.reason = "connecting", ""
         self.session, self.offering, self.offer_started = session, True, now
-        self.defer_until = 0.0
 
     def answered(self) -> None:
         """Our offer got its answer (or ended); a new offer of theirs is no longer glare."""
