@@ -90,6 +90,8 @@ def one_run(nat: NatType, turn: bool, timeout: float, logs: Path | None) -> dict
         try:
             first, first_error = timed_connect(scene.alice, scene.bob_id, timeout)
             scene.bob.stop()
+            log = Path(tmp) / "bob" / "daemon.log"
+            (log.parent / "daemon-before-restart.log").write_text(log.read_text())
             scene.bob = scene.start(Path(tmp) / "bob", "bob", "Bob")
             with ThreadPoolExecutor(2) as pool:
                 jobs = [pool.submit(timed_connect, scene.alice, scene.bob_id, timeout),
@@ -99,11 +101,13 @@ def one_run(nat: NatType, turn: bool, timeout: float, logs: Path | None) -> dict
             scene.close()
             if logs is not None:
                 logs.mkdir(parents=True, exist_ok=True)
-                for name in ("alice", "bob"):
-                    log = Path(tmp) / name / "daemon.log"
+                for log in (Path(tmp) / "alice" / "daemon.log", Path(tmp) / "bob" / "daemon.log",
+                            Path(tmp) / "bob" / "daemon-before-restart.log"):
                     if log.exists():
-                        (logs / f"{name}.log").write_text(log.read_text())
-    errors = [e for e in (first_error, *(g[1] for g in glare)) if e]
+                        (logs / f"{log.parent.name}-{log.name}").write_text(log.read_text())
+
+    errors = [f"{phase}: {e}" for phase, e in
+              (("first", first_error), ("alice", glare[0][1]), ("bob", glare[1][1])) if e]
     return {"first": first, "glare": max(g[0] for g in glare), "errors": errors}
 
 
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turn", action="store_true", help="configure coturn on public1")
     parser.add_argument("--timeout", type=float, default=20.0, help="connect timeout (s)")
     parser.add_argument("--json", action="store_true", help="print every run as JSON too")
-    parser.add_argument("--logs", type=Path, help="keep the last run's daemon logs here "
+    parser.add_argument("--logs", type=Path, help="keep each run's daemon logs under here "
                         "(DHTCHAT_DAEMON_VERBOSE=1 makes them detailed)")
     args = parser.parse_args(argv)
     reason = unavailable_reason(["turnserver"] if args.turn else [])
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs = []
     for i in range(args.runs):
-        result = one_run(args.nat, args.turn, args.timeout, args.logs)
+        logs = args.logs / f"run-{i + 1}" if args.logs is not None else None
+        result = one_run(args.nat, args.turn, args.timeout, logs)
         runs.append(result)
         print(f"run {i + 1}: first {result['first']:.2f} s, glare after restart "
               f"{result['glare']:.2f} s" + (f", errors {result['errors']}"
