@@ -125,7 +125,7 @@ def test_blocked_sender_costs_no_write(
     entry = daemon.contacts.get(mallory.public_key)
     assert entry is not None and entry.state == "blocked"
     # Unblocked, the request still in the inbox shows up on the next read.
-    asyncio.run(daemon.rpc_contact_unblock({"id": encode_user_id(mallory.public_key)}))
+    asyncio.run(daemon.api.call("contact.unblock", {"id": encode_user_id(mallory.public_key)}))
     asyncio.run(daemon.handle_inbox_record(_variant(record, envelope, 7)))
     entry = daemon.contacts.get(mallory.public_key)
     assert entry is not None and entry.state == "incoming"

@@ -36,20 +36,25 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import nacl.bindings
 import nacl.exceptions
 
-from dhtchat.core.errors import LocalProtocolError
+from dhtchat.core.errors import LocalProtocolError, NotFound
+from dhtchat.core.identity import encode_user_id
 from dhtchat.core.ids import blake2b_256
 
 if TYPE_CHECKING:
+    from aiortc import RTCDataChannel
+
+    from dhtchat.app.events import EventLog
     from dhtchat.app.groups import FileOrigin
-    from dhtchat.app.messenger import Messenger
+    from dhtchat.app.history import History
+    from dhtchat.app.services import Spawner
 
 log = logging.getLogger("dhtchat.files")
 
@@ -201,11 +206,50 @@ def sha256_file(path: Path) -> bytes:
     return digest.digest()
 
 
+class FileMessages(Protocol):
+    """What file transfer needs of the messenger: the history database and the control
+    messages of the transfer protocol, sent inside the contact's ratchet."""
+
+    @property
+    def history(self) -> History:
+        """The history database (the ``files`` table lives there)."""
+        ...
+
+    async def send_file_offer(self, contact: bytes, file_id: bytes, name: str, size: int,
+                              digest: bytes, key: bytes, *, group_id: bytes = b"",
+                              origin: FileOrigin | None = None) -> object:
+        """Queue the offer of a file to ``contact``."""
+        ...
+
+    async def request_file(self, contact: bytes, file_id: bytes, offset: int) -> None:
+        """Ask the contact to stream the file from ``offset``."""
+        ...
+
+    async def confirm_file(self, contact: bytes, file_id: bytes) -> None:
+        """Tell the contact the file arrived whole."""
+        ...
+
+    async def end_file(self, contact: bytes, file_id: bytes, reason: str) -> None:
+        """Tell the contact a transfer ended here."""
+        ...
+
+    async def relay_group_file(self, entry: FileEntry, path: Path) -> None:
+        """As a group's admin, offer a member's file to the other members."""
+        ...
+
+
 class FileTransfers:
     """Both directions of file transfer for one daemon (state in the history database)."""
 
-    def __init__(self, messenger: Messenger, root: Path) -> None:
+    def __init__(self, messenger: FileMessages, root: Path, *, tasks: Spawner,
+                 channel: Callable[[bytes], RTCDataChannel | None], events: EventLog) -> None:
+        """``messenger`` sends the control messages; ``tasks`` runs the streams;
+        ``channel`` gives a contact's open data channel (None when not connected);
+        ``events`` tells API clients of offers, progress and completion."""
         self.messenger = messenger
+        self.events = events
+        self._tasks = tasks
+        self._channel_of = channel
         self.history = messenger.history
         self.root = root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -352,7 +396,7 @@ class FileTransfers:
         old = self._streams.pop(file_id, None)
         if old is not None:
             old.cancel()
-        self._streams[file_id] = self.messenger.daemon._spawn(self._stream(entry, offset))
+        self._streams[file_id] = self._tasks.spawn(self._stream(entry, offset))
 
     def _plain_chunks(self, entry: FileEntry, offset: int) -> Generator[bytes, None, None]:
         """An outgoing file's content from ``offset``, chunk by chunk."""
@@ -368,7 +412,7 @@ class FileTransfers:
                 yield data
 
     async def _stream(self, entry: FileEntry, offset: int) -> None:
-        channel = self.messenger._channel(entry.contact)
+        channel = self._channel_of(entry.contact)
         if channel is None:
             return
         chunks = self._plain_chunks(entry, offset)
@@ -400,7 +444,8 @@ class FileTransfers:
         with self.history.transaction() as db:
             db.execute("UPDATE files SET complete = 1, received = size WHERE id = ?",
                        (file_id,))
-        self.messenger.daemon._spawn(self._notify())
+        self.events.emit("file.complete", id=file_id.hex(), direction="out", error=None)
+        self._tasks.spawn(self._notify())
 
     # ------------------------------------------------------------------ receiving
 
@@ -422,9 +467,12 @@ class FileTransfers:
             "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
             (file_id, contact, safe, size, digest, key, str(partial), time.time(),
              group_id, author, int(accepted), error)).rowcount
+        if inserted:
+            self.events.emit("file.offer", id=file_id.hex(), contact=encode_user_id(contact),
+                             name=safe, size=size, accepted=bool(accepted))
         if inserted and error is not None:
             log.warning("refused a file offer: %s", error)
-            self.messenger.daemon._spawn(self.messenger.end_file(contact, file_id, "refused"))
+            self._tasks.spawn(self.messenger.end_file(contact, file_id, "refused"))
 
     def pending_offers(self, contact: bytes) -> int:
         """Incoming offers from ``contact`` that wait for the user's accept or decline."""
@@ -604,10 +652,12 @@ class FileTransfers:
             with self.history.transaction() as db:
                 db.execute("UPDATE files SET received = ? WHERE id = ?", (total, file_id))
             self._unsynced[file_id] = 0
-            self.messenger.daemon._spawn(self._notify())
+            self.events.emit("file.progress", id=file_id.hex(), received=total,
+                             size=entry.size)
+            self._tasks.spawn(self._notify())
             if total == entry.size:
                 self._close_handle(file_id)
-                self.messenger.daemon._spawn(self._finish(file_id))
+                self._tasks.spawn(self._finish(file_id))
 
     async def _finish(self, file_id: bytes) -> None:
         # One check at a time per file: a reconnection's resume can reach here while the
@@ -644,6 +694,8 @@ class FileTransfers:
             with self.history.transaction() as db:
                 db.execute("UPDATE files SET error = ?, received = 0 WHERE id = ?",
                            (HASH_MISMATCH, file_id))
+            self.events.emit("file.complete", id=file_id.hex(), direction="in",
+                             error=HASH_MISMATCH)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
             await self._notify()
@@ -654,6 +706,7 @@ class FileTransfers:
             db.execute("UPDATE files SET complete = 1, path = ? WHERE id = ?",
                        (str(final), file_id))
         log.info("received file %s (%d bytes)", entry.name, entry.size)
+        self.events.emit("file.complete", id=file_id.hex(), direction="in", error=None)
         await self.messenger.confirm_file(entry.contact, file_id)
         await self._notify()
         if entry.group_id is not None and entry.author is None:
@@ -695,15 +748,15 @@ class FileTransfers:
         """Copy a received file to ``dest`` (a directory or a file path)."""
         entry = self.get(file_id)
         if entry is None:
-            raise LocalProtocolError("no such file")
+            raise NotFound("no such file")
         if not entry.complete:
-            raise LocalProtocolError(
+            raise NotFound(
                 f"{entry.name} is not complete yet ({entry.received} of {entry.size} bytes)")
         target = dest / safe_file_name(entry.name) if dest.is_dir() else dest
         try:  # never overwrite: the name came from the contact; private like the original
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
-            raise LocalProtocolError(f"{target} exists; choose another destination") from None
+            raise NotFound(f"{target} exists; choose another destination") from None
         try:
             with open(fd, "wb") as out:
                 for chunk in self._plain_content(entry):
