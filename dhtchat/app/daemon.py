@@ -118,11 +118,13 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inbox: Subscription | None = None
         self._stopping = asyncio.Event()
+        self.events = EventLog()
         self.connections = Links(
             identity, self.contacts, node=self._node_or_fail, spawn=self._spawn,
             next_seq=self._next_seq, stopping=self._stopping, stun=options.stun,
             turn=options.turn, relay_only=options.relay_only,
-            connect_timeout=options.connect_timeout, auto_connect=options.auto_connect)
+            connect_timeout=options.connect_timeout, auto_connect=options.auto_connect,
+            events=self.events)
         self.links: dict[bytes, Link] = self.connections.by_key
         self.rendezvous = Rendezvous(
             identity, self.session, self.connections, node=self._node_or_fail,
@@ -138,7 +140,6 @@ class Daemon:
         self._inbox_push_limit = TokenBuckets(INBOX_PUSH_RATE, INBOX_PUSH_BURST, 4096)
         self.dropped_inbox_pushes = 0
         self.api = Api(self)
-        self.events = EventLog()
         if options.relay_only and options.turn is None:
             raise LocalProtocolError("--relay-only needs a TURN server (--turn URL)")
         restrict_host_addresses(options.ice_addresses)

@@ -153,6 +153,13 @@ class Link:
         return True
 
 
+class EventSink(Protocol):
+    """Where the links report presence and connection changes (the daemon's event log)."""
+
+    def emit(self, kind: str, /, **data: Any) -> None:
+        """Record an event of type ``kind``."""
+
+
 class ChannelUser(Protocol):
     """What the links tell the messenger about data channels."""
 
@@ -171,7 +178,7 @@ class Links:
                  spawn: Callable[[Awaitable[Any]], asyncio.Task[Any]],
                  next_seq: Callable[[], int], stopping: asyncio.Event,
                  stun: list[Address], turn: TurnServer | None, relay_only: bool,
-                 connect_timeout: float, auto_connect: bool) -> None:
+                 connect_timeout: float, auto_connect: bool, events: EventSink) -> None:
         self.identity = identity
         self.contacts = contacts
         self._node = node
@@ -188,6 +195,7 @@ class Links:
         self.stun_server: Address | None = None
         self.dropped_signals = 0
         self.channel_user: ChannelUser | None = None
+        self.events = events
         self.wake = asyncio.Event()  # something changed: run the reconnection check now
 
     def name(self, public_key: bytes) -> str:
@@ -350,6 +358,7 @@ class Links:
         seen = time.strftime("%H:%M:%S", time.localtime(link.last_seen))
         link.reason = f"{why}; last seen {seen}"
         log.info("connection to %s lost: %s", self.name(link.public_key), why)
+        self._emit_connection(link)
         await self._close_pc(link)
 
     async def pick_stun(self) -> Address | None:
@@ -428,6 +437,7 @@ class Links:
         link.machine.begin_offer(secrets.token_bytes(16), time.time())
         session = link.session
         link.answer = asyncio.get_running_loop().create_future()
+        self._emit_connection(link)
         await self._close_pc(link)
         pc = await self._new_peer_connection(link)
         link.pc = pc
@@ -468,6 +478,7 @@ class Links:
     async def _answer(self, link: Link, offer: OpenedSignal) -> dict[str, Any]:
         started = time.monotonic()
         link.machine.begin_answer(offer.session, offer.created_ms)
+        self._emit_connection(link)
         pc = await self._new_peer_connection(link)
         link.pc = pc
         opened = asyncio.Event()
@@ -525,6 +536,7 @@ class Links:
     def _connected(self, link: Link, pc: RTCPeerConnection, started: float) -> dict[str, Any]:
         link.selected = selected_pair(pc)
         link.machine.connected(time.time(), time.monotonic())
+        self._emit_connection(link)
         link.connect_ms = round((time.monotonic() - started) * 1000, 1)
         if link.selected is None:  # pragma: no cover - aioice always nominates before open
             link.selected = SelectedPair(CandidateInfo("unknown", ("", 0)),
@@ -543,6 +555,7 @@ class Links:
             # Tell the other side why, so it does not wait for its own timeout.
             self._spawn(self.send_bye(link, link.session, reason))
         link.machine.failed(reason, time.time())
+        self._emit_connection(link)
         await self._close_pc(link)
 
     async def _close_pc(self, link: Link) -> None:
@@ -554,12 +567,18 @@ class Links:
     async def close_connection(self, link: Link, reason: str, *, status: Status) -> None:
         """Close the link's peer connection (if any) and show ``status`` with ``reason``."""
         link.machine.closed(reason, status)
+        self._emit_connection(link)
         await self._close_pc(link)
+
+    def _emit_connection(self, link: Link) -> None:
+        self.events.emit("connection", contact=encode_user_id(link.public_key),
+                         status=link.status, reason=link.reason)
 
     def close_later(self, link: Link, reason: str, *, status: Status) -> None:
         """Like :meth:`close_connection`, but the peer connection closes in the background:
         the link is free for a new one at once."""
         link.machine.closed(reason, status)
+        self._emit_connection(link)
         pc, link.pc, link.channel, link.selected = link.pc, None, None, None
         if pc is not None:
             self._spawn(_close_quietly(pc))

@@ -33,7 +33,7 @@ from dhtchat.core.contacts import (
     open_signal,
 )
 from dhtchat.core.errors import RemoteProtocolError
-from dhtchat.core.identity import SigningIdentity
+from dhtchat.core.identity import SigningIdentity, encode_user_id
 from dhtchat.core.link import PRESENCE_TTL
 from dhtchat.core.records import Record
 from dhtchat.net.udp import Subscription, UdpDhtNode
@@ -152,6 +152,9 @@ class Rendezvous:
                 log.info("ignored a presence record: %s", exc)
                 return
             update = link.machine.on_presence(presence, self._clock())
+            if update.accepted:
+                self.links.events.emit("presence", contact=encode_user_id(link.public_key),
+                                       online=presence.online)
             if update.wake:
                 self.links.wake.set()
             if update.abort:
