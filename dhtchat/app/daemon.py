@@ -58,6 +58,7 @@ from dhtchat.core.contacts import (
 )
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity, encode_user_id
+from dhtchat.core.node import DhtConfig
 from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record
 from dhtchat.net.udp import Subscription, UdpDhtNode
@@ -97,6 +98,7 @@ class DaemonOptions:
     connect_timeout: float = 30.0
     display_name: str = ""
     auto_connect: bool = True  # keep a connection to every online contact (like Tox, Jami)
+    dht_client: bool = False  # a read-only DHT node: behind a NAT others cannot reach it
 
 
 class Daemon:
@@ -189,8 +191,9 @@ class Daemon:
                                  names=self.name_of, events=self.events)
         state = NodeState(self.profile.node_db_path)
         try:
-            self.node = await UdpDhtNode.create(self.options.host, self.options.port,
-                                                node_key=state.node_key())
+            self.node = await UdpDhtNode.create(
+                self.options.host, self.options.port, node_key=state.node_key(),
+                config=DhtConfig(read_only=True) if self.options.dht_client else None)
         except OSError as exc:
             raise LocalProtocolError(
                 f"cannot listen on {self.options.host}:{self.options.port}: {exc.strerror}"
