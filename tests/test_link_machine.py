@@ -263,6 +263,18 @@ def test_right_after_a_restart_the_old_goodbye_does_not_fail_the_offer() -> None
     assert m.offering  # still waiting for an answer (from the restarted run)
 
 
+def test_the_goodbye_of_a_run_that_said_so_never_fails_an_offer() -> None:
+    """Bob's run S1 said goodbye over the connection, and Alice offers within the same second
+    (its DHT goodbye carries that second too): it is still no news about who reads the offer."""
+    m = online_machine(100.0)
+    m.connected(100.0, 100.0)
+    m.said_goodbye()
+    m.closed("bob ended the connection")
+    m.begin_offer(S2, 200.5)
+    update = m.on_presence(presence(S1, 200, online=False), 200.9)
+    assert update.accepted and update.abort == ""
+
+
 def test_an_old_goodbye_seen_first_during_the_offer_does_not_fail_it() -> None:
     """The goodbye was published before the offer started (Bob stopped, then restarted):
     it tells nothing about who reads the offer now."""
