@@ -139,7 +139,7 @@ def _doc_limits(texts: list[str]) -> dict[str, Any]:
     for text in texts:
         if found := re.search(r"(\d+) < \w+ ≤ (\d+)", text):
             out.update(lo=int(found.group(1)), exclusive=True, hi=int(found.group(2)))
-        elif found := re.search(r"(\d+)(?: \([^)]*\))?\s*(?:-|\u2013|to)\s*(\d+)", text):
+        elif found := re.search(r"(-?\d+)(?: \([^)]*\))?\s*(?:-|\u2013|to)\s*(\d+)", text):
             out.update(lo=int(found.group(1)), hi=int(found.group(2)))
         if found := re.search(r"≤ (\d+) characters", text):
             out["hi"] = int(found.group(1))

@@ -4,6 +4,8 @@ reconnects with its last id gets exactly what it missed, in order, across daemon
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -144,7 +146,7 @@ def test_the_daemon_streams_its_events_and_keeps_them_across_restarts(tmp_path: 
             client = await RpcClient.open(daemon.socket_path)
             reply = await client.call("events.subscribe", {"since": since})
             backlog = await _next_events(client, reply["last"] - since)
-            await daemon.handle_inbox_record(record)
+            await daemon.inbox.handle_record(record)
             (new,) = [e for e in await _next_events(client, 1)]
             assert new["type"] == "contact.request"
             assert new["data"] == {"contact": who, "name": name, "message": "hi"}
@@ -207,6 +209,52 @@ def test_messages_receipts_and_connections_are_events(tmp_path: Path) -> None:
             await at_alice.close()
             await at_bob.close()
         finally:
+            await bob.stop()
+            await alice.stop()
+    asyncio.run(scenario())
+
+
+def test_receive_follow_prints_what_arrives_while_it_waits(tmp_path: Path) -> None:
+    """`receive --follow` first prints what is waiting, then each message as its event
+    arrives, and ends with "the daemon stopped" when the daemon stops."""
+    async def line_with(stream: asyncio.StreamReader, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = await asyncio.wait_for(stream.readline(),
+                                          max(0.01, deadline - time.monotonic()))
+            assert line, f"the follower ended before printing {text!r}"
+            if json.loads(line)["text"] == text:
+                return
+
+    async def scenario() -> None:
+        alice = await start_in_process(tmp_path, 1, 211, [])
+        bob = await start_in_process(tmp_path, 2, 212, [alice_address(alice)])
+        follower: asyncio.subprocess.Process | None = None
+        try:
+            await wait_joined([alice, bob])
+            befriend(alice, bob, "alice", "bob")
+            at_bob = await RpcClient.open(bob.socket_path)
+            await at_bob.call("connect", {"contact": "alice", "timeout": 30})
+            await at_bob.call("message.send", {"to": "alice", "text": "waiting",
+                                               "wait": True, "timeout": 30})
+            follower = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "dhtchat", "--profile", str(alice.profile.root),
+                "receive", "--follow", "--json",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            assert follower.stdout is not None and follower.stderr is not None
+            await line_with(follower.stdout, "waiting", 30)
+            for text in ("one", "two"):
+                await at_bob.call("message.send", {"to": "alice", "text": text})
+                await line_with(follower.stdout, text, 30)
+            await at_bob.close()
+            await alice.stop()
+            err = await asyncio.wait_for(follower.stderr.read(), 30)
+            assert await follower.wait() != 0
+            assert b"the daemon stopped" in err, err
+        finally:
+            if follower is not None and follower.returncode is None:
+                follower.kill()
+                await follower.wait()
             await bob.stop()
             await alice.stop()
     asyncio.run(scenario())

@@ -36,6 +36,7 @@ from dhtchat.app.calls import CallManager, CallStore
 from dhtchat.app.contactstore import ContactEntry, ContactStore, contacts_key
 from dhtchat.app.events import EventLog
 from dhtchat.app.history import History, HistoryLocked, history_key
+from dhtchat.app.inbox import ContactInbox
 from dhtchat.app.links import Link, Links
 from dhtchat.app.messenger import Messenger
 from dhtchat.app.profile import NodeState, Profile, make_private
@@ -47,19 +48,12 @@ from dhtchat.app.rpc import (
 )
 from dhtchat.core.addresses import Address, format_address
 from dhtchat.core.contacts import (
-    REQUEST_TTL,
     OpenedSignal,
-    RecentIds,
     epoch_of,
-    inbox_key,
-    make_contact_request,
-    open_contact_request,
-    request_id,
 )
-from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
+from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.identity import SigningIdentity, encode_user_id
 from dhtchat.core.node import DhtConfig
-from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record
 from dhtchat.net.udp import Subscription, UdpDhtNode
 from dhtchat.net.webrtc import (
@@ -71,11 +65,7 @@ from dhtchat.net.webrtc import (
 log = logging.getLogger("dhtchat.daemon")
 _T = TypeVar("_T")
 
-INBOX_POLL: Final = 20.0  # a get per 20 s covers a missed listen push
 MAINTENANCE_PERIOD: Final = 5.0
-INBOX_PUSH_RATE: Final = 0.5  # inbox pushes per second accepted from one storer...
-INBOX_PUSH_BURST: Final = 20.0  # ...after a burst of this many
-INBOX_SEEN_MEMORY: Final = 4096  # request envelopes remembered in memory
 
 Status = Literal["offline", "online", "connecting", "connected"]
 
@@ -118,7 +108,6 @@ class Daemon:
         self._lock_file: Any = None
         self._rpc: RpcServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._inbox: Subscription | None = None
         self._stopping = asyncio.Event()
         self.events = EventLog()
         self.connections = Links(
@@ -138,9 +127,8 @@ class Daemon:
         self.calls: CallManager | None = None
         self._seq = 0
         self.joined = False
-        self._inbox_seen = RecentIds(INBOX_SEEN_MEMORY)
-        self._inbox_push_limit = TokenBuckets(INBOX_PUSH_RATE, INBOX_PUSH_BURST, 4096)
-        self.dropped_inbox_pushes = 0
+        self.inbox = ContactInbox(identity, self.contacts, display_name=options.display_name,
+                                  on_accepted=self._link, spawn=self._spawn)
         self.api = Api(self)
         if options.relay_only and options.turn is None:
             raise LocalProtocolError("--relay-only needs a TURN server (--turn URL)")
@@ -223,7 +211,7 @@ class Daemon:
         self.joined = True
         for entry in self.contacts.all("accepted"):
             self._link(entry.public_key)
-        self._spawn(self._inbox_loop())
+        self._spawn(self.inbox.run(self.node, self._stopping))
         self._spawn(self._maintenance_loop())
         self._spawn(self._message_loop())
 
@@ -250,6 +238,7 @@ class Daemon:
             await self.connections.close_connection(link, "daemon stopped", status="offline")
             for sub in link.subscriptions.values():
                 sub.close()
+        self.inbox.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -359,40 +348,6 @@ class Daemon:
             out["status"] = "offline"
         return out
 
-    async def _send_request(self, recipient: bytes, kind: Literal["request", "accept"],
-                            name: str, message: str) -> int:
-        assert self.node is not None
-        record = await asyncio.to_thread(
-            make_contact_request, self.identity, recipient, kind=kind, name=name,
-            message=message, now=time.time(), random_bytes=secrets.token_bytes)
-        return await self._put_request(record)
-
-    async def _put_request(self, record: Record) -> int:
-        assert self.node is not None
-        try:
-            result = await self.node.put(record)
-        except TimeoutError:
-            return 0
-        return result.stored
-
-    async def _inbox_loop(self) -> None:
-        assert self.node is not None
-        key = inbox_key(self.identity.public_key)
-        while not self._stopping.is_set():
-            if self._inbox is None:
-                try:
-                    self._inbox = await self.node.listen(key)
-                    self._inbox.admit = self.admit_inbox_push
-                    self._spawn(self._consume(self._inbox, self.handle_inbox_record))
-                except TimeoutError:
-                    log.debug("inbox listen timed out; retrying")
-            with contextlib.suppress(TimeoutError):
-                for record in await self.node.get(key):
-                    await self.handle_inbox_record(record)
-            self.contacts.expire_incoming(time.time(), REQUEST_TTL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), INBOX_POLL)
-
     async def _consume(self, sub: Subscription,
                        handler: Callable[[Record], Awaitable[None]]) -> None:
         async for record in sub:
@@ -400,71 +355,6 @@ class Daemon:
                 await handler(record)
             except Exception:
                 log.exception("error handling a pushed record")
-
-    def admit_inbox_push(self, record: Record, source: Address | None) -> bool:
-        """Rate limit for records pushed to the inbox subscription, per storer IP (not port:
-        a storer could send from new ports): a storer flooding pushes is cut to
-        INBOX_PUSH_RATE without delaying the others."""
-        key = source[0] if source is not None else "local"
-        if self._inbox_push_limit.allow(key, time.monotonic()):
-            return True
-        self.dropped_inbox_pushes += 1
-        return False
-
-    async def handle_inbox_record(self, record: Record) -> None:
-        """Act on a record from the inbox (pushed or read).
-
-        A request is known by its one-time envelope key (the proof of work binds it), so
-        re-signed variants of one request count once. Nothing is written to disk for a
-        request seen before, a blocked sender, or a request that changes nothing."""
-        now = time.time()
-        envelope = request_id(record)
-        if envelope in self._inbox_seen:
-            return
-        self._inbox_seen.add(envelope)  # in memory only: bounded, and costs no disk write
-        if self.contacts.seen(envelope):
-            return
-        try:
-            request = open_contact_request(self.identity, record, now)
-        except RemoteProtocolError as exc:
-            log.info("dropped an inbox record: %s", exc)
-            return
-        sender = request.sender
-        entry = self.contacts.get(sender)
-        who = encode_user_id(sender)
-        if entry is not None and entry.state == "blocked":
-            log.info("dropped a %s from blocked %s", request.kind, who[:12])
-            return
-        if request.kind == "accept":
-            if entry is not None and entry.state == "outgoing":
-                default_label = entry.name == who[:12]
-                name = request.name if request.name and default_label else entry.name
-                self.contacts.put(sender, name=name, state="accepted", now=now)
-                self.contacts.mark_seen(envelope, now)
-                self._link(sender)
-                log.info("%s accepted the contact request", entry.name)
-                self.events.emit("contact.accepted", contact=who, name=name)
-            return
-        if entry is not None and entry.state == "accepted":
-            return  # they may have lost their contact list; nothing to do until they ask again
-        if entry is not None and entry.state == "outgoing":
-            # Both asked: that is consent on both sides.
-            self.contacts.put(sender, name=entry.name, state="accepted", now=now)
-            self.contacts.mark_seen(envelope, now)
-            self._link(sender)
-            self._spawn(self._send_request(sender, "accept", self.options.display_name, ""))
-            return
-        if self.contacts.add_incoming(sender, name=request.name or who[:12],
-                                      message=request.message, now=now, envelope=envelope,
-                                      lifetime=REQUEST_TTL) is None:
-            return  # older than every one of the (full) pending requests
-        log.info("contact request from %s (%s)", request.name, who[:12])
-        self.events.emit("contact.request", contact=who, name=request.name, message=request.message)
-        posing_as = self.contacts.verified_impersonated(sender, request.name or who[:12])
-        if posing_as is not None:
-            log.warning("WARNING: the contact request from %s uses the name of your verified "
-                        "contact %r but is a DIFFERENT identity; do not accept it unless you "
-                        "check its user id out of band", who[:12], posing_as)
 
     # ------------------------------------------------------------------ links
 
@@ -566,11 +456,13 @@ class Daemon:
     async def send_contact_request(self, recipient: bytes, kind: Literal["request", "accept"],
                                    name: str, message: str) -> int:
         """Seal and store a contact request or acceptance; the number of storers."""
-        return await self._send_request(recipient, kind, name, message)
+        assert self.node is not None
+        return await self.inbox.send(self.node, recipient, kind, name, message)
 
     async def put_contact_request(self, record: Record) -> int:
         """Store an already sealed contact request; the number of storers."""
-        return await self._put_request(record)
+        assert self.node is not None
+        return await self.inbox.put(self.node, record)
 
     async def drop_link(self, public_key: bytes) -> None:
         """Stop everything for a contact (it was blocked): connection, presence, listens."""
@@ -583,7 +475,7 @@ class Daemon:
 
     def forget_seen_requests(self) -> None:
         """Read the whole inbox again (after an unblock: their requests show up again)."""
-        self._inbox_seen.clear()
+        self.inbox.forget_seen()
 
     def request_stop(self) -> None:
         """Stop the daemon soon (after the current reply is written)."""

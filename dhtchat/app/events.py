@@ -153,10 +153,13 @@ class EventLog:
 
     async def subscribe_connection(self, since: int) -> Reply:
         """``events.subscribe`` on the current RPC connection: once the reply is written,
-        every event after ``since`` goes to the client as an ``event`` notification."""
+        every event after ``since`` goes to the client as an ``event`` notification
+        (``since`` = -1: only the events that follow)."""
         connection = current_connection.get()
         if connection is None or self._history is None:
             raise RpcError(NOT_READY, "events are streamed to an API connection only")
+        if since < 0:  # only what follows: start after the newest event so far
+            since = self._last_id
         oldest = self.oldest_id()
         result = {"last": self._last_id, "oldest": oldest, "missed": since + 1 < oldest}
         sub = _Subscriber(connection, last=since)

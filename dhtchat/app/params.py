@@ -201,7 +201,8 @@ class CallControlParams(Params, kw_only=True):
 
 
 class EventsSubscribeParams(Params, kw_only=True):
-    since: Annotated[int, _meta("since must be an event id (0 or more)", ge=0,
+    # an event id, 0 for everything stored, -1 for only the events that follow
+    since: Annotated[int, _meta("since must be an event id (0 or more) or -1", ge=-1,
                                 le=2**63 - 1)] = 0
 
 

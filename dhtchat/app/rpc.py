@@ -407,6 +407,23 @@ class RpcClient:
                 if not future.done():
                     future.set_exception(DaemonStopped("the daemon stopped before it answered"))
 
+    async def notification(self) -> tuple[str, dict[str, Any]]:
+        """The next notification; :class:`DaemonStopped` once the connection has closed and
+        none is left."""
+        if not self.notifications.empty():
+            return self.notifications.get_nowait()
+        if self._task.done():
+            raise DaemonStopped("the daemon closed the connection")
+        getter = asyncio.ensure_future(self.notifications.get())
+        try:
+            await asyncio.wait((getter, self._task), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        raise DaemonStopped("the daemon closed the connection")
+
     async def close(self) -> None:
         """Close the connection."""
         self._writer.close()
