@@ -422,7 +422,8 @@ class Network:
             link.wanted = False
             if link.attempt is not None and not link.attempt.done():
                 link.attempt.cancel()
-            await x._close_link_connection(link, "benchmark: cold call", status="offline")
+            await x.connections.close_connection(link, "benchmark: cold call",
+                                                 status="offline")
 
     async def stop(self) -> None:
         if self.daemons:

@@ -39,7 +39,7 @@ def test_an_older_presence_does_not_undo_a_goodbye(tmp_path: Path) -> None:
             link = alice._link(bob.public_key)
             now = int(time.time())
             epoch, session = epoch_of(now), secrets.token_bytes(16)
-            handle = alice._presence_handler(link, epoch)
+            handle = alice.rendezvous.presence_handler(link, epoch)
             hello = _presence(bob, alice.identity.public_key, epoch, session, now - 5,
                               1000, online=True)
             goodbye = _presence(bob, alice.identity.public_key, epoch, session, now,

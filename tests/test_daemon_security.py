@@ -15,7 +15,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from dhtchat.app.daemon import Daemon, DaemonOptions, Link
+from dhtchat.app.daemon import Daemon, DaemonOptions
+from dhtchat.app.links import Link
 from dhtchat.app.profile import Profile
 from dhtchat.app.rpc import RpcError
 from dhtchat.core.contacts import (
@@ -109,7 +110,7 @@ def test_replayed_and_tampered_offers_are_refused(tmp_path: Path) -> None:
         link = world.bob_link()
         pc_before = link.pc
         offer = next(r for r in world.alice_signals)
-        handler = bob._signal_handler(link, epoch_of(time.time()))
+        handler = bob.rendezvous.signal_handler(link, epoch_of(time.time()))
         dropped = bob.dropped_signals
 
         await handler(offer)  # the very same record again: recognised as already handled
@@ -175,7 +176,7 @@ def test_substituted_fingerprint_is_refused_in_transit(tmp_path: Path) -> None:
         record = pair.seal_record(Purpose.SIGNAL, epoch_of(now),
                                   msgspec.msgpack.encode(genuine), seq=int(now * 1000),
                                   expires=int(now) + 60, random_bytes=secrets.token_bytes)
-        await bob._signal_handler(link, epoch_of(now))(record)
+        await bob.rendezvous.signal_handler(link, epoch_of(now))(record)
         assert "not signed" in link.reason
         assert link.pc is None
     run(tmp_path, body)
@@ -186,14 +187,14 @@ def test_certificate_not_matching_signed_fingerprint_fails_connection(tmp_path: 
     of the media path) fails the connection, and the status says why."""
     async def body(world: World) -> None:
         alice, bob = world.alice, world.bob
-        original = alice._send_signal
+        original = alice.connections.send_signal
 
         async def lying_send(link: Link, kind: Any, session: bytes, sdp: str = "") -> None:
             fake = ":".join(f"{b:02X}" for b in secrets.token_bytes(32))
             sdp = re.sub(r"a=fingerprint:sha-256 \S+", f"a=fingerprint:sha-256 {fake}", sdp)
             await original(link, kind, session, sdp)
 
-        alice._send_signal = lying_send  # type: ignore[method-assign]
+        alice.connections.send_signal = lying_send  # type: ignore[method-assign,assignment]
         with pytest.raises(RpcError) as failure:
             await alice.connect(bob.identity.public_key, 12)
         assert world.bob_link().status != "connected"

@@ -70,7 +70,8 @@ from dhtchat.messaging.session import (
 )
 
 if TYPE_CHECKING:
-    from dhtchat.app.daemon import Daemon, Link
+    from dhtchat.app.daemon import Daemon
+    from dhtchat.app.links import Link
 
 log = logging.getLogger("dhtchat.messages")
 

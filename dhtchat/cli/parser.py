@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--ice-address", metavar="IP", action="append",
                         help="offer only these local addresses as ICE host candidates")
     daemon.add_argument("--name", help="display name sent with your contact requests")
+    daemon.add_argument("--dht-client", action="store_true",
+                        help="take part in the DHT as a read-only client (behind a NAT that "
+                        "other nodes cannot reach: their lookups then never wait for it)")
     daemon.add_argument("--connect-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     daemon.set_defaults(func=cmd_daemon)
 
