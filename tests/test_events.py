@@ -151,7 +151,7 @@ def test_the_daemon_streams_its_events_and_keeps_them_across_restarts(tmp_path: 
             assert new["type"] == "contact.request"
             assert new["data"] == {"contact": who, "name": name, "message": "hi"}
             with pytest.raises(RpcError) as refused:  # the params are checked too
-                await client.call("events.subscribe", {"since": -1})
+                await client.call("events.subscribe", {"since": -2})
             assert refused.value.code == -32602
             await client.close()
             return new["id"], backlog

@@ -128,7 +128,7 @@ class Daemon:
         self._seq = 0
         self.joined = False
         self.inbox = ContactInbox(identity, self.contacts, display_name=options.display_name,
-                                  on_accepted=self._link, spawn=self._spawn)
+                                  on_accepted=self._link, spawn=self._spawn, events=self.events)
         self.api = Api(self)
         if options.relay_only and options.turn is None:
             raise LocalProtocolError("--relay-only needs a TURN server (--turn URL)")

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
 from dhtchat.app.contactstore import ContactStore
+from dhtchat.app.events import EventLog
 from dhtchat.core.addresses import Address
 from dhtchat.core.contacts import (
     REQUEST_TTL,
@@ -60,11 +61,13 @@ class ContactInbox:
 
     ``on_accepted(public_key)`` is called when a contact becomes accepted through the inbox
     (their accept of our request, or crossed requests); ``spawn`` runs background work on the
-    daemon's task set."""
+    daemon's task set; ``events`` tells API clients of requests and acceptances."""
 
     def __init__(self, identity: SigningIdentity, contacts: ContactStore, *,
-                 display_name: str, on_accepted: Callable[[bytes], object], spawn: Spawn) -> None:
+                 display_name: str, on_accepted: Callable[[bytes], object], spawn: Spawn,
+                 events: EventLog) -> None:
         self.identity = identity
+        self.events = events
         self.contacts = contacts
         self.display_name = display_name
         self.on_accepted = on_accepted
@@ -180,6 +183,7 @@ class ContactInbox:
                 self.contacts.mark_seen(envelope, now)
                 self.on_accepted(sender)
                 log.info("%s accepted the contact request", entry.name)
+                self.events.emit("contact.accepted", contact=who, name=name)
             return
         if entry is not None and entry.state == "accepted":
             return  # they may have lost their contact list; nothing to do until they ask again
@@ -189,12 +193,15 @@ class ContactInbox:
             self.contacts.mark_seen(envelope, now)
             self.on_accepted(sender)
             self.spawn(self.answer(sender))
+            self.events.emit("contact.accepted", contact=who, name=entry.name)
             return
         if self.contacts.add_incoming(sender, name=request.name or who[:12],
                                       message=request.message, now=now, envelope=envelope,
                                       lifetime=REQUEST_TTL) is None:
             return  # older than every one of the (full) pending requests
         log.info("contact request from %s (%s)", request.name, who[:12])
+        self.events.emit("contact.request", contact=who, name=request.name,
+                         message=request.message)
         posing_as = self.contacts.verified_impersonated(sender, request.name or who[:12])
         if posing_as is not None:
             log.warning("WARNING: the contact request from %s uses the name of your verified "
