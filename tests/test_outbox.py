@@ -313,19 +313,34 @@ class _World:
     def tick(self, seconds: float) -> None:
         self.now += seconds
 
-    def settle(self) -> None:
-        """The network heals: run until every message is acknowledged (bounded)."""
+    def fail_commit(self) -> None:
+        """The transaction of the queued sends failed (their senders get the error)."""
+        self.outbox.rollback()
+
+    def settle(self, reverse: bool = False, twice: bool = False, each: bool = False,
+               crash: bool = False) -> None:
+        """The network heals (frames may still arrive in reverse order, each twice, the
+        receiver committing each one, and crashing after every commit): run until every
+        message is acknowledged."""
         for _ in range(20 * len(self.messages) + 100):
             while self.sent_count < len(self.messages):
                 self.queue()
                 self.commit_queued()
             self.encrypt()
             self.transmit()
+            if twice:
+                self.to_receiver = [f for f in self.to_receiver for _ in (0, 1)]
             while self.to_receiver:
-                self.arrive(0)
+                self.arrive(-1 if reverse else 0)
+                if each or crash:
+                    self.commit_received()
+                if crash:
+                    self.crash_receiver()
             self.commit_received()
             self.tick(ACK_DELAY)
             self.ack()
+            if crash and not self.to_sender:  # the crash took the pending ack
+                self.to_sender.append(self.inbox.acked_now().ack)
             while self.to_sender:
                 self.take_ack(0)
             if not len(self.outbox):
@@ -347,13 +362,15 @@ class _World:
 _STEPS = st.lists(st.tuples(st.sampled_from([
     "queue", "commit_queued", "encrypt", "transmit", "take_ack", "crash_sender",
     "arrive", "commit_received", "ack", "crash_receiver", "lose", "duplicate", "lose_ack",
-    "tick", "tick_long"]), st.integers(0, 50)), max_size=150)
+    "tick", "tick_long", "fail_commit"]), st.integers(0, 50)), max_size=150)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(count=st.integers(1, 12), steps=_STEPS)
+@given(count=st.integers(1, 12), steps=_STEPS, reverse=st.booleans(), twice=st.booleans(),
+       each=st.booleans(), crash=st.booleans())
 def test_exactly_once_in_order_through_loss_duplicates_reordering_and_crashes(
-        count: int, steps: list[tuple[str, int]]) -> None:
+        count: int, steps: list[tuple[str, int]], reverse: bool, twice: bool, each: bool,
+        crash: bool) -> None:
     world = _World([b"message %d" % i for i in range(count)])
     for name, index in steps:
         if name == "tick":
@@ -364,7 +381,7 @@ def test_exactly_once_in_order_through_loss_duplicates_reordering_and_crashes(
             getattr(world, name)(index)
         else:
             getattr(world, name)()
-    world.settle()
+    world.settle(reverse, twice, each, crash)
     world.check()
 
 
