@@ -169,6 +169,8 @@ def test_the_ack_waits_ack_delay_once_per_burst_and_again_for_a_duplicate() -> N
     inbox.offer(3, 30.0)
     inbox.stored([3], 30.0)
     assert inbox.acked_now() == SendAck(3) and inbox.ack_deadline() is None
+    inbox.request_ack(40.0)  # a read receipt to carry: the same ack again, delayed
+    assert inbox.poll_ack(40.0) is None and inbox.poll_ack(40.0 + ACK_DELAY) == SendAck(3)
 
 
 def test_the_window_is_rebuilt_from_what_was_stored() -> None:

@@ -183,6 +183,7 @@ class _ContactState:
     conversation: Conversation | None = None
     outbox: Outbox | None = None  # the sending half of the stream (dhtchat.messaging.outbox)
     inbox: Inbox | None = None  # ... and the receiving half; both loaded from the history
+    read_seen: int = 0  # the contact's read receipts are applied up to this (this run)
     ack_task: asyncio.Task[None] | None = None
     mailbox_polled: float = 0.0
     read_sent: int = 0
@@ -386,7 +387,7 @@ class Messenger:
         done = self._batch_done
         if done is None:
             done = self._batch_done = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_soon(self._commit_batch)
+            self.daemon._spawn(self._commit_batch())
         self._batch_ids[message_id] = (contact, done)
         try:
             await asyncio.shield(done)
@@ -398,12 +399,48 @@ class Messenger:
                                  kind=kind)
         return stored
 
-    def _commit_batch(self) -> None:
-        """Commit the queued sends (if no other transaction took them meanwhile)."""
-        if self._batch:
-            # (A failure reaches the senders through their future.)
-            with contextlib.suppress(Exception), self._transaction():
-                pass
+    async def _commit_batch(self) -> None:
+        """Commit the queued sends (if no other transaction took them meanwhile), with the
+        frames of those whose contact has a session and is not busy: one transaction for
+        the payloads, their frames and the ratchet state, and they can go out at once."""
+        held: list[asyncio.Lock] = []
+        frames: dict[bytes, tuple[Conversation, list[tuple[Queued, bytes]]]] = {}
+        try:
+            for contact in sorted({q.contact for q in self._batch}):
+                state, conversation = self._state(contact), self._conversation(contact)
+                if not conversation.established or state.lock.locked():
+                    continue  # flush() encrypts them (it may need the bundle, or waits)
+                await state.lock.acquire()
+                held.append(state.lock)
+                done: list[tuple[Queued, bytes]] = []
+                for entry in self._outbox(contact).to_encrypt(uncommitted=True):
+                    try:
+                        body = await conversation.encrypt(entry.payload, None)
+                    except SessionError:
+                        break
+                    done.append((entry, _encoder.encode(Frame(entry.seq, body))))
+                frames[contact] = (conversation, done)
+            if not self._batch and not any(done for _, done in frames.values()):
+                return  # another transaction took the sends, and nothing was encrypted
+            try:
+                with self._transaction() as db:
+                    for contact, (conversation, done) in frames.items():
+                        outbox = self._outbox(contact)
+                        db.executemany(
+                            "UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
+                            [(frame, contact, e.seq) for e, frame in done if outbox.holds(e)])
+                        self.history.update_conversation(db, contact,
+                                                         session=conversation.to_json())
+            except Exception:  # the senders get it through their future
+                return  # (and no frame counts: none of them is durable)
+            for contact, (_, done) in frames.items():
+                outbox = self._outbox(contact)
+                for entry, frame in done:
+                    if outbox.holds(entry):
+                        outbox.framed(entry.seq, frame)
+        finally:
+            for lock in held:
+                lock.release()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -900,7 +937,11 @@ class Messenger:
         tombstones: list[tuple[int, int]] = []
         # The outbox forgets first: if the commit fails the rows stay and are sent again
         # after a restart, which the contact recognises as duplicates.
-        acked = self._outbox(contact).on_ack(ack) if ack else None
+        outbox = self._outbox(contact)
+        floor = outbox.acked  # rows up to it are marked delivered already
+        acked = outbox.on_ack(ack) if ack else None
+        state = self._state(contact)
+        read_floor, state.read_seen = state.read_seen, max(state.read_seen, read)
         with self._transaction() as db:
             if save is not None:
                 save(db)
@@ -915,8 +956,8 @@ class Messenger:
                 # (it must not vanish, with its delivery mark, while still queued).
                 db.execute("UPDATE messages SET delivered = 1, expire_at = CASE WHEN timer > 0 "
                            "THEN ? + timer ELSE expire_at END WHERE contact = ? AND "
-                           "outgoing = 1 AND seq <= ? AND delivered = 0",
-                           (time.time(), contact, through))
+                           "outgoing = 1 AND seq > ? AND seq <= ? AND delivered = 0",
+                           (time.time(), contact, floor, through))
                 db.execute("UPDATE conversations SET acked_out_seq = max(acked_out_seq, ?) "
                            "WHERE contact = ?", (through, contact))
                 groups = [row[0] for row in db.execute(
@@ -929,12 +970,12 @@ class Messenger:
                                   (message_id,)).fetchone() is None:
                         db.execute("UPDATE messages SET delivered = 1 WHERE id = ?",
                                    (message_id,))
-            if read:
+            if read > read_floor:
                 db.execute("UPDATE messages SET read = 1 WHERE contact = ? AND outgoing = 1 "
-                           "AND seq <= ?", (contact, read))
+                           "AND seq > ? AND seq <= ?", (contact, read_floor, read))
         for index, frame_bytes in tombstones:
             self.daemon._spawn(self._tombstone(contact, index, frame_bytes or 0))
-        if acked is not None or read:
+        if acked is not None or read > read_floor:
             async with self._delivered:
                 self._delivered.notify_all()
 
@@ -1292,8 +1333,9 @@ class Messenger:
             by_contact[message.contact] = max(by_contact.get(message.contact, 0), message.seq)
         for contact, seq in by_contact.items():
             self._state(contact).read_sent = max(self._state(contact).read_sent, seq)
-            self.daemon._spawn(self._send_control(contact, Payload(
-                "read", ack=self.history.conversation(contact)["next_in_seq"] - 1, read=seq)))
+            # The read receipt rides on the next cumulative ack (one per burst of reads).
+            self._inbox(contact).request_ack(time.monotonic())
+            self._schedule_ack(contact)
 
     # ------------------------------------------------------------------ groups
 

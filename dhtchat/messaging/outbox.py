@@ -172,10 +172,18 @@ class Outbox:
         self._next_seq = self._committed_next
         return dropped
 
-    def to_encrypt(self) -> list[Queued]:
-        """Committed payloads without a frame, in order (encrypt them in this order)."""
+    def to_encrypt(self, *, uncommitted: bool = False) -> list[Queued]:
+        """Committed payloads without a frame, in order (encrypt them in this order);
+        ``uncommitted``: queued ones too, for a transaction that commits the payloads and
+        their frames together (:meth:`framed` after it)."""
         return [Queued(e.seq, e.payload) for e in self._entries.values()
-                if e.committed and e.frame is None]
+                if (e.committed or uncommitted) and e.frame is None]
+
+    def holds(self, entry: Queued) -> bool:
+        """Whether ``entry`` is still queued as it was (not acknowledged, not rolled back and
+        its number given to another payload)."""
+        current = self._entries.get(entry.seq)
+        return current is not None and current.payload is entry.payload
 
     def framed(self, seq: int, frame: bytes) -> None:
         """The frame of ``seq`` was committed together with the ratchet state."""
@@ -309,6 +317,11 @@ class Inbox:
         while self._next in self._ahead:
             self._ahead.discard(self._next)
             self._next += 1
+
+    def request_ack(self, now: float) -> None:
+        """The driver has more to say in the ack (a read receipt): send it ``ack_delay``
+        from now, with whatever else arrives meanwhile."""
+        self._want_ack(now)
 
     def _want_ack(self, now: float) -> None:
         if self._ack_at is None:
