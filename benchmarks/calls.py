@@ -76,7 +76,7 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection  # noqa: E402
 
-from dhtchat.app.calls import Call, CallManager, CallMedia  # noqa: E402
+from dhtchat.app.calls import Call, CallManager, CallMedia, CallStore  # noqa: E402
 from dhtchat.app.daemon import Daemon, DaemonOptions  # noqa: E402
 from dhtchat.app.media import PTIME, AudioSink, ToneTrack, open_audio_input  # noqa: E402
 from dhtchat.app.profile import Profile  # noqa: E402
@@ -214,7 +214,9 @@ class BenchCallManager(CallManager):
     opened: dict[bytes, Opened]
 
     def __init__(self, daemon: Daemon) -> None:
-        super().__init__(daemon)
+        assert daemon.history is not None and daemon.messenger is not None
+        super().__init__(CallStore(daemon.history), daemon, daemon.messenger, tasks=daemon,
+                         names=daemon.name_of)
         self.opened = {}
 
     def _open_media(self, call: Call) -> None:

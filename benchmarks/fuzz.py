@@ -296,7 +296,7 @@ def _t_session(data: bytes) -> None:
 
 
 class _FileDaemon:
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         coro.close()
 
 
@@ -316,7 +316,9 @@ def _files() -> FileTransfers:
     if not _FILES:
         root = Path(tempfile.mkdtemp(prefix="dhtchat-fuzz-"))
         history = History(root / "history.db", bytes(32))
-        files = FileTransfers(_FileMessenger(history), root / "files")  # type: ignore[arg-type]
+        messenger = _FileMessenger(history)
+        files = FileTransfers(messenger, root / "files",  # type: ignore[arg-type]
+                              tasks=messenger.daemon, channel=lambda contact: None)
         with history.transaction() as db:
             files.on_offer(db, ALICE.public_key, _FILE_ID, "../x.bin", 1 << 30, bytes(32),
                            _FILE_KEY)

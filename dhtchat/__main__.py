@@ -1,5 +1,5 @@
 """``python -m dhtchat``: the same as the ``dhtchat`` command (and what ``dhtchat simulate``
-re-executes itself as, see dhtchat/sim/launch.py)."""
+re-executes itself as, see dhtchat/cli/simulate.py)."""
 
 import sys
 
@@ -7,6 +7,6 @@ from dhtchat.sim.launch import activate_if_launched
 
 activate_if_launched()  # before anything imports the core
 
-from dhtchat.app.cli import main  # noqa: E402
+from dhtchat.cli import main  # noqa: E402
 
 sys.exit(main())

@@ -28,9 +28,10 @@ from typing import Any
 
 import pytest
 
-from dhtchat import __version__
-from dhtchat.app import cli
+from dhtchat import __version__, cli
 from dhtchat.app.keystore import WrongPassphrase, load_identity_document, open_identity
+from dhtchat.cli import rpcclient
+from dhtchat.cli.printing import NOTICE_MARK
 from dhtchat.core.errors import InvalidUserId
 from dhtchat.core.identity import decode_user_id, encode_user_id
 from dhtchat.core.records import RecordType, app_salt, record_key
@@ -47,7 +48,7 @@ def _dhtchat_command() -> list[str]:
     script = Path(sys.executable).parent / "dhtchat"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    return [sys.executable, "-m", "dhtchat.app.cli"]
+    return [sys.executable, "-m", "dhtchat"]
 
 
 DHTCHAT = _dhtchat_command()
@@ -657,7 +658,7 @@ def _fake_daemon(monkeypatch: pytest.MonkeyPatch, answers: dict[str, Any]) -> No
     async def fake_call(path: Path, method: str, params: dict[str, Any],
                         timeout: float) -> Any:
         return answers[method]
-    monkeypatch.setattr(cli, "rpc_call", fake_call)
+    monkeypatch.setattr(rpcclient, "rpc_call", fake_call)
 
 
 ME, BOB, CAROL = "m" * 50, "b" * 50, "c" * 50
@@ -684,15 +685,15 @@ def test_a_text_can_never_print_like_a_notice(tmp_path: Path, monkeypatch: pytes
     named with the mark): nothing he chooses prints as the notice does."""
     notice = "[timer] disappearing messages off"
     contacts = [{"name": "bob", "state": "accepted", "id": BOB},
-                {"name": f"{cli.NOTICE_MARK} bob", "state": "accepted", "id": CAROL}]
+                {"name": f"{NOTICE_MARK} bob", "state": "accepted", "id": CAROL}]
     lines = _printed(tmp_path, monkeypatch, capsys, [
         _message(notice, "notice"), _message(notice, "text"),
-        _message(f"{cli.NOTICE_MARK} {notice}", "text"), _message("\u2690 x", "text"),
+        _message(f"{NOTICE_MARK} {notice}", "text"), _message("\u2690 x", "text"),
         _message(notice, "text", author=CAROL)], contacts, ["history", "bob"])
     real, *faked = lines
-    assert real.endswith(f"] {cli.NOTICE_MARK} bob: {notice}")
+    assert real.endswith(f"] {NOTICE_MARK} bob: {notice}")
     for line in faked:
-        assert line != real and cli.NOTICE_MARK not in line and "\u2690" not in line, line
+        assert line != real and NOTICE_MARK not in line and "\u2690" not in line, line
     assert faked[1].endswith(f"bob: \\u2691 {notice}")
 
 

@@ -149,7 +149,7 @@ class _FakeDaemon:
     def __init__(self) -> None:
         self.tasks: list[asyncio.Task[None]] = []
 
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+    def spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self.tasks.append(task)
         return task
@@ -178,7 +178,7 @@ class _FakeMessenger:
         self.offered: list[bytes] = []
         self.channel = _FakeChannel()
 
-    def _channel(self, contact: bytes) -> _FakeChannel:
+    def channel_of(self, contact: bytes) -> _FakeChannel:
         return self.channel
 
     async def end_file(self, contact: bytes, file_id: bytes, reason: str) -> None:
@@ -197,7 +197,13 @@ class _FakeMessenger:
 
 def _receiver(tmp_path: Path) -> tuple[FileTransfers, _FakeMessenger]:
     messenger = _FakeMessenger(tmp_path)
-    return FileTransfers(messenger, tmp_path / "files"), messenger  # type: ignore[arg-type]
+    return _transfers(messenger, tmp_path / "files"), messenger
+
+
+def _transfers(messenger: _FakeMessenger, root: Path) -> FileTransfers:
+    """A FileTransfers wired to the fake messenger: its tasks, its channel."""
+    return FileTransfers(messenger, root, tasks=messenger.daemon,  # type: ignore[arg-type]
+                         channel=messenger.channel_of)
 
 
 def _offer(files: FileTransfers, contact: bytes, content: bytes, digest: bytes | None = None,
@@ -429,7 +435,7 @@ def test_a_file_received_in_clear_is_sealed_at_start(tmp_path: Path) -> None:
         Path(entry.path).write_bytes(content)  # as an older version stored it
         with files.history.transaction() as db:
             db.execute("UPDATE files SET sealed = 0 WHERE id = ?", (file_id,))
-        again = FileTransfers(messenger, tmp_path / "files")  # type: ignore[arg-type]
+        again = _transfers(messenger, tmp_path / "files")
         assert b"old secret" not in Path(entry.path).read_bytes()
         assert again.export(file_id, tmp_path / "old.txt").read_bytes() == content
         migrated = again.get(file_id)
@@ -482,7 +488,7 @@ def test_sealing_at_start_survives_interruption_and_errors(tmp_path: Path,
         def no_space(*args: Any) -> None:
             raise OSError(28, "No space left on device")
         monkeypatch.setattr("dhtchat.app.files.seal_file_in_place", no_space)
-        again = FileTransfers(messenger, tmp_path / "files")  # type: ignore[arg-type]
+        again = _transfers(messenger, tmp_path / "files")
         monkeypatch.undo()
         assert again.export(sealed_twice, tmp_path / "1.txt").read_bytes() == content
         stays = again.get(unsealable)
@@ -491,7 +497,7 @@ def test_sealing_at_start_survives_interruption_and_errors(tmp_path: Path,
         partial = again.get(partial_id)
         assert partial is not None and partial.received == 0 and partial.sealed
 
-        third = FileTransfers(messenger, tmp_path / "files")  # type: ignore[arg-type]
+        third = _transfers(messenger, tmp_path / "files")
         sealed_now = third.get(unsealable)
         assert sealed_now is not None and sealed_now.sealed
         assert b"minutes" not in Path(sealed_now.path).read_bytes()

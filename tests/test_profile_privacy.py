@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from dhtchat.app import cli
 from dhtchat.app.contactstore import ContactStore, contacts_key
 from dhtchat.app.keystore import (
     MEMLIMIT,
@@ -22,6 +21,7 @@ from dhtchat.app.keystore import (
     write_private_file,
 )
 from dhtchat.app.profile import make_private
+from dhtchat.cli import identity as id_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -106,14 +106,14 @@ def test_moderate_argon2_cost() -> None:
 
 def test_passphrase_variable_is_removed_once_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DHTCHAT_PASSPHRASE", "a long enough passphrase here")
-    assert cli._read_passphrase(confirm=False) == "a long enough passphrase here"
+    assert id_command.read_passphrase(confirm=False) == "a long enough passphrase here"
     assert "DHTCHAT_PASSPHRASE" not in os.environ
 
 
 def test_weak_passphrase_warns_with_strength(capsys: pytest.CaptureFixture[str]) -> None:
-    cli._warn_if_weak("a")
+    id_command.warn_if_weak("a")
     assert "weak passphrase (strength 0/4" in capsys.readouterr().err
-    cli._warn_if_weak("quartz tundra violin seventeen marmalade")
+    id_command.warn_if_weak("quartz tundra violin seventeen marmalade")
     assert capsys.readouterr().err == ""
 
 
@@ -121,12 +121,12 @@ def test_id_passphrase_changes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     root = tmp_path / "p"
     monkeypatch.setenv("DHTCHAT_PASSPHRASE", "first passphrase of mine")
     args = argparse.Namespace(profile=str(root), no_passphrase=False)
-    assert cli.cmd_id_new(args) == 0
+    assert id_command.cmd_id_new(args) == 0
     path = root / "identity.json"
     identity = open_identity(load_identity_document(path), "first passphrase of mine")
     monkeypatch.setenv("DHTCHAT_PASSPHRASE", "first passphrase of mine")
     monkeypatch.setenv("DHTCHAT_NEW_PASSPHRASE", "second passphrase of mine")
-    assert cli.cmd_id_passphrase(args) == 0
+    assert id_command.cmd_id_passphrase(args) == 0
     doc = load_identity_document(path)
     assert open_identity(doc, "second passphrase of mine").seed == identity.seed
     with pytest.raises(WrongPassphrase):

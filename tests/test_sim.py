@@ -39,6 +39,7 @@ from dhtchat.sim.hugepages import (
     huge_page_environment,
     transparent_huge_pages,
 )
+from dhtchat.sim.launch import LAUNCHED, launch_environment
 from dhtchat.sim.models import (
     CHURN_PRESETS,
     ConstantLatency,
@@ -298,7 +299,7 @@ def test_scenario_files_parse_and_reject_typos(tmp_path: Path) -> None:
 def test_simulate_cli_writes_outputs_with_baseline(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "dhtchat.app.cli", "simulate", "--nodes", "120", "--lookups",
+        [sys.executable, "-m", "dhtchat", "simulate", "--nodes", "120", "--lookups",
          "60", "--seed", "3", "--join", "oracle", "--baseline", "kademlia", "--out", str(out)],
         capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
     )
@@ -316,7 +317,7 @@ def test_simulate_cli_writes_outputs_with_baseline(tmp_path: Path) -> None:
     for png in ("latency_cdf.png", "hops_histogram.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
     assert (out / "lookups.csv").read_text().count("\n") == 61
-    bad = subprocess.run([sys.executable, "-m", "dhtchat.app.cli", "simulate", "--nodes", "1"],
+    bad = subprocess.run([sys.executable, "-m", "dhtchat", "simulate", "--nodes", "1"],
                          capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
     assert bad.returncode == 2 and "nodes must be" in bad.stderr
 
@@ -405,6 +406,15 @@ def test_huge_page_environment_decisions() -> None:
                                  thp_mode="madvise") is None
 
 
+def test_a_simulator_process_is_restarted_once_and_only_when_it_gains() -> None:
+    base = {"PATH": "/usr/bin"}
+    env = launch_environment(base)  # compilation is on by default: worth a restart
+    assert env is not None and env[LAUNCHED] == "1" and env["PATH"] == "/usr/bin"
+    assert LAUNCHED not in base  # a copy
+    assert launch_environment(env) is None  # the restarted process never restarts again
+    assert launch_environment({**base, accel.OPT_OUT: "0", OPT_OUT: "0"}) is None
+
+
 def test_simulate_runs_compiled_on_huge_pages_with_identical_results(tmp_path: Path) -> None:
     # `dhtchat simulate` restarts itself with the hot path compiled by mypyc and glibc malloc
     # on huge pages where the machine allows; neither may change a result, only wall time.
@@ -429,7 +439,7 @@ def test_simulate_runs_compiled_on_huge_pages_with_identical_results(tmp_path: P
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", OPT_OUT)}
         env[OPT_OUT] = env[accel.OPT_OUT] = fast
         proc = subprocess.run(
-            [sys.executable, "-m", "dhtchat.app.cli", "simulate", *args, "--no-plots",
+            [sys.executable, "-m", "dhtchat", "simulate", *args, "--no-plots",
              "--out", str(out)],
             capture_output=True, text=True, timeout=600, check=False, cwd=ROOT, env=env)
         assert proc.returncode == 0, proc.stderr

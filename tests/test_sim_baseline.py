@@ -19,21 +19,19 @@ pytest.importorskip("kademlia")
 import kademlia.protocol
 import kademlia.routing
 
-from dhtchat.sim.baseline import (
-    ChurnMode,
-    SimDatagramNetwork,
-    VirtualTimeExceededError,
-    VirtualTimeLoop,
-    address_for,
-    node_id_for,
-    run_kademlia_baseline,
-    run_virtual,
-)
+from dhtchat.sim.baseline import ChurnMode, node_id_for, run_kademlia_baseline
 from dhtchat.sim.models import (
     ChurnModel,
     ConstantLatency,
     Distribution,
     LogNormalLatency,
+)
+from dhtchat.sim.virtual import (
+    SimDatagramNetwork,
+    VirtualTimeExceededError,
+    VirtualTimeLoop,
+    address_for,
+    run_virtual,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

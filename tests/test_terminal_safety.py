@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dhtchat.app import cli
+from dhtchat import cli
 from dhtchat.app.contactstore import ContactStore
 from dhtchat.app.terminal import TerminalSafeWriter, name_skeleton, one_line, terminal_safe
+from dhtchat.cli import rpcclient
 
 REDRAW = "\x1b[1A\x1b[2K\rAlice accepted your request"
 BIDI = "evil\u202etxt.exe"
@@ -76,7 +77,7 @@ def _fake_daemon(monkeypatch: pytest.MonkeyPatch, answers: dict[str, Any]) -> No
     async def fake_call(path: Path, method: str, params: dict[str, Any],
                         timeout: float) -> Any:
         return answers[method]
-    monkeypatch.setattr(cli, "rpc_call", fake_call)
+    monkeypatch.setattr(rpcclient, "rpc_call", fake_call)
 
 
 def test_cli_output_of_stranger_text_has_no_escape_sequences(

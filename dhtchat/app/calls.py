@@ -31,36 +31,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.contrib.media import MediaRelay
-from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcdtlstransport import RTCCertificate, generate_certificate
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from dhtchat.app.media import (
-    AudioSink,
-    MediaError,
-    ToneTrack,
-    open_audio_input,
-    open_video_input,
-    parse_media_spec,
-)
+from dhtchat.app.callmedia import Call, CallMedia, CallMediaEngine, sdp_fingerprint
+from dhtchat.app.callstore import CallRecord, CallStore
+from dhtchat.app.contactstore import ContactStore
+from dhtchat.app.media import MediaError
+from dhtchat.app.services import Names, PeerStatus, Spawner
 from dhtchat.core.calls import CallMachine
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
-from dhtchat.core.identity import encode_user_id, verify_signature
-from dhtchat.core.sas import SAS_VERSION, Sas, compute_sas, parse_fingerprint
-from dhtchat.net.webrtc import configuration, enlarge_ice_socket_buffers, selected_pair
+from dhtchat.core.identity import SigningIdentity, encode_user_id, verify_signature
+from dhtchat.core.sas import SAS_VERSION, compute_sas, parse_fingerprint
+from dhtchat.net.webrtc import enlarge_ice_socket_buffers, selected_pair
 
-if TYPE_CHECKING:
-    from dhtchat.app.daemon import Daemon
+__all__ = ["Call", "CallManager", "CallMedia", "CallPeers", "CallRecord", "CallSignals",
+           "CallStore", "fingerprint_signed_bytes", "sdp_fingerprint"]
 
 log = logging.getLogger("dhtchat.calls")
 
@@ -70,16 +59,6 @@ TICK: Final = 0.5
 INVITE_REPEATS: Final = 5
 INVITE_REPEAT_AFTER: Final = 2.0
 MAX_PARTICIPANTS: Final = 5  # a group call is a full mesh: n(n-1)/2 connections
-_FINGERPRINT: Final = re.compile(r"^a=fingerprint:sha-256 ([0-9A-Fa-f:]+)\s*$", re.MULTILINE)
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS calls (
-    id BLOB PRIMARY KEY, contact BLOB NOT NULL, direction TEXT NOT NULL,
-    video INTEGER NOT NULL, started REAL NOT NULL, answered REAL, ended REAL,
-    reason TEXT NOT NULL DEFAULT '');
-CREATE TABLE IF NOT EXISTS call_certificates (
-    contact BLOB PRIMARY KEY, key_pem BLOB NOT NULL, cert_pem BLOB NOT NULL);
-"""
 _FINGERPRINT_SIGNATURE: Final = b"dhtchat/call-fingerprint/v1"
 
 
@@ -90,95 +69,64 @@ def fingerprint_signed_bytes(call_id: bytes, action: str, fingerprint: str) -> b
                       parse_fingerprint(fingerprint)))
 
 
-def _is_file(spec: str) -> bool:
-    """A file input (looped in a call); devices and generated sources are not seekable."""
-    return parse_media_spec(spec).kind == "file"
-
-
-def _leg_output(spec: str, peer: bytes) -> str:
-    """The output of one leg of a group call: a recording file gets the peer's id in its
-    name (``heard.wav`` -> ``heard-ID12.wav``); devices and ``null`` are shared."""
-    if spec == "null" or spec.partition(":")[0] in ("tone", "pulse", "alsa", "v4l2", "lavfi"):
-        return spec
-    stem, dot, suffix = spec.rpartition(".")
-    tag = encode_user_id(peer)[:12]
-    return f"{stem}-{tag}.{suffix}" if dot else f"{spec}-{tag}"
-
-
-def sdp_fingerprint(sdp: str) -> str:
-    """The SHA-256 DTLS fingerprint an SDP announces (RemoteProtocolError if none)."""
-    match = _FINGERPRINT.search(sdp)
-    if match is None:
-        raise RemoteProtocolError("the media description has no sha-256 DTLS fingerprint")
-    return match.group(1)
-
-
-@dataclass
-class CallMedia:
-    """What a call sends and where received audio goes (specs as in dhtchat.app.media)."""
-
-    audio_in: str = "silence"
-    audio_out: str = "null"
-    video_in: str | None = None
-
-
-@dataclass(eq=False)
-class Call:
-    """One call as this daemon sees it."""
-
-    machine: CallMachine
-    contact: bytes
-    media: CallMedia = field(default_factory=CallMedia)
-    pc: RTCPeerConnection | None = None
-    sink: AudioSink | None = None
-    video_task: asyncio.Task[None] | None = None  # consumes received video
-    video_frames: int = 0  # received video frames
-    senders: dict[str, RTCRtpSender] = field(default_factory=dict)  # by kind
-    muted: bool = False
-    camera_off: bool = False
-    held: bool = False  # we put the call on hold
-    remote_held: bool = False  # the contact put it on hold
-    tracks: list[MediaStreamTrack] = field(default_factory=list)
-    remote_sdp: str = ""
-    sas: Sas | None = None
-    remote_fingerprint: str = ""
-    media_up_at: float | None = None
-    path: str = ""  # "direct" or "relay" once the media connection is up
-    warning: str = ""  # e.g. the contact's call key changed since it was verified
-    answering: bool = False  # answer() has started (it awaits before the state changes)
-    conference: bytes = b""  # a group call: the legs of one mesh share this id
-    participants: tuple[bytes, ...] = ()  # a group call: its initiator, then the others
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    last_stats: tuple[float, int, int] | None = None  # (time, bytes sent, packets received)
+class CallPeers(Protocol):
+    """What calls need of the daemon: who we are, our contacts, their connections."""
 
     @property
-    def call_id(self) -> bytes:
-        """The call's id."""
-        return self.machine.call_id
+    def identity(self) -> SigningIdentity:
+        """Our identity (signs the DTLS fingerprints, enters the SAS)."""
+        ...
 
-    def notify(self) -> None:
-        """Wake whoever waits for a change of this call."""
-        self.changed.set()
-        self.changed = asyncio.Event()
+    @property
+    def contacts(self) -> ContactStore:
+        """The contact list (who may be in a group call, verified call keys)."""
+        ...
+
+    async def connect(self, public_key: bytes, timeout: float) -> object:
+        """Open the data connection to a contact (raises when it cannot)."""
+        ...
+
+    async def rtc_configuration(self) -> RTCConfiguration:
+        """ICE servers for a call's media connection."""
+        ...
+
+    def link_of(self, public_key: bytes) -> PeerStatus | None:
+        """What is known of a contact's daemon (None: nothing)."""
+        ...
+
+
+class CallSignals(Protocol):
+    """Sends call signalling inside the contact's ratchet (the messenger)."""
+
+    async def send_call(self, contact: bytes, action: str, call_id: bytes, *, sdp: str = "",
+                        video: bool = False, commitment: bytes = b"", nonce: bytes = b"",
+                        conference: bytes = b"", participants: tuple[bytes, ...] = (),
+                        signature: bytes = b"") -> bool:
+        """Send one signal over the live data channel; False if it could not go."""
+        ...
 
 
 class CallManager:
-    """The calls of one daemon: at most one at a time."""
+    """The calls of one daemon: at most one at a time (or the legs of one group call)."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, store: CallStore, peers: CallPeers, signals: CallSignals, *,
+                 tasks: Spawner, names: Names) -> None:
+        """``store`` keeps the call log and certificates, ``peers`` connects contacts,
+        ``signals`` carries the signalling, ``tasks`` runs background work, ``names`` gives
+        the names shown in logs and the API."""
         self.calls: dict[bytes, Call] = {}
         self.auto_answer: CallMedia | None = None
         self.incoming = asyncio.Event()  # set when a call starts ringing here
         self.refused_invites = 0  # invites refused before ringing (e.g. an older SAS scheme)
-        assert daemon.history is not None
-        self._db = daemon.history
-        self._db.db.executescript(_SCHEMA)
+        self.store = store
+        self.media = CallMediaEngine(store, tasks)
+        self._peers = peers
+        self._signals = signals
+        self._tasks = tasks
+        self._name = names
         self._ticker: asyncio.Task[None] | None = None
-        # Group calls we take part in: their media settings and one shared input per
-        # conference (every leg gets its own subscription of it).
+        # Group calls we take part in, with their media settings.
         self._joined: dict[bytes, CallMedia] = {}
-        self._inputs: dict[bytes, tuple[MediaRelay, list[MediaStreamTrack]]] = {}
         self._placing: set[tuple[bytes, bytes]] = set()  # (conference, peer) legs we call
 
     # ------------------------------------------------------------------ queries
@@ -208,16 +156,11 @@ class CallManager:
 
     def log(self, limit: int) -> list[dict[str, Any]]:
         """The call log, newest first."""
-        rows = self._db.db.execute(
-            "SELECT id, contact, direction, video, started, answered, ended, reason FROM calls "
-            "ORDER BY started DESC LIMIT ?", (limit,)).fetchall()
-        return [{"id": bytes(r[0]).hex(), "contact": encode_user_id(bytes(r[1])),
-                 "name": self.daemon._name(bytes(r[1])), "direction": r[2],
-                 "video": bool(r[3]), "started": r[4], "answered": r[5], "ended": r[6],
-                 "reason": r[7],
-                 "missed": r[2] == "incoming" and r[5] is None and r[7] in (
-                     "missed", "cancelled by the caller", "missed (busy)")}
-                for r in rows]
+        return [{"id": r.call_id.hex(), "contact": encode_user_id(r.contact),
+                 "name": self._name(r.contact), "direction": r.direction, "video": r.video,
+                 "started": r.started, "answered": r.answered, "ended": r.ended,
+                 "reason": r.reason, "missed": r.missed}
+                for r in self.store.log(limit)]
 
     def as_json(self, call: Call) -> dict[str, Any]:
         """API form of a call."""
@@ -225,7 +168,7 @@ class CallManager:
         out: dict[str, Any] = {
             "id": call.call_id.hex(),
             "contact": encode_user_id(call.contact),
-            "name": self.daemon._name(call.contact),
+            "name": self._name(call.contact),
             "direction": machine.direction,
             "video": machine.video,
             "state": machine.state,
@@ -268,7 +211,7 @@ class CallManager:
         self._open_media(call)
         self.calls[call.call_id] = call
         try:
-            await self.daemon.connect(contact, CONNECT_TIMEOUT)
+            await self._peers.connect(contact, CONNECT_TIMEOUT)
             pc = await self._peer_connection(call)
             await pc.setLocalDescription(await pc.createOffer())
             enlarge_ice_socket_buffers(pc)
@@ -283,15 +226,15 @@ class CallManager:
             raise
         self._log_call(call)
         self._ensure_ticker()
-        self.daemon._spawn(self._repeat_invite(call, pc.localDescription.sdp))
-        log.info("calling %s (call %s)", self.daemon._name(contact), call.call_id.hex()[:8])
+        self._tasks.spawn(self._repeat_invite(call, pc.localDescription.sdp))
+        log.info("calling %s (call %s)", self._name(contact), call.call_id.hex()[:8])
         return call
 
     def _known_offline(self, contact: bytes) -> str:
         """Why a call to ``contact`` cannot connect now, from what its presence says: its
         daemon said goodbye, or its last presence is stale. "" when it may be reachable
         (connected, online, or nothing heard yet)."""
-        link = self.daemon.links.get(contact)
+        link = self._peers.link_of(contact)
         if link is None or link.presence is None or link.online or link.status != "offline":
             return ""
         last = max(float(link.presence.published), link.connected_at)
@@ -299,7 +242,7 @@ class CallManager:
         when = (f"{ago:.0f} s ago" if ago < 120 else f"{ago / 60:.0f} min ago" if ago < 7200
                 else f"{ago / 3600:.0f} h ago" if ago < 172800
                 else time.strftime("%Y-%m-%d %H:%M", time.localtime(last)))
-        return (f"{self.daemon._name(contact)} is offline (last seen {when}); the call was not "
+        return (f"{self._name(contact)} is offline (last seen {when}); the call was not "
                 "placed: try again once they are online")
 
     async def _repeat_invite(self, call: Call, sdp: str) -> None:
@@ -315,7 +258,7 @@ class CallManager:
     async def place_group(self, contacts: list[bytes], media: CallMedia) -> list[Call]:
         """A group voice call (full mesh, at most MAX_PARTICIPANTS): we call everyone; each
         participant who answers calls the others whose key is larger than its own."""
-        me = self.daemon.identity.public_key
+        me = self._peers.identity.public_key
         everyone = (me, *sorted(set(contacts) - {me}))  # the initiator first
         if len(everyone) > MAX_PARTICIPANTS:
             raise LocalProtocolError(f"a group call has at most {MAX_PARTICIPANTS} people")
@@ -348,7 +291,7 @@ class CallManager:
             if other.machine.direction == "incoming" and other.machine.state == "ringing":
                 with contextlib.suppress(MediaError, LocalProtocolError):
                     await self.answer(other, media)
-        me = self.daemon.identity.public_key
+        me = self._peers.identity.public_key
         have = {c.contact for c in self.legs(call.conference)}
         initiator = call.participants[0]
         for peer in call.participants[1:]:
@@ -356,10 +299,10 @@ class CallManager:
             if peer > me and peer not in have and key not in self._placing \
                     and peer != initiator and self._callable(peer):
                 self._placing.add(key)  # before the task runs: _join_mesh runs per leg
-                self.daemon._spawn(self._place_leg(call, peer, media))
+                self._tasks.spawn(self._place_leg(call, peer, media))
 
     def _callable(self, peer: bytes) -> bool:
-        entry = self.daemon.contacts.get(peer)
+        entry = self._peers.contacts.get(peer)
         if entry is None or entry.state != "accepted":
             log.warning("group call: %s is not a contact of ours; no leg to it",
                         encode_user_id(peer)[:12])
@@ -378,10 +321,7 @@ class CallManager:
     def _leave(self, conference: bytes) -> None:
         self._joined.pop(conference, None)
         self._placing = {key for key in self._placing if key[0] != conference}
-        relay_tracks = self._inputs.pop(conference, None)
-        if relay_tracks is not None:
-            for track in relay_tracks[1]:
-                track.stop()
+        self.media.release(conference)
 
     # ------------------------------------------------------------------ answering
 
@@ -417,10 +357,10 @@ class CallManager:
         self._log_call(call)
         self._ensure_ticker()  # the reveal timeout
         call.notify()
-        self.daemon._spawn(self._await_media(call))
+        self._tasks.spawn(self._await_media(call))
         if call.conference:
             self._joined.setdefault(call.conference, media)
-            self.daemon._spawn(self._join_mesh(call))
+            self._tasks.spawn(self._join_mesh(call))
         return call
 
     async def decline(self, call: Call) -> None:
@@ -455,11 +395,11 @@ class CallManager:
                 signed = fingerprint_signed_bytes(call_id, action, sdp_fingerprint(sdp))
             except RemoteProtocolError as exc:
                 log.warning("refused a call %s from %s: %s", action,
-                            self.daemon._name(contact), exc)
+                            self._name(contact), exc)
                 return
             if not verify_signature(contact, signed, signature):
                 log.warning("refused a call %s from %s: its DTLS fingerprint is not signed "
-                            "by the contact's identity key", action, self.daemon._name(contact))
+                            "by the contact's identity key", action, self._name(contact))
                 if call is not None:
                     await self._fail(call, "the answer's DTLS fingerprint is not signed by "
                                      "the contact (possible man in the middle)")
@@ -469,14 +409,14 @@ class CallManager:
                 self.refused_invites += 1
                 log.warning("refused a call from %s: it runs an older dhtchat whose call SAS "
                             "is computed differently (the words would not match); both sides "
-                            "need this version", self.daemon._name(contact))
+                            "need this version", self._name(contact))
                 return
-            me = self.daemon.identity.public_key
+            me = self._peers.identity.public_key
             if conference and (len(conference) != 16 or contact not in participants
                                or me not in participants
                                or len(participants) > MAX_PARTICIPANTS):
                 log.warning("refused a malformed group call invite from %s",
-                            self.daemon._name(contact))
+                            self._name(contact))
                 return
             if len(set(participants)) != len(participants):
                 return
@@ -520,14 +460,14 @@ class CallManager:
             machine = CallMachine(call_id, "incoming", time.time(), video=video,
                                   nonce=secrets.token_bytes(16), peer_commitment=committed)
         except RemoteProtocolError as exc:
-            log.warning("refused a call from %s: %s", self.daemon._name(contact), exc)
+            log.warning("refused a call from %s: %s", self._name(contact), exc)
             return
         call = Call(machine, contact, remote_sdp=sdp, conference=conference,
                     participants=participants)
         try:
             call.remote_fingerprint = sdp_fingerprint(sdp)
         except RemoteProtocolError as exc:
-            log.warning("refused a call from %s: %s", self.daemon._name(contact), exc)
+            log.warning("refused a call from %s: %s", self._name(contact), exc)
             return
         if self._busy_for(conference):
             self.calls[call_id] = call
@@ -544,11 +484,11 @@ class CallManager:
                 await self.answer(call, self._joined[conference])
             except (MediaError, LocalProtocolError) as exc:
                 log.warning("group call: could not take the leg from %s: %s",
-                            self.daemon._name(contact), exc)
+                            self._name(contact), exc)
             return
         log.warning("incoming %s%s call from %s (answer with: dhtchat answer)",
                     "group " if conference else "", "video" if video else "voice",
-                    self.daemon._name(contact))
+                    self._name(contact))
         self.incoming.set()
         self.incoming = asyncio.Event()
         self._ensure_ticker()
@@ -573,7 +513,7 @@ class CallManager:
         await self._signal(call, "nonce", nonce=call.machine.reveal(time.time()))
         self._update_sas(call)
         self._log_call(call)
-        self.daemon._spawn(self._await_media(call))
+        self._tasks.spawn(self._await_media(call))
 
     async def _on_nonce(self, call: Call, nonce: bytes) -> None:
         was_over = call.machine.ended
@@ -590,148 +530,47 @@ class CallManager:
 
     async def _refuse(self, call: Call, reason: str) -> None:
         """The contact broke the call protocol (its machine ended the call): hang up."""
-        log.warning("call with %s: %s", self.daemon._name(call.contact), reason)
+        log.warning("call with %s: %s", self._name(call.contact), reason)
         await self._signal(call, "hangup")
         await self._end(call, reason)
 
     # ------------------------------------------------------------------ media
 
     def _open_media(self, call: Call) -> None:
-        """Open inputs and the output now, so a missing device fails before any ringing."""
-        tracks: list[MediaStreamTrack] = []
-        try:
-            if call.conference:
-                tracks.append(self._conference_input(call.conference, call.media))
-                call.sink = AudioSink(_leg_output(call.media.audio_out, call.contact))
-                call.tracks = tracks
-                return
-            tracks.append(open_audio_input(call.media.audio_in,
-                                           loop=_is_file(call.media.audio_in)))
-            if call.machine.video and call.media.video_in:
-                tracks.append(open_video_input(call.media.video_in,
-                                               loop=_is_file(call.media.video_in)))
-            call.sink = AudioSink(call.media.audio_out)
-        except MediaError:
-            for track in tracks:
-                track.stop()
-            raise
-        call.tracks = tracks
-
-    def _conference_input(self, conference: bytes, media: CallMedia) -> MediaStreamTrack:
-        """Our microphone for one more leg of a group call: one source, one subscription
-        per leg (a device can be opened only once)."""
-        if conference not in self._inputs:
-            self._inputs[conference] = (MediaRelay(), [open_audio_input(
-                media.audio_in, loop=_is_file(media.audio_in))])
-        relay, sources = self._inputs[conference]
-        return relay.subscribe(sources[0], buffered=False)
-
-    def _certificate(self, contact: bytes) -> RTCCertificate:
-        """Our DTLS certificate for calls with this contact: kept (in the encrypted history),
-        so its fingerprint is stable and a contact who verified us notices a change; one per
-        contact, so a network observer cannot link our calls with different people."""
-        row = self._db.db.execute("SELECT key_pem, cert_pem FROM call_certificates WHERE "
-                                  "contact = ?", (contact,)).fetchone()
-        if row is not None:
-            key = serialization.load_pem_private_key(bytes(row[0]), password=None)
-            if isinstance(key, ec.EllipticCurvePrivateKey):
-                return RTCCertificate(key=key, cert=x509.load_pem_x509_certificate(
-                    bytes(row[1])))
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = generate_certificate(key)  # aiortc's: a self-signed P-256 certificate
-        with self._db.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO call_certificates VALUES (?, ?, ?)", (
-                contact,
-                key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()),
-                cert.public_bytes(serialization.Encoding.PEM)))
-        return RTCCertificate(key=key, cert=cert)
+        """Open the call's inputs and output (a missing device fails before any ringing)."""
+        self.media.open(call)
 
     async def _peer_connection(self, call: Call) -> RTCPeerConnection:
-        options = self.daemon.options
-        stun = await self.daemon._pick_stun()
-        pc = RTCPeerConnection(configuration(stun, options.turn, options.relay_only))
-        # aiortc has no API for it: replace the fresh certificate it made (before any
-        # transport is created, so every DTLS transport of this call uses ours).
-        setattr(pc, "_RTCPeerConnection__certificates",  # noqa: B010 - a name-mangled private
-                [self._certificate(call.contact)])
-        call.pc = pc
-        for track in call.tracks:
-            call.senders[track.kind] = pc.addTrack(track)
-        if call.machine.video and not any(t.kind == "video" for t in call.tracks):
-            pc.addTransceiver("video", direction="recvonly")
-
-        @pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "audio" and call.sink is not None:
-                self.daemon._spawn(call.sink.start(track))
-            elif track.kind == "video":
-                call.video_task = self.daemon._spawn(self._consume_video(call, track))
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState in ("failed", "closed") and call.machine.state == "active":
-                await self._end(call, f"media connection {pc.connectionState}")
-
-        return pc
-
-    async def _consume_video(self, call: Call, track: MediaStreamTrack) -> None:
-        """Receive the contact's video (counted; this build does not display it)."""
-        while True:
-            try:
-                await track.recv()
-            except MediaStreamError:
-                return
-            call.video_frames += 1
+        config = await self._peers.rtc_configuration()
+        return self.media.peer_connection(call, config, self._end)
 
     # ------------------------------------------------------------------ in-call controls
 
     async def set_mute(self, call: Call, muted: bool) -> None:
         """Send silence instead of the microphone (or the microphone again)."""
-        self._require_media(call)
+        self.media.require(call)
         call.muted = muted
-        self._apply_audio(call)
+        self.media.apply_audio(call)
         call.notify()
 
     async def set_camera(self, call: Call, on: bool) -> None:
         """Stop or resume sending our video (a video call with a camera only)."""
-        self._require_media(call)
+        self.media.require(call)
         if "video" not in call.senders:
             raise LocalProtocolError("this call sends no video")
         call.camera_off = not on
-        self._apply_video(call)
+        self.media.apply_video(call)
         call.notify()
 
     async def set_hold(self, call: Call, held: bool) -> None:
         """Hold: send nothing from the microphone or camera and tell the contact; resume
         undoes it. The connection stays up."""
-        self._require_media(call)
+        self.media.require(call)
         call.held = held
-        self._apply_audio(call)
-        self._apply_video(call)
+        self.media.apply_audio(call)
+        self.media.apply_video(call)
         await self._signal(call, "hold" if held else "resume")
         call.notify()
-
-    def _require_media(self, call: Call) -> None:
-        if call.machine.state not in ("connecting", "active") or call.pc is None:
-            raise LocalProtocolError(f"the call is {call.machine.state}")
-
-    def _apply_audio(self, call: Call) -> None:
-        sender = call.senders.get("audio")
-        source = next((t for t in call.tracks if t.kind == "audio"), None)
-        if sender is None or source is None:
-            return
-        silent = call.muted or call.held
-        # Silence, not no track: RTP keeps flowing (NAT bindings, consent, the peer's stats).
-        sender.replaceTrack(ToneTrack(0.0) if silent else source)
-
-    def _apply_video(self, call: Call) -> None:
-        sender = call.senders.get("video")
-        source = next((t for t in call.tracks if t.kind == "video"), None)
-        if sender is None or source is None:
-            return
-        sender.replaceTrack(None if call.camera_off or call.held else source)
 
     async def _await_media(self, call: Call) -> None:
         pc = call.pc
@@ -755,7 +594,7 @@ class CallManager:
         call.media_up_at = time.time()
         pair = selected_pair(pc)
         call.path = pair.path if pair is not None else ""
-        log.info("call with %s connected (%s); SAS %s", self.daemon._name(call.contact),
+        log.info("call with %s connected (%s); SAS %s", self._name(call.contact),
                  call.path or "path unknown", call.sas.text if call.sas else "pending")
         call.notify()
 
@@ -767,61 +606,32 @@ class CallManager:
         if nonces is None:
             return  # the callee waits for the caller's reveal
         call.sas = compute_sas(
-            local_identity=self.daemon.identity.public_key,
+            local_identity=self._peers.identity.public_key,
             local_fingerprint=sdp_fingerprint(pc.localDescription.sdp),
             remote_identity=call.contact, remote_fingerprint=call.remote_fingerprint,
             offer_nonce=nonces[0], answer_nonce=nonces[1])
-        pinned = self.daemon.contacts.verified_fingerprint(call.contact)
+        pinned = self._peers.contacts.verified_fingerprint(call.contact)
         if pinned and parse_fingerprint(pinned) != parse_fingerprint(call.remote_fingerprint):
-            call.warning = (f"{self.daemon._name(call.contact)}'s call key changed since you "
+            call.warning = (f"{self._name(call.contact)}'s call key changed since you "
                             "verified them: compare the words again before trusting this "
                             "call (they are no longer marked verified)")
             log.warning("WARNING: %s", call.warning)
-            self.daemon.contacts.unverify(call.contact)
+            self._peers.contacts.unverify(call.contact)
 
     async def stats(self, call: Call) -> dict[str, Any]:
         """RTT, jitter, loss and bitrates of the call's media (empty before media)."""
-        pc = call.pc
-        if pc is None or call.media_up_at is None:
-            return {}
-        report = await pc.getStats()
-        out: dict[str, Any] = {"rtt_ms": None, "jitter_ms": None, "packets_lost": 0,
-                               "packets_received": 0, "bytes_sent": 0}
-        for item in report.values():
-            kind = getattr(item, "type", "")
-            if kind == "inbound-rtp" and getattr(item, "kind", "") == "audio":
-                out["packets_received"] += item.packetsReceived
-                out["packets_lost"] += max(0, item.packetsLost)
-                out["jitter_ms"] = round(item.jitter / 48.0, 2)  # RTP units at 48 kHz
-            elif kind == "remote-inbound-rtp" and item.roundTripTime is not None:
-                out["rtt_ms"] = round(item.roundTripTime * 1000, 1)
-            elif kind == "outbound-rtp":
-                out["bytes_sent"] += item.bytesSent
-        total = out["packets_received"] + out["packets_lost"]
-        out["loss_percent"] = round(100.0 * out["packets_lost"] / total, 2) if total else 0.0
-        now = time.monotonic()
-        if call.last_stats is not None:
-            then, sent, received = call.last_stats
-            span = max(now - then, 1e-3)
-            out["send_kbps"] = round((out["bytes_sent"] - sent) * 8 / span / 1000, 1)
-            out["receive_packets_per_s"] = round((out["packets_received"] - received) / span,
-                                                 1)
-        call.last_stats = (now, out["bytes_sent"], out["packets_received"])
-        out["duration_s"] = round(time.time() - call.media_up_at, 1)
-        return out
+        return await self.media.stats(call)
 
     # ------------------------------------------------------------------ plumbing
 
     async def _signal(self, call: Call, action: str, *, sdp: str = "",
                       commitment: bytes = b"", nonce: bytes = b"",
                       participants: tuple[bytes, ...] = ()) -> bool:
-        messenger = self.daemon.messenger
-        assert messenger is not None
         signature = b""
         if sdp:  # invite/accept: bind the DTLS fingerprint to our identity
-            signature = self.daemon.identity.sign(fingerprint_signed_bytes(
+            signature = self._peers.identity.sign(fingerprint_signed_bytes(
                 call.call_id, action, sdp_fingerprint(sdp)))
-        return await messenger.send_call(call.contact, action, call.call_id, sdp=sdp,
+        return await self._signals.send_call(call.contact, action, call.call_id, sdp=sdp,
                                          signature=signature,
                                          video=call.machine.video, commitment=commitment,
                                          nonce=nonce, conference=call.conference,
@@ -829,7 +639,7 @@ class CallManager:
 
     async def _fail(self, call: Call, reason: str) -> None:
         if not call.machine.ended:
-            log.warning("call with %s failed: %s", self.daemon._name(call.contact), reason)
+            log.warning("call with %s failed: %s", self._name(call.contact), reason)
             call.machine.fail(reason, time.time())
             await self._signal(call, "hangup")
         await self._end(call, reason)
@@ -839,34 +649,21 @@ class CallManager:
             call.machine.fail(reason, time.time())
         self._log_call(call)
         call.notify()
-        pc, call.pc = call.pc, None
-        tracks, call.tracks = call.tracks, []
-        for track in tracks:
-            track.stop()
-        if call.sink is not None:
-            await call.sink.stop()
-        if call.video_task is not None:
-            call.video_task.cancel()
-        if pc is not None:
-            with contextlib.suppress(Exception):
-                await pc.close()
-        if pc is not None or tracks:
-            log.info("call with %s ended: %s", self.daemon._name(call.contact),
+        if await self.media.close(call):
+            log.info("call with %s ended: %s", self._name(call.contact),
                      call.machine.reason)
         if call.conference and not self.legs(call.conference):
             self._leave(call.conference)
 
     def _log_call(self, call: Call) -> None:
         machine = call.machine
-        with self._db.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (call.call_id, call.contact, machine.direction, int(machine.video),
-                        machine.started, machine.answered_at, machine.ended_at,
-                        machine.reason))
+        self.store.save(CallRecord(call.call_id, call.contact, machine.direction,
+                                   machine.video, machine.started, machine.answered_at,
+                                   machine.ended_at, machine.reason))
 
     def _ensure_ticker(self) -> None:
         if self._ticker is None or self._ticker.done():
-            self._ticker = self.daemon._spawn(self._tick_loop())
+            self._ticker = self._tasks.spawn(self._tick_loop())
 
     async def _tick_loop(self) -> None:
         """Ring and reveal timeouts, while any call rings or waits for a reveal."""

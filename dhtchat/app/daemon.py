@@ -34,12 +34,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
-from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from dhtchat.app import faults
-from dhtchat.app.calls import Call, CallManager, CallMedia
+from dhtchat.app.calls import Call, CallManager, CallMedia, CallStore
 from dhtchat.app.contactstore import ContactEntry, ContactStore, contacts_key
 from dhtchat.app.files import file_json
 from dhtchat.app.groups import Group
@@ -99,6 +99,7 @@ from dhtchat.net.webrtc import (
 )
 
 log = logging.getLogger("dhtchat.daemon")
+_T = TypeVar("_T")
 
 PRESENCE_TTL: Final = 1800
 PRESENCE_REPUBLISH: Final = 1200
@@ -281,7 +282,8 @@ class Daemon:
         except HistoryLocked as exc:
             raise LocalProtocolError(str(exc)) from None
         self.messenger = Messenger(self, self.history)
-        self.calls = CallManager(self)
+        self.calls = CallManager(CallStore(self.history), self, self.messenger, tasks=self,
+                                 names=self.name_of)
         state = NodeState(self.profile.node_db_path)
         try:
             self.node = await UdpDhtNode.create(self.options.host, self.options.port,
@@ -393,6 +395,11 @@ class Daemon:
 
         task.add_done_callback(done)
         return task
+
+    def spawn(self, coro: Awaitable[_T]) -> asyncio.Task[_T]:
+        """Run ``coro`` as a background task of the daemon (cancelled by :meth:`stop`; a
+        failure is logged): the :class:`dhtchat.app.services.Spawner` of its services."""
+        return self._spawn(coro)
 
     # ------------------------------------------------------------------ contacts
 
@@ -696,6 +703,15 @@ class Daemon:
         entry = self.contacts.get(public_key)
         return entry.name if entry is not None else encode_user_id(public_key)[:12]
 
+    def name_of(self, public_key: bytes) -> str:
+        """The name to show for ``public_key``: the contact's, else the start of its user id
+        (:data:`dhtchat.app.services.Names`)."""
+        return self._name(public_key)
+
+    def link_of(self, public_key: bytes) -> Link | None:
+        """The live state of an accepted contact (connection, presence), if it has one."""
+        return self.links.get(public_key)
+
     # ------------------------------------------------------------------ connections
 
     async def handle_signal(self, sender: bytes, opened: OpenedSignal) -> None:
@@ -815,6 +831,12 @@ class Daemon:
         # Give the contact's goodbye (offline presence) time to arrive before we offer again
         # to a daemon that may have stopped.
         link.next_attempt = time.time() + max(link.backoff, RECONNECT_GRACE)
+
+    async def rtc_configuration(self) -> RTCConfiguration:
+        """ICE servers for a new peer connection (a call's media): a STUN server found as
+        for the data connections, the configured TURN server, relay-only if asked."""
+        return configuration(await self._pick_stun(), self.options.turn,
+                             self.options.relay_only)
 
     async def _pick_stun(self) -> Address | None:
         """The first DHT peer (or configured server) answering a STUN Binding request."""

@@ -36,10 +36,10 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import nacl.bindings
 import nacl.exceptions
@@ -48,8 +48,11 @@ from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.ids import blake2b_256
 
 if TYPE_CHECKING:
+    from aiortc import RTCDataChannel
+
     from dhtchat.app.groups import FileOrigin
-    from dhtchat.app.messenger import Messenger
+    from dhtchat.app.history import History
+    from dhtchat.app.services import Spawner
 
 log = logging.getLogger("dhtchat.files")
 
@@ -201,11 +204,48 @@ def sha256_file(path: Path) -> bytes:
     return digest.digest()
 
 
+class FileMessages(Protocol):
+    """What file transfer needs of the messenger: the history database and the control
+    messages of the transfer protocol, sent inside the contact's ratchet."""
+
+    @property
+    def history(self) -> History:
+        """The history database (the ``files`` table lives there)."""
+        ...
+
+    async def send_file_offer(self, contact: bytes, file_id: bytes, name: str, size: int,
+                              digest: bytes, key: bytes, *, group_id: bytes = b"",
+                              origin: FileOrigin | None = None) -> object:
+        """Queue the offer of a file to ``contact``."""
+        ...
+
+    async def request_file(self, contact: bytes, file_id: bytes, offset: int) -> None:
+        """Ask the contact to stream the file from ``offset``."""
+        ...
+
+    async def confirm_file(self, contact: bytes, file_id: bytes) -> None:
+        """Tell the contact the file arrived whole."""
+        ...
+
+    async def end_file(self, contact: bytes, file_id: bytes, reason: str) -> None:
+        """Tell the contact a transfer ended here."""
+        ...
+
+    async def relay_group_file(self, entry: FileEntry, path: Path) -> None:
+        """As a group's admin, offer a member's file to the other members."""
+        ...
+
+
 class FileTransfers:
     """Both directions of file transfer for one daemon (state in the history database)."""
 
-    def __init__(self, messenger: Messenger, root: Path) -> None:
+    def __init__(self, messenger: FileMessages, root: Path, *, tasks: Spawner,
+                 channel: Callable[[bytes], RTCDataChannel | None]) -> None:
+        """``messenger`` sends the control messages; ``tasks`` runs the streams;
+        ``channel`` gives a contact's open data channel (None when not connected)."""
         self.messenger = messenger
+        self._tasks = tasks
+        self._channel_of = channel
         self.history = messenger.history
         self.root = root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -352,7 +392,7 @@ class FileTransfers:
         old = self._streams.pop(file_id, None)
         if old is not None:
             old.cancel()
-        self._streams[file_id] = self.messenger.daemon._spawn(self._stream(entry, offset))
+        self._streams[file_id] = self._tasks.spawn(self._stream(entry, offset))
 
     def _plain_chunks(self, entry: FileEntry, offset: int) -> Generator[bytes, None, None]:
         """An outgoing file's content from ``offset``, chunk by chunk."""
@@ -368,7 +408,7 @@ class FileTransfers:
                 yield data
 
     async def _stream(self, entry: FileEntry, offset: int) -> None:
-        channel = self.messenger._channel(entry.contact)
+        channel = self._channel_of(entry.contact)
         if channel is None:
             return
         chunks = self._plain_chunks(entry, offset)
@@ -400,7 +440,7 @@ class FileTransfers:
         with self.history.transaction() as db:
             db.execute("UPDATE files SET complete = 1, received = size WHERE id = ?",
                        (file_id,))
-        self.messenger.daemon._spawn(self._notify())
+        self._tasks.spawn(self._notify())
 
     # ------------------------------------------------------------------ receiving
 
@@ -424,7 +464,7 @@ class FileTransfers:
              group_id, author, int(accepted), error)).rowcount
         if inserted and error is not None:
             log.warning("refused a file offer: %s", error)
-            self.messenger.daemon._spawn(self.messenger.end_file(contact, file_id, "refused"))
+            self._tasks.spawn(self.messenger.end_file(contact, file_id, "refused"))
 
     def pending_offers(self, contact: bytes) -> int:
         """Incoming offers from ``contact`` that wait for the user's accept or decline."""
@@ -604,10 +644,10 @@ class FileTransfers:
             with self.history.transaction() as db:
                 db.execute("UPDATE files SET received = ? WHERE id = ?", (total, file_id))
             self._unsynced[file_id] = 0
-            self.messenger.daemon._spawn(self._notify())
+            self._tasks.spawn(self._notify())
             if total == entry.size:
                 self._close_handle(file_id)
-                self.messenger.daemon._spawn(self._finish(file_id))
+                self._tasks.spawn(self._finish(file_id))
 
     async def _finish(self, file_id: bytes) -> None:
         # One check at a time per file: a reconnection's resume can reach here while the

@@ -233,7 +233,8 @@ class Messenger:
         self._batch_ids: dict[bytes, tuple[bytes, asyncio.Future[None]]] = {}
         self._txn_outboxes: set[bytes] = set()  # outboxes the open transaction writes
         self._in_flight: set[bytes] = set()  # returned by receive, reply not yet written
-        self.files = FileTransfers(self, daemon.profile.root / "files")
+        self.files = FileTransfers(self, daemon.profile.root / "files", tasks=daemon,
+                                   channel=self._channel)
         self.groups = GroupStore(history.db)
         self._arrived = asyncio.Condition()
         self._delivered = asyncio.Condition()
@@ -387,7 +388,7 @@ class Messenger:
         done = self._batch_done
         if done is None:
             done = self._batch_done = asyncio.get_running_loop().create_future()
-            self.daemon._spawn(self._commit_batch())
+            self.daemon.spawn(self._commit_batch())
         self._batch_ids[message_id] = (contact, done)
         try:
             await asyncio.shield(done)
@@ -640,7 +641,7 @@ class Messenger:
                 if self._channel(contact) is None:
                     return  # the maintenance loop flushes to the mailbox
                 await self.flush(contact)
-        state.retransmit_task = self.daemon._spawn(later())
+        state.retransmit_task = self.daemon.spawn(later())
 
     def _reserve_slots(self, contact: bytes, seq: int, frame: bytes) -> int:
         """Assign the next mailbox slots to a frame (recorded on its outbox entry)."""
@@ -723,7 +724,7 @@ class Messenger:
             self.dropped_frames += 1
             return
         if state.inbound_task is None or state.inbound_task.done():
-            state.inbound_task = self.daemon._spawn(self._drain(contact, state.inbound))
+            state.inbound_task = self.daemon.spawn(self._drain(contact, state.inbound))
 
     async def _drain(self, contact: bytes, queue: asyncio.Queue[bytes]) -> None:
         while not queue.empty():
@@ -737,9 +738,9 @@ class Messenger:
     def attach(self, link: Link, channel: RTCDataChannel) -> None:
         """The connection is up: resend the outbox and resume incoming files."""
         contact = link.public_key
-        self.daemon._spawn(self.flush(contact, force=True))
-        self.daemon._spawn(self.files.resume(contact))
-        self.daemon._spawn(self._send_control(contact, self._ack_payload(contact)))
+        self.daemon.spawn(self.flush(contact, force=True))
+        self.daemon.spawn(self.files.resume(contact))
+        self.daemon.spawn(self._send_control(contact, self._ack_payload(contact)))
 
     async def on_frame(self, contact: bytes, data: bytes) -> None:
         """Handle one frame from the data channel or the mailbox."""
@@ -803,7 +804,7 @@ class Messenger:
             log.warning("cannot decrypt a message from %s: %s", contact.hex()[:12], exc)
             if time.monotonic() - state.reset_asked >= RESET_INTERVAL:
                 state.reset_asked = time.monotonic()
-                self.daemon._spawn(self._ask_reset(contact))
+                self.daemon.spawn(self._ask_reset(contact))
             return None
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
             self.undecryptable += 1
@@ -819,7 +820,7 @@ class Messenger:
         self._store_batch(contact, batch, self._conversation(contact))
         faults.reached("receive-commit")
         if any(p.kind == "file" for p, _ in batch) and self._channel(contact) is not None:
-            self.daemon._spawn(self.files.resume(contact))
+            self.daemon.spawn(self.files.resume(contact))
         return True
 
     async def _on_control(self, contact: bytes, state: _ContactState, payload: Payload,
@@ -841,26 +842,26 @@ class Messenger:
         elif payload.kind == "file_done":
             self.files.on_done(contact, payload.file_id)
         elif payload.kind == "file_end":
-            self.daemon._spawn(self.files.on_end(contact, payload.file_id,
+            self.daemon.spawn(self.files.on_end(contact, payload.file_id,
                                                  payload.text[:16]))
         elif payload.kind == "typing":
             state.typing_until = time.time() + TYPING_SHOWN
         elif payload.kind == "call" and len(payload.call_id) == 16 and \
                 self._is_contact(contact) and self.daemon.calls is not None:
-            self.daemon._spawn(self.daemon.calls.on_signal(
+            self.daemon.spawn(self.daemon.calls.on_signal(
                 contact, payload.call_action, payload.call_id, sdp=payload.text,
                 video=payload.video, committed=payload.commitment,
                 nonce=payload.nonce, conference=payload.conference,
                 participants=tuple(payload.participants),
                 signature=payload.signature, sas_version=payload.sas_version))
         elif payload.kind == "goodbye" and self._is_contact(contact):
-            self.daemon._spawn(self.daemon.contact_said_goodbye(contact))
+            self.daemon.spawn(self.daemon.contact_said_goodbye(contact))
         elif payload.kind == "reset":
             tombstones = self._reencrypt_outbox(contact)
             self._outbox(contact).reset()
             for index, length in tombstones:
-                self.daemon._spawn(self._tombstone(contact, index, length))
-            self.daemon._spawn(self.flush(contact, force=True))
+                self.daemon.spawn(self._tombstone(contact, index, length))
+            self.daemon.spawn(self.flush(contact, force=True))
 
     def _store_incoming(self, contact: bytes, payload: Payload, convo: Conversation,
                         initial: bool) -> None:
@@ -974,7 +975,7 @@ class Messenger:
                 db.execute("UPDATE messages SET read = 1 WHERE contact = ? AND outgoing = 1 "
                            "AND seq > ? AND seq <= ?", (contact, read_floor, read))
         for index, frame_bytes in tombstones:
-            self.daemon._spawn(self._tombstone(contact, index, frame_bytes or 0))
+            self.daemon.spawn(self._tombstone(contact, index, frame_bytes or 0))
         if acked is not None or read > read_floor:
             async with self._delivered:
                 self._delivered.notify_all()
@@ -995,7 +996,7 @@ class Messenger:
                 await asyncio.sleep(max(0.0, deadline - time.monotonic()))
                 if inbox.poll_ack(time.monotonic()) is not None:
                     await self._send_control(contact, self._ack_payload(contact))
-        state.ack_task = self.daemon._spawn(later())
+        state.ack_task = self.daemon.spawn(later())
 
     async def _send_control(self, contact: bytes, payload: Payload, *,
                             new_session_from: bytes | None = None,
@@ -1466,7 +1467,7 @@ class Messenger:
 
     def _flush_queued(self) -> None:
         for contact in sorted(self._flush_after_commit):
-            self.daemon._spawn(self.flush(contact))
+            self.daemon.spawn(self.flush(contact))
         self._flush_after_commit.clear()
 
     async def send_group_text(self, group_id: bytes, text: str) -> StoredMessage:

@@ -42,11 +42,11 @@ _MAX_TIMER_DELAY = 5.0
 
 
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, owner: UdpDhtNode) -> None:
-        self._owner = owner
+    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
+        self._on_datagram = on_datagram
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self._owner._on_datagram(data, (str(addr[0]), int(addr[1])))
+        self._on_datagram(data, (str(addr[0]), int(addr[1])))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable...) surface here; the core sees them as timeouts.
@@ -56,8 +56,8 @@ class _Protocol(asyncio.DatagramProtocol):
 class Subscription:
     """Records pushed for one ``listen``; iterate with ``async for``; ``close()`` to stop."""
 
-    def __init__(self, node: UdpDhtNode, query_id: int) -> None:
-        self._node = node
+    def __init__(self, query_id: int, cancel: Callable[[int], None]) -> None:
+        self._cancel = cancel
         self.query_id = query_id
         self.queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=1024)
         self.started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -74,7 +74,7 @@ class Subscription:
 
     def close(self) -> None:
         """Cancel the subscription."""
-        self._node._cancel(self.query_id)
+        self._cancel(self.query_id)
 
 
 class UdpDhtNode:
@@ -118,7 +118,7 @@ class UdpDhtNode:
         node = cls(core, on_event)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(node), local_addr=(host, port)
+            lambda: _Protocol(node._on_datagram), local_addr=(host, port)
         )
         node._transport = transport
         sock = transport.get_extra_info("socket")
@@ -170,7 +170,7 @@ class UdpDhtNode:
     async def listen(self, key: bytes, timeout: float = 15.0) -> Subscription:
         """Subscribe to records stored under ``key`` from now on."""
         query_id = self.core.listen(key, time.time())
-        sub = Subscription(self, query_id)
+        sub = Subscription(query_id, self._cancel)
         self._subscriptions[query_id] = sub
         self._flush()
         try:

@@ -4,8 +4,12 @@
   server when ``iceServers`` is unset, so the configuration is always explicit.
 * Host candidates: aioice enumerates every interface address (never loopback). A daemon can
   restrict them (``--ice-address``) to keep an interface private or to run on loopback.
-* The selected candidate pair is private aioice state (``Connection._nominated``); it is read
-  in :func:`selected_pair` only, which a test pins down.
+* The selected candidate pair is private state: aiortc exposes no accessor for the aioice
+  ``Connection`` (``RTCIceGatherer._connection``), nor aioice for its nominated pairs and
+  sockets (``Connection._nominated``, ``_protocols``). They are read by name with
+  ``getattr`` (nothing when a version renames them) in :func:`_ice_connection`,
+  :func:`selected_pair` and :func:`enlarge_ice_socket_buffers` only; a test pins the pair
+  down.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def _ice_connection(pc: RTCPeerConnection) -> Any:
         None)  # a media-only connection (a call)
     if dtls is None:
         return None
-    return dtls.transport.iceGatherer._connection
+    return getattr(dtls.transport.iceGatherer, "_connection", None)  # private: see the top
 
 
 def selected_pair(pc: RTCPeerConnection) -> SelectedPair | None:

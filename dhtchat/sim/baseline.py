@@ -10,21 +10,15 @@ measured against, so the library runs as shipped: only its environment is simula
 Theory of operation
 -------------------
 
-* **Virtual time.** :class:`VirtualTimeLoop` is an ``asyncio.BaseEventLoop`` whose clock is a
-  number. Its "selector" does no I/O: when the loop would block for ``timeout`` seconds it
-  adds ``timeout`` to the clock instead, so the next timer is due at once. ``asyncio.sleep(5)``
-  and ``loop.call_later`` cost no wall time, the loop never touches a socket or a pipe, and
-  callbacks run in the usual FIFO/heap order, so a run is a pure function of its inputs.
-  :func:`run_virtual` runs a coroutine on a fresh loop.
-* **Datagrams.** Every node has a virtual address (``10.a.b.c``, port 4000) and a
-  :class:`SimDatagramTransport`. ``sendto`` hands the datagram to :class:`SimDatagramNetwork`,
-  which drops it if either end is offline or the loss draw says so, and otherwise schedules
-  ``protocol.datagram_received(data, src_addr)`` on the destination after a delay from the
-  latency model. Loss and delay are drawn from one ``random.Random`` per sending node, seeded
-  from ``(seed, index)``.
+* **Virtual time and datagrams** (:mod:`dhtchat.sim.virtual`). The library runs on a
+  :class:`~dhtchat.sim.virtual.VirtualTimeLoop`, an asyncio loop whose clock jumps to the next
+  timer, and sends through a :class:`~dhtchat.sim.virtual.SimDatagramNetwork`, which drops or
+  delays each datagram by the loss and latency models; every node has a virtual address
+  (``10.a.b.c``, port 4000). A run is a pure function of its inputs and costs no wall time
+  waiting.
 * **Nodes.** ``kademlia.network.Server(ksize=k, alpha=alpha, node_id=...)`` with ids
   ``sha1(seed, index)``. ``Server.listen`` would open a UDP socket, so :func:`_start_server`
-  does what it does with the fake transport instead: ``server._create_protocol()``,
+  does what it does with the fake transport instead: a ``server.protocol_class`` instance,
   ``protocol.connection_made(transport)`` and ``server.refresh_table()`` (whose hourly timer
   runs on virtual time and dies with the run).
 * **Library clock and randomness.** For the duration of a run ``kademlia.routing.time`` is
@@ -50,24 +44,23 @@ Theory of operation
   the searcher's own contacts, one more than the node that named it otherwise (minimum over
   the nodes that named it). ``rpcs`` are the crawl's FIND_NODE requests; per-lookup
   ``messages``/``bytes`` count every datagram causally descended from the lookup (requests,
-  replies and the pings they provoke), traced with a context variable that asyncio carries
-  through ``call_later`` and tasks. Bytes are UDP payload bytes (no IP/UDP headers).
+  replies and the pings they provoke), traced with
+  :func:`~dhtchat.sim.virtual.trace_traffic`. Bytes are UDP payload bytes (no IP/UDP
+  headers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import hashlib
 import heapq
 import logging
 import math
 import random
-from collections import deque
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, cast
 
 import kademlia.protocol
 import kademlia.routing
@@ -76,264 +69,26 @@ from kademlia.network import Server
 from kademlia.node import Node
 
 from dhtchat.sim.models import ChurnModel, LatencyModel
+from dhtchat.sim.virtual import (
+    Address,
+    SimDatagramNetwork,
+    Traffic,
+    VirtualTimeLoop,
+    run_virtual,
+    trace_traffic,
+)
 
-__all__ = [
-    "ChurnMode",
-    "SimDatagramNetwork",
-    "SimDatagramTransport",
-    "VirtualDeadlockError",
-    "VirtualTimeExceededError",
-    "VirtualTimeLoop",
-    "address_for",
-    "node_id_for",
-    "run_kademlia_baseline",
-    "run_virtual",
-]
+__all__ = ["ChurnMode", "node_id_for", "run_kademlia_baseline"]
 
-T = TypeVar("T")
-Address = tuple[str, int]
 ChurnMode = Literal["reconnect", "restart"]
 
-PORT = 4000
 ID_BYTES = 20  # kademlia: SHA-1 sized ids
 _FAR = 1 << (8 * ID_BYTES + 1)  # farther than any XOR distance
-
-
-# ------------------------------------------------------------------------ virtual-time loop
-
-
-class VirtualTimeExceededError(RuntimeError):
-    """The virtual clock passed the loop's deadline."""
-
-
-class VirtualDeadlockError(RuntimeError):
-    """Nothing is ready and no timer is scheduled, yet the loop was asked to go on."""
-
-
-class _CountingDeque(deque[asyncio.Handle]):
-    """The loop's ready queue; counts the callbacks the loop takes out to run."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ran = 0
-
-    def popleft(self) -> asyncio.Handle:
-        handle = super().popleft()
-        if not handle.cancelled():
-            self.ran += 1
-        return handle
-
-
-class _VirtualSelector:
-    """Stands in for the selector: "waiting" ``timeout`` seconds advances the clock."""
-
-    def __init__(self, loop: VirtualTimeLoop) -> None:
-        self._loop = loop
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        self._loop._advance(timeout)
-        return []
-
-    def close(self) -> None:
-        return None
-
-
-class VirtualTimeLoop(asyncio.BaseEventLoop):
-    """An asyncio event loop on a virtual clock that jumps to the next timer.
-
-    ``time()`` starts at ``start`` and only moves when the loop has nothing ready: then it
-    jumps to the earliest scheduled timer. No file descriptors are created or polled (there is
-    no self-pipe: ``call_soon_threadsafe`` from another thread is not supported while the loop
-    idles, which it never does in wall time). ``deadline``: virtual time past which the loop
-    raises :class:`VirtualTimeExceededError`. ``events`` counts callbacks run. Exceptions
-    that reach the loop's exception handler are kept in ``errors`` (and logged at debug).
-    """
-
-    def __init__(self, *, start: float = 0.0, deadline: float | None = None) -> None:
-        super().__init__()
-        self._now = float(start)
-        self._deadline = deadline
-        self._selector = _VirtualSelector(self)
-        self._ready = _CountingDeque()
-        self._clock_resolution = 1e-9
-        self.errors: list[str] = []
-        self.set_exception_handler(_record_loop_error)
-
-    def time(self) -> float:
-        return self._now
-
-    @property
-    def events(self) -> int:
-        """Callbacks run so far (cancelled handles excluded)."""
-        return self._ready.ran
-
-    def _advance(self, timeout: float | None) -> None:
-        if timeout is None:
-            raise VirtualDeadlockError("virtual loop: nothing ready and no timer scheduled")
-        if timeout > 0:
-            self._now += timeout
-            if self._deadline is not None and self._now > self._deadline:
-                raise VirtualTimeExceededError(
-                    f"virtual time {self._now:.3f} s passed the deadline {self._deadline:.3f} s"
-                )
-
-    def _process_events(self, event_list: list[Any]) -> None:
-        return None
-
-    def _write_to_self(self) -> None:
-        return None
-
-
-def _record_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    message = str(context.get("message", ""))
-    exc = context.get("exception")
-    text = f"{message}: {type(exc).__name__}: {exc}" if exc is not None else message
-    if isinstance(loop, VirtualTimeLoop):
-        loop.errors.append(text)
-    logging.getLogger(__name__).debug("virtual loop error: %s", text)
-
-
-def run_virtual(main: Coroutine[Any, Any, T], *, loop: VirtualTimeLoop | None = None) -> T:
-    """Run ``main`` to completion on ``loop`` (default: a new :class:`VirtualTimeLoop`).
-
-    Like ``asyncio.run``: tasks still pending when ``main`` returns are cancelled and the loop
-    is closed; its ``time()``, ``events`` and ``errors`` stay readable afterwards.
-    """
-    vloop = loop if loop is not None else VirtualTimeLoop()
-    with asyncio.Runner(loop_factory=lambda: vloop) as runner:
-        return runner.run(main)
-
-
-# ------------------------------------------------------------------------- datagram network
-
-
-def address_for(index: int) -> Address:
-    """The virtual address of node ``index``: ``("10.a.b.c", 4000)``."""
-    n = index + 1
-    if not 0 < n < 1 << 24:
-        raise ValueError(f"node index {index} out of range")
-    return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}", PORT
 
 
 def node_id_for(seed: int, index: int) -> bytes:
     """The 160-bit kademlia id of node ``index`` in the run seeded with ``seed``."""
     return hashlib.sha1(f"dhtchat-sim/kademlia/{seed}/node/{index}".encode()).digest()
-
-
-@dataclass
-class _Traffic:
-    """Datagrams put on the wire on behalf of one activity (a join, a lookup)."""
-
-    messages: int = 0
-    bytes: int = 0
-
-
-_TRAFFIC: contextvars.ContextVar[_Traffic | None] = contextvars.ContextVar(
-    "dhtchat_sim_baseline_traffic", default=None
-)
-
-
-class SimDatagramTransport(asyncio.DatagramTransport):
-    """The datagram endpoint of one node on a :class:`SimDatagramNetwork`."""
-
-    def __init__(self, network: SimDatagramNetwork, index: int) -> None:
-        super().__init__(extra={"sockname": network.addresses[index]})
-        self._network = network
-        self._index = index
-        self._closing = False
-
-    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
-        if self._closing:  # like a closed asyncio transport: silently nothing
-            return
-        if addr is None:
-            raise ValueError("simulated transports are unconnected: sendto needs an address")
-        self._network.send(self._index, bytes(data), addr)
-
-    def close(self) -> None:
-        self._closing = True
-
-    def abort(self) -> None:
-        self._closing = True
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
-class SimDatagramNetwork:
-    """Delivers datagrams between nodes on a :class:`VirtualTimeLoop`.
-
-    ``attach(index, protocol)`` connects a protocol (``asyncio.DatagramProtocol``) and returns
-    its transport; ``set_online(index, flag)`` cuts a node off (datagrams to or from it are
-    dropped, including those already in flight to it) or reconnects it.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        size: int,
-        *,
-        seed: int,
-        latency: LatencyModel,
-        loss: float = 0.0,
-    ) -> None:
-        if not 0.0 <= loss <= 1.0:
-            raise ValueError("loss must be within [0, 1]")
-        self.loop = loop
-        self.latency = latency
-        self.loss = loss
-        self.addresses = [address_for(i) for i in range(size)]
-        self.index_of = {addr: i for i, addr in enumerate(self.addresses)}
-        self.protocols: list[asyncio.DatagramProtocol | None] = [None] * size
-        self.online = [False] * size
-        self.last_change = [0.0] * size
-        self.rngs = [random.Random(f"{seed}/link/{i}") for i in range(size)]
-        self.messages = 0
-        self.bytes = 0
-        self.dropped = 0
-
-    def attach(self, index: int, protocol: asyncio.DatagramProtocol) -> SimDatagramTransport:
-        """Connect ``protocol`` as node ``index`` (online) and return its transport."""
-        transport = SimDatagramTransport(self, index)
-        self.protocols[index] = protocol
-        self.set_online(index, True)
-        protocol.connection_made(transport)
-        return transport
-
-    def set_online(self, index: int, online: bool) -> None:
-        """Take node ``index`` off the network or put it back."""
-        if self.online[index] != online:
-            self.online[index] = online
-            self.last_change[index] = self.loop.time()
-
-    def send(self, src: int, data: bytes, addr: Any) -> None:
-        """Put a datagram from node ``src`` on the wire to ``addr``."""
-        self.messages += 1
-        self.bytes += len(data)
-        traffic = _TRAFFIC.get()
-        if traffic is not None:
-            traffic.messages += 1
-            traffic.bytes += len(data)
-        dst = self.index_of.get((str(addr[0]), int(addr[1])))
-        if dst is None or not self.online[src] or not self.online[dst]:
-            self.dropped += 1
-            return
-        rng = self.rngs[src]
-        if self.loss and rng.random() < self.loss:
-            self.dropped += 1
-            return
-        delay = self.latency.delay(src, dst, rng)
-        # call_later copies the current context, so the reply is traced to the same activity
-        self.loop.call_later(delay, self._deliver, dst, data, self.addresses[src])
-
-    def _deliver(self, dst: int, data: bytes, src_addr: Address) -> None:
-        protocol = self.protocols[dst]
-        if protocol is None or not self.online[dst]:
-            self.dropped += 1
-            return
-        protocol.datagram_received(data, src_addr)
 
 
 # --------------------------------------------------------------------------- kademlia glue
@@ -371,7 +126,9 @@ def _kademlia_on_virtual_time(loop: asyncio.AbstractEventLoop, seed: int) -> Ite
 
 def _start_server(server: Any, network: SimDatagramNetwork, index: int) -> None:
     """What ``Server.listen`` does, on the simulated network instead of a UDP socket."""
-    protocol = cast(asyncio.DatagramProtocol, server._create_protocol())
+    # Server._create_protocol, from the public attributes it reads
+    protocol = cast(asyncio.DatagramProtocol,
+                    server.protocol_class(server.node, server.storage, server.ksize))
     server.protocol = protocol
     server.transport = network.attach(index, protocol)
     server.refresh_table()
@@ -434,7 +191,7 @@ class _LookupRecord:
     hops: int = 0
     rpcs: int = 0
     rpc_failures: int = 0
-    traffic: _Traffic = field(default_factory=_Traffic)
+    traffic: Traffic = field(default_factory=Traffic)
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -502,7 +259,7 @@ class _Baseline:
         self.scenario = random.Random(f"{seed}/scenario")
         self.background: set[asyncio.Task[Any]] = set()
         self.records: list[_LookupRecord] = []
-        self.join = _Traffic()
+        self.join = Traffic()
         self.join_failures = 0
         self.join_retries = 0
         self.join_seconds = 0.0
@@ -557,7 +314,7 @@ class _Baseline:
     # -- phases ------------------------------------------------------------------------
 
     async def _bootstrap(self, server: Any, peers: list[Address]) -> bool:
-        _TRAFFIC.set(self.join)
+        trace_traffic(self.join)
         found = await server.bootstrap(peers)
         return bool(found)
 
@@ -599,7 +356,7 @@ class _Baseline:
         return self.scenario.choice(candidates) if candidates else None
 
     async def _lookup(self, record: _LookupRecord) -> None:
-        _TRAFFIC.set(record.traffic)
+        trace_traffic(record.traffic)
         server = self.servers[record.source]
         protocol = server.protocol
         node = Node(record.target.to_bytes(ID_BYTES, "big"))
@@ -779,7 +536,7 @@ def run_kademlia_baseline(
 
     Lookups whose searcher goes offline before they finish are reported as ``abandoned`` and
     left out of the rates and distributions. ``max_virtual_seconds`` bounds the run's
-    virtual time (:class:`VirtualTimeExceededError`).
+    virtual time (:class:`~dhtchat.sim.virtual.VirtualTimeExceededError`).
 
     Returns a JSON-ready dict that depends only on the arguments: ``nodes``, ``k``,
     ``alpha``, ``seed``; ``lookups`` with ``count``, ``scored`` (not abandoned),

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
 
-from dhtchat.sim.launch import LAUNCHED
+from dhtchat.sim.launch import launched
 from dhtchat.sim.models import latency_from_spec
 from dhtchat.sim.output import add_baseline, write_outputs
 from dhtchat.sim.runner import Scenario, run
@@ -39,7 +38,7 @@ def simulate_main(args: argparse.Namespace) -> int:
         return 2
     # In the process `dhtchat simulate` relaunches itself into, nothing but output follows.
     result = run(scenario, progress=True,
-                 last_in_process=os.environ.get(LAUNCHED) == "1")
+                 last_in_process=launched())
     baseline_wall = None
     if scenario.baseline == "kademlia":
         from dhtchat.sim.baseline import run_kademlia_baseline  # noqa: PLC0415

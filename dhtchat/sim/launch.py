@@ -1,17 +1,19 @@
-"""``dhtchat simulate`` in a fresh process: the compiled hot path, then the usual CLI.
+"""The environment a fast simulator process starts in, and what it does first.
 
-``dhtchat simulate ...`` re-executes itself as ``python -m dhtchat simulate ...`` with
-``_DHTCHAT_SIM_LAUNCHED=1`` (on huge pages where available, see
-:mod:`dhtchat.sim.hugepages`), because the compiled modules (:mod:`dhtchat.sim.accel`) must
-be chosen before anything imports the core, and the CLI module imports it:
-``dhtchat/__main__.py`` calls :func:`activate_if_launched` before it imports the CLI. (The
-simulator never imports the app layer itself: import-linter's contracts in pyproject.toml.)
+A simulator run is faster when it starts on huge pages (:mod:`dhtchat.sim.hugepages`, read
+when the process starts) with the compiled hot path (:mod:`dhtchat.sim.accel`, chosen before
+anything imports the core). :func:`launch_environment` gives the environment to re-execute
+a process in for that (or ``None`` when there is nothing to gain); it marks the process
+(:data:`LAUNCHED`) so that it is restarted once only, and :func:`activate_if_launched`, the
+first thing the marked process does, activates the compiled modules. Which program is
+re-executed is the caller's business: ``dhtchat simulate`` restarts itself
+(:func:`dhtchat.cli.simulate.relaunch`); the simulator imports nothing above the core.
 """
 
 from __future__ import annotations
 
 import os
-import sys
+from collections.abc import Mapping
 
 from dhtchat.sim.accel import OPT_OUT, activate
 from dhtchat.sim.hugepages import simulator_environment
@@ -19,31 +21,26 @@ from dhtchat.sim.hugepages import simulator_environment
 LAUNCHED = "_DHTCHAT_SIM_LAUNCHED"  # set in the relaunched process: never relaunch twice
 
 
-def relaunch() -> None:
-    """Replace this process by ``python -m dhtchat`` with the same arguments.
-
-    For the ``dhtchat`` command line only (it execs). Returns, doing nothing, when there
-    is nothing to gain (compilation and huge pages both off or unavailable) or on failure.
-    """
-    if os.environ.get(LAUNCHED) == "1":
-        return
-    huge = simulator_environment(os.environ)
-    if huge is None and os.environ.get(OPT_OUT) == "0":
-        return
-    env = dict(huge if huge is not None else os.environ)
+def launch_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The environment to restart a simulator process in, or ``None`` when there is nothing
+    to gain (already restarted, or compilation and huge pages both off or unavailable)."""
+    if environ.get(LAUNCHED) == "1":
+        return None
+    huge = simulator_environment(environ)
+    if huge is None and environ.get(OPT_OUT) == "0":
+        return None
+    env = dict(huge if huge is not None else environ)
     env[LAUNCHED] = "1"
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execve(sys.executable, [sys.executable, "-m", "dhtchat", *sys.argv[1:]],
-                  env)
-    except OSError as exc:  # run on as is: only speed is lost
-        print(f"note: could not restart the simulator ({exc}); running as is",
-              file=sys.stderr)
+    return env
+
+
+def launched() -> bool:
+    """Whether this process is one that :func:`launch_environment` prepared."""
+    return os.environ.get(LAUNCHED) == "1"
 
 
 def activate_if_launched() -> None:
-    """In the process :func:`relaunch` started: activate the compiled modules (before the
-    core is imported)."""
-    if os.environ.get(LAUNCHED) == "1":
+    """In a process :func:`launch_environment` prepared: activate the compiled modules
+    (before the core is imported)."""
+    if launched():
         activate()

@@ -1,0 +1,73 @@
+"""``dhtchat daemon``: run your node (DHT, contacts, connections and the local API) until
+SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+from dhtchat.app.keystore import is_encrypted, load_identity_document
+from dhtchat.cli.errors import EXIT_OK, UsageError
+from dhtchat.cli.identity import load_identity
+from dhtchat.cli.options import open_profile, parse_bootstrap
+
+if TYPE_CHECKING:
+    from dhtchat.net.webrtc import TurnServer
+
+log = logging.getLogger("dhtchat")
+
+
+def _parse_turn(args: argparse.Namespace) -> TurnServer | None:
+    from dhtchat.net.webrtc import TurnServer  # noqa: PLC0415 - aiortc loads only for daemons
+
+    if not args.turn:
+        if args.turn_user or args.turn_pass:
+            raise UsageError("--turn-user/--turn-pass need --turn URL")
+        return None
+    if not args.turn.startswith(("turn:", "turns:")):
+        raise UsageError("--turn must be a turn: URL, e.g. turn:203.0.113.5:3478")
+    if not args.turn_user or args.turn_pass is None:
+        raise UsageError("--turn needs --turn-user and --turn-pass")
+    return TurnServer(args.turn, args.turn_user, args.turn_pass)
+
+
+async def _run_daemon(args: argparse.Namespace) -> int:
+    # Imported here: aiortc takes a while to load and only the daemon needs it.
+    from dhtchat.app.daemon import Daemon, DaemonAlreadyRunning, DaemonOptions  # noqa: PLC0415
+
+    profile, _ = open_profile(args)
+    if not profile.has_identity():
+        raise UsageError(f"no identity in {profile.root}; create one with `dhtchat id new`")
+    if not is_encrypted(load_identity_document(profile.identity_path)):
+        log.warning("this identity has no passphrase: the message history and contact list "
+                    "in %s are readable by anyone who can read its files", profile.root)
+    identity = load_identity(profile)
+    options = DaemonOptions(
+        port=args.port, host=args.host, bootstrap=parse_bootstrap(args.bootstrap),
+        stun=parse_bootstrap(args.stun), turn=_parse_turn(args), relay_only=args.relay_only,
+        ice_addresses=args.ice_address, connect_timeout=args.connect_timeout,
+        display_name=args.name or "",
+    )
+    daemon = Daemon(profile, identity, options)
+    try:
+        await daemon.start()
+    except DaemonAlreadyRunning as exc:
+        raise UsageError(str(exc)) from None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(daemon.stop()))
+    log.info("daemon ready; API on %s", daemon.socket_path)
+    try:
+        await daemon.serve_forever()
+    finally:
+        await daemon.stop()
+    log.info("daemon stopped")
+    return EXIT_OK
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    """Run the daemon of the profile until SIGINT or SIGTERM."""
+    return asyncio.run(_run_daemon(args))

@@ -1,0 +1,34 @@
+"""The client side of the daemon's API: one call per command step."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from dhtchat.app.rpc import DaemonNotRunning
+from dhtchat.app.rpc import call as rpc_call
+from dhtchat.cli.errors import DaemonUnavailable
+from dhtchat.cli.options import open_profile
+
+
+def rpc(args: argparse.Namespace, method: str, params: dict[str, Any],
+        timeout: float = 120.0) -> Any:
+    """Call ``method`` on the daemon of the profile in ``args``; its result."""
+    profile, _ = open_profile(args)
+    path = profile.root / "daemon.sock"
+    try:
+        return asyncio.run(rpc_call(path, method, params, timeout=timeout))
+    except DaemonNotRunning:
+        raise DaemonUnavailable(
+            f"no daemon is running for profile {profile.root}; start one with "
+            "`dhtchat daemon --port PORT`") from None
+
+
+def contact_names(args: argparse.Namespace) -> dict[str, str]:
+    """Display name by user id (yours is "me"; ``"__me__"`` maps to your id)."""
+    rows = rpc(args, "contact.list", {})
+    names = {row["id"]: row["name"] for row in rows}
+    names["__me__"] = rpc(args, "status", {})["id"]
+    names[names["__me__"]] = "me"
+    return names
