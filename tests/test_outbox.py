@@ -53,11 +53,30 @@ def test_nothing_is_sent_before_the_payload_and_its_frame_are_committed() -> Non
     with pytest.raises(ValueError, match="before it was committed"):
         outbox.framed(seq, b"frame")
     assert outbox.transmit(0.0, force=True) == []
+    assert not outbox.needs_frames()
     outbox.committed()
-    assert outbox.to_encrypt() == [Queued(seq, b"payload 1")]
+    assert outbox.to_encrypt() == [Queued(seq, b"payload 1")] and outbox.needs_frames()
     assert outbox.transmit(0.0, force=True) == []  # committed, but no frame yet
+    assert not outbox.has_frames()
     outbox.framed(seq, b"frame")
+    assert outbox.has_frames() and not outbox.needs_frames()
     assert [(s.seq, s.frame, s.attempt) for s in outbox.transmit(0.0)] == [(1, b"frame", 0)]
+
+
+def test_a_transaction_may_commit_payloads_and_frames_together() -> None:
+    outbox = Outbox()
+    outbox.queue(_payload)
+    assert outbox.to_encrypt() == []  # not committed yet ...
+    entry = outbox.to_encrypt(uncommitted=True)  # ... but it may be encrypted for the commit
+    assert [e.seq for e in entry] == [1] and outbox.holds(entry[0])
+    outbox.committed()  # the payload and its frame in one transaction
+    outbox.framed(1, b"frame")
+    assert [s.seq for s in outbox.transmit(0.0)] == [1]
+    outbox.rollback()
+    outbox.on_ack(1)
+    assert not outbox.holds(entry[0])  # acknowledged: a late frame is not recorded
+    outbox.queue(_payload)
+    assert not outbox.holds(Queued(2, b"another payload"))
 
 
 def test_a_failed_commit_forgets_the_payloads_and_reuses_their_numbers() -> None:

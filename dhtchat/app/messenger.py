@@ -96,6 +96,7 @@ MAX_CONCURRENT_PUTS: Final = 8  # mailbox slot puts in flight per daemon
 MAINTENANCE_PARALLEL: Final = 8  # contacts served at once by the maintenance pass
 INBOUND_QUEUE: Final = 4096  # data-channel frames waiting per contact
 RECEIVE_BATCH: Final = 256  # frames handled (and their messages committed) together
+COLLECT_TURNS: Final = 4  # ... collected until none arrived for this many turns of the loop
 MIN_SLOT_STORERS: Final = 3  # acknowledgements a mailbox slot needs to count as stored
 HOLE_GRACE: Final = 120.0  # an empty slot followed by filled ones is skipped after this long
 HOLE_MEMORY: Final = 24 * 3600.0  # ... and read again at every poll for this long
@@ -588,11 +589,11 @@ class Messenger:
         state = self._state(contact)
         outbox = self._outbox(contact)
         bundle = None
-        if not self._conversation(contact).established and outbox.to_encrypt():
+        if not self._conversation(contact).established and outbox.needs_frames():
             bundle = await self._bundle(contact)  # network I/O before taking the lock
         async with state.lock:
             await self._encrypt_pending(contact, bundle)
-            if not outbox.due(time.monotonic(), force=True):
+            if not outbox.has_frames():
                 return  # nothing framed
             channel = self._channel(contact)
             now = time.monotonic()
@@ -728,8 +729,18 @@ class Messenger:
 
     async def _drain(self, contact: bytes, queue: asyncio.Queue[bytes]) -> None:
         while not queue.empty():
-            # What arrived while the last batch was handled is handled (and committed) as one.
-            batch = [queue.get_nowait() for _ in range(min(queue.qsize(), RECEIVE_BATCH))]
+            # Frames that keep coming are handled (and their messages committed) as one
+            # batch: while a commit blocks the loop the next frames wait in the socket, and
+            # the transport hands them over one per turn of the loop.
+            batch: list[bytes] = []
+            idle = 0
+            while len(batch) < RECEIVE_BATCH and idle < COLLECT_TURNS:
+                if queue.empty():
+                    idle += 1
+                    await asyncio.sleep(0)
+                    continue
+                idle = 0
+                batch.append(queue.get_nowait())
             try:
                 await self._on_frames(contact, batch)
             except Exception:  # bad frames must not stop the contact's others

@@ -179,6 +179,14 @@ class Outbox:
         return [Queued(e.seq, e.payload) for e in self._entries.values()
                 if (e.committed or uncommitted) and e.frame is None]
 
+    def needs_frames(self) -> bool:
+        """Whether a committed payload waits for its frame."""
+        return any(e.committed and e.frame is None for e in self._entries.values())
+
+    def has_frames(self) -> bool:
+        """Whether an unacknowledged payload has its frame."""
+        return any(e.frame is not None for e in self._entries.values())
+
     def holds(self, entry: Queued) -> bool:
         """Whether ``entry`` is still queued as it was (not acknowledged, not rolled back and
         its number given to another payload)."""
