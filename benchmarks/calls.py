@@ -216,7 +216,7 @@ class BenchCallManager(CallManager):
     def __init__(self, daemon: Daemon) -> None:
         assert daemon.history is not None and daemon.messenger is not None
         super().__init__(CallStore(daemon.history), daemon, daemon.messenger, tasks=daemon,
-                         names=daemon.name_of)
+                         names=daemon.name_of, events=daemon.events)
         self.opened = {}
 
     def _open_media(self, call: Call) -> None:

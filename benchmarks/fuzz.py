@@ -54,6 +54,7 @@ if os.environ.get("DHTCHAT_FUZZ_INSTRUMENT") == "1":  # the atheris child: instr
         import dhtchat.core.records
         import dhtchat.core.stun
         import dhtchat.core.wire
+        import dhtchat.messaging.mailbox
         import dhtchat.messaging.session  # noqa: F401
 
 import msgspec
@@ -62,7 +63,7 @@ from dhtchat.app.files import FileTransfers, safe_file_name, seal_chunk
 from dhtchat.app.groups import new_group, open_state, sign_state
 from dhtchat.app.history import History
 from dhtchat.app.keystore import KeystoreError, load_identity_document, open_identity, seal_identity
-from dhtchat.app.messenger import Frame, Part, Payload
+from dhtchat.app.messenger import Frame, Payload
 from dhtchat.app.rpc import RpcError, RpcServer
 from dhtchat.core.calls import ACTIONS, CallMachine
 from dhtchat.core.contacts import (
@@ -81,6 +82,7 @@ from dhtchat.core.node import DhtNode
 from dhtchat.core.records import Record, make_app_record, validate_record
 from dhtchat.core.stun import answer_binding_request, binding_request, parse_binding_response
 from dhtchat.core.wire import FindNode, GetValues, Ping, Store, decode, encode_request
+from dhtchat.messaging.mailbox import Part
 from dhtchat.messaging.session import (
     Conversation,
     PrekeyStore,

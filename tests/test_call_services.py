@@ -17,6 +17,7 @@ from aiortc import RTCConfiguration
 from dhtchat.app.callmedia import CallMedia, CallMediaEngine
 from dhtchat.app.calls import CallManager, CallRecord, CallStore
 from dhtchat.app.contactstore import ContactStore
+from dhtchat.app.events import EventLog
 from dhtchat.app.history import History
 from dhtchat.core.contacts import Presence
 from dhtchat.core.identity import SigningIdentity
@@ -79,7 +80,8 @@ def _names(public_key: bytes) -> str:
 
 
 def _manager(history: History, peers: _Peers, signals: _Signals) -> CallManager:
-    return CallManager(CallStore(history), peers, signals, tasks=_Tasks(), names=_names)
+    return CallManager(CallStore(history), peers, signals, tasks=_Tasks(), names=_names,
+                       events=EventLog())  # not opened: events go nowhere
 
 
 def test_the_call_log_rewrites_a_call_in_place_newest_first(tmp_path: Path) -> None:

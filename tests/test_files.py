@@ -16,6 +16,7 @@ import nacl.bindings
 import nacl.exceptions
 import pytest
 
+from dhtchat.app.events import EventLog
 from dhtchat.app.files import (
     CHUNK_BYTES,
     CHUNK_MARK,
@@ -148,6 +149,7 @@ def test_200_mb_file_resumes_after_the_sender_is_killed(tmp_path: Path,
 class _FakeDaemon:
     def __init__(self) -> None:
         self.tasks: list[asyncio.Task[None]] = []
+        self.events = EventLog()  # not opened: file events go nowhere
 
     def spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -203,7 +205,7 @@ def _receiver(tmp_path: Path) -> tuple[FileTransfers, _FakeMessenger]:
 def _transfers(messenger: _FakeMessenger, root: Path) -> FileTransfers:
     """A FileTransfers wired to the fake messenger: its tasks, its channel."""
     return FileTransfers(messenger, root, tasks=messenger.daemon,  # type: ignore[arg-type]
-                         channel=messenger.channel_of)
+                         channel=messenger.channel_of, events=messenger.daemon.events)
 
 
 def _offer(files: FileTransfers, contact: bytes, content: bytes, digest: bytes | None = None,
@@ -565,29 +567,29 @@ def test_file_accept_over_rpc_between_daemons(tmp_path: Path) -> None:
             await alice.connect(bob.identity.public_key, 30)
             source = tmp_path / "two.bin"
             source.write_bytes(os.urandom(2 << 20))
-            offer = await alice.rpc_file_send({"to": "bob", "path": str(source)})
+            offer = await alice.api.call("file.send", {"to": "bob", "path": str(source)})
             deadline = time.monotonic() + 60
-            while not (rows := [r for r in await bob.rpc_file_list({})
+            while not (rows := [r for r in await bob.api.call("file.list", {})
                                 if r["id"] == offer["id"]]):
                 assert time.monotonic() < deadline, "the offer did not arrive"
                 await alice.messenger.flush(bob.identity.public_key)
                 await asyncio.sleep(0.1)
             assert rows[0]["accepted"] is False and rows[0]["transferred"] == 0
             with pytest.raises(RpcError):
-                await bob.rpc_file_accept({"id": "00" * 16})
-            accepted = await bob.rpc_file_accept({"id": offer["id"]})
+                await bob.api.call("file.accept", {"id": "00" * 16})
+            accepted = await bob.api.call("file.accept", {"id": offer["id"]})
             assert accepted["accepted"] is True
             assert await alice.messenger.files.wait_complete(bytes.fromhex(offer["id"]), 120)
-            out = await bob.rpc_file_get({"id": offer["id"], "dest": str(tmp_path / "got")})
+            out = await bob.api.call("file.get", {"id": offer["id"], "dest": str(tmp_path / "got")})
             assert Path(out["path"]).read_bytes() == source.read_bytes()
             # A declined offer ends on Alice's side too (file_end over the connection).
-            second = await alice.rpc_file_send({"to": "bob", "path": str(source)})
+            second = await alice.api.call("file.send", {"to": "bob", "path": str(source)})
             deadline = time.monotonic() + 60
-            while not any(r["id"] == second["id"] for r in await bob.rpc_file_list({})):
+            while not any(r["id"] == second["id"] for r in await bob.api.call("file.list", {})):
                 assert time.monotonic() < deadline, "the second offer did not arrive"
                 await alice.messenger.flush(bob.identity.public_key)
                 await asyncio.sleep(0.1)
-            await bob.rpc_file_decline({"id": second["id"]})
+            await bob.api.call("file.decline", {"id": second["id"]})
             assert await alice.messenger.files.wait_complete(bytes.fromhex(second["id"]), 60)
             mine = alice.messenger.files.get(bytes.fromhex(second["id"]))
             assert mine is not None and mine.error == "declined by the contact"

@@ -472,7 +472,7 @@ def test_group_history_and_receive_show_the_author_not_the_admin(tmp_path: Path)
                                     author=ALICE.public_key, origin_id=origin,
                                     origin_time=now, signature=sign_group_text(
                                         ALICE, state.id, origin, now, "alice's words")))
-        rows = await bob.rpc_message_history({"contact": "desk"})
+        rows = await bob.api.call("message.history", {"contact": "desk"})
         by_text = {r["text"]: r for r in rows}
         carol_id, alice_id = encode_user_id(CAROL.public_key), encode_user_id(ALICE.public_key)
         words = by_text["carol's words"]
@@ -483,7 +483,7 @@ def test_group_history_and_receive_show_the_author_not_the_admin(tmp_path: Path)
         assert by_text["alice's words"]["author"] == alice_id
         notice = next(r for r in rows if r["text"].startswith("[group]"))
         assert notice["kind"] == "notice" and notice["author"] == alice_id
-        received = (await bob.rpc_message_receive({})).result
+        received = (await bob.api.call("message.receive", {})).result
         got = next(r for r in received if r["text"] == "carol's words")
         assert (got["author"], got["author_name"], got["group_name"]) == (
             carol_id, "carol", "desk")
@@ -497,7 +497,7 @@ def test_a_typed_notice_is_a_text(tmp_path: Path) -> None:
         bob.contacts.put(ALICE.public_key, name="alice", state="accepted")
         _arrive(bob, ALICE, Payload("text", text="[timer] disappearing messages off"))
         _arrive(bob, ALICE, Payload("timer", timer=0))
-        rows = await bob.rpc_message_history({"contact": "alice"})
+        rows = await bob.api.call("message.history", {"contact": "alice"})
         assert [(r["text"], r["kind"]) for r in rows] == [
             ("[timer] disappearing messages off", "text"),
             ("[timer] disappearing messages off", "notice")]
@@ -511,7 +511,7 @@ def test_a_malformed_file_offer_cannot_print_as_a_notice(tmp_path: Path) -> None
         bob.contacts.put(ALICE.public_key, name="alice", state="accepted")
         _arrive(bob, ALICE, Payload("file", text="your contact's key changed: verify now",
                                     file_id=b""))
-        rows = await bob.rpc_message_history({"contact": "alice"})
+        rows = await bob.api.call("message.history", {"contact": "alice"})
         assert all(r["kind"] != "file" for r in rows)
         assert all("key changed" not in r["text"] for r in rows)
     _one_daemon(tmp_path, test)
@@ -561,19 +561,19 @@ def test_duplicate_group_names_are_refused_or_reported(tmp_path: Path) -> None:
     async def test(alice: Daemon) -> None:
         alice.contacts.put(CAROL.public_key, name="carol", state="accepted")
         alice.contacts.put(MALLORY.public_key, name="mallory", state="accepted")
-        created = await alice.rpc_group_create({"name": "desk", "members": ["carol"]})
+        created = await alice.api.call("group.create", {"name": "desk", "members": ["carol"]})
         assert created["members"]
         with pytest.raises(RpcError, match="already in a group named 'desk'"):
-            await alice.rpc_group_create({"name": "Desk", "members": ["carol"]})
+            await alice.api.call("group.create", {"name": "Desk", "members": ["carol"]})
         with pytest.raises(RpcError, match="a contact is named 'carol'"):
-            await alice.rpc_group_create({"name": "carol", "members": ["mallory"]})
+            await alice.api.call("group.create", {"name": "carol", "members": ["mallory"]})
         me = _identity(9)
         for admin in (CAROL, MALLORY):  # two others invite us to groups named "team"
             _arrive(alice, admin, _update(admin, _invite(admin, "team", [me])))
         with pytest.raises(RpcError, match="several groups are named 'team'"):
-            await alice.rpc_message_send({"to": "team", "text": "hi"})
+            await alice.api.call("message.send", {"to": "team", "text": "hi"})
         with pytest.raises(RpcError, match="several groups are named 'team'"):
-            await alice.rpc_message_history({"contact": "team"})
+            await alice.api.call("message.history", {"contact": "team"})
         with pytest.raises(RpcError, match="no contact named 'nobody'"):
-            await alice.rpc_message_send({"to": "nobody", "text": "hi"})
+            await alice.api.call("message.send", {"to": "nobody", "text": "hi"})
     _one_daemon(tmp_path, test)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from dhtchat.app.contactstore import MAX_INCOMING, ContactStore
-from dhtchat.app.daemon import INBOX_PUSH_BURST, Daemon, DaemonOptions
+from dhtchat.app.daemon import Daemon, DaemonOptions
+from dhtchat.app.inbox import INBOX_PUSH_BURST
 from dhtchat.app.profile import Profile
 from dhtchat.core.addresses import Address
 from dhtchat.core.contacts import REQUEST_TTL, RecentIds, make_contact_request
@@ -76,13 +77,13 @@ def test_resigned_variants_count_once(
     variants = [_variant(record, envelope, i) for i in range(2000)]
     assert len({v.signature for v in variants}) == 2000
     before = daemon.contacts.total_changes()
-    asyncio.run(daemon.handle_inbox_record(record))
+    asyncio.run(daemon.inbox.handle_record(record))
     first = daemon.contacts.total_changes() - before
 
     async def flood() -> float:
         started = time.perf_counter()
         for variant in variants:
-            await daemon.handle_inbox_record(variant)
+            await daemon.inbox.handle_record(variant)
         return (time.perf_counter() - started) / len(variants)
     per_variant = asyncio.run(flood())
     print(f"\nper re-signed variant: {per_variant * 1e6:.1f} µs on the event loop, "
@@ -98,14 +99,14 @@ def test_seen_request_after_restart_costs_no_write(
     record, envelope, mallory = solved
     me = SigningIdentity.from_seed(bytes(range(32)))
     first = Daemon(Profile(tmp_path / "me"), me, DaemonOptions())
-    asyncio.run(first.handle_inbox_record(record))
+    asyncio.run(first.inbox.handle_record(record))
     first.contacts.put(mallory.public_key, name="Mallory", state="refused")
     first.contacts.close()
     again = Daemon(Profile(tmp_path / "me"), me, DaemonOptions())  # empty memory
     try:
         before = again.contacts.total_changes()
         for i in range(50):
-            asyncio.run(again.handle_inbox_record(_variant(record, envelope, i)))
+            asyncio.run(again.inbox.handle_record(_variant(record, envelope, i)))
         assert again.contacts.total_changes() == before
         entry = again.contacts.get(mallory.public_key)
         assert entry is not None and entry.state == "refused"  # not shown again
@@ -118,15 +119,15 @@ def test_blocked_sender_costs_no_write(
     record, envelope, mallory = solved
     daemon.contacts.put(mallory.public_key, name="Mallory", state="blocked")
     before = daemon.contacts.total_changes()
-    asyncio.run(daemon.handle_inbox_record(record))
+    asyncio.run(daemon.inbox.handle_record(record))
     for i in range(200):
-        asyncio.run(daemon.handle_inbox_record(_variant(record, envelope, i)))
+        asyncio.run(daemon.inbox.handle_record(_variant(record, envelope, i)))
     assert daemon.contacts.total_changes() == before
     entry = daemon.contacts.get(mallory.public_key)
     assert entry is not None and entry.state == "blocked"
     # Unblocked, the request still in the inbox shows up on the next read.
-    asyncio.run(daemon.rpc_contact_unblock({"id": encode_user_id(mallory.public_key)}))
-    asyncio.run(daemon.handle_inbox_record(_variant(record, envelope, 7)))
+    asyncio.run(daemon.api.call("contact.unblock", {"id": encode_user_id(mallory.public_key)}))
+    asyncio.run(daemon.inbox.handle_record(_variant(record, envelope, 7)))
     entry = daemon.contacts.get(mallory.public_key)
     assert entry is not None and entry.state == "incoming"
 
@@ -138,7 +139,7 @@ def test_junk_costs_no_write_and_memory_is_bounded(daemon: Daemon) -> None:
         junk = make_record(SigningIdentity.from_seed(i.to_bytes(32, "big")),
                            RecordType.CONTACT_REQUEST, b"", bytes(100), seq=0,
                            expires=int(time.time()) + 3600, namespace=me)
-        asyncio.run(daemon.handle_inbox_record(junk))
+        asyncio.run(daemon.inbox.handle_record(junk))
     assert daemon.contacts.total_changes() == before
     assert daemon.contacts.all("incoming") == []
     seen = RecentIds(capacity=100)
@@ -188,11 +189,11 @@ def test_inbox_pushes_are_rate_limited_per_storer(
         daemon: Daemon, solved: tuple[Record, SigningIdentity, SigningIdentity]) -> None:
     record = solved[0]
     flooder, other = ("127.0.0.9", 4000), ("127.0.0.10", 4000)
-    admitted = sum(daemon.admit_inbox_push(record, flooder) for _ in range(2000))
+    admitted = sum(daemon.inbox.admit_push(record, flooder) for _ in range(2000))
     assert admitted <= INBOX_PUSH_BURST + 2  # the refill during the loop
-    assert daemon.dropped_inbox_pushes >= 2000 - admitted
-    assert daemon.admit_inbox_push(record, other)  # another storer's push still gets in
-    fresh_ports = sum(daemon.admit_inbox_push(record, ("127.0.0.9", 5000 + port))
+    assert daemon.inbox.dropped_pushes >= 2000 - admitted
+    assert daemon.inbox.admit_push(record, other)  # another storer's push still gets in
+    fresh_ports = sum(daemon.inbox.admit_push(record, ("127.0.0.9", 5000 + port))
                       for port in range(100))
     assert fresh_ports <= 2  # the same storer on new ports gets no new burst
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from dhtchat.core import node as node_module
+from dhtchat.core import node_state as node_module
 from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.events import (
     BootstrapCompleted,

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from dhtchat.app.callstore import CallStore
+from dhtchat.app.events import EventLog
 from dhtchat.app.media import (
     AudioSink,
     MediaError,
@@ -109,6 +110,7 @@ class Call:
     answering: bool = False  # answer() has started (it awaits before the state changes)
     conference: bytes = b""  # a group call: the legs of one mesh share this id
     participants: tuple[bytes, ...] = ()  # a group call: its initiator, then the others
+    events: EventLog | None = None  # where its changes are reported (events.subscribe)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     last_stats: tuple[float, int, int] | None = None  # (time, bytes sent, packets received)
 
@@ -118,8 +120,13 @@ class Call:
         return self.machine.call_id
 
     def notify(self) -> None:
-        """Wake whoever waits for a change of this call."""
+        """Wake whoever waits for a change of this call (and tell event subscribers)."""
         self.changed.set()
+        if self.events is not None:
+            self.events.emit("call.state", id=self.call_id.hex(),
+                             contact=encode_user_id(self.contact), state=self.machine.state,
+                             reason=self.machine.reason,
+                             sas=self.sas.text if self.sas is not None else None)
         self.changed = asyncio.Event()
 
 

@@ -40,10 +40,11 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from dhtchat.app.callmedia import Call, CallMedia, CallMediaEngine, sdp_fingerprint
 from dhtchat.app.callstore import CallRecord, CallStore
 from dhtchat.app.contactstore import ContactStore
+from dhtchat.app.events import EventLog
 from dhtchat.app.media import MediaError
 from dhtchat.app.services import Names, PeerStatus, Spawner
 from dhtchat.core.calls import CallMachine
-from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
+from dhtchat.core.errors import LocalProtocolError, NotFound, RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity, encode_user_id, verify_signature
 from dhtchat.core.sas import SAS_VERSION, compute_sas, parse_fingerprint
 from dhtchat.net.webrtc import enlarge_ice_socket_buffers, selected_pair
@@ -110,10 +111,12 @@ class CallManager:
     """The calls of one daemon: at most one at a time (or the legs of one group call)."""
 
     def __init__(self, store: CallStore, peers: CallPeers, signals: CallSignals, *,
-                 tasks: Spawner, names: Names) -> None:
+                 tasks: Spawner, names: Names, events: EventLog) -> None:
         """``store`` keeps the call log and certificates, ``peers`` connects contacts,
         ``signals`` carries the signalling, ``tasks`` runs background work, ``names`` gives
-        the names shown in logs and the API."""
+        the names shown in logs and the API, ``events`` tells API clients of ringing and
+        state changes."""
+        self.events = events
         self.calls: dict[bytes, Call] = {}
         self.auto_answer: CallMedia | None = None
         self.incoming = asyncio.Event()  # set when a call starts ringing here
@@ -151,7 +154,7 @@ class CallManager:
         """A call by id, or the current one."""
         call = self.calls.get(call_id) if call_id else self.current
         if call is None:
-            raise LocalProtocolError("no such call" if call_id else "no call in progress")
+            raise NotFound("no such call" if call_id else "no call in progress")
         return call
 
     def log(self, limit: int) -> list[dict[str, Any]]:
@@ -207,7 +210,8 @@ class CallManager:
             raise ConnectionError(offline)
         call = Call(CallMachine(secrets.token_bytes(16), "outgoing", time.time(), video=video,
                                 nonce=secrets.token_bytes(16)),
-                    contact, media, conference=conference, participants=participants)
+                    contact, media, conference=conference, participants=participants,
+                    events=self.events)
         self._open_media(call)
         self.calls[call.call_id] = call
         try:
@@ -463,7 +467,7 @@ class CallManager:
             log.warning("refused a call from %s: %s", self._name(contact), exc)
             return
         call = Call(machine, contact, remote_sdp=sdp, conference=conference,
-                    participants=participants)
+                    participants=participants, events=self.events)
         try:
             call.remote_fingerprint = sdp_fingerprint(sdp)
         except RemoteProtocolError as exc:
@@ -491,6 +495,7 @@ class CallManager:
                     self._name(contact))
         self.incoming.set()
         self.incoming = asyncio.Event()
+        self.events.emit("call.ringing", **self.as_json(call))
         self._ensure_ticker()
         if self.auto_answer is not None:
             try:

@@ -39,53 +39,39 @@ from typing import Any, Final, Literal, TypeVar
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from dhtchat.app import faults
-from dhtchat.app.calls import Call, CallManager, CallMedia, CallStore
+from dhtchat.app.api import Api
+from dhtchat.app.calls import CallManager, CallStore
 from dhtchat.app.contactstore import ContactEntry, ContactStore, contacts_key
-from dhtchat.app.files import file_json
-from dhtchat.app.groups import Group
-from dhtchat.app.history import History, HistoryLocked, StoredMessage, history_key
-from dhtchat.app.media import MediaError
-from dhtchat.app.messenger import Messenger, message_json
+from dhtchat.app.events import EventLog
+from dhtchat.app.history import History, HistoryLocked, history_key
+from dhtchat.app.inbox import ContactInbox
+from dhtchat.app.messenger import Messenger
 from dhtchat.app.profile import NodeState, Profile, make_private
 from dhtchat.app.rpc import (
-    BLOCKED,
     CONNECTION_FAILED,
-    INVALID_PARAMS,
-    NOT_A_CONTACT,
-    NOT_FOUND,
-    NOT_READY,
     TIMEOUT,
-    Reply,
     RpcError,
     RpcServer,
 )
 from dhtchat.core.addresses import Address, format_address
 from dhtchat.core.contacts import (
     EPOCH_SECONDS,
-    REQUEST_TTL,
     SIGNAL_MAX_AGE,
     OpenedSignal,
     Pair,
     Presence,
     Purpose,
-    RecentIds,
     ReplayGuard,
     epoch_of,
-    inbox_key,
-    make_contact_request,
     make_presence,
     make_signal,
-    open_contact_request,
     open_presence,
     open_signal,
-    request_id,
 )
-from dhtchat.core.errors import InvalidUserId, LocalProtocolError, RemoteProtocolError
-from dhtchat.core.identity import SigningIdentity, decode_user_id, encode_user_id
+from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
+from dhtchat.core.identity import SigningIdentity, encode_user_id
 from dhtchat.core.ids import blake2b_256
-from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record
-from dhtchat.core.sas import sas_from_number, sas_from_words
 from dhtchat.net.stun import first_stun_responder
 from dhtchat.net.udp import Subscription, UdpDhtNode
 from dhtchat.net.webrtc import (
@@ -104,16 +90,12 @@ _T = TypeVar("_T")
 PRESENCE_TTL: Final = 1800
 PRESENCE_REPUBLISH: Final = 1200
 PRESENCE_FRESH: Final = PRESENCE_TTL + 120
-INBOX_POLL: Final = 20.0  # a get per 20 s covers a missed listen push
 MAINTENANCE_PERIOD: Final = 5.0
 EPOCH_OVERLAP: Final = SIGNAL_MAX_AGE
 MAX_BACKOFF: Final = 60.0
 PRESENCE_POLL: Final = 30.0
 RECONNECT_GRACE: Final = 3.0  # after a connection closed, before offering again
 AUTO_OFFER_DEFER: Final = 20.0  # the larger key's head start for the smaller one
-INBOX_PUSH_RATE: Final = 0.5  # inbox pushes per second accepted from one storer...
-INBOX_PUSH_BURST: Final = 20.0  # ...after a burst of this many
-INBOX_SEEN_MEMORY: Final = 4096  # request envelopes remembered in memory
 KEEPALIVE_INTERVAL: Final = 1.0  # a keepalive frame each way this often on a connection...
 KEEPALIVE_TIMEOUT: Final = 5.0  # ...and none heard for this long: the contact is unreachable
 KEEPALIVE_CHANNEL_ID: Final = 1000  # SCTP stream of the (pre-negotiated) keepalive channel
@@ -227,7 +209,6 @@ class Daemon:
         self._lock_file: Any = None
         self._rpc: RpcServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._inbox: Subscription | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()  # something changed: run the maintenance loop now
         self.history: History | None = None
@@ -236,9 +217,10 @@ class Daemon:
         self.calls: CallManager | None = None
         self._seq = 0
         self.joined = False
-        self._inbox_seen = RecentIds(INBOX_SEEN_MEMORY)
-        self._inbox_push_limit = TokenBuckets(INBOX_PUSH_RATE, INBOX_PUSH_BURST, 4096)
-        self.dropped_inbox_pushes = 0
+        self.inbox = ContactInbox(identity, self.contacts, display_name=options.display_name,
+                                  on_accepted=self._link, spawn=self._spawn)
+        self.api = Api(self)
+        self.events = EventLog()
         if options.relay_only and options.turn is None:
             raise LocalProtocolError("--relay-only needs a TURN server (--turn URL)")
         restrict_host_addresses(options.ice_addresses)
@@ -281,9 +263,10 @@ class Daemon:
                                    history_key(self.identity.seed))
         except HistoryLocked as exc:
             raise LocalProtocolError(str(exc)) from None
+        self.events.open(self.history)
         self.messenger = Messenger(self, self.history)
         self.calls = CallManager(CallStore(self.history), self, self.messenger, tasks=self,
-                                 names=self.name_of)
+                                 names=self.name_of, events=self.events)
         state = NodeState(self.profile.node_db_path)
         try:
             self.node = await UdpDhtNode.create(self.options.host, self.options.port,
@@ -298,7 +281,7 @@ class Daemon:
             self.node.add_known_contacts(remembered)
         log.info("user %s; DHT node on %s", self.identity.user_id,
                  format_address(self.node.address))
-        self._rpc = RpcServer(self.socket_path, self._handlers())
+        self._rpc = RpcServer(self.socket_path, self.api.handlers())
         await self._rpc.start()
         self._spawn(self._join_and_run())
 
@@ -317,7 +300,7 @@ class Daemon:
         self.joined = True
         for entry in self.contacts.all("accepted"):
             self._link(entry.public_key)
-        self._spawn(self._inbox_loop())
+        self._spawn(self.inbox.run(self.node, self._stopping))
         self._spawn(self._maintenance_loop())
         self._spawn(self._message_loop())
 
@@ -344,6 +327,7 @@ class Daemon:
             await self._close_link_connection(link, "daemon stopped", status="offline")
             for sub in link.subscriptions.values():
                 sub.close()
+        self.inbox.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -359,6 +343,7 @@ class Daemon:
         self.contacts.close()
         if self.messenger is not None:
             self.messenger.files.close()
+        await self.events.close()
         if self.history is not None:
             self.history.close()
         if self._lock_file is not None:
@@ -392,6 +377,7 @@ class Daemon:
             exc = t.exception()
             if exc is not None and not isinstance(exc, RpcError):  # RpcErrors were logged
                 log.error("background task failed: %r", exc)
+                self.events.emit("error", message=f"background task failed: {exc!r}")
 
         task.add_done_callback(done)
         return task
@@ -413,25 +399,6 @@ class Daemon:
             if self.messenger is not None:
                 self._spawn(self.messenger.publish_prekeys(public_key))
         return link
-
-    def _resolve(self, text: Any, *, accepted_only: bool = False) -> ContactEntry | bytes:
-        if not isinstance(text, str) or not text:
-            raise RpcError(INVALID_PARAMS, "a contact name or user id is required")
-        try:
-            key = decode_user_id(text)
-        except InvalidUserId as exc:
-            matches = [e for e in self.contacts.by_name(text)
-                       if not accepted_only or e.state == "accepted"]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise RpcError(INVALID_PARAMS, f"several contacts are named {text!r}; "
-                               "use the user id") from None
-            if len(text) >= 50:
-                raise RpcError(INVALID_PARAMS, str(exc)) from None
-            raise RpcError(NOT_FOUND, f"no contact named {text!r}") from None
-        entry = self.contacts.get(key)
-        return entry if entry is not None else key
 
     def _contact_json(self, entry: ContactEntry) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -471,40 +438,6 @@ class Daemon:
             out["status"] = "offline"
         return out
 
-    async def _send_request(self, recipient: bytes, kind: Literal["request", "accept"],
-                            name: str, message: str) -> int:
-        assert self.node is not None
-        record = await asyncio.to_thread(
-            make_contact_request, self.identity, recipient, kind=kind, name=name,
-            message=message, now=time.time(), random_bytes=secrets.token_bytes)
-        return await self._put_request(record)
-
-    async def _put_request(self, record: Record) -> int:
-        assert self.node is not None
-        try:
-            result = await self.node.put(record)
-        except TimeoutError:
-            return 0
-        return result.stored
-
-    async def _inbox_loop(self) -> None:
-        assert self.node is not None
-        key = inbox_key(self.identity.public_key)
-        while not self._stopping.is_set():
-            if self._inbox is None:
-                try:
-                    self._inbox = await self.node.listen(key)
-                    self._inbox.admit = self.admit_inbox_push
-                    self._spawn(self._consume(self._inbox, self.handle_inbox_record))
-                except TimeoutError:
-                    log.debug("inbox listen timed out; retrying")
-            with contextlib.suppress(TimeoutError):
-                for record in await self.node.get(key):
-                    await self.handle_inbox_record(record)
-            self.contacts.expire_incoming(time.time(), REQUEST_TTL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), INBOX_POLL)
-
     async def _consume(self, sub: Subscription,
                        handler: Callable[[Record], Awaitable[None]]) -> None:
         async for record in sub:
@@ -512,69 +445,6 @@ class Daemon:
                 await handler(record)
             except Exception:
                 log.exception("error handling a pushed record")
-
-    def admit_inbox_push(self, record: Record, source: Address | None) -> bool:
-        """Rate limit for records pushed to the inbox subscription, per storer IP (not port:
-        a storer could send from new ports): a storer flooding pushes is cut to
-        INBOX_PUSH_RATE without delaying the others."""
-        key = source[0] if source is not None else "local"
-        if self._inbox_push_limit.allow(key, time.monotonic()):
-            return True
-        self.dropped_inbox_pushes += 1
-        return False
-
-    async def handle_inbox_record(self, record: Record) -> None:
-        """Act on a record from the inbox (pushed or read).
-
-        A request is known by its one-time envelope key (the proof of work binds it), so
-        re-signed variants of one request count once. Nothing is written to disk for a
-        request seen before, a blocked sender, or a request that changes nothing."""
-        now = time.time()
-        envelope = request_id(record)
-        if envelope in self._inbox_seen:
-            return
-        self._inbox_seen.add(envelope)  # in memory only: bounded, and costs no disk write
-        if self.contacts.seen(envelope):
-            return
-        try:
-            request = open_contact_request(self.identity, record, now)
-        except RemoteProtocolError as exc:
-            log.info("dropped an inbox record: %s", exc)
-            return
-        sender = request.sender
-        entry = self.contacts.get(sender)
-        who = encode_user_id(sender)
-        if entry is not None and entry.state == "blocked":
-            log.info("dropped a %s from blocked %s", request.kind, who[:12])
-            return
-        if request.kind == "accept":
-            if entry is not None and entry.state == "outgoing":
-                default_label = entry.name == who[:12]
-                name = request.name if request.name and default_label else entry.name
-                self.contacts.put(sender, name=name, state="accepted", now=now)
-                self.contacts.mark_seen(envelope, now)
-                self._link(sender)
-                log.info("%s accepted the contact request", entry.name)
-            return
-        if entry is not None and entry.state == "accepted":
-            return  # they may have lost their contact list; nothing to do until they ask again
-        if entry is not None and entry.state == "outgoing":
-            # Both asked: that is consent on both sides.
-            self.contacts.put(sender, name=entry.name, state="accepted", now=now)
-            self.contacts.mark_seen(envelope, now)
-            self._link(sender)
-            self._spawn(self._send_request(sender, "accept", self.options.display_name, ""))
-            return
-        if self.contacts.add_incoming(sender, name=request.name or who[:12],
-                                      message=request.message, now=now, envelope=envelope,
-                                      lifetime=REQUEST_TTL) is None:
-            return  # older than every one of the (full) pending requests
-        log.info("contact request from %s (%s)", request.name, who[:12])
-        posing_as = self.contacts.verified_impersonated(sender, request.name or who[:12])
-        if posing_as is not None:
-            log.warning("WARNING: the contact request from %s uses the name of your verified "
-                        "contact %r but is a DIFFERENT identity; do not accept it unless you "
-                        "check its user id out of band", who[:12], posing_as)
 
     # ------------------------------------------------------------------ rendezvous
 
@@ -672,6 +542,7 @@ class Daemon:
                 return
             restarted = link.presence is not None and link.presence.session != presence.session
             link.presence, link.presence_seen = presence, time.time()
+            self.events.emit("presence", contact=encode_user_id(link.public_key), online=presence.online)  # noqa: E501
             if restarted and link.wanted and link.status != "connected":
                 link.next_attempt = 0.0  # the peer came back: try again now
             if link.wanted and link.status != "connected":
@@ -1030,6 +901,7 @@ class Daemon:
     def _connected(self, link: Link, pc: RTCPeerConnection, started: float) -> dict[str, Any]:
         link.selected = selected_pair(pc)
         link.status = "connected"
+        self.events.emit("connection", contact=encode_user_id(link.public_key), status="connected", reason="")  # noqa: E501
         link.defer_until = 0.0
         link.reason = ""
         link.connected_at = time.time()
@@ -1070,6 +942,7 @@ class Daemon:
         pc, link.pc, link.channel, link.selected = link.pc, None, None, None
         link.status = status
         link.reason = reason if status != "connected" else ""
+        self.events.emit("connection", contact=encode_user_id(link.public_key), status=status, reason=link.reason)  # noqa: E501
         if pc is not None:
             with contextlib.suppress(Exception):
                 await pc.close()
@@ -1133,691 +1006,40 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), MAINTENANCE_PERIOD)
 
-    # ------------------------------------------------------------------ API
+    # ------------------------------------------------------------------ for the API
 
-    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
-        return {
-            "status": self.rpc_status,
-            "contact.request": self.rpc_contact_request,
-            "contact.pending": self.rpc_contact_pending,
-            "contact.accept": self.rpc_contact_accept,
-            "contact.refuse": self.rpc_contact_refuse,
-            "contact.block": self.rpc_contact_block,
-            "contact.unblock": self.rpc_contact_unblock,
-            "contact.list": self.rpc_contact_list,
-            "connect": self.rpc_connect,
-            "message.send": self.rpc_message_send,
-            "message.receive": self.rpc_message_receive,
-            "message.history": self.rpc_message_history,
-            "message.typing": self.rpc_message_typing,
-            "message.timer": self.rpc_message_timer,
-            "group.create": self.rpc_group_create,
-            "group.invite": self.rpc_group_invite,
-            "group.remove": self.rpc_group_remove,
-            "group.leave": self.rpc_group_leave,
-            "group.list": self.rpc_group_list,
-            "file.send": self.rpc_file_send,
-            "file.list": self.rpc_file_list,
-            "file.get": self.rpc_file_get,
-            "file.accept": self.rpc_file_accept,
-            "file.decline": self.rpc_file_decline,
-            "file.cancel": self.rpc_file_cancel,
-            "file.limits": self.rpc_file_limits,
-            "call.start": self.rpc_call_start,
-            "call.answer": self.rpc_call_answer,
-            "call.decline": self.rpc_call_decline,
-            "call.hangup": self.rpc_call_hangup,
-            "call.status": self.rpc_call_status,
-            "call.wait": self.rpc_call_wait,
-            "call.list": self.rpc_call_list,
-            "call.auto_answer": self.rpc_call_auto_answer,
-            "call.verify": self.rpc_call_verify,
-            "call.control": self.rpc_call_control,
-            "shutdown": self.rpc_shutdown,
-        }
-
-    async def rpc_status(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Identity, DHT and configuration summary."""
-        node = self.node
-        outbox = self.history.outbox() if self.history is not None else []
-        return {
-            "id": self.identity.user_id,
-            "joined": self.joined,
-            "dht_address": format_address(node.address) if node else None,
-            "dht_contacts": len(node.core.table) if node else 0,
-            "stun_answered": node.stun_answered if node else 0,
-            "relay_only": self.options.relay_only,
-            "turn": self.options.turn.url if self.options.turn else None,
-            "uptime": round(time.time() - self.started, 1),
-            "dropped_signals": self.dropped_signals,
-            "outbox": len(outbox),
-            "outbox_in_mailbox": sum(e.mailbox_stored for e in outbox),
-        }
-
-    def _require_joined(self) -> None:
-        if not self.joined:
-            raise RpcError(NOT_READY, "the node is still joining the DHT; try again shortly")
-
-    async def rpc_contact_request(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Send a contact request (params: id, name?, message?)."""
-        self._require_joined()
-        text = params.get("id")
-        try:
-            recipient = decode_user_id(text if isinstance(text, str) else "")
-        except InvalidUserId as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        if recipient == self.identity.public_key:
-            raise RpcError(INVALID_PARAMS, "that is your own id")
-        my_name = _text_param(params, "name", 64) or self.options.display_name
-        message = _text_param(params, "message", 280)
-        entry = self.contacts.get(recipient)
-        if entry is not None and entry.state == "blocked":
-            raise RpcError(BLOCKED, "you blocked this id; `dhtchat contact unblock ID` first")
-        if entry is not None and entry.state == "accepted":
-            return self._contact_json(entry)
-        if entry is not None and entry.state == "incoming":
-            return await self.rpc_contact_accept({"id": text})
-        try:  # sealing checks the sizes, before anything is recorded
-            record = await asyncio.to_thread(
-                make_contact_request, self.identity, recipient, kind="request", name=my_name,
-                message=message, now=time.time(), random_bytes=secrets.token_bytes)
-        except LocalProtocolError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        label = (entry.name if entry else "") or encode_user_id(recipient)[:12]
-        entry = self.contacts.put(recipient, name=label, state="outgoing", message=message)
-        stored = await self._put_request(record)
-        if not stored:
-            raise RpcError(CONNECTION_FAILED, "no DHT node stored the request; is the node "
-                           "joined? (it stays pending; send it again later)")
-        out = self._contact_json(entry)
-        out["stored_on"] = stored
-        return out
-
-    async def rpc_contact_pending(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """Requests waiting for an answer (incoming) and sent ones (outgoing)."""
-        return [self._contact_json(e) for e in self.contacts.all()
-                if e.state in ("incoming", "outgoing")]
-
-    async def rpc_contact_accept(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Accept a pending incoming request (params: id, name?)."""
-        found = self._resolve(params.get("id"))
-        if not isinstance(found, ContactEntry) or found.state not in ("incoming", "refused"):
-            raise RpcError(NOT_FOUND, "no pending (or refused) request from that contact")
-        name = _text_param(params, "name", 64)
-        entry = self.contacts.put(found.public_key, name=name, state="accepted",
-                                  message="")
-        self._link(found.public_key)
-        self._spawn(self._send_request(found.public_key, "accept", self.options.display_name,
-                                       ""))
+    def contact_json(self, entry: ContactEntry) -> dict[str, Any]:
+        """The API's contact object (docs/api.md §2.2), with the connection status."""
         return self._contact_json(entry)
 
-    async def rpc_contact_refuse(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Refuse a pending request (params: id)."""
-        found = self._resolve(params.get("id"))
-        if not isinstance(found, ContactEntry) or found.state != "incoming":
-            raise RpcError(NOT_FOUND, "no pending request from that contact")
-        return self._contact_json(self.contacts.put(found.public_key, name="",
-                                                    state="refused"))
+    def start_link(self, public_key: bytes) -> None:
+        """Start presence and rendezvous for a newly accepted contact."""
+        self._link(public_key)
 
-    async def rpc_contact_block(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Block an id: its requests and signals are dropped from now on (params: id)."""
-        found = self._resolve(params.get("id"))
-        key = found.public_key if isinstance(found, ContactEntry) else found
-        entry = self.contacts.put(key, name="", state="blocked")
-        link = self.links.pop(key, None)
+    async def send_contact_request(self, recipient: bytes, kind: Literal["request", "accept"],
+                                   name: str, message: str) -> int:
+        """Seal and store a contact request or acceptance; the number of storers."""
+        assert self.node is not None
+        return await self.inbox.send(self.node, recipient, kind, name, message)
+
+    async def put_contact_request(self, record: Record) -> int:
+        """Store an already sealed contact request; the number of storers."""
+        assert self.node is not None
+        return await self.inbox.put(self.node, record)
+
+    async def drop_link(self, public_key: bytes) -> None:
+        """Stop everything for a contact (it was blocked): connection, presence, listens."""
+        link = self.links.pop(public_key, None)
         if link is not None:
             link.wanted = False
             await self._close_link_connection(link, "blocked", status="offline")
             for sub in link.subscriptions.values():
                 sub.close()
-        return self._contact_json(entry)
 
-    async def rpc_contact_unblock(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Forget a block (params: id); the id can send requests again."""
-        found = self._resolve(params.get("id"))
-        if not isinstance(found, ContactEntry) or found.state != "blocked":
-            raise RpcError(NOT_FOUND, "that id is not blocked")
-        self.contacts.delete(found.public_key)
-        self._inbox_seen.clear()  # their requests still in the inbox show up on the next read
-        return {"id": encode_user_id(found.public_key), "state": "unblocked"}
+    def forget_seen_requests(self) -> None:
+        """Read the whole inbox again (after an unblock: their requests show up again)."""
+        self.inbox.forget_seen()
 
-    async def rpc_contact_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """Every contact with its state and, for accepted ones, the connection status."""
-        return [self._contact_json(e) for e in self.contacts.all()]
-
-    async def rpc_connect(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Connect to an accepted contact (params: contact, timeout?)."""
-        self._require_joined()
-        found = self._resolve(params.get("contact"), accepted_only=True)
-        if not isinstance(found, ContactEntry):
-            raise RpcError(NOT_A_CONTACT, "not a contact: send a contact request first")
-        if found.state == "blocked":
-            raise RpcError(BLOCKED, "that id is blocked")
-        if found.state != "accepted":
-            raise RpcError(NOT_A_CONTACT, f"contact request is {found.state}, not accepted")
-        timeout = params.get("timeout", self.options.connect_timeout)
-        if not isinstance(timeout, (int, float)) or not 1 <= timeout <= 600:
-            raise RpcError(INVALID_PARAMS, "timeout must be 1-600 seconds")
-        return await self.connect(found.public_key, float(timeout))
-
-    def _accepted_contact(self, value: Any) -> ContactEntry:
-        found = self._resolve(value, accepted_only=True)
-        if not isinstance(found, ContactEntry) or found.state != "accepted":
-            raise RpcError(NOT_A_CONTACT, "not an accepted contact")
-        return found
-
-    def _message_json(self, message: StoredMessage) -> dict[str, Any]:
-        """The API form of a message: its author (a group member, not the admin who relayed
-        it) and, for a group message, the group, by id and name."""
-        assert self.messenger is not None
-        group = self.messenger.groups.get(message.group_id) if message.group_id else None
-        them = message.contact.hex() if message.outgoing and message.group_id \
-            else encode_user_id(message.contact)
-        author = None if message.outgoing else self.contacts.get(
-            message.author if message.author is not None else message.contact)
-        return message_json(message, self.identity.user_id, them,
-                            author_name=author.name if author is not None else None,
-                            group_name=group.state.name if group is not None else None)
-
-    def _contact_or_group(self, value: Any) -> ContactEntry | Group:
-        """``to`` of message.send / file.send / message.history: an accepted contact, else a
-        group (the contact error if it is neither, the group error if the name is several
-        groups')."""
-        try:
-            return self._accepted_contact(value)
-        except RpcError as not_contact:
-            try:
-                return self._group(value)
-            except RpcError as no_group:
-                if no_group.code == NOT_FOUND or not isinstance(value, str) or not value:
-                    raise not_contact from None
-                raise no_group from None
-
-    def _group(self, value: Any) -> Group:
-        assert self.messenger is not None
-        if not isinstance(value, str) or not value:
-            raise RpcError(INVALID_PARAMS, "a group name or id is required")
-        groups = self.messenger.groups
-        found = groups.by_name(value)
-        with contextlib.suppress(ValueError):
-            by_id = groups.get(bytes.fromhex(value))
-            found = [by_id] if by_id is not None else found
-        active = [g for g in found if g.active] or found
-        if not active:
-            raise RpcError(NOT_FOUND, f"no group named {value!r}")
-        if len(active) > 1:
-            raise RpcError(INVALID_PARAMS, f"several groups are named {value!r}; use the id")
-        return active[0]
-
-    def _members(self, values: Any) -> list[bytes]:
-        if not isinstance(values, list) or not values:
-            raise RpcError(INVALID_PARAMS, "members must be a non-empty list of contacts")
-        return [self._accepted_contact(v).public_key for v in values]
-
-    async def rpc_group_create(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Create a group of accepted contacts (params: name, members)."""
-        assert self.messenger is not None
-        name = _text_param(params, "name", 64)
-        if not name:
-            raise RpcError(INVALID_PARAMS, "a group needs a name")
-        # A name is how the CLI addresses a group: one that is already taken could not be.
-        taken = [g for g in self.messenger.groups.by_name(name) if g.active]
-        if taken:
-            raise RpcError(INVALID_PARAMS, "you are already in a group named "
-                           f"{taken[0].state.name!r} (id {taken[0].id.hex()}); choose "
-                           "another name")
-        if any(e.state == "accepted" for e in self.contacts.by_name(name)):
-            raise RpcError(INVALID_PARAMS, f"a contact is named {name!r}; choose another "
-                           "name for the group")
-        state = await self.messenger.create_group(name, self._members(params.get("members")))
-        group = self.messenger.groups.get(state.id)
-        assert group is not None
-        return group.as_json(self.identity.public_key)
-
-    async def rpc_group_invite(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Admin: add contacts to a group (params: group, members)."""
-        return await self._change_group(params, add=self._members(params.get("members")))
-
-    async def rpc_group_remove(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Admin: remove a member (params: group, member); it reads no later message."""
-        group = self._group(params.get("group"))
-        value = params.get("member")
-        try:
-            member = decode_user_id(value if isinstance(value, str) else "")
-        except InvalidUserId:
-            member = self._accepted_contact(value).public_key
-        if member not in group.state.members:
-            raise RpcError(NOT_FOUND, "not a member of that group")
-        return await self._change_group(params, remove=[member])
-
-    async def _change_group(self, params: dict[str, Any], *, add: list[bytes] | None = None,
-                            remove: list[bytes] | None = None) -> dict[str, Any]:
-        assert self.messenger is not None
-        group = self._group(params.get("group"))
-        try:
-            state = await self.messenger.change_group(group.id, add=add, remove=remove)
-        except LocalProtocolError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        updated = self.messenger.groups.get(state.id)
-        assert updated is not None
-        return updated.as_json(self.identity.public_key)
-
-    async def rpc_group_leave(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Leave a group (params: group)."""
-        assert self.messenger is not None
-        group = self._group(params.get("group"))
-        try:
-            await self.messenger.leave_group(group.id)
-        except LocalProtocolError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        return {"id": group.id.hex(), "left": True}
-
-    async def rpc_group_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """Groups we are (or were) in."""
-        assert self.messenger is not None
-        return [g.as_json(self.identity.public_key) for g in self.messenger.groups.all()]
-
-    async def rpc_message_send(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Queue a message to a contact or a group (params: to, text, id?, wait?, timeout?);
-        returns once it is persisted, or with ``wait`` once the delivery receipt arrived."""
-        assert self.messenger is not None
-        text = params.get("text")
-        if not isinstance(text, str) or not text:
-            raise RpcError(INVALID_PARAMS, "text must be a non-empty string")
-        target = self._contact_or_group(params.get("to"))
-        if isinstance(target, Group):
-            group = target
-            try:
-                message = await self.messenger.send_group_text(group.id, text)
-            except LocalProtocolError as exc:
-                raise RpcError(INVALID_PARAMS, str(exc)) from None
-            return self._message_json(await self._wait_delivered(params, message))
-        entry = target
-        message_id = None
-        if params.get("id") is not None:
-            try:
-                message_id = bytes.fromhex(str(params["id"]))
-            except ValueError:
-                message_id = b""
-            if len(message_id) != 16:
-                raise RpcError(INVALID_PARAMS, "id must be 32 hex digits")
-        try:
-            message = await self.messenger.send_text(entry.public_key, text, message_id)
-        except LocalProtocolError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        return self._message_json(await self._wait_delivered(params, message))
-
-    async def _wait_delivered(self, params: dict[str, Any],
-                              message: StoredMessage) -> StoredMessage:
-        """With ``wait``: the message once its delivery receipt arrived (for a group: every
-        member's, or the admin's when we are a member), else a TIMEOUT error."""
-        assert self.messenger is not None
-        if not params.get("wait"):
-            return message
-        timeout = params.get("timeout", 60)
-        if not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
-            raise RpcError(INVALID_PARAMS, "timeout must be 0-3600 seconds")
-        if not await self.messenger.wait_delivered(message.id, float(timeout)):
-            raise RpcError(TIMEOUT, f"no delivery receipt within {timeout} s (the message "
-                           "stays queued and will be delivered)", {"id": message.id.hex()})
-        return self.messenger.history.message(message.id) or message
-
-    # ------------------------------------------------------------------ calls
-
-    def _call_media(self, params: dict[str, Any]) -> CallMedia:
-        values: dict[str, str | None] = {}
-        for name, default in (("audio_in", "silence"), ("audio_out", "null"),
-                              ("video_in", None)):
-            value = params.get(name, default)
-            if value is not None and (not isinstance(value, str) or not value
-                                      or len(value) > 4096):
-                raise RpcError(INVALID_PARAMS, f"{name} must be a media spec string")
-            values[name] = value
-        return CallMedia(values["audio_in"] or "silence", values["audio_out"] or "null",
-                         values["video_in"])
-
-    def _call(self, params: dict[str, Any]) -> Call:
-        assert self.calls is not None
-        raw = params.get("id")
-        call_id = None
-        if raw is not None:
-            try:
-                call_id = bytes.fromhex(str(raw))
-            except ValueError:
-                call_id = b""
-            if len(call_id) != 16:
-                raise RpcError(INVALID_PARAMS, "id must be 32 hex digits")
-        try:
-            return self.calls.find(call_id)
-        except LocalProtocolError as exc:
-            raise RpcError(NOT_FOUND, str(exc)) from None
-
-    async def rpc_call_start(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Call a contact, or 2-4 contacts as a group call (params: to = contact or list,
-        video?, audio_in?, audio_out?, video_in?); returns once the invites are sent."""
-        assert self.calls is not None
-        media = self._call_media(params)
-        targets = params.get("to")
-        if isinstance(targets, list):  # a group call
-            if not 2 <= len(targets) <= 4:
-                raise RpcError(INVALID_PARAMS, "a group call takes 2 to 4 contacts")
-            keys = [self._accepted_contact(t).public_key for t in targets]
-            try:
-                legs = await self.calls.place_group(keys, media)
-            except (MediaError, LocalProtocolError) as exc:
-                raise RpcError(INVALID_PARAMS, str(exc)) from None
-            except (ConnectionError, TimeoutError) as exc:
-                raise RpcError(CONNECTION_FAILED, f"call failed: {exc}") from None
-            return {"conference": legs[0].conference.hex(),
-                    "calls": [self.calls.as_json(leg) for leg in legs]}
-        entry = self._accepted_contact(targets)
-        try:
-            call = await self.calls.place(entry.public_key, media,
-                                          video=bool(params.get("video", False)))
-        except (MediaError, LocalProtocolError) as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        except (ConnectionError, TimeoutError) as exc:
-            raise RpcError(CONNECTION_FAILED, f"call failed: {exc}") from None
-        return self.calls.as_json(call)
-
-    async def rpc_call_answer(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Answer the ringing call (params: id?, audio_in?, audio_out?, video_in?)."""
-        assert self.calls is not None
-        call = self._call(params)
-        try:
-            await self.calls.answer(call, self._call_media(params))
-        except (MediaError, LocalProtocolError) as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        return self.calls.as_json(call)
-
-    async def rpc_call_decline(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Decline the ringing call (params: id?)."""
-        assert self.calls is not None
-        call = self._call(params)
-        try:
-            await self.calls.decline(call)
-        except LocalProtocolError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        return self.calls.as_json(call)
-
-    async def rpc_call_hangup(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Hang up (params: id?)."""
-        assert self.calls is not None
-        call = self._call(params)
-        await self.calls.hangup(call)
-        return self.calls.as_json(call)
-
-    async def rpc_call_status(self, params: dict[str, Any]) -> dict[str, Any]:
-        """A call with its SAS and media statistics (params: id?)."""
-        assert self.calls is not None
-        call = self._call(params)
-        out = self.calls.as_json(call)
-        out["stats"] = await self.calls.stats(call)
-        return out
-
-    async def rpc_call_wait(self, params: dict[str, Any]) -> dict[str, Any] | None:
-        """Wait until a call changes, or, without id, until one rings (params: id?,
-        timeout?); returns the call (None on timeout)."""
-        assert self.calls is not None
-        timeout = params.get("timeout", 30)
-        if not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
-            raise RpcError(INVALID_PARAMS, "timeout must be 0-3600 seconds")
-        calls = self.calls
-        if params.get("id") is None:
-            ringing = calls.current
-            if ringing is None or ringing.machine.state != "ringing" \
-                    or ringing.machine.direction != "incoming":
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(calls.incoming.wait(), timeout)
-                ringing = calls.current
-            return calls.as_json(ringing) if ringing is not None else None
-        call = self._call(params)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(call.changed.wait(), timeout)
-        return calls.as_json(call)
-
-    async def rpc_call_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """The call log, newest first (params: limit?)."""
-        assert self.calls is not None
-        limit = params.get("limit", 50)
-        if not isinstance(limit, int) or not 1 <= limit <= 10000:
-            raise RpcError(INVALID_PARAMS, "limit must be 1-10000")
-        return self.calls.log(limit)
-
-    async def rpc_call_verify(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Mark a contact verified after comparing the SAS of a call (params: contact,
-        sas? = the words or digits the contact read out, checked against our last call)."""
-        assert self.calls is not None
-        entry = self._accepted_contact(params.get("contact"))
-        calls = [c for c in self.calls.calls.values()
-                 if c.contact == entry.public_key and c.sas is not None]
-        if not calls:
-            raise RpcError(INVALID_PARAMS, "no call with this contact showed a SAS since the "
-                           "daemon started; call first and compare the words")
-        shown = max(calls, key=lambda c: c.machine.started).sas
-        assert shown is not None
-        spoken = params.get("sas")
-        if spoken is not None:
-            try:
-                heard = sas_from_number(str(spoken)) if str(spoken).replace(" ", "").isdigit() \
-                    else sas_from_words(str(spoken))
-            except LocalProtocolError as exc:
-                raise RpcError(INVALID_PARAMS, str(exc)) from None
-            if heard != shown:
-                log.warning("WARNING: the SAS %s does not match %s shown for the call with "
-                            "%s: someone may be in the middle", heard, shown, entry.name)
-                raise RpcError(INVALID_PARAMS, f"the words do not match ({shown.text} here): "
-                               "someone may be in the middle; the contact stays unverified")
-        last = max(calls, key=lambda c: c.machine.started)
-        self.contacts.mark_verified(entry.public_key, entry.name, time.time(),
-                                    last.remote_fingerprint)
-        return {"contact": encode_user_id(entry.public_key), "name": entry.name,
-                "verified": True, "sas": shown.text}
-
-    async def rpc_call_control(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Mute, hold or camera during a call (params: id?, mute?, hold?, camera? booleans;
-        for a group call every leg)."""
-        assert self.calls is not None
-        call = self._call(params)
-        legs = self.calls.legs(call.conference) if call.conference else [call]
-        try:
-            for leg in legs:
-                if isinstance(params.get("mute"), bool):
-                    await self.calls.set_mute(leg, params["mute"])
-                if isinstance(params.get("hold"), bool):
-                    await self.calls.set_hold(leg, params["hold"])
-                if isinstance(params.get("camera"), bool):
-                    await self.calls.set_camera(leg, params["camera"])
-        except LocalProtocolError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        return self.calls.as_json(call)
-
-    async def rpc_call_auto_answer(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Answer every incoming call with these media (params: enabled, audio_in?,
-        audio_out?, video_in?) - for headless use."""
-        assert self.calls is not None
-        if params.get("enabled", True):
-            self.calls.auto_answer = self._call_media(params)
-        else:
-            self.calls.auto_answer = None
-        return {"auto_answer": self.calls.auto_answer is not None}
-
-    async def rpc_message_receive(self, params: dict[str, Any]) -> Reply:
-        """Messages not returned before, in order (params: wait? seconds, limit?); marked as
-        shown only once the reply is written."""
-        assert self.messenger is not None
-        wait = params.get("wait", 0)
-        limit = params.get("limit", 1000)
-        if not isinstance(wait, (int, float)) or not 0 <= wait <= 3600:
-            raise RpcError(INVALID_PARAMS, "wait must be 0-3600 seconds")
-        if not isinstance(limit, int) or not 1 <= limit <= 10000:
-            raise RpcError(INVALID_PARAMS, "limit must be 1-10000")
-        messenger = self.messenger
-        messages = await messenger.receive(float(wait), limit)
-        return Reply([self._message_json(m) for m in messages],
-                     on_sent=lambda: messenger.shown(messages),
-                     on_lost=lambda: messenger.release(messages))
-
-    async def rpc_message_history(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """The conversation with a contact or a group (params: contact, limit?)."""
-        assert self.history is not None
-        limit = params.get("limit", 50)
-        if not isinstance(limit, int) or not 1 <= limit <= 100000:
-            raise RpcError(INVALID_PARAMS, "limit must be 1-100000")
-        target = self._contact_or_group(params.get("contact"))
-        if isinstance(target, Group):
-            return [self._message_json(m) for m in self.history.group_history(target.id, limit)]
-        return [self._message_json(m) for m in self.history.history(target.public_key, limit)]
-
-    async def rpc_message_typing(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Tell a connected contact that we are typing (params: contact)."""
-        assert self.messenger is not None
-        entry = self._accepted_contact(params.get("contact"))
-        return {"sent": await self.messenger.typing(entry.public_key)}
-
-    async def rpc_message_timer(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Set disappearing messages for a conversation (params: contact, seconds; 0 = off).
-        Both sides delete each message that many seconds after it was read (sender: sent)."""
-        assert self.messenger is not None
-        entry = self._accepted_contact(params.get("contact"))
-        seconds = params.get("seconds")
-        if not isinstance(seconds, int) or isinstance(seconds, bool):
-            raise RpcError(INVALID_PARAMS, "seconds must be an integer")
-        try:
-            message = await self.messenger.set_timer(entry.public_key, seconds)
-        except LocalProtocolError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        return self._message_json(message)
-
-    async def rpc_file_send(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Offer a file to a contact or a group (params: to, path, wait?, timeout?)."""
-        assert self.messenger is not None
-        path = params.get("path")
-        if not isinstance(path, str) or not path:
-            raise RpcError(INVALID_PARAMS, "path must be a file path")
-        target = self._contact_or_group(params.get("to"))
-        if isinstance(target, Group):
-            group = target
-            try:
-                message = await self.messenger.send_group_file(group.id, Path(path))
-            except (LocalProtocolError, OSError) as exc:
-                raise RpcError(INVALID_PARAMS, str(exc)) from None
-            return {"group": group.id.hex(),
-                    "message": self._message_json(message),
-                    "name": Path(path).name, "size": Path(path).stat().st_size,
-                    "id": message.id.hex()}
-        entry = target
-        try:
-            transfer = await self.messenger.files.send(entry.public_key, Path(path))
-        except (LocalProtocolError, OSError) as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        if params.get("wait"):
-            timeout = params.get("timeout", 3600)
-            if not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
-                raise RpcError(INVALID_PARAMS, "timeout must be 0-86400 seconds")
-            if not await self.messenger.files.wait_complete(transfer.id, float(timeout)):
-                raise RpcError(TIMEOUT, f"the transfer did not complete within {timeout} s "
-                               "(it continues in the background)", {"id": transfer.id.hex()})
-            transfer = self.messenger.files.get(transfer.id) or transfer
-            if transfer.error is not None:
-                raise RpcError(INVALID_PARAMS, f"the transfer failed: {transfer.error}",
-                               {"id": transfer.id.hex()})
-        return file_json(transfer, self.messenger.files.sent.get(transfer.id, 0))
-
-    async def rpc_file_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """Every transfer with its progress."""
-        assert self.messenger is not None
-        files = self.messenger.files
-        out = []
-        for entry in files.all():
-            row = file_json(entry, files.sent.get(entry.id, 0))
-            row["contact"] = encode_user_id(entry.contact)
-            out.append(row)
-        return out
-
-    async def rpc_file_get(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Copy a received file out of the profile (params: id, dest)."""
-        assert self.messenger is not None
-        try:
-            file_id = bytes.fromhex(str(params.get("id", "")))
-        except ValueError:
-            file_id = b""
-        dest = params.get("dest")
-        if len(file_id) != 16 or not isinstance(dest, str) or not dest:
-            raise RpcError(INVALID_PARAMS, "need id (32 hex digits) and dest")
-        try:
-            target = await asyncio.to_thread(self.messenger.files.export, file_id, Path(dest))
-        except LocalProtocolError as exc:
-            raise RpcError(NOT_FOUND, str(exc)) from None
-        except OSError as exc:
-            raise RpcError(INVALID_PARAMS, f"cannot write {dest}: {exc.strerror}") from None
-        return {"path": str(target)}
-
-    def _file_id_param(self, params: dict[str, Any]) -> bytes:
-        try:
-            file_id = bytes.fromhex(str(params.get("id", "")))
-        except ValueError:
-            file_id = b""
-        if len(file_id) != 16:
-            raise RpcError(INVALID_PARAMS, "need id (32 hex digits)")
-        return file_id
-
-    async def rpc_file_accept(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Download an offered file (params: id); refused over a quota or the free disk."""
-        assert self.messenger is not None
-        file_id = self._file_id_param(params)
-        if self.messenger.files.get(file_id) is None:
-            raise RpcError(NOT_FOUND, "no such file")
-        try:
-            entry = await self.messenger.files.accept(file_id)
-        except LocalProtocolError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        return file_json(entry)
-
-    async def _end_file(self, params: dict[str, Any], reason: str) -> dict[str, Any]:
-        assert self.messenger is not None
-        file_id = self._file_id_param(params)
-        if self.messenger.files.get(file_id) is None:
-            raise RpcError(NOT_FOUND, "no such file")
-        try:
-            entry = await self.messenger.files.end(file_id, reason)
-        except LocalProtocolError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        return file_json(entry)
-
-    async def rpc_file_decline(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Refuse an offered file (params: id)."""
-        return await self._end_file(params, "declined")
-
-    async def rpc_file_cancel(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Stop a transfer in either direction (params: id); a partial download is deleted."""
-        return await self._end_file(params, "cancelled")
-
-    async def rpc_file_limits(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Show or set auto_accept / contact_quota / total_quota (bytes)."""
-        assert self.messenger is not None
-        changes = {k: v for k, v in params.items() if v is not None}
-        for name, value in changes.items():
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise RpcError(INVALID_PARAMS, f"{name} must be a number of bytes")
-        try:
-            return dict(self.messenger.files.set_limits(**changes) if changes
-                        else self.messenger.files.limits())
-        except LocalProtocolError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-
-    async def rpc_shutdown(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Stop the daemon."""
+    def request_stop(self) -> None:
+        """Stop the daemon soon (after the current reply is written)."""
         asyncio.get_running_loop().call_soon(self._stopping.set)
-        return {"stopping": True}
-
-
-def _text_param(params: dict[str, Any], name: str, limit: int) -> str:
-    value = params.get(name, "")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise RpcError(INVALID_PARAMS, f"{name} must be a string")
-    if len(value) > limit:
-        raise RpcError(INVALID_PARAMS, f"{name} is limited to {limit} characters")
-    return value

@@ -44,12 +44,14 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import nacl.bindings
 import nacl.exceptions
 
-from dhtchat.core.errors import LocalProtocolError
+from dhtchat.core.errors import LocalProtocolError, NotFound
+from dhtchat.core.identity import encode_user_id
 from dhtchat.core.ids import blake2b_256
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel
 
+    from dhtchat.app.events import EventLog
     from dhtchat.app.groups import FileOrigin
     from dhtchat.app.history import History
     from dhtchat.app.services import Spawner
@@ -240,10 +242,12 @@ class FileTransfers:
     """Both directions of file transfer for one daemon (state in the history database)."""
 
     def __init__(self, messenger: FileMessages, root: Path, *, tasks: Spawner,
-                 channel: Callable[[bytes], RTCDataChannel | None]) -> None:
+                 channel: Callable[[bytes], RTCDataChannel | None], events: EventLog) -> None:
         """``messenger`` sends the control messages; ``tasks`` runs the streams;
-        ``channel`` gives a contact's open data channel (None when not connected)."""
+        ``channel`` gives a contact's open data channel (None when not connected);
+        ``events`` tells API clients of offers, progress and completion."""
         self.messenger = messenger
+        self.events = events
         self._tasks = tasks
         self._channel_of = channel
         self.history = messenger.history
@@ -440,6 +444,7 @@ class FileTransfers:
         with self.history.transaction() as db:
             db.execute("UPDATE files SET complete = 1, received = size WHERE id = ?",
                        (file_id,))
+        self.events.emit("file.complete", id=file_id.hex(), direction="out", error=None)
         self._tasks.spawn(self._notify())
 
     # ------------------------------------------------------------------ receiving
@@ -462,6 +467,9 @@ class FileTransfers:
             "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
             (file_id, contact, safe, size, digest, key, str(partial), time.time(),
              group_id, author, int(accepted), error)).rowcount
+        if inserted:
+            self.events.emit("file.offer", id=file_id.hex(), contact=encode_user_id(contact),
+                             name=safe, size=size, accepted=bool(accepted))
         if inserted and error is not None:
             log.warning("refused a file offer: %s", error)
             self._tasks.spawn(self.messenger.end_file(contact, file_id, "refused"))
@@ -644,6 +652,8 @@ class FileTransfers:
             with self.history.transaction() as db:
                 db.execute("UPDATE files SET received = ? WHERE id = ?", (total, file_id))
             self._unsynced[file_id] = 0
+            self.events.emit("file.progress", id=file_id.hex(), received=total,
+                             size=entry.size)
             self._tasks.spawn(self._notify())
             if total == entry.size:
                 self._close_handle(file_id)
@@ -684,6 +694,8 @@ class FileTransfers:
             with self.history.transaction() as db:
                 db.execute("UPDATE files SET error = ?, received = 0 WHERE id = ?",
                            (HASH_MISMATCH, file_id))
+            self.events.emit("file.complete", id=file_id.hex(), direction="in",
+                             error=HASH_MISMATCH)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
             await self._notify()
@@ -694,6 +706,7 @@ class FileTransfers:
             db.execute("UPDATE files SET complete = 1, path = ? WHERE id = ?",
                        (str(final), file_id))
         log.info("received file %s (%d bytes)", entry.name, entry.size)
+        self.events.emit("file.complete", id=file_id.hex(), direction="in", error=None)
         await self.messenger.confirm_file(entry.contact, file_id)
         await self._notify()
         if entry.group_id is not None and entry.author is None:
@@ -735,15 +748,15 @@ class FileTransfers:
         """Copy a received file to ``dest`` (a directory or a file path)."""
         entry = self.get(file_id)
         if entry is None:
-            raise LocalProtocolError("no such file")
+            raise NotFound("no such file")
         if not entry.complete:
-            raise LocalProtocolError(
+            raise NotFound(
                 f"{entry.name} is not complete yet ({entry.received} of {entry.size} bytes)")
         target = dest / safe_file_name(entry.name) if dest.is_dir() else dest
         try:  # never overwrite: the name came from the contact; private like the original
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
-            raise LocalProtocolError(f"{target} exists; choose another destination") from None
+            raise NotFound(f"{target} exists; choose another destination") from None
         try:
             with open(fd, "wb") as out:
                 for chunk in self._plain_content(entry):

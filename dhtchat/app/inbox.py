@@ -63,7 +63,7 @@ class ContactInbox:
     daemon's task set."""
 
     def __init__(self, identity: SigningIdentity, contacts: ContactStore, *,
-                 display_name: str, on_accepted: Callable[[bytes], None], spawn: Spawn) -> None:
+                 display_name: str, on_accepted: Callable[[bytes], object], spawn: Spawn) -> None:
         self.identity = identity
         self.contacts = contacts
         self.display_name = display_name

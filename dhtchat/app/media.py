@@ -33,7 +33,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 
 import av
 import av.container
@@ -43,7 +43,7 @@ from aiortc import MediaStreamTrack, RTCRtpSender
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 
-from dhtchat.core.errors import DhtChatError
+from dhtchat.core.errors import DhtChatError, ErrorCode
 
 SAMPLE_RATE: Final = 48_000
 """Opus runs at 48 kHz; generated audio and recordings use it too."""
@@ -69,6 +69,8 @@ _ALSA_SYSTEM_CONFIG: Final = Path("/usr/share/alsa")
 
 class MediaError(DhtChatError):
     """A media input or output cannot be opened or used (missing device, format or file)."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.INVALID_PARAMS
 
 
 # ------------------------------------------------------------------------------------- specs

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
@@ -57,12 +56,13 @@ from dhtchat.app.groups import (
     verify_group_text,
 )
 from dhtchat.app.history import History, StoredMessage
-from dhtchat.core.contacts import Purpose
+from dhtchat.app.mailbox import Mailboxes
+from dhtchat.core.contacts import Pair, Purpose
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import encode_user_id
 from dhtchat.core.ids import blake2b_256
-from dhtchat.core.records import Record
 from dhtchat.core.sas import SAS_VERSION
+from dhtchat.messaging.mailbox import HOLE_GRACE, MAILBOX_EPOCH
 from dhtchat.messaging.outbox import Inbox, Offer, Outbox, Queued
 from dhtchat.messaging.session import (
     Conversation,
@@ -82,28 +82,14 @@ MAX_TIMER: Final = 365 * 24 * 3600
 TYPING_SHOWN: Final = 6.0  # seconds a typing notice is shown (clients resend every ~3 s)
 SEQUENCED: Final = ("text", "file", "timer", "group_update", "group_text", "group_leave")
 GROUP_KINDS: Final = ("group_update", "group_text", "group_leave")
-MAILBOX_TTL: Final = 7 * 24 * 3600
-TOMBSTONE_TTL: Final = 24 * 3600
 PREKEYS_TTL: Final = 7 * 24 * 3600
 MAILBOX_POLL: Final = 15.0
-MAILBOX_SCAN_LIMIT: Final = 512  # slots read per poll (a backlog continues at the next poll)
-MAILBOX_FIRST_WINDOW: Final = 4  # slots fetched in parallel at first (most polls find none)
-MAILBOX_WINDOW: Final = 32  # ... doubling up to this while every slot of a window is filled
-MAILBOX_PART: Final = 800  # frame bytes per slot (sealed + signed it fits a 1000-byte record)
-MAX_PARTS: Final = 128  # 100 KiB per mailbox message
 CONTROL_PUT_ATTEMPTS: Final = 4
-MAX_CONCURRENT_PUTS: Final = 8  # mailbox slot puts in flight per daemon
 MAINTENANCE_PARALLEL: Final = 8  # contacts served at once by the maintenance pass
 INBOUND_QUEUE: Final = 4096  # data-channel frames waiting per contact
 RECEIVE_BATCH: Final = 256  # frames handled (and their messages committed) together
 COLLECT_TURNS: Final = 4  # ... collected until none arrived for this many turns of the loop
-MIN_SLOT_STORERS: Final = 3  # acknowledgements a mailbox slot needs to count as stored
-HOLE_GRACE: Final = 120.0  # an empty slot followed by filled ones is skipped after this long
-HOLE_MEMORY: Final = 24 * 3600.0  # ... and read again at every poll for this long
-MAX_HOLES: Final = 16  # skipped frames remembered per contact (the oldest is forgotten)
 RESET_INTERVAL: Final = 60.0  # at most one session reset request per contact per minute
-
-_TOMBSTONE: Final = b""
 
 
 class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
@@ -154,28 +140,9 @@ class Frame(msgspec.Struct, array_like=True, frozen=True):
     body: Annotated[bytes, msgspec.Meta(max_length=MAX_TEXT_BYTES + 4096)]
 
 
-class Part(msgspec.Struct, array_like=True, frozen=True):
-    """One mailbox slot's share of a frame."""
-
-    index: Annotated[int, msgspec.Meta(ge=0, le=MAX_PARTS)]
-    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_PARTS)]
-    data: Annotated[bytes, msgspec.Meta(max_length=MAILBOX_PART)]
-
-
-def _split(frame: bytes) -> list[bytes]:
-    """The slot values of a frame (a tombstone stays one empty slot)."""
-    if frame == _TOMBSTONE:
-        return [_TOMBSTONE]
-    chunks = [frame[i:i + MAILBOX_PART] for i in range(0, len(frame), MAILBOX_PART)] or [b""]
-    return [_encoder.encode(Part(i, len(chunks), c)) for i, c in enumerate(chunks)]
-
-
-_part_decoder = msgspec.msgpack.Decoder(Part)
 _frame_decoder = msgspec.msgpack.Decoder(Frame)
 _payload_decoder = msgspec.msgpack.Decoder(Payload)
 _encoder = msgspec.msgpack.Encoder()
-
-MAILBOX_EPOCH: Final = 0  # mailbox and prekey channels do not rotate: slots must be findable
 
 
 @dataclass
@@ -235,15 +202,13 @@ class Messenger:
         self._txn_outboxes: set[bytes] = set()  # outboxes the open transaction writes
         self._in_flight: set[bytes] = set()  # returned by receive, reply not yet written
         self.files = FileTransfers(self, daemon.profile.root / "files", tasks=daemon,
-                                   channel=self._channel)
+                                   channel=self._channel, events=daemon.events)
         self.groups = GroupStore(history.db)
         self._arrived = asyncio.Condition()
         self._delivered = asyncio.Condition()
         self.undecryptable = 0
         self.dropped_frames = 0
-        self._last_slot_seq = 0
-        self._holes: dict[tuple[bytes, int], float] = {}
-        self._put_slots = asyncio.Semaphore(MAX_CONCURRENT_PUTS)
+        self.mailbox = Mailboxes(history, lambda: daemon.node, self._pair, self.on_frame)
         self._prekeys_published: tuple[int, bytes] | None = None
 
     # ------------------------------------------------------------------ plumbing
@@ -272,6 +237,10 @@ class Messenger:
 
     def _link(self, contact: bytes) -> Link | None:
         return self.daemon.links.get(contact)
+
+    def _pair(self, contact: bytes) -> Pair | None:
+        link = self._link(contact)
+        return None if link is None else link.pair
 
     def _channel(self, contact: bytes) -> RTCDataChannel | None:
         link = self._link(contact)
@@ -646,57 +615,15 @@ class Messenger:
 
     def _reserve_slots(self, contact: bytes, seq: int, frame: bytes) -> int:
         """Assign the next mailbox slots to a frame (recorded on its outbox entry)."""
-        index: int = self.history.conversation(contact)["mailbox_out_index"]
-        with self.history.transaction() as db:
-            if seq:
-                db.execute("UPDATE outbox SET mailbox_index = ? WHERE contact = ? AND seq = ?",
-                           (index, contact, seq))
-            self.history.update_conversation(db, contact,
-                                             mailbox_out_index=index + len(_split(frame)))
-        return index
+        return self.mailbox.reserve(contact, seq, frame)
 
     async def _to_mailbox(self, contact: bytes, seq: int, frame: bytes,
                           index: int | None = None) -> bool:
-        """Put a frame in the next mailbox slots (or at slot ``index`` again); frames larger
-        than one record are split over consecutive slots. True when every slot was stored."""
-        link = self._link(contact)
-        node = self.daemon.node
-        if link is None or node is None:
-            return False
-        parts = _split(frame)
-        if index is None:
-            index = self._reserve_slots(contact, seq, frame)
-        results = await asyncio.gather(*(self._put_slot(contact, index + i, part)
-                                         for i, part in enumerate(parts)))
-        return all(results)
-
-    async def _put_slot(self, contact: bytes, index: int, value: bytes) -> bool:
-        link = self._link(contact)
-        node = self.daemon.node
-        if link is None or node is None:
-            return False
-        now = time.time()
-        tombstone = value == _TOMBSTONE
-        record = link.pair.seal_record(
-            Purpose.MAILBOX, MAILBOX_EPOCH, value, seq=self._slot_seq(now),
-            expires=int(now) + (TOMBSTONE_TTL if tombstone else MAILBOX_TTL),
-            random_bytes=secrets.token_bytes, salt=index.to_bytes(8, "big"))
-        async with self._put_slots:  # bounded: a big fan-out must not swamp the node
-            with contextlib.suppress(TimeoutError, ConnectionError):
-                result = await node.put(record, republish=True)
-                # One storer is not enough for a record the reader must find by lookup:
-                # below MIN_SLOT_STORERS the slot is put again on a later flush.
-                return result.stored >= min(MIN_SLOT_STORERS, max(1, result.attempted))
-        return False
-
-    def _slot_seq(self, now: float) -> int:
-        self._last_slot_seq = max(self._last_slot_seq + 1, int(now * 1000))
-        return self._last_slot_seq
+        """Put a frame in its mailbox slots (:meth:`Mailboxes.store`)."""
+        return await self.mailbox.store(contact, seq, frame, index=index)
 
     async def _tombstone(self, contact: bytes, index: int, frame_bytes: int) -> None:
-        count = len(_split(b"x" * frame_bytes))
-        await asyncio.gather(*(self._put_slot(contact, index + i, _TOMBSTONE)
-                               for i in range(count)))
+        await self.mailbox.tombstone(contact, index, frame_bytes)
 
     # ------------------------------------------------------------------ receiving
 
@@ -829,6 +756,8 @@ class Messenger:
     def _store_received(self, contact: bytes, batch: list[tuple[Payload, bool]]) -> bool:
         """Commit received messages (then they may be acknowledged); True if any."""
         self._store_batch(contact, batch, self._conversation(contact))
+        for payload, _ in batch:
+            self.daemon.events.emit("group.changed" if payload.kind in ("group_update", "group_leave") else "message", contact=encode_user_id(contact), seq=payload.seq, kind=payload.kind)  # noqa: E501
         faults.reached("receive-commit")
         if any(p.kind == "file" for p, _ in batch) and self._channel(contact) is not None:
             self.daemon.spawn(self.files.resume(contact))
@@ -857,6 +786,7 @@ class Messenger:
                                                  payload.text[:16]))
         elif payload.kind == "typing":
             state.typing_until = time.time() + TYPING_SHOWN
+            self.daemon.events.emit("typing", contact=encode_user_id(contact))
         elif payload.kind == "call" and len(payload.call_id) == 16 and \
                 self._is_contact(contact) and self.daemon.calls is not None:
             self.daemon.spawn(self.daemon.calls.on_signal(
@@ -985,6 +915,8 @@ class Messenger:
             if read > read_floor:
                 db.execute("UPDATE messages SET read = 1 WHERE contact = ? AND outgoing = 1 "
                            "AND seq > ? AND seq <= ?", (contact, read_floor, read))
+        if ack:
+            self.daemon.events.emit("receipt", contact=encode_user_id(contact), delivered=ack, read=read)  # noqa: E501
         for index, frame_bytes in tombstones:
             self.daemon.spawn(self._tombstone(contact, index, frame_bytes or 0))
         if acked is not None or read > read_floor:
@@ -1108,151 +1040,7 @@ class Messenger:
 
     async def poll_mailbox(self, contact: bytes) -> int:
         """Read the contact's mailbox slots from where we stopped; returns frames handled."""
-        link = self._link(contact)
-        node = self.daemon.node
-        if link is None or node is None:
-            return 0
-        signer = link.pair.channel_signer(Purpose.MAILBOX, contact, MAILBOX_EPOCH)
-        index = self.history.conversation(contact)["mailbox_in_index"]
-        handled = 0
-
-        async def fetch(slot: int) -> list[Record]:
-            key = link.pair.slot_key(Purpose.MAILBOX, contact, MAILBOX_EPOCH,
-                                     slot.to_bytes(8, "big"))
-            try:
-                return await node.get(key, owner=signer.public_key)
-            except TimeoutError:
-                return []
-
-        handled += await self._recover_holes(contact, fetch)
-        scanned = 0
-        parts: list[bytes] = []
-        width = MAILBOX_FIRST_WINDOW
-        while scanned < MAILBOX_SCAN_LIMIT:
-            # A window of slots at once; handled in order up to the first empty slot. An
-            # empty slot is a whole lookup, and most polls find nothing new: the first window
-            # is small and each one after a full window twice as wide.
-            window = await asyncio.gather(*(fetch(index + j) for j in range(width)))
-            scanned += width
-            width = min(2 * width, MAILBOX_WINDOW)
-            filled = [bool(r) for r in window]
-            for position, fetched in enumerate(window):
-                records = fetched
-                if not records and any(filled[position + 1:]):
-                    records = await fetch(index)  # likely a lookup that missed: ask again
-                if not records:
-                    if not any(filled[position + 1:]) or not self._hole_expired(contact, index):
-                        log.debug("mailbox of %s: %d frames read, slot %d empty",
-                                  contact.hex()[:12], handled, index)
-                        return handled
-                    log.info("skipping mailbox slot %d of %s: still empty %.0f s later while "
-                             "later slots are filled", index, contact.hex()[:12], HOLE_GRACE)
-                    # The frame may still come (a put that kept failing): read it again at
-                    # the next polls, from its first slot.
-                    self._remember_hole(contact, index - len(parts))
-                    index += 1
-                    self._save_mailbox_index(contact, index)
-                    continue
-                index += 1
-                try:
-                    value = link.pair.open_record(Purpose.MAILBOX, MAILBOX_EPOCH, records[0])
-                    part = _part_decoder.decode(value) if value != _TOMBSTONE else None
-                except (RemoteProtocolError, msgspec.DecodeError, msgspec.ValidationError) \
-                        as exc:
-                    log.info("skipped a bad mailbox slot from %s: %s", contact.hex()[:12], exc)
-                    part = None
-                if part is None or part.index != len(parts) or part.count > MAX_PARTS:
-                    parts = []  # a tombstone, or a message acknowledged while we read it
-                    if part is None or part.index != 0:
-                        self._save_mailbox_index(contact, index)
-                        continue
-                parts.append(part.data)
-                if len(parts) < part.count:
-                    continue  # the rest is in the next slots; the index is saved after it
-                frame, parts = b"".join(parts), []
-                await self.on_frame(contact, frame)
-                handled += 1
-                self._save_mailbox_index(contact, index)
-        return handled
-
-    def _holes_of(self, contact: bytes) -> dict[int, float]:
-        """Skipped frames still awaited: first slot -> when it was skipped."""
-        raw = self.history.get_meta("holes:" + contact.hex())
-        if not raw:
-            return {}
-        try:
-            return {int(k): float(v) for k, v in json.loads(raw).items()}
-        except (ValueError, AttributeError):
-            return {}
-
-    def _save_holes(self, contact: bytes, holes: dict[int, float]) -> None:
-        with self.history.transaction() as db:
-            self.history.set_meta(db, "holes:" + contact.hex(), json.dumps(
-                {str(k): v for k, v in holes.items()}).encode())
-
-    def _remember_hole(self, contact: bytes, start: int) -> None:
-        holes = self._holes_of(contact)
-        holes[start] = time.time()
-        while len(holes) > MAX_HOLES:
-            del holes[min(holes, key=holes.__getitem__)]
-        self._save_holes(contact, holes)
-
-    async def _recover_holes(self, contact: bytes,
-                             fetch: Callable[[int], Awaitable[list[Record]]]) -> int:
-        """Read the frames of skipped slots that have been filled since (a put that kept
-        failing for longer than HOLE_GRACE): without this, the sender's frame would sit in
-        a slot nobody reads and every later message would wait for it. Returns frames
-        handled (a frame that arrived another way is a duplicate, acknowledged again)."""
-        holes = self._holes_of(contact)
-        if not holes:
-            return 0
-        link = self._link(contact)
-        if link is None:
-            return 0
-        handled, now, changed = 0, time.time(), False
-        for start, skipped in sorted(holes.items()):
-            frame = await self._read_frame(link, start, fetch)
-            if frame is None and now - skipped < HOLE_MEMORY:
-                continue
-            del holes[start]
-            changed = True
-            if frame:
-                log.info("mailbox slot %d of %s was filled after it was skipped",
-                         start, contact.hex()[:12])
-                await self.on_frame(contact, frame)
-                handled += 1
-        if changed:
-            self._save_holes(contact, holes)
-        return handled
-
-    async def _read_frame(self, link: Link, start: int,
-                          fetch: Callable[[int], Awaitable[list[Record]]]) -> bytes | None:
-        """The frame whose first part is in slot ``start``: None while a part is missing,
-        b"" if the slot holds no frame start (a tombstone, a bad record, a later part)."""
-        parts: list[bytes] = []
-        count = 1
-        while len(parts) < count:
-            records = await fetch(start + len(parts))
-            if not records:
-                return None
-            try:
-                value = link.pair.open_record(Purpose.MAILBOX, MAILBOX_EPOCH, records[0])
-                part = _part_decoder.decode(value) if value != _TOMBSTONE else None
-            except (RemoteProtocolError, msgspec.DecodeError, msgspec.ValidationError):
-                part = None
-            if part is None or part.index != len(parts) or not 0 < part.count <= MAX_PARTS:
-                return b""
-            count = part.count
-            parts.append(part.data)
-        return b"".join(parts)
-
-    def _hole_expired(self, contact: bytes, index: int) -> bool:
-        seen = self._holes.setdefault((contact, index), time.time())
-        return time.time() - seen >= HOLE_GRACE
-
-    def _save_mailbox_index(self, contact: bytes, index: int) -> None:
-        with self.history.transaction() as db:
-            self.history.update_conversation(db, contact, mailbox_in_index=index)
+        return await self.mailbox.poll(contact, hole_grace=HOLE_GRACE)
 
     # ------------------------------------------------------------------ background
 

@@ -12,25 +12,29 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from dhtchat.core.errors import ErrorCode
+
 log = logging.getLogger("dhtchat.rpc")
 
-PARSE_ERROR: Final = -32700
-INVALID_REQUEST: Final = -32600
-METHOD_NOT_FOUND: Final = -32601
-INVALID_PARAMS: Final = -32602
-INTERNAL_ERROR: Final = -32603
+# The codes live with the errors that carry them (dhtchat.core.errors.ErrorCode).
+PARSE_ERROR: Final = int(ErrorCode.PARSE_ERROR)
+INVALID_REQUEST: Final = int(ErrorCode.INVALID_REQUEST)
+METHOD_NOT_FOUND: Final = int(ErrorCode.METHOD_NOT_FOUND)
+INVALID_PARAMS: Final = int(ErrorCode.INVALID_PARAMS)
+INTERNAL_ERROR: Final = int(ErrorCode.INTERNAL_ERROR)
 # Application errors (JSON-RPC reserves -32000..-32099 for implementations).
-NOT_FOUND: Final = -32001
-NOT_A_CONTACT: Final = -32002
-BLOCKED: Final = -32003
-TIMEOUT: Final = -32004
-CONNECTION_FAILED: Final = -32005
-NOT_READY: Final = -32006
-STOPPING: Final = -32007
+NOT_FOUND: Final = int(ErrorCode.NOT_FOUND)
+NOT_A_CONTACT: Final = int(ErrorCode.NOT_A_CONTACT)
+BLOCKED: Final = int(ErrorCode.BLOCKED)
+TIMEOUT: Final = int(ErrorCode.TIMEOUT)
+CONNECTION_FAILED: Final = int(ErrorCode.CONNECTION_FAILED)
+NOT_READY: Final = int(ErrorCode.NOT_READY)
+STOPPING: Final = int(ErrorCode.STOPPING)
 
 MAX_LINE: Final = 1 << 20
 
@@ -42,7 +46,7 @@ class RpcError(Exception):
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = int(code)
         self.message = message
         self.data = data
 
@@ -65,8 +69,63 @@ class Reply:
     on_lost: Callable[[], None]
 
 
+MAX_IN_FLIGHT: Final = 256  # requests of one connection handled at once (then reading waits)
+
+
+class Connection:
+    """One client connection: replies and notifications are written whole, one at a time."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._lock = asyncio.Lock()
+        self._on_close: list[Callable[[], None]] = []
+        self.closed = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Write one JSON object line (raises ``ConnectionError`` once the client left)."""
+        if self.closed:
+            raise ConnectionResetError("the client closed the connection")
+        async with self._lock:
+            await _write(self._writer, message)
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        """Send a JSON-RPC notification (no id) to the client."""
+        await self.send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the connection has ended (at once if it already has)."""
+        if self.closed:
+            callback()
+        else:
+            self._on_close.append(callback)
+
+    def close(self) -> None:
+        """Mark the connection ended and run the close callbacks."""
+        if self.closed:
+            return
+        self.closed = True
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("connection close callback failed")
+
+
+# The connection whose request a handler is serving (for methods that stream, such as
+# events.subscribe); None outside the server.
+current_connection: ContextVar[Connection | None] = ContextVar("current_connection",
+                                                               default=None)
+
+
 class RpcServer:
-    """Serves ``handlers`` (method name -> coroutine taking the params dict)."""
+    """Serves ``handlers`` (method name -> coroutine taking the params dict).
+
+    Requests on one connection are pipelined: the client may write many lines without waiting,
+    each request is started in the order it arrived (so a handler that does its work before
+    its first ``await``, as ``message.send`` does, keeps the client's order), up to
+    MAX_IN_FLIGHT run at once, and each reply is written when its request finishes (match
+    replies by ``id``)."""
 
     def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
         self.path = path
@@ -108,8 +167,10 @@ class RpcServer:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
+        connection = Connection(writer)
+        current_connection.set(connection)
         try:
-            await self._serve_lines(reader, writer)
+            await self._serve_lines(reader, connection)
         except asyncio.CancelledError:
             if not self._closing:
                 raise
@@ -117,45 +178,82 @@ class RpcServer:
         finally:
             if task is not None:
                 self._connections.discard(task)
+            connection.close()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _serve_lines(self, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter) -> None:
+    async def _serve_lines(self, reader: asyncio.StreamReader, connection: Connection) -> None:
+        requests: set[asyncio.Task[None]] = set()
+        room = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+        unanswered: dict[asyncio.Task[None], bytes] = {}  # (until its _answer starts)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            requests.discard(task)
+            room.release()
+
         try:
             while True:
                 try:
                     line = await reader.readline()
                 except (ValueError, asyncio.LimitOverrunError):
-                    await _write(writer, _error(None, RpcError(INVALID_REQUEST,
-                                                               "request line too long")))
+                    with contextlib.suppress(ConnectionError):
+                        await connection.send(_error(None, RpcError(
+                            INVALID_REQUEST, "request line too long")))
+                    break
+                except (ConnectionError, asyncio.IncompleteReadError):
                     break
                 if not line:
                     break
-                try:
-                    response, reply = await self.handle_line(line)
-                except asyncio.CancelledError:
-                    if self._closing:
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(_write(writer, _error(
-                                _request_id(line), RpcError(STOPPING, "the daemon stopped"))),
-                                1.0)
-                    raise
-                if response is None:
-                    if reply is not None:
-                        reply.on_lost()
-                    continue
-                try:
-                    await _write(writer, response)
-                except BaseException:
-                    if reply is not None:
-                        reply.on_lost()
-                    raise
-                if reply is not None:
-                    reply.on_sent()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+                await room.acquire()
+                task = asyncio.ensure_future(self._answer(line, connection, unanswered))
+                requests.add(task)
+                unanswered[task] = line
+                task.add_done_callback(finished)
+            # The client stopped writing: the requests under way still get their replies.
+            while requests:
+                await asyncio.wait(list(requests))
+        except asyncio.CancelledError:
+            for task in list(requests):
+                task.cancel()
+            if requests:
+                await asyncio.wait(list(requests), timeout=2.0)
+            if self._closing:  # a request cancelled before it started still gets its reply
+                for line in list(unanswered.values()):
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(connection.send(_error(
+                            _request_id(line), RpcError(STOPPING, "the daemon stopped"))), 1.0)
+            raise
+
+    async def _answer(self, line: bytes, connection: Connection,
+                      unanswered: dict[asyncio.Task[None], bytes]) -> None:
+        """Handle one request line and write its reply (if it has one)."""
+        task = asyncio.current_task()
+        if task is not None:
+            unanswered.pop(task, None)  # started: it answers for itself from here on
+        try:
+            response, reply = await self.handle_line(line)
+        except asyncio.CancelledError:
+            if self._closing:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(connection.send(_error(
+                        _request_id(line), RpcError(STOPPING, "the daemon stopped"))), 1.0)
+            raise
+        if response is None:
+            if reply is not None:
+                reply.on_lost()
+            return
+        try:
+            await connection.send(response)
+        except BaseException as exc:
+            if reply is not None:
+                reply.on_lost()
+            if isinstance(exc, ConnectionError):
+                return
+            raise
+        if reply is not None:
+            reply.on_sent()
 
     async def handle_line(self, line: bytes) -> tuple[dict[str, Any] | None, Reply | None]:
         """The response to one request line (``None`` for a notification), and the
@@ -242,3 +340,95 @@ async def call(path: Path, method: str, params: dict[str, Any] | None = None,
         raise RpcError(int(err.get("code", INTERNAL_ERROR)), str(err.get("message", "")),
                        err.get("data"))
     return reply.get("result")
+
+
+class RpcClient:
+    """One connection to the daemon with many calls in flight: requests are pipelined and
+    their replies matched by id; notifications (e.g. of ``events.subscribe``) are put on
+    :attr:`notifications` as ``(method, params)``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._next_id = 0
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self.notifications: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._task = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def open(cls, path: Path) -> RpcClient:
+        """Connect; raises :class:`DaemonNotRunning` when nothing listens on ``path``."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_LINE)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise DaemonNotRunning(str(path)) from exc
+        return cls(reader, writer)
+
+    async def call(self, method: str, params: dict[str, Any] | None = None,
+                   timeout: float = 120.0) -> Any:
+        """Send one request and wait for its reply (others may be in flight meanwhile)."""
+        self._next_id += 1
+        request_id = self._next_id
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        try:
+            if self._task.done():
+                raise DaemonStopped("the daemon closed the connection")
+            request = {"jsonrpc": "2.0", "id": request_id, "method": method,
+                       "params": params or {}}
+            self._writer.write(json.dumps(request).encode("utf-8") + b"\n")
+            await self._writer.drain()
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def _read(self) -> None:
+        try:
+            while line := await self._reader.readline():
+                message = json.loads(line)
+                if "id" not in message and isinstance(message.get("method"), str):
+                    self.notifications.put_nowait((message["method"],
+                                                   message.get("params") or {}))
+                    continue
+                future = self._waiting.get(message.get("id"))
+                if future is None or future.done():
+                    continue
+                if "error" in message:
+                    err = message["error"]
+                    future.set_exception(RpcError(int(err.get("code", INTERNAL_ERROR)),
+                                                  str(err.get("message", "")),
+                                                  err.get("data")))
+                else:
+                    future.set_result(message.get("result"))
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(DaemonStopped("the daemon stopped before it answered"))
+
+    async def notification(self) -> tuple[str, dict[str, Any]]:
+        """The next notification; :class:`DaemonStopped` once the connection has closed and
+        none is left."""
+        if not self.notifications.empty():
+            return self.notifications.get_nowait()
+        if self._task.done():
+            raise DaemonStopped("the daemon closed the connection")
+        getter = asyncio.ensure_future(self.notifications.get())
+        try:
+            await asyncio.wait((getter, self._task), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        raise DaemonStopped("the daemon closed the connection")
+
+    async def close(self) -> None:
+        """Close the connection."""
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
-from dhtchat.app.rpc import DaemonStopped
-from dhtchat.cli.errors import EXIT_OK, DaemonUnavailable
+from dhtchat.app.rpc import DaemonStopped, RpcClient
+from dhtchat.cli.errors import EXIT_OK
 from dhtchat.cli.printing import print_message
-from dhtchat.cli.rpcclient import contact_names, rpc
+from dhtchat.cli.rpcclient import contact_names, rpc, run_with_daemon
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -24,22 +25,39 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    """Print the messages received since the last call (``--follow``: keep on)."""
+    """Print the messages received since the last call (``--follow``: keep on, woken by the
+    daemon's event stream)."""
     names = {} if args.json else contact_names(args)
-    reached = not args.json  # the daemon answered already (the names)
-    while True:
-        try:
-            messages = rpc(args, "message.receive", {"wait": 30 if args.follow else 0},
-                            timeout=90)
-        except DaemonUnavailable:
-            if reached:  # it was there a moment ago: it stopped, say so
-                raise DaemonStopped("the daemon stopped") from None
-            raise
-        reached = True
-        for message in messages:
+    if not args.follow:
+        for message in rpc(args, "message.receive", {"wait": 0}, timeout=90):
             print_message(message, args.json, names)
-        if not args.follow:
-            return EXIT_OK
+        return EXIT_OK
+    return run_with_daemon(args, lambda path: _follow(path, args.json, names))
+
+
+# events after which message.receive may have something new to show
+_NEW_IN_HISTORY = frozenset({"message", "group.changed", "file.offer", "file.complete"})
+
+
+async def _follow(path: Path, as_json: bool, names: dict[str, str]) -> int:
+    """Print what arrives until the daemon stops: subscribe to the events first, then print
+    everything not shown yet, then again after each event that adds to the history (so
+    nothing that arrives in between is missed)."""
+    client = await RpcClient.open(path)
+    try:
+        await client.call("events.subscribe", {"since": -1})
+        while True:
+            for message in await client.call("message.receive", {"wait": 0}, timeout=90):
+                print_message(message, as_json, names)
+            sys.stdout.flush()
+            while True:
+                method, params = await client.notification()
+                if method == "event" and params.get("type") in _NEW_IN_HISTORY:
+                    break
+    except (DaemonStopped, ConnectionError):
+        raise DaemonStopped("the daemon stopped") from None
+    finally:
+        await client.close()
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -9,9 +9,31 @@ The lookup keeps a shortlist of candidates sorted by XOR distance to the target.
 unqueried candidate among the ``k`` closest live ones is queried at once (no lockstep rounds,
 so one slow node never stalls the others). A query past its RTO becomes *slow*: its slot goes
 to the next candidate, but its answer is still used if it arrives before the hard timeout.
-The lookup ends when the ``k`` closest candidates
-that have not failed have all answered. The shortlist is bounded and the number of queries is
-capped so a hostile network cannot make a lookup run forever.
+The shortlist is bounded and the number of queries is capped so a hostile network cannot make
+a lookup run forever.
+
+When a lookup ends depends on what it is for:
+
+* *Patient* (``quorum=None``: FIND_NODE, PUT, LISTEN, bootstrap): when the ``k`` closest
+  candidates that have not failed have all answered. A slow one among them is waited for
+  until it answers or hits the hard timeout: the caller needs the true ``k`` closest (a PUT
+  stores on them, a LISTEN subscribes on them), and skipping a slow one would name a farther
+  node instead.
+* *Quorum* (``quorum=q``, a GET): a value lookup only needs *some* replicas, not the exact
+  replica set. It ends when (a) the ``k`` closest candidates that are neither failed nor slow
+  have all answered, and (b) of the ``k`` closest candidates that have not failed (slow ones
+  included), at least the fraction ``q`` has answered. A dead node among the closest -- a
+  peer that just went offline, still in everyone's table -- then costs one soft timeout
+  (one RTO; the node does not stretch it by the address's backoff), not the hard timeout.
+  (b) keeps the lookup from ending on farther nodes alone when most of the true closest are
+  slow (a congested path, or many replicas gone): then it still waits for them. With
+  ``q = 1`` it is the patient rule. This follows deployed value lookups: OpenDHT's ``get``
+  is done once its closest nodes that are not expired have replied (an unresponsive node
+  does not hold it), and Jimenez et al. argue that a node past its soft timeout must not
+  dictate the lookup's latency. A record lives on the ``k`` closest nodes, so the answered
+  majority of them (plus the next closest non-slow ones, which a churned replica set moves
+  to) holds it; reading the newest ``seq`` from several storers is also why (b) asks for a
+  fraction of them rather than stopping at the first value found.
 
 This class only decides *whom* to ask; the node sends the requests and feeds results back.
 """
@@ -69,8 +91,10 @@ class Lookup:
         max_queries: int = 128,
         max_candidates: int | None = None,
         max_per_ip: int = 10,
+        quorum: float | None = None,
     ) -> None:
         self.target = target
+        self.quorum = quorum  # None: patient; else the quorum rule (module docstring)
         self._target_key = int.from_bytes(target, "big")
         self.k = k
         self.alpha = alpha
@@ -191,25 +215,40 @@ class Lookup:
 
     @property
     def finished(self) -> bool:
-        """True when the k closest live candidates have all answered (or the budget is spent).
+        """True when the lookup has converged (see the module docstring) or the budget is spent.
 
-        A slow candidate among those k is waited for (until it answers or hits the hard
-        timeout): skipping it would return a wrong k closest; meanwhile its slot serves others.
+        Patient: the k closest live candidates have all answered; a slow one among them is
+        waited for (skipping it would return a wrong k closest; meanwhile its slot serves
+        others). Quorum: the k closest that are not slow have answered, and slow ones are at
+        most the fraction ``1 - quorum`` of the k closest that have not failed.
         """
         if self.queries_sent >= self.max_queries:
             return self.in_flight == 0
-        live = 0
+        quorum = self.quorum
         k = self.k
+        live = 0  # candidates neither failed nor slow (all answered so far)
+        seen = 0  # candidates that have not failed, slow included
+        slow = 0  # slow ones among the first k of those
         for cand in self._sorted:
             state = cand.state
             if state is _FAILED:
+                continue
+            seen += 1
+            if state is _SLOW:
+                if quorum is None:
+                    return False
+                if seen <= k:
+                    slow += 1
                 continue
             if state is not _ANSWERED:
                 return False
             live += 1
             if live >= k:
-                return True
-        return True
+                break
+        if quorum is None:
+            return True
+        closest = min(seen, k)
+        return closest - slow >= quorum * closest
 
     def closest_answered(self, count: int | None = None) -> list[Candidate]:
         """The closest candidates that answered, nearest first."""
@@ -232,11 +271,12 @@ class DisjointLookup:
     """
 
     def __init__(self, target: bytes, *, k: int, alpha: int, paths: int,
-                 max_queries: int = 128, max_per_ip: int = 10) -> None:
+                 max_queries: int = 128, max_per_ip: int = 10,
+                 quorum: float | None = None) -> None:
         self.target = target
         self.k = k
         self.paths = [Lookup(target, k=k, alpha=alpha, max_queries=max_queries,
-                             max_per_ip=max_per_ip) for _ in range(paths)]
+                             max_per_ip=max_per_ip, quorum=quorum) for _ in range(paths)]
         self._path_of: dict[bytes, Lookup] = {}
         self._next_seed = 0
 

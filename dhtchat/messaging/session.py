@@ -38,10 +38,11 @@ Bounds (denial of service). :data:`MAX_SKIP` bounds both the number of skipped m
 kept (oldest dropped first) and the chain jump a header may ask for. The library's own
 ``dos_protection_threshold`` (set to :data:`MAX_SKIP`) raises only for a jump in the *current*
 receiving chain; for a header with a *new* ratchet key whose ``pn`` claims a huge jump it
-merely ``warnings.warn``\\s and skips nothing. :class:`_DHRatchet` therefore checks both
-jumps (``n - Nr`` on the current chain; ``pn - Nr`` and ``n`` on a new one) before any KDF
-step, as in the spec's ``SkipMessageKeys``. Decryption works on a copy of the ratchet (the
-library's behaviour), so a rejected or forged message never changes session state.
+merely ``warnings.warn``\\s and skips nothing. The ratchet of
+:mod:`dhtchat.messaging.ratchet` therefore checks both jumps (``n - Nr`` on the current chain;
+``pn - Nr`` and ``n`` on a new one) before any KDF step, as in the spec's ``SkipMessageKeys``.
+Decryption works on a copy of the ratchet (the library's behaviour), so a rejected or forged
+message never changes session state.
 
 Replay. A message key is used once: a replayed message finds neither a skipped key nor a
 forward chain position and is rejected (``DuplicateMessageException``); this survives
@@ -70,6 +71,12 @@ under it are not deterministic: x3dh and doubleratchet draw their own randomness
 x3dh stamps prekeys with its own ``time.time()``; the library's time-based rotation is
 disabled.
 
+Modules. This docstring is the normative description of the whole layer; the code is in three
+modules, imported downward only: :mod:`dhtchat.messaging.ratchet` (the Double Ratchet
+configuration and the message wire format), :mod:`dhtchat.messaging.prekeys` (X3DH:
+:class:`PrekeyStore` and the bundle wire format) and this one (:class:`Session` and
+:class:`Conversation`; it re-exports the public names of the other two).
+
 Persistence. Every mutating call (``initiate``, ``accept``, ``encrypt``, ``decrypt``,
 ``maintain``) changes state that must be saved (``to_json``) together -- the prekey store as
 well as the session or conversation -- before the result is acted upon; otherwise a crash
@@ -79,36 +86,50 @@ identity seed, which is supplied on load) and must be stored encrypted.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 import msgspec
 import x3dh
-import xeddsa
 from doubleratchet import (
-    AuthenticationFailedException,
-    ChainNotAvailableException,
-    DecryptionFailedException,
-    DoSProtectionException,
-    DoubleRatchet,
     DuplicateMessageException,
     EncryptedMessage,
-    Header,
     InconsistentSerializationException,
-    SkippedMessageKeys,
-)
-from doubleratchet.recommended import (
-    HashFunction,
-    aead_aes_hmac,
-    diffie_hellman_ratchet_curve25519,
-    kdf_hkdf,
-    kdf_separate_hmacs,
 )
 from pydantic import ValidationError
 
+from dhtchat.messaging.prekeys import (
+    BUNDLE_PREKEYS,
+    MAX_BUNDLE_PREKEYS,
+    PREKEY_TARGET,
+    SPK_ROTATION_SECONDS,
+    PrekeyStore,
+    parse_bundle,
+)
+from dhtchat.messaging.ratchet import (
+    AEAD_OVERHEAD,
+    MAX_PLAINTEXT,
+    MAX_SKIP,
+    RATCHET_ARGS,
+    REJECTED,
+    InitialWire,
+    Ratchet,
+    RatchetWire,
+    SessionError,
+    check_plaintext,
+    encrypted_message,
+    is_initial_message,
+    parse_message,
+)
+
 __all__ = [
+    "BUNDLE_PREKEYS",
+    "MAX_ARCHIVED",
+    "MAX_BUNDLE_PREKEYS",
+    "MAX_PLAINTEXT",
     "MAX_SKIP",
+    "PREKEY_TARGET",
+    "SPK_ROTATION_SECONDS",
     "Conversation",
     "PrekeyStore",
     "Session",
@@ -117,355 +138,15 @@ __all__ = [
     "parse_bundle",
 ]
 
-MAX_SKIP: Final = 1000  # max skipped message keys kept / chain jump accepted
 MAX_ARCHIVED: Final = 4  # archived sessions per conversation, besides the current one
-MAX_PLAINTEXT: Final = 1 << 20  # bytes per message; the delivery layer chunks files
-MAX_BUNDLE_PREKEYS: Final = 16
-BUNDLE_PREKEYS: Final = 12  # default one-time prekeys per published bundle
-PREKEY_TARGET: Final = 100  # one-time prekeys kept in stock
-SPK_ROTATION_SECONDS: Final = 7 * 24 * 3600  # signed prekey lifetime (the old one is kept 1 more)
-X3DH_INFO: Final = b"dhtchat/x3dh/v1"
-ROOT_INFO: Final = b"dhtchat/ratchet-root/v1"
-AEAD_INFO: Final = b"dhtchat/ratchet-aead/v1"
-MESSAGE_CHAIN_CONSTANT: Final = b"\x02\x01"  # CK' = HMAC(CK, 0x02), MK = HMAC(CK, 0x01)
-_NEVER: Final = 100 * 365 * 24 * 3600  # disables x3dh's wall-clock spk rotation
-_AEAD_OVERHEAD: Final = 16 + 32  # max PKCS#7 padding + HMAC-SHA-256 tag
 _STATE_VERSION: Final = 1
 
-
-class SessionError(Exception):
-    """Raised for any message that cannot be accepted (clear reason in str)."""
-
-
-# --- wire formats ---------------------------------------------------------------------------
-
-Bytes32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
-Bytes64 = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
-U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
-Ciphertext = Annotated[
-    bytes, msgspec.Meta(min_length=_AEAD_OVERHEAD, max_length=MAX_PLAINTEXT + _AEAD_OVERHEAD)
-]
-
-
-class _BundleWire(msgspec.Struct, array_like=True, frozen=True, tag=1):
-    ik: Bytes32
-    spk: Bytes32
-    spk_sig: Bytes64
-    opks: Annotated[list[Bytes32], msgspec.Meta(max_length=MAX_BUNDLE_PREKEYS)]
-
-
-class _RatchetWire(msgspec.Struct, array_like=True, frozen=True, tag=1):
-    dh: Bytes32
-    pn: U32
-    n: U32
-    ct: Ciphertext
-
-
-class _InitialWire(msgspec.Struct, array_like=True, frozen=True, tag=2):
-    ik: Bytes32
-    ek: Bytes32
-    spk: Bytes32
-    opk: Bytes32
-    dh: Bytes32
-    pn: U32
-    n: U32
-    ct: Ciphertext
-
-
 _encoder = msgspec.msgpack.Encoder()
-_bundle_decoder = msgspec.msgpack.Decoder(_BundleWire)
-_wire_decoder = msgspec.msgpack.Decoder(_RatchetWire | _InitialWire)
-
-# Everything the libraries raise for hostile input (XEdDSAException: low-order / invalid keys;
-# ValueError: cryptography's X25519 refusing an all-zero shared secret).
-_REJECT = (
-    x3dh.KeyAgreementException,
-    AuthenticationFailedException,
-    DecryptionFailedException,
-    DoSProtectionException,
-    DuplicateMessageException,
-    ChainNotAvailableException,
-    xeddsa.XEdDSAException,
-    ValueError,
-)
-
-
-def _parse(wire: bytes) -> _RatchetWire | _InitialWire:
-    if len(wire) > MAX_PLAINTEXT + 1024:
-        raise SessionError(f"message too large ({len(wire)} bytes)")
-    try:
-        msg: _RatchetWire | _InitialWire = _wire_decoder.decode(wire)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise SessionError(f"malformed message: {exc}") from None
-    return msg
-
-
-def is_initial_message(wire: bytes) -> bool:
-    """True if ``wire`` is a well-formed message carrying an X3DH header."""
-    try:
-        return isinstance(_parse(wire), _InitialWire)
-    except SessionError:
-        return False
-
-
-def parse_bundle(data: bytes) -> x3dh.Bundle:
-    """Decode a published prekey bundle, checking every size (not the signature: see initiate)."""
-    if len(data) > 2048:
-        raise SessionError(f"prekey bundle too large ({len(data)} bytes)")
-    try:
-        wire = _bundle_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise SessionError(f"malformed prekey bundle: {exc}") from None
-    return x3dh.Bundle(
-        identity_key=wire.ik,
-        signed_pre_key=wire.spk,
-        signed_pre_key_sig=wire.spk_sig,
-        pre_keys=frozenset(wire.opks),
-    )
-
-
-# --- library configuration ------------------------------------------------------------------
-
-
-def _encode_public_key(key_format: x3dh.IdentityKeyFormat, pub: bytes) -> bytes:
-    prefix = b"\x05" if key_format is x3dh.IdentityKeyFormat.CURVE_25519 else b"\xed"
-    return prefix + pub
-
-
-class _X3DHState(x3dh.State):
-    """x3dh's managed state; publication is the caller's job (see PrekeyStore.maintain)."""
-
-    def _publish_bundle(self, bundle: x3dh.Bundle) -> None:
-        pass
-
-    @staticmethod
-    def _encode_public_key(key_format: x3dh.IdentityKeyFormat, pub: bytes) -> bytes:
-        return _encode_public_key(key_format, pub)
-
-
-class _RootKDF(kdf_hkdf.KDF):
-    @staticmethod
-    def _get_hash_function() -> HashFunction:
-        return HashFunction.SHA_256
-
-    @staticmethod
-    def _get_info() -> bytes:
-        return ROOT_INFO
-
-
-class _MessageKDF(kdf_separate_hmacs.KDF):
-    @staticmethod
-    def _get_hash_function() -> HashFunction:
-        return HashFunction.SHA_256
-
-
-class _AEAD(aead_aes_hmac.AEAD):
-    @staticmethod
-    def _get_hash_function() -> HashFunction:
-        return HashFunction.SHA_256
-
-    @staticmethod
-    def _get_info() -> bytes:
-        return AEAD_INFO
-
-
-class _DHRatchet(diffie_hellman_ratchet_curve25519.DiffieHellmanRatchet):
-    """The recommended X25519 ratchet, refusing any chain jump above MAX_SKIP before KDF work."""
-
-    async def next_decryption_key(self, header: Header) -> tuple[bytes, SkippedMessageKeys]:
-        received = self.receiving_chain_length or 0
-        if header.ratchet_pub == self.model.other_ratchet_pub:
-            jump = header.sending_chain_length - received
-        else:
-            # A new ratchet key: the rest of the old chain (pn - Nr) and the new chain (n).
-            # The library would only warn about pn; the spec rejects it.
-            jump = max(header.previous_sending_chain_length - received, header.sending_chain_length)
-        if jump > MAX_SKIP:
-            raise DoSProtectionException(f"header asks to skip {jump} keys (max {MAX_SKIP})")
-        return await super().next_decryption_key(header)
-
-
-class _Ratchet(DoubleRatchet):
-    @staticmethod
-    def _build_associated_data(associated_data: bytes, header: Header) -> bytes:
-        # AD has a fixed length (two 33-byte encoded identity keys), so this is unambiguous.
-        return (
-            associated_data
-            + header.ratchet_pub
-            + header.previous_sending_chain_length.to_bytes(4, "big")
-            + header.sending_chain_length.to_bytes(4, "big")
-        )
-
-
-_RATCHET_ARGS: Final = (
-    _DHRatchet,
-    _RootKDF,
-    _MessageKDF,
-    MESSAGE_CHAIN_CONSTANT,
-    MAX_SKIP,  # dos_protection_threshold
-    MAX_SKIP,  # max_num_skipped_message_keys
-    _AEAD,
-)
-
-
-def _lib_bytes(data: bytes) -> str:
-    """The libraries' JSON encoding of bytes (one code point per byte)."""
-    return "".join(map(chr, data))
 
 
 def _check_key(name: str, key: bytes) -> None:
     if len(key) != 32:
         raise SessionError(f"{name} must be a 32-byte Ed25519 public key, got {len(key)} bytes")
-
-
-# --- prekeys --------------------------------------------------------------------------------
-
-
-class PrekeyStore:
-    """Our X3DH identity, signed prekey (plus the previous one) and one-time prekeys."""
-
-    def __init__(
-        self, identity_seed: bytes, state: _X3DHState, spk_created: float, published: bytes
-    ) -> None:
-        self._seed = identity_seed
-        self._state = state
-        self._spk_created = spk_created
-        self._published = published
-        self.identity_key: bytes = xeddsa.seed_to_ed25519_pub(identity_seed)
-        # The library derives every prekey's public half on each access (~100 scalar
-        # multiplications); kept until our prekeys change (_changed()).
-        self._public: x3dh.Bundle | None = None
-
-    def _public_bundle(self) -> x3dh.Bundle:
-        if self._public is None:
-            self._public = self._state.bundle
-        return self._public
-
-    def _changed(self) -> None:
-        self._public = None
-
-    @staticmethod
-    def _make_state(identity_seed: bytes) -> _X3DHState:
-        return _X3DHState.create(
-            x3dh.IdentityKeyFormat.ED_25519,
-            x3dh.HashFunction.SHA_256,
-            X3DH_INFO,
-            x3dh.identity_key_pair.IdentityKeyPairSeed(identity_seed),
-            signed_pre_key_rotation_period=_NEVER,
-            pre_key_refill_threshold=1,
-            pre_key_refill_target=PREKEY_TARGET,
-        )
-
-    @classmethod
-    def create(cls, identity_seed: bytes, now: float) -> PrekeyStore:
-        """A fresh store made at ``now``: new signed prekey and :data:`PREKEY_TARGET` one-time
-        prekeys."""
-        if len(identity_seed) != 32:
-            raise ValueError("identity seed must be 32 bytes")
-        store = cls(identity_seed, cls._make_state(identity_seed), now, b"")
-        store._published = store.bundle()
-        return store
-
-    def to_json(self) -> str:
-        """Serialise (without the identity seed; secret prekeys included: store encrypted)."""
-        state = dict(self._state.json)
-        identity = dict(state["identity_key"])  # type: ignore[arg-type]
-        identity["secret"] = ""
-        state["identity_key"] = identity
-        return json.dumps(
-            {
-                "v": _STATE_VERSION,
-                "ik": self.identity_key.hex(),
-                "x3dh": state,
-                "spk_created": self._spk_created,
-                "published": self._published.hex(),
-            }
-        )
-
-    @classmethod
-    def from_json(cls, identity_seed: bytes, data: str) -> PrekeyStore:
-        """Restore a store saved by :meth:`to_json`; ``identity_seed`` must be the same person's."""
-        if len(identity_seed) != 32:
-            raise ValueError("identity seed must be 32 bytes")
-        obj = json.loads(data)
-        if obj.get("v") != _STATE_VERSION:
-            raise ValueError(f"unsupported prekey store version {obj.get('v')!r}")
-        if bytes.fromhex(obj["ik"]) != xeddsa.seed_to_ed25519_pub(identity_seed):
-            raise ValueError("prekey store belongs to a different identity")
-        state_json = obj["x3dh"]
-        state_json["identity_key"]["secret"] = _lib_bytes(identity_seed)
-        state, _ = _X3DHState.from_json(
-            state_json,
-            x3dh.IdentityKeyFormat.ED_25519,
-            x3dh.HashFunction.SHA_256,
-            X3DH_INFO,
-            signed_pre_key_rotation_period=_NEVER,
-            pre_key_refill_threshold=1,
-            pre_key_refill_target=PREKEY_TARGET,
-        )
-        return cls(identity_seed, state, float(obj["spk_created"]), bytes.fromhex(obj["published"]))
-
-    def bundle(self, max_prekeys: int = BUNDLE_PREKEYS) -> bytes:
-        """The public bundle: ik, spk, spk_sig and up to ``max_prekeys`` one-time prekeys.
-
-        The prekeys shown are the numerically smallest, so the bundle only changes when one of
-        them is consumed or on rotation/replenishment. ~550 bytes with 12 prekeys.
-        """
-        if not 0 <= max_prekeys <= MAX_BUNDLE_PREKEYS:
-            raise ValueError(f"max_prekeys must be in 0..{MAX_BUNDLE_PREKEYS}")
-        b = self._public_bundle()
-        return _encoder.encode(
-            _BundleWire(
-                ik=b.identity_key,
-                spk=b.signed_pre_key,
-                spk_sig=b.signed_pre_key_sig,
-                opks=sorted(b.pre_keys)[:max_prekeys],
-            )
-        )
-
-    def bundle_for(self, contact: bytes, max_prekeys: int = BUNDLE_PREKEYS) -> bytes:
-        """The bundle published to one contact: its one-time prekeys are the first in an
-        order keyed by the contact, so contacts mostly see different prekeys and two of them
-        rarely pick the same one from stale bundles (a collision fails the later session)."""
-        if not 0 <= max_prekeys <= MAX_BUNDLE_PREKEYS:
-            raise ValueError(f"max_prekeys must be in 0..{MAX_BUNDLE_PREKEYS}")
-        b = self._public_bundle()
-        ranked = sorted(b.pre_keys, key=lambda pk: hashlib.blake2b(
-            b"dhtchat/opk-order/v1" + contact + pk, digest_size=16).digest())
-        return _encoder.encode(
-            _BundleWire(ik=b.identity_key, spk=b.signed_pre_key, spk_sig=b.signed_pre_key_sig,
-                        opks=ranked[:max_prekeys])
-        )
-
-    def maintain(self, now: float) -> bool:
-        """Rotate the signed prekey every 7 days (the previous one keeps working until the next
-        rotation) and top the one-time prekeys up to :data:`PREKEY_TARGET`.
-
-        Returns True if :meth:`bundle` (default size) differs from the one returned last time,
-        i.e. the caller should republish it (and save the store).
-        """
-        if now - self._spk_created >= SPK_ROTATION_SECONDS:
-            self._state.rotate_signed_pre_key(force=True)
-            self._spk_created = now
-            self._changed()
-        missing = PREKEY_TARGET - self._state.get_num_visible_pre_keys()
-        if missing > 0:
-            self._state.generate_pre_keys(missing)
-            self._changed()
-        current = self.bundle()
-        changed = current != self._published
-        self._published = current
-        return changed
-
-    def one_time_prekeys_left(self) -> int:
-        """Number of unused one-time prekeys in stock."""
-        return self._state.get_num_visible_pre_keys()
-
-    def _consume(self, pre_key: bytes) -> None:
-        self._changed()
-        self._state.delete_pre_key(pre_key)
-        if self._state.get_num_visible_pre_keys() == 0:  # never publish an empty bundle
-            self._state.generate_pre_keys(PREKEY_TARGET)
 
 
 # --- sessions -------------------------------------------------------------------------------
@@ -476,12 +157,12 @@ class Session:
 
     def __init__(
         self,
-        ratchet: _Ratchet,
+        ratchet: Ratchet,
         associated_data: bytes,
         their_identity: bytes,
         initiator_key: bytes,
         base_key: bytes,
-        pending: _InitialWire | None,
+        pending: InitialWire | None,
     ) -> None:
         self._ratchet = ratchet
         self._ad = associated_data
@@ -490,11 +171,23 @@ class Session:
         self.base_key = base_key  # the X3DH ephemeral key: identifies the session on both sides
         self._pending = pending  # X3DH header to attach until the first reply (initiator only)
         self._heard = initiator_key == their_identity  # peer has sent on it (Conversation rule)
-        self._seq = 0  # creation order within a Conversation
+        self.seq = 0  # creation order within a Conversation (set by it)
 
     @property
     def initiated_by_me(self) -> bool:
+        """True if we ran X3DH actively (sent the initial message)."""
         return self.initiator_key != self.their_identity
+
+    @property
+    def heard(self) -> bool:
+        """True once the peer has sent on this session, as far as the :class:`Conversation`
+        rule knows (a session the peer initiated is heard when accepted)."""
+        return self._heard
+
+    def mark_unheard(self) -> None:
+        """Forget that the peer has sent on this session: it must be confirmed again (by a
+        decrypted message) before a :class:`Conversation` prefers it."""
+        self._heard = False
 
     @property
     def acknowledged(self) -> bool:
@@ -512,21 +205,21 @@ class Session:
     ) -> tuple[Session, bytes]:
         """Active X3DH against ``their_bundle``; returns the session and the first message."""
         _check_key("their_identity", their_identity)
-        _check_plaintext(plaintext)
+        check_plaintext(plaintext)
         bundle = parse_bundle(their_bundle)
         if bundle.identity_key != their_identity:
             raise SessionError("prekey bundle is not signed by this contact's identity key")
         if not bundle.pre_keys:
             raise SessionError("prekey bundle has no one-time prekeys left")
         try:
-            secret, ad, header = await store._state.get_shared_secret_active(bundle)
-            ratchet, msg = await _Ratchet.encrypt_initial_message(
-                *_RATCHET_ARGS, secret, bundle.signed_pre_key, plaintext, ad
+            secret, ad, header = await store.agree_active(bundle)
+            ratchet, msg = await Ratchet.encrypt_initial_message(
+                *RATCHET_ARGS, secret, bundle.signed_pre_key, plaintext, ad
             )
-        except _REJECT as exc:
+        except REJECTED as exc:
             raise SessionError(f"X3DH with this bundle failed: {exc}") from None
         assert header.pre_key is not None  # require_pre_key=True
-        pending = _InitialWire(
+        pending = InitialWire(
             ik=header.identity_key,
             ek=header.ephemeral_key,
             spk=header.signed_pre_key,
@@ -534,7 +227,7 @@ class Session:
             dh=msg.header.ratchet_pub,
             pn=0,
             n=0,
-            ct=b"\0" * _AEAD_OVERHEAD,
+            ct=b"\0" * AEAD_OVERHEAD,
         )
         me = store.identity_key
         session = cls(ratchet, ad, their_identity, me, header.ephemeral_key, pending)
@@ -546,53 +239,55 @@ class Session:
     ) -> tuple[Session, bytes]:
         """Passive X3DH for an initial message; deletes the one-time prekey it used."""
         _check_key("their_identity", their_identity)
-        parsed = _parse(wire)
-        if not isinstance(parsed, _InitialWire):
+        parsed = parse_message(wire)
+        if not isinstance(parsed, InitialWire):
             raise SessionError("not an initial message (no X3DH header)")
-        return await cls._accept_parsed(store, their_identity, parsed)
+        return await cls.accept_parsed(store, their_identity, parsed)
 
     @classmethod
-    async def _accept_parsed(
-        cls, store: PrekeyStore, their_identity: bytes, msg: _InitialWire
+    async def accept_parsed(
+        cls, store: PrekeyStore, their_identity: bytes, msg: InitialWire
     ) -> tuple[Session, bytes]:
+        """:meth:`accept` for a message already parsed with
+        :func:`~dhtchat.messaging.ratchet.parse_message`."""
         if msg.ik != their_identity:
             raise SessionError("initial message is from a different identity key")
         header = x3dh.Header(
             identity_key=msg.ik, ephemeral_key=msg.ek, signed_pre_key=msg.spk, pre_key=msg.opk
         )
         try:
-            # BaseState's variant does not delete the prekey; we do so only after the ratchet
-            # message authenticated (x3dh.State would delete it up front).
-            secret, ad, spk = await x3dh.BaseState.get_shared_secret_passive(
-                store._state, header, b"", True
+            # the one-time prekey is not deleted yet: only after the ratchet message
+            # authenticated (store.consume below)
+            secret, ad, spk = await store.agree_passive(header)
+            ratchet, plaintext = await Ratchet.decrypt_initial_message(
+                *RATCHET_ARGS, secret, spk.priv, encrypted_message(msg), ad
             )
-            ratchet, plaintext = await _Ratchet.decrypt_initial_message(
-                *_RATCHET_ARGS, secret, spk.priv, _encrypted(msg), ad
-            )
-        except _REJECT as exc:
+        except REJECTED as exc:
             raise SessionError(f"cannot accept initial message: {exc}") from None
-        store._consume(msg.opk)
+        store.consume(msg.opk)
         return cls(ratchet, ad, their_identity, their_identity, msg.ek, None), plaintext
 
     async def encrypt(self, plaintext: bytes) -> bytes:
         """Encrypt the next message (with the X3DH header until the peer has replied)."""
-        _check_plaintext(plaintext)
+        check_plaintext(plaintext)
         return self._wire(await self._ratchet.encrypt_message(plaintext, self._ad))
 
     async def decrypt(self, wire: bytes) -> bytes:
         """Decrypt a message of this session; on any failure the state is unchanged."""
-        return await self._decrypt_parsed(_parse(wire))
+        return await self.decrypt_parsed(parse_message(wire))
 
-    async def _decrypt_parsed(self, msg: _RatchetWire | _InitialWire) -> bytes:
-        if isinstance(msg, _InitialWire) and (
+    async def decrypt_parsed(self, msg: RatchetWire | InitialWire) -> bytes:
+        """:meth:`decrypt` for a message already parsed with
+        :func:`~dhtchat.messaging.ratchet.parse_message`."""
+        if isinstance(msg, InitialWire) and (
             self.initiated_by_me or msg.ek != self.base_key or msg.ik != self.their_identity
         ):
             raise SessionError("initial message belongs to another session")
         try:
-            plaintext = await self._ratchet.decrypt_message(_encrypted(msg), self._ad)
+            plaintext = await self._ratchet.decrypt_message(encrypted_message(msg), self._ad)
         except DuplicateMessageException:
             raise SessionError("replayed message (its key was already used)") from None
-        except _REJECT as exc:
+        except REJECTED as exc:
             raise SessionError(f"cannot decrypt: {exc}") from None
         self._pending = None
         self._heard = True
@@ -601,7 +296,7 @@ class Session:
     def _wire(self, msg: EncryptedMessage) -> bytes:
         h = msg.header
         if self._pending is None:
-            out: _RatchetWire | _InitialWire = _RatchetWire(
+            out: RatchetWire | InitialWire = RatchetWire(
                 h.ratchet_pub,
                 h.previous_sending_chain_length,
                 h.sending_chain_length,
@@ -609,7 +304,7 @@ class Session:
             )
         else:
             p = self._pending
-            out = _InitialWire(
+            out = InitialWire(
                 p.ik,
                 p.ek,
                 p.spk,
@@ -621,7 +316,8 @@ class Session:
             )
         return _encoder.encode(out)
 
-    def _to_obj(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """The session state as a JSON-ready dict (see :meth:`to_json`)."""
         p = self._pending
         return {
             "v": _STATE_VERSION,
@@ -632,24 +328,25 @@ class Session:
             "base_key": self.base_key.hex(),
             "pending": None if p is None else [p.ik.hex(), p.ek.hex(), p.spk.hex(), p.opk.hex()],
             "heard": self._heard,
-            "seq": self._seq,
+            "seq": self.seq,
         }
 
     def to_json(self) -> str:
         """Serialise the full session state (secret keys included: store encrypted)."""
-        return json.dumps(self._to_obj())
+        return json.dumps(self.to_dict())
 
     @classmethod
-    def _from_obj(cls, obj: dict[str, Any]) -> Session:
+    def from_dict(cls, obj: dict[str, Any]) -> Session:
+        """Restore a session from :meth:`to_dict` (raises :class:`SessionError` if corrupt)."""
         try:
             if obj.get("v") != _STATE_VERSION:
                 raise ValueError(f"unsupported session version {obj.get('v')!r}")
-            ratchet = _Ratchet.from_json(obj["ratchet"], *_RATCHET_ARGS)
+            ratchet = Ratchet.from_json(obj["ratchet"], *RATCHET_ARGS)
             p = obj["pending"]
             pending = None
             if p is not None:
                 ik, ek, spk, opk = (bytes.fromhex(x) for x in p)
-                pending = _InitialWire(ik, ek, spk, opk, b"\0" * 32, 0, 0, b"\0" * _AEAD_OVERHEAD)
+                pending = InitialWire(ik, ek, spk, opk, b"\0" * 32, 0, 0, b"\0" * AEAD_OVERHEAD)
             session = cls(
                 ratchet,
                 bytes.fromhex(obj["ad"]),
@@ -659,7 +356,7 @@ class Session:
                 pending,
             )
             session._heard = bool(obj["heard"])
-            session._seq = int(obj["seq"])
+            session.seq = int(obj["seq"])
         except (
             KeyError,
             TypeError,
@@ -679,16 +376,7 @@ class Session:
             raise SessionError(f"corrupt session state: {exc}") from None
         if not isinstance(obj, dict):
             raise SessionError("corrupt session state: not an object")
-        return cls._from_obj(obj)
-
-
-def _check_plaintext(plaintext: bytes) -> None:
-    if len(plaintext) > MAX_PLAINTEXT:
-        raise SessionError(f"message too large ({len(plaintext)} > {MAX_PLAINTEXT} bytes)")
-
-
-def _encrypted(msg: _RatchetWire | _InitialWire) -> EncryptedMessage:
-    return EncryptedMessage(Header(msg.dh, msg.pn, msg.n), msg.ct)
+        return cls.from_dict(obj)
 
 
 # --- conversations --------------------------------------------------------------------------
@@ -729,7 +417,7 @@ class Conversation:
         it."""
         self._current = None
         for session in self._sessions:
-            session._heard = False
+            session.mark_unheard()
 
     async def encrypt(self, plaintext: bytes, their_bundle: bytes | None) -> bytes:
         """Encrypt on the current session, starting one from ``their_bundle`` if there is none."""
@@ -746,33 +434,33 @@ class Conversation:
 
     async def decrypt(self, wire: bytes) -> bytes:
         """Decrypt with the current session, then archived ones, or accept a new session."""
-        msg = _parse(wire)
-        if isinstance(msg, _InitialWire):
+        msg = parse_message(wire)
+        if isinstance(msg, InitialWire):
             if msg.ik != self.their_identity:
                 raise SessionError("initial message is from a different identity key")
             match = next(
                 (s for s in self._sessions if not s.initiated_by_me and s.base_key == msg.ek), None
             )
             if match is None:
-                session, plaintext = await Session._accept_parsed(
+                session, plaintext = await Session.accept_parsed(
                     self._store, self.their_identity, msg
                 )
                 self._add(session)
             else:
                 session = match
-                plaintext = await session._decrypt_parsed(msg)
+                plaintext = await session.decrypt_parsed(msg)
             # The peer has not heard us on this session yet, hence on no other session since it
             # started this one: other sessions must be confirmed again before being preferred.
             for other in self._sessions:
                 if other is not session:
-                    other._heard = False
+                    other.mark_unheard()
         else:
             first_error: SessionError | None = None
             ordered = [s for s in self._sessions if s is self._current]
             ordered += [s for s in self._sessions if s is not self._current]
             for session in ordered:
                 try:
-                    plaintext = await session._decrypt_parsed(msg)
+                    plaintext = await session.decrypt_parsed(msg)
                     break
                 except SessionError as exc:
                     first_error = first_error or exc
@@ -782,19 +470,19 @@ class Conversation:
         return plaintext
 
     def _add(self, session: Session) -> None:
-        session._seq = self._next_seq
+        session.seq = self._next_seq
         self._next_seq += 1
         self._sessions.insert(0, session)
 
     def _select(self) -> None:
-        heard = [s for s in self._sessions if s._heard]
+        heard = [s for s in self._sessions if s.heard]
         if heard:
-            self._current = max(heard, key=lambda s: (s.initiator_key, s._seq))
+            self._current = max(heard, key=lambda s: (s.initiator_key, s.seq))
         elif self._current is None and self._sessions:
             self._current = self._sessions[0]
         keep = [s for s in self._sessions if s is not self._current][:MAX_ARCHIVED]
         self._sessions = sorted(
-            keep + ([self._current] if self._current else []), key=lambda s: -s._seq
+            keep + ([self._current] if self._current else []), key=lambda s: -s.seq
         )
 
     def to_json(self) -> str:
@@ -805,8 +493,8 @@ class Conversation:
                 "my_identity": self.my_identity.hex(),
                 "their_identity": self.their_identity.hex(),
                 "next_seq": self._next_seq,
-                "current": None if self._current is None else self._current._seq,
-                "sessions": [s._to_obj() for s in self._sessions],
+                "current": None if self._current is None else self._current.seq,
+                "sessions": [s.to_dict() for s in self._sessions],
             }
         )
 
@@ -821,9 +509,9 @@ class Conversation:
                 store, bytes.fromhex(obj["my_identity"]), bytes.fromhex(obj["their_identity"])
             )
             conv._next_seq = int(obj["next_seq"])
-            conv._sessions = [Session._from_obj(s) for s in obj["sessions"]]
+            conv._sessions = [Session.from_dict(s) for s in obj["sessions"]]
             current = obj["current"]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SessionError(f"corrupt conversation state: {exc}") from None
-        conv._current = next((s for s in conv._sessions if s._seq == current), None)
+        conv._current = next((s for s in conv._sessions if s.seq == current), None)
         return conv

@@ -45,6 +45,8 @@ COMPILED_MODULES: tuple[str, ...] = (
     "dhtchat.core.ratelimit",
     "dhtchat.core.routing",
     "dhtchat.core.lookup",
+    "dhtchat.core.node_state",
+    "dhtchat.core.node_queries",
     "dhtchat.core.node",
     "dhtchat.sim.engine",
     "dhtchat.sim.models",

@@ -12,9 +12,10 @@ arenas that the kernel does not back with huge pages when transparent huge pages
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` makes it ``madvise(MADV_HUGEPAGE)`` its heap, and
 ``PYTHONMALLOC=malloc`` routes every Python allocation through it. Both are read when the
 process starts, so ``dhtchat simulate`` re-executes itself once with them set
-(:func:`dhtchat.sim.launch.relaunch`). Results do
-not depend on the allocator (``metrics.json`` is byte-identical either way); only wall time
-does. ``DHTCHAT_SIM_HUGEPAGES=0`` turns this off. Measured in docs/benchmarks.md.
+(:func:`dhtchat.cli.simulate.relaunch`, in the environment
+:func:`dhtchat.sim.launch.launch_environment` gives). Results do not depend on the
+allocator (``metrics.json`` is byte-identical either way); only wall time does.
+``DHTCHAT_SIM_HUGEPAGES=0`` turns this off. Measured in docs/benchmarks.md.
 """
 
 from __future__ import annotations
