@@ -17,7 +17,9 @@ Measures, in this order (a stage given a count of 0 is skipped):
 3. **Throughput** (``--messages`` messages of ``--size`` bytes): queued through per-message
    ``message.send`` RPCs (``--concurrency`` in flight), while Bob drains with
    ``message.receive``; rate until Bob has all of them (checked exactly once, and in order
-   when ``--concurrency`` is 1), and until Alice's outbox is empty (all acknowledged).
+   when ``--concurrency`` is 1), and until Alice's outbox is empty (all acknowledged); and
+   each daemon's CPU time per message meanwhile (from ``/proc``; it moves much less with
+   the load of a shared machine than the rates do).
 4. **File transfer** (``--file-mb``): only if the daemon has a ``file.send`` method;
    otherwise prints ``file transfer: not available in this build``.
 5. **Offline delivery** (``--offline`` messages of ``--offline-size`` bytes): Bob's daemon is
@@ -233,11 +235,20 @@ async def bench_receipts(pair: Pair, samples: int, size: int) -> dict[str, Any]:
             "p95_ms": percentile(times, 0.95) * 1000}
 
 
+def cpu_seconds(daemon: DaemonProcess) -> float | None:
+    """User + system CPU time of a daemon process so far (None where /proc is missing)."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{daemon.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
 async def bench_throughput(pair: Pair, count: int, size: int,
                            concurrency: int) -> dict[str, Any]:
     assert pair.alice is not None and pair.bob is not None
     alice, bob = pair.alice, pair.bob
     texts = [text_of(i, size) for i in range(count)]
+    cpu_before = (cpu_seconds(alice), cpu_seconds(bob))
     received: list[dict[str, Any]] = []
     started = time.perf_counter()
     deadline = time.monotonic() + max(120.0, count / 5)
@@ -265,6 +276,11 @@ async def bench_throughput(pair: Pair, count: int, size: int,
 
     await wait_for(acked, 120, "acknowledgement of every message", period=0.05)
     all_acked = time.perf_counter() - started
+    cpu_after = (cpu_seconds(alice), cpu_seconds(bob))
+    # CPU per message of each daemon: what the messaging path costs, whatever else the
+    # shared machine runs (the rates above move with the load, this much less).
+    cpu_ms = [None if a is None or b is None else (b - a) * 1000 / count
+              for a, b in zip(cpu_before, cpu_after, strict=True)]
     got = [m["text"] for m in received]
     exactly_once = len(got) == count and set(got) == set(texts)
     in_order = got == texts
@@ -272,7 +288,7 @@ async def bench_throughput(pair: Pair, count: int, size: int,
             "queued_s": queued, "received_s": all_received, "acked_s": all_acked,
             "queue_rate": count / queued, "rate": count / all_received,
             "acked_rate": count / all_acked, "exactly_once": exactly_once,
-            "in_order": in_order, "received": len(got),
+            "in_order": in_order, "received": len(got), "cpu_ms_per_message": cpu_ms,
             "quarter_rates": [count / 4 / (b - a) if b > a else None
                               for a, b in zip([0.0, *marks], marks, strict=False)]}
 
@@ -545,6 +561,9 @@ def report(results: dict[str, Any]) -> None:
         rows.append(("messages/s received per quarter of the run", quarters, "", ""))
         rows.append(("messages/s, all acknowledged (outbox empty)",
                      f"{thr['acked_rate']:.0f}", "", ""))
+        if None not in thr["cpu_ms_per_message"]:
+            rows.append(("daemon CPU ms per message, Alice / Bob (throughput run)",
+                         " / ".join(f"{ms:.2f}" for ms in thr["cpu_ms_per_message"]), "", ""))
     rpc_floor = results.get("rpc_floor")
     if rpc_floor:
         rows.append(("RPC calls/s (sequential `status`, floor of per-message RPC)",

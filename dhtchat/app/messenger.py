@@ -29,7 +29,8 @@ import contextlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
@@ -62,6 +63,7 @@ from dhtchat.core.identity import encode_user_id
 from dhtchat.core.ids import blake2b_256
 from dhtchat.core.sas import SAS_VERSION
 from dhtchat.messaging.mailbox import HOLE_GRACE, MAILBOX_EPOCH
+from dhtchat.messaging.outbox import Inbox, Offer, Outbox, Queued
 from dhtchat.messaging.session import (
     Conversation,
     PrekeyStore,
@@ -82,13 +84,12 @@ TYPING_SHOWN: Final = 6.0  # seconds a typing notice is shown (clients resend ev
 SEQUENCED: Final = ("text", "file", "timer", "group_update", "group_text", "group_leave")
 GROUP_KINDS: Final = ("group_update", "group_text", "group_leave")
 PREKEYS_TTL: Final = 7 * 24 * 3600
-RETRANSMIT_AFTER: Final = 10.0
 MAILBOX_POLL: Final = 15.0
 CONTROL_PUT_ATTEMPTS: Final = 4
 MAINTENANCE_PARALLEL: Final = 8  # contacts served at once by the maintenance pass
 INBOUND_QUEUE: Final = 4096  # data-channel frames waiting per contact
-MAX_REORDER: Final = 1000  # frames further ahead of the next expected one are not stored
-ACK_DELAY: Final = 0.05
+RECEIVE_BATCH: Final = 256  # frames handled (and their messages committed) together
+COLLECT_TURNS: Final = 4  # ... collected until none arrived for this many turns of the loop
 RESET_INTERVAL: Final = 60.0  # at most one session reset request per contact per minute
 
 
@@ -149,7 +150,9 @@ _encoder = msgspec.msgpack.Encoder()
 class _ContactState:
     lock: asyncio.Lock
     conversation: Conversation | None = None
-    last_sent: dict[int, float] | None = None
+    outbox: Outbox | None = None  # the sending half of the stream (dhtchat.messaging.outbox)
+    inbox: Inbox | None = None  # ... and the receiving half; both loaded from the history
+    read_seen: int = 0  # the contact's read receipts are applied up to this (this run)
     ack_task: asyncio.Task[None] | None = None
     mailbox_polled: float = 0.0
     read_sent: int = 0
@@ -159,7 +162,22 @@ class _ContactState:
     reset_asked: float = -RESET_INTERVAL  # when we last asked the contact for a new session
     prekeys_stored: bool = False  # our bundle for this contact reached the DHT
     retransmit_task: asyncio.Task[None] | None = None
-    retransmits: dict[int, int] = field(default_factory=dict)  # seq -> times resent
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A send waiting for the next transaction (group commit): its outbox payload is in the
+    contact's :class:`Outbox`, uncommitted; this is its history row."""
+
+    contact: bytes
+    seq: int
+    message_id: bytes
+    now: float
+    text: str
+    timer: int
+    kind: str
+    history_row: bool
+    conversation_timer: int | None
 
 
 class Messenger:
@@ -178,6 +196,11 @@ class Messenger:
         self._save_prekeys()
         self._states: dict[bytes, _ContactState] = {}
         self._flush_after_commit: set[bytes] = set()  # outboxes a transaction filled
+        # Group commit: sends queued since the last transaction, written by the next one.
+        self._batch: list[_Queued] = []
+        self._batch_done: asyncio.Future[None] | None = None
+        self._batch_ids: dict[bytes, tuple[bytes, asyncio.Future[None]]] = {}
+        self._txn_outboxes: set[bytes] = set()  # outboxes the open transaction writes
         self._in_flight: set[bytes] = set()  # returned by receive, reply not yet written
         self.files = FileTransfers(self, daemon.profile.root / "files", tasks=daemon,
                                    channel=self._channel, events=daemon.events)
@@ -194,7 +217,7 @@ class Messenger:
     def _state(self, contact: bytes) -> _ContactState:
         state = self._states.get(contact)
         if state is None:
-            state = _ContactState(asyncio.Lock(), last_sent={})
+            state = _ContactState(asyncio.Lock())
             self._states[contact] = state
         return state
 
@@ -313,41 +336,166 @@ class Messenger:
                        history_row: bool = True, kind: str = "text") -> StoredMessage:
         message_id = message_id or secrets.token_bytes(16)
         now = time.time()
-        # No await from here to the commit: asyncio runs this atomically, so sends never wait
-        # behind a flush that holds the contact's lock across network I/O.
         existing = self.history.message(message_id)
         if existing is not None:  # a retried send: idempotent
             if existing.contact != contact or not existing.outgoing:
                 raise LocalProtocolError("that message id is already used")
             return existing
-        with self.history.transaction() as db:
-            seq = self._enqueue_in(db, contact, template, message_id, now)
-            if template.kind not in GROUP_KINDS and history_row:  # (a group: one row)
-                timer = template.timer if template.kind == "text" else 0
-                db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
-                           "text, timer, expire_at, kind) VALUES (?, ?, 1, ?, ?, ?, ?, NULL, ?)",
-                           (message_id, contact, seq, now, text, timer, kind))
-            if conversation_timer is not None:
-                self.history.update_conversation(db, contact, timer=conversation_timer)
-        faults.reached("outbox-commit")
-        self.daemon.spawn(self.flush(contact))
+        queued = self._batch_ids.get(message_id)
+        if queued is not None:  # retried while the first one waits for its commit
+            if queued[0] != contact:
+                raise LocalProtocolError("that message id is already used")
+            await asyncio.shield(queued[1])
+            return await self._enqueue(contact, template, text, message_id)
+        # The payload gets its sequence number now and waits (with every send of this turn of
+        # the event loop) for one transaction: one commit for a burst of sends, and ``send``
+        # still returns only once its message is durable.
+        seq = self._outbox(contact).queue(lambda seq: _encoder.encode(msgspec.structs.replace(
+            template, seq=seq, id=message_id, sent_at=now)))
+        timer = template.timer if template.kind == "text" else 0
+        self._batch.append(_Queued(contact, seq, message_id, now, text, timer, kind,
+                                   history_row and template.kind not in GROUP_KINDS,
+                                   conversation_timer))
+        done = self._batch_done
+        if done is None:
+            done = self._batch_done = asyncio.get_running_loop().create_future()
+            self.daemon.spawn(self._commit_batch())
+        self._batch_ids[message_id] = (contact, done)
+        try:
+            await asyncio.shield(done)
+        finally:
+            self._batch_ids.pop(message_id, None)
         stored = self.history.message(message_id)
         if stored is None:  # a group fan-out copy: no row of its own
             return StoredMessage(message_id, contact, True, seq, now, None, text, False, False,
                                  kind=kind)
         return stored
 
+    async def _commit_batch(self) -> None:
+        """Commit the queued sends (if no other transaction took them meanwhile), with the
+        frames of those whose contact has a session and is not busy: one transaction for
+        the payloads, their frames and the ratchet state, and they can go out at once."""
+        held: list[asyncio.Lock] = []
+        frames: dict[bytes, tuple[Conversation, list[tuple[Queued, bytes]]]] = {}
+        try:
+            for contact in sorted({q.contact for q in self._batch}):
+                state, conversation = self._state(contact), self._conversation(contact)
+                if not conversation.established or state.lock.locked():
+                    continue  # flush() encrypts them (it may need the bundle, or waits)
+                await state.lock.acquire()
+                held.append(state.lock)
+                done: list[tuple[Queued, bytes]] = []
+                for entry in self._outbox(contact).to_encrypt(uncommitted=True):
+                    try:
+                        body = await conversation.encrypt(entry.payload, None)
+                    except SessionError:
+                        break
+                    done.append((entry, _encoder.encode(Frame(entry.seq, body))))
+                frames[contact] = (conversation, done)
+            if not self._batch and not any(done for _, done in frames.values()):
+                return  # another transaction took the sends, and nothing was encrypted
+            try:
+                with self._transaction() as db:
+                    for contact, (conversation, done) in frames.items():
+                        outbox = self._outbox(contact)
+                        db.executemany(
+                            "UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
+                            [(frame, contact, e.seq) for e, frame in done if outbox.holds(e)])
+                        self.history.update_conversation(db, contact,
+                                                         session=conversation.to_json())
+            except Exception:  # the senders get it through their future
+                return  # (and no frame counts: none of them is durable)
+            for contact, (_, done) in frames.items():
+                outbox = self._outbox(contact)
+                for entry, frame in done:
+                    if outbox.holds(entry):
+                        outbox.framed(entry.seq, frame)
+        finally:
+            for lock in held:
+                lock.release()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A history transaction that first writes the queued sends (so no outbox row ever
+        commits before an earlier one of the same contact); after the commit the outboxes
+        count them as committed and are flushed, after a failure they forget them."""
+        batch, done = self._batch, self._batch_done
+        self._batch, self._batch_done = [], None
+        self._txn_outboxes = {q.contact for q in batch}
+        try:
+            with self.history.transaction() as db:
+                for queued in batch:
+                    self._write_queued(db, queued)
+                yield db
+        except BaseException as exc:
+            for contact in self._txn_outboxes:
+                self._outbox(contact).rollback()
+            self._txn_outboxes = set()
+            if done is not None:
+                if isinstance(exc, Exception):
+                    done.set_exception(exc)
+                    done.exception()  # retrieved: the senders raise it, or nobody waits
+                else:
+                    done.cancel()
+            raise
+        written, self._txn_outboxes = self._txn_outboxes, set()
+        for contact in written:
+            self._outbox(contact).committed()
+        if done is not None:
+            done.set_result(None)
+        if batch:
+            faults.reached("outbox-commit")
+        self._flush_after_commit.update(written)
+        self._flush_queued()
+
+    def _write_queued(self, db: Any, queued: _Queued) -> None:
+        contact, seq = queued.contact, queued.seq
+        payload = self._outbox(contact).payload(seq)
+        db.execute("INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
+                   (contact, seq, payload, queued.now))
+        self.history.update_conversation(db, contact, next_out_seq=seq + 1)
+        if queued.history_row:  # (a group: one row)
+            db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
+                       "text, timer, expire_at, kind) VALUES (?, ?, 1, ?, ?, ?, ?, NULL, ?)",
+                       (queued.message_id, contact, seq, queued.now, queued.text,
+                        queued.timer, queued.kind))
+        if queued.conversation_timer is not None:
+            self.history.update_conversation(db, contact, timer=queued.conversation_timer)
+
     def _enqueue_in(self, db: Any, contact: bytes, template: Payload, message_id: bytes,
                     now: float) -> int:
-        """Put a payload in the contact's outbox inside the caller's transaction (flush it
-        after the commit); returns its sequence number."""
-        seq: int = self.history.conversation(contact)["next_out_seq"]
-        payload = _encoder.encode(msgspec.structs.replace(
-            template, seq=seq, id=message_id, sent_at=now))
+        """Put a payload in the contact's outbox inside the caller's transaction (one of
+        :meth:`_transaction`: it is flushed after the commit); returns its sequence number."""
+        outbox = self._outbox(contact)
+        seq = outbox.queue(lambda seq: _encoder.encode(msgspec.structs.replace(
+            template, seq=seq, id=message_id, sent_at=now)))
+        payload = outbox.payload(seq)
         db.execute("INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
                    (contact, seq, payload, now))
         self.history.update_conversation(db, contact, next_out_seq=seq + 1)
+        self._txn_outboxes.add(contact)
         return seq
+
+    def _outbox(self, contact: bytes) -> Outbox:
+        """The contact's outbox machine (rebuilt from the history after a restart)."""
+        state = self._state(contact)
+        if state.outbox is None:
+            conversation = self.history.conversation(contact)
+            state.outbox = Outbox.restore(
+                conversation["next_out_seq"], conversation["acked_out_seq"],
+                [Queued(e.seq, e.payload, e.frame) for e in self.history.outbox(contact)])
+        return state.outbox
+
+    def _inbox(self, contact: bytes) -> Inbox:
+        """The contact's receive window (rebuilt from the history after a restart)."""
+        state = self._state(contact)
+        if state.inbox is None:
+            next_in = self.history.conversation(contact)["next_in_seq"]
+            ahead = [row[0] for row in self.history.db.execute(
+                "SELECT seq FROM messages WHERE contact = ? AND outgoing = 0 AND seq >= ?",
+                (contact, next_in))]
+            state.inbox = Inbox(next_in, ahead)
+        return state.inbox
 
     async def wait_delivered(self, message_id: bytes, timeout: float) -> bool:
         """Wait until the contact acknowledged the message."""
@@ -377,81 +525,94 @@ class Messenger:
         return None
 
     async def _encrypt_pending(self, contact: bytes, bundle: bytes | None) -> None:
-        """Give every outbox entry its frame (once), saving the ratchet with it."""
-        entries = [e for e in self.history.outbox(contact) if e.frame is None]
+        """Give every committed outbox entry its frame (once); the frames of a burst are
+        committed in one transaction with the ratchet state that produced them, before any
+        of them is sent."""
+        outbox = self._outbox(contact)
+        entries = outbox.to_encrypt()
         if not entries:
             return
         conversation = self._conversation(contact)
         if not conversation.established and bundle is None:
             log.info("no prekey bundle from %s yet; messages stay queued", contact.hex()[:12])
             return
+        frames: list[tuple[int, bytes]] = []
         for entry in entries:
             try:
                 body = await conversation.encrypt(entry.payload, bundle)
             except SessionError as exc:
                 log.warning("cannot encrypt for %s: %s", contact.hex()[:12], exc)
-                return
-            frame = _encoder.encode(Frame(entry.seq, body))
-            with self.history.transaction() as db:
-                db.execute("UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
-                           (frame, contact, entry.seq))
-                self.history.update_conversation(db, contact, session=conversation.to_json())
+                break
+            frames.append((entry.seq, _encoder.encode(Frame(entry.seq, body))))
+        if not frames:
+            return
+        with self._transaction() as db:
+            db.executemany("UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
+                           [(frame, contact, seq) for seq, frame in frames])
+            self.history.update_conversation(db, contact, session=conversation.to_json())
+        for seq, frame in frames:
+            outbox.framed(seq, frame)
 
     async def flush(self, contact: bytes, *, force: bool = False) -> None:
         """Send what the outbox holds: over the data channel if connected, else to the DHT
         mailbox. ``force`` retransmits frames sent recently too."""
         state = self._state(contact)
+        outbox = self._outbox(contact)
         bundle = None
-        if not self._conversation(contact).established and \
-                any(e.frame is None for e in self.history.outbox(contact)):
+        if not self._conversation(contact).established and outbox.needs_frames():
             bundle = await self._bundle(contact)  # network I/O before taking the lock
         async with state.lock:
             await self._encrypt_pending(contact, bundle)
-            entries = [e for e in self.history.outbox(contact) if e.frame is not None]
-            if not entries:
-                return
+            if not outbox.has_frames():
+                return  # nothing framed
             channel = self._channel(contact)
-            now = time.time()
-            assert state.last_sent is not None
+            now = time.monotonic()
             if channel is not None:
-                for entry in entries:
-                    if force or now - state.last_sent.get(entry.seq, 0.0) >= RETRANSMIT_AFTER:
-                        assert entry.frame is not None
-                        if entry.seq in state.last_sent:
-                            retries = state.retransmits.get(entry.seq, 0) + 1
-                            state.retransmits[entry.seq] = retries
-                            (log.info if retries == 3 else log.debug)(
-                                "frame %d to %s sent %d times without an acknowledgement",
-                                entry.seq, contact.hex()[:12], retries + 1)
-                        channel.send(entry.frame)
-                        state.last_sent[entry.seq] = now
-                if state.retransmit_task is None or state.retransmit_task.done():
-                    # Unacknowledged frames go again RETRANSMIT_AFTER from now, whatever the
-                    # maintenance loop is busy with.
-                    async def later() -> None:
-                        await asyncio.sleep(RETRANSMIT_AFTER + 0.5)
-                        if self.history.outbox(contact):
-                            await self.flush(contact)
-                    state.retransmit_task = self.daemon.spawn(later())
+                for send in outbox.transmit(now, force=force):
+                    if send.attempt:
+                        (log.info if send.attempt == 3 else log.debug)(
+                            "frame %d to %s sent %d times without an acknowledgement",
+                            send.seq, contact.hex()[:12], send.attempt + 1)
+                    channel.send(send.frame)
+                self._schedule_retransmit(contact)
                 return
             # Reserve mailbox slots under the lock (so slot order = sequence order); the DHT
             # puts happen outside it, so sending and receiving never wait for the network.
+            due = set(outbox.due(now, force=force))
             jobs: list[tuple[int, int, bytes]] = []
-            for entry in entries:
-                frame = entry.frame or b""
+            for entry in self.history.outbox(contact):
+                if entry.frame is None:
+                    continue
+                frame = entry.frame
                 if entry.mailbox_index is None:
                     jobs.append((entry.seq, self._reserve_slots(contact, entry.seq, frame),
                                  frame))
-                elif not entry.mailbox_stored and (
-                        force or now - state.last_sent.get(entry.seq, 0.0) >= RETRANSMIT_AFTER):
+                elif not entry.mailbox_stored and entry.seq in due:
                     jobs.append((entry.seq, entry.mailbox_index, frame))
             for seq, _index, _frame in jobs:
-                state.last_sent[seq] = now
+                if outbox.frame(seq) is not None:
+                    outbox.sent(seq, now)
         for seq, index, frame in jobs:
             if await self._to_mailbox(contact, seq, frame, index=index):
                 with self.history.transaction() as db:
                     db.execute("UPDATE outbox SET mailbox_stored = 1 WHERE contact = ? AND "
                                "seq = ?", (contact, seq))
+
+    def _schedule_retransmit(self, contact: bytes) -> None:
+        """Unacknowledged frames go again when the outbox says they are due, whatever the
+        maintenance loop is busy with (one timer task per contact, while frames are out)."""
+        state = self._state(contact)
+        if state.retransmit_task is not None and not state.retransmit_task.done():
+            return
+
+        async def later() -> None:
+            outbox = self._outbox(contact)
+            while (deadline := outbox.next_deadline()) is not None:
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()) + 0.5)
+                if self._channel(contact) is None:
+                    return  # the maintenance loop flushes to the mailbox
+                await self.flush(contact)
+        state.retransmit_task = self.daemon.spawn(later())
 
     def _reserve_slots(self, contact: bytes, seq: int, frame: bytes) -> int:
         """Assign the next mailbox slots to a frame (recorded on its outbox entry)."""
@@ -496,11 +657,22 @@ class Messenger:
 
     async def _drain(self, contact: bytes, queue: asyncio.Queue[bytes]) -> None:
         while not queue.empty():
-            data = queue.get_nowait()
+            # Frames that keep coming are handled (and their messages committed) as one
+            # batch: while a commit blocks the loop the next frames wait in the socket, and
+            # the transport hands them over one per turn of the loop.
+            batch: list[bytes] = []
+            idle = 0
+            while len(batch) < RECEIVE_BATCH and idle < COLLECT_TURNS:
+                if queue.empty():
+                    idle += 1
+                    await asyncio.sleep(0)
+                    continue
+                idle = 0
+                batch.append(queue.get_nowait())
             try:
-                await self.on_frame(contact, data)
-            except Exception:  # one bad frame must not stop the contact's others
-                log.exception("error handling a frame from %s", contact.hex()[:12])
+                await self._on_frames(contact, batch)
+            except Exception:  # bad frames must not stop the contact's others
+                log.exception("error handling frames from %s", contact.hex()[:12])
 
     def attach(self, link: Link, channel: RTCDataChannel) -> None:
         """The connection is up: resend the outbox and resume incoming files."""
@@ -511,194 +683,264 @@ class Messenger:
 
     async def on_frame(self, contact: bytes, data: bytes) -> None:
         """Handle one frame from the data channel or the mailbox."""
-        try:
-            frame = _frame_decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-            log.info("dropped a malformed frame from %s", contact.hex()[:12])
-            return
+        await self._on_frames(contact, [data])
+
+    async def _on_frames(self, contact: bytes, frames: list[bytes]) -> None:
+        """Handle a contact's frames in arrival order. The contact's :class:`Inbox` admits
+        each sequence number once; the messages among them are committed in one transaction
+        (before a control frame after them is acted on: the ratchet state it saves covers
+        them) and acknowledged ACK_DELAY later."""
         state = self._state(contact)
+        arrived = False
         async with state.lock:
-            conversation = self.history.conversation(contact)
-            if frame.seq and (frame.seq < conversation["next_in_seq"]
-                              or self.history.has_incoming(contact, frame.seq)):
-                self._schedule_ack(contact)  # a retransmission: our ack was lost
-                return
-            if frame.seq >= conversation["next_in_seq"] + MAX_REORDER:
-                log.info("dropped a frame %d ahead of the next expected one", frame.seq)
-                return  # the sender retransmits it once the gap is filled
-            convo = self._conversation(contact)
-            initial = is_initial_message(frame.body)
-            try:
-                plaintext = await convo.decrypt(frame.body)
-                payload = _payload_decoder.decode(plaintext)
-            except SessionError as exc:
-                self.undecryptable += 1
-                log.warning("cannot decrypt a message from %s: %s", contact.hex()[:12], exc)
-                if time.monotonic() - state.reset_asked >= RESET_INTERVAL:
-                    state.reset_asked = time.monotonic()
-                    self.daemon.spawn(self._ask_reset(contact))
-                return
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-                self.undecryptable += 1
-                log.warning("malformed payload from %s", contact.hex()[:12])
-                return
-            if payload.seq != frame.seq:
-                log.warning("dropped a frame whose inner and outer sequence differ")
-                return
-            if payload.kind in SEQUENCED and payload.seq > 0:
-                if not self._is_contact(contact) and payload.kind not in GROUP_KINDS:
-                    log.warning("dropped a 1:1 %s from a group peer who is not a contact",
-                                payload.kind)
-                    payload = msgspec.structs.replace(payload, kind="text", text="",
-                                                      file_id=b"")
-                self._store_incoming(contact, payload, convo, initial)
-                self.daemon.events.emit("group.changed" if payload.kind in ("group_update", "group_leave") else "message", contact=encode_user_id(contact), seq=payload.seq, kind=payload.kind)  # noqa: E501
-                faults.reached("receive-commit")
-                self._flush_queued()
-                self._schedule_ack(contact)
-                if payload.kind == "file" and self._channel(contact) is not None:
-                    self.daemon.spawn(self.files.resume(contact))
-            else:
-                with self.history.transaction() as db:
-                    self.history.update_conversation(db, contact, session=convo.to_json())
-                    if initial:  # a one-time prekey was used up: never accept it twice
-                        self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
-                if payload.kind == "ack" or payload.read:
-                    await self._on_ack(contact, payload.ack, payload.read)
-                elif payload.kind == "file_request":
-                    self.files.on_request(contact, payload.file_id, payload.offset)
-                elif payload.kind == "file_done":
-                    self.files.on_done(contact, payload.file_id)
-                elif payload.kind == "file_end":
-                    self.daemon.spawn(self.files.on_end(contact, payload.file_id,
-                                                         payload.text[:16]))
-                elif payload.kind == "typing":
-                    state.typing_until = time.time() + TYPING_SHOWN
-                    self.daemon.events.emit("typing", contact=encode_user_id(contact))
-                elif payload.kind == "call" and len(payload.call_id) == 16 and \
-                        self._is_contact(contact) and self.daemon.calls is not None:
-                    self.daemon.spawn(self.daemon.calls.on_signal(
-                        contact, payload.call_action, payload.call_id, sdp=payload.text,
-                        video=payload.video, committed=payload.commitment,
-                        nonce=payload.nonce, conference=payload.conference,
-                        participants=tuple(payload.participants),
-                        signature=payload.signature, sas_version=payload.sas_version))
-                elif payload.kind == "goodbye" and self._is_contact(contact):
-                    self.daemon.spawn(self.daemon.contact_said_goodbye(contact))
-                elif payload.kind == "reset":
-                    tombstones = self._reencrypt_outbox(contact)
-                    state.last_sent = {}
-                    for index, length in tombstones:
-                        self.daemon.spawn(self._tombstone(contact, index, length))
-                    self.daemon.spawn(self.flush(contact, force=True))
-        if payload.kind in SEQUENCED:
+            inbox = self._inbox(contact)
+            batch: list[tuple[Payload, bool]] = []
+            for data in frames:
+                try:
+                    frame = _frame_decoder.decode(data)
+                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                    log.info("dropped a malformed frame from %s", contact.hex()[:12])
+                    continue
+                verdict = inbox.offer(frame.seq, time.monotonic())
+                if verdict is Offer.DUPLICATE:
+                    continue  # a retransmission: our ack was lost (one is due again)
+                if verdict is Offer.TOO_FAR:
+                    log.info("dropped a frame %d ahead of the next expected one", frame.seq)
+                    continue  # the sender retransmits it once the gap is filled
+                initial = is_initial_message(frame.body)
+                payload = await self._open(contact, state, frame)
+                if payload is not None and payload.kind in SEQUENCED and payload.seq > 0:
+                    if not self._is_contact(contact) and payload.kind not in GROUP_KINDS:
+                        log.warning("dropped a 1:1 %s from a group peer who is not a contact",
+                                    payload.kind)
+                        payload = msgspec.structs.replace(payload, kind="text", text="",
+                                                          file_id=b"")
+                    batch.append((payload, initial))
+                    continue
+                inbox.abandon(frame.seq)  # not stored (a sequenced number on a control, too)
+                if payload is None:
+                    continue
+                if batch:
+                    arrived = self._store_received(contact, batch) or arrived
+                    batch = []
+                await self._on_control(contact, state, payload, initial)
+            if batch:
+                arrived = self._store_received(contact, batch) or arrived
+        if inbox.ack_deadline() is not None:
+            self._schedule_ack(contact)
+        if arrived:
             async with self._arrived:
                 self._arrived.notify_all()
 
+    async def _open(self, contact: bytes, state: _ContactState, frame: Frame) -> Payload | None:
+        """Decrypt and decode a frame's payload (None if it cannot be: counted and logged;
+        a frame that does not decrypt asks the contact for a new session)."""
+        try:
+            plaintext = await self._conversation(contact).decrypt(frame.body)
+            payload = _payload_decoder.decode(plaintext)
+        except SessionError as exc:
+            self.undecryptable += 1
+            log.warning("cannot decrypt a message from %s: %s", contact.hex()[:12], exc)
+            if time.monotonic() - state.reset_asked >= RESET_INTERVAL:
+                state.reset_asked = time.monotonic()
+                self.daemon.spawn(self._ask_reset(contact))
+            return None
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            self.undecryptable += 1
+            log.warning("malformed payload from %s", contact.hex()[:12])
+            return None
+        if payload.seq != frame.seq:
+            log.warning("dropped a frame whose inner and outer sequence differ")
+            return None
+        return payload
+
+    def _store_received(self, contact: bytes, batch: list[tuple[Payload, bool]]) -> bool:
+        """Commit received messages (then they may be acknowledged); True if any."""
+        self._store_batch(contact, batch, self._conversation(contact))
+        for payload, _ in batch:
+            self.daemon.events.emit("group.changed" if payload.kind in ("group_update", "group_leave") else "message", contact=encode_user_id(contact), seq=payload.seq, kind=payload.kind)  # noqa: E501
+        faults.reached("receive-commit")
+        if any(p.kind == "file" for p, _ in batch) and self._channel(contact) is not None:
+            self.daemon.spawn(self.files.resume(contact))
+        return True
+
+    async def _on_control(self, contact: bytes, state: _ContactState, payload: Payload,
+                          initial: bool) -> None:
+        """An unsequenced payload: save the ratchet state that decrypted it, and act on it."""
+        convo = self._conversation(contact)
+
+        def save(db: Any) -> None:
+            self.history.update_conversation(db, contact, session=convo.to_json())
+            if initial:  # a one-time prekey was used up: never accept it twice
+                self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
+        if payload.kind == "ack" or payload.read:
+            await self._on_ack(contact, payload.ack, payload.read, save=save)
+            return
+        with self._transaction() as db:
+            save(db)
+        if payload.kind == "file_request":
+            self.files.on_request(contact, payload.file_id, payload.offset)
+        elif payload.kind == "file_done":
+            self.files.on_done(contact, payload.file_id)
+        elif payload.kind == "file_end":
+            self.daemon.spawn(self.files.on_end(contact, payload.file_id,
+                                                 payload.text[:16]))
+        elif payload.kind == "typing":
+            state.typing_until = time.time() + TYPING_SHOWN
+            self.daemon.events.emit("typing", contact=encode_user_id(contact))
+        elif payload.kind == "call" and len(payload.call_id) == 16 and \
+                self._is_contact(contact) and self.daemon.calls is not None:
+            self.daemon.spawn(self.daemon.calls.on_signal(
+                contact, payload.call_action, payload.call_id, sdp=payload.text,
+                video=payload.video, committed=payload.commitment,
+                nonce=payload.nonce, conference=payload.conference,
+                participants=tuple(payload.participants),
+                signature=payload.signature, sas_version=payload.sas_version))
+        elif payload.kind == "goodbye" and self._is_contact(contact):
+            self.daemon.spawn(self.daemon.contact_said_goodbye(contact))
+        elif payload.kind == "reset":
+            tombstones = self._reencrypt_outbox(contact)
+            self._outbox(contact).reset()
+            for index, length in tombstones:
+                self.daemon.spawn(self._tombstone(contact, index, length))
+            self.daemon.spawn(self.flush(contact, force=True))
+
     def _store_incoming(self, contact: bytes, payload: Payload, convo: Conversation,
                         initial: bool) -> None:
-        conversation = self.history.conversation(contact)
-        next_in = conversation["next_in_seq"]
-        with self.history.transaction() as db:
-            text = payload.text
-            group_id: bytes | None = None
-            author: bytes | None = None
-            # Only what the contact typed is "text"; what the software says is a "notice".
-            kind = "notice" if payload.kind in ("timer", "group_update", "group_leave") \
-                else "text"
-            if payload.kind in GROUP_KINDS:
-                group_id, text, author = self._on_group_payload(db, contact, payload)
-            if payload.kind == "file":
-                text = ""  # a malformed offer is stored hidden: its text is never shown
-            if payload.kind == "file" and len(payload.file_id) == 16 \
-                    and len(payload.key) == 32 and len(payload.sha256) == 32:
-                kind = "file"  # only a well-formed offer is one (its text is ours)
-                text = _file_text(payload.name, payload.size)
-                file_author: bytes | None = None
-                if payload.group_id:
-                    group_id, file_author = self._group_file_origin(contact, payload)
-                    author = file_author if file_author != contact else None
-                    if group_id is None:
-                        text = ""  # not acceptable for that group: stored hidden, not offered
-                    elif author is None and self._is_admin(group_id):
-                        # We relay it once it is here: keep the author's signed offer.
-                        self.history.set_meta(db, _origin_meta(payload.file_id),
-                                              _file_origin(contact, payload).encode())
-                if text:
-                    self.files.on_offer(db, contact, payload.file_id, payload.name,
-                                        payload.size, payload.sha256, payload.key,
-                                        group_id=group_id, author=author)
-            timer = payload.timer if payload.kind == "text" else 0
-            if payload.kind == "timer":
-                text = _timer_text(payload.timer)
-                self.history.update_conversation(db, contact, timer=payload.timer)
-            # Incoming ids are namespaced by the sender: a peer cannot collide with our ids.
-            local_id = blake2b_256(b"dhtchat/incoming-id/v1", contact, payload.id)[:16]
-            db.execute("INSERT OR IGNORE INTO messages (id, contact, outgoing, seq, sent_at, "
-                       "received_at, text, timer, group_id, fetched, author, kind) "
-                       "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (local_id, contact, payload.seq,
-                        payload.origin_time or payload.sent_at, time.time(), text, timer,
-                        group_id, int(text == ""), author, kind))
-            if payload.seq == next_in:
-                while db.execute("SELECT 1 FROM messages WHERE contact = ? AND outgoing = 0 "
-                                 "AND seq = ?", (contact, next_in)).fetchone():
-                    next_in += 1
-            self.history.update_conversation(db, contact, next_in_seq=next_in,
-                                             session=convo.to_json())
-            if initial:
-                self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
+        """Commit one received message (see :meth:`_store_batch`)."""
+        self._store_batch(contact, [(payload, initial)], convo)
 
-    async def _on_ack(self, contact: bytes, ack: int, read: int) -> None:
+    def _store_batch(self, contact: bytes, batch: list[tuple[Payload, bool]],
+                     convo: Conversation) -> None:
+        """Commit received messages in one transaction with the ratchet state that decrypted
+        them and the new in-order position; then the inbox counts them as stored."""
+        inbox = self._inbox(contact)
+        seqs = [payload.seq for payload, _ in batch]
+        try:
+            with self._transaction() as db:
+                for payload, _ in batch:
+                    self._store_row(db, contact, payload)
+                self.history.update_conversation(db, contact,
+                                                 next_in_seq=inbox.next_after(seqs),
+                                                 session=convo.to_json())
+                if any(initial for _, initial in batch):
+                    self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
+        except BaseException:
+            for seq in seqs:
+                inbox.abandon(seq)
+            raise
+        inbox.stored(seqs, time.monotonic())
+
+    def _store_row(self, db: Any, contact: bytes, payload: Payload) -> None:
+        text = payload.text
+        group_id: bytes | None = None
+        author: bytes | None = None
+        # Only what the contact typed is "text"; what the software says is a "notice".
+        kind = "notice" if payload.kind in ("timer", "group_update", "group_leave") \
+            else "text"
+        if payload.kind in GROUP_KINDS:
+            group_id, text, author = self._on_group_payload(db, contact, payload)
+        if payload.kind == "file":
+            text = ""  # a malformed offer is stored hidden: its text is never shown
+        if payload.kind == "file" and len(payload.file_id) == 16 \
+                and len(payload.key) == 32 and len(payload.sha256) == 32:
+            kind = "file"  # only a well-formed offer is one (its text is ours)
+            text = _file_text(payload.name, payload.size)
+            file_author: bytes | None = None
+            if payload.group_id:
+                group_id, file_author = self._group_file_origin(contact, payload)
+                author = file_author if file_author != contact else None
+                if group_id is None:
+                    text = ""  # not acceptable for that group: stored hidden, not offered
+                elif author is None and self._is_admin(group_id):
+                    # We relay it once it is here: keep the author's signed offer.
+                    self.history.set_meta(db, _origin_meta(payload.file_id),
+                                          _file_origin(contact, payload).encode())
+            if text:
+                self.files.on_offer(db, contact, payload.file_id, payload.name,
+                                    payload.size, payload.sha256, payload.key,
+                                    group_id=group_id, author=author)
+        timer = payload.timer if payload.kind == "text" else 0
+        if payload.kind == "timer":
+            text = _timer_text(payload.timer)
+            self.history.update_conversation(db, contact, timer=payload.timer)
+        # Incoming ids are namespaced by the sender: a peer cannot collide with our ids.
+        local_id = blake2b_256(b"dhtchat/incoming-id/v1", contact, payload.id)[:16]
+        db.execute("INSERT OR IGNORE INTO messages (id, contact, outgoing, seq, sent_at, "
+                   "received_at, text, timer, group_id, fetched, author, kind) "
+                   "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (local_id, contact, payload.seq,
+                    payload.origin_time or payload.sent_at, time.time(), text, timer,
+                    group_id, int(text == ""), author, kind))
+
+    async def _on_ack(self, contact: bytes, ack: int, read: int,
+                      save: Callable[[Any], None] | None = None) -> None:
+        """A cumulative ack (and read receipt) arrived; ``save`` writes the ratchet state
+        that decrypted it in the same transaction."""
         tombstones: list[tuple[int, int]] = []
-        with self.history.transaction() as db:
-            if ack:
+        # The outbox forgets first: if the commit fails the rows stay and are sent again
+        # after a restart, which the contact recognises as duplicates.
+        outbox = self._outbox(contact)
+        floor = outbox.acked  # rows up to it are marked delivered already
+        acked = outbox.on_ack(ack) if ack else None
+        state = self._state(contact)
+        read_floor, state.read_seen = state.read_seen, max(state.read_seen, read)
+        with self._transaction() as db:
+            if save is not None:
+                save(db)
+            if acked is not None:
+                through = acked.through
                 tombstones = [(row[0], row[1]) for row in db.execute(
                     "SELECT mailbox_index, length(frame) FROM outbox WHERE contact = ? AND "
-                    "seq <= ? AND mailbox_index IS NOT NULL", (contact, ack))]
-                db.execute("DELETE FROM outbox WHERE contact = ? AND seq <= ?", (contact, ack))
+                    "seq <= ? AND mailbox_index IS NOT NULL", (contact, through))]
+                db.execute("DELETE FROM outbox WHERE contact = ? AND seq <= ?",
+                           (contact, through))
                 # A disappearing message's clock starts on our side once it is delivered
                 # (it must not vanish, with its delivery mark, while still queued).
                 db.execute("UPDATE messages SET delivered = 1, expire_at = CASE WHEN timer > 0 "
                            "THEN ? + timer ELSE expire_at END WHERE contact = ? AND "
-                           "outgoing = 1 AND seq <= ? AND delivered = 0",
-                           (time.time(), contact, ack))
+                           "outgoing = 1 AND seq > ? AND seq <= ? AND delivered = 0",
+                           (time.time(), contact, floor, through))
                 db.execute("UPDATE conversations SET acked_out_seq = max(acked_out_seq, ?) "
-                           "WHERE contact = ?", (ack, contact))
+                           "WHERE contact = ?", (through, contact))
                 groups = [row[0] for row in db.execute(
                     "SELECT DISTINCT message_id FROM group_copies WHERE contact = ? AND "
-                    "seq <= ?", (contact, ack))]
+                    "seq <= ?", (contact, through))]
                 db.execute("DELETE FROM group_copies WHERE contact = ? AND seq <= ?",
-                           (contact, ack))
+                           (contact, through))
                 for message_id in groups:
                     if db.execute("SELECT 1 FROM group_copies WHERE message_id = ?",
                                   (message_id,)).fetchone() is None:
                         db.execute("UPDATE messages SET delivered = 1 WHERE id = ?",
                                    (message_id,))
-            if read:
+            if read > read_floor:
                 db.execute("UPDATE messages SET read = 1 WHERE contact = ? AND outgoing = 1 "
-                           "AND seq <= ?", (contact, read))
+                           "AND seq > ? AND seq <= ?", (contact, read_floor, read))
         if ack:
-            state = self._state(contact)
-            state.retransmits = {seq: n for seq, n in state.retransmits.items() if seq > ack}
             self.daemon.events.emit("receipt", contact=encode_user_id(contact), delivered=ack, read=read)  # noqa: E501
         for index, frame_bytes in tombstones:
             self.daemon.spawn(self._tombstone(contact, index, frame_bytes or 0))
-        async with self._delivered:
-            self._delivered.notify_all()
+        if acked is not None or read > read_floor:
+            async with self._delivered:
+                self._delivered.notify_all()
 
     def _ack_payload(self, contact: bytes) -> Payload:
-        conversation = self.history.conversation(contact)
         read = self._state(contact).read_sent
-        return Payload("ack", ack=conversation["next_in_seq"] - 1, read=read)
+        return Payload("ack", ack=self._inbox(contact).ack, read=read)
 
     def _schedule_ack(self, contact: bytes) -> None:
+        """Send the cumulative ack when the inbox says it is due (one per burst)."""
         state = self._state(contact)
-        if state.ack_task is None or state.ack_task.done():
-            async def later() -> None:
-                await asyncio.sleep(ACK_DELAY)  # one ack per burst
-                await self._send_control(contact, self._ack_payload(contact))
-            state.ack_task = self.daemon.spawn(later())
+        if state.ack_task is not None and not state.ack_task.done():
+            return
+
+        async def later() -> None:
+            inbox = self._inbox(contact)
+            while (deadline := inbox.ack_deadline()) is not None:
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                if inbox.poll_ack(time.monotonic()) is not None:
+                    await self._send_control(contact, self._ack_payload(contact))
+        state.ack_task = self.daemon.spawn(later())
 
     async def _send_control(self, contact: bytes, payload: Payload, *,
                             new_session_from: bytes | None = None,
@@ -711,6 +953,7 @@ class Messenger:
             if payload.kind == "ack":
                 # As of now, not as of when it was scheduled: frames stored while this ack
                 # waited for the lock are covered (else they wait for a retransmission).
+                self._inbox(contact).acked_now()
                 payload = self._ack_payload(contact)
             conversation = self._conversation(contact)
             if restart and new_session_from is not None:
@@ -723,7 +966,7 @@ class Messenger:
             if channel is None and payload.kind in ("typing", "call", "goodbye"):
                 return
             body = await conversation.encrypt(_encoder.encode(payload), new_session_from)
-            with self.history.transaction() as db:
+            with self._transaction() as db:
                 self.history.update_conversation(db, contact, session=conversation.to_json())
             frame = _encoder.encode(Frame(0, body))
             if channel is not None:
@@ -891,8 +1134,9 @@ class Messenger:
             by_contact[message.contact] = max(by_contact.get(message.contact, 0), message.seq)
         for contact, seq in by_contact.items():
             self._state(contact).read_sent = max(self._state(contact).read_sent, seq)
-            self.daemon.spawn(self._send_control(contact, Payload(
-                "read", ack=self.history.conversation(contact)["next_in_seq"] - 1, read=seq)))
+            # The read receipt rides on the next cumulative ack (one per burst of reads).
+            self._inbox(contact).request_ack(time.monotonic())
+            self._schedule_ack(contact)
 
     # ------------------------------------------------------------------ groups
 
@@ -1004,7 +1248,7 @@ class Messenger:
         return self._publish_group(state, notify=notify)
 
     def _publish_group(self, state: GroupState, notify: set[bytes]) -> GroupState:
-        with self.history.transaction() as db:
+        with self._transaction() as db:
             state = self._publish_group_in(db, state, notify)
         self._flush_queued()
         return state
@@ -1042,7 +1286,7 @@ class Messenger:
                                                     text))
         targets = [m for m in group.state.members if m != me] if group.state.admin == me \
             else [group.state.admin]
-        with self.history.transaction() as db:
+        with self._transaction() as db:
             db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, "
                        "group_id, fetched) VALUES (?, ?, 1, ?, ?, ?, ?, 1)",
                        (message_id, group_id, int(now * 1e6), now, text, group_id))
@@ -1066,7 +1310,7 @@ class Messenger:
         me = self.identity.public_key
         if group.state.admin == me:
             raise LocalProtocolError("the admin cannot leave its group")
-        with self.history.transaction() as db:
+        with self._transaction() as db:
             self._enqueue_in(db, group.state.admin, Payload("group_leave", group_id=group_id),
                              secrets.token_bytes(16), time.time())
             self._flush_after_commit.add(group.state.admin)
