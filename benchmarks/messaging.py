@@ -15,7 +15,9 @@ Measures, in this order (a stage given a count of 0 is skipped):
    until Bob's cumulative ack (the delivery receipt) is back at Alice (Bob's ack is delayed
    by ``ACK_DELAY`` = 50 ms to batch bursts).
 3. **Throughput** (``--messages`` messages of ``--size`` bytes): queued through per-message
-   ``message.send`` RPCs (``--concurrency`` in flight), while Bob drains with
+   ``message.send`` RPCs (``--concurrency`` in flight), or with ``--batch B`` through
+   ``message.send_batch`` calls of B messages on one pipelined connection (``--concurrency``
+   batches in flight; the API's fast path), while Bob drains with
    ``message.receive``; rate until Bob has all of them (checked exactly once, and in order
    when ``--concurrency`` is 1), and until Alice's outbox is empty (all acknowledged); and
    each daemon's CPU time per message meanwhile (from ``/proc``; it moves much less with
@@ -77,7 +79,7 @@ from doubleratchet.recommended import (  # noqa: E402
     kdf_separate_hmacs,
 )
 
-from dhtchat.app.rpc import METHOD_NOT_FOUND, RpcError, call  # noqa: E402
+from dhtchat.app.rpc import METHOD_NOT_FOUND, RpcClient, RpcError, call  # noqa: E402
 from dhtchat.messaging.session import Conversation, PrekeyStore  # noqa: E402
 from dhtchat.net.webrtc import restrict_host_addresses  # noqa: E402
 from tests.daemons import (  # noqa: E402
@@ -244,7 +246,7 @@ def cpu_seconds(daemon: DaemonProcess) -> float | None:
 
 
 async def bench_throughput(pair: Pair, count: int, size: int,
-                           concurrency: int) -> dict[str, Any]:
+                           concurrency: int, batch: int = 0) -> dict[str, Any]:
     assert pair.alice is not None and pair.bob is not None
     alice, bob = pair.alice, pair.bob
     texts = [text_of(i, size) for i in range(count)]
@@ -265,8 +267,30 @@ async def bench_throughput(pair: Pair, count: int, size: int,
         for i in range(first, count, concurrency):
             await rpc(alice, "message.send", {"to": pair.bob_id, "text": texts[i]})
 
+    async def batches() -> None:
+        client = await RpcClient.open(alice.profile / "daemon.sock")
+        try:
+            chunks = [texts[i:i + batch] for i in range(0, count, batch)]
+            in_flight: set[asyncio.Future[Any]] = set()
+            for chunk in chunks:  # sent in order; at most `concurrency` await their reply
+                if len(in_flight) >= concurrency:
+                    _, in_flight = await asyncio.wait(in_flight,
+                                                      return_when=asyncio.FIRST_COMPLETED)
+                in_flight.add(asyncio.ensure_future(client.call(
+                    "message.send_batch",
+                    {"messages": [{"to": pair.bob_id, "text": text} for text in chunk]})))
+                await asyncio.sleep(0)  # the request line is written before the next one
+            for result in await asyncio.gather(*in_flight):
+                refused = [r for r in result if "error" in r]
+                assert not refused, refused[:3]
+        finally:
+            await client.close()
+
     receiving = asyncio.ensure_future(receiver())
-    await asyncio.gather(*(sender(k) for k in range(concurrency)))
+    if batch:
+        await batches()
+    else:
+        await asyncio.gather(*(sender(k) for k in range(concurrency)))
     queued = time.perf_counter() - started
     await receiving
     all_received = time.perf_counter() - started
@@ -284,7 +308,7 @@ async def bench_throughput(pair: Pair, count: int, size: int,
     got = [m["text"] for m in received]
     exactly_once = len(got) == count and set(got) == set(texts)
     in_order = got == texts
-    return {"messages": count, "size": size, "concurrency": concurrency,
+    return {"messages": count, "size": size, "concurrency": concurrency, "batch": batch,
             "queued_s": queued, "received_s": all_received, "acked_s": all_acked,
             "queue_rate": count / queued, "rate": count / all_received,
             "acked_rate": count / all_acked, "exactly_once": exactly_once,
@@ -552,8 +576,10 @@ def report(results: dict[str, Any]) -> None:
     raw_dc = (results.get("raw_datachannel") or {}).get("rate")
     thr = results.get("throughput")
     if thr:
+        how = (f"send_batch of {thr['batch']}, {thr['concurrency']} in flight" if thr["batch"]
+               else f"{thr['concurrency']} RPC in flight")
         rows.append((f"messages/s, {thr['size']} B, all received "
-                     f"({thr['messages']} msgs, {thr['concurrency']} RPC in flight)",
+                     f"({thr['messages']} msgs, {how})",
                      f"{thr['rate']:.0f}", f"{raw_dc:.0f}" if raw_dc else "-",
                      ratio(thr["rate"], raw_dc)))
         rows.append(("messages/s, queued (send RPCs only)", f"{thr['queue_rate']:.0f}", "", ""))
@@ -642,7 +668,7 @@ async def run(options: argparse.Namespace, root: Path) -> dict[str, Any]:
         if options.messages:
             log(f"throughput: {options.messages} messages")
             results["throughput"] = await bench_throughput(pair, options.messages, options.size,
-                                                           options.concurrency)
+                                                           options.concurrency, options.batch)
             results["rpc_floor"] = await bench_rpc_floor(pair)
         if options.file_mb:
             if await file_send_available(pair):
@@ -687,6 +713,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="messages for the throughput run (default 2000)")
     parser.add_argument("--concurrency", type=bounded(1, 64), default=1,
                         help="message.send RPCs in flight (default 1, like a CLI loop)")
+    parser.add_argument("--batch", type=bounded(0, 1000), default=0,
+                        help="send through message.send_batch calls of this many messages "
+                             "on one connection (default 0: one message.send RPC each)")
     parser.add_argument("--size", type=bounded(1, 65536), default=1024,
                         help="message size in bytes (default 1024)")
     parser.add_argument("--ratchet", type=bounded(0, 1000000), default=2000,

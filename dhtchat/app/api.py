@@ -29,6 +29,7 @@ from dhtchat.app.groups import Group
 from dhtchat.app.history import StoredMessage
 from dhtchat.app.messenger import Messenger, message_json
 from dhtchat.app.params import (
+    BatchItem,
     CallAnswerParams,
     CallAutoAnswerParams,
     CallControlParams,
@@ -377,17 +378,18 @@ class Api:
     async def message_send_batch(self, p: MessageBatchParams) -> list[JsonObject]:
         """Queue many messages in one call, in order (one round trip for all: the way to
         send fast). Each result is the message object, or ``{"error": {code, message}}``
-        for one that was refused; the others are queued all the same."""
-        out: list[JsonObject] = []
-        for item in p.messages:
+        for one that was refused; the others are queued all the same.
+
+        The sends start in order and each queues before its first ``await``, so they keep
+        their order and the messenger commits them together (one transaction per batch)."""
+        async def one(item: BatchItem) -> JsonObject:
             try:
-                out.append(self.message_json(await self._send_one(item.to, item.text,
-                                                                   item.id)))
+                return self.message_json(await self._send_one(item.to, item.text, item.id))
             except RpcError as exc:
-                out.append({"error": exc.as_dict()})
+                return {"error": exc.as_dict()}
             except DhtChatError as exc:
-                out.append({"error": RpcError(exc.code, str(exc)).as_dict()})
-        return out
+                return {"error": RpcError(exc.code, str(exc)).as_dict()}
+        return list(await asyncio.gather(*(one(item) for item in p.messages)))
 
     async def _send_one(self, to: str, text: str, message_id: str | None) -> StoredMessage:
         target = self._contact_or_group(to)
