@@ -197,21 +197,21 @@ class Daemon:
         self._spawn(self._join_and_run())
 
     async def _join_and_run(self) -> None:
-        assert self.node is not None
+        node = self._node_or_fail()
         if self.options.bootstrap:
             while not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await self.node.bootstrap(self.options.bootstrap)
-                if len(self.node.core.table):
+                    await node.bootstrap(self.options.bootstrap)
+                if len(node.core.table):
                     break
                 log.warning("no DHT node answered; retrying in 10 s")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 10.0)
-        log.info("joined the DHT: %d contacts in the routing table", len(self.node.core.table))
+        log.info("joined the DHT: %d contacts in the routing table", len(node.core.table))
         self.joined = True
         for entry in self.contacts.all("accepted"):
             self._link(entry.public_key)
-        self._spawn(self.inbox.run(self.node, self._stopping))
+        self._spawn(self.inbox.run(node, self._stopping))
         self._spawn(self._maintenance_loop())
         self._spawn(self._message_loop())
 
@@ -456,13 +456,11 @@ class Daemon:
     async def send_contact_request(self, recipient: bytes, kind: Literal["request", "accept"],
                                    name: str, message: str) -> int:
         """Seal and store a contact request or acceptance; the number of storers."""
-        assert self.node is not None
-        return await self.inbox.send(self.node, recipient, kind, name, message)
+        return await self.inbox.send(self._node_or_fail(), recipient, kind, name, message)
 
     async def put_contact_request(self, record: Record) -> int:
         """Store an already sealed contact request; the number of storers."""
-        assert self.node is not None
-        return await self.inbox.put(self.node, record)
+        return await self.inbox.put(self._node_or_fail(), record)
 
     async def drop_link(self, public_key: bytes) -> None:
         """Stop everything for a contact (it was blocked): connection, presence, listens."""
