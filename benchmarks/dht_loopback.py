@@ -440,7 +440,7 @@ async def _dhtchat_main(args: argparse.Namespace) -> int:
         result["bootstrap_s"] = time.perf_counter() - t0
         result["bootstrap_failures"] = boot_failures
         result["settle_s"] = 0.0  # bootstrap() returns once the self-lookup is done
-        result["routing_table"] = summarize_sizes([len(n.contacts()) for n in nodes])
+        result["routing_table"] = summarize_sizes([len(n.peers()) for n in nodes])
         log(
             impl,
             f"bootstrapped in {result['bootstrap_s']:.2f} s, "

@@ -103,7 +103,7 @@ class Daemon:
         make_private(profile.root)
         self.contacts = ContactStore(profile.root / "contacts.sqlite",
                                      contacts_key(identity.seed))
-        self.session = secrets.token_bytes(16)
+        self.run_id = secrets.token_bytes(16)  # this daemon run, as our presence says
         self.started = time.time()
         self._lock_file: Any = None
         self._rpc: RpcServer | None = None
@@ -118,7 +118,7 @@ class Daemon:
             events=self.events)
         self.links: dict[bytes, Link] = self.connections.by_key
         self.rendezvous = Rendezvous(
-            identity, self.session, self.connections, node=self._node_or_fail,
+            identity, self.run_id, self.connections, node=self._node_or_fail,
             spawn=self._spawn, next_seq=self._next_seq, stopping=self._stopping,
             relay_only=options.relay_only, clock=time.time)
         self.history: History | None = None
@@ -186,10 +186,10 @@ class Daemon:
             raise LocalProtocolError(
                 f"cannot listen on {self.options.host}:{self.options.port}: {exc.strerror}"
             ) from None
-        remembered = state.contacts()
+        remembered = state.peers()
         state.close()
         if remembered:
-            self.node.add_known_contacts(remembered)
+            self.node.add_known_peers(remembered)
         log.info("user %s; DHT node on %s", self.identity.user_id,
                  format_address(self.node.address))
         self._rpc = RpcServer(self.socket_path, self.api.handlers())
@@ -248,7 +248,7 @@ class Daemon:
             await self._rpc.close()
         if self.node is not None:
             state = NodeState(self.profile.node_db_path)
-            state.save_contacts(self.node.contacts())
+            state.save_peers(self.node.peers())
             state.close()
             await self.node.close()
         self.contacts.close()

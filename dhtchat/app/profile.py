@@ -111,20 +111,20 @@ class NodeState:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('node_key', ?)", (seed,))
         return SigningIdentity.from_seed(seed)
 
-    def contacts(self, limit: int = 200) -> list[tuple[bytes, Address]]:
-        """Most recently seen contacts first."""
+    def peers(self, limit: int = 200) -> list[tuple[bytes, Address]]:
+        """The DHT peers of the last run, most recently seen first."""
         rows = self._db.execute(
             "SELECT node_id, host, port FROM contacts ORDER BY last_seen DESC LIMIT ?", (limit,)
         ).fetchall()
         return [(bytes(node_id), (host, int(port))) for node_id, host, port in rows]
 
-    def save_contacts(self, contacts: list[tuple[bytes, Address, float]]) -> None:
-        """Replace the stored contacts."""
+    def save_peers(self, peers: list[tuple[bytes, Address, float]]) -> None:
+        """Replace the stored DHT peers (the table keeps its old name, ``contacts``)."""
         with self._db:
             self._db.execute("DELETE FROM contacts")
             self._db.executemany(
                 "INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?)",
-                [(nid, host, port, seen) for nid, (host, port), seen in contacts],
+                [(nid, host, port, seen) for nid, (host, port), seen in peers],
             )
 
     def close(self) -> None:

@@ -59,13 +59,13 @@ def wanted_epochs(now: float) -> set[int]:
 class Rendezvous:
     """Presence publishing and the presence/signalling subscriptions of every link."""
 
-    def __init__(self, identity: SigningIdentity, session: bytes, links: Links, *,
+    def __init__(self, identity: SigningIdentity, run_id: bytes, links: Links, *,
                  node: Callable[[], UdpDhtNode],
                  spawn: Callable[[Awaitable[Any]], asyncio.Task[Any]],
                  next_seq: Callable[[], int], stopping: asyncio.Event,
                  relay_only: bool, clock: Callable[[], float]) -> None:
         self.identity = identity
-        self.session = session  # this daemon run, as our presence says
+        self.run_id = run_id  # this daemon run, as our presence says
         self.links = links
         self._node = node
         self._spawn = spawn
@@ -125,7 +125,7 @@ class Rendezvous:
     async def publish_presence(self, link: Link, epoch: int, now: float, *,
                                online: bool = True) -> None:
         """Put our sealed presence for ``epoch`` on the pair's channel (best effort)."""
-        plaintext = make_presence(self.identity, link.pair, epoch, self.session, int(now),
+        plaintext = make_presence(self.identity, link.pair, epoch, self.run_id, int(now),
                                   self.relay_only, online=online)
         record = link.pair.seal_record(Purpose.PRESENCE, epoch, plaintext, seq=self._next_seq(),
                                        expires=int(now) + PRESENCE_TTL,

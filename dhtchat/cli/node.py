@@ -96,10 +96,10 @@ async def _run_node(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     log.info("node %s listening on %s", node.node_id.hex(), format_address(node.address))
     if state is not None:
-        remembered = state.contacts()
+        remembered = state.peers()
         if remembered:
             log.info("re-verifying %d remembered contacts", len(remembered))
-            node.add_known_contacts(remembered)
+            node.add_known_peers(remembered)
     where = ", ".join(format_address(a) for a in bootstrap)
 
     async def join() -> None:
@@ -119,13 +119,13 @@ async def _run_node(args: argparse.Namespace) -> int:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 30.0)
         if state is not None:
-            state.save_contacts(node.contacts())
+            state.save_peers(node.peers())
     if join_task is not None and not join_task.done():
         join_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await join_task
     if state is not None:
-        state.save_contacts(node.contacts())
+        state.save_peers(node.peers())
         state.close()
     await node.close()
     log.info("node stopped")

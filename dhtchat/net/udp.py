@@ -144,9 +144,9 @@ class UdpDhtNode:
                                 BootstrapCompleted, timeout)
         return event.contacts
 
-    def add_known_contacts(self, contacts: list[tuple[bytes, Address]]) -> None:
-        """Re-verify contacts saved by an earlier run."""
-        self.core.add_known_contacts(contacts, time.time())
+    def add_known_peers(self, peers: list[tuple[bytes, Address]]) -> None:
+        """Re-verify DHT peers (routing-table entries) saved by an earlier run."""
+        self.core.add_known_contacts(peers, time.time())
         self._flush()
 
     async def find_node(self, target: bytes, timeout: float = 15.0) -> LookupCompleted:
@@ -180,8 +180,9 @@ class UdpDhtNode:
             raise
         return sub
 
-    def contacts(self) -> list[tuple[bytes, Address, float]]:
-        """Routing table contacts (for persistence)."""
+    def peers(self) -> list[tuple[bytes, Address, float]]:
+        """The routing table's DHT peers, ``(node id, address, last seen)`` (for
+        persistence; Kademlia's "contacts", not the person's contact list)."""
         return [(c.node_id, c.address, c.last_seen) for c in self.core.table.contacts()]
 
     async def close(self) -> None:
