@@ -59,6 +59,7 @@ if os.environ.get("DHTCHAT_FUZZ_INSTRUMENT") == "1":  # the atheris child: instr
 
 import msgspec
 
+from dhtchat.app.events import EventLog
 from dhtchat.app.files import FileTransfers, safe_file_name, seal_chunk
 from dhtchat.app.groups import new_group, open_state, sign_state
 from dhtchat.app.history import History
@@ -320,7 +321,8 @@ def _files() -> FileTransfers:
         history = History(root / "history.db", bytes(32))
         messenger = _FileMessenger(history)
         files = FileTransfers(messenger, root / "files",  # type: ignore[arg-type]
-                              tasks=messenger.daemon, channel=lambda contact: None)
+                              tasks=messenger.daemon, channel=lambda contact: None,
+                              events=EventLog())  # not opened: events go nowhere
         with history.transaction() as db:
             files.on_offer(db, ALICE.public_key, _FILE_ID, "../x.bin", 1 << 30, bytes(32),
                            _FILE_KEY)
