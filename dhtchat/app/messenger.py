@@ -29,10 +29,9 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from aiortc import RTCDataChannel
@@ -57,13 +56,25 @@ from dhtchat.app.groups import (
 )
 from dhtchat.app.history import History, StoredMessage
 from dhtchat.app.mailbox import Mailboxes
+from dhtchat.app.stream import RESET_INTERVAL, ContactState, Streams
 from dhtchat.core.contacts import Pair, Purpose
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import encode_user_id
 from dhtchat.core.ids import blake2b_256
 from dhtchat.core.sas import SAS_VERSION
 from dhtchat.messaging.mailbox import HOLE_GRACE, MAILBOX_EPOCH
-from dhtchat.messaging.outbox import Inbox, Offer, Outbox, Queued
+from dhtchat.messaging.outbox import Offer
+from dhtchat.messaging.payload import (
+    GROUP_KINDS,
+    MAX_TEXT_BYTES,
+    MAX_TIMER,
+    SEQUENCED,
+    Frame,
+    Payload,
+    encoder,
+    frame_decoder,
+    payload_decoder,
+)
 from dhtchat.messaging.session import (
     Conversation,
     PrekeyStore,
@@ -75,14 +86,20 @@ if TYPE_CHECKING:
     from dhtchat.app.daemon import Daemon
     from dhtchat.app.links import Link
 
+__all__ = [
+    "HOLE_GRACE",
+    "MAX_TEXT_BYTES",
+    "MAX_TIMER",
+    "Frame",
+    "Messenger",
+    "Payload",
+    "message_json",
+]
+
 log = logging.getLogger("dhtchat.messages")
 
-MAX_TEXT_BYTES: Final = 64 * 1024
 MAX_RECEIVE_BYTES: Final = 512 * 1024  # per message.receive reply (the client asks again)
-MAX_TIMER: Final = 365 * 24 * 3600
 TYPING_SHOWN: Final = 6.0  # seconds a typing notice is shown (clients resend every ~3 s)
-SEQUENCED: Final = ("text", "file", "timer", "group_update", "group_text", "group_leave")
-GROUP_KINDS: Final = ("group_update", "group_text", "group_leave")
 PREKEYS_TTL: Final = 7 * 24 * 3600
 MAILBOX_POLL: Final = 15.0
 CONTROL_PUT_ATTEMPTS: Final = 4
@@ -90,94 +107,6 @@ MAINTENANCE_PARALLEL: Final = 8  # contacts served at once by the maintenance pa
 INBOUND_QUEUE: Final = 4096  # data-channel frames waiting per contact
 RECEIVE_BATCH: Final = 256  # frames handled (and their messages committed) together
 COLLECT_TURNS: Final = 4  # ... collected until none arrived for this many turns of the loop
-RESET_INTERVAL: Final = 60.0  # at most one session reset request per contact per minute
-
-
-class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
-    """What travels inside the ratchet."""
-
-    kind: Literal["text", "ack", "read", "typing", "file", "file_request", "file_done",
-                  "file_end", "timer", "group_update", "group_text", "group_leave", "reset", "call",
-                  "goodbye"]
-    seq: int = 0  # > 0 for sequenced kinds (text, file)
-    id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
-    sent_at: float = 0.0
-    text: str = ""
-    ack: int = 0  # cumulative: every message up to this seq arrived
-    read: int = 0  # the contact's ``receive`` showed every message up to this seq
-    file_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
-    name: Annotated[str, msgspec.Meta(max_length=255)] = ""
-    size: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
-    sha256: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
-    key: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
-    offset: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
-    timer: Annotated[int, msgspec.Meta(ge=0, le=MAX_TIMER)] = 0  # disappearing after N s
-    group_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
-    group: Annotated[bytes, msgspec.Meta(max_length=48 * 1024)] = b""  # signed GroupState
-    # A group message: its author, the author's id and time for it, and the author's
-    # signature, so the admin can relay it unchanged (see dhtchat.app.groups).
-    author: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
-    origin_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
-    origin_time: float = 0.0
-    signature: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
-    # A call signal (dhtchat.app.calls): the call, the action, video wanted, the caller's
-    # commitment to its SAS nonce (invite) and the nonce itself (revealed after accept).
-    call_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
-    call_action: Annotated[str, msgspec.Meta(max_length=16)] = ""
-    video: bool = False
-    commitment: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
-    nonce: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
-    conference: Annotated[bytes, msgspec.Meta(max_length=16)] = b""  # a group call's id
-    participants: Annotated[list[Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]],
-                            msgspec.Meta(max_length=8)] = []
-    # The call's SAS scheme (dhtchat.core.sas.SAS_VERSION); last, so older decoders ignore it.
-    sas_version: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
-
-
-class Frame(msgspec.Struct, array_like=True, frozen=True):
-    """A ratchet ciphertext with its sequence number outside (0: unsequenced control)."""
-
-    seq: Annotated[int, msgspec.Meta(ge=0, le=2**62)]
-    body: Annotated[bytes, msgspec.Meta(max_length=MAX_TEXT_BYTES + 4096)]
-
-
-_frame_decoder = msgspec.msgpack.Decoder(Frame)
-_payload_decoder = msgspec.msgpack.Decoder(Payload)
-_encoder = msgspec.msgpack.Encoder()
-
-
-@dataclass
-class _ContactState:
-    lock: asyncio.Lock
-    conversation: Conversation | None = None
-    outbox: Outbox | None = None  # the sending half of the stream (dhtchat.messaging.outbox)
-    inbox: Inbox | None = None  # ... and the receiving half; both loaded from the history
-    read_seen: int = 0  # the contact's read receipts are applied up to this (this run)
-    ack_task: asyncio.Task[None] | None = None
-    mailbox_polled: float = 0.0
-    read_sent: int = 0
-    typing_until: float = 0.0
-    inbound: asyncio.Queue[bytes] | None = None
-    inbound_task: asyncio.Task[None] | None = None
-    reset_asked: float = -RESET_INTERVAL  # when we last asked the contact for a new session
-    prekeys_stored: bool = False  # our bundle for this contact reached the DHT
-    retransmit_task: asyncio.Task[None] | None = None
-
-
-@dataclass(frozen=True)
-class _Queued:
-    """A send waiting for the next transaction (group commit): its outbox payload is in the
-    contact's :class:`Outbox`, uncommitted; this is its history row."""
-
-    contact: bytes
-    seq: int
-    message_id: bytes
-    now: float
-    text: str
-    timer: int
-    kind: str
-    history_row: bool
-    conversation_timer: int | None
 
 
 class Messenger:
@@ -194,13 +123,8 @@ class Messenger:
             self.prekeys = PrekeyStore.from_json(self.identity.seed, stored.decode())
         self.prekeys.maintain(time.time())
         self._save_prekeys()
-        self._states: dict[bytes, _ContactState] = {}
-        self._flush_after_commit: set[bytes] = set()  # outboxes a transaction filled
-        # Group commit: sends queued since the last transaction, written by the next one.
-        self._batch: list[_Queued] = []
-        self._batch_done: asyncio.Future[None] | None = None
-        self._batch_ids: dict[bytes, tuple[bytes, asyncio.Future[None]]] = {}
-        self._txn_outboxes: set[bytes] = set()  # outboxes the open transaction writes
+        self.stream = Streams(history, self.prekeys, self.identity.public_key, tasks=daemon,
+                              flush=self.flush)
         self._in_flight: set[bytes] = set()  # returned by receive, reply not yet written
         self.files = FileTransfers(self, daemon.profile.root / "files", tasks=daemon,
                                    channel=self._channel, events=daemon.events)
@@ -214,27 +138,9 @@ class Messenger:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _state(self, contact: bytes) -> _ContactState:
-        state = self._states.get(contact)
-        if state is None:
-            state = _ContactState(asyncio.Lock())
-            self._states[contact] = state
-        return state
-
     def _save_prekeys(self) -> None:
         with self.history.transaction() as db:
             self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
-
-    def _conversation(self, contact: bytes) -> Conversation:
-        state = self._state(contact)
-        if state.conversation is None:
-            saved = self.history.conversation(contact)["session"]
-            if saved:
-                state.conversation = Conversation.from_json(self.prekeys, saved)
-            else:
-                state.conversation = Conversation(self.prekeys, self.identity.public_key,
-                                                  contact)
-        return state.conversation
 
     def _link(self, contact: bytes) -> Link | None:
         return self.daemon.links.get(contact)
@@ -257,14 +163,14 @@ class Messenger:
         if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
             raise LocalProtocolError(f"a message holds at most {MAX_TEXT_BYTES} bytes")
         timer = self.history.conversation(contact)["timer"]
-        return await self._enqueue(contact, Payload("text", text=text, timer=timer), text,
+        return await self.stream.enqueue(contact, Payload("text", text=text, timer=timer), text,
                                    message_id)
 
     async def set_timer(self, contact: bytes, seconds: int) -> StoredMessage:
         """Set the conversation's disappearing-message timer on both sides (0: off)."""
         if not 0 <= seconds <= MAX_TIMER:
             raise LocalProtocolError("the timer is 0 (off) to one year, in seconds")
-        return await self._enqueue(contact, Payload("timer", timer=seconds),
+        return await self.stream.enqueue(contact, Payload("timer", timer=seconds),
                                    _timer_text(seconds), None, conversation_timer=seconds,
                                    kind="notice")
 
@@ -280,7 +186,7 @@ class Messenger:
             payload = msgspec.structs.replace(
                 payload, name=origin.name, author=origin.author, origin_id=origin.origin_id,
                 origin_time=origin.origin_time, signature=origin.signature)
-        return await self._enqueue(contact, payload, _file_text(name, size), file_id,
+        return await self.stream.enqueue(contact, payload, _file_text(name, size), file_id,
                                    history_row=not group_id, kind="file")
 
     async def send_group_file(self, group_id: bytes, path: Path) -> StoredMessage:
@@ -331,172 +237,6 @@ class Messenger:
                 await self.files.send(member, path, group_id=group.id, author=entry.contact,
                                       name=entry.name, source=entry, origin=origin)
 
-    async def _enqueue(self, contact: bytes, template: Payload, text: str,
-                       message_id: bytes | None, *, conversation_timer: int | None = None,
-                       history_row: bool = True, kind: str = "text") -> StoredMessage:
-        message_id = message_id or secrets.token_bytes(16)
-        now = time.time()
-        existing = self.history.message(message_id)
-        if existing is not None:  # a retried send: idempotent
-            if existing.contact != contact or not existing.outgoing:
-                raise LocalProtocolError("that message id is already used")
-            return existing
-        queued = self._batch_ids.get(message_id)
-        if queued is not None:  # retried while the first one waits for its commit
-            if queued[0] != contact:
-                raise LocalProtocolError("that message id is already used")
-            await asyncio.shield(queued[1])
-            return await self._enqueue(contact, template, text, message_id)
-        # The payload gets its sequence number now and waits (with every send of this turn of
-        # the event loop) for one transaction: one commit for a burst of sends, and ``send``
-        # still returns only once its message is durable.
-        seq = self._outbox(contact).queue(lambda seq: _encoder.encode(msgspec.structs.replace(
-            template, seq=seq, id=message_id, sent_at=now)))
-        timer = template.timer if template.kind == "text" else 0
-        self._batch.append(_Queued(contact, seq, message_id, now, text, timer, kind,
-                                   history_row and template.kind not in GROUP_KINDS,
-                                   conversation_timer))
-        done = self._batch_done
-        if done is None:
-            done = self._batch_done = asyncio.get_running_loop().create_future()
-            self.daemon.spawn(self._commit_batch())
-        self._batch_ids[message_id] = (contact, done)
-        try:
-            await asyncio.shield(done)
-        finally:
-            self._batch_ids.pop(message_id, None)
-        stored = self.history.message(message_id)
-        if stored is None:  # a group fan-out copy: no row of its own
-            return StoredMessage(message_id, contact, True, seq, now, None, text, False, False,
-                                 kind=kind)
-        return stored
-
-    async def _commit_batch(self) -> None:
-        """Commit the queued sends (if no other transaction took them meanwhile), with the
-        frames of those whose contact has a session and is not busy: one transaction for
-        the payloads, their frames and the ratchet state, and they can go out at once."""
-        held: list[asyncio.Lock] = []
-        frames: dict[bytes, tuple[Conversation, list[tuple[Queued, bytes]]]] = {}
-        try:
-            for contact in sorted({q.contact for q in self._batch}):
-                state, conversation = self._state(contact), self._conversation(contact)
-                if not conversation.established or state.lock.locked():
-                    continue  # flush() encrypts them (it may need the bundle, or waits)
-                await state.lock.acquire()
-                held.append(state.lock)
-                done: list[tuple[Queued, bytes]] = []
-                for entry in self._outbox(contact).to_encrypt(uncommitted=True):
-                    try:
-                        body = await conversation.encrypt(entry.payload, None)
-                    except SessionError:
-                        break
-                    done.append((entry, _encoder.encode(Frame(entry.seq, body))))
-                frames[contact] = (conversation, done)
-            if not self._batch and not any(done for _, done in frames.values()):
-                return  # another transaction took the sends, and nothing was encrypted
-            try:
-                with self._transaction() as db:
-                    for contact, (conversation, done) in frames.items():
-                        outbox = self._outbox(contact)
-                        db.executemany(
-                            "UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
-                            [(frame, contact, e.seq) for e, frame in done if outbox.holds(e)])
-                        self.history.update_conversation(db, contact,
-                                                         session=conversation.to_json())
-            except Exception:  # the senders get it through their future
-                return  # (and no frame counts: none of them is durable)
-            for contact, (_, done) in frames.items():
-                outbox = self._outbox(contact)
-                for entry, frame in done:
-                    if outbox.holds(entry):
-                        outbox.framed(entry.seq, frame)
-        finally:
-            for lock in held:
-                lock.release()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        """A history transaction that first writes the queued sends (so no outbox row ever
-        commits before an earlier one of the same contact); after the commit the outboxes
-        count them as committed and are flushed, after a failure they forget them."""
-        batch, done = self._batch, self._batch_done
-        self._batch, self._batch_done = [], None
-        self._txn_outboxes = {q.contact for q in batch}
-        try:
-            with self.history.transaction() as db:
-                for queued in batch:
-                    self._write_queued(db, queued)
-                yield db
-        except BaseException as exc:
-            for contact in self._txn_outboxes:
-                self._outbox(contact).rollback()
-            self._txn_outboxes = set()
-            if done is not None:
-                if isinstance(exc, Exception):
-                    done.set_exception(exc)
-                    done.exception()  # retrieved: the senders raise it, or nobody waits
-                else:
-                    done.cancel()
-            raise
-        written, self._txn_outboxes = self._txn_outboxes, set()
-        for contact in written:
-            self._outbox(contact).committed()
-        if done is not None:
-            done.set_result(None)
-        if batch:
-            faults.reached("outbox-commit")
-        self._flush_after_commit.update(written)
-        self._flush_queued()
-
-    def _write_queued(self, db: Any, queued: _Queued) -> None:
-        contact, seq = queued.contact, queued.seq
-        payload = self._outbox(contact).payload(seq)
-        db.execute("INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
-                   (contact, seq, payload, queued.now))
-        self.history.update_conversation(db, contact, next_out_seq=seq + 1)
-        if queued.history_row:  # (a group: one row)
-            db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
-                       "text, timer, expire_at, kind) VALUES (?, ?, 1, ?, ?, ?, ?, NULL, ?)",
-                       (queued.message_id, contact, seq, queued.now, queued.text,
-                        queued.timer, queued.kind))
-        if queued.conversation_timer is not None:
-            self.history.update_conversation(db, contact, timer=queued.conversation_timer)
-
-    def _enqueue_in(self, db: Any, contact: bytes, template: Payload, message_id: bytes,
-                    now: float) -> int:
-        """Put a payload in the contact's outbox inside the caller's transaction (one of
-        :meth:`_transaction`: it is flushed after the commit); returns its sequence number."""
-        outbox = self._outbox(contact)
-        seq = outbox.queue(lambda seq: _encoder.encode(msgspec.structs.replace(
-            template, seq=seq, id=message_id, sent_at=now)))
-        payload = outbox.payload(seq)
-        db.execute("INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
-                   (contact, seq, payload, now))
-        self.history.update_conversation(db, contact, next_out_seq=seq + 1)
-        self._txn_outboxes.add(contact)
-        return seq
-
-    def _outbox(self, contact: bytes) -> Outbox:
-        """The contact's outbox machine (rebuilt from the history after a restart)."""
-        state = self._state(contact)
-        if state.outbox is None:
-            conversation = self.history.conversation(contact)
-            state.outbox = Outbox.restore(
-                conversation["next_out_seq"], conversation["acked_out_seq"],
-                [Queued(e.seq, e.payload, e.frame) for e in self.history.outbox(contact)])
-        return state.outbox
-
-    def _inbox(self, contact: bytes) -> Inbox:
-        """The contact's receive window (rebuilt from the history after a restart)."""
-        state = self._state(contact)
-        if state.inbox is None:
-            next_in = self.history.conversation(contact)["next_in_seq"]
-            ahead = [row[0] for row in self.history.db.execute(
-                "SELECT seq FROM messages WHERE contact = ? AND outgoing = 0 AND seq >= ?",
-                (contact, next_in))]
-            state.inbox = Inbox(next_in, ahead)
-        return state.inbox
-
     async def wait_delivered(self, message_id: bytes, timeout: float) -> bool:
         """Wait until the contact acknowledged the message."""
         async def delivered() -> None:
@@ -528,11 +268,11 @@ class Messenger:
         """Give every committed outbox entry its frame (once); the frames of a burst are
         committed in one transaction with the ratchet state that produced them, before any
         of them is sent."""
-        outbox = self._outbox(contact)
+        outbox = self.stream.outbox(contact)
         entries = outbox.to_encrypt()
         if not entries:
             return
-        conversation = self._conversation(contact)
+        conversation = self.stream.conversation(contact)
         if not conversation.established and bundle is None:
             log.info("no prekey bundle from %s yet; messages stay queued", contact.hex()[:12])
             return
@@ -543,10 +283,10 @@ class Messenger:
             except SessionError as exc:
                 log.warning("cannot encrypt for %s: %s", contact.hex()[:12], exc)
                 break
-            frames.append((entry.seq, _encoder.encode(Frame(entry.seq, body))))
+            frames.append((entry.seq, encoder.encode(Frame(entry.seq, body))))
         if not frames:
             return
-        with self._transaction() as db:
+        with self.stream.transaction() as db:
             db.executemany("UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
                            [(frame, contact, seq) for seq, frame in frames])
             self.history.update_conversation(db, contact, session=conversation.to_json())
@@ -556,10 +296,10 @@ class Messenger:
     async def flush(self, contact: bytes, *, force: bool = False) -> None:
         """Send what the outbox holds: over the data channel if connected, else to the DHT
         mailbox. ``force`` retransmits frames sent recently too."""
-        state = self._state(contact)
-        outbox = self._outbox(contact)
+        state = self.stream.state(contact)
+        outbox = self.stream.outbox(contact)
         bundle = None
-        if not self._conversation(contact).established and outbox.needs_frames():
+        if not self.stream.conversation(contact).established and outbox.needs_frames():
             bundle = await self._bundle(contact)  # network I/O before taking the lock
         async with state.lock:
             await self._encrypt_pending(contact, bundle)
@@ -601,12 +341,12 @@ class Messenger:
     def _schedule_retransmit(self, contact: bytes) -> None:
         """Unacknowledged frames go again when the outbox says they are due, whatever the
         maintenance loop is busy with (one timer task per contact, while frames are out)."""
-        state = self._state(contact)
+        state = self.stream.state(contact)
         if state.retransmit_task is not None and not state.retransmit_task.done():
             return
 
         async def later() -> None:
-            outbox = self._outbox(contact)
+            outbox = self.stream.outbox(contact)
             while (deadline := outbox.next_deadline()) is not None:
                 await asyncio.sleep(max(0.0, deadline - time.monotonic()) + 0.5)
                 if self._channel(contact) is None:
@@ -644,7 +384,7 @@ class Messenger:
     def _queue_frame(self, contact: bytes, data: bytes) -> None:
         """One consumer per contact and a bounded queue: a flooding peer costs at most
         INBOUND_QUEUE frames of memory (dropped ones are retransmitted if they mattered)."""
-        state = self._state(contact)
+        state = self.stream.state(contact)
         if state.inbound is None:
             state.inbound = asyncio.Queue(maxsize=INBOUND_QUEUE)
         try:
@@ -690,14 +430,14 @@ class Messenger:
         each sequence number once; the messages among them are committed in one transaction
         (before a control frame after them is acted on: the ratchet state it saves covers
         them) and acknowledged ACK_DELAY later."""
-        state = self._state(contact)
+        state = self.stream.state(contact)
         arrived = False
         async with state.lock:
-            inbox = self._inbox(contact)
+            inbox = self.stream.inbox(contact)
             batch: list[tuple[Payload, bool]] = []
             for data in frames:
                 try:
-                    frame = _frame_decoder.decode(data)
+                    frame = frame_decoder.decode(data)
                 except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
                     log.info("dropped a malformed frame from %s", contact.hex()[:12])
                     continue
@@ -732,12 +472,12 @@ class Messenger:
             async with self._arrived:
                 self._arrived.notify_all()
 
-    async def _open(self, contact: bytes, state: _ContactState, frame: Frame) -> Payload | None:
+    async def _open(self, contact: bytes, state: ContactState, frame: Frame) -> Payload | None:
         """Decrypt and decode a frame's payload (None if it cannot be: counted and logged;
         a frame that does not decrypt asks the contact for a new session)."""
         try:
-            plaintext = await self._conversation(contact).decrypt(frame.body)
-            payload = _payload_decoder.decode(plaintext)
+            plaintext = await self.stream.conversation(contact).decrypt(frame.body)
+            payload = payload_decoder.decode(plaintext)
         except SessionError as exc:
             self.undecryptable += 1
             log.warning("cannot decrypt a message from %s: %s", contact.hex()[:12], exc)
@@ -756,7 +496,7 @@ class Messenger:
 
     def _store_received(self, contact: bytes, batch: list[tuple[Payload, bool]]) -> bool:
         """Commit received messages (then they may be acknowledged); True if any."""
-        self._store_batch(contact, batch, self._conversation(contact))
+        self._store_batch(contact, batch, self.stream.conversation(contact))
         for payload, _ in batch:
             self.daemon.events.emit("group.changed" if payload.kind in ("group_update", "group_leave") else "message", contact=encode_user_id(contact), seq=payload.seq, kind=payload.kind)  # noqa: E501
         faults.reached("receive-commit")
@@ -764,10 +504,10 @@ class Messenger:
             self.daemon.spawn(self.files.resume(contact))
         return True
 
-    async def _on_control(self, contact: bytes, state: _ContactState, payload: Payload,
+    async def _on_control(self, contact: bytes, state: ContactState, payload: Payload,
                           initial: bool) -> None:
         """An unsequenced payload: save the ratchet state that decrypted it, and act on it."""
-        convo = self._conversation(contact)
+        convo = self.stream.conversation(contact)
 
         def save(db: Any) -> None:
             self.history.update_conversation(db, contact, session=convo.to_json())
@@ -776,7 +516,7 @@ class Messenger:
         if payload.kind == "ack" or payload.read:
             await self._on_ack(contact, payload.ack, payload.read, save=save)
             return
-        with self._transaction() as db:
+        with self.stream.transaction() as db:
             save(db)
         if payload.kind == "file_request":
             self.files.on_request(contact, payload.file_id, payload.offset)
@@ -800,7 +540,7 @@ class Messenger:
             self.daemon.spawn(self.daemon.contact_said_goodbye(contact))
         elif payload.kind == "reset":
             tombstones = self._reencrypt_outbox(contact)
-            self._outbox(contact).reset()
+            self.stream.outbox(contact).reset()
             for index, length in tombstones:
                 self.daemon.spawn(self._tombstone(contact, index, length))
             self.daemon.spawn(self.flush(contact, force=True))
@@ -814,10 +554,10 @@ class Messenger:
                      convo: Conversation) -> None:
         """Commit received messages in one transaction with the ratchet state that decrypted
         them and the new in-order position; then the inbox counts them as stored."""
-        inbox = self._inbox(contact)
+        inbox = self.stream.inbox(contact)
         seqs = [payload.seq for payload, _ in batch]
         try:
-            with self._transaction() as db:
+            with self.stream.transaction() as db:
                 for payload, _ in batch:
                     self._store_row(db, contact, payload)
                 self.history.update_conversation(db, contact,
@@ -880,12 +620,12 @@ class Messenger:
         tombstones: list[tuple[int, int]] = []
         # The outbox forgets first: if the commit fails the rows stay and are sent again
         # after a restart, which the contact recognises as duplicates.
-        outbox = self._outbox(contact)
+        outbox = self.stream.outbox(contact)
         floor = outbox.acked  # rows up to it are marked delivered already
         acked = outbox.on_ack(ack) if ack else None
-        state = self._state(contact)
+        state = self.stream.state(contact)
         read_floor, state.read_seen = state.read_seen, max(state.read_seen, read)
-        with self._transaction() as db:
+        with self.stream.transaction() as db:
             if save is not None:
                 save(db)
             if acked is not None:
@@ -925,17 +665,17 @@ class Messenger:
                 self._delivered.notify_all()
 
     def _ack_payload(self, contact: bytes) -> Payload:
-        read = self._state(contact).read_sent
-        return Payload("ack", ack=self._inbox(contact).ack, read=read)
+        read = self.stream.state(contact).read_sent
+        return Payload("ack", ack=self.stream.inbox(contact).ack, read=read)
 
     def _schedule_ack(self, contact: bytes) -> None:
         """Send the cumulative ack when the inbox says it is due (one per burst)."""
-        state = self._state(contact)
+        state = self.stream.state(contact)
         if state.ack_task is not None and not state.ack_task.done():
             return
 
         async def later() -> None:
-            inbox = self._inbox(contact)
+            inbox = self.stream.inbox(contact)
             while (deadline := inbox.ack_deadline()) is not None:
                 await asyncio.sleep(max(0.0, deadline - time.monotonic()))
                 if inbox.poll_ack(time.monotonic()) is not None:
@@ -948,14 +688,14 @@ class Messenger:
         """Encrypt and send an unsequenced payload (ack, read, typing, call). Without a
         session, one is started from the bundle ``new_session_from``; ``restart`` (reset)
         starts a new one even if a session exists."""
-        state = self._state(contact)
+        state = self.stream.state(contact)
         async with state.lock:
             if payload.kind == "ack":
                 # As of now, not as of when it was scheduled: frames stored while this ack
                 # waited for the lock are covered (else they wait for a retransmission).
-                self._inbox(contact).acked_now()
+                self.stream.inbox(contact).acked_now()
                 payload = self._ack_payload(contact)
-            conversation = self._conversation(contact)
+            conversation = self.stream.conversation(contact)
             if restart and new_session_from is not None:
                 conversation.restart()
             elif not conversation.established and new_session_from is None:
@@ -965,10 +705,10 @@ class Messenger:
             channel = self._channel(contact)
             if channel is None and payload.kind in ("typing", "call", "goodbye"):
                 return
-            body = await conversation.encrypt(_encoder.encode(payload), new_session_from)
-            with self._transaction() as db:
+            body = await conversation.encrypt(encoder.encode(payload), new_session_from)
+            with self.stream.transaction() as db:
                 self.history.update_conversation(db, contact, session=conversation.to_json())
-            frame = _encoder.encode(Frame(0, body))
+            frame = encoder.encode(Frame(0, body))
             if channel is not None:
                 channel.send(frame)
                 return
@@ -981,7 +721,7 @@ class Messenger:
 
     async def say_goodbye(self, contact: bytes) -> None:
         """Tell a connected contact we are stopping (over the data channel only)."""
-        if self._channel(contact) is not None and self._conversation(contact).established:
+        if self._channel(contact) is not None and self.stream.conversation(contact).established:
             await self._send_control(contact, Payload("goodbye"))
 
     async def send_call(self, contact: bytes, action: str, call_id: bytes, *, sdp: str = "",
@@ -993,7 +733,7 @@ class Messenger:
         if self._channel(contact) is None:
             return False
         bundle = None
-        if not self._conversation(contact).established:  # nothing exchanged yet
+        if not self.stream.conversation(contact).established:  # nothing exchanged yet
             bundle = await self._bundle(contact)
             if bundle is None:
                 return False
@@ -1013,7 +753,8 @@ class Messenger:
         bundle = await self._bundle(contact)
         if bundle is None:
             log.info("cannot ask %s for a new session: no prekey bundle", contact.hex()[:12])
-            self._state(contact).reset_asked = -RESET_INTERVAL  # try again at the next failure
+            # Try again at the next failure.
+            self.stream.state(contact).reset_asked = -RESET_INTERVAL
             return
         try:
             await self._send_control(contact, Payload("reset"), new_session_from=bundle,
@@ -1061,7 +802,7 @@ class Messenger:
         except TimeoutError:
             return
         if result.stored:
-            self._state(contact).prekeys_stored = True
+            self.stream.state(contact).prekeys_stored = True
 
     async def maintenance(self, contacts: list[bytes]) -> None:
         """Republish prekeys when they changed, retransmit, read mailboxes: contacts are
@@ -1075,7 +816,7 @@ class Messenger:
             self._save_prekeys()
             self._prekeys_published = stock
             for contact in contacts:
-                self._state(contact).prekeys_stored = False
+                self.stream.state(contact).prekeys_stored = False
 
         async def publish(contact: bytes) -> None:
             async with gate:
@@ -1083,13 +824,13 @@ class Messenger:
         # Also every bundle whose last put failed: without it the contact cannot start a
         # session with us and its messages wait. Alongside the rest, not before it.
         publishing = asyncio.gather(*(publish(c) for c in contacts
-                                      if not self._state(c).prekeys_stored))
+                                      if not self.stream.state(c).prekeys_stored))
         now = time.time()
         self.history.delete_expired(now)
 
         async def serve(contact: bytes) -> None:
             async with gate:
-                state = self._state(contact)
+                state = self.stream.state(contact)
                 if self.history.outbox(contact):
                     await self.flush(contact)
                 if self._channel(contact) is None and \
@@ -1133,9 +874,9 @@ class Messenger:
         for message in messages:
             by_contact[message.contact] = max(by_contact.get(message.contact, 0), message.seq)
         for contact, seq in by_contact.items():
-            self._state(contact).read_sent = max(self._state(contact).read_sent, seq)
+            self.stream.state(contact).read_sent = max(self.stream.state(contact).read_sent, seq)
             # The read receipt rides on the next cumulative ack (one per burst of reads).
-            self._inbox(contact).request_ack(time.monotonic())
+            self.stream.inbox(contact).request_ack(time.monotonic())
             self._schedule_ack(contact)
 
     # ------------------------------------------------------------------ groups
@@ -1198,8 +939,8 @@ class Messenger:
             now = time.time()
             for member in group.state.members:
                 if member not in (me, author):
-                    self._enqueue_in(db, member, relay, secrets.token_bytes(16), now)
-                    self._flush_after_commit.add(member)
+                    self.stream.enqueue_in(db, member, relay, secrets.token_bytes(16), now)
+                    self.stream.flush_after_commit(member)
         return group.id, payload.text, author if author != sender else None
 
     def _group_file_origin(self, sender: bytes,
@@ -1248,9 +989,9 @@ class Messenger:
         return self._publish_group(state, notify=notify)
 
     def _publish_group(self, state: GroupState, notify: set[bytes]) -> GroupState:
-        with self._transaction() as db:
+        with self.stream.transaction() as db:
             state = self._publish_group_in(db, state, notify)
-        self._flush_queued()
+        self.stream.flush_queued()
         return state
 
     def _publish_group_in(self, db: Any, state: GroupState, notify: set[bytes]) -> GroupState:
@@ -1260,15 +1001,10 @@ class Messenger:
         self.groups.save(db, state, self.identity.public_key)
         now = time.time()
         for member in sorted(notify):
-            self._enqueue_in(db, member, Payload("group_update", group=signed),
+            self.stream.enqueue_in(db, member, Payload("group_update", group=signed),
                              secrets.token_bytes(16), now)
-            self._flush_after_commit.add(member)
+            self.stream.flush_after_commit(member)
         return state
-
-    def _flush_queued(self) -> None:
-        for contact in sorted(self._flush_after_commit):
-            self.daemon.spawn(self.flush(contact))
-        self._flush_after_commit.clear()
 
     async def send_group_text(self, group_id: bytes, text: str) -> StoredMessage:
         """Send a message to the group: signed by us, to every member if we are the admin,
@@ -1286,17 +1022,17 @@ class Messenger:
                                                     text))
         targets = [m for m in group.state.members if m != me] if group.state.admin == me \
             else [group.state.admin]
-        with self._transaction() as db:
+        with self.stream.transaction() as db:
             db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, "
                        "group_id, fetched) VALUES (?, ?, 1, ?, ?, ?, ?, 1)",
                        (message_id, group_id, int(now * 1e6), now, text, group_id))
             for member in targets:
-                seq = self._enqueue_in(db, member, payload, secrets.token_bytes(16), now)
+                seq = self.stream.enqueue_in(db, member, payload, secrets.token_bytes(16), now)
                 # The group row is marked delivered when the last copy is acknowledged.
                 db.execute("INSERT INTO group_copies VALUES (?, ?, ?)",
                            (member, seq, message_id))
-                self._flush_after_commit.add(member)
-        self._flush_queued()
+                self.stream.flush_after_commit(member)
+        self.stream.flush_queued()
         stored = self.history.message(message_id)
         assert stored is not None
         return stored
@@ -1310,12 +1046,12 @@ class Messenger:
         me = self.identity.public_key
         if group.state.admin == me:
             raise LocalProtocolError("the admin cannot leave its group")
-        with self._transaction() as db:
-            self._enqueue_in(db, group.state.admin, Payload("group_leave", group_id=group_id),
+        with self.stream.transaction() as db:
+            self.stream.enqueue_in(db, group.state.admin, Payload("group_leave", group_id=group_id),
                              secrets.token_bytes(16), time.time())
-            self._flush_after_commit.add(group.state.admin)
+            self.stream.flush_after_commit(group.state.admin)
             self.groups.deactivate(db, group_id)
-        self._flush_queued()
+        self.stream.flush_queued()
 
     async def request_file(self, contact: bytes, file_id: bytes, offset: int) -> None:
         """Ask the contact to stream a file from ``offset`` (only over a live connection)."""
@@ -1334,7 +1070,7 @@ class Messenger:
 
     def is_typing(self, contact: bytes) -> bool:
         """Whether the contact sent a typing notice in the last few seconds."""
-        state = self._states.get(contact)
+        state = self.stream.states.get(contact)
         return state is not None and state.typing_until > time.time()
 
     async def typing(self, contact: bytes) -> bool:
