@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -32,7 +33,12 @@ from dhtchat.messaging.outbox import Inbox, Outbox, Queued
 from dhtchat.messaging.payload import GROUP_KINDS, Frame, Payload, encoder
 from dhtchat.messaging.session import Conversation, PrekeyStore, SessionError
 
+log = logging.getLogger("dhtchat.messages")
+
 RESET_INTERVAL: Final = 60.0  # at most one session reset request per contact per minute
+
+RowWriter = Callable[[Any, bytes, Payload], None]
+"""Stores one received message's history row inside the open transaction."""
 
 Flusher = Callable[[bytes], Coroutine[Any, Any, None]]
 """Sends what a contact's outbox holds (:meth:`dhtchat.app.messenger.Messenger.flush`)."""
@@ -54,7 +60,6 @@ class ContactState:
     inbound: asyncio.Queue[bytes] | None = None
     inbound_task: asyncio.Task[None] | None = None
     reset_asked: float = -RESET_INTERVAL  # when we last asked the contact for a new session
-    prekeys_stored: bool = False  # our bundle for this contact reached the DHT
     retransmit_task: asyncio.Task[None] | None = None
 
 
@@ -290,3 +295,86 @@ class Streams:
         for contact in sorted(self._flush_after_commit):
             self._tasks.spawn(self._flush(contact))
         self._flush_after_commit.clear()
+
+    def acknowledge(self, contact: bytes, ack: int, read: int,
+                    save: Callable[[Any], None] | None) -> tuple[list[tuple[int, int]], bool]:
+        """Apply a cumulative ack and read receipt (``save`` writes the ratchet state that
+        decrypted them, in the same transaction): the acknowledged outbox rows go, their
+        messages are marked delivered (a group row once every copy is). Returns the mailbox
+        slots (index, frame length) to overwrite and whether anything changed."""
+        tombstones: list[tuple[int, int]] = []
+        # The outbox forgets first: if the commit fails the rows stay and are sent again
+        # after a restart, which the contact recognises as duplicates.
+        outbox = self.outbox(contact)
+        floor = outbox.acked  # rows up to it are marked delivered already
+        acked = outbox.on_ack(ack) if ack else None
+        state = self.state(contact)
+        read_floor, state.read_seen = state.read_seen, max(state.read_seen, read)
+        with self.transaction() as db:
+            if save is not None:
+                save(db)
+            if acked is not None:
+                through = acked.through
+                tombstones = [(row[0], row[1]) for row in db.execute(
+                    "SELECT mailbox_index, length(frame) FROM outbox WHERE contact = ? AND "
+                    "seq <= ? AND mailbox_index IS NOT NULL", (contact, through))]
+                db.execute("DELETE FROM outbox WHERE contact = ? AND seq <= ?",
+                           (contact, through))
+                # A disappearing message's clock starts on our side once it is delivered
+                # (it must not vanish, with its delivery mark, while still queued).
+                db.execute("UPDATE messages SET delivered = 1, expire_at = CASE WHEN timer > 0 "
+                           "THEN ? + timer ELSE expire_at END WHERE contact = ? AND "
+                           "outgoing = 1 AND seq > ? AND seq <= ? AND delivered = 0",
+                           (time.time(), contact, floor, through))
+                db.execute("UPDATE conversations SET acked_out_seq = max(acked_out_seq, ?) "
+                           "WHERE contact = ?", (through, contact))
+                groups = [row[0] for row in db.execute(
+                    "SELECT DISTINCT message_id FROM group_copies WHERE contact = ? AND "
+                    "seq <= ?", (contact, through))]
+                db.execute("DELETE FROM group_copies WHERE contact = ? AND seq <= ?",
+                           (contact, through))
+                for message_id in groups:
+                    if db.execute("SELECT 1 FROM group_copies WHERE message_id = ?",
+                                  (message_id,)).fetchone() is None:
+                        db.execute("UPDATE messages SET delivered = 1 WHERE id = ?",
+                                   (message_id,))
+            if read > read_floor:
+                db.execute("UPDATE messages SET read = 1 WHERE contact = ? AND outgoing = 1 "
+                           "AND seq > ? AND seq <= ?", (contact, read_floor, read))
+        return tombstones, acked is not None or read > read_floor
+
+    def store_received(self, contact: bytes, batch: list[tuple[Payload, bool]],
+                       convo: Conversation, write_row: RowWriter) -> None:
+        """Commit received messages in one transaction with the ratchet state that decrypted
+        them and the new in-order position (``write_row`` stores each one); then the inbox
+        counts them as stored."""
+        inbox = self.inbox(contact)
+        seqs = [payload.seq for payload, _ in batch]
+        try:
+            with self.transaction() as db:
+                for payload, _ in batch:
+                    write_row(db, contact, payload)
+                self.history.update_conversation(db, contact,
+                                                 next_in_seq=inbox.next_after(seqs),
+                                                 session=convo.to_json())
+                if any(initial for _, initial in batch):
+                    self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
+        except BaseException:
+            for seq in seqs:
+                inbox.abandon(seq)
+            raise
+        inbox.stored(seqs, time.monotonic())
+
+    def forget_frames(self, contact: bytes) -> list[tuple[int, int]]:
+        """The contact asked for a reset: forget the frames of every unacknowledged message
+        (the next flush encrypts them again, on the session the request came on) and return
+        the mailbox slots they held, to be overwritten."""
+        with self.history.transaction() as db:
+            old = [(row[0], row[1]) for row in db.execute(
+                "SELECT mailbox_index, length(frame) FROM outbox WHERE contact = ? AND "
+                "mailbox_index IS NOT NULL", (contact,))]
+            db.execute("UPDATE outbox SET frame = NULL, mailbox_index = NULL, "
+                       "mailbox_stored = 0 WHERE contact = ?", (contact,))
+        log.info("%s asked for a new session: %d queued messages encrypted again",
+                 contact.hex()[:12], len(self.history.outbox(contact)))
+        return old
