@@ -9,7 +9,10 @@ transaction writes the queued outbox rows first, so no row ever commits before a
 of the same contact. After the commit the outboxes count the rows as committed and the
 contacts written are flushed; after a failure the outboxes forget them and the senders get
 the error. :meth:`Streams.enqueue_in` queues a payload inside a caller's transaction instead
-(group fan-out, relays): flushed after that commit too.
+(group fan-out, relays): flushed after that commit too. The receiving side commits here as
+well: received messages with the ratchet state that decrypted them
+(:meth:`Streams.store_received`), and cumulative acks and read receipts
+(:meth:`Streams.acknowledge`).
 """
 
 from __future__ import annotations
