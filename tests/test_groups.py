@@ -278,7 +278,7 @@ def test_members_who_are_not_contacts_talk_through_the_admin(tmp_path: Path) -> 
                 assert carol.history is not None and carol.messenger is not None
                 try:
                     with carol.history.transaction() as db:
-                        group, text, _ = carol.messenger._on_group_payload(
+                        group, text, _ = carol.messenger.group_chat.on_payload(
                             db, sender.identity.public_key, payload)
                         raise Verdict
                 except Verdict:
@@ -364,7 +364,7 @@ def test_group_file_relayed_by_the_admin(tmp_path: Path) -> None:
                        for e in alice.messenger.files.all())
             # A member who is not the admin cannot make Carol fetch a file "from" someone
             # else: an offer claiming another author is dropped (checked directly).
-            assert carol.messenger._group_file_origin(
+            assert carol.messenger.group_chat.file_origin(
                 bob.identity.public_key, Payload("file", group_id=state.id,
                                                  author=alice.identity.public_key)) == (
                 None, None)
@@ -537,7 +537,7 @@ def test_group_file_offers_are_signed_by_their_author(tmp_path: Path) -> None:
 
         def accepted(payload: Payload) -> bool:
             assert bob.messenger is not None
-            return bob.messenger._group_file_origin(ALICE.public_key, payload) == (
+            return bob.messenger.group_chat.file_origin(ALICE.public_key, payload) == (
                 state.id, CAROL.public_key)
 
         assert accepted(offer(CAROL))

@@ -34,7 +34,7 @@ async def _linked_pair(tmp: Path) -> tuple[Daemon, Daemon, list[Daemon]]:
     await wait_joined(everyone)
     befriend(alice, bob, "alice", "bob")
     assert alice.messenger is not None and bob.messenger is not None
-    bob.messenger._state(alice.identity.public_key).mailbox_polled = math.inf
+    bob.messenger.stream.state(alice.identity.public_key).mailbox_polled = math.inf
     await bob.messenger.maintenance([alice.identity.public_key])  # publishes his prekeys
     return alice, bob, everyone
 

@@ -20,53 +20,55 @@ Theory of operation (design sec. 6; protocol in docs/protocol.md, "Messaging"):
   slots with tombstones.
 * **Receipts**: the cumulative ack is the delivery receipt; ``read`` reports what ``receive``
   has shown; ``typing`` notices go over the data channel only and are never stored.
+
+This module drives the network side (flush, receive, control signals, maintenance); the
+rest lives beside it: the wire structs in :mod:`dhtchat.messaging.payload`, the per-contact
+state and the batched commits in :mod:`dhtchat.app.stream`, groups in
+:mod:`dhtchat.app.groupchat`, prekey bundles in :mod:`dhtchat.app.bundles` and what the API
+clients read in :mod:`dhtchat.app.reading`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from aiortc import RTCDataChannel
 
 from dhtchat.app import faults
-from dhtchat.app.files import CHUNK_MARK, FileEntry, FileTransfers, sha256_file
-from dhtchat.app.groups import (
-    SALT_BYTES,
-    FileOrigin,
-    GroupState,
-    GroupStore,
-    claimed_group_id,
-    decode_file_origin,
-    encode_state,
-    new_group,
-    open_state,
-    sign_group_file,
-    sign_group_text,
-    signed_state,
-    verify_group_file,
-    verify_group_text,
-)
+from dhtchat.app.bundles import Bundles
+from dhtchat.app.files import CHUNK_MARK, FileEntry, FileTransfers
+from dhtchat.app.groupchat import GroupChat, file_text
+from dhtchat.app.groups import FileOrigin, GroupState, GroupStore
 from dhtchat.app.history import History, StoredMessage
 from dhtchat.app.mailbox import Mailboxes
-from dhtchat.core.contacts import Pair, Purpose
-from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
+from dhtchat.app.reading import Reader, message_json
+from dhtchat.app.stream import RESET_INTERVAL, ContactState, Streams
+from dhtchat.core.contacts import Pair
+from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.identity import encode_user_id
 from dhtchat.core.ids import blake2b_256
 from dhtchat.core.sas import SAS_VERSION
-from dhtchat.messaging.mailbox import HOLE_GRACE, MAILBOX_EPOCH
-from dhtchat.messaging.outbox import Inbox, Offer, Outbox, Queued
+from dhtchat.messaging.mailbox import HOLE_GRACE
+from dhtchat.messaging.outbox import Offer
+from dhtchat.messaging.payload import (
+    GROUP_KINDS,
+    MAX_TEXT_BYTES,
+    MAX_TIMER,
+    SEQUENCED,
+    Frame,
+    Payload,
+    encoder,
+    frame_decoder,
+    payload_decoder,
+)
 from dhtchat.messaging.session import (
     Conversation,
-    PrekeyStore,
     SessionError,
     is_initial_message,
 )
@@ -75,109 +77,25 @@ if TYPE_CHECKING:
     from dhtchat.app.daemon import Daemon
     from dhtchat.app.links import Link
 
+__all__ = [
+    "HOLE_GRACE",
+    "MAX_TEXT_BYTES",
+    "MAX_TIMER",
+    "Frame",
+    "Messenger",
+    "Payload",
+    "message_json",
+]
+
 log = logging.getLogger("dhtchat.messages")
 
-MAX_TEXT_BYTES: Final = 64 * 1024
-MAX_RECEIVE_BYTES: Final = 512 * 1024  # per message.receive reply (the client asks again)
-MAX_TIMER: Final = 365 * 24 * 3600
 TYPING_SHOWN: Final = 6.0  # seconds a typing notice is shown (clients resend every ~3 s)
-SEQUENCED: Final = ("text", "file", "timer", "group_update", "group_text", "group_leave")
-GROUP_KINDS: Final = ("group_update", "group_text", "group_leave")
-PREKEYS_TTL: Final = 7 * 24 * 3600
 MAILBOX_POLL: Final = 15.0
 CONTROL_PUT_ATTEMPTS: Final = 4
 MAINTENANCE_PARALLEL: Final = 8  # contacts served at once by the maintenance pass
 INBOUND_QUEUE: Final = 4096  # data-channel frames waiting per contact
 RECEIVE_BATCH: Final = 256  # frames handled (and their messages committed) together
 COLLECT_TURNS: Final = 4  # ... collected until none arrived for this many turns of the loop
-RESET_INTERVAL: Final = 60.0  # at most one session reset request per contact per minute
-
-
-class Payload(msgspec.Struct, array_like=True, frozen=True, tag=True):
-    """What travels inside the ratchet."""
-
-    kind: Literal["text", "ack", "read", "typing", "file", "file_request", "file_done",
-                  "file_end", "timer", "group_update", "group_text", "group_leave", "reset", "call",
-                  "goodbye"]
-    seq: int = 0  # > 0 for sequenced kinds (text, file)
-    id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
-    sent_at: float = 0.0
-    text: str = ""
-    ack: int = 0  # cumulative: every message up to this seq arrived
-    read: int = 0  # the contact's ``receive`` showed every message up to this seq
-    file_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
-    name: Annotated[str, msgspec.Meta(max_length=255)] = ""
-    size: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
-    sha256: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
-    key: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
-    offset: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
-    timer: Annotated[int, msgspec.Meta(ge=0, le=MAX_TIMER)] = 0  # disappearing after N s
-    group_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
-    group: Annotated[bytes, msgspec.Meta(max_length=48 * 1024)] = b""  # signed GroupState
-    # A group message: its author, the author's id and time for it, and the author's
-    # signature, so the admin can relay it unchanged (see dhtchat.app.groups).
-    author: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
-    origin_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
-    origin_time: float = 0.0
-    signature: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
-    # A call signal (dhtchat.app.calls): the call, the action, video wanted, the caller's
-    # commitment to its SAS nonce (invite) and the nonce itself (revealed after accept).
-    call_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
-    call_action: Annotated[str, msgspec.Meta(max_length=16)] = ""
-    video: bool = False
-    commitment: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
-    nonce: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
-    conference: Annotated[bytes, msgspec.Meta(max_length=16)] = b""  # a group call's id
-    participants: Annotated[list[Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]],
-                            msgspec.Meta(max_length=8)] = []
-    # The call's SAS scheme (dhtchat.core.sas.SAS_VERSION); last, so older decoders ignore it.
-    sas_version: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
-
-
-class Frame(msgspec.Struct, array_like=True, frozen=True):
-    """A ratchet ciphertext with its sequence number outside (0: unsequenced control)."""
-
-    seq: Annotated[int, msgspec.Meta(ge=0, le=2**62)]
-    body: Annotated[bytes, msgspec.Meta(max_length=MAX_TEXT_BYTES + 4096)]
-
-
-_frame_decoder = msgspec.msgpack.Decoder(Frame)
-_payload_decoder = msgspec.msgpack.Decoder(Payload)
-_encoder = msgspec.msgpack.Encoder()
-
-
-@dataclass
-class _ContactState:
-    lock: asyncio.Lock
-    conversation: Conversation | None = None
-    outbox: Outbox | None = None  # the sending half of the stream (dhtchat.messaging.outbox)
-    inbox: Inbox | None = None  # ... and the receiving half; both loaded from the history
-    read_seen: int = 0  # the contact's read receipts are applied up to this (this run)
-    ack_task: asyncio.Task[None] | None = None
-    mailbox_polled: float = 0.0
-    read_sent: int = 0
-    typing_until: float = 0.0
-    inbound: asyncio.Queue[bytes] | None = None
-    inbound_task: asyncio.Task[None] | None = None
-    reset_asked: float = -RESET_INTERVAL  # when we last asked the contact for a new session
-    prekeys_stored: bool = False  # our bundle for this contact reached the DHT
-    retransmit_task: asyncio.Task[None] | None = None
-
-
-@dataclass(frozen=True)
-class _Queued:
-    """A send waiting for the next transaction (group commit): its outbox payload is in the
-    contact's :class:`Outbox`, uncommitted; this is its history row."""
-
-    contact: bytes
-    seq: int
-    message_id: bytes
-    now: float
-    text: str
-    timer: int
-    kind: str
-    history_row: bool
-    conversation_timer: int | None
 
 
 class Messenger:
@@ -187,54 +105,21 @@ class Messenger:
         self.daemon = daemon
         self.history = history
         self.identity = daemon.identity
-        stored = history.get_meta("prekeys")
-        if stored is None:
-            self.prekeys = PrekeyStore.create(self.identity.seed, time.time())
-        else:
-            self.prekeys = PrekeyStore.from_json(self.identity.seed, stored.decode())
-        self.prekeys.maintain(time.time())
-        self._save_prekeys()
-        self._states: dict[bytes, _ContactState] = {}
-        self._flush_after_commit: set[bytes] = set()  # outboxes a transaction filled
-        # Group commit: sends queued since the last transaction, written by the next one.
-        self._batch: list[_Queued] = []
-        self._batch_done: asyncio.Future[None] | None = None
-        self._batch_ids: dict[bytes, tuple[bytes, asyncio.Future[None]]] = {}
-        self._txn_outboxes: set[bytes] = set()  # outboxes the open transaction writes
-        self._in_flight: set[bytes] = set()  # returned by receive, reply not yet written
+        self.bundles = Bundles(history, self.identity, lambda: daemon.node, self._pair)
+        self.prekeys = self.bundles.prekeys
+        self.stream = Streams(history, self.prekeys, self.identity.public_key, tasks=daemon,
+                              flush=self.flush)
         self.files = FileTransfers(self, daemon.profile.root / "files", tasks=daemon,
                                    channel=self._channel, events=daemon.events)
         self.groups = GroupStore(history.db)
-        self._arrived = asyncio.Condition()
+        self.group_chat = GroupChat(self.identity, history, self.groups, self.stream, self.files)
+        self.reader = Reader(history, self._read_up_to)
         self._delivered = asyncio.Condition()
         self.undecryptable = 0
         self.dropped_frames = 0
         self.mailbox = Mailboxes(history, lambda: daemon.node, self._pair, self.on_frame)
-        self._prekeys_published: tuple[int, bytes] | None = None
 
     # ------------------------------------------------------------------ plumbing
-
-    def _state(self, contact: bytes) -> _ContactState:
-        state = self._states.get(contact)
-        if state is None:
-            state = _ContactState(asyncio.Lock())
-            self._states[contact] = state
-        return state
-
-    def _save_prekeys(self) -> None:
-        with self.history.transaction() as db:
-            self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
-
-    def _conversation(self, contact: bytes) -> Conversation:
-        state = self._state(contact)
-        if state.conversation is None:
-            saved = self.history.conversation(contact)["session"]
-            if saved:
-                state.conversation = Conversation.from_json(self.prekeys, saved)
-            else:
-                state.conversation = Conversation(self.prekeys, self.identity.public_key,
-                                                  contact)
-        return state.conversation
 
     def _link(self, contact: bytes) -> Link | None:
         return self.daemon.links.get(contact)
@@ -257,14 +142,14 @@ class Messenger:
         if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
             raise LocalProtocolError(f"a message holds at most {MAX_TEXT_BYTES} bytes")
         timer = self.history.conversation(contact)["timer"]
-        return await self._enqueue(contact, Payload("text", text=text, timer=timer), text,
+        return await self.stream.enqueue(contact, Payload("text", text=text, timer=timer), text,
                                    message_id)
 
     async def set_timer(self, contact: bytes, seconds: int) -> StoredMessage:
         """Set the conversation's disappearing-message timer on both sides (0: off)."""
         if not 0 <= seconds <= MAX_TIMER:
             raise LocalProtocolError("the timer is 0 (off) to one year, in seconds")
-        return await self._enqueue(contact, Payload("timer", timer=seconds),
+        return await self.stream.enqueue(contact, Payload("timer", timer=seconds),
                                    _timer_text(seconds), None, conversation_timer=seconds,
                                    kind="notice")
 
@@ -280,222 +165,8 @@ class Messenger:
             payload = msgspec.structs.replace(
                 payload, name=origin.name, author=origin.author, origin_id=origin.origin_id,
                 origin_time=origin.origin_time, signature=origin.signature)
-        return await self._enqueue(contact, payload, _file_text(name, size), file_id,
+        return await self.stream.enqueue(contact, payload, file_text(name, size), file_id,
                                    history_row=not group_id, kind="file")
-
-    async def send_group_file(self, group_id: bytes, path: Path) -> StoredMessage:
-        """Offer a file to a group: to every member if we are the admin, else to the admin,
-        who offers its copy to the others once it has it (as for group messages)."""
-        group = self.groups.get(group_id)
-        me = self.identity.public_key
-        if group is None or not group.active:
-            raise LocalProtocolError("not a member of that group")
-        path = path.expanduser().resolve()
-        if not path.is_file():
-            raise LocalProtocolError(f"{path} is not a readable file")
-        digest = await asyncio.to_thread(sha256_file, path)
-        size = path.stat().st_size
-        targets = [m for m in group.state.members if m != me] if group.state.admin == me \
-            else [group.state.admin]
-        message_id, now = secrets.token_bytes(16), time.time()
-        origin = sign_group_file(self.identity, group_id, message_id, now, path.name, size,
-                                 digest)
-        with self.history.transaction() as db:
-            db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, "
-                       "group_id, fetched, kind) VALUES (?, ?, 1, ?, ?, ?, ?, 1, 'file')",
-                       (message_id, group_id, int(now * 1e6), now,
-                        _file_text(path.name, size), group_id))
-        for member in targets:
-            await self.files.send(member, path, group_id=group_id, digest=digest,
-                                  origin=origin)
-        stored = self.history.message(message_id)
-        assert stored is not None
-        return stored
-
-    async def relay_group_file(self, entry: FileEntry, path: Path) -> None:
-        """As a group's admin, a member's file for the group arrived whole: offer our copy
-        to every other member."""
-        assert entry.group_id is not None
-        group = self.groups.get(entry.group_id)
-        me = self.identity.public_key
-        if group is None or not group.active or group.state.admin != me:
-            return
-        stored = self.history.get_meta(_origin_meta(entry.id))
-        if stored is None:  # an offer from before signed group files: not relayed
-            log.warning("not relaying group file %s: its offer carries no author signature",
-                        entry.name)
-            return
-        origin = decode_file_origin(stored)
-        for member in group.state.members:
-            if member not in (me, entry.contact):
-                await self.files.send(member, path, group_id=group.id, author=entry.contact,
-                                      name=entry.name, source=entry, origin=origin)
-
-    async def _enqueue(self, contact: bytes, template: Payload, text: str,
-                       message_id: bytes | None, *, conversation_timer: int | None = None,
-                       history_row: bool = True, kind: str = "text") -> StoredMessage:
-        message_id = message_id or secrets.token_bytes(16)
-        now = time.time()
-        existing = self.history.message(message_id)
-        if existing is not None:  # a retried send: idempotent
-            if existing.contact != contact or not existing.outgoing:
-                raise LocalProtocolError("that message id is already used")
-            return existing
-        queued = self._batch_ids.get(message_id)
-        if queued is not None:  # retried while the first one waits for its commit
-            if queued[0] != contact:
-                raise LocalProtocolError("that message id is already used")
-            await asyncio.shield(queued[1])
-            return await self._enqueue(contact, template, text, message_id)
-        # The payload gets its sequence number now and waits (with every send of this turn of
-        # the event loop) for one transaction: one commit for a burst of sends, and ``send``
-        # still returns only once its message is durable.
-        seq = self._outbox(contact).queue(lambda seq: _encoder.encode(msgspec.structs.replace(
-            template, seq=seq, id=message_id, sent_at=now)))
-        timer = template.timer if template.kind == "text" else 0
-        self._batch.append(_Queued(contact, seq, message_id, now, text, timer, kind,
-                                   history_row and template.kind not in GROUP_KINDS,
-                                   conversation_timer))
-        done = self._batch_done
-        if done is None:
-            done = self._batch_done = asyncio.get_running_loop().create_future()
-            self.daemon.spawn(self._commit_batch())
-        self._batch_ids[message_id] = (contact, done)
-        try:
-            await asyncio.shield(done)
-        finally:
-            self._batch_ids.pop(message_id, None)
-        stored = self.history.message(message_id)
-        if stored is None:  # a group fan-out copy: no row of its own
-            return StoredMessage(message_id, contact, True, seq, now, None, text, False, False,
-                                 kind=kind)
-        return stored
-
-    async def _commit_batch(self) -> None:
-        """Commit the queued sends (if no other transaction took them meanwhile), with the
-        frames of those whose contact has a session and is not busy: one transaction for
-        the payloads, their frames and the ratchet state, and they can go out at once."""
-        held: list[asyncio.Lock] = []
-        frames: dict[bytes, tuple[Conversation, list[tuple[Queued, bytes]]]] = {}
-        try:
-            for contact in sorted({q.contact for q in self._batch}):
-                state, conversation = self._state(contact), self._conversation(contact)
-                if not conversation.established or state.lock.locked():
-                    continue  # flush() encrypts them (it may need the bundle, or waits)
-                await state.lock.acquire()
-                held.append(state.lock)
-                done: list[tuple[Queued, bytes]] = []
-                for entry in self._outbox(contact).to_encrypt(uncommitted=True):
-                    try:
-                        body = await conversation.encrypt(entry.payload, None)
-                    except SessionError:
-                        break
-                    done.append((entry, _encoder.encode(Frame(entry.seq, body))))
-                frames[contact] = (conversation, done)
-            if not self._batch and not any(done for _, done in frames.values()):
-                return  # another transaction took the sends, and nothing was encrypted
-            try:
-                with self._transaction() as db:
-                    for contact, (conversation, done) in frames.items():
-                        outbox = self._outbox(contact)
-                        db.executemany(
-                            "UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
-                            [(frame, contact, e.seq) for e, frame in done if outbox.holds(e)])
-                        self.history.update_conversation(db, contact,
-                                                         session=conversation.to_json())
-            except Exception:  # the senders get it through their future
-                return  # (and no frame counts: none of them is durable)
-            for contact, (_, done) in frames.items():
-                outbox = self._outbox(contact)
-                for entry, frame in done:
-                    if outbox.holds(entry):
-                        outbox.framed(entry.seq, frame)
-        finally:
-            for lock in held:
-                lock.release()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        """A history transaction that first writes the queued sends (so no outbox row ever
-        commits before an earlier one of the same contact); after the commit the outboxes
-        count them as committed and are flushed, after a failure they forget them."""
-        batch, done = self._batch, self._batch_done
-        self._batch, self._batch_done = [], None
-        self._txn_outboxes = {q.contact for q in batch}
-        try:
-            with self.history.transaction() as db:
-                for queued in batch:
-                    self._write_queued(db, queued)
-                yield db
-        except BaseException as exc:
-            for contact in self._txn_outboxes:
-                self._outbox(contact).rollback()
-            self._txn_outboxes = set()
-            if done is not None:
-                if isinstance(exc, Exception):
-                    done.set_exception(exc)
-                    done.exception()  # retrieved: the senders raise it, or nobody waits
-                else:
-                    done.cancel()
-            raise
-        written, self._txn_outboxes = self._txn_outboxes, set()
-        for contact in written:
-            self._outbox(contact).committed()
-        if done is not None:
-            done.set_result(None)
-        if batch:
-            faults.reached("outbox-commit")
-        self._flush_after_commit.update(written)
-        self._flush_queued()
-
-    def _write_queued(self, db: Any, queued: _Queued) -> None:
-        contact, seq = queued.contact, queued.seq
-        payload = self._outbox(contact).payload(seq)
-        db.execute("INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
-                   (contact, seq, payload, queued.now))
-        self.history.update_conversation(db, contact, next_out_seq=seq + 1)
-        if queued.history_row:  # (a group: one row)
-            db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
-                       "text, timer, expire_at, kind) VALUES (?, ?, 1, ?, ?, ?, ?, NULL, ?)",
-                       (queued.message_id, contact, seq, queued.now, queued.text,
-                        queued.timer, queued.kind))
-        if queued.conversation_timer is not None:
-            self.history.update_conversation(db, contact, timer=queued.conversation_timer)
-
-    def _enqueue_in(self, db: Any, contact: bytes, template: Payload, message_id: bytes,
-                    now: float) -> int:
-        """Put a payload in the contact's outbox inside the caller's transaction (one of
-        :meth:`_transaction`: it is flushed after the commit); returns its sequence number."""
-        outbox = self._outbox(contact)
-        seq = outbox.queue(lambda seq: _encoder.encode(msgspec.structs.replace(
-            template, seq=seq, id=message_id, sent_at=now)))
-        payload = outbox.payload(seq)
-        db.execute("INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
-                   (contact, seq, payload, now))
-        self.history.update_conversation(db, contact, next_out_seq=seq + 1)
-        self._txn_outboxes.add(contact)
-        return seq
-
-    def _outbox(self, contact: bytes) -> Outbox:
-        """The contact's outbox machine (rebuilt from the history after a restart)."""
-        state = self._state(contact)
-        if state.outbox is None:
-            conversation = self.history.conversation(contact)
-            state.outbox = Outbox.restore(
-                conversation["next_out_seq"], conversation["acked_out_seq"],
-                [Queued(e.seq, e.payload, e.frame) for e in self.history.outbox(contact)])
-        return state.outbox
-
-    def _inbox(self, contact: bytes) -> Inbox:
-        """The contact's receive window (rebuilt from the history after a restart)."""
-        state = self._state(contact)
-        if state.inbox is None:
-            next_in = self.history.conversation(contact)["next_in_seq"]
-            ahead = [row[0] for row in self.history.db.execute(
-                "SELECT seq FROM messages WHERE contact = ? AND outgoing = 0 AND seq >= ?",
-                (contact, next_in))]
-            state.inbox = Inbox(next_in, ahead)
-        return state.inbox
 
     async def wait_delivered(self, message_id: bytes, timeout: float) -> bool:
         """Wait until the contact acknowledged the message."""
@@ -512,27 +183,15 @@ class Messenger:
             return False
         return True
 
-    async def _bundle(self, contact: bytes) -> bytes | None:
-        node = self.daemon.node
-        link = self._link(contact)
-        if node is None or link is None:
-            return None
-        key = link.pair.channel_key(Purpose.PREKEYS, contact, MAILBOX_EPOCH)
-        with contextlib.suppress(TimeoutError):
-            for record in await node.get(key):
-                with contextlib.suppress(RemoteProtocolError):
-                    return link.pair.open_record(Purpose.PREKEYS, MAILBOX_EPOCH, record)
-        return None
-
     async def _encrypt_pending(self, contact: bytes, bundle: bytes | None) -> None:
         """Give every committed outbox entry its frame (once); the frames of a burst are
         committed in one transaction with the ratchet state that produced them, before any
         of them is sent."""
-        outbox = self._outbox(contact)
+        outbox = self.stream.outbox(contact)
         entries = outbox.to_encrypt()
         if not entries:
             return
-        conversation = self._conversation(contact)
+        conversation = self.stream.conversation(contact)
         if not conversation.established and bundle is None:
             log.info("no prekey bundle from %s yet; messages stay queued", contact.hex()[:12])
             return
@@ -543,10 +202,10 @@ class Messenger:
             except SessionError as exc:
                 log.warning("cannot encrypt for %s: %s", contact.hex()[:12], exc)
                 break
-            frames.append((entry.seq, _encoder.encode(Frame(entry.seq, body))))
+            frames.append((entry.seq, encoder.encode(Frame(entry.seq, body))))
         if not frames:
             return
-        with self._transaction() as db:
+        with self.stream.transaction() as db:
             db.executemany("UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
                            [(frame, contact, seq) for seq, frame in frames])
             self.history.update_conversation(db, contact, session=conversation.to_json())
@@ -556,11 +215,11 @@ class Messenger:
     async def flush(self, contact: bytes, *, force: bool = False) -> None:
         """Send what the outbox holds: over the data channel if connected, else to the DHT
         mailbox. ``force`` retransmits frames sent recently too."""
-        state = self._state(contact)
-        outbox = self._outbox(contact)
+        state = self.stream.state(contact)
+        outbox = self.stream.outbox(contact)
         bundle = None
-        if not self._conversation(contact).established and outbox.needs_frames():
-            bundle = await self._bundle(contact)  # network I/O before taking the lock
+        if not self.stream.conversation(contact).established and outbox.needs_frames():
+            bundle = await self.bundles.fetch(contact)  # network I/O before taking the lock
         async with state.lock:
             await self._encrypt_pending(contact, bundle)
             if not outbox.has_frames():
@@ -601,12 +260,12 @@ class Messenger:
     def _schedule_retransmit(self, contact: bytes) -> None:
         """Unacknowledged frames go again when the outbox says they are due, whatever the
         maintenance loop is busy with (one timer task per contact, while frames are out)."""
-        state = self._state(contact)
+        state = self.stream.state(contact)
         if state.retransmit_task is not None and not state.retransmit_task.done():
             return
 
         async def later() -> None:
-            outbox = self._outbox(contact)
+            outbox = self.stream.outbox(contact)
             while (deadline := outbox.next_deadline()) is not None:
                 await asyncio.sleep(max(0.0, deadline - time.monotonic()) + 0.5)
                 if self._channel(contact) is None:
@@ -644,7 +303,7 @@ class Messenger:
     def _queue_frame(self, contact: bytes, data: bytes) -> None:
         """One consumer per contact and a bounded queue: a flooding peer costs at most
         INBOUND_QUEUE frames of memory (dropped ones are retransmitted if they mattered)."""
-        state = self._state(contact)
+        state = self.stream.state(contact)
         if state.inbound is None:
             state.inbound = asyncio.Queue(maxsize=INBOUND_QUEUE)
         try:
@@ -690,14 +349,14 @@ class Messenger:
         each sequence number once; the messages among them are committed in one transaction
         (before a control frame after them is acted on: the ratchet state it saves covers
         them) and acknowledged ACK_DELAY later."""
-        state = self._state(contact)
+        state = self.stream.state(contact)
         arrived = False
         async with state.lock:
-            inbox = self._inbox(contact)
+            inbox = self.stream.inbox(contact)
             batch: list[tuple[Payload, bool]] = []
             for data in frames:
                 try:
-                    frame = _frame_decoder.decode(data)
+                    frame = frame_decoder.decode(data)
                 except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
                     log.info("dropped a malformed frame from %s", contact.hex()[:12])
                     continue
@@ -729,15 +388,14 @@ class Messenger:
         if inbox.ack_deadline() is not None:
             self._schedule_ack(contact)
         if arrived:
-            async with self._arrived:
-                self._arrived.notify_all()
+            await self.reader.arrived()
 
-    async def _open(self, contact: bytes, state: _ContactState, frame: Frame) -> Payload | None:
+    async def _open(self, contact: bytes, state: ContactState, frame: Frame) -> Payload | None:
         """Decrypt and decode a frame's payload (None if it cannot be: counted and logged;
         a frame that does not decrypt asks the contact for a new session)."""
         try:
-            plaintext = await self._conversation(contact).decrypt(frame.body)
-            payload = _payload_decoder.decode(plaintext)
+            plaintext = await self.stream.conversation(contact).decrypt(frame.body)
+            payload = payload_decoder.decode(plaintext)
         except SessionError as exc:
             self.undecryptable += 1
             log.warning("cannot decrypt a message from %s: %s", contact.hex()[:12], exc)
@@ -756,7 +414,8 @@ class Messenger:
 
     def _store_received(self, contact: bytes, batch: list[tuple[Payload, bool]]) -> bool:
         """Commit received messages (then they may be acknowledged); True if any."""
-        self._store_batch(contact, batch, self._conversation(contact))
+        self.stream.store_received(contact, batch, self.stream.conversation(contact),
+                                   self._store_row)
         for payload, _ in batch:
             self.daemon.events.emit("group.changed" if payload.kind in ("group_update", "group_leave") else "message", contact=encode_user_id(contact), seq=payload.seq, kind=payload.kind)  # noqa: E501
         faults.reached("receive-commit")
@@ -764,10 +423,10 @@ class Messenger:
             self.daemon.spawn(self.files.resume(contact))
         return True
 
-    async def _on_control(self, contact: bytes, state: _ContactState, payload: Payload,
+    async def _on_control(self, contact: bytes, state: ContactState, payload: Payload,
                           initial: bool) -> None:
         """An unsequenced payload: save the ratchet state that decrypted it, and act on it."""
-        convo = self._conversation(contact)
+        convo = self.stream.conversation(contact)
 
         def save(db: Any) -> None:
             self.history.update_conversation(db, contact, session=convo.to_json())
@@ -776,7 +435,7 @@ class Messenger:
         if payload.kind == "ack" or payload.read:
             await self._on_ack(contact, payload.ack, payload.read, save=save)
             return
-        with self._transaction() as db:
+        with self.stream.transaction() as db:
             save(db)
         if payload.kind == "file_request":
             self.files.on_request(contact, payload.file_id, payload.offset)
@@ -799,37 +458,16 @@ class Messenger:
         elif payload.kind == "goodbye" and self._is_contact(contact):
             self.daemon.spawn(self.daemon.contact_said_goodbye(contact))
         elif payload.kind == "reset":
-            tombstones = self._reencrypt_outbox(contact)
-            self._outbox(contact).reset()
+            tombstones = self.stream.forget_frames(contact)
+            self.stream.outbox(contact).reset()
             for index, length in tombstones:
                 self.daemon.spawn(self._tombstone(contact, index, length))
             self.daemon.spawn(self.flush(contact, force=True))
 
     def _store_incoming(self, contact: bytes, payload: Payload, convo: Conversation,
                         initial: bool) -> None:
-        """Commit one received message (see :meth:`_store_batch`)."""
-        self._store_batch(contact, [(payload, initial)], convo)
-
-    def _store_batch(self, contact: bytes, batch: list[tuple[Payload, bool]],
-                     convo: Conversation) -> None:
-        """Commit received messages in one transaction with the ratchet state that decrypted
-        them and the new in-order position; then the inbox counts them as stored."""
-        inbox = self._inbox(contact)
-        seqs = [payload.seq for payload, _ in batch]
-        try:
-            with self._transaction() as db:
-                for payload, _ in batch:
-                    self._store_row(db, contact, payload)
-                self.history.update_conversation(db, contact,
-                                                 next_in_seq=inbox.next_after(seqs),
-                                                 session=convo.to_json())
-                if any(initial for _, initial in batch):
-                    self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
-        except BaseException:
-            for seq in seqs:
-                inbox.abandon(seq)
-            raise
-        inbox.stored(seqs, time.monotonic())
+        """Commit one received message (see :meth:`Streams.store_received`)."""
+        self.stream.store_received(contact, [(payload, initial)], convo, self._store_row)
 
     def _store_row(self, db: Any, contact: bytes, payload: Payload) -> None:
         text = payload.text
@@ -839,23 +477,17 @@ class Messenger:
         kind = "notice" if payload.kind in ("timer", "group_update", "group_leave") \
             else "text"
         if payload.kind in GROUP_KINDS:
-            group_id, text, author = self._on_group_payload(db, contact, payload)
+            group_id, text, author = self.group_chat.on_payload(db, contact, payload)
         if payload.kind == "file":
             text = ""  # a malformed offer is stored hidden: its text is never shown
         if payload.kind == "file" and len(payload.file_id) == 16 \
                 and len(payload.key) == 32 and len(payload.sha256) == 32:
             kind = "file"  # only a well-formed offer is one (its text is ours)
-            text = _file_text(payload.name, payload.size)
-            file_author: bytes | None = None
+            text = file_text(payload.name, payload.size)
             if payload.group_id:
-                group_id, file_author = self._group_file_origin(contact, payload)
-                author = file_author if file_author != contact else None
+                group_id, author = self.group_chat.file_offer(db, contact, payload)
                 if group_id is None:
                     text = ""  # not acceptable for that group: stored hidden, not offered
-                elif author is None and self._is_admin(group_id):
-                    # We relay it once it is here: keep the author's signed offer.
-                    self.history.set_meta(db, _origin_meta(payload.file_id),
-                                          _file_origin(contact, payload).encode())
             if text:
                 self.files.on_offer(db, contact, payload.file_id, payload.name,
                                     payload.size, payload.sha256, payload.key,
@@ -877,65 +509,27 @@ class Messenger:
                       save: Callable[[Any], None] | None = None) -> None:
         """A cumulative ack (and read receipt) arrived; ``save`` writes the ratchet state
         that decrypted it in the same transaction."""
-        tombstones: list[tuple[int, int]] = []
-        # The outbox forgets first: if the commit fails the rows stay and are sent again
-        # after a restart, which the contact recognises as duplicates.
-        outbox = self._outbox(contact)
-        floor = outbox.acked  # rows up to it are marked delivered already
-        acked = outbox.on_ack(ack) if ack else None
-        state = self._state(contact)
-        read_floor, state.read_seen = state.read_seen, max(state.read_seen, read)
-        with self._transaction() as db:
-            if save is not None:
-                save(db)
-            if acked is not None:
-                through = acked.through
-                tombstones = [(row[0], row[1]) for row in db.execute(
-                    "SELECT mailbox_index, length(frame) FROM outbox WHERE contact = ? AND "
-                    "seq <= ? AND mailbox_index IS NOT NULL", (contact, through))]
-                db.execute("DELETE FROM outbox WHERE contact = ? AND seq <= ?",
-                           (contact, through))
-                # A disappearing message's clock starts on our side once it is delivered
-                # (it must not vanish, with its delivery mark, while still queued).
-                db.execute("UPDATE messages SET delivered = 1, expire_at = CASE WHEN timer > 0 "
-                           "THEN ? + timer ELSE expire_at END WHERE contact = ? AND "
-                           "outgoing = 1 AND seq > ? AND seq <= ? AND delivered = 0",
-                           (time.time(), contact, floor, through))
-                db.execute("UPDATE conversations SET acked_out_seq = max(acked_out_seq, ?) "
-                           "WHERE contact = ?", (through, contact))
-                groups = [row[0] for row in db.execute(
-                    "SELECT DISTINCT message_id FROM group_copies WHERE contact = ? AND "
-                    "seq <= ?", (contact, through))]
-                db.execute("DELETE FROM group_copies WHERE contact = ? AND seq <= ?",
-                           (contact, through))
-                for message_id in groups:
-                    if db.execute("SELECT 1 FROM group_copies WHERE message_id = ?",
-                                  (message_id,)).fetchone() is None:
-                        db.execute("UPDATE messages SET delivered = 1 WHERE id = ?",
-                                   (message_id,))
-            if read > read_floor:
-                db.execute("UPDATE messages SET read = 1 WHERE contact = ? AND outgoing = 1 "
-                           "AND seq > ? AND seq <= ?", (contact, read_floor, read))
+        tombstones, changed = self.stream.acknowledge(contact, ack, read, save)
         if ack:
             self.daemon.events.emit("receipt", contact=encode_user_id(contact), delivered=ack, read=read)  # noqa: E501
         for index, frame_bytes in tombstones:
             self.daemon.spawn(self._tombstone(contact, index, frame_bytes or 0))
-        if acked is not None or read > read_floor:
+        if changed:
             async with self._delivered:
                 self._delivered.notify_all()
 
     def _ack_payload(self, contact: bytes) -> Payload:
-        read = self._state(contact).read_sent
-        return Payload("ack", ack=self._inbox(contact).ack, read=read)
+        read = self.stream.state(contact).read_sent
+        return Payload("ack", ack=self.stream.inbox(contact).ack, read=read)
 
     def _schedule_ack(self, contact: bytes) -> None:
         """Send the cumulative ack when the inbox says it is due (one per burst)."""
-        state = self._state(contact)
+        state = self.stream.state(contact)
         if state.ack_task is not None and not state.ack_task.done():
             return
 
         async def later() -> None:
-            inbox = self._inbox(contact)
+            inbox = self.stream.inbox(contact)
             while (deadline := inbox.ack_deadline()) is not None:
                 await asyncio.sleep(max(0.0, deadline - time.monotonic()))
                 if inbox.poll_ack(time.monotonic()) is not None:
@@ -948,14 +542,14 @@ class Messenger:
         """Encrypt and send an unsequenced payload (ack, read, typing, call). Without a
         session, one is started from the bundle ``new_session_from``; ``restart`` (reset)
         starts a new one even if a session exists."""
-        state = self._state(contact)
+        state = self.stream.state(contact)
         async with state.lock:
             if payload.kind == "ack":
                 # As of now, not as of when it was scheduled: frames stored while this ack
                 # waited for the lock are covered (else they wait for a retransmission).
-                self._inbox(contact).acked_now()
+                self.stream.inbox(contact).acked_now()
                 payload = self._ack_payload(contact)
-            conversation = self._conversation(contact)
+            conversation = self.stream.conversation(contact)
             if restart and new_session_from is not None:
                 conversation.restart()
             elif not conversation.established and new_session_from is None:
@@ -965,10 +559,10 @@ class Messenger:
             channel = self._channel(contact)
             if channel is None and payload.kind in ("typing", "call", "goodbye"):
                 return
-            body = await conversation.encrypt(_encoder.encode(payload), new_session_from)
-            with self._transaction() as db:
+            body = await conversation.encrypt(encoder.encode(payload), new_session_from)
+            with self.stream.transaction() as db:
                 self.history.update_conversation(db, contact, session=conversation.to_json())
-            frame = _encoder.encode(Frame(0, body))
+            frame = encoder.encode(Frame(0, body))
             if channel is not None:
                 channel.send(frame)
                 return
@@ -981,7 +575,7 @@ class Messenger:
 
     async def say_goodbye(self, contact: bytes) -> None:
         """Tell a connected contact we are stopping (over the data channel only)."""
-        if self._channel(contact) is not None and self._conversation(contact).established:
+        if self._channel(contact) is not None and self.stream.conversation(contact).established:
             await self._send_control(contact, Payload("goodbye"))
 
     async def send_call(self, contact: bytes, action: str, call_id: bytes, *, sdp: str = "",
@@ -993,8 +587,8 @@ class Messenger:
         if self._channel(contact) is None:
             return False
         bundle = None
-        if not self._conversation(contact).established:  # nothing exchanged yet
-            bundle = await self._bundle(contact)
+        if not self.stream.conversation(contact).established:  # nothing exchanged yet
+            bundle = await self.bundles.fetch(contact)
             if bundle is None:
                 return False
         await self._send_control(contact, Payload(
@@ -1010,10 +604,11 @@ class Messenger:
         """The contact's frames do not decrypt (our ratchet state was lost or restored, or
         its initial message used a one-time prekey we no longer have): start a new session
         from its bundle and ask it, on that session, to encrypt its pending frames again."""
-        bundle = await self._bundle(contact)
+        bundle = await self.bundles.fetch(contact)
         if bundle is None:
             log.info("cannot ask %s for a new session: no prekey bundle", contact.hex()[:12])
-            self._state(contact).reset_asked = -RESET_INTERVAL  # try again at the next failure
+            # Try again at the next failure.
+            self.stream.state(contact).reset_asked = -RESET_INTERVAL
             return
         try:
             await self._send_control(contact, Payload("reset"), new_session_from=bundle,
@@ -1022,20 +617,6 @@ class Messenger:
             log.warning("cannot start a new session with %s: %s", contact.hex()[:12], exc)
             return
         log.info("asked %s to resend on a new session", contact.hex()[:12])
-
-    def _reencrypt_outbox(self, contact: bytes) -> list[tuple[int, int]]:
-        """The contact asked for a reset: forget the frames of every unacknowledged message
-        (the next flush encrypts them again, on the session the request came on) and return
-        the mailbox slots they held, to be overwritten."""
-        with self.history.transaction() as db:
-            old = [(row[0], row[1]) for row in db.execute(
-                "SELECT mailbox_index, length(frame) FROM outbox WHERE contact = ? AND "
-                "mailbox_index IS NOT NULL", (contact,))]
-            db.execute("UPDATE outbox SET frame = NULL, mailbox_index = NULL, "
-                       "mailbox_stored = 0 WHERE contact = ?", (contact,))
-        log.info("%s asked for a new session: %d queued messages encrypted again",
-                 contact.hex()[:12], len(self.history.outbox(contact)))
-        return old
 
     # ------------------------------------------------------------------ mailbox reading
 
@@ -1047,49 +628,25 @@ class Messenger:
 
     async def publish_prekeys(self, contact: bytes) -> None:
         """Publish our prekey bundle, sealed, on the pair's prekey channel."""
-        link = self._link(contact)
-        node = self.daemon.node
-        if link is None or node is None:
-            return
-        now = time.time()
-        record = link.pair.seal_record(Purpose.PREKEYS, MAILBOX_EPOCH,
-                                       self.prekeys.bundle_for(contact), seq=int(now * 1000),
-                                       expires=int(now) + PREKEYS_TTL,
-                                       random_bytes=secrets.token_bytes)
-        try:
-            result = await node.put(record, republish=True)
-        except TimeoutError:
-            return
-        if result.stored:
-            self._state(contact).prekeys_stored = True
+        await self.bundles.publish(contact)
 
     async def maintenance(self, contacts: list[bytes]) -> None:
         """Republish prekeys when they changed, retransmit, read mailboxes: contacts are
         served concurrently (at most MAINTENANCE_PARALLEL at a time), so one slow contact or
         a large group does not hold up the others."""
         gate = asyncio.Semaphore(MAINTENANCE_PARALLEL)
-        changed = self.prekeys.maintain(time.time())
-        stock = (self.prekeys.one_time_prekeys_left(), self.prekeys.bundle(0))
-        if changed or stock != self._prekeys_published:
-            # Any consumed prekey may sit in some contact's bundle_for() view: republish all.
-            self._save_prekeys()
-            self._prekeys_published = stock
-            for contact in contacts:
-                self._state(contact).prekeys_stored = False
-
         async def publish(contact: bytes) -> None:
             async with gate:
                 await self.publish_prekeys(contact)
         # Also every bundle whose last put failed: without it the contact cannot start a
         # session with us and its messages wait. Alongside the rest, not before it.
-        publishing = asyncio.gather(*(publish(c) for c in contacts
-                                      if not self._state(c).prekeys_stored))
+        publishing = asyncio.gather(*(publish(c) for c in self.bundles.to_publish(contacts)))
         now = time.time()
         self.history.delete_expired(now)
 
         async def serve(contact: bytes) -> None:
             async with gate:
-                state = self._state(contact)
+                state = self.stream.state(contact)
                 if self.history.outbox(contact):
                     await self.flush(contact)
                 if self._channel(contact) is None and \
@@ -1101,42 +658,23 @@ class Messenger:
     # ------------------------------------------------------------------ API helpers
 
     async def receive(self, wait: float, limit: int) -> list[StoredMessage]:
-        """Messages not yet shown, in order; waits up to ``wait`` s for the first one. They
-        are reserved for this caller until :meth:`shown` (the reply reached the client) or
-        :meth:`release` (it did not): a lost reply loses nothing, and two concurrent callers
-        never get the same message."""
-        deadline = time.monotonic() + wait
-        while True:
-            messages = [m for m in self.history.unfetched(limit + len(self._in_flight))
-                        if m.id not in self._in_flight][:limit]
-            messages = _cap_bytes(messages)
-            if messages or time.monotonic() >= deadline:
-                break
-            async with self._arrived:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), deadline - time.monotonic())
-        self._in_flight.update(m.id for m in messages)
-        return messages
+        """Messages not yet shown, reserved for this caller (:meth:`Reader.receive`)."""
+        return await self.reader.receive(wait, limit)
 
     def release(self, messages: list[StoredMessage]) -> None:
         """The reply with these messages did not reach the client: offer them again."""
-        self._in_flight.difference_update(m.id for m in messages)
+        self.reader.release(messages)
 
     def shown(self, messages: list[StoredMessage]) -> None:
-        """The client has these messages: mark them fetched (disappearing timers start) and
-        send read receipts."""
-        self._in_flight.difference_update(m.id for m in messages)
-        if not messages:
-            return
-        self.history.mark_fetched([m.id for m in messages])
-        by_contact: dict[bytes, int] = {}
-        for message in messages:
-            by_contact[message.contact] = max(by_contact.get(message.contact, 0), message.seq)
-        for contact, seq in by_contact.items():
-            self._state(contact).read_sent = max(self._state(contact).read_sent, seq)
-            # The read receipt rides on the next cumulative ack (one per burst of reads).
-            self._inbox(contact).request_ack(time.monotonic())
-            self._schedule_ack(contact)
+        """The client has these messages (:meth:`Reader.shown`): read receipts follow."""
+        self.reader.shown(messages)
+
+    def _read_up_to(self, contact: bytes, seq: int) -> None:
+        state = self.stream.state(contact)
+        state.read_sent = max(state.read_sent, seq)
+        # The read receipt rides on the next cumulative ack (one per burst of reads).
+        self.stream.inbox(contact).request_ack(time.monotonic())
+        self._schedule_ack(contact)
 
     # ------------------------------------------------------------------ groups
 
@@ -1144,178 +682,30 @@ class Messenger:
         entry = self.daemon.contacts.get(contact)
         return entry is not None and entry.state == "accepted"
 
-    def _on_group_payload(self, db: Any, sender: bytes,
-                          payload: Payload) -> tuple[bytes | None, str, bytes | None]:
-        """Apply a group payload inside the message's transaction; returns the group id, the
-        history text ("" to keep it out of the conversation) and the author when the admin
-        relayed someone else's message. As the admin, relays and membership changes are
-        queued in the same transaction, so a crash cannot lose them."""
-        me = self.identity.public_key
-        if payload.kind == "group_update":
-            try:
-                claimed = self.groups.get(claimed_group_id(payload.group))
-                state = open_state(payload.group, sender,
-                                   claimed.state if claimed is not None else None)
-            except RemoteProtocolError as exc:
-                log.warning("refused a group update: %s", exc)
-                return None, "", None
-            current = self.groups.get(state.id)
-            if current is not None and current.state.version >= state.version:
-                return state.id, "", None  # stale: ignore
-            self.groups.save(db, state, me)
-            if me not in state.members:
-                return state.id, f"[group] you were removed from {state.name}", None
-            return state.id, f"[group] {state.name}: {len(state.members)} members", None
-        group = self.groups.get(payload.group_id)
-        if group is None or not group.active or sender not in group.state.members:
-            log.warning("dropped a %s for a group the sender is not in", payload.kind)
-            return None, "", None
-        admin = group.state.admin
-        if payload.kind == "group_leave":
-            if admin != me:
-                return None, "", None  # only the admin acts on it (a new member list)
-            members = [m for m in group.state.members if m != sender]
-            state = msgspec.structs.replace(group.state, version=group.state.version + 1,
-                                            members=members)
-            self._publish_group_in(db, state, set(members) - {me})
-            return group.id, f"[group] {encode_user_id(sender)[:12]} left {group.state.name}", \
-                None
-        author = payload.author
-        if author not in group.state.members or author == me:
-            log.warning("dropped a group message whose author is not a member")
-            return None, "", None
-        if sender not in (author, admin):
-            log.warning("dropped a group message relayed by a member who is not the admin")
-            return None, "", None
-        if not verify_group_text(author, group.id, payload.origin_id, payload.origin_time,
-                                 payload.text, payload.signature):
-            log.warning("dropped a group message with a bad author signature")
-            return None, "", None
-        if admin == me and sender == author:  # we are the hub: relay it to everyone else
-            relay = Payload("group_text", group_id=group.id, text=payload.text,
-                            author=author, origin_id=payload.origin_id,
-                            origin_time=payload.origin_time, signature=payload.signature)
-            now = time.time()
-            for member in group.state.members:
-                if member not in (me, author):
-                    self._enqueue_in(db, member, relay, secrets.token_bytes(16), now)
-                    self._flush_after_commit.add(member)
-        return group.id, payload.text, author if author != sender else None
-
-    def _group_file_origin(self, sender: bytes,
-                           payload: Payload) -> tuple[bytes | None, bytes | None]:
-        """The group and author of a group file offer, or (None, None) if the sender may
-        not offer it there (the same rules as group messages: a member of the current
-        list, from the author or the admin, signed by the author)."""
-        group = self.groups.get(payload.group_id)
-        me = self.identity.public_key
-        author = payload.author or sender
-        if group is None or not group.active or sender not in group.state.members \
-                or author not in group.state.members or author == me \
-                or sender not in (author, group.state.admin):
-            log.warning("dropped a file offer for a group the sender may not write to")
-            return None, None
-        if len(payload.origin_id) != 16 or not verify_group_file(
-                group.id, _file_origin(sender, payload), payload.size, payload.sha256):
-            log.warning("dropped a group file offer without its author's signature")
-            return None, None
-        return group.id, author
-
-    def _is_admin(self, group_id: bytes) -> bool:
-        group = self.groups.get(group_id)
-        return group is not None and group.state.admin == self.identity.public_key
-
     async def create_group(self, name: str, members: list[bytes]) -> GroupState:
-        """Create a group we administer and send its member list to everyone."""
-        state = new_group(self.identity.public_key, name, members,
-                          secrets.token_bytes(SALT_BYTES))
-        return self._publish_group(state, notify=set(members))
+        """Create a group we administer (:meth:`GroupChat.create_group`)."""
+        return await self.group_chat.create_group(name, members)
 
     async def change_group(self, group_id: bytes, *, add: list[bytes] | None = None,
                            remove: list[bytes] | None = None) -> GroupState:
-        """Admin: invite or remove members (a new signed version to everyone concerned)."""
-        group = self.groups.get(group_id)
-        me = self.identity.public_key
-        if group is None or group.state.admin != me:
-            raise LocalProtocolError("only the group's admin can change its members")
-        members = set(group.state.members) | set(add or []) - set(remove or [])
-        members -= set(remove or [])
-        if me not in members:
-            raise LocalProtocolError("the admin cannot remove itself; leave instead")
-        state = msgspec.structs.replace(group.state, version=group.state.version + 1,
-                                        members=sorted(members))
-        notify = (set(group.state.members) | members) - {me}
-        return self._publish_group(state, notify=notify)
-
-    def _publish_group(self, state: GroupState, notify: set[bytes]) -> GroupState:
-        with self._transaction() as db:
-            state = self._publish_group_in(db, state, notify)
-        self._flush_queued()
-        return state
-
-    def _publish_group_in(self, db: Any, state: GroupState, notify: set[bytes]) -> GroupState:
-        """Sign and store a new member list and queue it to ``notify``, in one transaction."""
-        state = signed_state(self.identity, state)
-        signed = encode_state(state)
-        self.groups.save(db, state, self.identity.public_key)
-        now = time.time()
-        for member in sorted(notify):
-            self._enqueue_in(db, member, Payload("group_update", group=signed),
-                             secrets.token_bytes(16), now)
-            self._flush_after_commit.add(member)
-        return state
-
-    def _flush_queued(self) -> None:
-        for contact in sorted(self._flush_after_commit):
-            self.daemon.spawn(self.flush(contact))
-        self._flush_after_commit.clear()
+        """Admin: invite or remove members (:meth:`GroupChat.change_group`)."""
+        return await self.group_chat.change_group(group_id, add=add, remove=remove)
 
     async def send_group_text(self, group_id: bytes, text: str) -> StoredMessage:
-        """Send a message to the group: signed by us, to every member if we are the admin,
-        else to the admin, who relays it (one transaction either way)."""
-        group = self.groups.get(group_id)
-        me = self.identity.public_key
-        if group is None or not group.active:
-            raise LocalProtocolError("not a member of that group")
-        if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
-            raise LocalProtocolError(f"a message holds at most {MAX_TEXT_BYTES} bytes")
-        message_id, now = secrets.token_bytes(16), time.time()
-        payload = Payload("group_text", group_id=group_id, text=text, author=me,
-                          origin_id=message_id, origin_time=now,
-                          signature=sign_group_text(self.identity, group_id, message_id, now,
-                                                    text))
-        targets = [m for m in group.state.members if m != me] if group.state.admin == me \
-            else [group.state.admin]
-        with self._transaction() as db:
-            db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, "
-                       "group_id, fetched) VALUES (?, ?, 1, ?, ?, ?, ?, 1)",
-                       (message_id, group_id, int(now * 1e6), now, text, group_id))
-            for member in targets:
-                seq = self._enqueue_in(db, member, payload, secrets.token_bytes(16), now)
-                # The group row is marked delivered when the last copy is acknowledged.
-                db.execute("INSERT INTO group_copies VALUES (?, ?, ?)",
-                           (member, seq, message_id))
-                self._flush_after_commit.add(member)
-        self._flush_queued()
-        stored = self.history.message(message_id)
-        assert stored is not None
-        return stored
+        """Send a message to a group (:meth:`GroupChat.send_group_text`)."""
+        return await self.group_chat.send_group_text(group_id, text)
+
+    async def send_group_file(self, group_id: bytes, path: Path) -> StoredMessage:
+        """Offer a file to a group (:meth:`GroupChat.send_group_file`)."""
+        return await self.group_chat.send_group_file(group_id, path)
+
+    async def relay_group_file(self, entry: FileEntry, path: Path) -> None:
+        """As the admin, offer a member's file to the others (:meth:`GroupChat`)."""
+        await self.group_chat.relay_group_file(entry, path)
 
     async def leave_group(self, group_id: bytes) -> None:
-        """Tell the admin we leave (it publishes the list without us), and stop accepting
-        the group's messages."""
-        group = self.groups.get(group_id)
-        if group is None or not group.active:
-            raise LocalProtocolError("not a member of that group")
-        me = self.identity.public_key
-        if group.state.admin == me:
-            raise LocalProtocolError("the admin cannot leave its group")
-        with self._transaction() as db:
-            self._enqueue_in(db, group.state.admin, Payload("group_leave", group_id=group_id),
-                             secrets.token_bytes(16), time.time())
-            self._flush_after_commit.add(group.state.admin)
-            self.groups.deactivate(db, group_id)
-        self._flush_queued()
+        """Leave a group (:meth:`GroupChat.leave_group`)."""
+        await self.group_chat.leave_group(group_id)
 
     async def request_file(self, contact: bytes, file_id: bytes, offset: int) -> None:
         """Ask the contact to stream a file from ``offset`` (only over a live connection)."""
@@ -1334,7 +724,7 @@ class Messenger:
 
     def is_typing(self, contact: bytes) -> bool:
         """Whether the contact sent a typing notice in the last few seconds."""
-        state = self._states.get(contact)
+        state = self.stream.states.get(contact)
         return state is not None and state.typing_until > time.time()
 
     async def typing(self, contact: bytes) -> bool:
@@ -1345,57 +735,6 @@ class Messenger:
         return True
 
 
-def _cap_bytes(messages: list[StoredMessage]) -> list[StoredMessage]:
-    """The longest prefix whose API reply stays under MAX_RECEIVE_BYTES (at least one)."""
-    size = 0
-    for count, message in enumerate(messages):
-        size += len(message.text.encode("utf-8")) + 400
-        if size > MAX_RECEIVE_BYTES:
-            return messages[:max(count, 1)]
-    return messages
-
-
 def _timer_text(seconds: int) -> str:
     return (f"[timer] messages disappear {seconds} s after they are read" if seconds
             else "[timer] disappearing messages off")
-
-
-def _file_text(name: str, size: int) -> str:
-    return f"[file] {name} ({size} bytes)"
-
-
-def _origin_meta(file_id: bytes) -> str:
-    return "group-file:" + file_id.hex()
-
-
-def _file_origin(sender: bytes, payload: Payload) -> FileOrigin:
-    """The signed origin a group file offer claims (``author`` empty: the sender)."""
-    return FileOrigin(payload.author or sender, payload.origin_id, payload.origin_time,
-                      payload.name, payload.signature)
-
-
-def message_json(message: StoredMessage, me: str, them: str, *,
-                 author_name: str | None = None,
-                 group_name: str | None = None) -> dict[str, Any]:
-    """The JSON form of a message for the API (``them``: the contact, or for an outgoing
-    group message the group id). ``author``: who wrote it (for a group message relayed by
-    the admin, the member who signed it, not the admin); ``kind``: "text" (typed by
-    ``author``), "notice" (written by dhtchat: a timer change, a member list) or "file"."""
-    sender = them if message.author is None else encode_user_id(message.author)
-    return {
-        "group": message.group_id.hex() if message.group_id else None,
-        "group_name": group_name,
-        "id": message.id.hex(),
-        "kind": message.kind,
-        "author": me if message.outgoing else sender,
-        "author_name": author_name,
-        "from": me if message.outgoing else sender,
-        "to": them if message.outgoing else me,
-        "timestamp": message.sent_at,
-        "received": message.received_at,
-        "seq": message.seq,
-        "text": message.text,
-        "delivered": message.delivered,
-        "read": message.read,
-    }
-

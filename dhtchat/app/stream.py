@@ -1,0 +1,383 @@
+"""The per-contact message streams and their batched commit (group commit) to the history.
+
+Theory of operation (design sec. 6, "Sequencing"): each contact has one
+:class:`ContactState`: the ratchet :class:`Conversation`, the sending :class:`Outbox` and the
+receiving :class:`Inbox` (sans-IO machines of :mod:`dhtchat.messaging.outbox`), all loaded
+lazily from the history. A send gets its sequence number at once and waits, with every send
+of the same turn of the event loop, for one transaction (:meth:`Streams.transaction`): that
+transaction writes the queued outbox rows first, so no row ever commits before an earlier one
+of the same contact. After the commit the outboxes count the rows as committed and the
+contacts written are flushed; after a failure the outboxes forget them and the senders get
+the error. :meth:`Streams.enqueue_in` queues a payload inside a caller's transaction instead
+(group fan-out, relays): flushed after that commit too. The receiving side commits here as
+well: received messages with the ratchet state that decrypted them
+(:meth:`Streams.store_received`), and cumulative acks and read receipts
+(:meth:`Streams.acknowledge`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+
+from dhtchat.app import faults
+from dhtchat.app.history import History, StoredMessage
+from dhtchat.app.services import Spawner
+from dhtchat.core.errors import LocalProtocolError
+from dhtchat.messaging.outbox import Inbox, Outbox, Queued
+from dhtchat.messaging.payload import GROUP_KINDS, Frame, Payload, encoder
+from dhtchat.messaging.session import Conversation, PrekeyStore, SessionError
+
+log = logging.getLogger("dhtchat.messages")
+
+RESET_INTERVAL: Final = 60.0  # at most one session reset request per contact per minute
+
+RowWriter = Callable[[Any, bytes, Payload], None]
+"""Stores one received message's history row inside the open transaction."""
+
+Flusher = Callable[[bytes], Coroutine[Any, Any, None]]
+"""Sends what a contact's outbox holds (:meth:`dhtchat.app.messenger.Messenger.flush`)."""
+
+
+@dataclass
+class ContactState:
+    """What the messenger keeps per contact while it runs."""
+
+    lock: asyncio.Lock
+    conversation: Conversation | None = None
+    outbox: Outbox | None = None  # the sending half of the stream (dhtchat.messaging.outbox)
+    inbox: Inbox | None = None  # ... and the receiving half; both loaded from the history
+    read_seen: int = 0  # the contact's read receipts are applied up to this (this run)
+    ack_task: asyncio.Task[None] | None = None
+    mailbox_polled: float = 0.0
+    read_sent: int = 0
+    typing_until: float = 0.0
+    inbound: asyncio.Queue[bytes] | None = None
+    inbound_task: asyncio.Task[None] | None = None
+    reset_asked: float = -RESET_INTERVAL  # when we last asked the contact for a new session
+    retransmit_task: asyncio.Task[None] | None = None
+
+
+@dataclass(frozen=True)
+class QueuedSend:
+    """A send waiting for the next transaction (group commit): its outbox payload is in the
+    contact's :class:`Outbox`, uncommitted; this is its history row."""
+
+    contact: bytes
+    seq: int
+    message_id: bytes
+    now: float
+    text: str
+    timer: int
+    kind: str
+    history_row: bool
+    conversation_timer: int | None
+
+
+class Streams:
+    """Every contact's stream state, and the transactions that persist it."""
+
+    def __init__(self, history: History, prekeys: PrekeyStore, me: bytes, *,
+                 tasks: Spawner, flush: Flusher) -> None:
+        """``prekeys`` and ``me`` build new conversations; ``tasks`` runs the batch commits
+        and the flushes after a commit; ``flush`` sends a contact's outbox."""
+        self.history = history
+        self.prekeys = prekeys
+        self.me = me
+        self._tasks = tasks
+        self._flush = flush
+        self.states: dict[bytes, ContactState] = {}
+        self._flush_after_commit: set[bytes] = set()  # outboxes a transaction filled
+        # Group commit: sends queued since the last transaction, written by the next one.
+        self._batch: list[QueuedSend] = []
+        self._batch_done: asyncio.Future[None] | None = None
+        self._batch_ids: dict[bytes, tuple[bytes, asyncio.Future[None]]] = {}
+        self._txn_outboxes: set[bytes] = set()  # outboxes the open transaction writes
+
+    def state(self, contact: bytes) -> ContactState:
+        """The contact's state (created empty on first use)."""
+        state = self.states.get(contact)
+        if state is None:
+            state = ContactState(asyncio.Lock())
+            self.states[contact] = state
+        return state
+
+    def conversation(self, contact: bytes) -> Conversation:
+        """The contact's ratchet session (restored from the history, else a new one)."""
+        state = self.state(contact)
+        if state.conversation is None:
+            saved = self.history.conversation(contact)["session"]
+            if saved:
+                state.conversation = Conversation.from_json(self.prekeys, saved)
+            else:
+                state.conversation = Conversation(self.prekeys, self.me, contact)
+        return state.conversation
+
+    def outbox(self, contact: bytes) -> Outbox:
+        """The contact's outbox machine (rebuilt from the history after a restart)."""
+        state = self.state(contact)
+        if state.outbox is None:
+            conversation = self.history.conversation(contact)
+            state.outbox = Outbox.restore(
+                conversation["next_out_seq"], conversation["acked_out_seq"],
+                [Queued(e.seq, e.payload, e.frame) for e in self.history.outbox(contact)])
+        return state.outbox
+
+    def inbox(self, contact: bytes) -> Inbox:
+        """The contact's receive window (rebuilt from the history after a restart)."""
+        state = self.state(contact)
+        if state.inbox is None:
+            next_in = self.history.conversation(contact)["next_in_seq"]
+            ahead = [row[0] for row in self.history.db.execute(
+                "SELECT seq FROM messages WHERE contact = ? AND outgoing = 0 AND seq >= ?",
+                (contact, next_in))]
+            state.inbox = Inbox(next_in, ahead)
+        return state.inbox
+
+    async def enqueue(self, contact: bytes, template: Payload, text: str,
+                       message_id: bytes | None, *, conversation_timer: int | None = None,
+                       history_row: bool = True, kind: str = "text") -> StoredMessage:
+        """Queue a payload for the contact (idempotent per ``message_id``) and return once
+        the transaction that holds it committed."""
+        message_id = message_id or secrets.token_bytes(16)
+        now = time.time()
+        existing = self.history.message(message_id)
+        if existing is not None:  # a retried send: idempotent
+            if existing.contact != contact or not existing.outgoing:
+                raise LocalProtocolError("that message id is already used")
+            return existing
+        queued = self._batch_ids.get(message_id)
+        if queued is not None:  # retried while the first one waits for its commit
+            if queued[0] != contact:
+                raise LocalProtocolError("that message id is already used")
+            await asyncio.shield(queued[1])
+            return await self.enqueue(contact, template, text, message_id)
+        # The payload gets its sequence number now and waits (with every send of this turn of
+        # the event loop) for one transaction: one commit for a burst of sends, and ``send``
+        # still returns only once its message is durable.
+        seq = self.outbox(contact).queue(lambda seq: encoder.encode(msgspec.structs.replace(
+            template, seq=seq, id=message_id, sent_at=now)))
+        timer = template.timer if template.kind == "text" else 0
+        self._batch.append(QueuedSend(contact, seq, message_id, now, text, timer, kind,
+                                   history_row and template.kind not in GROUP_KINDS,
+                                   conversation_timer))
+        done = self._batch_done
+        if done is None:
+            done = self._batch_done = asyncio.get_running_loop().create_future()
+            self._tasks.spawn(self._commit_batch())
+        self._batch_ids[message_id] = (contact, done)
+        try:
+            await asyncio.shield(done)
+        finally:
+            self._batch_ids.pop(message_id, None)
+        stored = self.history.message(message_id)
+        if stored is None:  # a group fan-out copy: no row of its own
+            return StoredMessage(message_id, contact, True, seq, now, None, text, False, False,
+                                 kind=kind)
+        return stored
+
+    async def _commit_batch(self) -> None:
+        """Commit the queued sends (if no other transaction took them meanwhile), with the
+        frames of those whose contact has a session and is not busy: one transaction for
+        the payloads, their frames and the ratchet state, and they can go out at once."""
+        held: list[asyncio.Lock] = []
+        frames: dict[bytes, tuple[Conversation, list[tuple[Queued, bytes]]]] = {}
+        try:
+            for contact in sorted({q.contact for q in self._batch}):
+                state, conversation = self.state(contact), self.conversation(contact)
+                if not conversation.established or state.lock.locked():
+                    continue  # flush() encrypts them (it may need the bundle, or waits)
+                await state.lock.acquire()
+                held.append(state.lock)
+                done: list[tuple[Queued, bytes]] = []
+                for entry in self.outbox(contact).to_encrypt(uncommitted=True):
+                    try:
+                        body = await conversation.encrypt(entry.payload, None)
+                    except SessionError:
+                        break
+                    done.append((entry, encoder.encode(Frame(entry.seq, body))))
+                frames[contact] = (conversation, done)
+            if not self._batch and not any(done for _, done in frames.values()):
+                return  # another transaction took the sends, and nothing was encrypted
+            try:
+                with self.transaction() as db:
+                    for contact, (conversation, done) in frames.items():
+                        outbox = self.outbox(contact)
+                        db.executemany(
+                            "UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
+                            [(frame, contact, e.seq) for e, frame in done if outbox.holds(e)])
+                        self.history.update_conversation(db, contact,
+                                                         session=conversation.to_json())
+            except Exception:  # the senders get it through their future
+                return  # (and no frame counts: none of them is durable)
+            for contact, (_, done) in frames.items():
+                outbox = self.outbox(contact)
+                for entry, frame in done:
+                    if outbox.holds(entry):
+                        outbox.framed(entry.seq, frame)
+        finally:
+            for lock in held:
+                lock.release()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A history transaction that first writes the queued sends (so no outbox row ever
+        commits before an earlier one of the same contact); after the commit the outboxes
+        count them as committed and are flushed, after a failure they forget them."""
+        batch, done = self._batch, self._batch_done
+        self._batch, self._batch_done = [], None
+        self._txn_outboxes = {q.contact for q in batch}
+        try:
+            with self.history.transaction() as db:
+                for queued in batch:
+                    self._write_queued(db, queued)
+                yield db
+        except BaseException as exc:
+            for contact in self._txn_outboxes:
+                self.outbox(contact).rollback()
+            self._txn_outboxes = set()
+            if done is not None:
+                if isinstance(exc, Exception):
+                    done.set_exception(exc)
+                    done.exception()  # retrieved: the senders raise it, or nobody waits
+                else:
+                    done.cancel()
+            raise
+        written, self._txn_outboxes = self._txn_outboxes, set()
+        for contact in written:
+            self.outbox(contact).committed()
+        if done is not None:
+            done.set_result(None)
+        if batch:
+            faults.reached("outbox-commit")
+        self._flush_after_commit.update(written)
+        self.flush_queued()
+
+    def _write_queued(self, db: Any, queued: QueuedSend) -> None:
+        contact, seq = queued.contact, queued.seq
+        payload = self.outbox(contact).payload(seq)
+        db.execute("INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
+                   (contact, seq, payload, queued.now))
+        self.history.update_conversation(db, contact, next_out_seq=seq + 1)
+        if queued.history_row:  # (a group: one row)
+            db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
+                       "text, timer, expire_at, kind) VALUES (?, ?, 1, ?, ?, ?, ?, NULL, ?)",
+                       (queued.message_id, contact, seq, queued.now, queued.text,
+                        queued.timer, queued.kind))
+        if queued.conversation_timer is not None:
+            self.history.update_conversation(db, contact, timer=queued.conversation_timer)
+
+    def enqueue_in(self, db: Any, contact: bytes, template: Payload, message_id: bytes,
+                    now: float) -> int:
+        """Put a payload in the contact's outbox inside the caller's transaction (one of
+        :meth:`transaction`: it is flushed after the commit); returns its sequence number."""
+        outbox = self.outbox(contact)
+        seq = outbox.queue(lambda seq: encoder.encode(msgspec.structs.replace(
+            template, seq=seq, id=message_id, sent_at=now)))
+        payload = outbox.payload(seq)
+        db.execute("INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
+                   (contact, seq, payload, now))
+        self.history.update_conversation(db, contact, next_out_seq=seq + 1)
+        self._txn_outboxes.add(contact)
+        return seq
+
+    def flush_after_commit(self, contact: bytes) -> None:
+        """Flush the contact's outbox once the open transaction commits."""
+        self._flush_after_commit.add(contact)
+
+    def flush_queued(self) -> None:
+        """Flush every outbox the last transactions filled."""
+        for contact in sorted(self._flush_after_commit):
+            self._tasks.spawn(self._flush(contact))
+        self._flush_after_commit.clear()
+
+    def acknowledge(self, contact: bytes, ack: int, read: int,
+                    save: Callable[[Any], None] | None) -> tuple[list[tuple[int, int]], bool]:
+        """Apply a cumulative ack and read receipt (``save`` writes the ratchet state that
+        decrypted them, in the same transaction): the acknowledged outbox rows go, their
+        messages are marked delivered (a group row once every copy is). Returns the mailbox
+        slots (index, frame length) to overwrite and whether anything changed."""
+        tombstones: list[tuple[int, int]] = []
+        # The outbox forgets first: if the commit fails the rows stay and are sent again
+        # after a restart, which the contact recognises as duplicates.
+        outbox = self.outbox(contact)
+        floor = outbox.acked  # rows up to it are marked delivered already
+        acked = outbox.on_ack(ack) if ack else None
+        state = self.state(contact)
+        read_floor, state.read_seen = state.read_seen, max(state.read_seen, read)
+        with self.transaction() as db:
+            if save is not None:
+                save(db)
+            if acked is not None:
+                through = acked.through
+                tombstones = [(row[0], row[1]) for row in db.execute(
+                    "SELECT mailbox_index, length(frame) FROM outbox WHERE contact = ? AND "
+                    "seq <= ? AND mailbox_index IS NOT NULL", (contact, through))]
+                db.execute("DELETE FROM outbox WHERE contact = ? AND seq <= ?",
+                           (contact, through))
+                # A disappearing message's clock starts on our side once it is delivered
+                # (it must not vanish, with its delivery mark, while still queued).
+                db.execute("UPDATE messages SET delivered = 1, expire_at = CASE WHEN timer > 0 "
+                           "THEN ? + timer ELSE expire_at END WHERE contact = ? AND "
+                           "outgoing = 1 AND seq > ? AND seq <= ? AND delivered = 0",
+                           (time.time(), contact, floor, through))
+                db.execute("UPDATE conversations SET acked_out_seq = max(acked_out_seq, ?) "
+                           "WHERE contact = ?", (through, contact))
+                groups = [row[0] for row in db.execute(
+                    "SELECT DISTINCT message_id FROM group_copies WHERE contact = ? AND "
+                    "seq <= ?", (contact, through))]
+                db.execute("DELETE FROM group_copies WHERE contact = ? AND seq <= ?",
+                           (contact, through))
+                for message_id in groups:
+                    if db.execute("SELECT 1 FROM group_copies WHERE message_id = ?",
+                                  (message_id,)).fetchone() is None:
+                        db.execute("UPDATE messages SET delivered = 1 WHERE id = ?",
+                                   (message_id,))
+            if read > read_floor:
+                db.execute("UPDATE messages SET read = 1 WHERE contact = ? AND outgoing = 1 "
+                           "AND seq > ? AND seq <= ?", (contact, read_floor, read))
+        return tombstones, acked is not None or read > read_floor
+
+    def store_received(self, contact: bytes, batch: list[tuple[Payload, bool]],
+                       convo: Conversation, write_row: RowWriter) -> None:
+        """Commit received messages in one transaction with the ratchet state that decrypted
+        them and the new in-order position (``write_row`` stores each one); then the inbox
+        counts them as stored."""
+        inbox = self.inbox(contact)
+        seqs = [payload.seq for payload, _ in batch]
+        try:
+            with self.transaction() as db:
+                for payload, _ in batch:
+                    write_row(db, contact, payload)
+                self.history.update_conversation(db, contact,
+                                                 next_in_seq=inbox.next_after(seqs),
+                                                 session=convo.to_json())
+                if any(initial for _, initial in batch):
+                    self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
+        except BaseException:
+            for seq in seqs:
+                inbox.abandon(seq)
+            raise
+        inbox.stored(seqs, time.monotonic())
+
+    def forget_frames(self, contact: bytes) -> list[tuple[int, int]]:
+        """The contact asked for a reset: forget the frames of every unacknowledged message
+        (the next flush encrypts them again, on the session the request came on) and return
+        the mailbox slots they held, to be overwritten."""
+        with self.history.transaction() as db:
+            old = [(row[0], row[1]) for row in db.execute(
+                "SELECT mailbox_index, length(frame) FROM outbox WHERE contact = ? AND "
+                "mailbox_index IS NOT NULL", (contact,))]
+            db.execute("UPDATE outbox SET frame = NULL, mailbox_index = NULL, "
+                       "mailbox_stored = 0 WHERE contact = ?", (contact,))
+        log.info("%s asked for a new session: %d queued messages encrypted again",
+                 contact.hex()[:12], len(self.history.outbox(contact)))
+        return old
