@@ -256,6 +256,11 @@ class History:
 
     # ------------------------------------------------------------------ outbox
 
+    def has_outbox(self, contact: bytes) -> bool:
+        """Whether ``contact`` has an unacknowledged entry (without reading the entries)."""
+        return self._db.execute("SELECT 1 FROM outbox WHERE contact = ? LIMIT 1",
+                                (contact,)).fetchone() is not None
+
     def outbox(self, contact: bytes | None = None) -> list[OutboxEntry]:
         """Unacknowledged entries, in sequence order."""
         query = "SELECT contact, seq, payload, frame, mailbox_index, mailbox_stored FROM outbox"

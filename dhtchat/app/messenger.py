@@ -647,7 +647,7 @@ class Messenger:
         async def serve(contact: bytes) -> None:
             async with gate:
                 state = self.stream.state(contact)
-                if self.history.outbox(contact):
+                if self.history.has_outbox(contact):
                     await self.flush(contact)
                 if self._channel(contact) is None and \
                         now - state.mailbox_polled >= MAILBOX_POLL:
