@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidStateError
 
 from dhtchat.app.rpc import CONNECTION_FAILED, TIMEOUT, RpcError
 from dhtchat.core.addresses import Address, format_address
@@ -403,6 +404,12 @@ class Links:
             except asyncio.CancelledError:
                 if not attempt.cancelled():
                     raise  # we are being cancelled ourselves (daemon stopping)
+            except RpcError:
+                if link.attempt is attempt or link.attempt is None:
+                    raise
+                # Our attempt failed because a newer one replaced it (their offer after a
+                # glare, or a restarted peer's): follow that one.
+                continue
             # Our offer lost to theirs; the replacement attempt is set up in the same step
             # as the cancel, so it is normally there already.
             wait_until = min(deadline, time.monotonic() + REPLACEMENT_WAIT)
@@ -462,10 +469,13 @@ class Links:
                     f"no answer from {self.name(link.public_key)} within {timeout:.0f} s "
                     "(offline, or not running a daemon)") from None
             link.machine.answered()
+            if link.pc is not pc:  # closed while the answer came (their offer won the glare)
+                raise ConnectionError(link.reason or "connection attempt replaced")
             await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
             await self._await_open(link, pc, opened, timeout - (time.monotonic() - started),
                                    timeout)
-        except (ConnectionError, ValueError, LocalProtocolError, TimeoutError, OSError) as exc:
+        except (ConnectionError, ValueError, LocalProtocolError, TimeoutError, OSError,
+                InvalidStateError) as exc:  # InvalidStateError: the pc closed meanwhile
             link.machine.answered()
             reason = str(exc) or "the DHT did not store the offer in time"
             await self._fail(link, reason)
