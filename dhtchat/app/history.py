@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS messages (
     kind TEXT NOT NULL DEFAULT 'text',
     UNIQUE (contact, outgoing, seq));
 CREATE INDEX IF NOT EXISTS messages_by_contact ON messages (contact, outgoing, seq);
+CREATE INDEX IF NOT EXISTS messages_unfetched ON messages (contact, seq)
+    WHERE outgoing = 0 AND fetched = 0;
 CREATE TABLE IF NOT EXISTS outbox (
     contact BLOB NOT NULL,
     seq INTEGER NOT NULL,
@@ -130,6 +132,9 @@ class History:
         if not path.exists():
             write_private_file(path, b"")
         self._db = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # Conversation rows as last read or written through this connection (cleared on a
+        # rollback); every write to the table goes through update_conversation/raise_acked.
+        self._conversations: dict[bytes, dict[str, Any]] = {}
         self._db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
         try:
             self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -161,6 +166,7 @@ class History:
             yield self._db
         except BaseException:
             self._db.execute("ROLLBACK")
+            self._conversations.clear()  # they may hold what was rolled back
             raise
         self._db.execute("COMMIT")
 
@@ -179,6 +185,9 @@ class History:
 
     def conversation(self, contact: bytes) -> dict[str, Any]:
         """The per-contact counters and session (created on first use)."""
+        cached = self._conversations.get(contact)
+        if cached is not None:
+            return dict(cached)
         self._db.execute("INSERT OR IGNORE INTO conversations (contact) VALUES (?)", (contact,))
         row = self._db.execute(
             "SELECT next_out_seq, next_in_seq, acked_out_seq, mailbox_out_index, "
@@ -186,16 +195,25 @@ class History:
         ).fetchone()
         keys = ("next_out_seq", "next_in_seq", "acked_out_seq", "mailbox_out_index",
                 "mailbox_in_index", "timer", "session")
-        return dict(zip(keys, row, strict=True))
+        values = dict(zip(keys, row, strict=True))
+        self._conversations[bytes(contact)] = values
+        return dict(values)
 
     def update_conversation(self, db: Any, contact: bytes, **values: Any) -> None:
         """Set counters/session of a conversation inside a transaction."""
         unknown = set(values) - _CONVERSATION_COLUMNS
         if unknown:
             raise ValueError(f"unknown conversation columns {sorted(unknown)}")
+        self._conversations.pop(contact, None)
         assignments = ", ".join(f"{name} = ?" for name in values)
         db.execute(f"UPDATE conversations SET {assignments} WHERE contact = ?",
                    (*values.values(), contact))
+
+    def raise_acked(self, db: Any, contact: bytes, through: int) -> None:
+        """Record inside a transaction that the contact acknowledged up to ``through``."""
+        self._conversations.pop(contact, None)
+        db.execute("UPDATE conversations SET acked_out_seq = max(acked_out_seq, ?) "
+                   "WHERE contact = ?", (through, contact))
 
     # ------------------------------------------------------------------ messages
 

@@ -63,9 +63,12 @@ from dhtchat.messaging.payload import (
     SEQUENCED,
     Frame,
     Payload,
+    batch_frames,
     encoder,
     frame_decoder,
+    pack_frames,
     payload_decoder,
+    unpack_frames,
 )
 from dhtchat.messaging.session import (
     Conversation,
@@ -227,12 +230,15 @@ class Messenger:
             channel = self._channel(contact)
             now = time.monotonic()
             if channel is not None:
+                frames: list[bytes] = []
                 for send in outbox.transmit(now, force=force):
                     if send.attempt:
                         (log.info if send.attempt == 3 else log.debug)(
                             "frame %d to %s sent %d times without an acknowledgement",
                             send.seq, contact.hex()[:12], send.attempt + 1)
-                    channel.send(send.frame)
+                    frames.append(send.frame)
+                for group in batch_frames(frames):  # a burst: a few large messages
+                    channel.send(pack_frames(group))
                 self._schedule_retransmit(contact)
                 return
             # Reserve mailbox slots under the lock (so slot order = sequence order); the DHT
@@ -297,8 +303,14 @@ class Messenger:
                 return
             if data[:1] == CHUNK_MARK:
                 self.files.on_chunk(contact, data)
-            else:
-                self._queue_frame(contact, data)
+                return
+            try:
+                frames = unpack_frames(data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.info("dropped a malformed frame batch from %s", contact.hex()[:12])
+                return
+            for frame in frames:
+                self._queue_frame(contact, frame)
 
     def _queue_frame(self, contact: bytes, data: bytes) -> None:
         """One consumer per contact and a bounded queue: a flooding peer costs at most
