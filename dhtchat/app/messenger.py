@@ -298,7 +298,7 @@ class Messenger:
         contact = link.public_key
 
         @channel.on("message")
-        def on_message(data: Any) -> None:
+        def on_message(data: object) -> None:
             if not isinstance(data, bytes) or not data:
                 return
             if data[:1] == CHUNK_MARK:
