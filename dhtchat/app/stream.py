@@ -180,6 +180,7 @@ class Streams:
             await asyncio.shield(done)
         finally:
             self._batch_ids.pop(message_id, None)
+        await self.history.durable()  # returned means on disk (one fsync for the batch)
         # The row as this transaction wrote it (a group fan-out copy has none of its own).
         return StoredMessage(message_id, contact, True, seq, now, None, text, False, False,
                              kind=kind)
@@ -237,8 +238,7 @@ class Streams:
         self._txn_outboxes = {q.contact for q in batch}
         try:
             with self.history.transaction() as db:
-                for queued in batch:
-                    self._write_queued(db, queued)
+                self._write_queued(db, batch)
                 yield db
         except BaseException as exc:
             for contact in self._txn_outboxes:
@@ -261,19 +261,27 @@ class Streams:
         self._flush_after_commit.update(written)
         self.flush_queued()
 
-    def _write_queued(self, db: Any, queued: QueuedSend) -> None:
-        contact, seq = queued.contact, queued.seq
-        payload = self.outbox(contact).payload(seq)
-        db.execute("INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
-                   (contact, seq, payload, queued.now))
-        self.history.update_conversation(db, contact, next_out_seq=seq + 1)
-        if queued.history_row:  # (a group: one row)
-            db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
-                       "text, timer, expire_at, kind) VALUES (?, ?, 1, ?, ?, ?, ?, NULL, ?)",
-                       (queued.message_id, contact, seq, queued.now, queued.text,
-                        queued.timer, queued.kind))
-        if queued.conversation_timer is not None:
-            self.history.update_conversation(db, contact, timer=queued.conversation_timer)
+    def _write_queued(self, db: Any, batch: list[QueuedSend]) -> None:
+        """The queued sends' outbox and history rows, and per contact the next sequence
+        number (and the last timer set): a few statements for the whole batch."""
+        if not batch:
+            return
+        counters: dict[bytes, dict[str, int]] = {}
+        for queued in batch:
+            values = counters.setdefault(queued.contact, {})
+            values["next_out_seq"] = max(values.get("next_out_seq", 0), queued.seq + 1)
+            if queued.conversation_timer is not None:
+                values["timer"] = queued.conversation_timer
+        db.executemany(
+            "INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
+            [(q.contact, q.seq, self.outbox(q.contact).payload(q.seq), q.now) for q in batch])
+        db.executemany(
+            "INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, timer, "
+            "expire_at, kind) VALUES (?, ?, 1, ?, ?, ?, ?, NULL, ?)",
+            [(q.message_id, q.contact, q.seq, q.now, q.text, q.timer, q.kind)
+             for q in batch if q.history_row])  # (a group: one row)
+        for contact, values in counters.items():
+            self.history.update_conversation(db, contact, **values)
 
     def enqueue_in(self, db: Any, contact: bytes, template: Payload, message_id: bytes,
                     now: float) -> int:
