@@ -208,13 +208,14 @@ class Streams:
                 frames[contact] = (conversation, done)
             if not self._batch and not any(done for _, done in frames.values()):
                 return  # another transaction took the sends, and nothing was encrypted
+            ready = {(contact, e.seq): frame for contact, (_, done) in frames.items()
+                     for e, frame in done if self.outbox(contact).holds(e)}
             try:
-                with self.transaction() as db:
-                    for contact, (conversation, done) in frames.items():
-                        outbox = self.outbox(contact)
-                        db.executemany(
-                            "UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
-                            [(frame, contact, e.seq) for e, frame in done if outbox.holds(e)])
+                with self.transaction(frames=ready) as db:
+                    # (the rows this transaction inserts took their frames from ``ready``)
+                    db.executemany("UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
+                                   [(frame, c, seq) for (c, seq), frame in ready.items()])
+                    for contact, (conversation, _) in frames.items():
                         self.history.update_conversation(db, contact,
                                                          session=conversation.to_json())
             except Exception:  # the senders get it through their future
@@ -229,7 +230,8 @@ class Streams:
                 lock.release()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, *, frames: dict[tuple[bytes, int], bytes] | None = None,
+                    ) -> Iterator[Any]:
         """A history transaction that first writes the queued sends (so no outbox row ever
         commits before an earlier one of the same contact); after the commit the outboxes
         count them as committed and are flushed, after a failure they forget them."""
@@ -238,7 +240,7 @@ class Streams:
         self._txn_outboxes = {q.contact for q in batch}
         try:
             with self.history.transaction() as db:
-                self._write_queued(db, batch)
+                self._write_queued(db, batch, {} if frames is None else frames)
                 yield db
         except BaseException as exc:
             for contact in self._txn_outboxes:
@@ -261,9 +263,11 @@ class Streams:
         self._flush_after_commit.update(written)
         self.flush_queued()
 
-    def _write_queued(self, db: Any, batch: list[QueuedSend]) -> None:
+    def _write_queued(self, db: Any, batch: list[QueuedSend],
+                      frames: dict[tuple[bytes, int], bytes]) -> None:
         """The queued sends' outbox and history rows, and per contact the next sequence
-        number (and the last timer set): a few statements for the whole batch."""
+        number (and the last timer set): a few statements for the whole batch. A row whose
+        frame is in ``frames`` is written with it (and taken out of ``frames``)."""
         if not batch:
             return
         counters: dict[bytes, dict[str, int]] = {}
@@ -273,8 +277,9 @@ class Streams:
             if queued.conversation_timer is not None:
                 values["timer"] = queued.conversation_timer
         db.executemany(
-            "INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
-            [(q.contact, q.seq, self.outbox(q.contact).payload(q.seq), q.now) for q in batch])
+            "INSERT INTO outbox (contact, seq, payload, frame, created) VALUES (?, ?, ?, ?, ?)",
+            [(q.contact, q.seq, self.outbox(q.contact).payload(q.seq),
+              frames.pop((q.contact, q.seq), None), q.now) for q in batch])
         db.executemany(
             "INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, timer, "
             "expire_at, kind) VALUES (?, ?, 1, ?, ?, ?, ?, NULL, ?)",
