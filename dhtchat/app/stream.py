@@ -199,10 +199,13 @@ class Streams:
                 state, conversation = self.state(contact), self.conversation(contact)
                 if not conversation.established:
                     continue  # flush() encrypts them (it may need the bundle)
-                try:  # the contact's frames being handled (acks) end in a moment
-                    await asyncio.wait_for(state.lock.acquire(), BATCH_LOCK_WAIT)
-                except TimeoutError:
-                    continue  # busy for longer: flush() encrypts them, after this commit
+                if not state.lock.locked():
+                    await state.lock.acquire()  # (free: no wait)
+                else:
+                    try:  # the contact's frames being handled (acks) end in a moment
+                        await asyncio.wait_for(state.lock.acquire(), BATCH_LOCK_WAIT)
+                    except TimeoutError:
+                        continue  # busy for longer: flush() encrypts them after the commit
                 held.append(state.lock)
                 done: list[tuple[Queued, bytes]] = []
                 for entry in self.outbox(contact).to_encrypt(uncommitted=True):
