@@ -361,7 +361,7 @@ class Api:
             raise RpcError(NOT_FOUND, "no pending (or refused) request from that contact")
         entry = daemon.contacts.put(found.public_key, name=p.name or "", state="accepted",
                                     message="")
-        daemon.start_link(found.public_key)
+        daemon.link_contact(found.public_key)
         daemon.spawn(daemon.inbox.send(found.public_key, "accept",
                                                  daemon.options.display_name, ""))
         return self.contact_json(entry)

@@ -1,17 +1,13 @@
 """``dhtchat daemon``: a person's node (DHT + contacts + connections) behind a local API.
 
-Theory of operation (design sec. 5; protocol in docs/protocol.md, API in docs/api.md):
-
-* One daemon per profile, enforced with an exclusive ``flock`` on ``daemon.lock``.
-* The DHT node (its own node key, never the identity key) answers STUN Binding requests on
-  its UDP port, so ICE needs no STUN server of ours.
-* Contact requests arrive in the identity's public inbox (``listen`` + a periodic ``get``);
-  a request is shown only after its proof of work, seal and signature check out; blocked ids
-  are dropped before anything is stored.
-* For every accepted contact the daemon publishes sealed presence and listens for the
-  contact's presence and signalling (:mod:`dhtchat.app.rendezvous`), and keeps a WebRTC
-  connection with glare, backoff and keepalives (:mod:`dhtchat.app.links`, the driver of the
-  sans-IO :mod:`dhtchat.core.link`).
+Theory of operation (design sec. 5; protocol in docs/protocol.md, API in docs/api.md): this
+module only wires the services and starts and stops them. Contact requests are the
+:mod:`~dhtchat.app.inbox`'s; presence and signalling per accepted contact the
+:mod:`~dhtchat.app.rendezvous`'s; the WebRTC connections, with glare, backoff and keepalives,
+the :mod:`~dhtchat.app.links`' (the driver of the sans-IO :mod:`dhtchat.core.link`); the lock,
+the node and the background tasks are in :mod:`~dhtchat.app.lifecycle`, the RPC methods in
+:mod:`~dhtchat.app.api`. What needs the history or the node is built by :meth:`Daemon.start`,
+in one piece, before the API socket opens.
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -37,9 +33,11 @@ from dhtchat.app.history import History, HistoryLocked, history_key
 from dhtchat.app.inbox import ContactInbox
 from dhtchat.app.lifecycle import (
     DaemonAlreadyRunning,
+    DaemonOptions,
     ProfileLock,
     TaskSet,
     close_node,
+    every,
     join,
     open_node,
 )
@@ -48,12 +46,12 @@ from dhtchat.app.messenger import Messenger
 from dhtchat.app.profile import Profile, make_private
 from dhtchat.app.rendezvous import Rendezvous
 from dhtchat.app.rpc import NOT_READY, RpcError, RpcServer
-from dhtchat.core.addresses import Address, format_address
+from dhtchat.core.addresses import format_address
 from dhtchat.core.contacts import OpenedSignal
 from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.identity import SigningIdentity
 from dhtchat.net.udp import UdpDhtNode
-from dhtchat.net.webrtc import TurnServer, configuration, restrict_host_addresses
+from dhtchat.net.webrtc import configuration, restrict_host_addresses
 
 __all__ = ["Daemon", "DaemonAlreadyRunning", "DaemonOptions", "Running"]
 
@@ -62,24 +60,8 @@ _T = TypeVar("_T")
 
 MAINTENANCE_PERIOD: Final = 5.0
 
+
 @dataclass
-class DaemonOptions:
-    """Configuration of a daemon (the ``dhtchat daemon`` flags)."""
-
-    port: int = 0
-    host: str = "0.0.0.0"
-    bootstrap: list[Address] = field(default_factory=list)
-    stun: list[Address] = field(default_factory=list)
-    turn: TurnServer | None = None
-    relay_only: bool = False
-    ice_addresses: list[str] | None = None
-    connect_timeout: float = 30.0
-    display_name: str = ""
-    auto_connect: bool = True  # keep a connection to every online contact (like Tox, Jami)
-    dht_client: bool = False  # a read-only DHT node: behind a NAT others cannot reach it
-
-
-@dataclass(frozen=True)
 class Running:
     """What a started daemon runs on, built whole by :meth:`Daemon.start` before the API
     socket opens: the profile lock, the history, the DHT node and the services over them."""
@@ -131,7 +113,7 @@ class Daemon:
             spawn=self.spawn, next_seq=self._next_seq, stopping=self._stopping,
             relay_only=options.relay_only, clock=time.time)
         self.inbox = ContactInbox(identity, self.contacts, node=lambda: self.node,
-                                  display_name=options.display_name, on_accepted=self._link,
+                                  display_name=options.display_name, on_accepted=self.link_contact,
                                   spawn=self.spawn, events=self.events)
         self.api = Api(self)
 
@@ -212,10 +194,10 @@ class Daemon:
         await join(self.node, self.options.bootstrap, self._stopping)
         self.joined = True
         for entry in self.contacts.all("accepted"):
-            self._link(entry.public_key)
+            self.link_contact(entry.public_key)
         self.spawn(self.inbox.run(self._stopping))
         self.spawn(self.rendezvous.run(self._accepted, MAINTENANCE_PERIOD))
-        self.spawn(self._message_loop())
+        self.spawn(every(MAINTENANCE_PERIOD, self._stopping, self._maintain_messages))
 
     async def serve_forever(self) -> None:
         """Run until :meth:`stop` (or SIGINT/SIGTERM in the CLI)."""
@@ -259,17 +241,10 @@ class Daemon:
         failure is logged): the :class:`dhtchat.app.services.Spawner` of its services."""
         return self.tasks.spawn(coro)
 
-    async def _message_loop(self) -> None:
-        """Prekeys, retransmissions and mailbox reads, every MAINTENANCE_PERIOD."""
-        while not self._stopping.is_set():
-            accepted = [e.public_key for e in self.contacts.all("accepted")
-                        if e.public_key in self.links]
-            try:
-                await self.messenger.maintenance(accepted)
-            except (ConnectionError, TimeoutError) as exc:
-                log.debug("message maintenance: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), MAINTENANCE_PERIOD)
+    async def _maintain_messages(self) -> None:
+        """Prekeys, retransmissions and mailbox reads (every MAINTENANCE_PERIOD)."""
+        await self.messenger.maintenance([e.public_key for e in self.contacts.all("accepted")
+                                          if e.public_key in self.links])
 
     # ------------------------------------------------------------------ contacts and links
 
@@ -277,7 +252,7 @@ class Daemon:
         entry = self.contacts.get(public_key)
         return entry is not None and entry.state == "accepted"
 
-    def _link(self, public_key: bytes) -> Link:
+    def link_contact(self, public_key: bytes) -> Link:
         """The link of an accepted contact, started (presence, rendezvous, prekeys) if new."""
         link = self.links.get(public_key)
         if link is None:
@@ -286,10 +261,6 @@ class Daemon:
             if self._running is not None:
                 self.spawn(self._running.messenger.publish_prekeys(public_key))
         return link
-
-    def start_link(self, public_key: bytes) -> None:
-        """Start presence and rendezvous for a newly accepted contact."""
-        self._link(public_key)
 
     def _next_seq(self) -> int:
         self._seq = max(self._seq + 1, int(time.time() * 1000))
@@ -325,5 +296,5 @@ class Daemon:
 
     async def connect(self, public_key: bytes, timeout: float) -> dict[str, object]:
         """Open (or report) the connection to an accepted contact."""
-        return await self.connections.connect(self._link(public_key), timeout)
+        return await self.connections.connect(self.link_contact(public_key), timeout)
 

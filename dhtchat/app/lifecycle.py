@@ -1,5 +1,5 @@
-"""What a daemon run holds besides its services: the profile lock, its background tasks and
-its DHT node.
+"""What a daemon run holds besides its services: its options, the profile lock, its
+background tasks and its DHT node.
 
 Theory of operation:
 
@@ -13,7 +13,9 @@ Theory of operation:
   all when the daemon stops.
 * :func:`open_node` binds the DHT node with the node key and the peers remembered from the last
   run, :func:`join` bootstraps it (retrying until a node answers), :func:`close_node`
-  remembers its peers for the next run.
+  remembers its peers for the next run. The node has its own node key, never the identity
+  key, and answers STUN Binding requests on its UDP port, so ICE needs no STUN server of ours.
+* :func:`every` runs a maintenance job periodically until the daemon stops.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import fcntl
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final, TypeVar
 
@@ -33,11 +36,29 @@ from dhtchat.core.addresses import Address
 from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.node import DhtConfig
 from dhtchat.net.udp import UdpDhtNode
+from dhtchat.net.webrtc import TurnServer
 
 log = logging.getLogger("dhtchat.daemon")
 _T = TypeVar("_T")
 
 JOIN_RETRY: Final = 10.0
+
+
+@dataclass
+class DaemonOptions:
+    """Configuration of a daemon (the ``dhtchat daemon`` flags)."""
+
+    port: int = 0
+    host: str = "0.0.0.0"
+    bootstrap: list[Address] = field(default_factory=list)
+    stun: list[Address] = field(default_factory=list)
+    turn: TurnServer | None = None
+    relay_only: bool = False
+    ice_addresses: list[str] | None = None
+    connect_timeout: float = 30.0
+    display_name: str = ""
+    auto_connect: bool = True  # keep a connection to every online contact (like Tox, Jami)
+    dht_client: bool = False  # a read-only DHT node: behind a NAT others cannot reach it
 
 
 class DaemonAlreadyRunning(Exception):
@@ -110,6 +131,19 @@ class TaskSet:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def every(period: float, stopping: asyncio.Event,
+                job: Callable[[], Awaitable[object]]) -> None:
+    """Run ``job`` every ``period`` seconds until ``stopping``; a network error (connection
+    or timeout) is logged and the next round runs all the same."""
+    while not stopping.is_set():
+        try:
+            await job()
+        except (ConnectionError, TimeoutError) as exc:
+            log.debug("maintenance: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), period)
 
 
 async def open_node(profile: Profile, host: str, port: int, *,
