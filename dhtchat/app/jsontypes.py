@@ -11,7 +11,7 @@ from typing import TypeAlias
 
 JsonValue: TypeAlias = (bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
                         | None)
-"""Any value JSON can carry."""
+"""A value JSON can carry."""
 
 JsonObject: TypeAlias = dict[str, object]
 """A JSON object: the params of a request, a result, an event."""
