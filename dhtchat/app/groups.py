@@ -39,6 +39,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from dhtchat.app.jsontypes import JsonObject
 from dhtchat.core.errors import RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity, encode_user_id, verify_signature
 from dhtchat.core.ids import blake2b_256
@@ -214,7 +215,7 @@ class Group:
         """The group id."""
         return self.state.id
 
-    def as_json(self, me: bytes) -> dict[str, Any]:
+    def as_json(self, me: bytes) -> JsonObject:
         """API form."""
         return {
             "id": self.state.id.hex(),

@@ -1,17 +1,16 @@
-"""The JSON types of the daemon's API (params in, results and events out).
+"""The types of the JSON values the daemon's API returns and its events carry.
 
-``JsonValue`` is what :func:`json.loads` returns; a result the daemon builds is a
-``JsonObject`` (``dict[str, object]``: its values are JSON values too, but a ``dict`` of a
-narrower value type would not be one of ``JsonValue`` for mypy, as ``dict`` is invariant).
+A result is built as a ``dict`` and handed to the JSON-RPC layer, which serialises it; the
+Python side never reads it back by key, so its members are typed ``object`` (any value
+``json.dumps`` accepts) rather than ``Any``: code that wants a member's type must narrow it.
 """
 
 from __future__ import annotations
 
 from typing import TypeAlias
 
-JsonValue: TypeAlias = (bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
-                        | None)
-"""A value JSON can carry."""
-
 JsonObject: TypeAlias = dict[str, object]
-"""A JSON object: the params of a request, a result, an event."""
+"""A JSON object: a result of the API, an event's data, a document written as JSON."""
+
+JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, JsonValue] | None"
+"""Any JSON value, recursively (for values read back from JSON and narrowed)."""

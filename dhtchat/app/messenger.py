@@ -63,9 +63,12 @@ from dhtchat.messaging.payload import (
     SEQUENCED,
     Frame,
     Payload,
+    batch_frames,
     encoder,
     frame_decoder,
+    pack_frames,
     payload_decoder,
+    unpack_frames,
 )
 from dhtchat.messaging.session import (
     Conversation,
@@ -224,15 +227,20 @@ class Messenger:
             await self._encrypt_pending(contact, bundle)
             if not outbox.has_frames():
                 return  # nothing framed
+            # No frame leaves before its ratchet state is on disk (the history's barrier).
+            await self.history.durable()
             channel = self._channel(contact)
             now = time.monotonic()
             if channel is not None:
+                frames: list[bytes] = []
                 for send in outbox.transmit(now, force=force):
                     if send.attempt:
                         (log.info if send.attempt == 3 else log.debug)(
                             "frame %d to %s sent %d times without an acknowledgement",
                             send.seq, contact.hex()[:12], send.attempt + 1)
-                    channel.send(send.frame)
+                    frames.append(send.frame)
+                for group in batch_frames(frames):  # a burst: a few large messages
+                    channel.send(pack_frames(group))
                 self._schedule_retransmit(contact)
                 return
             # Reserve mailbox slots under the lock (so slot order = sequence order); the DHT
@@ -292,13 +300,19 @@ class Messenger:
         contact = link.public_key
 
         @channel.on("message")
-        def on_message(data: Any) -> None:
+        def on_message(data: object) -> None:
             if not isinstance(data, bytes) or not data:
                 return
             if data[:1] == CHUNK_MARK:
                 self.files.on_chunk(contact, data)
-            else:
-                self._queue_frame(contact, data)
+                return
+            try:
+                frames = unpack_frames(data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.info("dropped a malformed frame batch from %s", contact.hex()[:12])
+                return
+            for frame in frames:
+                self._queue_frame(contact, frame)
 
     def _queue_frame(self, contact: bytes, data: bytes) -> None:
         """One consumer per contact and a bounded queue: a flooding peer costs at most
@@ -562,6 +576,11 @@ class Messenger:
             body = await conversation.encrypt(encoder.encode(payload), new_session_from)
             with self.stream.transaction() as db:
                 self.history.update_conversation(db, contact, session=conversation.to_json())
+            # On disk before it leaves: its ratchet state, and what an ack covers.
+            await self.history.durable()
+            channel = self._channel(contact)  # (it may have closed meanwhile)
+            if channel is None and payload.kind in ("typing", "call", "goodbye"):
+                return
             frame = encoder.encode(Frame(0, body))
             if channel is not None:
                 channel.send(frame)

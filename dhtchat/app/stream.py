@@ -39,6 +39,9 @@ from dhtchat.messaging.session import Conversation, PrekeyStore, SessionError
 log = logging.getLogger("dhtchat.messages")
 
 RESET_INTERVAL: Final = 60.0  # at most one session reset request per contact per minute
+# A batch commit waits this long for a contact's lock to frame its sends in the same
+# transaction (else the flush after the commit frames them, in a second one).
+BATCH_LOCK_WAIT: Final = 0.05
 
 RowWriter = Callable[[Any, bytes, Payload], None]
 """Stores one received message's history row inside the open transaction."""
@@ -147,19 +150,21 @@ class Streams:
                        history_row: bool = True, kind: str = "text") -> StoredMessage:
         """Queue a payload for the contact (idempotent per ``message_id``) and return once
         the transaction that holds it committed."""
-        message_id = message_id or secrets.token_bytes(16)
         now = time.time()
-        existing = self.history.message(message_id)
-        if existing is not None:  # a retried send: idempotent
-            if existing.contact != contact or not existing.outgoing:
-                raise LocalProtocolError("that message id is already used")
-            return existing
-        queued = self._batch_ids.get(message_id)
-        if queued is not None:  # retried while the first one waits for its commit
-            if queued[0] != contact:
-                raise LocalProtocolError("that message id is already used")
-            await asyncio.shield(queued[1])
-            return await self.enqueue(contact, template, text, message_id)
+        if message_id is None:  # a fresh random id: nothing to look up
+            message_id = secrets.token_bytes(16)
+        else:
+            existing = self.history.message(message_id)
+            if existing is not None:  # a retried send: idempotent
+                if existing.contact != contact or not existing.outgoing:
+                    raise LocalProtocolError("that message id is already used")
+                return existing
+            queued = self._batch_ids.get(message_id)
+            if queued is not None:  # retried while the first one waits for its commit
+                if queued[0] != contact:
+                    raise LocalProtocolError("that message id is already used")
+                await asyncio.shield(queued[1])
+                return await self.enqueue(contact, template, text, message_id)
         # The payload gets its sequence number now and waits (with every send of this turn of
         # the event loop) for one transaction: one commit for a burst of sends, and ``send``
         # still returns only once its message is durable.
@@ -178,11 +183,10 @@ class Streams:
             await asyncio.shield(done)
         finally:
             self._batch_ids.pop(message_id, None)
-        stored = self.history.message(message_id)
-        if stored is None:  # a group fan-out copy: no row of its own
-            return StoredMessage(message_id, contact, True, seq, now, None, text, False, False,
-                                 kind=kind)
-        return stored
+        await self.history.durable()  # returned means on disk (one fsync for the batch)
+        # The row as this transaction wrote it (a group fan-out copy has none of its own).
+        return StoredMessage(message_id, contact, True, seq, now, None, text, False, False,
+                             kind=kind)
 
     async def _commit_batch(self) -> None:
         """Commit the queued sends (if no other transaction took them meanwhile), with the
@@ -193,9 +197,12 @@ class Streams:
         try:
             for contact in sorted({q.contact for q in self._batch}):
                 state, conversation = self.state(contact), self.conversation(contact)
-                if not conversation.established or state.lock.locked():
-                    continue  # flush() encrypts them (it may need the bundle, or waits)
-                await state.lock.acquire()
+                if not conversation.established:
+                    continue  # flush() encrypts them (it may need the bundle)
+                try:  # the contact's frames being handled (acks) end in a moment
+                    await asyncio.wait_for(state.lock.acquire(), BATCH_LOCK_WAIT)
+                except TimeoutError:
+                    continue  # busy for longer: flush() encrypts them, after this commit
                 held.append(state.lock)
                 done: list[tuple[Queued, bytes]] = []
                 for entry in self.outbox(contact).to_encrypt(uncommitted=True):
@@ -207,13 +214,14 @@ class Streams:
                 frames[contact] = (conversation, done)
             if not self._batch and not any(done for _, done in frames.values()):
                 return  # another transaction took the sends, and nothing was encrypted
+            ready = {(contact, e.seq): frame for contact, (_, done) in frames.items()
+                     for e, frame in done if self.outbox(contact).holds(e)}
             try:
-                with self.transaction() as db:
-                    for contact, (conversation, done) in frames.items():
-                        outbox = self.outbox(contact)
-                        db.executemany(
-                            "UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
-                            [(frame, contact, e.seq) for e, frame in done if outbox.holds(e)])
+                with self.transaction(frames=ready) as db:
+                    # (the rows this transaction inserts took their frames from ``ready``)
+                    db.executemany("UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
+                                   [(frame, c, seq) for (c, seq), frame in ready.items()])
+                    for contact, (conversation, _) in frames.items():
                         self.history.update_conversation(db, contact,
                                                          session=conversation.to_json())
             except Exception:  # the senders get it through their future
@@ -228,7 +236,8 @@ class Streams:
                 lock.release()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, *, frames: dict[tuple[bytes, int], bytes] | None = None,
+                    ) -> Iterator[Any]:
         """A history transaction that first writes the queued sends (so no outbox row ever
         commits before an earlier one of the same contact); after the commit the outboxes
         count them as committed and are flushed, after a failure they forget them."""
@@ -237,8 +246,7 @@ class Streams:
         self._txn_outboxes = {q.contact for q in batch}
         try:
             with self.history.transaction() as db:
-                for queued in batch:
-                    self._write_queued(db, queued)
+                self._write_queued(db, batch, {} if frames is None else frames)
                 yield db
         except BaseException as exc:
             for contact in self._txn_outboxes:
@@ -261,19 +269,30 @@ class Streams:
         self._flush_after_commit.update(written)
         self.flush_queued()
 
-    def _write_queued(self, db: Any, queued: QueuedSend) -> None:
-        contact, seq = queued.contact, queued.seq
-        payload = self.outbox(contact).payload(seq)
-        db.execute("INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
-                   (contact, seq, payload, queued.now))
-        self.history.update_conversation(db, contact, next_out_seq=seq + 1)
-        if queued.history_row:  # (a group: one row)
-            db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
-                       "text, timer, expire_at, kind) VALUES (?, ?, 1, ?, ?, ?, ?, NULL, ?)",
-                       (queued.message_id, contact, seq, queued.now, queued.text,
-                        queued.timer, queued.kind))
-        if queued.conversation_timer is not None:
-            self.history.update_conversation(db, contact, timer=queued.conversation_timer)
+    def _write_queued(self, db: Any, batch: list[QueuedSend],
+                      frames: dict[tuple[bytes, int], bytes]) -> None:
+        """The queued sends' outbox and history rows, and per contact the next sequence
+        number (and the last timer set): a few statements for the whole batch. A row whose
+        frame is in ``frames`` is written with it (and taken out of ``frames``)."""
+        if not batch:
+            return
+        counters: dict[bytes, dict[str, int]] = {}
+        for queued in batch:
+            values = counters.setdefault(queued.contact, {})
+            values["next_out_seq"] = max(values.get("next_out_seq", 0), queued.seq + 1)
+            if queued.conversation_timer is not None:
+                values["timer"] = queued.conversation_timer
+        db.executemany(
+            "INSERT INTO outbox (contact, seq, payload, frame, created) VALUES (?, ?, ?, ?, ?)",
+            [(q.contact, q.seq, self.outbox(q.contact).payload(q.seq),
+              frames.pop((q.contact, q.seq), None), q.now) for q in batch])
+        db.executemany(
+            "INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, timer, "
+            "expire_at, kind) VALUES (?, ?, 1, ?, ?, ?, ?, NULL, ?)",
+            [(q.message_id, q.contact, q.seq, q.now, q.text, q.timer, q.kind)
+             for q in batch if q.history_row])  # (a group: one row)
+        for contact, values in counters.items():
+            self.history.update_conversation(db, contact, **values)
 
     def enqueue_in(self, db: Any, contact: bytes, template: Payload, message_id: bytes,
                     now: float) -> int:
@@ -329,8 +348,7 @@ class Streams:
                            "THEN ? + timer ELSE expire_at END WHERE contact = ? AND "
                            "outgoing = 1 AND seq > ? AND seq <= ? AND delivered = 0",
                            (time.time(), contact, floor, through))
-                db.execute("UPDATE conversations SET acked_out_seq = max(acked_out_seq, ?) "
-                           "WHERE contact = ?", (through, contact))
+                self.history.raise_acked(db, contact, through)
                 groups = [row[0] for row in db.execute(
                     "SELECT DISTINCT message_id FROM group_copies WHERE contact = ? AND "
                     "seq <= ?", (contact, through))]
