@@ -208,5 +208,5 @@ def befriend(a: Daemon, b: Daemon, a_name: str, b_name: str) -> None:
     ``b_name``)."""
     a.contacts.put(b.identity.public_key, name=b_name, state="accepted")
     b.contacts.put(a.identity.public_key, name=a_name, state="accepted")
-    a._link(b.identity.public_key)
-    b._link(a.identity.public_key)
+    a.link_contact(b.identity.public_key)
+    b.link_contact(a.identity.public_key)
