@@ -177,7 +177,7 @@ class Daemon:
             raise LocalProtocolError(str(exc)) from None
         try:
             node = await open_node(self.profile, self.options.host, self.options.port,
-                                   read_only=self.options.dht_client)
+                                   mode=self.options.dht_mode)
         except BaseException:
             history.close()
             lock.release()

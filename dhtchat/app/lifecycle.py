@@ -28,7 +28,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final, TypeVar
+from typing import IO, Final, Literal, TypeVar
 
 from dhtchat.app.profile import NodeState, Profile
 from dhtchat.app.rpc import RpcError
@@ -58,7 +58,9 @@ class DaemonOptions:
     connect_timeout: float = 30.0
     display_name: str = ""
     auto_connect: bool = True  # keep a connection to every online contact (like Tox, Jami)
-    dht_client: bool = False  # a read-only DHT node: behind a NAT others cannot reach it
+    # DHT role: "client" read-only (behind a NAT others cannot reach), "server", or "auto":
+    # a client until peers see us at our own address (dhtchat.core.reachability)
+    dht_mode: Literal["auto", "server", "client"] = "auto"
 
 
 class DaemonAlreadyRunning(Exception):
@@ -147,12 +149,13 @@ async def every(period: float, stopping: asyncio.Event,
 
 
 async def open_node(profile: Profile, host: str, port: int, *,
-                    read_only: bool) -> UdpDhtNode:
+                    mode: Literal["auto", "server", "client"]) -> UdpDhtNode:
     """The profile's DHT node, listening on ``host:port``, knowing last run's peers."""
     state = NodeState(profile.node_db_path)
     try:
         node = await UdpDhtNode.create(host, port, node_key=state.node_key(),
-                                       config=DhtConfig(read_only=True) if read_only else None)
+                                       config=DhtConfig(read_only=mode == "client"),
+                                       auto_mode=mode == "auto")
         remembered = state.peers()
     except OSError as exc:
         raise LocalProtocolError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
