@@ -176,8 +176,7 @@ class Daemon:
             lock.release()
             raise LocalProtocolError(str(exc)) from None
         try:
-            node = await open_node(self.profile, self.options.host, self.options.port,
-                                   mode=self.options.dht_mode)
+            node = await open_node(self.profile, self.options)
         except BaseException:
             history.close()
             lock.release()

@@ -148,17 +148,23 @@ async def every(period: float, stopping: asyncio.Event,
             await asyncio.wait_for(stopping.wait(), period)
 
 
-async def open_node(profile: Profile, host: str, port: int, *,
-                    mode: Literal["auto", "server", "client"]) -> UdpDhtNode:
-    """The profile's DHT node, listening on ``host:port``, knowing last run's peers."""
+async def open_node(profile: Profile, options: DaemonOptions) -> UdpDhtNode:
+    """The profile's DHT node, listening on ``options.host:port``, knowing last run's peers,
+    in the ``options.dht_mode`` role. In ``auto`` a node with nobody to ask (no bootstrap
+    address, no peer remembered) is the first of its network and serves from the start:
+    whoever joins through it must get answers, and no peer could tell it where it is."""
     state = NodeState(profile.node_db_path)
     try:
-        node = await UdpDhtNode.create(host, port, node_key=state.node_key(),
+        remembered = state.peers()
+        mode = options.dht_mode
+        if mode == "auto" and not options.bootstrap and not remembered:
+            mode = "server"
+        node = await UdpDhtNode.create(options.host, options.port, node_key=state.node_key(),
                                        config=DhtConfig(read_only=mode == "client"),
                                        auto_mode=mode == "auto")
-        remembered = state.peers()
     except OSError as exc:
-        raise LocalProtocolError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise LocalProtocolError(f"cannot listen on {options.host}:{options.port}: "
+                                 f"{exc.strerror}") from None
     finally:
         state.close()
     if remembered:
