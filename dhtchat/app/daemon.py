@@ -33,9 +33,7 @@ from aiortc import RTCConfiguration
 from dhtchat.app import faults
 from dhtchat.app.api import Api
 from dhtchat.app.calls import CallManager, CallStore
-from dhtchat.app.contactstore import ContactEntry, ContactStore, contacts_key
 from dhtchat.app.events import EventLog
-from dhtchat.app.history import History, HistoryLocked, history_key
 from dhtchat.app.inbox import ContactInbox
 from dhtchat.app.links import Link, Links
 from dhtchat.app.messenger import Messenger
@@ -61,6 +59,8 @@ from dhtchat.net.webrtc import (
     configuration,
     restrict_host_addresses,
 )
+from dhtchat.store.contacts import ContactEntry, ContactStore, contacts_key
+from dhtchat.store.history import History, HistoryLocked, history_key
 
 log = logging.getLogger("dhtchat.daemon")
 _T = TypeVar("_T")

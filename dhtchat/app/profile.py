@@ -21,10 +21,10 @@ from pathlib import Path
 
 import platformdirs
 
-from dhtchat.app.keystore import write_private_file
 from dhtchat.core.addresses import Address
 from dhtchat.core.errors import DhtChatError
 from dhtchat.core.identity import SEED_BYTES, SigningIdentity
+from dhtchat.store.private import write_private_file
 
 
 def resolve_profile_dir(explicit: str | None) -> tuple[Path, bool]:
