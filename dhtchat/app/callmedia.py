@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from aiortc import (
     MediaStreamTrack,
@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from dhtchat.app.events import EventLog
+from dhtchat.app.jsontypes import JsonObject
 from dhtchat.app.media import (
     AudioSink,
     MediaError,
@@ -277,33 +278,36 @@ class CallMediaEngine:
         sender.replaceTrack(None if call.camera_off or call.held else source)
 
     @staticmethod
-    async def stats(call: Call) -> dict[str, Any]:
+    async def stats(call: Call) -> JsonObject:
         """RTT, jitter, loss and bitrates of the call's media (empty before media)."""
         pc = call.pc
         if pc is None or call.media_up_at is None:
             return {}
         report = await pc.getStats()
-        out: dict[str, Any] = {"rtt_ms": None, "jitter_ms": None, "packets_lost": 0,
-                               "packets_received": 0, "bytes_sent": 0}
+        rtt_ms: float | None = None
+        jitter_ms: float | None = None
+        packets_lost = packets_received = bytes_sent = 0
         for item in report.values():
             kind = getattr(item, "type", "")
             if kind == "inbound-rtp" and getattr(item, "kind", "") == "audio":
-                out["packets_received"] += item.packetsReceived
-                out["packets_lost"] += max(0, item.packetsLost)
-                out["jitter_ms"] = round(item.jitter / 48.0, 2)  # RTP units at 48 kHz
+                packets_received += item.packetsReceived
+                packets_lost += max(0, item.packetsLost)
+                jitter_ms = round(item.jitter / 48.0, 2)  # RTP units at 48 kHz
             elif kind == "remote-inbound-rtp" and item.roundTripTime is not None:
-                out["rtt_ms"] = round(item.roundTripTime * 1000, 1)
+                rtt_ms = round(item.roundTripTime * 1000, 1)
             elif kind == "outbound-rtp":
-                out["bytes_sent"] += item.bytesSent
-        total = out["packets_received"] + out["packets_lost"]
-        out["loss_percent"] = round(100.0 * out["packets_lost"] / total, 2) if total else 0.0
+                bytes_sent += item.bytesSent
+        total = packets_received + packets_lost
+        out: JsonObject = {
+            "rtt_ms": rtt_ms, "jitter_ms": jitter_ms, "packets_lost": packets_lost,
+            "packets_received": packets_received, "bytes_sent": bytes_sent,
+            "loss_percent": round(100.0 * packets_lost / total, 2) if total else 0.0}
         now = time.monotonic()
         if call.last_stats is not None:
             then, sent, received = call.last_stats
             span = max(now - then, 1e-3)
-            out["send_kbps"] = round((out["bytes_sent"] - sent) * 8 / span / 1000, 1)
-            out["receive_packets_per_s"] = round((out["packets_received"] - received) / span,
-                                                 1)
-        call.last_stats = (now, out["bytes_sent"], out["packets_received"])
+            out["send_kbps"] = round((bytes_sent - sent) * 8 / span / 1000, 1)
+            out["receive_packets_per_s"] = round((packets_received - received) / span, 1)
+        call.last_stats = (now, bytes_sent, packets_received)
         out["duration_s"] = round(time.time() - call.media_up_at, 1)
         return out

@@ -33,12 +33,13 @@ import contextlib
 import logging
 import secrets
 import time
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from dhtchat.app.callmedia import Call, CallMedia, CallMediaEngine, sdp_fingerprint
 from dhtchat.app.events import EventLog
+from dhtchat.app.jsontypes import JsonObject
 from dhtchat.app.media import MediaError
 from dhtchat.app.services import Names, PeerStatus, Spawner
 from dhtchat.core.calls import CallMachine
@@ -157,7 +158,7 @@ class CallManager:
             raise NotFound("no such call" if call_id else "no call in progress")
         return call
 
-    def log(self, limit: int) -> list[dict[str, Any]]:
+    def log(self, limit: int) -> list[JsonObject]:
         """The call log, newest first."""
         return [{"id": r.call_id.hex(), "contact": encode_user_id(r.contact),
                  "name": self._name(r.contact), "direction": r.direction, "video": r.video,
@@ -165,10 +166,10 @@ class CallManager:
                  "reason": r.reason, "missed": r.missed}
                 for r in self.store.log(limit)]
 
-    def as_json(self, call: Call) -> dict[str, Any]:
+    def as_json(self, call: Call) -> JsonObject:
         """API form of a call."""
         machine = call.machine
-        out: dict[str, Any] = {
+        out: JsonObject = {
             "id": call.call_id.hex(),
             "contact": encode_user_id(call.contact),
             "name": self._name(call.contact),
@@ -623,7 +624,7 @@ class CallManager:
             log.warning("WARNING: %s", call.warning)
             self._peers.contacts.unverify(call.contact)
 
-    async def stats(self, call: Call) -> dict[str, Any]:
+    async def stats(self, call: Call) -> JsonObject:
         """RTT, jitter, loss and bitrates of the call's media (empty before media)."""
         return await self.media.stats(call)
 

@@ -25,8 +25,9 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
+from dhtchat.app.jsontypes import JsonObject
 from dhtchat.app.rpc import NOT_READY, Connection, Reply, RpcError, current_connection
 from dhtchat.core.errors import LocalProtocolError
 from dhtchat.store.events import EventRow, EventTable
@@ -52,9 +53,9 @@ class Event:
     id: int
     at: float
     type: str
-    data: dict[str, Any]
+    data: JsonObject
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> JsonObject:
         """The params of the ``event`` notification."""
         return {"id": self.id, "time": self.at, "type": self.type, "data": self.data}
 
@@ -90,7 +91,7 @@ class EventLog:
         """The id of the newest event emitted."""
         return self._last_id
 
-    def emit(self, kind: str, /, **data: Any) -> None:
+    def emit(self, kind: str, /, **data: object) -> None:
         """Record an event (committed and streamed FLUSH_DELAY seconds later, with the
         others emitted meanwhile)."""
         if kind not in EVENT_TYPES:

@@ -38,11 +38,12 @@ import shutil
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
 
 import nacl.bindings
 import nacl.exceptions
 
+from dhtchat.app.jsontypes import JsonObject
 from dhtchat.core.errors import LocalProtocolError, NotFound
 from dhtchat.core.identity import encode_user_id
 from dhtchat.core.ids import blake2b_256
@@ -225,7 +226,7 @@ class FileTransfers:
         self.table = FileTable(self.history)
         self._seal_files_in_clear()
         self._streams: dict[bytes, asyncio.Task[None]] = {}
-        self._handles: dict[bytes, Any] = {}
+        self._handles: dict[bytes, BinaryIO] = {}
         self._unsynced: dict[bytes, int] = {}
         self._finishing: set[bytes] = set()
         self._changed = asyncio.Condition()
@@ -689,7 +690,7 @@ class FileTransfers:
         return target
 
 
-def file_json(entry: FileEntry, sent: int = 0) -> dict[str, Any]:
+def file_json(entry: FileEntry, sent: int = 0) -> JsonObject:
     """The API form of a transfer (``sent``: bytes streamed so far, for outgoing ones)."""
     progress = entry.size if entry.complete else max(entry.received, sent)
     return {

@@ -34,10 +34,11 @@ Theory of operation (Signal's original "private groups", client-side fan-out):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
 import msgspec
 
+from dhtchat.app.jsontypes import JsonObject
 from dhtchat.core.errors import RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity, encode_user_id, verify_signature
 from dhtchat.core.ids import blake2b_256
@@ -209,7 +210,7 @@ class Group:
         """The group id."""
         return self.state.id
 
-    def as_json(self, me: bytes) -> dict[str, Any]:
+    def as_json(self, me: bytes) -> JsonObject:
         """API form."""
         return {
             "id": self.state.id.hex(),

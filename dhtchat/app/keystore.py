@@ -18,13 +18,15 @@ import base64
 import json
 import math
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Final, NotRequired, TypedDict
 
 import nacl.bindings
 import nacl.exceptions
 import nacl.pwhash
 
+from dhtchat.app.jsontypes import JsonObject
 from dhtchat.core.errors import DhtChatError
 from dhtchat.core.identity import SEED_BYTES, SigningIdentity
 from dhtchat.store.private import write_private_file
@@ -44,11 +46,33 @@ class WrongPassphrase(KeystoreError):
     """The passphrase does not open the identity file."""
 
 
+class KdfParams(TypedDict):
+    """The ``kdf`` member of an identity document (``name`` "none": the seed is in clear)."""
+
+    name: str
+    opslimit: NotRequired[int]
+    memlimit: NotRequired[int]
+    salt: NotRequired[str]  # base64
+
+
+class IdentityDocument(TypedDict):
+    """An identity document as :func:`seal_identity` writes it (the format above)."""
+
+    format: str
+    version: int
+    public_key: str  # base64, as are the members below
+    kdf: KdfParams
+    seed: NotRequired[str]  # only unencrypted
+    cipher: NotRequired[str]
+    nonce: NotRequired[str]
+    ciphertext: NotRequired[str]
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(value: Any, what: str) -> bytes:
+def _unb64(value: object, what: str) -> bytes:
     if not isinstance(value, str):
         raise KeystoreError(f"identity file: {what} is missing")
     try:
@@ -67,38 +91,32 @@ def _derive_key(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> b
     )
 
 
-def seal_identity(identity: SigningIdentity, passphrase: str | None) -> dict[str, Any]:
+def seal_identity(identity: SigningIdentity, passphrase: str | None) -> IdentityDocument:
     """The JSON document protecting ``identity`` (``None``: unencrypted)."""
-    doc: dict[str, Any] = {
-        "format": FORMAT,
-        "version": VERSION,
-        "public_key": _b64(identity.public_key),
-    }
+    public_key = _b64(identity.public_key)
     if passphrase is None:
-        doc["kdf"] = {"name": "none"}
-        doc["seed"] = _b64(identity.seed)
-        return doc
+        return {"format": FORMAT, "version": VERSION, "public_key": public_key,
+                "kdf": {"name": "none"}, "seed": _b64(identity.seed)}
     salt = secrets.token_bytes(nacl.pwhash.argon2id.SALTBYTES)
     nonce = secrets.token_bytes(nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES)
     key = _derive_key(passphrase, salt, OPSLIMIT, MEMLIMIT)
     ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
         identity.seed, identity.public_key, nonce, key
     )
-    doc["kdf"] = {"name": "argon2id", "opslimit": OPSLIMIT, "memlimit": MEMLIMIT,
-                  "salt": _b64(salt)}
-    doc["cipher"] = "xchacha20poly1305-ietf"
-    doc["nonce"] = _b64(nonce)
-    doc["ciphertext"] = _b64(ciphertext)
-    return doc
+    return {"format": FORMAT, "version": VERSION, "public_key": public_key,
+            "kdf": {"name": "argon2id", "opslimit": OPSLIMIT, "memlimit": MEMLIMIT,
+                    "salt": _b64(salt)},
+            "cipher": "xchacha20poly1305-ietf", "nonce": _b64(nonce),
+            "ciphertext": _b64(ciphertext)}
 
 
-def is_encrypted(doc: dict[str, Any]) -> bool:
+def is_encrypted(doc: Mapping[str, object]) -> bool:
     """Whether opening ``doc`` needs a passphrase."""
     kdf = doc.get("kdf")
     return not (isinstance(kdf, dict) and kdf.get("name") == "none")
 
 
-def open_identity(doc: dict[str, Any], passphrase: str | None) -> SigningIdentity:
+def open_identity(doc: Mapping[str, object], passphrase: str | None) -> SigningIdentity:
     """Decrypt an identity document; raises :class:`WrongPassphrase` or :class:`KeystoreError`."""
     if doc.get("format") != FORMAT or doc.get("version") != VERSION:
         raise KeystoreError("not a dhtchat identity file (or a newer version)")
@@ -161,8 +179,8 @@ def save_identity_file(path: Path, identity: SigningIdentity, passphrase: str | 
     write_private_file(path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
 
 
-def load_identity_document(path: Path) -> dict[str, Any]:
-    """Read the identity JSON document."""
+def load_identity_document(path: Path) -> JsonObject:
+    """Read the identity JSON document (as read: :func:`open_identity` checks it)."""
     try:
         doc = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:

@@ -24,11 +24,12 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeVar
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError
 
+from dhtchat.app.jsontypes import JsonObject
 from dhtchat.app.rpc import CONNECTION_FAILED, TIMEOUT, RpcError
 from dhtchat.core.addresses import Address, format_address
 from dhtchat.core.contacts import (
@@ -66,6 +67,8 @@ KEEPALIVE_INTERVAL: Final = 1.0  # a keepalive frame each way this often on a co
 KEEPALIVE_CHANNEL_ID: Final = 1000  # SCTP stream of the (pre-negotiated) keepalive channel
 REPLACEMENT_WAIT: Final = 5.0  # connect() waits this long for the attempt that replaced its own
 
+_T = TypeVar("_T")
+
 
 @dataclass
 class Link:
@@ -81,7 +84,7 @@ class Link:
     connect_ms: float | None = None
     presence_published: dict[int, float] = field(default_factory=dict)
     subscriptions: dict[tuple[Purpose, int], Subscription] = field(default_factory=dict)
-    attempt: asyncio.Task[dict[str, Any]] | None = None
+    attempt: asyncio.Task[JsonObject] | None = None
     refreshing: bool = False
     processed: dict[tuple[bytes, int], None] = field(default_factory=dict)
 
@@ -157,8 +160,16 @@ class Link:
 class EventSink(Protocol):
     """Where the links report presence and connection changes (the daemon's event log)."""
 
-    def emit(self, kind: str, /, **data: Any) -> None:
+    def emit(self, kind: str, /, **data: object) -> None:
         """Record an event of type ``kind``."""
+
+
+class SpawnFunction(Protocol):
+    """Runs a background task for the links (the daemon cancels it when it stops)."""
+
+    def __call__(self, coro: Awaitable[_T], /) -> asyncio.Task[_T]:
+        """Run ``coro`` as a background task (a failure is logged, not raised)."""
+        ...
 
 
 class ChannelUser(Protocol):
@@ -176,7 +187,7 @@ class Links:
 
     def __init__(self, identity: SigningIdentity, contacts: ContactStore, *,
                  node: Callable[[], UdpDhtNode],
-                 spawn: Callable[[Awaitable[Any]], asyncio.Task[Any]],
+                 spawn: SpawnFunction,
                  next_seq: Callable[[], int], stopping: asyncio.Event,
                  stun: list[Address], turn: TurnServer | None, relay_only: bool,
                  connect_timeout: float, auto_connect: bool, events: EventSink) -> None:
@@ -379,7 +390,7 @@ class Links:
 
     # ------------------------------------------------------------------ connect
 
-    async def connect(self, link: Link, timeout: float) -> dict[str, Any]:
+    async def connect(self, link: Link, timeout: float) -> JsonObject:
         """Open (or report) the connection to an accepted contact."""
         link.wanted = True
         if link.status == "connected" and link.selected is not None:
@@ -425,7 +436,7 @@ class Links:
         raise RpcError(CONNECTION_FAILED, link.reason or "connection attempt replaced",
                        {"reason": link.reason})
 
-    def connection_json(self, link: Link) -> dict[str, Any]:
+    def connection_json(self, link: Link) -> JsonObject:
         """The ``connect`` result for a connected link."""
         assert link.selected is not None
         return {
@@ -439,7 +450,7 @@ class Links:
             "stun": format_address(self.stun_server) if self.stun_server else None,
         }
 
-    async def _offer(self, link: Link, timeout: float) -> dict[str, Any]:
+    async def _offer(self, link: Link, timeout: float) -> JsonObject:
         started = time.monotonic()
         link.machine.begin_offer(secrets.token_bytes(16), time.time())
         session = link.session
@@ -485,7 +496,7 @@ class Links:
         self._spawn(self._send_done(link, session, offer_epoch))
         return self._connected(link, pc, started)
 
-    async def _answer(self, link: Link, offer: OpenedSignal) -> dict[str, Any]:
+    async def _answer(self, link: Link, offer: OpenedSignal) -> JsonObject:
         started = time.monotonic()
         link.machine.begin_answer(offer.session, offer.created_ms)
         self._emit_connection(link)
@@ -543,7 +554,7 @@ class Links:
             return f"ICE found no working candidate pair within {timeout:.0f} s{hint}"
         return f"connection did not open within {timeout:.0f} s (ICE {ice}, DTLS {dtls_state})"
 
-    def _connected(self, link: Link, pc: RTCPeerConnection, started: float) -> dict[str, Any]:
+    def _connected(self, link: Link, pc: RTCPeerConnection, started: float) -> JsonObject:
         link.selected = selected_pair(pc)
         link.machine.connected(time.time(), time.monotonic())
         self._emit_connection(link)

@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 from aiortc import RTCDataChannel
@@ -62,9 +62,12 @@ from dhtchat.messaging.payload import (
     SEQUENCED,
     Frame,
     Payload,
+    batch_frames,
     encoder,
     frame_decoder,
+    pack_frames,
     payload_decoder,
+    unpack_frames,
 )
 from dhtchat.messaging.session import (
     Conversation,
@@ -227,12 +230,15 @@ class Messenger:
             channel = self._channel(contact)
             now = time.monotonic()
             if channel is not None:
+                frames: list[bytes] = []
                 for send in outbox.transmit(now, force=force):
                     if send.attempt:
                         (log.info if send.attempt == 3 else log.debug)(
                             "frame %d to %s sent %d times without an acknowledgement",
                             send.seq, contact.hex()[:12], send.attempt + 1)
-                    channel.send(send.frame)
+                    frames.append(send.frame)
+                for group in batch_frames(frames):  # a burst: a few large messages
+                    channel.send(pack_frames(group))
                 self._schedule_retransmit(contact)
                 return
             # Reserve mailbox slots under the lock (so slot order = sequence order); the DHT
@@ -291,13 +297,19 @@ class Messenger:
         contact = link.public_key
 
         @channel.on("message")
-        def on_message(data: Any) -> None:
+        def on_message(data: object) -> None:
             if not isinstance(data, bytes) or not data:
                 return
             if data[:1] == CHUNK_MARK:
                 self.files.on_chunk(contact, data)
-            else:
-                self._queue_frame(contact, data)
+                return
+            try:
+                frames = unpack_frames(data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.info("dropped a malformed frame batch from %s", contact.hex()[:12])
+                return
+            for frame in frames:
+                self._queue_frame(contact, frame)
 
     def _queue_frame(self, contact: bytes, data: bytes) -> None:
         """One consumer per contact and a bounded queue: a flooding peer costs at most

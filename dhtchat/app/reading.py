@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
+from dhtchat.app.jsontypes import JsonObject
 from dhtchat.core.identity import encode_user_id
 from dhtchat.store.history import History, StoredMessage
 
@@ -85,7 +86,7 @@ def _cap_bytes(messages: list[StoredMessage]) -> list[StoredMessage]:
 
 def message_json(message: StoredMessage, me: str, them: str, *,
                  author_name: str | None = None,
-                 group_name: str | None = None) -> dict[str, Any]:
+                 group_name: str | None = None) -> JsonObject:
     """The JSON form of a message for the API (``them``: the contact, or for an outgoing
     group message the group id). ``author``: who wrote it (for a group message relayed by
     the admin, the member who signed it, not the admin); ``kind``: "text" (typed by

@@ -145,19 +145,21 @@ class Streams:
                        history_row: bool = True, kind: str = "text") -> StoredMessage:
         """Queue a payload for the contact (idempotent per ``message_id``) and return once
         the transaction that holds it committed."""
-        message_id = message_id or secrets.token_bytes(16)
         now = time.time()
-        existing = self.history.message(message_id)
-        if existing is not None:  # a retried send: idempotent
-            if existing.contact != contact or not existing.outgoing:
-                raise LocalProtocolError("that message id is already used")
-            return existing
-        queued = self._batch_ids.get(message_id)
-        if queued is not None:  # retried while the first one waits for its commit
-            if queued[0] != contact:
-                raise LocalProtocolError("that message id is already used")
-            await asyncio.shield(queued[1])
-            return await self.enqueue(contact, template, text, message_id)
+        if message_id is None:  # a fresh random id: nothing to look up
+            message_id = secrets.token_bytes(16)
+        else:
+            existing = self.history.message(message_id)
+            if existing is not None:  # a retried send: idempotent
+                if existing.contact != contact or not existing.outgoing:
+                    raise LocalProtocolError("that message id is already used")
+                return existing
+            queued = self._batch_ids.get(message_id)
+            if queued is not None:  # retried while the first one waits for its commit
+                if queued[0] != contact:
+                    raise LocalProtocolError("that message id is already used")
+                await asyncio.shield(queued[1])
+                return await self.enqueue(contact, template, text, message_id)
         # The payload gets its sequence number now and waits (with every send of this turn of
         # the event loop) for one transaction: one commit for a burst of sends, and ``send``
         # still returns only once its message is durable.
@@ -176,11 +178,9 @@ class Streams:
             await asyncio.shield(done)
         finally:
             self._batch_ids.pop(message_id, None)
-        stored = self.history.message(message_id)
-        if stored is None:  # a group fan-out copy: no row of its own
-            return StoredMessage(message_id, contact, True, seq, now, None, text, False, False,
-                                 kind=kind)
-        return stored
+        # The row as this transaction wrote it (a group fan-out copy has none of its own).
+        return StoredMessage(message_id, contact, True, seq, now, None, text, False, False,
+                             kind=kind)
 
     async def _commit_batch(self) -> None:
         """Commit the queued sends (if no other transaction took them meanwhile), with the

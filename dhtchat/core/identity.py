@@ -16,6 +16,7 @@ a 32-byte seed (the app layer uses :func:`secrets.token_bytes`).
 from __future__ import annotations
 
 import base64
+import functools
 from typing import Final
 
 import nacl.exceptions
@@ -80,12 +81,18 @@ def _checksum(public_key: bytes) -> bytes:
 
 def encode_user_id(public_key: bytes) -> str:
     """The printable user id for an Ed25519 public key."""
+    return _encode_user_id(bytes(public_key))
+
+
+@functools.lru_cache(maxsize=4096)  # pure, and asked for every message a client lists
+def _encode_user_id(public_key: bytes) -> str:
     if len(public_key) != PUBLIC_KEY_BYTES:
         raise LocalProtocolError("a user id encodes a 32-byte Ed25519 public key")
     raw = public_key + _checksum(public_key)
     return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
 
+@functools.lru_cache(maxsize=4096)  # pure (a typo raises, and is not cached)
 def decode_user_id(text: str) -> bytes:
     """Parse a user id back to the public key; raises :class:`InvalidUserId` on any typo.
 

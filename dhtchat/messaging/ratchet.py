@@ -189,6 +189,15 @@ class _AEAD(aead_aes_hmac.AEAD):
 class _DHRatchet(diffie_hellman_ratchet_curve25519.DiffieHellmanRatchet):
     """The recommended X25519 ratchet, refusing any chain jump above MAX_SKIP before KDF work."""
 
+    _own_pub: tuple[bytes, bytes] = (b"", b"")  # (ratchet private key, its public key)
+
+    def _derive_pub(self, priv: bytes) -> bytes:  # type: ignore[override]  # (called on self)
+        # Asked for every message sent (its header): the key changes only with a DH step, so
+        # the last answer is kept beside the private key this object holds anyway.
+        if self._own_pub[0] != priv:
+            self._own_pub = (priv, super()._derive_pub(priv))
+        return self._own_pub[1]
+
     async def next_decryption_key(self, header: Header) -> tuple[bytes, SkippedMessageKeys]:
         received = self.receiving_chain_length or 0
         if header.ratchet_pub == self.model.other_ratchet_pub:

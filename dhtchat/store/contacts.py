@@ -30,6 +30,7 @@ from dhtchat.store.private import write_private_file
 SEEN_RETENTION: Final = 15 * 86400  # longer than a contact request can live in the DHT
 TRIM_PERIOD: Final = 3600.0  # seen envelopes are trimmed at most this often
 MAX_INCOMING: Final = 256  # pending incoming requests kept; the oldest go first
+ENTRY_CACHE: Final = 4096  # contact entries kept in memory (the list is cleared when full)
 
 ContactState = Literal["incoming", "outgoing", "accepted", "refused", "blocked"]
 STATES: Final = ("incoming", "outgoing", "accepted", "refused", "blocked")
@@ -118,6 +119,9 @@ class ContactStore:
                              "WHERE length(envelope) = 48")
             self._db.execute("DELETE FROM seen_envelopes WHERE length(envelope) = 48")
         self._trimmed = 0.0
+        # Entries by key, read once: the daemon's connection is the only writer while it
+        # runs (the profile lock), and every write below clears the copy it changes.
+        self._entries: dict[bytes, ContactEntry | None] = {}
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(verified)")}
         if "fingerprint" not in columns:  # a contact list from before pinning
             with self._db:
@@ -126,10 +130,16 @@ class ContactStore:
 
     def get(self, public_key: bytes) -> ContactEntry | None:
         """The entry for a key, if any."""
+        if public_key in self._entries:
+            return self._entries[public_key]
         row = self._db.execute(
             "SELECT public_key, name, state, message, created, updated FROM contacts "
             "WHERE public_key = ?", (public_key,)).fetchone()
-        return _entry(row) if row else None
+        entry = _entry(row) if row else None
+        if len(self._entries) >= ENTRY_CACHE:
+            self._entries.clear()
+        self._entries[bytes(public_key)] = entry
+        return entry
 
     def all(self, state: ContactState | None = None) -> list[ContactEntry]:
         """All entries (optionally of one state), by name."""
@@ -151,6 +161,7 @@ class ContactStore:
             now: float | None = None) -> ContactEntry:
         """Insert or update an entry (the name is kept when ``name`` is empty)."""
         stamp = time.time() if now is None else now
+        self._entries.pop(public_key, None)
         with self._db:
             self._db.execute(
                 """INSERT INTO contacts VALUES (?, ?, ?, ?, ?, ?)
@@ -203,6 +214,7 @@ class ContactStore:
 
     def delete(self, public_key: bytes) -> None:
         """Forget an entry."""
+        self._entries.pop(public_key, None)
         with self._db:
             self._db.execute("DELETE FROM contacts WHERE public_key = ?", (public_key,))
 
@@ -212,6 +224,7 @@ class ContactStore:
         """Record a pending request and its envelope in one transaction; drop pending
         requests older than ``lifetime`` and, over ``cap``, the oldest. Returns the entry
         (None when it was itself the oldest over the cap)."""
+        self._entries.pop(public_key, None)
         with self._db:
             self._db.execute(
                 """INSERT INTO contacts VALUES (?, ?, 'incoming', ?, ?, ?)
@@ -236,6 +249,7 @@ class ContactStore:
             "WHERE state = 'incoming' ORDER BY updated DESC, public_key LIMIT -1 OFFSET ?)",
             (now - lifetime, cap)).fetchall()
         if stale:
+            self._entries.clear()
             self._db.executemany("DELETE FROM contacts WHERE public_key = ?", stale)
         return len(stale)
 

@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS messages (
     kind TEXT NOT NULL DEFAULT 'text',
     UNIQUE (contact, outgoing, seq));
 CREATE INDEX IF NOT EXISTS messages_by_contact ON messages (contact, outgoing, seq);
+CREATE INDEX IF NOT EXISTS messages_unfetched ON messages (contact, seq)
+    WHERE outgoing = 0 AND fetched = 0;
 CREATE TABLE IF NOT EXISTS outbox (
     contact BLOB NOT NULL,
     seq INTEGER NOT NULL,
@@ -140,9 +142,12 @@ class Transaction:
     (yielded by :meth:`History.transaction`): everything written through it commits
     together, or nothing does."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection,
+                 conversations: dict[bytes, ConversationRow]) -> None:
+        """``conversations``: the history's cached rows, dropped here when written."""
         self.connection = connection
         """The connection, for the store's table modules (files, groups, calls, events)."""
+        self._conversations = conversations
 
     # ------------------------------------------------------------------ meta
 
@@ -164,12 +169,14 @@ class Transaction:
         changed = {name: value for name, value in values.items() if value is not None}
         if not changed:
             return
+        self._conversations.pop(contact, None)
         assignments = ", ".join(f"{name} = ?" for name in changed)
         self.connection.execute(f"UPDATE conversations SET {assignments} WHERE contact = ?",
                                 (*changed.values(), contact))
 
     def clear_session(self, contact: bytes) -> None:
         """Forget the ratchet session with a contact (the next message starts a new one)."""
+        self._conversations.pop(contact, None)
         self.connection.execute("UPDATE conversations SET session = NULL WHERE contact = ?",
                                 (contact,))
 
@@ -259,6 +266,7 @@ class Transaction:
                    "THEN ? + timer ELSE expire_at END WHERE contact = ? AND "
                    "outgoing = 1 AND seq > ? AND seq <= ? AND delivered = 0",
                    (now, contact, after, through))
+        self._conversations.pop(contact, None)
         db.execute("UPDATE conversations SET acked_out_seq = max(acked_out_seq, ?) "
                    "WHERE contact = ?", (through, contact))
         groups = [bytes(row[0]) for row in db.execute(
@@ -292,6 +300,10 @@ class History:
             write_private_file(path, b"")
         self._db: Connection = sqlcipher3.connect(str(path), isolation_level=None,
                                                   check_same_thread=False)
+        # Conversation rows as last read or written through this connection (cleared on a
+        # rollback); every write to the table goes through a Transaction, which drops the
+        # row it changes.
+        self._conversations: dict[bytes, ConversationRow] = {}
         self._db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
         try:
             self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -320,9 +332,10 @@ class History:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on an exception)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield Transaction(self._db)
+            yield Transaction(self._db, self._conversations)
         except BaseException:
             self._db.execute("ROLLBACK")
+            self._conversations.clear()  # they may hold what was rolled back
             raise
         self._db.execute("COMMIT")
 
@@ -341,6 +354,9 @@ class History:
 
     def conversation(self, contact: bytes) -> ConversationRow:
         """The per-contact counters and session (created on first use)."""
+        cached = self._conversations.get(contact)
+        if cached is not None:
+            return cached
         self._db.execute("INSERT OR IGNORE INTO conversations (contact) VALUES (?)", (contact,))
         row = self._db.execute(
             "SELECT next_out_seq, next_in_seq, acked_out_seq, mailbox_out_index, "
@@ -348,9 +364,11 @@ class History:
         ).fetchone()
         assert row is not None  # inserted just before
         next_out, next_in, acked, mailbox_out, mailbox_in, timer, session = row
-        return ConversationRow(int(next_out), int(next_in), int(acked), int(mailbox_out),
-                               int(mailbox_in), int(timer),
-                               str(session) if session is not None else None)
+        values = ConversationRow(int(next_out), int(next_in), int(acked), int(mailbox_out),
+                                 int(mailbox_in), int(timer),
+                                 str(session) if session is not None else None)
+        self._conversations[bytes(contact)] = values
+        return values
 
     def update_conversation(self, db: Transaction, contact: bytes, *,
                             next_out_seq: int | None = None, next_in_seq: int | None = None,
