@@ -455,3 +455,100 @@ def test_a_sender_crash_before_the_commit_loses_only_the_unreturned_send() -> No
     assert world.sent_count == 0 and world.outbox.next_seq == 1
     world.settle()
     world.check()
+
+
+# ---------------------------------------------------------------- the indexes (a model check)
+
+class _NaiveOutbox:
+    """The outbox's answers computed by scanning every entry (what the indexes replace)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, dict[str, object]] = {}
+        self.next_seq, self.acked, self.committed_next = 1, 0, 1
+
+    def due(self, now: float, after: float) -> list[int]:
+        return [s for s, e in self.entries.items() if e["frame"] is not None and (
+            e["sent_at"] is None or now - float(e["sent_at"]) >= after)]  # type: ignore[arg-type]
+
+
+# Weighted so that most runs queue, commit, frame, send and acknowledge several entries.
+_OP = st.sampled_from(["queue", "commit", "encrypt", "transmit"] * 3
+                      + ["ack", "ack", "rollback", "reset", "tick", "tick", "back"])
+_OPS = st.lists(st.tuples(_OP, st.integers(0, 6)), min_size=5, max_size=80)
+
+
+@given(ops=_OPS)
+@settings(max_examples=1000, deadline=None)
+def test_the_indexed_outbox_answers_as_a_scan_of_every_entry_would(
+        ops: list[tuple[str, int]]) -> None:
+    """Random operations (including a clock that goes back): every question the driver asks
+    gets the answer a scan of all entries gives."""
+    outbox, model, now = Outbox(retransmit_after=3.0), _NaiveOutbox(), 100.0
+    for op, arg in ops:
+        if op == "queue":
+            for _ in range(arg + 1):
+                seq = outbox.queue(lambda s: b"p%d" % s)
+                model.entries[seq] = {"committed": False, "frame": None, "sent_at": None}
+        elif op == "commit":
+            outbox.committed()
+            for e in model.entries.values():
+                e["committed"] = True
+            model.committed_next = outbox.next_seq
+        elif op == "rollback":
+            dropped = outbox.rollback()
+            assert dropped == [s for s, e in model.entries.items() if not e["committed"]]
+            for seq in dropped:
+                del model.entries[seq]
+        elif op == "encrypt":
+            for entry in outbox.to_encrypt()[:arg + 1]:
+                outbox.framed(entry.seq, b"f" + entry.payload)
+                model.entries[entry.seq]["frame"] = b"f" + entry.payload
+        elif op == "transmit":
+            expected = model.due(now, 3.0)
+            sent = outbox.transmit(now, force=arg == 6)
+            if arg == 6:
+                expected = [s for s, e in model.entries.items() if e["frame"] is not None]
+            assert [f.seq for f in sent] == expected
+            for frame in sent:
+                model.entries[frame.seq]["sent_at"] = now
+        elif op == "ack":
+            through = min(outbox.acked + arg + 1, model.committed_next - 1)
+            outbox.on_ack(outbox.acked + arg + 1)
+            for seq in [s for s in model.entries if s <= through]:
+                del model.entries[seq]
+        elif op == "reset":
+            outbox.reset()
+            for e in model.entries.values():
+                e["frame"], e["sent_at"] = None, None
+        elif op == "tick":
+            now += arg
+        else:
+            now -= arg
+        assert outbox.seqs() == list(model.entries)
+        assert [q.seq for q in outbox.to_encrypt()] == [
+            s for s, e in model.entries.items() if e["committed"] and e["frame"] is None]
+        assert [q.seq for q in outbox.to_encrypt(uncommitted=True)] == [
+            s for s, e in model.entries.items() if e["frame"] is None]
+        assert [q.seq for q in outbox.uncommitted()] == [
+            s for s, e in model.entries.items() if not e["committed"]]
+        assert outbox.has_frames() == any(e["frame"] is not None for e in model.entries.values())
+        assert outbox.needs_frames() == any(
+            e["committed"] and e["frame"] is None for e in model.entries.values())
+        times = [float(e["sent_at"]) for e in model.entries.values()  # type: ignore[arg-type]
+                 if e["sent_at"] is not None]
+        assert outbox.next_deadline() == (min(times) + 3.0 if times else None)
+        assert outbox.due(now) == model.due(now, 3.0)
+
+
+def test_a_clock_that_goes_back_does_not_hide_the_earliest_retransmission() -> None:
+    outbox = Outbox(retransmit_after=3.0)
+    for _ in range(2):
+        outbox.queue(lambda s: b"p%d" % s)
+    outbox.committed()
+    outbox.framed(1, b"f1")
+    assert [f.seq for f in outbox.transmit(100.0)] == [1]
+    outbox.framed(2, b"f2")
+    assert [f.seq for f in outbox.transmit(90.0)] == [2]  # the clock went back 10 s
+    assert outbox.next_deadline() == 93.0
+    assert outbox.due(93.0) == [2]
+    assert outbox.due(103.0) == [1, 2]

@@ -227,6 +227,8 @@ class Messenger:
             await self._encrypt_pending(contact, bundle)
             if not outbox.has_frames():
                 return  # nothing framed
+            # No frame leaves before its ratchet state is on disk (the history's barrier).
+            await self.history.durable()
             channel = self._channel(contact)
             now = time.monotonic()
             if channel is not None:
@@ -569,6 +571,11 @@ class Messenger:
             body = await conversation.encrypt(encoder.encode(payload), new_session_from)
             with self.stream.transaction() as db:
                 self.history.update_conversation(db, contact, session=conversation.to_json())
+            # On disk before it leaves: its ratchet state, and what an ack covers.
+            await self.history.durable()
+            channel = self._channel(contact)  # (it may have closed meanwhile)
+            if channel is None and payload.kind in ("typing", "call", "goodbye"):
+                return
             frame = encoder.encode(Frame(0, body))
             if channel is not None:
                 channel.send(frame)

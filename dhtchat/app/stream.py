@@ -34,7 +34,14 @@ from dhtchat.core.errors import LocalProtocolError
 from dhtchat.messaging.outbox import Inbox, Outbox, Queued
 from dhtchat.messaging.payload import GROUP_KINDS, Frame, Payload, encoder
 from dhtchat.messaging.session import Conversation, PrekeyStore, SessionError
-from dhtchat.store.history import History, MailboxSlot, StoredMessage, Transaction
+from dhtchat.store.history import (
+    History,
+    MailboxSlot,
+    NewOutboxRow,
+    NewOutgoingRow,
+    StoredMessage,
+    Transaction,
+)
 
 log = logging.getLogger("dhtchat.messages")
 
@@ -178,6 +185,7 @@ class Streams:
             await asyncio.shield(done)
         finally:
             self._batch_ids.pop(message_id, None)
+        await self.history.durable()  # returned means on disk (one fsync for the batch)
         # The row as this transaction wrote it (a group fan-out copy has none of its own).
         return StoredMessage(message_id, contact, True, seq, now, None, text, False, False,
                              kind=kind)
@@ -205,12 +213,13 @@ class Streams:
                 frames[contact] = (conversation, done)
             if not self._batch and not any(done for _, done in frames.values()):
                 return  # another transaction took the sends, and nothing was encrypted
+            ready = {(contact, e.seq): frame for contact, (_, done) in frames.items()
+                     for e, frame in done if self.outbox(contact).holds(e)}
             try:
-                with self.transaction() as db:
-                    for contact, (conversation, done) in frames.items():
-                        outbox = self.outbox(contact)
-                        db.set_frames(contact,
-                                      [(e.seq, frame) for e, frame in done if outbox.holds(e)])
+                with self.transaction(frames=ready) as db:
+                    # (the rows this transaction inserts took their frames from ``ready``)
+                    db.set_frames_of(ready)
+                    for contact, (conversation, _) in frames.items():
                         self.history.update_conversation(db, contact,
                                                          session=conversation.to_json())
             except Exception:  # the senders get it through their future
@@ -225,7 +234,8 @@ class Streams:
                 lock.release()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, *, frames: dict[tuple[bytes, int], bytes] | None = None,
+                    ) -> Iterator[Transaction]:
         """A history transaction that first writes the queued sends (so no outbox row ever
         commits before an earlier one of the same contact); after the commit the outboxes
         count them as committed and are flushed, after a failure they forget them."""
@@ -234,8 +244,7 @@ class Streams:
         self._txn_outboxes = {q.contact for q in batch}
         try:
             with self.history.transaction() as db:
-                for queued in batch:
-                    self._write_queued(db, queued)
+                self._write_queued(db, batch, {} if frames is None else frames)
                 yield db
         except BaseException as exc:
             for contact in self._txn_outboxes:
@@ -258,16 +267,27 @@ class Streams:
         self._flush_after_commit.update(written)
         self.flush_queued()
 
-    def _write_queued(self, db: Transaction, queued: QueuedSend) -> None:
-        contact, seq = queued.contact, queued.seq
-        payload = self.outbox(contact).payload(seq)
-        db.add_outbox(contact, seq, payload, queued.now)
-        self.history.update_conversation(db, contact, next_out_seq=seq + 1)
-        if queued.history_row:  # (a group: one row)
-            db.add_outgoing(queued.message_id, contact, seq, queued.now, queued.text,
-                            queued.timer, queued.kind)
-        if queued.conversation_timer is not None:
-            self.history.update_conversation(db, contact, timer=queued.conversation_timer)
+    def _write_queued(self, db: Transaction, batch: list[QueuedSend],
+                      frames: dict[tuple[bytes, int], bytes]) -> None:
+        """The queued sends' outbox and history rows, and per contact the next sequence
+        number (and the last timer set): a few statements for the whole batch. A row whose
+        frame is in ``frames`` is written with it (and taken out of ``frames``)."""
+        if not batch:
+            return
+        counters: dict[bytes, tuple[int, int | None]] = {}  # next_out_seq, timer
+        for queued in batch:
+            next_out, timer = counters.get(queued.contact, (0, None))
+            counters[queued.contact] = (
+                max(next_out, queued.seq + 1),
+                queued.conversation_timer if queued.conversation_timer is not None else timer)
+        db.add_outbox_rows(
+            [NewOutboxRow(q.contact, q.seq, self.outbox(q.contact).payload(q.seq),
+                          frames.pop((q.contact, q.seq), None), q.now) for q in batch])
+        db.add_outgoing_rows(
+            [NewOutgoingRow(q.message_id, q.contact, q.seq, q.now, q.text, q.timer, q.kind)
+             for q in batch if q.history_row])  # (a group: one row)
+        for contact, (next_out, timer) in counters.items():
+            self.history.update_conversation(db, contact, next_out_seq=next_out, timer=timer)
 
     def enqueue_in(self, db: Transaction, contact: bytes, template: Payload, message_id: bytes,
                     now: float) -> int:

@@ -109,6 +109,12 @@ class Outbox:
         if next_seq < 1 or not 0 <= acked < next_seq:
             raise ValueError("need 0 <= acked < next_seq")
         self._entries: dict[int, _Entry] = {}  # insertion order is sequence order
+        # Indexes over the entries, so that each call costs what it returns, not the size of
+        # the outbox (thousands of entries while a burst is out). Dicts as ordered sets:
+        self._uncommitted: dict[int, None] = {}  # by sequence number (always the newest)
+        self._unframed: dict[int, None] = {}  # no frame yet, by sequence number
+        self._unsent: dict[int, None] = {}  # framed, not sent in this run
+        self._sent: dict[int, None] = {}  # framed and sent, by the time of the last send
         self._next_seq = next_seq
         self._committed_next = next_seq  # the next_seq a restart would see
         self.acked = acked
@@ -129,6 +135,10 @@ class Outbox:
                      retransmit_after=retransmit_after)
         for entry in ordered:
             outbox._entries[entry.seq] = _Entry(entry.seq, entry.payload, True, entry.frame)
+            if entry.frame is None:
+                outbox._unframed[entry.seq] = None
+            else:
+                outbox._unsent[entry.seq] = None
         return outbox
 
     @property
@@ -148,27 +158,33 @@ class Outbox:
         until :meth:`committed`."""
         seq = self._next_seq
         self._entries[seq] = _Entry(seq, build(seq))
+        self._uncommitted[seq] = None
+        self._unframed[seq] = None
         self._next_seq += 1
         return seq
 
     def uncommitted(self) -> list[Queued]:
         """Queued payloads the next transaction must write (with ``next_seq``), in order."""
-        return [Queued(e.seq, e.payload) for e in self._entries.values() if not e.committed]
+        return [Queued(seq, self._entries[seq].payload) for seq in self._uncommitted]
 
     def committed(self, through: int | None = None) -> None:
         """The transaction holding the payloads up to ``through`` (default: all) committed."""
         last = self._next_seq - 1 if through is None else through
-        for entry in self._entries.values():
-            if entry.seq <= last:
-                entry.committed = True
+        for seq in list(self._uncommitted):
+            if seq > last:
+                break
+            self._entries[seq].committed = True
+            del self._uncommitted[seq]
         self._committed_next = max(self._committed_next, min(last + 1, self._next_seq))
 
     def rollback(self) -> list[int]:
         """The transaction failed: forget every uncommitted payload (they are the newest);
         returns their sequence numbers."""
-        dropped = [e.seq for e in self._entries.values() if not e.committed]
+        dropped = list(self._uncommitted)
         for seq in dropped:
             del self._entries[seq]
+            self._unframed.pop(seq, None)
+        self._uncommitted.clear()
         self._next_seq = self._committed_next
         return dropped
 
@@ -176,16 +192,16 @@ class Outbox:
         """Committed payloads without a frame, in order (encrypt them in this order);
         ``uncommitted``: queued ones too, for a transaction that commits the payloads and
         their frames together (:meth:`framed` after it)."""
-        return [Queued(e.seq, e.payload) for e in self._entries.values()
-                if (e.committed or uncommitted) and e.frame is None]
+        entries = (self._entries[seq] for seq in self._unframed)
+        return [Queued(e.seq, e.payload) for e in entries if e.committed or uncommitted]
 
     def needs_frames(self) -> bool:
         """Whether a committed payload waits for its frame."""
-        return any(e.committed and e.frame is None for e in self._entries.values())
+        return any(self._entries[seq].committed for seq in self._unframed)
 
     def has_frames(self) -> bool:
         """Whether an unacknowledged payload has its frame."""
-        return any(e.frame is not None for e in self._entries.values())
+        return len(self._entries) > len(self._unframed)
 
     def holds(self, entry: Queued) -> bool:
         """Whether ``entry`` is still queued as it was (not acknowledged, not rolled back and
@@ -200,6 +216,9 @@ class Outbox:
             return  # acknowledged meanwhile (a reset raced an ack)
         if not entry.committed:
             raise ValueError(f"payload {seq} framed before it was committed")
+        if entry.frame is None:
+            del self._unframed[seq]
+            self._unsent[seq] = None
         entry.frame = frame
 
     def payload(self, seq: int) -> bytes:
@@ -214,8 +233,17 @@ class Outbox:
     def due(self, now: float, *, force: bool = False) -> list[int]:
         """Framed payloads to transmit now: never sent in this run, or sent
         ``retransmit_after`` ago without an ack (``force``: every framed one)."""
-        return [e.seq for e in self._entries.values() if e.frame is not None and (
-            force or e.sent_at is None or now - e.sent_at >= self.retransmit_after)]
+        if force:
+            return [e.seq for e in self._entries.values() if e.frame is not None]
+        overdue = []
+        for seq in self._sent:  # oldest send first: stop at the first one not due
+            sent_at = self._entries[seq].sent_at
+            if sent_at is None or now - sent_at < self.retransmit_after:
+                break
+            overdue.append(seq)
+        if not overdue:
+            return list(self._unsent)
+        return sorted([*self._unsent, *overdue])
 
     def sent(self, seq: int, now: float) -> int:
         """``seq`` was transmitted at ``now``; returns how many times before (0: first)."""
@@ -223,6 +251,14 @@ class Outbox:
         attempt = entry.sends
         entry.sends += 1
         entry.sent_at = now
+        self._unsent.pop(seq, None)
+        self._sent.pop(seq, None)
+        newest = next(reversed(self._sent), None)
+        self._sent[seq] = None  # now the newest send...
+        if newest is not None and (self._entries[newest].sent_at or 0.0) > now:
+            # ... unless the clock went back: keep the order by time of the last send
+            order = sorted(self._sent, key=lambda s: self._entries[s].sent_at or 0.0)
+            self._sent = dict.fromkeys(order)
         return attempt
 
     def transmit(self, now: float, *, force: bool = False) -> list[SendFrame]:
@@ -236,8 +272,12 @@ class Outbox:
 
     def next_deadline(self) -> float | None:
         """When the earliest sent, unacknowledged frame is due again (None: nothing sent)."""
-        times = [e.sent_at for e in self._entries.values() if e.sent_at is not None]
-        return min(times) + self.retransmit_after if times else None
+        oldest = next(iter(self._sent), None)
+        if oldest is None:
+            return None
+        sent_at = self._entries[oldest].sent_at
+        assert sent_at is not None  # (an entry in _sent was sent)
+        return sent_at + self.retransmit_after
 
     def on_ack(self, ack: int) -> Acked | None:
         """A cumulative ack arrived; it cannot cover what was never committed (a confused
@@ -246,10 +286,17 @@ class Outbox:
         if ack <= self.acked:
             return None
         self.acked = ack
-        gone = tuple(s for s in self._entries if s <= ack)
+        gone: list[int] = []
+        for seq in self._entries:  # in sequence order: the acknowledged ones come first
+            if seq > ack:
+                break
+            gone.append(seq)
         for seq in gone:
             del self._entries[seq]
-        return Acked(ack, gone)
+            self._unframed.pop(seq, None)
+            self._unsent.pop(seq, None)
+            self._sent.pop(seq, None)
+        return Acked(ack, tuple(gone))
 
     def reset(self) -> None:
         """The contact lost our session: every frame is dropped (encrypt them again, then
@@ -258,6 +305,9 @@ class Outbox:
             entry.frame = None
             entry.sent_at = None
             entry.sends = 0
+        self._unframed = dict.fromkeys(self._entries)
+        self._unsent.clear()
+        self._sent.clear()
 
 
 class Inbox:
