@@ -21,6 +21,7 @@ seeded mutator (no coverage feedback); CI uses it (tests/test_fuzz_targets.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -63,7 +64,6 @@ from dhtchat.app.events import EventLog
 from dhtchat.app.files import FileTransfers, safe_file_name, seal_chunk
 from dhtchat.app.groups import new_group, open_state, sign_state
 from dhtchat.app.keystore import KeystoreError, load_identity_document, open_identity, seal_identity
-from dhtchat.app.messenger import Frame, Payload
 from dhtchat.app.rpc import RpcError, RpcServer
 from dhtchat.core.calls import ACTIONS, CallMachine
 from dhtchat.core.contacts import (
@@ -83,6 +83,7 @@ from dhtchat.core.records import Record, make_app_record, validate_record
 from dhtchat.core.stun import answer_binding_request, binding_request, parse_binding_response
 from dhtchat.core.wire import FindNode, GetValues, Ping, Store, decode, encode_request
 from dhtchat.messaging.mailbox import Part
+from dhtchat.messaging.payload import Frame, Payload, pack_frames, unpack_frames
 from dhtchat.messaging.session import (
     Conversation,
     PrekeyStore,
@@ -209,7 +210,8 @@ _payload_decoder = msgspec.msgpack.Decoder(Payload)
 
 
 def _t_mailbox(data: bytes) -> None:
-    """A mailbox slot (sealed Part), then the Part's frame and the ratchet header inside."""
+    """A mailbox slot (sealed Part), then the Part's frame, a data-channel frame batch and the
+    ratchet header inside."""
     record = Record(12, PAIR_ALICE.channel_signer(_purpose("MAILBOX"), ALICE.public_key,
                                                   0).public_key,
                     b"", b"", 1, int(NOW) + 600, data[:1100], bytes(64))
@@ -224,6 +226,13 @@ def _t_mailbox(data: bytes) -> None:
             continue
         if isinstance(decoded, Frame):
             is_initial_message(decoded.body)
+    try:
+        frames = unpack_frames(data)
+    except _MSGSPEC_ERRORS:
+        return
+    for frame in frames:
+        with contextlib.suppress(*_MSGSPEC_ERRORS):
+            is_initial_message(_frame_decoder.decode(frame).body)
 
 
 def _purpose(name: str) -> Any:
@@ -425,7 +434,9 @@ def _seeds() -> dict[str, list[bytes]]:
         "sdp": [_SDP.encode()],
         "stun": [response, binding_request(stun_tid)],
         "mailbox": [slot.value, _encoder.encode(Part(0, 2, b"abc")),
-                    _encoder.encode(Frame(1, b"\x92\x01\xc4\x00"))],
+                    _encoder.encode(Frame(1, b"\x92\x01\xc4\x00")),
+                    pack_frames([_encoder.encode(Frame(seq, b"\x92\x01\xc4\x00"))
+                                 for seq in (1, 2)])],
         "payload": [_encoder.encode(p) for p in payloads],
         "group": [group],
         "call": [bytes([0, 1, 2, 3]), bytes(range(8))],

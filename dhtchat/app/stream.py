@@ -46,6 +46,9 @@ from dhtchat.store.history import (
 log = logging.getLogger("dhtchat.messages")
 
 RESET_INTERVAL: Final = 60.0  # at most one session reset request per contact per minute
+# A batch commit waits this long for a contact's lock to frame its sends in the same
+# transaction (else the flush after the commit frames them, in a second one).
+BATCH_LOCK_WAIT: Final = 0.05
 
 RowWriter = Callable[[Transaction, bytes, Payload], None]
 """Stores one received message's history row inside the open transaction."""
@@ -199,9 +202,15 @@ class Streams:
         try:
             for contact in sorted({q.contact for q in self._batch}):
                 state, conversation = self.state(contact), self.conversation(contact)
-                if not conversation.established or state.lock.locked():
-                    continue  # flush() encrypts them (it may need the bundle, or waits)
-                await state.lock.acquire()
+                if not conversation.established:
+                    continue  # flush() encrypts them (it may need the bundle)
+                if not state.lock.locked():
+                    await state.lock.acquire()  # (free: no wait)
+                else:
+                    try:  # the contact's frames being handled (acks) end in a moment
+                        await asyncio.wait_for(state.lock.acquire(), BATCH_LOCK_WAIT)
+                    except TimeoutError:
+                        continue  # busy for longer: flush() encrypts them after the commit
                 held.append(state.lock)
                 done: list[tuple[Queued, bytes]] = []
                 for entry in self.outbox(contact).to_encrypt(uncommitted=True):

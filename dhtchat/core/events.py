@@ -22,6 +22,14 @@ class BootstrapCompleted(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AddressObserved(Event):
+    """A node at ``peer`` answered our ping: it saw the ping come from ``observed``."""
+
+    peer: Address
+    observed: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LookupCompleted(Event):
     """A ``find_node`` finished with the closest contacts that answered.
 

@@ -34,6 +34,8 @@ i.e. request handling and the checks on replies).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import heapq
 import hmac
 from functools import lru_cache
@@ -41,6 +43,7 @@ from typing import Final
 
 from dhtchat.core.addresses import Address, is_valid_contact_address, pack_ip, subnet_of, unpack_ip
 from dhtchat.core.errors import InvalidRecord, RemoteProtocolError
+from dhtchat.core.events import AddressObserved
 from dhtchat.core.identity import verify_signature
 from dhtchat.core.node_queries import NodeQueries
 from dhtchat.core.node_state import _PING_PAD, DhtConfig, _Listener, _Purpose, _Query, _Transaction
@@ -92,6 +95,12 @@ def _contact_address(ip: bytes, port: int) -> Address | None:
 
 class DhtNode(NodeQueries):
     """A Kademlia node as a pure state machine (see the module docstring)."""
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Only ask (``True``: a DHT client, BEP 43) or also serve; peers add us to their
+        routing tables, or stop, from our next request on (dhtchat.core.reachability)."""
+        self.config = dataclasses.replace(self.config, read_only=read_only)
+        self._flags = FLAG_READ_ONLY if read_only else 0
 
     # ------------------------------------------------------------------ sans-IO verbs: datagrams
 
@@ -314,6 +323,11 @@ class DhtNode(NodeQueries):
             peer.token_at = now
         if not envelope.flags & FLAG_READ_ONLY:
             self._on_verified(sender_id, address, now)
+        if isinstance(body, Pong) and self.config.report_observed_addresses:
+            # where our ping came from, as the peer saw it
+            with contextlib.suppress(ValueError):
+                observed = (unpack_ip(body.observed_ip), body.observed_port)
+                self._emit(AddressObserved(peer=address, observed=observed))
         if isinstance(body, (Error, Stored)) and self._retry_with_token(txn, body, now):
             return
         if isinstance(body, REQUEST_TYPES):  # pragma: no cover - routed to _handle_request

@@ -135,6 +135,7 @@ class DhtConfig:
     store_retries: int = 1
     verify_signatures: bool = True
     read_only: bool = False
+    report_observed_addresses: bool = False  # AddressObserved per Pong (reachability)
     max_queued_events: int = 10_000
 
     def __post_init__(self) -> None:

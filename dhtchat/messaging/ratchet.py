@@ -26,6 +26,7 @@ An *initial* message is a ratchet message with the X3DH header (X3DH spec sec. 3
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Final
 
 import msgspec
@@ -186,10 +187,56 @@ class _AEAD(aead_aes_hmac.AEAD):
         return AEAD_INFO
 
 
+_ATOMIC: Final = (bytes, str, int, float, bool, type(None), type)
+
+
+def _plain_copy(value: object, memo: dict[int, object]) -> object:
+    """A deep copy of the ratchet's state objects (plain ``__dict__`` objects holding bytes,
+    numbers, classes and each other) without :func:`copy.deepcopy`'s generic protocol, which
+    cost more than the decryption itself (the library copies the ratchet before every
+    decrypt, to roll back on failure). Anything else goes through ``copy.deepcopy``."""
+    if isinstance(value, _ATOMIC):
+        return value
+    if not hasattr(value, "__dict__") or not _plain_class(type(value)):
+        return copy.deepcopy(value, memo)
+    return _plain_copy_object(value, memo)
+
+
+_PLAIN_CLASSES: dict[type, bool] = {}
+
+
+def _plain_class(cls: type) -> bool:
+    """Whether instances are copied by their ``__dict__`` alone (no copy protocol, no slots)."""
+    plain = _PLAIN_CLASSES.get(cls)
+    if plain is None:
+        hooks = ("__deepcopy__", "__setstate__", "__reduce_ex__", "__reduce__")
+        plain = not any(any(h in c.__dict__ for h in hooks) or c.__dict__.get("__slots__")
+                        for c in cls.__mro__[:-1])
+        if len(_PLAIN_CLASSES) < 64:
+            _PLAIN_CLASSES[cls] = plain
+    return plain
+
+
+def _plain_copy_object(value: object, memo: dict[int, object]) -> object:
+    """A new instance of ``value``'s class with a :func:`_plain_copy` of its ``__dict__``."""
+    done = memo.get(id(value))
+    if done is not None:
+        return done
+    twin = object.__new__(type(value))
+    memo[id(value)] = twin
+    twin.__dict__.update({name: _plain_copy(item, memo) for name, item in vars(value).items()})
+    return twin
+
+
 class _DHRatchet(diffie_hellman_ratchet_curve25519.DiffieHellmanRatchet):
     """The recommended X25519 ratchet, refusing any chain jump above MAX_SKIP before KDF work."""
 
     _own_pub: tuple[bytes, bytes] = (b"", b"")  # (ratchet private key, its public key)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _DHRatchet:
+        twin = _plain_copy_object(self, memo)
+        assert isinstance(twin, _DHRatchet)
+        return twin
 
     def _derive_pub(self, priv: bytes) -> bytes:  # type: ignore[override]  # (called on self)
         # Asked for every message sent (its header): the key changes only with a DH step, so

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import secrets
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 from dhtchat.core.addresses import Address
 from dhtchat.core.events import (
+    AddressObserved,
     BootstrapCompleted,
     Event,
     GetCompleted,
@@ -30,6 +32,7 @@ from dhtchat.core.events import (
 )
 from dhtchat.core.identity import SEED_BYTES, SigningIdentity
 from dhtchat.core.node import DhtConfig, DhtNode
+from dhtchat.core.reachability import Reachability
 from dhtchat.core.records import Record
 from dhtchat.core.stun import looks_like_stun
 
@@ -91,6 +94,9 @@ class UdpDhtNode:
         self.address: Address = ("", 0)
         self.internal_errors = 0
         self.stun_answered = 0
+        # Decides client or server from what peers see (create(..., auto_mode=True)).
+        self.reachability: Reachability | None = None
+        self._local_ips: dict[str, str] = {}  # peer host -> our address towards it
 
     @classmethod
     async def create(
@@ -102,12 +108,18 @@ class UdpDhtNode:
         seed: int | None = None,
         config: DhtConfig | None = None,
         on_event: Callable[[Event], None] | None = None,
+        auto_mode: bool = False,
     ) -> UdpDhtNode:
         """Bind a UDP socket on ``host:port`` (0: any free port) and start the node.
 
         ``seed`` makes the node key and the node's randomness reproducible (tests and
-        benchmarks); otherwise both come from the OS's CSPRNG.
+        benchmarks); otherwise both come from the OS's CSPRNG. ``auto_mode``: start as a
+        read-only DHT client and serve once peers see us at our own address
+        (dhtchat.core.reachability); ``config.read_only`` is then where it starts.
         """
+        if auto_mode:
+            config = dataclasses.replace(config or DhtConfig(), read_only=True,
+                                         report_observed_addresses=True)
         if seed is not None:
             rng = random.Random(seed)
             key = node_key or SigningIdentity.from_seed(rng.randbytes(SEED_BYTES))
@@ -116,6 +128,8 @@ class UdpDhtNode:
             key = node_key or SigningIdentity.from_seed(secrets.token_bytes(SEED_BYTES))
         core = DhtNode(key, rng=rng, now=time.time(), config=config)
         node = cls(core, on_event)
+        if auto_mode:
+            node.reachability = Reachability()
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(node._on_datagram), local_addr=(host, port)
@@ -282,9 +296,44 @@ class UdpDhtNode:
             delay = min(max(0.0, deadline - now), _MAX_TIMER_DELAY)
             self._timer = self._loop.call_at(self._loop.time() + delay, self._on_timer)
 
+    def _local_ip_towards(self, host: str) -> str:
+        """The address our socket uses towards ``host`` (bound to a wildcard: the route's)."""
+        bound = self.address[0]
+        if bound not in ("0.0.0.0", "::", ""):
+            return bound
+        cached = self._local_ips.get(host)
+        if cached is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.connect((host, 9))  # no packet is sent: only the route is chosen
+                    cached = str(probe.getsockname()[0])
+            except OSError:
+                cached = bound
+            if len(self._local_ips) >= 256:
+                self._local_ips.clear()
+            self._local_ips[host] = cached
+        return cached
+
+    def _observed(self, event: AddressObserved) -> None:
+        if self.reachability is None:
+            return
+        before = self.reachability.verdict
+        local = (self._local_ip_towards(event.peer[0]), self.address[1])
+        verdict = self.reachability.observe(event.peer, event.observed, local)
+        if verdict in (before, "unknown"):
+            return
+        serving = verdict == "reachable"
+        if serving == self.core.config.read_only:
+            self.core.set_read_only(not serving)
+        log.info("DHT %s: a peer sees us at %s:%d, we send from %s:%d",
+                 "server" if serving else "client (behind a NAT)", *event.observed, *local)
+
     def _dispatch(self, event: Event) -> None:
         query_id = getattr(event, "query_id", None)
-        if isinstance(event, ValueFound):
+        if isinstance(event, AddressObserved):
+            self._observed(event)
+        elif isinstance(event, ValueFound):
             sub = self._subscriptions.get(event.query_id)
             if sub is not None and (sub.admit is None or sub.admit(event.record, event.source)):
                 if sub.queue.full():
