@@ -401,13 +401,13 @@ class Network:
                             SigningIdentity.from_seed(bytes([n + 101]) * 32), options)
             self.daemons.append(daemon)  # stopped by stop() even if start fails
             await daemon.start()
-            daemon.calls = BenchCallManager(daemon)
+            daemon.running.calls = BenchCallManager(daemon)
         await until(lambda: all(d.joined for d in self.daemons), "the DHT joins", 60)
         alice, bob = self.alice, self.bob
         alice.contacts.put(bob.identity.public_key, name="Bob", state="accepted")
         bob.contacts.put(alice.identity.public_key, name="Alice", state="accepted")
-        alice._link(bob.identity.public_key)
-        bob._link(alice.identity.public_key)
+        alice.link_contact(bob.identity.public_key)
+        bob.link_contact(alice.identity.public_key)
 
     def connected(self) -> bool:
         a = self.alice.links.get(self.bob.identity.public_key)

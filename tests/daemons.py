@@ -22,11 +22,21 @@ from dhtchat.core.identity import SigningIdentity
 REPO = Path(__file__).resolve().parent.parent
 Wrap = Callable[[list[str]], list[str]]
 PASSPHRASE = "correct horse battery staple"
-_hosts = itertools.count(40)
+
+
+def _first_host() -> int:
+    """Where this process's loopback /24s start: each pytest-xdist worker (``gw0``, ``gw1``,
+    ...) gets its own range of 1,000, so parallel workers never hand out the same address."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    return 40 + 1_000 * index
+
+
+_hosts = itertools.count(_first_host())
 
 
 def next_host() -> str:
-    """A fresh 127.0.N.1 loopback address for a daemon's DHT node. Each daemon gets its own
+    """A fresh 127.N.M.1 loopback address for a daemon's DHT node. Each daemon gets its own
     /24, as machines on the Internet would: DHT nodes rate-limit and charge storage per /24
     (512 records per subnet), so daemons sharing 127.0.0.1 would exhaust one shared quota."""
     n = next(_hosts)
@@ -198,5 +208,5 @@ def befriend(a: Daemon, b: Daemon, a_name: str, b_name: str) -> None:
     ``b_name``)."""
     a.contacts.put(b.identity.public_key, name=b_name, state="accepted")
     b.contacts.put(a.identity.public_key, name=a_name, state="accepted")
-    a._link(b.identity.public_key)
-    b._link(a.identity.public_key)
+    a.link_contact(b.identity.public_key)
+    b.link_contact(a.identity.public_key)

@@ -36,7 +36,7 @@ def test_an_older_presence_does_not_undo_a_goodbye(tmp_path: Path) -> None:
         bob = SigningIdentity.from_seed(bytes([172]) * 32)
         try:
             alice.contacts.put(bob.public_key, name="bob", state="accepted")
-            link = alice._link(bob.public_key)
+            link = alice.link_contact(bob.public_key)
             now = int(time.time())
             epoch, session = epoch_of(now), secrets.token_bytes(16)
             handle = alice.rendezvous.presence_handler(link, epoch)

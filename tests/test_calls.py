@@ -81,8 +81,8 @@ def _run(tmp: Path, scenario: Callable[[Daemon, Daemon, Daemon], Awaitable[None]
                                state="accepted")
                 y.contacts.put(x.identity.public_key, name=f"d{daemons.index(x)}",
                                state="accepted")
-                x._link(y.identity.public_key)
-                y._link(x.identity.public_key)
+                x.link_contact(y.identity.public_key)
+                y.link_contact(x.identity.public_key)
             await scenario(alice, bob, carol)
         finally:
             await asyncio.gather(*(d.stop() for d in daemons))
@@ -382,8 +382,8 @@ def test_group_call_mesh(tmp_path: Path, size: int) -> None:
                     x.contacts.put(y.identity.public_key, name=f"p{people.index(y)}",
                                    state="accepted")
                     y.contacts.put(x.identity.public_key, name=f"p{i}", state="accepted")
-                    x._link(y.identity.public_key)
-                    y._link(x.identity.public_key)
+                    x.link_contact(y.identity.public_key)
+                    y.link_contact(x.identity.public_key)
             for i, person in enumerate(people[1:], start=1):
                 assert person.calls is not None
                 person.calls.auto_answer = CallMedia(f"tone:{tones[i]:.0f}",

@@ -61,6 +61,12 @@ def test_request_accept_connect(tmp_path: Path, dht: DhtProcess) -> None:
 
         pending = json.loads(cli(alice.profile, "contact", "pending", "--json").stdout)
         assert pending == []
+        # On loopback peers see the daemon at its own address: in the default auto mode it
+        # serves the DHT (behind a NAT it would stay a read-only client).
+        status = alice.status()
+        assert status is not None
+        assert (status["dht_mode"], status["dht_role"], status["reachability"]) == (
+            "auto", "server", "reachable")
         make_contacts(alice, alice_id, bob, bob_id)
         assert bob.contact(alice_id)["name"] == "alice"  # type: ignore[index]
         assert alice.contact(bob_id)["name"] == "Bob"  # type: ignore[index]

@@ -83,7 +83,7 @@ async def _world(tmp: Path) -> AsyncIterator[World]:
         await _wait(lambda: alice.node is not None and len(alice.node.core.table) > 0
                     and bob.node is not None and len(bob.node.core.table) > 0)
         for me, other in ((alice, bob), (bob, alice)):
-            me._link(other.identity.public_key)
+            me.link_contact(other.identity.public_key)
         await _wait(lambda: all(len(link.subscriptions) >= 2
                                 for d in (alice, bob) for link in d.links.values()))
         yield World(nodes, alice, bob)

@@ -105,8 +105,8 @@ def test_large_group_and_removal(tmp_path: Path) -> None:
                 admin.contacts.put(member.identity.public_key, name=f"m{len(admin.links)}",
                                    state="accepted")
                 member.contacts.put(admin.identity.public_key, name="admin", state="accepted")
-                admin._link(member.identity.public_key)
-                member._link(admin.identity.public_key)
+                admin.link_contact(member.identity.public_key)
+                member.link_contact(admin.identity.public_key)
             assert admin.messenger is not None
             started = time.monotonic()
             state = await admin.messenger.create_group(
@@ -202,8 +202,8 @@ def test_members_who_are_not_contacts_talk_through_the_admin(tmp_path: Path) -> 
             for other in (bob, carol, eve):
                 alice.contacts.put(other.identity.public_key, name="x", state="accepted")
                 other.contacts.put(alice.identity.public_key, name="alice", state="accepted")
-                alice._link(other.identity.public_key)
-                other._link(alice.identity.public_key)
+                alice.link_contact(other.identity.public_key)
+                other.link_contact(alice.identity.public_key)
             assert alice.messenger and bob.messenger and carol.messenger and eve.messenger
             state = await alice.messenger.create_group(
                 "trio", [bob.identity.public_key, carol.identity.public_key])
@@ -336,8 +336,8 @@ def test_group_file_relayed_by_the_admin(tmp_path: Path) -> None:
             for other in (bob, carol):
                 alice.contacts.put(other.identity.public_key, name="x", state="accepted")
                 other.contacts.put(alice.identity.public_key, name="alice", state="accepted")
-                alice._link(other.identity.public_key)
-                other._link(alice.identity.public_key)
+                alice.link_contact(other.identity.public_key)
+                other.link_contact(alice.identity.public_key)
             assert alice.messenger and bob.messenger and carol.messenger
             state = await alice.messenger.create_group(
                 "trio", [bob.identity.public_key, carol.identity.public_key])

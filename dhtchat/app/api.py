@@ -18,13 +18,14 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import msgspec
 
 from dhtchat.app.calls import Call, CallManager, CallMedia
 from dhtchat.app.files import file_json
 from dhtchat.app.groups import Group
+from dhtchat.app.jsontypes import JsonObject
 from dhtchat.app.messenger import Messenger, message_json
 from dhtchat.app.params import (
     BatchItem,
@@ -84,7 +85,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dhtchat.api")
 
-JsonObject = dict[str, object]  # a JSON object of a result
+_P = TypeVar("_P", bound=Params)
+
+
+class Method(NamedTuple):
+    """One RPC method: its params Struct and the coroutine that decodes raw params into it
+    and runs the handler."""
+
+    params: type[Params]
+    run: Callable[[JsonObject], Awaitable[object]]
+
+
+def _method(kind: type[_P], handler: Callable[[_P], Awaitable[object]]) -> Method:
+    async def run(params: JsonObject) -> object:
+        return await handler(decode_params(kind, params))
+    return Method(kind, run)
+
 
 # ------------------------------------------------------------------ the API
 
@@ -94,49 +110,50 @@ class Api:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        self._methods = self.methods()
 
-    def methods(self) -> dict[str, tuple[type[Params], Callable[[Any], Awaitable[Any]]]]:
+    def methods(self) -> dict[str, Method]:
         """Method name -> (params Struct, handler)."""
         return {
-            "status": (Params, self.status),
-            "contact.request": (ContactRequestParams, self.contact_request),
-            "contact.pending": (Params, self.contact_pending),
-            "contact.accept": (ContactAcceptParams, self.contact_accept),
-            "contact.refuse": (ContactParams, self.contact_refuse),
-            "contact.block": (ContactParams, self.contact_block),
-            "contact.unblock": (ContactParams, self.contact_unblock),
-            "contact.list": (Params, self.contact_list),
-            "connect": (ConnectParams, self.connect),
-            "message.send": (MessageSendParams, self.message_send),
-            "message.send_batch": (MessageBatchParams, self.message_send_batch),
-            "message.receive": (MessageReceiveParams, self.message_receive),
-            "message.history": (MessageHistoryParams, self.message_history),
-            "message.typing": (MessageTypingParams, self.message_typing),
-            "message.timer": (MessageTimerParams, self.message_timer),
-            "group.create": (GroupCreateParams, self.group_create),
-            "group.invite": (GroupInviteParams, self.group_invite),
-            "group.remove": (GroupRemoveParams, self.group_remove),
-            "group.leave": (GroupParams, self.group_leave),
-            "group.list": (Params, self.group_list),
-            "file.send": (FileSendParams, self.file_send),
-            "file.list": (Params, self.file_list),
-            "file.get": (FileGetParams, self.file_get),
-            "file.accept": (FileIdParams, self.file_accept),
-            "file.decline": (FileIdParams, self.file_decline),
-            "file.cancel": (FileIdParams, self.file_cancel),
-            "file.limits": (FileLimitsParams, self.file_limits),
-            "call.start": (CallStartParams, self.call_start),
-            "call.answer": (CallAnswerParams, self.call_answer),
-            "call.decline": (CallIdParams, self.call_decline),
-            "call.hangup": (CallIdParams, self.call_hangup),
-            "call.status": (CallIdParams, self.call_status),
-            "call.wait": (CallWaitParams, self.call_wait),
-            "call.list": (CallListParams, self.call_list),
-            "call.auto_answer": (CallAutoAnswerParams, self.call_auto_answer),
-            "call.verify": (CallVerifyParams, self.call_verify),
-            "call.control": (CallControlParams, self.call_control),
-            "events.subscribe": (EventsSubscribeParams, self.events_subscribe),
-            "shutdown": (Params, self.shutdown),
+            "status": _method(Params, self.status),
+            "contact.request": _method(ContactRequestParams, self.contact_request),
+            "contact.pending": _method(Params, self.contact_pending),
+            "contact.accept": _method(ContactAcceptParams, self.contact_accept),
+            "contact.refuse": _method(ContactParams, self.contact_refuse),
+            "contact.block": _method(ContactParams, self.contact_block),
+            "contact.unblock": _method(ContactParams, self.contact_unblock),
+            "contact.list": _method(Params, self.contact_list),
+            "connect": _method(ConnectParams, self.connect),
+            "message.send": _method(MessageSendParams, self.message_send),
+            "message.send_batch": _method(MessageBatchParams, self.message_send_batch),
+            "message.receive": _method(MessageReceiveParams, self.message_receive),
+            "message.history": _method(MessageHistoryParams, self.message_history),
+            "message.typing": _method(MessageTypingParams, self.message_typing),
+            "message.timer": _method(MessageTimerParams, self.message_timer),
+            "group.create": _method(GroupCreateParams, self.group_create),
+            "group.invite": _method(GroupInviteParams, self.group_invite),
+            "group.remove": _method(GroupRemoveParams, self.group_remove),
+            "group.leave": _method(GroupParams, self.group_leave),
+            "group.list": _method(Params, self.group_list),
+            "file.send": _method(FileSendParams, self.file_send),
+            "file.list": _method(Params, self.file_list),
+            "file.get": _method(FileGetParams, self.file_get),
+            "file.accept": _method(FileIdParams, self.file_accept),
+            "file.decline": _method(FileIdParams, self.file_decline),
+            "file.cancel": _method(FileIdParams, self.file_cancel),
+            "file.limits": _method(FileLimitsParams, self.file_limits),
+            "call.start": _method(CallStartParams, self.call_start),
+            "call.answer": _method(CallAnswerParams, self.call_answer),
+            "call.decline": _method(CallIdParams, self.call_decline),
+            "call.hangup": _method(CallIdParams, self.call_hangup),
+            "call.status": _method(CallIdParams, self.call_status),
+            "call.wait": _method(CallWaitParams, self.call_wait),
+            "call.list": _method(CallListParams, self.call_list),
+            "call.auto_answer": _method(CallAutoAnswerParams, self.call_auto_answer),
+            "call.verify": _method(CallVerifyParams, self.call_verify),
+            "call.control": _method(CallControlParams, self.call_control),
+            "events.subscribe": _method(EventsSubscribeParams, self.events_subscribe),
+            "shutdown": _method(Params, self.shutdown),
         }
 
     def handlers(self) -> dict[str, Handler]:
@@ -144,16 +161,14 @@ class Api:
         return {name: self._bind(name) for name in self.methods()}
 
     def _bind(self, method: str) -> Handler:
-        async def handle(params: JsonObject) -> Any:
+        async def handle(params: JsonObject) -> object:
             return await self.call(method, params)
         return handle
 
-    async def call(self, method: str, params: JsonObject) -> Any:
+    async def call(self, method: str, params: JsonObject) -> object:
         """Decode ``params``, run the method; every error leaves as an :class:`RpcError`."""
-        kind, handler = self.methods()[method]
-        decoded = decode_params(kind, params)
         try:
-            return await handler(decoded)
+            return await self._methods[method].run(params)
         except DhtChatError as exc:
             raise RpcError(exc.code, str(exc)) from None
 
@@ -226,17 +241,48 @@ class Api:
 
     @property
     def _messenger(self) -> Messenger:
-        messenger = self.daemon.messenger
-        if messenger is None:
-            raise RpcError(NOT_READY, "the daemon is starting")
-        return messenger
+        return self.daemon.messenger
 
     @property
     def _calls(self) -> CallManager:
-        calls = self.daemon.calls
-        if calls is None:
-            raise RpcError(NOT_READY, "the daemon is starting")
-        return calls
+        return self.daemon.calls
+
+    def contact_json(self, entry: ContactEntry) -> JsonObject:
+        """The API's contact object (docs/api.md §2.2), with the connection status."""
+        contacts = self.daemon.contacts
+        out: JsonObject = {"id": encode_user_id(entry.public_key), "name": entry.name,
+                           "state": entry.state}
+        if entry.state in ("incoming", "outgoing"):
+            out["message"] = entry.message
+            out["since"] = entry.created
+            posing_as = contacts.verified_impersonated(entry.public_key, entry.name)
+            if posing_as is not None:
+                out["warning"] = (f"uses the name of your verified contact {posing_as!r} but "
+                                  "is a different identity")
+        verified = contacts.verified_at(entry.public_key)
+        if verified is not None:
+            out["verified"] = verified
+        link = self.daemon.link_of(entry.public_key)
+        if entry.state == "accepted" and link is not None:
+            if link.unreachable:
+                out["status"] = "unreachable"
+                out["last_seen"] = round(link.last_seen, 1)
+            else:
+                out["status"] = link.status if link.status != "offline" or not link.online \
+                    else "online"
+            if link.presence is not None and link.presence.relay_only:
+                out["relay_only"] = True  # the contact hides its IP: expect relayed paths
+            if self._messenger.is_typing(entry.public_key):
+                out["typing"] = True
+            if link.status == "connected" and link.selected is not None:
+                out["path"] = link.selected.path
+                out["local"] = link.selected.local.as_dict()
+                out["remote"] = link.selected.remote.as_dict()
+            if link.reason:
+                out["reason"] = link.reason
+        elif entry.state == "accepted":
+            out["status"] = "offline"
+        return out
 
     def message_json(self, message: StoredMessage) -> JsonObject:
         """The API form of a message: its author (a group member, not the admin who relayed
@@ -257,13 +303,16 @@ class Api:
         """Identity, DHT and configuration summary."""
         daemon = self.daemon
         node = daemon.node
-        outbox = daemon.history.outbox() if daemon.history is not None else []
+        outbox = daemon.history.outbox()
         return {
             "id": daemon.identity.user_id,
             "joined": daemon.joined,
-            "dht_address": format_address(node.address) if node else None,
-            "dht_contacts": len(node.core.table) if node else 0,
-            "stun_answered": node.stun_answered if node else 0,
+            "dht_address": format_address(node.address),
+            "dht_contacts": len(node.core.table),
+            "stun_answered": node.stun_answered,
+            "dht_mode": daemon.options.dht_mode,
+            "dht_role": "client" if node.core.config.read_only else "server",
+            "reachability": node.reachability.verdict if node.reachability else None,
             "relay_only": daemon.options.relay_only,
             "turn": daemon.options.turn.url if daemon.options.turn else None,
             "uptime": round(time.time() - daemon.started, 1),
@@ -285,7 +334,7 @@ class Api:
         if entry is not None and entry.state == "blocked":
             raise RpcError(BLOCKED, "you blocked this id; `dhtchat contact unblock ID` first")
         if entry is not None and entry.state == "accepted":
-            return daemon.contact_json(entry)
+            return self.contact_json(entry)
         if entry is not None and entry.state == "incoming":
             return await self.contact_accept(ContactAcceptParams(id=p.id))
         # sealing checks the sizes, before anything is recorded
@@ -294,17 +343,17 @@ class Api:
             message=message, now=time.time(), random_bytes=secrets.token_bytes)
         label = (entry.name if entry else "") or encode_user_id(recipient)[:12]
         entry = daemon.contacts.put(recipient, name=label, state="outgoing", message=message)
-        stored = await daemon.put_contact_request(record)
+        stored = await daemon.inbox.put(record)
         if not stored:
             raise RpcError(CONNECTION_FAILED, "no DHT node stored the request; is the node "
                            "joined? (it stays pending; send it again later)")
-        out = daemon.contact_json(entry)
+        out = self.contact_json(entry)
         out["stored_on"] = stored
         return out
 
     async def contact_pending(self, p: Params) -> list[JsonObject]:
         """Requests waiting for an answer (incoming) and sent ones (outgoing)."""
-        return [self.daemon.contact_json(e) for e in self.daemon.contacts.all()
+        return [self.contact_json(e) for e in self.daemon.contacts.all()
                 if e.state in ("incoming", "outgoing")]
 
     async def contact_accept(self, p: ContactAcceptParams) -> JsonObject:
@@ -315,17 +364,17 @@ class Api:
             raise RpcError(NOT_FOUND, "no pending (or refused) request from that contact")
         entry = daemon.contacts.put(found.public_key, name=p.name or "", state="accepted",
                                     message="")
-        daemon.start_link(found.public_key)
-        daemon.spawn(daemon.send_contact_request(found.public_key, "accept",
+        daemon.link_contact(found.public_key)
+        daemon.spawn(daemon.inbox.send(found.public_key, "accept",
                                                  daemon.options.display_name, ""))
-        return daemon.contact_json(entry)
+        return self.contact_json(entry)
 
     async def contact_refuse(self, p: ContactParams) -> JsonObject:
         """Refuse a pending request."""
         found = self._resolve(p.id)
         if not isinstance(found, ContactEntry) or found.state != "incoming":
             raise RpcError(NOT_FOUND, "no pending request from that contact")
-        return self.daemon.contact_json(self.daemon.contacts.put(found.public_key, name="",
+        return self.contact_json(self.daemon.contacts.put(found.public_key, name="",
                                                                  state="refused"))
 
     async def contact_block(self, p: ContactParams) -> JsonObject:
@@ -333,8 +382,8 @@ class Api:
         found = self._resolve(p.id)
         key = found.public_key if isinstance(found, ContactEntry) else found
         entry = self.daemon.contacts.put(key, name="", state="blocked")
-        await self.daemon.drop_link(key)
-        return self.daemon.contact_json(entry)
+        await self.daemon.connections.drop(key, "blocked")
+        return self.contact_json(entry)
 
     async def contact_unblock(self, p: ContactParams) -> JsonObject:
         """Forget a block; the id can send requests again."""
@@ -342,12 +391,12 @@ class Api:
         if not isinstance(found, ContactEntry) or found.state != "blocked":
             raise RpcError(NOT_FOUND, "that id is not blocked")
         self.daemon.contacts.delete(found.public_key)
-        self.daemon.forget_seen_requests()  # their requests show up on the next read
+        self.daemon.inbox.forget_seen()  # their requests show up on the next read
         return {"id": encode_user_id(found.public_key), "state": "unblocked"}
 
     async def contact_list(self, p: Params) -> list[JsonObject]:
         """Every contact with its state and, for accepted ones, the connection status."""
-        return [self.daemon.contact_json(e) for e in self.daemon.contacts.all()]
+        return [self.contact_json(e) for e in self.daemon.contacts.all()]
 
     async def connect(self, p: ConnectParams) -> JsonObject:
         """Connect to an accepted contact."""

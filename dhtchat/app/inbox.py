@@ -25,7 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from dhtchat.app.events import EventLog
 from dhtchat.core.addresses import Address
@@ -53,18 +53,20 @@ INBOX_SEEN_MEMORY: Final = 4096  # request envelopes remembered in memory
 INBOX_PUSH_SOURCES: Final = 4096  # storer IPs the push limiter tracks at once
 
 RequestKind = Literal["request", "accept"]
-Spawn = Callable[[Awaitable[Any]], "asyncio.Task[Any]"]
+Spawn = Callable[[Awaitable[object]], object]
 
 
 class ContactInbox:
     """Owns the inbox subscription, the seen-envelope memory and the push limiter.
 
-    ``on_accepted(public_key)`` is called when a contact becomes accepted through the inbox
-    (their accept of our request, or crossed requests); ``spawn`` runs background work on the
-    daemon's task set; ``events`` tells API clients of requests and acceptances."""
+    ``node()`` is the daemon's DHT node; ``on_accepted(public_key)`` is called when a contact
+    becomes accepted through the inbox (their accept of our request, or crossed requests);
+    ``spawn`` runs background work on the daemon's task set; ``events`` tells API clients of
+    requests and acceptances."""
 
     def __init__(self, identity: SigningIdentity, contacts: ContactStore, *,
-                 display_name: str, on_accepted: Callable[[bytes], object], spawn: Spawn,
+                 node: Callable[[], UdpDhtNode], display_name: str,
+                 on_accepted: Callable[[bytes], object], spawn: Spawn,
                  events: EventLog) -> None:
         self.identity = identity
         self.events = events
@@ -73,7 +75,8 @@ class ContactInbox:
         self.on_accepted = on_accepted
         self.spawn = spawn
         self.dropped_pushes = 0
-        self.node: UdpDhtNode | None = None  # set by run()
+        self._node = node
+        self.reading = False  # run() has started: we read the inbox (and answer from it)
         self.subscription: Subscription | None = None
         self._seen = RecentIds(INBOX_SEEN_MEMORY)
         self._push_limit = TokenBuckets(INBOX_PUSH_RATE, INBOX_PUSH_BURST, INBOX_PUSH_SOURCES)
@@ -88,25 +91,24 @@ class ContactInbox:
             make_contact_request, self.identity, recipient, kind=kind, name=name,
             message=message, now=time.time(), random_bytes=secrets.token_bytes)
 
-    @staticmethod
-    async def put(node: UdpDhtNode, record: Record) -> int:
+    async def put(self, record: Record) -> int:
         """Store ``record``; the number of DHT nodes that took it (0 on a timeout)."""
         try:
-            result = await node.put(record)
+            result = await self._node().put(record)
         except TimeoutError:
             return 0
         return result.stored
 
-    async def send(self, node: UdpDhtNode, recipient: bytes, kind: RequestKind, name: str,
-                   message: str) -> int:
+    async def send(self, recipient: bytes, kind: RequestKind, name: str, message: str) -> int:
         """Seal and store a request or accept; the number of DHT nodes that took it."""
-        return await self.put(node, await self.seal_request(recipient, kind, name, message))
+        return await self.put(await self.seal_request(recipient, kind, name, message))
 
     # ------------------------------------------------------------------ reading
 
-    async def run(self, node: UdpDhtNode, stopping: asyncio.Event) -> None:
+    async def run(self, stopping: asyncio.Event) -> None:
         """Listen on the inbox and read it every INBOX_POLL seconds until ``stopping``."""
-        self.node = node
+        node = self._node()
+        self.reading = True
         key = inbox_key(self.identity.public_key)
         while not stopping.is_set():
             if self.subscription is None:
@@ -209,8 +211,8 @@ class ContactInbox:
                         "check its user id out of band", who[:12], posing_as)
 
     async def answer(self, sender: bytes) -> int:
-        """Send our accept to ``sender`` through the node :meth:`run` reads with (none before
-        it runs: then 0, and the accept is sent when the contact asks again)."""
-        if self.node is None:
+        """Send our accept to ``sender`` (not before :meth:`run` reads the inbox: then 0, and
+        the accept is sent when the contact asks again)."""
+        if not self.reading:
             return 0
-        return await self.send(self.node, sender, "accept", self.display_name, "")
+        return await self.send(sender, "accept", self.display_name, "")

@@ -621,6 +621,25 @@ class Links:
                 link.attempt = self._spawn(self._offer(link, self.connect_timeout))
         return polls
 
+    # ------------------------------------------------------------------ stopping links
+
+    async def drop(self, public_key: bytes, reason: str) -> None:
+        """Stop everything for a contact (it was blocked): connection, presence, listens."""
+        link = self.by_key.pop(public_key, None)
+        if link is not None:
+            link.wanted = False
+            await self._close_link(link, reason)
+
+    async def close_all(self, reason: str) -> None:
+        """Close every connection and listen (the daemon stops)."""
+        for link in self.by_key.values():
+            await self._close_link(link, reason)
+
+    async def _close_link(self, link: Link, reason: str) -> None:
+        await self.close_connection(link, reason, status="offline")
+        for sub in link.subscriptions.values():
+            sub.close()
+
 
 async def _close_quietly(pc: RTCPeerConnection) -> None:
     with contextlib.suppress(Exception):

@@ -11,22 +11,28 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Annotated, Any, Final
+from collections.abc import Callable
+from typing import Annotated, Final, TypeVar
 
 import msgspec
 
+from dhtchat.app.jsontypes import JsonObject
 from dhtchat.app.rpc import INVALID_PARAMS, RpcError
 
 MAX_BATCH: Final = 1000  # messages in one message.send_batch
 
 
 def _meta(error: str, type_error: str | None = None, *, missing: str | None = None,
-          **limits: Any) -> msgspec.Meta:
+          **limits: float | str) -> msgspec.Meta:
     """Limits of a param and the message of a value outside them (``type_error``: of a value
     of the wrong type, ``missing``: of no value, if those read differently)."""
     extra = {"error": error, "type_error": type_error or error,
              "missing": missing or type_error or error}
-    return msgspec.Meta(extra=extra, **limits)
+    return _new_meta(extra=extra, **limits)
+
+
+# msgspec.Meta's overloads admit only some combinations of limits; the ones above are valid.
+_new_meta: Callable[..., msgspec.Meta] = msgspec.Meta
 
 
 def _text(name: str, limit: int) -> msgspec.Meta:
@@ -206,11 +212,13 @@ class EventsSubscribeParams(Params, kw_only=True):
                                 le=2**63 - 1)] = 0
 
 
+_P = TypeVar("_P", bound=Params)
+
 _PATH = re.compile(r"`\$((?:\.[A-Za-z_]+|\[\d+\])+)`")
 _MISSING = re.compile(r"missing required field `([A-Za-z_]+)`")
 
 
-def decode_params(kind: type[Params], params: dict[str, Any]) -> Any:
+def decode_params(kind: type[_P], params: JsonObject) -> _P:
     """``params`` as a ``kind``; a field that does not fit is ``INVALID_PARAMS`` with its
     message (the one place params are checked)."""
     try:
@@ -228,7 +236,7 @@ def _message(kind: type[Params], error: str) -> str:
     names = [name for name, _index in path if name] + ([missing.group(1)] if missing else [])
     if not names:
         return error
-    hint: Any = kind
+    hint: object = kind
     for name in names:
         owner = _struct_in(hint)
         if owner is None:
@@ -252,12 +260,12 @@ _WORDS: Final = {"bool": "true or false", "int": "an integer", "float": "a numbe
                  "str": "a string", "null": "null", "array": "a list", "object": "an object"}
 
 
-def _struct_in(hint: Any) -> type[msgspec.Struct] | None:
+def _struct_in(hint: object) -> type[msgspec.Struct] | None:
     """The Struct type a hint is (or holds, as a list's item)."""
     if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
         return hint
     if typing.get_origin(hint) is Annotated:
-        return _struct_in(hint.__origin__)
+        return _struct_in(typing.get_args(hint)[0])
     for arg in typing.get_args(hint):
         found = _struct_in(arg)
         if found is not None:
@@ -265,12 +273,12 @@ def _struct_in(hint: Any) -> type[msgspec.Struct] | None:
     return None
 
 
-def _metas(hint: Any) -> list[msgspec.Meta]:
+def _metas(hint: object) -> list[msgspec.Meta]:
     """Every Meta in a type hint, outermost first."""
     out: list[msgspec.Meta] = []
     if typing.get_origin(hint) is Annotated:
-        out += [m for m in hint.__metadata__ if isinstance(m, msgspec.Meta)]
-        hint = hint.__origin__
+        hint, *metadata = typing.get_args(hint)
+        out += [m for m in metadata if isinstance(m, msgspec.Meta)]
     for arg in typing.get_args(hint):
         out += _metas(arg)
     return out

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 
 from dhtchat.app.links import Link, Links
 from dhtchat.core.contacts import (
@@ -61,7 +61,7 @@ class Rendezvous:
 
     def __init__(self, identity: SigningIdentity, run_id: bytes, links: Links, *,
                  node: Callable[[], UdpDhtNode],
-                 spawn: Callable[[Awaitable[Any]], asyncio.Task[Any]],
+                 spawn: Callable[[Awaitable[None]], object],
                  next_seq: Callable[[], int], stopping: asyncio.Event,
                  relay_only: bool, clock: Callable[[], float]) -> None:
         self.identity = identity
@@ -186,6 +186,46 @@ class Rendezvous:
             for record in await self._node().get(key):
                 await self.presence_handler(link, epoch)(record)
 
+
+    async def run(self, accepted: Callable[[bytes], bool], period: float) -> None:
+        """Epoch rollover, presence republishing and reconnection of the wanted contacts
+        (``accepted``), every ``period`` seconds until stopping.
+
+        Nothing slow is awaited here: channel refreshes and presence polls run as their own
+        tasks (one per link at a time), so a DHT timeout on one contact never delays a
+        connection attempt to another. A fresh presence record wakes the loop at once."""
+        wake = self.links.wake
+        while not self._stopping.is_set():
+            wake.clear()
+            now = self._clock()
+            for link in list(self.links.by_key.values()):
+                if accepted(link.public_key) and not link.refreshing:
+                    self._spawn(self.refresh(link))
+            for link in self.links.maintain(now, accepted):
+                self._spawn(self.poll_presence(link, now))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), period)
+
+
+    async def goodbye(self, over_channel: Callable[[bytes], Awaitable[object]]) -> None:
+        """Tell every contact that we leave, so they show us offline at once instead of in
+        30 min: ``over_channel(public_key)`` over an open data connection (instant, whatever
+        the DHT's state), a signed bye where a connection is set up, offline presence to
+        all."""
+        now = self._clock()
+        links = list(self.links.by_key.values())
+        jobs: list[Awaitable[object]] = []
+        for link in links:
+            if link.channel is not None:
+                jobs.append(over_channel(link.public_key))
+            if link.pc is not None and link.session:
+                jobs.append(self.links.send_bye(link, link.session, "daemon stopped"))
+            jobs.append(self.publish_presence(link, epoch_of(now), now, online=False))
+        if any(link.channel is not None for link in links):
+            # Let the goodbye frames leave before the connections close (the DHT jobs
+            # take longer anyway).
+            jobs.append(asyncio.sleep(0.3))
+        await asyncio.gather(*jobs, return_exceptions=True)
 
 async def _consume(sub: Subscription, handler: Callable[[Record], Awaitable[None]]) -> None:
     async for record in sub:

@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final, cast
 
+from dhtchat.app.jsontypes import JsonObject, JsonValue
 from dhtchat.core.errors import ErrorCode
 
 log = logging.getLogger("dhtchat.rpc")
@@ -38,21 +39,23 @@ STOPPING: Final = int(ErrorCode.STOPPING)
 
 MAX_LINE: Final = 1 << 20
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+Handler = Callable[[JsonObject], Awaitable[object]]
+"""A method: takes the request's params, returns its result (JSON-encodable) or a
+:class:`Reply`."""
 
 
 class RpcError(Exception):
     """An error reported to the client as a JSON-RPC error object."""
 
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
+    def __init__(self, code: int, message: str, data: object = None) -> None:
         super().__init__(message)
         self.code = int(code)
         self.message = message
         self.data = data
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         """The JSON-RPC error member."""
-        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        out: JsonObject = {"code": self.code, "message": self.message}
         if self.data is not None:
             out["data"] = self.data
         return out
@@ -64,7 +67,7 @@ class Reply:
     the reply is written to the socket, ``on_lost`` if the client went away first (e.g.
     ``message.receive`` marks messages as shown only when they reached the client)."""
 
-    result: Any
+    result: object
     on_sent: Callable[[], None]
     on_lost: Callable[[], None]
 
@@ -81,14 +84,14 @@ class Connection:
         self._on_close: list[Callable[[], None]] = []
         self.closed = False
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: JsonObject) -> None:
         """Write one JSON object line (raises ``ConnectionError`` once the client left)."""
         if self.closed:
             raise ConnectionResetError("the client closed the connection")
         async with self._lock:
             await _write(self._writer, message)
 
-    async def notify(self, method: str, params: dict[str, Any]) -> None:
+    async def notify(self, method: str, params: JsonObject) -> None:
         """Send a JSON-RPC notification (no id) to the client."""
         await self.send({"jsonrpc": "2.0", "method": method, "params": params})
 
@@ -131,7 +134,7 @@ class RpcServer:
         self.path = path
         self.handlers = handlers
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._connections: set[asyncio.Task[None]] = set()
         self._closing = False
 
     async def start(self) -> None:
@@ -255,30 +258,31 @@ class RpcServer:
         if reply is not None:
             reply.on_sent()
 
-    async def handle_line(self, line: bytes) -> tuple[dict[str, Any] | None, Reply | None]:
+    async def handle_line(self, line: bytes) -> tuple[JsonObject | None, Reply | None]:
         """The response to one request line (``None`` for a notification), and the
         handler's :class:`Reply` hooks if it returned one."""
         try:
-            request = json.loads(line)
+            request: JsonValue = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(None, RpcError(PARSE_ERROR, "parse error: not JSON")), None
+        method = request.get("method") if isinstance(request, dict) else None
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" \
-                or not isinstance(request.get("method"), str):
+                or not isinstance(method, str):
             return _error(None, RpcError(INVALID_REQUEST,
                                          "invalid request: need jsonrpc '2.0' and a method")), None
         request_id = request.get("id")
         params = request.get("params", {})
         if not isinstance(params, dict):
             return _error(request_id, RpcError(INVALID_PARAMS, "params must be an object")), None
-        handler = self.handlers.get(request["method"])
+        handler = self.handlers.get(method)
         try:
             if handler is None:
-                raise RpcError(METHOD_NOT_FOUND, f"no method {request['method']!r}")
-            result = await handler(params)
+                raise RpcError(METHOD_NOT_FOUND, f"no method {method!r}")
+            result = await handler(cast(JsonObject, params))  # (dict is invariant)
         except RpcError as exc:
             return (_error(request_id, exc) if "id" in request else None), None
         except Exception:
-            log.exception("internal error in %s", request["method"])
+            log.exception("internal error in %s", method)
             return _error(request_id, RpcError(INTERNAL_ERROR,
                                                "internal error (see daemon log)")), None
         reply = result if isinstance(result, Reply) else None
@@ -289,20 +293,20 @@ class RpcServer:
         return {"jsonrpc": "2.0", "id": request_id, "result": result}, reply
 
 
-def _request_id(line: bytes) -> Any:
+def _request_id(line: bytes) -> JsonValue:
     """The id of a request line, if it has one (for an error reply)."""
     with contextlib.suppress(ValueError):
-        request = json.loads(line)
+        request: JsonValue = json.loads(line)
         if isinstance(request, dict):
             return request.get("id")
     return None
 
 
-def _error(request_id: Any, exc: RpcError) -> dict[str, Any]:
+def _error(request_id: JsonValue, exc: RpcError) -> JsonObject:
     return {"jsonrpc": "2.0", "id": request_id, "error": exc.as_dict()}
 
 
-async def _write(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+async def _write(writer: asyncio.StreamWriter, message: JsonObject) -> None:
     writer.write(json.dumps(message).encode("utf-8") + b"\n")
     await writer.drain()
 
@@ -315,8 +319,8 @@ class DaemonStopped(ConnectionError):
     """The daemon closed the connection before it answered (it stopped or died)."""
 
 
-async def call(path: Path, method: str, params: dict[str, Any] | None = None,
-               timeout: float = 120.0) -> Any:
+async def call(path: Path, method: str, params: JsonObject | None = None,
+               timeout: float = 120.0) -> JsonValue:
     """Call one method; raises :class:`RpcError` for an error reply and
     :class:`DaemonNotRunning` when nothing listens on ``path``."""
     try:
@@ -334,12 +338,21 @@ async def call(path: Path, method: str, params: dict[str, Any] | None = None,
             await writer.wait_closed()
     if not line:
         raise DaemonStopped("the daemon stopped before it answered")
-    reply = json.loads(line)
+    reply: JsonValue = json.loads(line)
+    if not isinstance(reply, dict):
+        raise RpcError(INTERNAL_ERROR, "the daemon's reply is not a JSON object")
     if "error" in reply:
-        err = reply["error"]
-        raise RpcError(int(err.get("code", INTERNAL_ERROR)), str(err.get("message", "")),
-                       err.get("data"))
+        raise _reply_error(reply["error"])
     return reply.get("result")
+
+
+def _reply_error(err: JsonValue) -> RpcError:
+    """The :class:`RpcError` of a reply's ``error`` member."""
+    if not isinstance(err, dict):
+        return RpcError(INTERNAL_ERROR, str(err))
+    code = err.get("code", INTERNAL_ERROR)
+    return RpcError(code if isinstance(code, int) else INTERNAL_ERROR,
+                    str(err.get("message", "")), err.get("data"))
 
 
 class RpcClient:
@@ -351,8 +364,8 @@ class RpcClient:
         self._reader = reader
         self._writer = writer
         self._next_id = 0
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self.notifications: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._waiting: dict[int, asyncio.Future[JsonValue]] = {}
+        self.notifications: asyncio.Queue[tuple[str, dict[str, JsonValue]]] = asyncio.Queue()
         self._task = asyncio.ensure_future(self._read())
 
     @classmethod
@@ -364,12 +377,12 @@ class RpcClient:
             raise DaemonNotRunning(str(path)) from exc
         return cls(reader, writer)
 
-    async def call(self, method: str, params: dict[str, Any] | None = None,
-                   timeout: float = 120.0) -> Any:
+    async def call(self, method: str, params: JsonObject | None = None,
+                   timeout: float = 120.0) -> JsonValue:
         """Send one request and wait for its reply (others may be in flight meanwhile)."""
         self._next_id += 1
         request_id = self._next_id
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[JsonValue] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
             if self._task.done():
@@ -385,19 +398,21 @@ class RpcClient:
     async def _read(self) -> None:
         try:
             while line := await self._reader.readline():
-                message = json.loads(line)
-                if "id" not in message and isinstance(message.get("method"), str):
-                    self.notifications.put_nowait((message["method"],
-                                                   message.get("params") or {}))
+                message: JsonValue = json.loads(line)
+                if not isinstance(message, dict):
                     continue
-                future = self._waiting.get(message.get("id"))
+                method, params, request_id = (message.get("method"), message.get("params"),
+                                              message.get("id"))
+                if "id" not in message and isinstance(method, str):
+                    self.notifications.put_nowait((method,
+                                                   params if isinstance(params, dict) else {}))
+                    continue
+                future = self._waiting.get(request_id) if isinstance(request_id, int) \
+                    else None
                 if future is None or future.done():
                     continue
                 if "error" in message:
-                    err = message["error"]
-                    future.set_exception(RpcError(int(err.get("code", INTERNAL_ERROR)),
-                                                  str(err.get("message", "")),
-                                                  err.get("data")))
+                    future.set_exception(_reply_error(message["error"]))
                 else:
                     future.set_result(message.get("result"))
         except (ConnectionError, ValueError):
@@ -407,7 +422,7 @@ class RpcClient:
                 if not future.done():
                     future.set_exception(DaemonStopped("the daemon stopped before it answered"))
 
-    async def notification(self) -> tuple[str, dict[str, Any]]:
+    async def notification(self) -> tuple[str, dict[str, JsonValue]]:
         """The next notification; :class:`DaemonStopped` once the connection has closed and
         none is left."""
         if not self.notifications.empty():

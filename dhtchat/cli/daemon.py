@@ -49,7 +49,7 @@ async def _run_daemon(args: argparse.Namespace) -> int:
         port=args.port, host=args.host, bootstrap=parse_bootstrap(args.bootstrap),
         stun=parse_bootstrap(args.stun), turn=_parse_turn(args), relay_only=args.relay_only,
         ice_addresses=args.ice_address, connect_timeout=args.connect_timeout,
-        display_name=args.name or "", dht_client=args.dht_client,
+        display_name=args.name or "", dht_mode="client" if args.dht_client else args.dht_mode,
     )
     daemon = Daemon(profile, identity, options)
     try:

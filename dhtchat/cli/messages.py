@@ -47,7 +47,8 @@ async def _follow(path: Path, as_json: bool, names: dict[str, str]) -> int:
     try:
         await client.call("events.subscribe", {"since": -1})
         while True:
-            for message in await client.call("message.receive", {"wait": 0}, timeout=90):
+            messages: Any = await client.call("message.receive", {"wait": 0}, timeout=90)
+            for message in messages:  # (a list of message objects, docs/api.md §3.11)
                 print_message(message, as_json, names)
             sys.stdout.flush()
             while True:

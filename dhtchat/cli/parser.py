@@ -105,9 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--ice-address", metavar="IP", action="append",
                         help="offer only these local addresses as ICE host candidates")
     daemon.add_argument("--name", help="display name sent with your contact requests")
+    daemon.add_argument("--dht-mode", choices=("auto", "server", "client"), default="auto",
+                        help="DHT role: a read-only client (behind a NAT other nodes cannot "
+                        "reach: their lookups never wait for it), a server, or auto (default: "
+                        "a client until peers see this node at its own address)")
     daemon.add_argument("--dht-client", action="store_true",
-                        help="take part in the DHT as a read-only client (behind a NAT that "
-                        "other nodes cannot reach: their lookups then never wait for it)")
+                        help="the same as --dht-mode client")
     daemon.add_argument("--connect-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     daemon.set_defaults(func=cmd_daemon)
 
