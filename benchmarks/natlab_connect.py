@@ -38,11 +38,11 @@ TURN_USER, TURN_PASS = "dhtchat", "lab-secret"
 class Scene:
     """A lab with a public DHT, maybe coturn, and Alice and Bob daemons behind routers."""
 
-    def __init__(self, lab: NatLab, tmp: Path, *, turn: bool, dht_client: bool) -> None:
+    def __init__(self, lab: NatLab, tmp: Path, *, turn: bool, dht_mode: str) -> None:
         self.lab = lab
         self.dht = DhtProcess(10, lab.address("public0"),
                               wrap=lambda argv: lab.exec_argv("public0", argv))
-        self.common = ["--port", "4000", *(["--dht-client"] if dht_client else [])]
+        self.common = ["--port", "4000", "--dht-mode", dht_mode]
         for address in self.dht.bootstrap:
             self.common += ["--bootstrap", address]
         if turn:
@@ -84,10 +84,10 @@ def timed_connect(daemon: DaemonProcess, contact: str, timeout: float) -> tuple[
 
 
 def one_run(nat: NatType, turn: bool, timeout: float, logs: Path | None,
-            dht_client: bool) -> dict[str, Any]:
+            dht_mode: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, \
             NatLab(publics=2, nat_a=nat, nat_b=nat) as lab:
-        scene = Scene(lab, Path(tmp), turn=turn, dht_client=dht_client)
+        scene = Scene(lab, Path(tmp), turn=turn, dht_mode=dht_mode)
         try:
             first, first_error = timed_connect(scene.alice, scene.bob_id, timeout)
             scene.bob.stop()
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--nat", choices=["cone", "symmetric"], default="symmetric")
     parser.add_argument("--turn", action="store_true", help="configure coturn on public1")
-    parser.add_argument("--dht-client", action="store_true",
-                        help="run both daemons with --dht-client (read-only DHT nodes)")
+    parser.add_argument("--dht-mode", choices=["auto", "server", "client"], default="auto",
+                        help="the daemons' --dht-mode (server: as before the automatic choice)")
     parser.add_argument("--timeout", type=float, default=20.0, help="connect timeout (s)")
     parser.add_argument("--json", action="store_true", help="print every run as JSON too")
     parser.add_argument("--logs", type=Path, help="keep each run's daemon logs under here "
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for i in range(args.runs):
         logs = args.logs / f"run-{i + 1}" if args.logs is not None else None
-        result = one_run(args.nat, args.turn, args.timeout, logs, args.dht_client)
+        result = one_run(args.nat, args.turn, args.timeout, logs, args.dht_mode)
         runs.append(result)
         print(f"run {i + 1}: first {result['first']:.2f} s, glare after restart "
               f"{result['glare']:.2f} s" + (f", errors {result['errors']}"
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result))
     failures = sum(len(r["errors"]) for r in runs)
     print(f"{args.nat} NAT{' + TURN' if args.turn else ''}"
-          f"{', --dht-client' if args.dht_client else ''}, {args.runs} runs: "
+          f", --dht-mode {args.dht_mode}, {args.runs} runs: "
           f"first connect {summary([r['first'] for r in runs])}; "
           f"glare after a restart {summary([r['glare'] for r in runs])}; "
           f"failed attempts {failures}")
