@@ -63,7 +63,6 @@ import msgspec
 from dhtchat.app.events import EventLog
 from dhtchat.app.files import FileTransfers, safe_file_name, seal_chunk
 from dhtchat.app.groups import new_group, open_state, sign_state
-from dhtchat.app.history import History
 from dhtchat.app.keystore import KeystoreError, load_identity_document, open_identity, seal_identity
 from dhtchat.app.rpc import RpcError, RpcServer
 from dhtchat.core.calls import ACTIONS, CallMachine
@@ -92,6 +91,7 @@ from dhtchat.messaging.session import (
     is_initial_message,
     parse_bundle,
 )
+from dhtchat.store.history import History
 
 NOW = 1_700_000_000.0
 _encoder = msgspec.msgpack.Encoder()

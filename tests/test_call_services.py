@@ -16,11 +16,11 @@ from aiortc import RTCConfiguration
 
 from dhtchat.app.callmedia import CallMedia, CallMediaEngine
 from dhtchat.app.calls import CallManager, CallRecord, CallStore
-from dhtchat.app.contactstore import ContactStore
 from dhtchat.app.events import EventLog
-from dhtchat.app.history import History
 from dhtchat.core.contacts import Presence
 from dhtchat.core.identity import SigningIdentity
+from dhtchat.store.contacts import ContactStore
+from dhtchat.store.history import History
 
 _T = TypeVar("_T")
 BOB = SigningIdentity.from_seed(bytes([2]) * 32).public_key

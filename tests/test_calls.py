@@ -261,7 +261,7 @@ def test_verified_contact_whose_call_key_changes_is_flagged(tmp_path: Path) -> N
         assert second.remote_fingerprint == fingerprint and not second.warning
         assert alice.contacts.verified_at(bob.identity.public_key) is not None
         with bob.history.transaction() as db:  # Bob's daemon gets a new call key
-            db.execute("DELETE FROM call_certificates")
+            db.connection.execute("DELETE FROM call_certificates")
         third = await one_call()
         assert third.remote_fingerprint != fingerprint
         assert "changed since you verified" in third.warning

@@ -16,11 +16,11 @@ import pytest
 
 from dhtchat.app.daemon import Daemon, DaemonOptions
 from dhtchat.app.events import QUEUE_LIMIT, EventLog
-from dhtchat.app.history import History
 from dhtchat.app.profile import Profile
 from dhtchat.app.rpc import RpcClient, RpcError, RpcServer
 from dhtchat.core.contacts import make_contact_request
 from dhtchat.core.identity import SigningIdentity, encode_user_id
+from dhtchat.store.history import History
 from tests.daemons import befriend, start_in_process, wait_joined
 
 pytestmark = pytest.mark.timeout(120)

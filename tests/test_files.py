@@ -28,9 +28,9 @@ from dhtchat.app.files import (
     file_json,
     seal_chunk,
 )
-from dhtchat.app.history import History
 from dhtchat.app.rpc import RpcError, call
 from dhtchat.core.errors import LocalProtocolError
+from dhtchat.store.history import History
 from tests.daemons import (
     DaemonProcess,
     DhtProcess,
@@ -436,7 +436,7 @@ def test_a_file_received_in_clear_is_sealed_at_start(tmp_path: Path) -> None:
         assert entry is not None and entry.complete
         Path(entry.path).write_bytes(content)  # as an older version stored it
         with files.history.transaction() as db:
-            db.execute("UPDATE files SET sealed = 0 WHERE id = ?", (file_id,))
+            db.connection.execute("UPDATE files SET sealed = 0 WHERE id = ?", (file_id,))
         again = _transfers(messenger, tmp_path / "files")
         assert b"old secret" not in Path(entry.path).read_bytes()
         assert again.export(file_id, tmp_path / "old.txt").read_bytes() == content
@@ -452,7 +452,7 @@ def _as_old_version(files: FileTransfers, file_id: bytes, content: bytes, **row:
     Path(entry.path).write_bytes(content)
     sets = ", ".join(f"{k} = ?" for k in ("sealed", *row))
     with files.history.transaction() as db:
-        db.execute(f"UPDATE files SET {sets} WHERE id = ?", (0, *row.values(), file_id))
+        db.connection.execute(f"UPDATE files SET {sets} WHERE id = ?", (0, *row.values(), file_id))
 
 
 def test_sealing_at_start_survives_interruption_and_errors(tmp_path: Path,
@@ -474,7 +474,7 @@ def test_sealing_at_start_survives_interruption_and_errors(tmp_path: Path,
         relayed = await files.send(member, Path(files.get(unsealable).path))  # type: ignore[union-attr]
         # 1. Sealed already, but the flag was not committed (killed in between).
         with files.history.transaction() as db:
-            db.execute("UPDATE files SET sealed = 0 WHERE id = ?", (sealed_twice,))
+            db.connection.execute("UPDATE files SET sealed = 0 WHERE id = ?", (sealed_twice,))
         # 2. In clear, and sealing it fails.
         _as_old_version(files, unsealable, content)
         # 3. Stopped after the final rename: row still says partial, all bytes received.

@@ -74,9 +74,9 @@ def _stuck(admin: Daemon, members: list[Daemon], group_id: bytes, text: str) -> 
         ours = admin.history.conversation(m.identity.public_key)
         outbox = [(e.seq, e.mailbox_index, e.mailbox_stored)
                   for e in admin.history.outbox(m.identity.public_key)]
-        lines.append(f"member {i}: next_in_seq {theirs['next_in_seq']}, mailbox_in_index "
-                     f"{theirs['mailbox_in_index']}; admin next_out_seq {ours['next_out_seq']}, "
-                     f"mailbox_out_index {ours['mailbox_out_index']}, outbox (seq, slot, "
+        lines.append(f"member {i}: next_in_seq {theirs.next_in_seq}, mailbox_in_index "
+                     f"{theirs.mailbox_in_index}; admin next_out_seq {ours.next_out_seq}, "
+                     f"mailbox_out_index {ours.mailbox_out_index}, outbox (seq, slot, "
                      f"stored) {outbox}")
     return "\n".join(lines)
 
@@ -387,7 +387,7 @@ def _arrive(daemon: Daemon, sender: SigningIdentity, payload: Payload) -> None:
     """``payload`` arrives from ``sender`` in order, as if decrypted from its next frame."""
     assert daemon.messenger is not None and daemon.history is not None
     key = sender.public_key
-    seq = daemon.history.conversation(key)["next_in_seq"]
+    seq = daemon.history.conversation(key).next_in_seq
     payload = msgspec.structs.replace(payload, seq=seq, id=os.urandom(16),
                                       sent_at=time.time())
     daemon.messenger._store_incoming(key, payload, _Session(), False)  # type: ignore[arg-type]

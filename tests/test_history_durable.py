@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dhtchat.app import history as history_module
-from dhtchat.app.history import History
+from dhtchat.store import history as history_module
+from dhtchat.store.history import History
 
 
 def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -35,8 +35,8 @@ def _commit(history: History, name: str) -> None:
 def test_the_database_does_not_fsync_each_commit_and_the_barrier_syncs_the_log(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     history = History(tmp_path / "messages.db", bytes(32))
-    assert history.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    assert history.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert history.connection.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert history.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     synced = _fsyncs(monkeypatch)
     _commit(history, "a")
     asyncio.run(history.durable())
@@ -103,5 +103,5 @@ def test_without_a_log_file_the_barrier_checkpoints(tmp_path: Path,
     monkeypatch.setattr(history_module.os, "fsync", broken)
     asyncio.run(history.durable())
     # the checkpoint copied the log into the database file
-    assert history.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    assert history.connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
     history.close()

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from dhtchat.app.contactstore import MAX_INCOMING, ContactStore
 from dhtchat.app.daemon import Daemon, DaemonOptions
 from dhtchat.app.inbox import INBOX_PUSH_BURST
 from dhtchat.app.profile import Profile
@@ -24,6 +23,7 @@ from dhtchat.core.contacts import REQUEST_TTL, RecentIds, make_contact_request
 from dhtchat.core.identity import SigningIdentity, encode_user_id
 from dhtchat.core.records import Record, RecordType, make_app_record, make_record
 from dhtchat.net.udp import UdpDhtNode
+from dhtchat.store.contacts import MAX_INCOMING, ContactStore
 
 
 def _rng(seed: int) -> Callable[[int], bytes]:

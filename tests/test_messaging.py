@@ -19,8 +19,8 @@ import pytest
 
 from dhtchat.app.faults import ENV as CRASH_AFTER
 from dhtchat.app.faults import EXIT_STATUS
-from dhtchat.app.history import History, HistoryLocked
 from dhtchat.app.rpc import DaemonNotRunning, RpcError, call
+from dhtchat.store.history import History, HistoryLocked
 from tests.daemons import DaemonProcess, DhtProcess, cli, make_contacts, new_identity, next_host
 from tests.support import wait_until
 
@@ -280,8 +280,9 @@ def test_history_is_unreadable_without_the_key(tmp_path: Path) -> None:
     path = tmp_path / "messages.db"
     history = History(path, bytes(range(32)))
     with history.transaction() as db:
-        db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text) "
-                   "VALUES (?, ?, 1, 1, 0, ?)", (b"i" * 16, b"c" * 32, "the secret plan"))
+        db.connection.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
+                              "text) VALUES (?, ?, 1, 1, 0, ?)",
+                              (b"i" * 16, b"c" * 32, "the secret plan"))
     history.close()
     raw = path.read_bytes() + (path.with_name("messages.db-wal").read_bytes()
                                if path.with_name("messages.db-wal").exists() else b"")
@@ -300,7 +301,7 @@ def test_a_history_from_before_typed_notices_gets_the_kind_column(tmp_path: Path
     old notice cannot be told from a text imitating one) and new rows keep their kind."""
     import sqlcipher3  # type: ignore[import-untyped]  # noqa: PLC0415
 
-    from dhtchat.app import history as history_module  # noqa: PLC0415
+    from dhtchat.store import history as history_module  # noqa: PLC0415
 
     key, path = bytes(range(32)), tmp_path / "messages.db"
     old_schema = history_module._SCHEMA.replace("    kind TEXT NOT NULL DEFAULT 'text',\n", "")
@@ -316,8 +317,9 @@ def test_a_history_from_before_typed_notices_gets_the_kind_column(tmp_path: Path
     message = history.message(b"o" * 16)
     assert message is not None and message.kind == "text"
     with history.transaction() as db:
-        db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, kind) "
-                   "VALUES (?, ?, 1, 2, 0, ?, 'notice')", (b"n" * 16, b"c" * 32, "[timer] new"))
+        db.connection.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, "
+                              "text, kind) VALUES (?, ?, 1, 2, 0, ?, 'notice')",
+                              (b"n" * 16, b"c" * 32, "[timer] new"))
     assert [m.kind for m in history.history(b"c" * 32, 10)] == ["text", "notice"]
     history.close()
     History(path, key).close()  # and opens again (the migration runs once)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from dhtchat.app.contactstore import ContactStore, contacts_key
 from dhtchat.app.keystore import (
     MEMLIMIT,
     WrongPassphrase,
@@ -22,6 +21,7 @@ from dhtchat.app.keystore import (
 )
 from dhtchat.app.profile import make_private
 from dhtchat.cli import identity as id_command
+from dhtchat.store.contacts import ContactStore, contacts_key
 
 REPO = Path(__file__).resolve().parent.parent
 

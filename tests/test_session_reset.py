@@ -49,7 +49,7 @@ def test_lost_ratchet_state_is_recovered_by_a_new_session(tmp_path: Path) -> Non
 
             # Bob loses his session with Alice (a restored backup, a corrupted state...).
             with bob.history.transaction() as db:
-                bob.history.update_conversation(db, alice.identity.public_key, session=None)
+                db.clear_session(alice.identity.public_key)
             bob.messenger.stream.states.pop(alice.identity.public_key)
 
             await alice.messenger.send_text(bob.identity.public_key, "two")

@@ -1,5 +1,5 @@
 """A send returns only once its message is on disk: the streams wait for the history's
-durability barrier after the group commit (dhtchat.app.stream, dhtchat.app.history)."""
+durability barrier after the group commit (dhtchat.app.stream, dhtchat.store.history)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
-from dhtchat.app.history import History
 from dhtchat.app.stream import Streams
 from dhtchat.core.identity import SigningIdentity
 from dhtchat.messaging.payload import Payload
 from dhtchat.messaging.prekeys import PrekeyStore
+from dhtchat.store.history import History
 
 _T = TypeVar("_T")
 CONTACT = bytes(range(32))

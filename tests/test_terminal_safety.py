@@ -14,9 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dhtchat import cli
-from dhtchat.app.contactstore import ContactStore
-from dhtchat.app.terminal import TerminalSafeWriter, name_skeleton, one_line, terminal_safe
+from dhtchat.app.terminal import TerminalSafeWriter, one_line, terminal_safe
 from dhtchat.cli import rpcclient
+from dhtchat.core.names import name_skeleton
+from dhtchat.store.contacts import ContactStore
 
 REDRAW = "\x1b[1A\x1b[2K\rAlice accepted your request"
 BIDI = "evil\u202etxt.exe"

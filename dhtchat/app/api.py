@@ -23,10 +23,8 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 import msgspec
 
 from dhtchat.app.calls import Call, CallManager, CallMedia
-from dhtchat.app.contactstore import ContactEntry
 from dhtchat.app.files import file_json
 from dhtchat.app.groups import Group
-from dhtchat.app.history import StoredMessage
 from dhtchat.app.jsontypes import JsonObject
 from dhtchat.app.messenger import Messenger, message_json
 from dhtchat.app.params import (
@@ -79,6 +77,8 @@ from dhtchat.core.contacts import make_contact_request
 from dhtchat.core.errors import DhtChatError, InvalidUserId
 from dhtchat.core.identity import decode_user_id, encode_user_id
 from dhtchat.core.sas import sas_from_number, sas_from_words
+from dhtchat.store.contacts import ContactEntry
+from dhtchat.store.history import StoredMessage
 
 if TYPE_CHECKING:
     from dhtchat.app.daemon import Daemon

@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from dhtchat.app.history import History
 from dhtchat.core.contacts import Pair, Purpose
 from dhtchat.core.errors import RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity
 from dhtchat.messaging.mailbox import MAILBOX_EPOCH
 from dhtchat.messaging.session import PrekeyStore
 from dhtchat.net.udp import UdpDhtNode
+from dhtchat.store.history import History
 
 PREKEYS_TTL: Final = 7 * 24 * 3600
 

@@ -33,7 +33,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from dhtchat.app.callstore import CallStore
 from dhtchat.app.events import EventLog
 from dhtchat.app.jsontypes import JsonObject
 from dhtchat.app.media import (
@@ -49,6 +48,7 @@ from dhtchat.core.calls import CallMachine
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import encode_user_id
 from dhtchat.core.sas import Sas
+from dhtchat.store.calls import CallStore
 
 _FINGERPRINT: Final = re.compile(r"^a=fingerprint:sha-256 ([0-9A-Fa-f:]+)\s*$", re.MULTILINE)
 

@@ -38,8 +38,6 @@ from typing import Final, Protocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from dhtchat.app.callmedia import Call, CallMedia, CallMediaEngine, sdp_fingerprint
-from dhtchat.app.callstore import CallRecord, CallStore
-from dhtchat.app.contactstore import ContactStore
 from dhtchat.app.events import EventLog
 from dhtchat.app.jsontypes import JsonObject
 from dhtchat.app.media import MediaError
@@ -49,6 +47,8 @@ from dhtchat.core.errors import LocalProtocolError, NotFound, RemoteProtocolErro
 from dhtchat.core.identity import SigningIdentity, encode_user_id, verify_signature
 from dhtchat.core.sas import SAS_VERSION, compute_sas, parse_fingerprint
 from dhtchat.net.webrtc import enlarge_ice_socket_buffers, selected_pair
+from dhtchat.store.calls import CallRecord, CallStore
+from dhtchat.store.contacts import ContactStore
 
 __all__ = ["Call", "CallManager", "CallMedia", "CallPeers", "CallRecord", "CallSignals",
            "CallStore", "fingerprint_signed_bytes", "sdp_fingerprint"]

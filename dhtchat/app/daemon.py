@@ -27,9 +27,7 @@ from aiortc import RTCConfiguration
 from dhtchat.app import faults
 from dhtchat.app.api import Api
 from dhtchat.app.calls import CallManager, CallStore
-from dhtchat.app.contactstore import ContactStore, contacts_key
 from dhtchat.app.events import EventLog
-from dhtchat.app.history import History, HistoryLocked, history_key
 from dhtchat.app.inbox import ContactInbox
 from dhtchat.app.lifecycle import (
     DaemonAlreadyRunning,
@@ -52,6 +50,8 @@ from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.identity import SigningIdentity
 from dhtchat.net.udp import UdpDhtNode
 from dhtchat.net.webrtc import configuration, restrict_host_addresses
+from dhtchat.store.contacts import ContactStore, contacts_key
+from dhtchat.store.history import History, HistoryLocked, history_key
 
 __all__ = ["Daemon", "DaemonAlreadyRunning", "DaemonOptions", "Running"]
 

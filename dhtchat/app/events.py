@@ -14,7 +14,7 @@ takes the live ones. Catching up and going live meet without a gap or a repeat b
 switch happens synchronously (flush, note the last id, queue only later ones). A subscriber
 that falls behind (its queue full: the client reads too slowly) drops its queue and catches
 up from the store again; memory stays bounded.
-The store keeps the newest MAX_EVENTS events.
+The store keeps the newest MAX_EVENTS events (:mod:`dhtchat.store.events`).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from dhtchat.app.history import History
 from dhtchat.app.jsontypes import JsonObject
 from dhtchat.app.rpc import NOT_READY, Connection, Reply, RpcError, current_connection
 from dhtchat.core.errors import LocalProtocolError
+from dhtchat.store.events import EventRow, EventTable
+from dhtchat.store.history import History
 
 log = logging.getLogger("dhtchat.events")
 
-MAX_EVENTS: Final = 100_000  # events kept in the store (older ones are deleted)
 QUEUE_LIMIT: Final = 1000  # live events buffered per subscriber before it re-reads the store
 PAGE: Final = 500  # events read from the store at a time when catching up
 FLUSH_DELAY: Final = 0.005  # events of these seconds share one transaction (one fsync)
@@ -45,15 +45,6 @@ EVENT_TYPES: Final = frozenset({
     "contact.accepted", "file.offer", "file.progress", "file.complete", "call.ringing",
     "call.state", "group.changed", "error",
 })
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
-    type TEXT NOT NULL,
-    data TEXT NOT NULL);
-"""
-
 
 @dataclass(frozen=True)
 class Event:
@@ -82,7 +73,7 @@ class EventLog:
     """The daemon's events: persisted, numbered, streamed to subscribed connections."""
 
     def __init__(self) -> None:
-        self._history: History | None = None
+        self._store: EventTable | None = None
         self._last_id = 0
         self._pending: list[Event] = []
         self._flush_scheduled = False
@@ -91,11 +82,9 @@ class EventLog:
 
     def open(self, history: History) -> None:
         """Keep the events in ``history``'s database; continue its ids."""
-        with history.transaction() as db:
-            db.execute(_SCHEMA)
-        row = history.db.execute("SELECT max(id) FROM events").fetchone()
-        self._last_id = int(row[0] or 0)
-        self._history = history
+        table = EventTable(history)
+        self._last_id = table.last_id()
+        self._store = table
 
     @property
     def last_id(self) -> int:
@@ -107,7 +96,7 @@ class EventLog:
         others emitted meanwhile)."""
         if kind not in EVENT_TYPES:
             raise LocalProtocolError(f"no event type {kind!r}")
-        if self._history is None:
+        if self._store is None:
             return  # not started or already closed: nothing runs that a client could miss
         self._last_id += 1
         self._pending.append(Event(self._last_id, time.time(), kind, data))
@@ -119,13 +108,10 @@ class EventLog:
         """Commit the pending events in one transaction, then hand them to subscribers."""
         self._flush_scheduled = False
         events, self._pending = self._pending, []
-        if not events or self._history is None:
+        if not events or self._store is None:
             return
-        with self._history.transaction() as db:
-            db.executemany("INSERT INTO events (id, at, type, data) VALUES (?, ?, ?, ?)",
-                           [(e.id, e.at, e.type, json.dumps(e.data)) for e in events])
-            if events[-1].id % 1000 < len(events):  # now and then: forget the oldest
-                db.execute("DELETE FROM events WHERE id <= ?", (events[-1].id - MAX_EVENTS,))
+        self._store.append([EventRow(e.id, e.at, e.type, json.dumps(e.data))
+                              for e in events])
         for sub in self._subscribers:
             if sub.catch_up:
                 continue  # it reads these from the store
@@ -138,26 +124,24 @@ class EventLog:
 
     def read(self, after: int, upto: int, limit: int = PAGE) -> list[Event]:
         """Stored events with ``after < id <= upto``, oldest first."""
-        if self._history is None:
+        if self._store is None:
             return []
-        rows = self._history.db.execute(
-            "SELECT id, at, type, data FROM events WHERE id > ? AND id <= ? ORDER BY id "
-            "LIMIT ?", (after, upto, limit)).fetchall()
-        return [Event(int(r[0]), float(r[1]), str(r[2]), json.loads(r[3])) for r in rows]
+        return [Event(r.id, r.at, r.type, json.loads(r.data))
+                for r in self._store.read(after, upto, limit)]
 
     def oldest_id(self) -> int:
         """The oldest event still stored (``last_id + 1`` if none)."""
-        if self._history is None:
+        if self._store is None:
             return self._last_id + 1
-        row = self._history.db.execute("SELECT min(id) FROM events").fetchone()
-        return int(row[0]) if row[0] is not None else self._last_id + 1
+        oldest = self._store.oldest_id()
+        return oldest if oldest is not None else self._last_id + 1
 
     async def subscribe_connection(self, since: int) -> Reply:
         """``events.subscribe`` on the current RPC connection: once the reply is written,
         every event after ``since`` goes to the client as an ``event`` notification
         (``since`` = -1: only the events that follow)."""
         connection = current_connection.get()
-        if connection is None or self._history is None:
+        if connection is None or self._store is None:
             raise RpcError(NOT_READY, "events are streamed to an API connection only")
         if since < 0:  # only what follows: start after the newest event so far
             since = self._last_id
@@ -203,7 +187,7 @@ class EventLog:
     async def close(self) -> None:
         """Commit what is pending, stop streaming and let go of the store."""
         self.flush()
-        self._history = None
+        self._store = None
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -37,9 +37,8 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
 
 import nacl.bindings
 import nacl.exceptions
@@ -48,14 +47,15 @@ from dhtchat.app.jsontypes import JsonObject
 from dhtchat.core.errors import LocalProtocolError, NotFound
 from dhtchat.core.identity import encode_user_id
 from dhtchat.core.ids import blake2b_256
+from dhtchat.store.files import FileEntry, FileTable
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel
 
     from dhtchat.app.events import EventLog
     from dhtchat.app.groups import FileOrigin
-    from dhtchat.app.history import History
     from dhtchat.app.services import Spawner
+    from dhtchat.store.history import History, Transaction
 
 log = logging.getLogger("dhtchat.files")
 
@@ -79,38 +79,6 @@ END_REASONS_OUTGOING: Final = {"declined": "declined by the contact",
                                "refused": "refused by the contact (too many offers waiting)"}
 END_REASONS_INCOMING: Final = {"cancelled": "cancelled by the sender"}
 DEFAULT_LIMITS: Final = {"auto_accept": 1 << 20, "contact_quota": 4 << 30, "total_quota": 16 << 30}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    id BLOB PRIMARY KEY, contact BLOB NOT NULL, outgoing INTEGER NOT NULL,
-    name TEXT NOT NULL, size INTEGER NOT NULL, sha256 BLOB NOT NULL, key BLOB NOT NULL,
-    path TEXT NOT NULL, received INTEGER NOT NULL DEFAULT 0,
-    complete INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
-"""
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """One transfer, as stored."""
-
-    id: bytes
-    contact: bytes
-    outgoing: bool
-    name: str
-    size: int
-    sha256: bytes
-    key: bytes
-    path: str
-    received: int
-    complete: bool
-    created: float
-    group_id: bytes | None = None  # a file sent to a group
-    author: bytes | None = None  # incoming, relayed by the group's admin: who sent it
-    error: str | None = None  # the transfer ended without the file (e.g. a hash mismatch)
-    accepted: bool = True  # incoming: the user (or the auto-accept limit) said yes
-    sealed: bool = True  # incoming: stored as sealed chunks (False: in clear, pre-migration)
-    source_id: bytes | None = None  # outgoing: streamed from this received (sealed) file
-
 
 def chunk_nonce(file_id: bytes, offset: int) -> bytes:
     """The XChaCha20 nonce of the chunk at ``offset``."""
@@ -255,25 +223,7 @@ class FileTransfers:
         self.root = root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         (root / "partial").mkdir(exist_ok=True, mode=0o700)
-        with self.history.transaction() as db:
-            db.execute(_SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(files)")}
-            for column in ("group_id", "author"):
-                if column not in columns:  # a history from before group files
-                    db.execute(f"ALTER TABLE files ADD COLUMN {column} BLOB")
-            if "error" not in columns:  # a history from before failed transfers
-                db.execute("ALTER TABLE files ADD COLUMN error TEXT")
-            if "accepted" not in columns:  # a history from before consent: all accepted
-                db.execute("ALTER TABLE files ADD COLUMN accepted INTEGER NOT NULL DEFAULT 1")
-            if "sealed" not in columns:  # a history from before encryption at rest
-                db.execute("ALTER TABLE files ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0")
-                db.execute("ALTER TABLE files ADD COLUMN source_id BLOB")
-            # An outgoing file that is a received one (an older version's relay of a group
-            # file): that file is sealed, so the stream must decrypt it as its source.
-            db.execute("UPDATE files SET source_id = (SELECT i.id FROM files AS i "
-                       "WHERE i.outgoing = 0 AND i.path = files.path) WHERE outgoing = 1 "
-                       "AND source_id IS NULL "
-                       "AND path IN (SELECT path FROM files WHERE outgoing = 0)")
+        self.table = FileTable(self.history)
         self._seal_files_in_clear()
         self._streams: dict[bytes, asyncio.Task[None]] = {}
         self._handles: dict[bytes, BinaryIO] = {}
@@ -292,20 +242,16 @@ class FileTransfers:
         error) stays readable in clear and is tried again at the next start. A partial
         download in clear is fetched again from 0 (sealed as it arrives), except one whose
         bytes were all there (stopped after its final rename), which is sealed and finished."""
-        rows = self.history.db.execute(
-            "SELECT id, key, path, received, complete, size FROM files "
-            "WHERE outgoing = 0 AND sealed = 0").fetchall()
-        for fid, raw_key, path, received, complete, size in rows:
-            file_id, key, stored = bytes(fid), bytes(raw_key), Path(path)
+        for entry in self.table.in_clear():
+            file_id, key, stored = entry.id, entry.key, Path(entry.path)
+            received, complete, size = entry.received, entry.complete, entry.size
             final = self.root / file_id.hex()
             if not complete and not stored.exists() and final.exists() and received >= size:
                 stored = final  # an older version stopped after the rename
             elif not complete:
                 with contextlib.suppress(OSError):
                     os.unlink(stored)
-                with self.history.transaction() as db:
-                    db.execute("UPDATE files SET sealed = 1, received = 0 WHERE id = ?",
-                               (file_id,))
+                self.table.restart_sealed(file_id)
                 continue
             try:
                 if stored.exists() and not _already_sealed(stored, key, file_id, size):
@@ -317,9 +263,7 @@ class FileTransfers:
                 log.warning("could not encrypt a received file at rest (%s); it stays in "
                             "clear and is tried again at the next start", exc)
                 continue
-            with self.history.transaction() as db:
-                db.execute("UPDATE files SET sealed = 1, path = ? WHERE id = ?",
-                           (str(stored), file_id))
+            self.table.mark_sealed(file_id, str(stored))
             log.info("encrypted at rest a file received in clear (%d bytes)", size)
 
     def _plain_content(self, entry: FileEntry, offset: int = 0) -> Iterator[bytes]:
@@ -335,13 +279,11 @@ class FileTransfers:
 
     def get(self, file_id: bytes) -> FileEntry | None:
         """A transfer by id."""
-        row = self.history.db.execute(_SELECT + " WHERE id = ?", (file_id,)).fetchone()
-        return FileEntry(*_convert(row)) if row else None
+        return self.table.get(file_id)
 
     def all(self) -> list[FileEntry]:
         """Every transfer, newest first."""
-        rows = self.history.db.execute(_SELECT + " ORDER BY created DESC").fetchall()
-        return [FileEntry(*_convert(r)) for r in rows]
+        return self.table.all()
 
     # ------------------------------------------------------------------ sending
 
@@ -372,12 +314,9 @@ class FileTransfers:
             digest = await asyncio.to_thread(sha256_file, path)
         name = name or path.name
         file_id, key = secrets.token_bytes(16), secrets.token_bytes(32)
-        with self.history.transaction() as db:
-            db.execute("INSERT INTO files (id, contact, outgoing, name, size, sha256, key, "
-                       "path, created, group_id, author, source_id) "
-                       "VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (file_id, contact, name, size, digest, key, str(path),
-                        time.time(), group_id, author, source_id))
+        self.table.add_outgoing(file_id, contact, name=name, size=size, digest=digest, key=key,
+                                path=str(path), created=time.time(), group_id=group_id,
+                                author=author, source_id=source_id)
         await self.messenger.send_file_offer(contact, file_id, name, size, digest, key,
                                              group_id=group_id or b"", origin=origin)
         entry = self.get(file_id)
@@ -442,15 +381,13 @@ class FileTransfers:
         entry = self.get(file_id)
         if entry is None or not entry.outgoing or entry.contact != contact:
             return
-        with self.history.transaction() as db:
-            db.execute("UPDATE files SET complete = 1, received = size WHERE id = ?",
-                       (file_id,))
+        self.table.mark_delivered(file_id)
         self.events.emit("file.complete", id=file_id.hex(), direction="out", error=None)
         self._tasks.spawn(self._notify())
 
     # ------------------------------------------------------------------ receiving
 
-    def on_offer(self, db: Any, contact: bytes, file_id: bytes, name: str, size: int,
+    def on_offer(self, db: Transaction, contact: bytes, file_id: bytes, name: str, size: int,
                  digest: bytes, key: bytes, group_id: bytes | None = None,
                  author: bytes | None = None) -> None:
         """Record an incoming offer (inside the message's transaction)."""
@@ -462,12 +399,10 @@ class FileTransfers:
         error: str | None = None
         if not accepted and self.pending_offers(contact) >= MAX_PENDING_OFFERS:
             error = TOO_MANY_OFFERS  # one contact cannot bury the list; it is told
-        inserted = db.execute(
-            "INSERT OR IGNORE INTO files (id, contact, outgoing, name, size, sha256, "
-            "key, path, created, group_id, author, accepted, error, sealed) "
-            "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-            (file_id, contact, safe, size, digest, key, str(partial), time.time(),
-             group_id, author, int(accepted), error)).rowcount
+        inserted = self.table.add_offer(db, file_id, contact, name=safe, size=size,
+                                        digest=digest, key=key, path=str(partial),
+                                        created=time.time(), group_id=group_id,
+                                        author=author, accepted=accepted, error=error)
         if inserted:
             self.events.emit("file.offer", id=file_id.hex(), contact=encode_user_id(contact),
                              name=safe, size=size, accepted=bool(accepted))
@@ -477,10 +412,7 @@ class FileTransfers:
 
     def pending_offers(self, contact: bytes) -> int:
         """Incoming offers from ``contact`` that wait for the user's accept or decline."""
-        row = self.history.db.execute(
-            "SELECT count(*) FROM files WHERE contact = ? AND outgoing = 0 AND accepted = 0 "
-            "AND error IS NULL AND complete = 0", (contact,)).fetchone()
-        return int(row[0])
+        return self.table.pending_offers(contact)
 
     # ------------------------------------------------------------------ consent and limits
 
@@ -504,10 +436,8 @@ class FileTransfers:
     def refusal(self, contact: bytes, size: int) -> str | None:
         """Why accepting ``size`` more bytes from ``contact`` is refused, or None."""
         limits = self.limits()
-        held = "SELECT coalesce(sum(size), 0) FROM files WHERE outgoing = 0 AND accepted = 1 " \
-            "AND error IS NULL"
-        by_contact = self.history.db.execute(held + " AND contact = ?", (contact,)).fetchone()[0]
-        total = self.history.db.execute(held).fetchone()[0]
+        by_contact = self.table.held_bytes(contact)
+        total = self.table.held_bytes()
         if by_contact + size > limits["contact_quota"]:
             return (f"over the per-contact quota ({by_contact} of {limits['contact_quota']} "
                     "bytes held; see `file limits --contact-quota`)")
@@ -535,8 +465,7 @@ class FileTransfers:
             reason = self.refusal(entry.contact, entry.size)
             if reason is not None:
                 raise LocalProtocolError(reason)
-            with self.history.transaction() as db:
-                db.execute("UPDATE files SET accepted = 1 WHERE id = ?", (file_id,))
+            self.table.mark_accepted(file_id)
             entry = self._incoming(file_id)
             await self.request(entry)  # asks only over a live connection, else on resume
         return entry
@@ -572,9 +501,7 @@ class FileTransfers:
         if stream is not None:
             stream.cancel()
         self._close_handle(file_id)
-        with self.history.transaction() as db:
-            db.execute("UPDATE files SET error = coalesce(error, ?) WHERE id = ?",
-                       (reason, file_id))
+        self.table.end(file_id, reason)
         if not entry.outgoing:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
@@ -650,8 +577,7 @@ class FileTransfers:
         if unsynced >= CHECKPOINT_BYTES or total == entry.size:
             handle.flush()
             os.fsync(handle.fileno())
-            with self.history.transaction() as db:
-                db.execute("UPDATE files SET received = ? WHERE id = ?", (total, file_id))
+            self.table.set_received(file_id, total)
             self._unsynced[file_id] = 0
             self.events.emit("file.progress", id=file_id.hex(), received=total,
                              size=entry.size)
@@ -692,9 +618,7 @@ class FileTransfers:
             # The chunks were authentic (sealed with the offer's key), so the sender itself
             # sent content that does not match its offer: fetching again would loop forever.
             log.warning("file %s failed its SHA-256 check; the transfer ends", entry.name)
-            with self.history.transaction() as db:
-                db.execute("UPDATE files SET error = ?, received = 0 WHERE id = ?",
-                           (HASH_MISMATCH, file_id))
+            self.table.fail(file_id, HASH_MISMATCH)
             self.events.emit("file.complete", id=file_id.hex(), direction="in",
                              error=HASH_MISMATCH)
             with contextlib.suppress(FileNotFoundError):
@@ -703,9 +627,7 @@ class FileTransfers:
             return
         if Path(entry.path) != final:
             os.replace(entry.path, final)
-        with self.history.transaction() as db:
-            db.execute("UPDATE files SET complete = 1, path = ? WHERE id = ?",
-                       (str(final), file_id))
+        self.table.complete(file_id, str(final))
         log.info("received file %s (%d bytes)", entry.name, entry.size)
         self.events.emit("file.complete", id=file_id.hex(), direction="in", error=None)
         await self.messenger.confirm_file(entry.contact, file_id)
@@ -766,20 +688,6 @@ class FileTransfers:
             os.unlink(target)  # never leave a half-decrypted copy
             raise
         return target
-
-
-_SELECT = ("SELECT id, contact, outgoing, name, size, sha256, key, path, received, complete, "
-           "created, group_id, author, error, accepted, sealed, source_id FROM files")
-
-
-def _convert(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    fid, contact, outgoing, name, size, digest, key, path, received, complete, created, \
-        group_id, author, error, accepted, sealed, source_id = row
-    return (bytes(fid), bytes(contact), bool(outgoing), name, size, bytes(digest), bytes(key),
-            path, received, bool(complete), created,
-            bytes(group_id) if group_id is not None else None,
-            bytes(author) if author is not None else None, error, bool(accepted),
-            bool(sealed), bytes(source_id) if source_id is not None else None)
 
 
 def file_json(entry: FileEntry, sent: int = 0) -> JsonObject:

@@ -18,11 +18,10 @@ import logging
 import secrets
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
-from dhtchat.app.files import FileEntry, FileTransfers, sha256_file
+from dhtchat.app.files import FileTransfers, sha256_file
 from dhtchat.app.groups import (
     SALT_BYTES,
     FileOrigin,
@@ -39,11 +38,12 @@ from dhtchat.app.groups import (
     verify_group_file,
     verify_group_text,
 )
-from dhtchat.app.history import History, StoredMessage
 from dhtchat.app.stream import Streams
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity, encode_user_id
 from dhtchat.messaging.payload import MAX_TEXT_BYTES, Payload
+from dhtchat.store.files import FileEntry
+from dhtchat.store.history import History, StoredMessage, Transaction
 
 log = logging.getLogger("dhtchat.messages")
 
@@ -61,7 +61,7 @@ class GroupChat:
         self.stream = stream
         self.files = files
 
-    def file_offer(self, db: Any, sender: bytes,
+    def file_offer(self, db: Transaction, sender: bytes,
                    payload: Payload) -> tuple[bytes | None, bytes | None]:
         """A group file offer arrived (inside its transaction): the group (None: refused,
         stored hidden) and the author if not the sender. As the admin, the author's signed
@@ -91,10 +91,8 @@ class GroupChat:
         origin = sign_group_file(self.identity, group_id, message_id, now, path.name, size,
                                  digest)
         with self.history.transaction() as db:
-            db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, "
-                       "group_id, fetched, kind) VALUES (?, ?, 1, ?, ?, ?, ?, 1, 'file')",
-                       (message_id, group_id, int(now * 1e6), now,
-                        file_text(path.name, size), group_id))
+            db.add_group_outgoing(message_id, group_id, now, file_text(path.name, size),
+                                  kind="file")
         for member in targets:
             await self.files.send(member, path, group_id=group_id, digest=digest,
                                   origin=origin)
@@ -121,7 +119,7 @@ class GroupChat:
                 await self.files.send(member, path, group_id=group.id, author=entry.contact,
                                       name=entry.name, source=entry, origin=origin)
 
-    def on_payload(self, db: Any, sender: bytes,
+    def on_payload(self, db: Transaction, sender: bytes,
                           payload: Payload) -> tuple[bytes | None, str, bytes | None]:
         """Apply a group payload inside the message's transaction; returns the group id, the
         history text ("" to keep it out of the conversation) and the author when the admin
@@ -230,7 +228,8 @@ class GroupChat:
         self.stream.flush_queued()
         return state
 
-    def _publish_group_in(self, db: Any, state: GroupState, notify: set[bytes]) -> GroupState:
+    def _publish_group_in(self, db: Transaction, state: GroupState,
+                          notify: set[bytes]) -> GroupState:
         """Sign and store a new member list and queue it to ``notify``, in one transaction."""
         state = signed_state(self.identity, state)
         signed = encode_state(state)
@@ -259,14 +258,11 @@ class GroupChat:
         targets = [m for m in group.state.members if m != me] if group.state.admin == me \
             else [group.state.admin]
         with self.stream.transaction() as db:
-            db.execute("INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, "
-                       "group_id, fetched) VALUES (?, ?, 1, ?, ?, ?, ?, 1)",
-                       (message_id, group_id, int(now * 1e6), now, text, group_id))
+            db.add_group_outgoing(message_id, group_id, now, text)
             for member in targets:
                 seq = self.stream.enqueue_in(db, member, payload, secrets.token_bytes(16), now)
                 # The group row is marked delivered when the last copy is acknowledged.
-                db.execute("INSERT INTO group_copies VALUES (?, ?, ?)",
-                           (member, seq, message_id))
+                db.add_group_copy(member, seq, message_id)
                 self.stream.flush_after_commit(member)
         self.stream.flush_queued()
         stored = self.history.message(message_id)

@@ -33,9 +33,8 @@ Theory of operation (Signal's original "private groups", client-side fan-out):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
 import msgspec
 
@@ -43,6 +42,8 @@ from dhtchat.app.jsontypes import JsonObject
 from dhtchat.core.errors import RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity, encode_user_id, verify_signature
 from dhtchat.core.ids import blake2b_256
+from dhtchat.store.groups import GroupTable
+from dhtchat.store.history import History, Transaction
 
 MAX_MEMBERS: Final = 1000
 _SIG_DOMAIN: Final = b"dhtchat/group-state/v1"
@@ -50,12 +51,6 @@ _TEXT_DOMAIN: Final = b"dhtchat/group-text/v1"
 _FILE_DOMAIN: Final = b"dhtchat/group-file/v1"
 _ID_DOMAIN: Final = b"dhtchat/group-id/v1"
 SALT_BYTES: Final = 16
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS groups (
-    id BLOB PRIMARY KEY, name TEXT NOT NULL, admin BLOB NOT NULL, version INTEGER NOT NULL,
-    members TEXT NOT NULL, state BLOB NOT NULL, active INTEGER NOT NULL DEFAULT 1);
-"""
 
 
 class GroupState(msgspec.Struct, array_like=True, frozen=True):
@@ -229,34 +224,30 @@ class Group:
 
 
 class GroupStore:
-    """Groups in the history database."""
+    """Groups in the history database (:class:`dhtchat.store.groups.GroupTable`), decoded."""
 
-    def __init__(self, db: Any) -> None:
-        self._db = db
-        db.execute(_SCHEMA)
+    def __init__(self, history: History) -> None:
+        self._table = GroupTable(history)
 
     def get(self, group_id: bytes) -> Group | None:
         """A group by id."""
-        row = self._db.execute("SELECT state, active FROM groups WHERE id = ?",
-                               (group_id,)).fetchone()
-        return Group(_decoder.decode(bytes(row[0])), bool(row[1])) if row else None
+        row = self._table.get(group_id)
+        return Group(_decoder.decode(row.state), row.active) if row else None
 
     def all(self) -> list[Group]:
         """Every group."""
-        return [Group(_decoder.decode(bytes(s)), bool(a))
-                for s, a in self._db.execute("SELECT state, active FROM groups ORDER BY name")]
+        return [Group(_decoder.decode(row.state), row.active) for row in self._table.all()]
 
     def by_name(self, name: str) -> list[Group]:
         """Groups with this name (case-insensitive)."""
         return [g for g in self.all() if g.state.name.lower() == name.lower()]
 
-    def save(self, db: Any, state: GroupState, me: bytes) -> None:
+    def save(self, db: Transaction, state: GroupState, me: bytes) -> None:
         """Store a state inside a transaction (``active`` follows membership)."""
-        db.execute("INSERT OR REPLACE INTO groups VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (state.id, state.name, state.admin, state.version,
-                    json.dumps([m.hex() for m in state.members]), _encoder.encode(state),
-                    int(me in state.members)))
+        self._table.save(db, state.id, name=state.name, admin=state.admin,
+                         version=state.version, members=state.members,
+                         state=_encoder.encode(state), active=me in state.members)
 
-    def deactivate(self, db: Any, group_id: bytes) -> None:
+    def deactivate(self, db: Transaction, group_id: bytes) -> None:
         """We left."""
-        db.execute("UPDATE groups SET active = 0 WHERE id = ?", (group_id,))
+        self._table.deactivate(db, group_id)

@@ -27,7 +27,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final, Literal
 
-from dhtchat.app.contactstore import ContactStore
 from dhtchat.app.events import EventLog
 from dhtchat.core.addresses import Address
 from dhtchat.core.contacts import (
@@ -43,6 +42,7 @@ from dhtchat.core.identity import SigningIdentity, encode_user_id
 from dhtchat.core.ratelimit import TokenBuckets
 from dhtchat.core.records import Record
 from dhtchat.net.udp import Subscription, UdpDhtNode
+from dhtchat.store.contacts import ContactStore
 
 log = logging.getLogger("dhtchat.daemon")
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +29,7 @@ import nacl.pwhash
 from dhtchat.app.jsontypes import JsonObject
 from dhtchat.core.errors import DhtChatError
 from dhtchat.core.identity import SEED_BYTES, SigningIdentity
+from dhtchat.store.private import write_private_file
 
 FORMAT: Final = "dhtchat-identity"
 VERSION: Final = 1
@@ -150,27 +150,6 @@ def open_identity(doc: Mapping[str, object], passphrase: str | None) -> SigningI
     if identity.public_key != public_key:
         raise KeystoreError("identity file: public key does not match the secret key")
     return identity
-
-
-def write_private_file(path: Path, data: bytes) -> None:
-    """Atomically write ``data`` to ``path`` readable only by the owner.
-
-    The temporary file has a unique random name and is created exclusively
-    (``O_EXCL|O_NOFOLLOW``, mode 0600 whatever the umask), so a planted file or symlink in
-    the directory can neither be written through nor pre-opened by someone else."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
 
 
 def rewrap_identity_file(path: Path, old: str | None, new: str | None) -> SigningIdentity:

@@ -59,7 +59,7 @@ from dhtchat.net.webrtc import (
 )
 
 if TYPE_CHECKING:
-    from dhtchat.app.contactstore import ContactStore
+    from dhtchat.store.contacts import ContactStore
 
 log = logging.getLogger("dhtchat.daemon")
 

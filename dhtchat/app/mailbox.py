@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from dhtchat.app.history import History
 from dhtchat.core.contacts import Pair, Purpose
 from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.messaging.mailbox import (
@@ -43,6 +42,7 @@ from dhtchat.messaging.mailbox import (
     slot_stored,
 )
 from dhtchat.net.udp import UdpDhtNode
+from dhtchat.store.history import History
 
 log = logging.getLogger("dhtchat.messages")
 
@@ -76,11 +76,10 @@ class Mailboxes:
     def reserve(self, contact: bytes, seq: int, frame: bytes) -> int:
         """Assign the next mailbox slots to a frame (recorded on its outbox entry when
         ``seq``, i.e. sequenced); returns its first slot."""
-        start, after = reserve(self._history.conversation(contact)["mailbox_out_index"], frame)
+        start, after = reserve(self._history.conversation(contact).mailbox_out_index, frame)
         with self._history.transaction() as db:
             if seq:
-                db.execute("UPDATE outbox SET mailbox_index = ? WHERE contact = ? AND seq = ?",
-                           (start, contact, seq))
+                db.set_mailbox_slot(contact, seq, start)
             self._history.update_conversation(db, contact, mailbox_out_index=after)
         return start
 
@@ -118,7 +117,7 @@ class Mailboxes:
     def _reader(self, contact: bytes) -> MailboxReader:
         reader = self._readers.get(contact)
         if reader is None:
-            reader = MailboxReader(self._history.conversation(contact)["mailbox_in_index"],
+            reader = MailboxReader(self._history.conversation(contact).mailbox_in_index,
                                    decode_holes(self._history.get_meta(_holes_meta(contact))))
             self._readers[contact] = reader
         return reader

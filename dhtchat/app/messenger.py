@@ -3,7 +3,7 @@
 Theory of operation (design sec. 6; protocol in docs/protocol.md, "Messaging"):
 
 * **Sequencing.** Every outgoing message gets the next per-contact sequence number and is
-  stored in the outbox (SQLCipher, :mod:`dhtchat.app.history`) before ``send`` returns. It
+  stored in the outbox (SQLCipher, :mod:`dhtchat.store.history`) before ``send`` returns. It
   leaves the outbox only when the contact acknowledges it (cumulative ``ack``: "I have every
   message up to N"). The receiver shows messages strictly in sequence order and stores each
   ``(contact, seq)`` once, so retransmissions are harmless: exactly once, in order
@@ -35,17 +35,16 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 from aiortc import RTCDataChannel
 
 from dhtchat.app import faults
 from dhtchat.app.bundles import Bundles
-from dhtchat.app.files import CHUNK_MARK, FileEntry, FileTransfers
+from dhtchat.app.files import CHUNK_MARK, FileTransfers
 from dhtchat.app.groupchat import GroupChat, file_text
 from dhtchat.app.groups import FileOrigin, GroupState, GroupStore
-from dhtchat.app.history import History, StoredMessage
 from dhtchat.app.mailbox import Mailboxes
 from dhtchat.app.reading import Reader, message_json
 from dhtchat.app.stream import RESET_INTERVAL, ContactState, Streams
@@ -75,6 +74,8 @@ from dhtchat.messaging.session import (
     SessionError,
     is_initial_message,
 )
+from dhtchat.store.files import FileEntry
+from dhtchat.store.history import History, StoredMessage, Transaction
 
 if TYPE_CHECKING:
     from dhtchat.app.daemon import Daemon
@@ -114,7 +115,7 @@ class Messenger:
                               flush=self.flush)
         self.files = FileTransfers(self, daemon.profile.root / "files", tasks=daemon,
                                    channel=self._channel, events=daemon.events)
-        self.groups = GroupStore(history.db)
+        self.groups = GroupStore(history)
         self.group_chat = GroupChat(self.identity, history, self.groups, self.stream, self.files)
         self.reader = Reader(history, self._read_up_to)
         self._delivered = asyncio.Condition()
@@ -144,7 +145,7 @@ class Messenger:
         """Persist a message in the outbox (idempotent per ``message_id``) and start delivery."""
         if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
             raise LocalProtocolError(f"a message holds at most {MAX_TEXT_BYTES} bytes")
-        timer = self.history.conversation(contact)["timer"]
+        timer = self.history.conversation(contact).timer
         return await self.stream.enqueue(contact, Payload("text", text=text, timer=timer), text,
                                    message_id)
 
@@ -209,8 +210,7 @@ class Messenger:
         if not frames:
             return
         with self.stream.transaction() as db:
-            db.executemany("UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
-                           [(frame, contact, seq) for seq, frame in frames])
+            db.set_frames(contact, frames)
             self.history.update_conversation(db, contact, session=conversation.to_json())
         for seq, frame in frames:
             outbox.framed(seq, frame)
@@ -262,8 +262,7 @@ class Messenger:
         for seq, index, frame in jobs:
             if await self._to_mailbox(contact, seq, frame, index=index):
                 with self.history.transaction() as db:
-                    db.execute("UPDATE outbox SET mailbox_stored = 1 WHERE contact = ? AND "
-                               "seq = ?", (contact, seq))
+                    db.mark_mailbox_stored(contact, seq)
 
     def _schedule_retransmit(self, contact: bytes) -> None:
         """Unacknowledged frames go again when the outbox says they are due, whatever the
@@ -442,7 +441,7 @@ class Messenger:
         """An unsequenced payload: save the ratchet state that decrypted it, and act on it."""
         convo = self.stream.conversation(contact)
 
-        def save(db: Any) -> None:
+        def save(db: Transaction) -> None:
             self.history.update_conversation(db, contact, session=convo.to_json())
             if initial:  # a one-time prekey was used up: never accept it twice
                 self.history.set_meta(db, "prekeys", self.prekeys.to_json().encode())
@@ -483,7 +482,7 @@ class Messenger:
         """Commit one received message (see :meth:`Streams.store_received`)."""
         self.stream.store_received(contact, [(payload, initial)], convo, self._store_row)
 
-    def _store_row(self, db: Any, contact: bytes, payload: Payload) -> None:
+    def _store_row(self, db: Transaction, contact: bytes, payload: Payload) -> None:
         text = payload.text
         group_id: bytes | None = None
         author: bytes | None = None
@@ -512,15 +511,11 @@ class Messenger:
             self.history.update_conversation(db, contact, timer=payload.timer)
         # Incoming ids are namespaced by the sender: a peer cannot collide with our ids.
         local_id = blake2b_256(b"dhtchat/incoming-id/v1", contact, payload.id)[:16]
-        db.execute("INSERT OR IGNORE INTO messages (id, contact, outgoing, seq, sent_at, "
-                   "received_at, text, timer, group_id, fetched, author, kind) "
-                   "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (local_id, contact, payload.seq,
-                    payload.origin_time or payload.sent_at, time.time(), text, timer,
-                    group_id, int(text == ""), author, kind))
+        db.add_incoming(local_id, contact, payload.seq, payload.origin_time or payload.sent_at,
+                        time.time(), text, timer, group_id, author, kind)
 
     async def _on_ack(self, contact: bytes, ack: int, read: int,
-                      save: Callable[[Any], None] | None = None) -> None:
+                      save: Callable[[Transaction], None] | None = None) -> None:
         """A cumulative ack (and read receipt) arrived; ``save`` writes the ratchet state
         that decrypted it in the same transaction."""
         tombstones, changed = self.stream.acknowledge(contact, ack, read, save)

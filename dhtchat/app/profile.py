@@ -3,28 +3,27 @@
 Resolution order: ``--profile DIR``, then ``$DHTCHAT_HOME``, then the platform's user data
 directory (``platformdirs.user_data_dir("dhtchat")``, e.g. ``~/.local/share/dhtchat``).
 
-Node state (``node.sqlite``) holds the node key (separate from the identity key, so the DHT
-never links an IP address to a person) and the contacts last known, so a restarted node
-rejoins the network without a bootstrap address. ``dhtchat node`` keeps node state only when
-a profile is given explicitly (``--profile`` or ``$DHTCHAT_HOME``); otherwise it runs with an
-ephemeral node key, as a throwaway bootstrap node would.
+Node state (``node.sqlite``, :class:`dhtchat.store.node.NodeState`) holds the node key
+(separate from the identity key, so the DHT never links an IP address to a person) and the
+contacts last known, so a restarted node rejoins the network without a bootstrap address.
+``dhtchat node`` keeps node state only when a profile is given explicitly (``--profile`` or
+``$DHTCHAT_HOME``); otherwise it runs with an ephemeral node key, as a throwaway bootstrap
+node would.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
-import sqlite3
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
-from dhtchat.app.keystore import write_private_file
-from dhtchat.core.addresses import Address
 from dhtchat.core.errors import DhtChatError
-from dhtchat.core.identity import SEED_BYTES, SigningIdentity
+from dhtchat.store.node import NodeState
+
+__all__ = ["NodeState", "Profile", "ProfileNotPrivate", "make_private", "resolve_profile_dir"]
 
 
 def resolve_profile_dir(explicit: str | None) -> tuple[Path, bool]:
@@ -82,51 +81,3 @@ class Profile:
     def has_identity(self) -> bool:
         """Whether an identity file exists."""
         return self.identity_path.exists()
-
-
-class NodeState:
-    """Persistent node key and contacts (SQLite)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():
-            write_private_file(path, b"")
-        self._db = sqlite3.connect(path)
-        self._db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-            CREATE TABLE IF NOT EXISTS contacts (
-                node_id BLOB PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL,
-                last_seen REAL NOT NULL);
-            """
-        )
-
-    def node_key(self) -> SigningIdentity:
-        """The node key, created on first use."""
-        row = self._db.execute("SELECT value FROM meta WHERE name='node_key'").fetchone()
-        if row is not None and len(row[0]) == SEED_BYTES:
-            return SigningIdentity.from_seed(bytes(row[0]))
-        seed = secrets.token_bytes(SEED_BYTES)
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('node_key', ?)", (seed,))
-        return SigningIdentity.from_seed(seed)
-
-    def peers(self, limit: int = 200) -> list[tuple[bytes, Address]]:
-        """The DHT peers of the last run, most recently seen first."""
-        rows = self._db.execute(
-            "SELECT node_id, host, port FROM contacts ORDER BY last_seen DESC LIMIT ?", (limit,)
-        ).fetchall()
-        return [(bytes(node_id), (host, int(port))) for node_id, host, port in rows]
-
-    def save_peers(self, peers: list[tuple[bytes, Address, float]]) -> None:
-        """Replace the stored DHT peers (the table keeps its old name, ``contacts``)."""
-        with self._db:
-            self._db.execute("DELETE FROM contacts")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?)",
-                [(nid, host, port, seen) for nid, (host, port), seen in peers],
-            )
-
-    def close(self) -> None:
-        """Close the database."""
-        self._db.close()

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from dhtchat.app.history import History, StoredMessage
 from dhtchat.app.jsontypes import JsonObject
 from dhtchat.core.identity import encode_user_id
+from dhtchat.store.history import History, StoredMessage
 
 MAX_RECEIVE_BYTES: Final = 512 * 1024  # per message.receive reply (the client asks again)
 

@@ -29,12 +29,19 @@ from typing import Any, Final
 import msgspec
 
 from dhtchat.app import faults
-from dhtchat.app.history import History, StoredMessage
 from dhtchat.app.services import Spawner
 from dhtchat.core.errors import LocalProtocolError
 from dhtchat.messaging.outbox import Inbox, Outbox, Queued
 from dhtchat.messaging.payload import GROUP_KINDS, Frame, Payload, encoder
 from dhtchat.messaging.session import Conversation, PrekeyStore, SessionError
+from dhtchat.store.history import (
+    History,
+    MailboxSlot,
+    NewOutboxRow,
+    NewOutgoingRow,
+    StoredMessage,
+    Transaction,
+)
 
 log = logging.getLogger("dhtchat.messages")
 
@@ -43,7 +50,7 @@ RESET_INTERVAL: Final = 60.0  # at most one session reset request per contact pe
 # transaction (else the flush after the commit frames them, in a second one).
 BATCH_LOCK_WAIT: Final = 0.05
 
-RowWriter = Callable[[Any, bytes, Payload], None]
+RowWriter = Callable[[Transaction, bytes, Payload], None]
 """Stores one received message's history row inside the open transaction."""
 
 Flusher = Callable[[bytes], Coroutine[Any, Any, None]]
@@ -117,7 +124,7 @@ class Streams:
         """The contact's ratchet session (restored from the history, else a new one)."""
         state = self.state(contact)
         if state.conversation is None:
-            saved = self.history.conversation(contact)["session"]
+            saved = self.history.conversation(contact).session
             if saved:
                 state.conversation = Conversation.from_json(self.prekeys, saved)
             else:
@@ -130,7 +137,7 @@ class Streams:
         if state.outbox is None:
             conversation = self.history.conversation(contact)
             state.outbox = Outbox.restore(
-                conversation["next_out_seq"], conversation["acked_out_seq"],
+                conversation.next_out_seq, conversation.acked_out_seq,
                 [Queued(e.seq, e.payload, e.frame) for e in self.history.outbox(contact)])
         return state.outbox
 
@@ -138,10 +145,8 @@ class Streams:
         """The contact's receive window (rebuilt from the history after a restart)."""
         state = self.state(contact)
         if state.inbox is None:
-            next_in = self.history.conversation(contact)["next_in_seq"]
-            ahead = [row[0] for row in self.history.db.execute(
-                "SELECT seq FROM messages WHERE contact = ? AND outgoing = 0 AND seq >= ?",
-                (contact, next_in))]
+            next_in = self.history.conversation(contact).next_in_seq
+            ahead = self.history.incoming_ahead(contact, next_in)
             state.inbox = Inbox(next_in, ahead)
         return state.inbox
 
@@ -222,8 +227,7 @@ class Streams:
             try:
                 with self.transaction(frames=ready) as db:
                     # (the rows this transaction inserts took their frames from ``ready``)
-                    db.executemany("UPDATE outbox SET frame = ? WHERE contact = ? AND seq = ?",
-                                   [(frame, c, seq) for (c, seq), frame in ready.items()])
+                    db.set_frames_of(ready)
                     for contact, (conversation, _) in frames.items():
                         self.history.update_conversation(db, contact,
                                                          session=conversation.to_json())
@@ -240,7 +244,7 @@ class Streams:
 
     @contextlib.contextmanager
     def transaction(self, *, frames: dict[tuple[bytes, int], bytes] | None = None,
-                    ) -> Iterator[Any]:
+                    ) -> Iterator[Transaction]:
         """A history transaction that first writes the queued sends (so no outbox row ever
         commits before an earlier one of the same contact); after the commit the outboxes
         count them as committed and are flushed, after a failure they forget them."""
@@ -272,32 +276,29 @@ class Streams:
         self._flush_after_commit.update(written)
         self.flush_queued()
 
-    def _write_queued(self, db: Any, batch: list[QueuedSend],
+    def _write_queued(self, db: Transaction, batch: list[QueuedSend],
                       frames: dict[tuple[bytes, int], bytes]) -> None:
         """The queued sends' outbox and history rows, and per contact the next sequence
         number (and the last timer set): a few statements for the whole batch. A row whose
         frame is in ``frames`` is written with it (and taken out of ``frames``)."""
         if not batch:
             return
-        counters: dict[bytes, dict[str, int]] = {}
+        counters: dict[bytes, tuple[int, int | None]] = {}  # next_out_seq, timer
         for queued in batch:
-            values = counters.setdefault(queued.contact, {})
-            values["next_out_seq"] = max(values.get("next_out_seq", 0), queued.seq + 1)
-            if queued.conversation_timer is not None:
-                values["timer"] = queued.conversation_timer
-        db.executemany(
-            "INSERT INTO outbox (contact, seq, payload, frame, created) VALUES (?, ?, ?, ?, ?)",
-            [(q.contact, q.seq, self.outbox(q.contact).payload(q.seq),
-              frames.pop((q.contact, q.seq), None), q.now) for q in batch])
-        db.executemany(
-            "INSERT INTO messages (id, contact, outgoing, seq, sent_at, text, timer, "
-            "expire_at, kind) VALUES (?, ?, 1, ?, ?, ?, ?, NULL, ?)",
-            [(q.message_id, q.contact, q.seq, q.now, q.text, q.timer, q.kind)
+            next_out, timer = counters.get(queued.contact, (0, None))
+            counters[queued.contact] = (
+                max(next_out, queued.seq + 1),
+                queued.conversation_timer if queued.conversation_timer is not None else timer)
+        db.add_outbox_rows(
+            [NewOutboxRow(q.contact, q.seq, self.outbox(q.contact).payload(q.seq),
+                          frames.pop((q.contact, q.seq), None), q.now) for q in batch])
+        db.add_outgoing_rows(
+            [NewOutgoingRow(q.message_id, q.contact, q.seq, q.now, q.text, q.timer, q.kind)
              for q in batch if q.history_row])  # (a group: one row)
-        for contact, values in counters.items():
-            self.history.update_conversation(db, contact, **values)
+        for contact, (next_out, timer) in counters.items():
+            self.history.update_conversation(db, contact, next_out_seq=next_out, timer=timer)
 
-    def enqueue_in(self, db: Any, contact: bytes, template: Payload, message_id: bytes,
+    def enqueue_in(self, db: Transaction, contact: bytes, template: Payload, message_id: bytes,
                     now: float) -> int:
         """Put a payload in the contact's outbox inside the caller's transaction (one of
         :meth:`transaction`: it is flushed after the commit); returns its sequence number."""
@@ -305,8 +306,7 @@ class Streams:
         seq = outbox.queue(lambda seq: encoder.encode(msgspec.structs.replace(
             template, seq=seq, id=message_id, sent_at=now)))
         payload = outbox.payload(seq)
-        db.execute("INSERT INTO outbox (contact, seq, payload, created) VALUES (?, ?, ?, ?)",
-                   (contact, seq, payload, now))
+        db.add_outbox(contact, seq, payload, now)
         self.history.update_conversation(db, contact, next_out_seq=seq + 1)
         self._txn_outboxes.add(contact)
         return seq
@@ -322,12 +322,13 @@ class Streams:
         self._flush_after_commit.clear()
 
     def acknowledge(self, contact: bytes, ack: int, read: int,
-                    save: Callable[[Any], None] | None) -> tuple[list[tuple[int, int]], bool]:
+                    save: Callable[[Transaction], None] | None,
+                    ) -> tuple[list[MailboxSlot], bool]:
         """Apply a cumulative ack and read receipt (``save`` writes the ratchet state that
         decrypted them, in the same transaction): the acknowledged outbox rows go, their
         messages are marked delivered (a group row once every copy is). Returns the mailbox
         slots (index, frame length) to overwrite and whether anything changed."""
-        tombstones: list[tuple[int, int]] = []
+        tombstones: list[MailboxSlot] = []
         # The outbox forgets first: if the commit fails the rows stay and are sent again
         # after a restart, which the contact recognises as duplicates.
         outbox = self.outbox(contact)
@@ -339,32 +340,9 @@ class Streams:
             if save is not None:
                 save(db)
             if acked is not None:
-                through = acked.through
-                tombstones = [(row[0], row[1]) for row in db.execute(
-                    "SELECT mailbox_index, length(frame) FROM outbox WHERE contact = ? AND "
-                    "seq <= ? AND mailbox_index IS NOT NULL", (contact, through))]
-                db.execute("DELETE FROM outbox WHERE contact = ? AND seq <= ?",
-                           (contact, through))
-                # A disappearing message's clock starts on our side once it is delivered
-                # (it must not vanish, with its delivery mark, while still queued).
-                db.execute("UPDATE messages SET delivered = 1, expire_at = CASE WHEN timer > 0 "
-                           "THEN ? + timer ELSE expire_at END WHERE contact = ? AND "
-                           "outgoing = 1 AND seq > ? AND seq <= ? AND delivered = 0",
-                           (time.time(), contact, floor, through))
-                self.history.raise_acked(db, contact, through)
-                groups = [row[0] for row in db.execute(
-                    "SELECT DISTINCT message_id FROM group_copies WHERE contact = ? AND "
-                    "seq <= ?", (contact, through))]
-                db.execute("DELETE FROM group_copies WHERE contact = ? AND seq <= ?",
-                           (contact, through))
-                for message_id in groups:
-                    if db.execute("SELECT 1 FROM group_copies WHERE message_id = ?",
-                                  (message_id,)).fetchone() is None:
-                        db.execute("UPDATE messages SET delivered = 1 WHERE id = ?",
-                                   (message_id,))
+                tombstones = db.acknowledge(contact, floor, acked.through, time.time())
             if read > read_floor:
-                db.execute("UPDATE messages SET read = 1 WHERE contact = ? AND outgoing = 1 "
-                           "AND seq > ? AND seq <= ?", (contact, read_floor, read))
+                db.mark_read(contact, read_floor, read)
         return tombstones, acked is not None or read > read_floor
 
     def store_received(self, contact: bytes, batch: list[tuple[Payload, bool]],
@@ -389,16 +367,12 @@ class Streams:
             raise
         inbox.stored(seqs, time.monotonic())
 
-    def forget_frames(self, contact: bytes) -> list[tuple[int, int]]:
+    def forget_frames(self, contact: bytes) -> list[MailboxSlot]:
         """The contact asked for a reset: forget the frames of every unacknowledged message
         (the next flush encrypts them again, on the session the request came on) and return
         the mailbox slots they held, to be overwritten."""
         with self.history.transaction() as db:
-            old = [(row[0], row[1]) for row in db.execute(
-                "SELECT mailbox_index, length(frame) FROM outbox WHERE contact = ? AND "
-                "mailbox_index IS NOT NULL", (contact,))]
-            db.execute("UPDATE outbox SET frame = NULL, mailbox_index = NULL, "
-                       "mailbox_stored = 0 WHERE contact = ?", (contact,))
+            old = db.forget_frames(contact)
         log.info("%s asked for a new session: %d queued messages encrypted again",
                  contact.hex()[:12], len(self.history.outbox(contact)))
         return old

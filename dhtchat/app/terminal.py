@@ -1,5 +1,4 @@
-"""Text from the network made safe to print on a terminal, and names compared as a person
-reads them.
+"""Text from the network made safe to print on a terminal.
 
 Theory of operation: a contact (or a stranger sending a request) chooses names, messages and
 file names. Printed raw, an ESC sequence could move the cursor and redraw a line, a carriage
@@ -13,10 +12,7 @@ Source", 2021, and Unicode TR #36 section 2 / TR #39 section 4 for confusables).
   ``\\x1b`` / ``\\u202e``; :func:`one_line` escapes newlines and tabs too, for fields that
   must fit on one line (names). :class:`TerminalSafeWriter` applies ``terminal_safe`` to
   everything the CLI writes, so no print site can forget it.
-* :func:`name_skeleton` reduces a name to what a reader sees: NFKC, case folded, format
-  characters and spaces dropped, common Cyrillic/Greek homoglyphs and look-alike digits
-  folded to Latin (a small subset of TR #39's confusables table, the letters people actually
-  mix up). Two names with the same skeleton look the same.
+* Names are compared as a reader sees them by :func:`dhtchat.core.names.name_skeleton`.
 """
 
 from __future__ import annotations
@@ -26,19 +22,6 @@ import unicodedata
 from typing import Final, TextIO
 
 _SEPARATORS: Final = {"\u2028", "\u2029", "\u0085"}
-
-# Homoglyphs folded to the Latin letter they imitate (after NFKC and casefold), written as
-# escapes: Cyrillic, Greek and Latin look-alikes, then digits and signs.
-_CONFUSABLES: Final = str.maketrans({
-    "\u0430": "a", "\u0435": "e", "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0443": "y",
-    "\u0445": "x", "\u0455": "s", "\u0456": "l", "\u0458": "j", "\u0501": "d", "\u04bb": "h",
-    "\u051b": "q", "\u051d": "w", "\u04cf": "l", "\u0432": "b", "\u043a": "k", "\u043c": "m",
-    "\u043d": "h", "\u0442": "t", "\u044c": "b", "\u0261": "g", "\u2113": "l", "\u03b1": "a",
-    "\u03b2": "b", "\u03b5": "e", "\u03b7": "n", "\u03b9": "l", "\u03ba": "k", "\u03bd": "v",
-    "\u03bf": "o", "\u03c1": "p", "\u03c4": "t", "\u03c5": "u", "\u03c7": "x", "\u03c9": "w",
-    "0": "o", "1": "l", "i": "l", "|": "l", "!": "l", "5": "s", "$": "s", "@": "a",
-})
-_PAIRS: Final = (("rn", "m"), ("vv", "w"), ("cl", "d"))
 
 
 def _escape(char: str) -> str:
@@ -65,17 +48,6 @@ def one_line(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(_escape(c) if _unsafe(c, "") else c for c in text)
-
-
-def name_skeleton(name: str) -> str:
-    """What a reader sees of ``name``: equal skeletons mean look-alike names."""
-    folded = unicodedata.normalize("NFKC", name).casefold()
-    folded = "".join(c for c in folded
-                     if not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf", "Mn"))
-    folded = unicodedata.normalize("NFKC", folded).translate(_CONFUSABLES)
-    for pair, letter in _PAIRS:
-        folded = folded.replace(pair, letter)
-    return folded
 
 
 class TerminalSafeWriter(io.TextIOBase):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from dhtchat.app.history import History
+from dhtchat.store.history import History
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -50,18 +50,19 @@ class CallStore:
 
     def __init__(self, history: History) -> None:
         self._history = history
-        history.db.executescript(_SCHEMA)
+        history.connection.executescript(_SCHEMA)
 
     def save(self, record: CallRecord) -> None:
         """Write (or rewrite) a call's row."""
         with self._history.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (record.call_id, record.contact, record.direction, int(record.video),
-                        record.started, record.answered, record.ended, record.reason))
+            db.connection.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                  (record.call_id, record.contact, record.direction,
+                                   int(record.video), record.started, record.answered,
+                                   record.ended, record.reason))
 
     def log(self, limit: int) -> list[CallRecord]:
         """The newest ``limit`` calls, newest first."""
-        rows = self._history.db.execute(
+        rows = self._history.connection.execute(
             "SELECT id, contact, direction, video, started, answered, ended, reason FROM calls "
             "ORDER BY started DESC LIMIT ?", (limit,)).fetchall()
         return [CallRecord(bytes(r[0]), bytes(r[1]), r[2], bool(r[3]), r[4], r[5], r[6], r[7])
@@ -69,12 +70,13 @@ class CallStore:
 
     def certificate(self, contact: bytes) -> tuple[bytes, bytes] | None:
         """Our stored (private key PEM, certificate PEM) for calls with ``contact``."""
-        row = self._history.db.execute("SELECT key_pem, cert_pem FROM call_certificates "
-                                       "WHERE contact = ?", (contact,)).fetchone()
+        row = self._history.connection.execute(
+            "SELECT key_pem, cert_pem FROM call_certificates WHERE contact = ?",
+            (contact,)).fetchone()
         return None if row is None else (bytes(row[0]), bytes(row[1]))
 
     def save_certificate(self, contact: bytes, key_pem: bytes, cert_pem: bytes) -> None:
         """Keep our certificate for calls with ``contact`` (replacing any older one)."""
         with self._history.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO call_certificates VALUES (?, ?, ?)",
-                       (contact, key_pem, cert_pem))
+            db.connection.execute("INSERT OR REPLACE INTO call_certificates VALUES (?, ?, ?)",
+                                  (contact, key_pem, cert_pem))

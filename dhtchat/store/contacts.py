@@ -17,14 +17,15 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import sqlcipher3  # type: ignore[import-untyped]  # no stubs; the sqlite3 API
 
-from dhtchat.app.keystore import write_private_file
-from dhtchat.app.terminal import name_skeleton
 from dhtchat.core.errors import LocalProtocolError
 from dhtchat.core.ids import blake2b_256
+from dhtchat.core.names import name_skeleton
+from dhtchat.store.db import Connection, Row
+from dhtchat.store.private import write_private_file
 
 SEEN_RETENTION: Final = 15 * 86400  # longer than a contact request can live in the DHT
 TRIM_PERIOD: Final = 3600.0  # seen envelopes are trimmed at most this often
@@ -55,9 +56,9 @@ def contacts_key(identity_seed: bytes) -> bytes:
     return blake2b_256(b"dhtchat/contacts-key/v1", identity_seed)
 
 
-def _open_encrypted(path: Path, key: bytes) -> Any:
+def _open_encrypted(path: Path, key: bytes) -> Connection:
     """A SQLCipher connection to ``path`` (converting a clear contact list first)."""
-    db = sqlcipher3.connect(str(path))
+    db: Connection = sqlcipher3.connect(str(path))
     db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
     try:
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -91,7 +92,7 @@ class ContactStore:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.exists():
             write_private_file(path, b"")
-        self._db: Any = sqlite3.connect(path) if key is None else _open_encrypted(path, key)
+        self._db: Connection = sqlite3.connect(path) if key is None else _open_encrypted(path, key)
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS contacts (
@@ -280,7 +281,7 @@ class ContactStore:
         self._db.close()
 
 
-def _entry(row: tuple[bytes, str, str, str, float, float]) -> ContactEntry:
+def _entry(row: Row) -> ContactEntry:
     public_key, name, state, message, created, updated = row
     assert state in STATES
-    return ContactEntry(bytes(public_key), name, state, message, created, updated)  # type: ignore[arg-type]
+    return ContactEntry(bytes(public_key), name, state, message, created, updated)
