@@ -25,7 +25,7 @@ from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.messaging.mailbox import (
     HOLE_GRACE,
     MAILBOX_EPOCH,
-    POLL_ACTION_BOUND,
+    POLL_STEP_BOUND,
     Deliver,
     Fetch,
     MailboxReader,
@@ -125,7 +125,8 @@ class Mailboxes:
 
     async def poll(self, contact: bytes, *, hole_grace: float = HOLE_GRACE) -> int:
         """Read the contact's mailbox slots from where we stopped, and the holes skipped
-        before; returns the frames handed to ``deliver``. One poll per contact at a time."""
+        before; returns the frames handed to ``deliver``. One poll per contact at a time;
+        the lookups of a window run while the frames of the window before are delivered."""
         pair, node = self._pair(contact), self._node()
         if pair is None or node is None:
             return 0
@@ -134,35 +135,56 @@ class Mailboxes:
             owner = pair.channel_signer(Purpose.MAILBOX, contact, MAILBOX_EPOCH).public_key
             reader = self._reader(contact)
             reader.poll(time.time(), hole_grace=hole_grace)
-            for _ in range(POLL_ACTION_BOUND):
-                match reader.next_action():
-                    case Fetch(slots):
-                        contents = await asyncio.gather(
-                            *(self._fetch(pair, node, contact, owner, slot) for slot in slots))
-                        for slot, content in zip(slots, contents, strict=True):
-                            reader.fetched(slot, content)
-                    case Deliver(frame, slot, recovered):
-                        if recovered:
-                            log.info("mailbox slot %d of %s was filled after it was skipped",
-                                     slot, contact.hex()[:12])
-                        await self._deliver(contact, frame)
-                    case SaveHoles(holes, skipped):
-                        if skipped is not None:
-                            log.info("skipping mailbox slot %d of %s: still empty %.0f s later "
-                                     "while later slots are filled", skipped,
-                                     contact.hex()[:12], hole_grace)
-                        with self._history.transaction() as db:
-                            self._history.set_meta(db, _holes_meta(contact),
-                                                   encode_holes(holes))
-                    case SaveIndex(index):
-                        with self._history.transaction() as db:
-                            self._history.update_conversation(db, contact,
-                                                              mailbox_in_index=index)
-                    case PollDone(handled, empty):
-                        if empty is not None:
-                            log.debug("mailbox of %s: %d frames read, slot %d empty",
-                                      contact.hex()[:12], handled, empty)
-                        return handled
+            # The slot lookups asked for, running while the frames before them are delivered;
+            # answers are reported when the reader cannot go on without them.
+            lookups: dict[int, asyncio.Future[SlotContent]] = {}
+            try:
+                return await self._run_poll(reader, contact, lookups, hole_grace, lambda slot:
+                                            self._fetch(pair, node, contact, owner, slot))
+            finally:
+                for task in lookups.values():  # the poll failed: nobody waits for them
+                    if not task.done():
+                        task.cancel()
+                    elif not task.cancelled():
+                        task.exception()  # retrieved: no "never retrieved" warning
+
+    async def _run_poll(self, reader: MailboxReader, contact: bytes,
+                        lookups: dict[int, asyncio.Future[SlotContent]], hole_grace: float,
+                        fetch: Callable[[int], Awaitable[SlotContent]]) -> int:
+        for _ in range(POLL_STEP_BOUND):
+            if reader.needs_answers():
+                if not lookups:
+                    raise LocalProtocolError("the mailbox reader waits for no lookup")
+                await asyncio.wait(lookups.values(), return_when=asyncio.FIRST_COMPLETED)
+                for slot in [s for s, task in lookups.items() if task.done()]:
+                    reader.fetched(slot, lookups.pop(slot).result())
+                continue
+            match reader.next_action():
+                case Fetch(slots):
+                    for slot in slots:
+                        lookups[slot] = asyncio.ensure_future(fetch(slot))
+                case Deliver(frame, slot, recovered):
+                    if recovered:
+                        log.info("mailbox slot %d of %s was filled after it was skipped",
+                                 slot, contact.hex()[:12])
+                    await self._deliver(contact, frame)
+                case SaveHoles(holes, skipped):
+                    if skipped is not None:
+                        log.info("skipping mailbox slot %d of %s: still empty %.0f s later "
+                                 "while later slots are filled", skipped,
+                                 contact.hex()[:12], hole_grace)
+                    with self._history.transaction() as db:
+                        self._history.set_meta(db, _holes_meta(contact),
+                                               encode_holes(holes))
+                case SaveIndex(index):
+                    with self._history.transaction() as db:
+                        self._history.update_conversation(db, contact,
+                                                          mailbox_in_index=index)
+                case PollDone(handled, empty):
+                    if empty is not None:
+                        log.debug("mailbox of %s: %d frames read, slot %d empty",
+                                  contact.hex()[:12], handled, empty)
+                    return handled
         raise LocalProtocolError("a mailbox poll did not finish")  # the machine's bound
 
     async def _fetch(self, pair: Pair, node: UdpDhtNode, contact: bytes, owner: bytes,
