@@ -47,6 +47,7 @@ from dhtchat.net.udp import UdpDhtNode
 log = logging.getLogger("dhtchat.messages")
 
 MAX_CONCURRENT_PUTS: Final = 8  # mailbox slot puts in flight per daemon
+DELIVER_BATCH: Final = 64  # frames read handed to the messenger at once at most
 
 
 def _holes_meta(contact: bytes) -> str:
@@ -57,11 +58,13 @@ class Mailboxes:
     """Writes frames to contacts' mailboxes and reads theirs, through the daemon's node.
 
     ``node`` and ``pair`` are looked up at each use (the node exists once the daemon runs;
-    None means the contact cannot be reached now); ``deliver`` takes each frame read."""
+    None means the contact cannot be reached now); ``deliver`` takes the frames read, in
+    order, a run of them at a time (up to DELIVER_BATCH: the messenger commits the messages
+    among them in one transaction)."""
 
     def __init__(self, history: History, node: Callable[[], UdpDhtNode | None],
                  pair: Callable[[bytes], Pair | None],
-                 deliver: Callable[[bytes, bytes], Awaitable[None]]) -> None:
+                 deliver: Callable[[bytes, list[bytes]], Awaitable[None]]) -> None:
         self._history = history
         self._node = node
         self._pair = pair
@@ -151,8 +154,25 @@ class Mailboxes:
     async def _run_poll(self, reader: MailboxReader, contact: bytes,
                         lookups: dict[int, asyncio.Future[SlotContent]], hole_grace: float,
                         fetch: Callable[[int], Awaitable[SlotContent]]) -> int:
+        # Frames handed out in a row are delivered together, and the read index they move is
+        # saved after them (never before a frame it passes was delivered), before the poll
+        # waits for a lookup, saves holes or ends.
+        frames: list[bytes] = []
+        index: int | None = None
+
+        async def deliver() -> None:
+            nonlocal index
+            if frames:
+                await self._deliver(contact, frames.copy())
+                frames.clear()
+            if index is not None:
+                with self._history.transaction() as db:
+                    self._history.update_conversation(db, contact, mailbox_in_index=index)
+                index = None
+
         for _ in range(POLL_STEP_BOUND):
             if reader.needs_answers():
+                await deliver()
                 if not lookups:
                     raise LocalProtocolError("the mailbox reader waits for no lookup")
                 await asyncio.wait(lookups.values(), return_when=asyncio.FIRST_COMPLETED)
@@ -167,8 +187,11 @@ class Mailboxes:
                     if recovered:
                         log.info("mailbox slot %d of %s was filled after it was skipped",
                                  slot, contact.hex()[:12])
-                    await self._deliver(contact, frame)
+                    frames.append(frame)
+                    if len(frames) >= DELIVER_BATCH:
+                        await deliver()
                 case SaveHoles(holes, skipped):
+                    await deliver()
                     if skipped is not None:
                         log.info("skipping mailbox slot %d of %s: still empty %.0f s later "
                                  "while later slots are filled", skipped,
@@ -176,11 +199,10 @@ class Mailboxes:
                     with self._history.transaction() as db:
                         self._history.set_meta(db, _holes_meta(contact),
                                                encode_holes(holes))
-                case SaveIndex(index):
-                    with self._history.transaction() as db:
-                        self._history.update_conversation(db, contact,
-                                                          mailbox_in_index=index)
+                case SaveIndex(after):
+                    index = after
                 case PollDone(handled, empty):
+                    await deliver()
                     if empty is not None:
                         log.debug("mailbox of %s: %d frames read, slot %d empty",
                                   contact.hex()[:12], handled, empty)
