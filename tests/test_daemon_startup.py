@@ -59,3 +59,12 @@ def test_the_passphrase_is_unlocked_while_the_app_loads(tmp_path: Path) -> None:
         probe.stdout + probe.stderr)
     assert "error:" in probe.stderr and "Traceback" not in probe.stderr, probe.stderr
     assert not (root / "daemon.sock").exists()  # it never listened
+
+
+def test_the_daemon_loads_without_numpy() -> None:
+    """numpy (only for generated and analysed call audio) is not on the start path."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, dhtchat.cli, dhtchat.app.daemon; "
+         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'numpy')[:3])"],
+        env=_env(PASSPHRASE), capture_output=True, text=True, timeout=120, check=False)
+    assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr
