@@ -264,9 +264,34 @@ def test_the_window_after_a_full_one_is_asked_for_before_its_frames_are_handed_o
     kinds = [type(a).__name__ for a in run.actions]
     fetches = [n for n, kind in enumerate(kinds) if kind == "Fetch"]
     delivers = [n for n, kind in enumerate(kinds) if kind == "Deliver"]
-    # Each later window is asked for right after the one before came back, ahead of the
-    # first frame of that one (4 frames, then 8, then 16 are handed out after it).
-    assert [sum(d < f for d in delivers) for f in fetches] == [0, 0, 4, 12]
+    # Answers are reported one at a time, in slot order, and each frame is handed out as
+    # soon as its slot is in; the next window is asked for as soon as the last slot of a
+    # full one is in, ahead of that slot's frame (and of all the next window's).
+    assert [sum(d < f for d in delivers) for f in fetches] == [0, 3, 11, 27]
+
+
+def test_filled_slots_are_handed_out_as_reported_and_an_empty_one_waits_for_the_window(
+        ) -> None:
+    board, stored = Board(), Stored()
+    payloads = frames(4)
+    write_all(board, MailboxWriter(), payloads, T0)
+    reader = stored.reader()
+    reader.poll(T0)
+    assert reader.next_action() == Fetch((0, 1, 2, 3))
+    assert reader.needs_answers()
+    assert reader.fetched(1, board.read(1))
+    assert reader.needs_answers()  # slot 0 comes first
+    assert reader.fetched(0, board.read(0))
+    assert [reader.next_action() for _ in range(4)] == [
+        Deliver(payloads[0], 0), SaveIndex(1), Deliver(payloads[1], 1), SaveIndex(2)]
+    assert reader.fetched(2, Slot.EMPTY)  # a lookup that missed
+    assert reader.needs_answers()  # judged once slot 3 is in
+    assert reader.fetched(3, board.read(3))
+    assert not reader.needs_answers()
+    assert reader.next_action() == Fetch((2,))  # filled after it: asked again
+    assert reader.fetched(2, board.read(2))
+    assert [reader.next_action() for _ in range(4)] == [
+        Deliver(payloads[2], 2), SaveIndex(3), Deliver(payloads[3], 3), SaveIndex(4)]
 
 
 def test_answers_held_until_the_reader_needs_them_give_the_same_reading() -> None:

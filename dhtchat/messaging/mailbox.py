@@ -14,15 +14,17 @@ frame on every storer.
 The reader (:class:`MailboxReader`) remembers the first slot it has not consumed (the
 *index*) and, per poll, reads a small window of slots at once (most polls find nothing), each
 full window twice as wide as the one before (up to :data:`MAILBOX_WINDOW`), and consumes them
-in order up to the first empty slot. A window found full is followed by the next one for sure,
-so that one is asked for at once, before the full one's frames are handed out: its lookups
-run while the driver delivers (a backlog costs one lookup round per window plus the delivery
-of the last, not both for every window). A slot that reads empty while later ones are filled is
-usually a lookup that missed: it is read once more. If it stays empty for
-:data:`HOLE_GRACE` seconds (a put that keeps failing), the reader skips it so later frames are
-not held up, and remembers the frame's first slot as a *hole* (at most :data:`MAX_HOLES`, the
-oldest forgotten first). Every poll first reads the holes again: a hole filled late is
-delivered, one still empty after :data:`HOLE_MEMORY` seconds is forgotten. Frames may thus be
+in order up to the first empty slot: a filled slot as soon as it is reported (the slots before
+it were), an empty one only once the whole window is in (what follows it decides). A window
+found full is followed by the next one for sure, so that one is asked for at once, before the
+full one's last frames are handed out: its lookups run while the driver delivers, and the
+frames of a backlog come out while the lookups of the empty slots that end it still run. A
+slot that reads empty while later ones are filled is usually a lookup that missed: it is read
+once more. If it stays empty for :data:`HOLE_GRACE` seconds (a put that keeps failing), the
+reader skips it so later frames are not held up, and remembers the frame's first slot as a
+*hole* (at most :data:`MAX_HOLES`, the oldest forgotten first). Every poll first reads the
+holes again: a hole filled late is delivered, one still empty after :data:`HOLE_MEMORY`
+seconds is forgotten. Frames may thus be
 delivered out of order or twice; the messenger above orders and deduplicates by sequence
 number. A poll whose first window is all empty ends there (idle polls stay cheap), so a run
 of that many slots never stored holds later frames up until the sender stores them (it
@@ -263,8 +265,9 @@ class _Poll:
     scanning: bool = False
     scanned: int = 0
     width: int = MAILBOX_FIRST_WINDOW
-    window: list[SlotContent] | None = None  # the current window's contents, once read
+    window_open: bool = False  # window_slots are being read and consumed
     window_slots: tuple[int, ...] = ()
+    complete: bool = False  # ... and all of them were reported (``filled`` is set)
     next_slots: tuple[int, ...] | None = None  # the window after it, asked for in advance
     filled: list[bool] = field(default_factory=list)
     asked_again: bool = False
@@ -353,11 +356,13 @@ class MailboxReader:
         """Whether the next step needs a slot that was asked for and not reported yet."""
         if not poll.scanning:
             return poll.hole is not None and poll.hole + len(poll.hole_parts) in poll.waiting
-        if poll.window is None:
+        if not poll.window_open or poll.index - poll.window_slots[0] >= len(poll.window_slots):
             return False
-        if not poll.window:
-            return any(s in poll.waiting for s in poll.window_slots)
-        return poll.asked_again and poll.index in poll.waiting
+        if poll.index in poll.waiting:
+            return True
+        # An empty slot is judged by the slots after it: all of the window must be in.
+        return poll.results[poll.index] is Slot.EMPTY and \
+            any(s in poll.waiting for s in poll.window_slots)
 
     def _open_window(self, poll: _Poll, start: int) -> tuple[int, ...]:
         """Ask for the next window of slots from ``start``."""
@@ -414,48 +419,40 @@ class MailboxReader:
         poll.scanning = True
 
     def _advance_scan(self, poll: _Poll) -> None:
-        """Ask for the next window, or consume the current one up to the next action."""
-        if poll.window is None:
+        """Ask for the next window, or consume the current one up to the next action: its
+        filled slots as they are reported, in slot order; an empty one once all are in."""
+        if not poll.window_open:
             if poll.scanned >= MAILBOX_SCAN_LIMIT:
                 poll.out.append(PollDone(poll.handled, None))
                 return
-            poll.window_slots = self._open_window(poll, poll.index)
-            poll.window = []
+            self._start_window(poll, self._open_window(poll, poll.index))
             return
-        if not poll.window:  # the window's slots were all reported
-            poll.window = [poll.results.pop(s) for s in poll.window_slots]
-            poll.filled = [c is not Slot.EMPTY for c in poll.window]
-            poll.asked_again = False
-            # Every empty slot followed by a filled one starts its grace now, so a frame of
-            # several slots that never came is skipped after one grace, not one per slot.
-            last_filled = max((j for j, f in enumerate(poll.filled) if f), default=-1)
-            for j in range(last_filled):
-                if not poll.filled[j]:
-                    self._empty_since.setdefault(poll.window_slots[j], poll.now)
-            if all(poll.filled) and poll.scanned < MAILBOX_SCAN_LIMIT:
-                # Every slot of it will be consumed (only an empty slot stops a poll), so
-                # the next window starts right after it: ask for it now.
-                poll.next_slots = self._open_window(poll, poll.window_slots[-1] + 1)
+        if not poll.complete and not any(s in poll.waiting for s in poll.window_slots):
+            self._window_complete(poll)
         while True:
             position = poll.index - poll.window_slots[0]
-            if position >= len(poll.window):
+            if position >= len(poll.window_slots):
+                for s in poll.window_slots:
+                    poll.results.pop(s, None)
                 if poll.next_slots is not None:  # asked for in advance: it starts here
-                    poll.window_slots, poll.next_slots = poll.next_slots, None
-                    poll.window = []
+                    self._start_window(poll, poll.next_slots)
+                    poll.next_slots = None
                 else:
-                    poll.window = None  # the next window starts at the index
+                    poll.window_open = False  # the next window starts at the index
                 return
             slot = poll.index
-            if poll.asked_again:
-                poll.window[position] = poll.results.pop(slot)
-            content = poll.window[position]
-            later_filled = any(poll.filled[position + 1:])
-            if content is Slot.EMPTY and later_filled and not poll.asked_again:
-                poll.asked_again = True  # likely a lookup that missed: ask again
-                self._fetch(poll, (slot,))
-                return
-            poll.asked_again = False
+            if slot in poll.waiting:
+                return  # not reported yet
+            content = poll.results[slot]
             if content is Slot.EMPTY:
+                if not poll.complete:
+                    return  # judged once the slots after it are in
+                later_filled = any(poll.filled[position + 1:])
+                if later_filled and not poll.asked_again:
+                    poll.asked_again = True  # likely a lookup that missed: ask again
+                    self._fetch(poll, (slot,))
+                    return
+                poll.asked_again = False
                 if not later_filled or not self._hole_expired(poll, slot):
                     poll.out.append(PollDone(poll.handled, slot))
                     return
@@ -469,6 +466,7 @@ class MailboxReader:
                 poll.out.extend((SaveHoles(dict(poll.holes), skipped=start),
                                  SaveIndex(poll.index)))
                 return
+            poll.asked_again = False
             poll.index += 1
             part = _decode(content)
             if part is None or part.index != len(poll.parts) or part.count > MAX_PARTS:
@@ -484,6 +482,25 @@ class MailboxReader:
             poll.out.extend((Deliver(frame, first), SaveIndex(poll.index)))
             poll.handled += 1
             return
+
+    def _start_window(self, poll: _Poll, slots: tuple[int, ...]) -> None:
+        poll.window_open, poll.window_slots, poll.complete = True, slots, False
+        poll.asked_again = False
+
+    def _window_complete(self, poll: _Poll) -> None:
+        """Every slot of the current window was reported (before any was asked again)."""
+        poll.complete = True
+        poll.filled = [poll.results[s] is not Slot.EMPTY for s in poll.window_slots]
+        # Every empty slot followed by a filled one starts its grace now, so a frame of
+        # several slots that never came is skipped after one grace, not one per slot.
+        last_filled = max((j for j, f in enumerate(poll.filled) if f), default=-1)
+        for j in range(last_filled):
+            if not poll.filled[j]:
+                self._empty_since.setdefault(poll.window_slots[j], poll.now)
+        if all(poll.filled) and poll.scanned < MAILBOX_SCAN_LIMIT:
+            # Every slot of it will be consumed (only an empty slot stops a poll), so the
+            # next window starts right after it: ask for it now.
+            poll.next_slots = self._open_window(poll, poll.window_slots[-1] + 1)
 
     def _hole_expired(self, poll: _Poll, slot: int) -> bool:
         seen = self._empty_since.setdefault(slot, poll.now)
