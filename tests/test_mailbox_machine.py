@@ -25,6 +25,7 @@ from dhtchat.messaging.mailbox import (
     MAILBOX_WINDOW,
     MAX_HOLES,
     POLL_ACTION_BOUND,
+    POLL_STEP_BOUND,
     TOMBSTONE,
     TOMBSTONE_TTL,
     Action,
@@ -89,16 +90,23 @@ def drive(reader: MailboxReader, board: Board, stored: Stored, now: float, *,
           grace: float = HOLE_GRACE,
           answer: Callable[[int, int], SlotContent | None] | None = None,
           order: Callable[[tuple[int, ...]], list[int]] | None = None,
-          crash_after: int | None = None) -> Run:
+          crash_after: int | None = None, lazy: bool = False) -> Run:
     """One poll, the way the driver does it. ``answer(slot, nth fetch of it)`` overrides
     what a fetch returns (None: the board's value); ``order`` permutes a Fetch's answers;
-    ``crash_after`` stops after that many actions were performed (the process died)."""
+    ``crash_after`` stops after that many actions were performed (the process died);
+    ``lazy`` holds the answers back (read when asked for) and reports one only when
+    :meth:`MailboxReader.needs_answers` says the poll cannot go on without it."""
     run = Run()
     asked: dict[int, int] = {}
+    held: list[tuple[int, SlotContent]] = []
     reader.poll(now, hole_grace=grace)
-    for _ in range(POLL_ACTION_BOUND):
+    for _ in range(POLL_STEP_BOUND):
         if crash_after is not None and len(run.actions) >= crash_after:
             return run
+        if lazy and reader.needs_answers():
+            assert held, "the reader waits for an answer it never asked for"
+            assert reader.fetched(*held.pop(0))
+            continue
         action = reader.next_action()
         run.actions.append(action)
         match action:
@@ -107,8 +115,9 @@ def drive(reader: MailboxReader, board: Board, stored: Stored, now: float, *,
                 for slot in (order(slots) if order else list(slots)):
                     asked[slot] = asked.get(slot, 0) + 1
                     content = answer(slot, asked[slot]) if answer else None
-                    assert reader.fetched(slot, board.read(slot) if content is None
-                                          else content)
+                    held.append((slot, board.read(slot) if content is None else content))
+                while held and not lazy:
+                    assert reader.fetched(*held.pop(0))
             case Deliver(frame):
                 run.delivered.append(frame)
             case SaveHoles(holes):
@@ -117,9 +126,10 @@ def drive(reader: MailboxReader, board: Board, stored: Stored, now: float, *,
                 assert index >= stored.index, "the read index went back"
                 stored.index = index
             case PollDone():
+                assert len(run.actions) <= POLL_ACTION_BOUND
                 run.done = action
                 return run
-    raise AssertionError("the poll did not finish within POLL_ACTION_BOUND actions")
+    raise AssertionError("the poll did not finish within POLL_STEP_BOUND steps")
 
 
 def frames(count: int, size: int = 10) -> list[bytes]:
@@ -238,6 +248,67 @@ def test_a_backlog_of_ten_costs_three_windows() -> None:
     assert run.delivered == payloads
     assert [len(f) for f in run.fetches] == [4, 8]  # the second window has the empty slot
     assert run.done == PollDone(10, 10) and stored.index == 10
+
+
+def test_the_window_after_a_full_one_is_asked_for_before_its_frames_are_handed_out() -> None:
+    """Its lookups run while the driver delivers; the windows are the ones read without
+    the head start, and a window with an empty slot has no successor asked for."""
+    board, stored = Board(), Stored()
+    payloads = frames(40)
+    write_all(board, MailboxWriter(), payloads, T0)
+    run = drive(stored.reader(), board, stored, T0, lazy=True)
+    assert run.delivered == payloads and run.done == PollDone(40, 40)
+    # The last window (slots 28-59) has empty slots: the poll ends in it, nothing more
+    # was asked for.
+    assert [len(f) for f in run.fetches] == [4, 8, 16, 32]
+    kinds = [type(a).__name__ for a in run.actions]
+    fetches = [n for n, kind in enumerate(kinds) if kind == "Fetch"]
+    delivers = [n for n, kind in enumerate(kinds) if kind == "Deliver"]
+    # Answers are reported one at a time, in slot order, and each frame is handed out as
+    # soon as its slot is in; the next window is asked for as soon as the last slot of a
+    # full one is in, ahead of that slot's frame (and of all the next window's).
+    assert [sum(d < f for d in delivers) for f in fetches] == [0, 3, 11, 27]
+
+
+def test_filled_slots_are_handed_out_as_reported_and_an_empty_one_waits_for_the_window(
+        ) -> None:
+    board, stored = Board(), Stored()
+    payloads = frames(4)
+    write_all(board, MailboxWriter(), payloads, T0)
+    reader = stored.reader()
+    reader.poll(T0)
+    assert reader.next_action() == Fetch((0, 1, 2, 3))
+    assert reader.needs_answers()
+    assert reader.fetched(1, board.read(1))
+    assert reader.needs_answers()  # slot 0 comes first
+    assert reader.fetched(0, board.read(0))
+    assert [reader.next_action() for _ in range(4)] == [
+        Deliver(payloads[0], 0), SaveIndex(1), Deliver(payloads[1], 1), SaveIndex(2)]
+    assert reader.fetched(2, Slot.EMPTY)  # a lookup that missed
+    assert reader.needs_answers()  # judged once slot 3 is in
+    assert reader.fetched(3, board.read(3))
+    assert not reader.needs_answers()
+    assert reader.next_action() == Fetch((2,))  # filled after it: asked again
+    assert reader.fetched(2, board.read(2))
+    assert [reader.next_action() for _ in range(4)] == [
+        Deliver(payloads[2], 2), SaveIndex(3), Deliver(payloads[3], 3), SaveIndex(4)]
+
+
+def test_answers_held_until_the_reader_needs_them_give_the_same_reading() -> None:
+    board, stored, writer = Board(), Stored(), MailboxWriter()
+    payloads = [b"a" * 1000, b"hole", *frames(30, size=300)]  # slots 0-1, 2, 3-32
+    write_all(board, writer, payloads, T0, skip=frozenset({1}))
+    reader = stored.reader()
+
+    def miss(slot: int, nth: int) -> SlotContent | None:
+        return Slot.EMPTY if slot == 4 and nth == 1 else None
+    assert drive(reader, board, stored, T0, lazy=True).delivered == payloads[:1]
+    run = drive(reader, board, stored, T0 + HOLE_GRACE, lazy=True, answer=miss,
+                order=lambda s: list(reversed(s)))
+    assert run.delivered == payloads[2:] and stored.holes == {2: T0 + HOLE_GRACE}
+    board.write(writer.frame_puts(2, payloads[1], T0 + 200))
+    assert drive(reader, board, stored, T0 + 300, lazy=True).delivered == [payloads[1]]
+    assert stored.holes == {}
 
 
 def test_a_frame_split_over_a_window_boundary_is_put_together() -> None:
@@ -497,12 +568,14 @@ class Step:
     misses: frozenset[tuple[int, int]]  # (slot, nth fetch of it in the poll) that miss
     crash_after: int | None  # actions performed before the process dies, if it does
     reverse: bool  # a Fetch's answers come in reverse order
+    lazy: bool  # answers are held back until the reader cannot go on without them
     acknowledge: bool  # afterwards the sender tombstones every frame delivered
 
 
 steps = st.builds(Step, st.floats(30, 90),
                   st.frozensets(st.tuples(st.integers(0, 40), st.integers(1, 2)), max_size=6),
-                  st.none() | st.integers(0, 30), st.booleans(), st.booleans())
+                  st.none() | st.integers(0, 30), st.booleans(), st.booleans(),
+                  st.booleans())
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -525,7 +598,8 @@ def test_lossy_reordered_duplicated_crashing_reading_loses_and_invents_nothing(
                 board.write(writer.frame_puts(starts[n], model.payloads[n], now))
         run = drive(reader, board, stored, now, crash_after=step.crash_after,
                     answer=_missing(step.misses),
-                    order=(lambda s: list(reversed(s))) if step.reverse else None)
+                    order=(lambda s: list(reversed(s))) if step.reverse else None,
+                    lazy=step.lazy)
         seen += run.delivered
         if run.done is None:
             reader = stored.reader()  # restarted from what was saved

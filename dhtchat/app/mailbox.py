@@ -24,7 +24,7 @@ from dhtchat.core.errors import LocalProtocolError, RemoteProtocolError
 from dhtchat.messaging.mailbox import (
     HOLE_GRACE,
     MAILBOX_EPOCH,
-    POLL_ACTION_BOUND,
+    POLL_STEP_BOUND,
     Deliver,
     Fetch,
     MailboxReader,
@@ -47,6 +47,7 @@ from dhtchat.store.history import History
 log = logging.getLogger("dhtchat.messages")
 
 MAX_CONCURRENT_PUTS: Final = 8  # mailbox slot puts in flight per daemon
+DELIVER_BATCH: Final = 64  # frames read handed to the messenger at once at most
 
 
 def _holes_meta(contact: bytes) -> str:
@@ -57,11 +58,13 @@ class Mailboxes:
     """Writes frames to contacts' mailboxes and reads theirs, through the daemon's node.
 
     ``node`` and ``pair`` are looked up at each use (the node exists once the daemon runs;
-    None means the contact cannot be reached now); ``deliver`` takes each frame read."""
+    None means the contact cannot be reached now); ``deliver`` takes the frames read, in
+    order, a run of them at a time (up to DELIVER_BATCH: the messenger commits the messages
+    among them in one transaction)."""
 
     def __init__(self, history: History, node: Callable[[], UdpDhtNode | None],
                  pair: Callable[[bytes], Pair | None],
-                 deliver: Callable[[bytes, bytes], Awaitable[None]]) -> None:
+                 deliver: Callable[[bytes, list[bytes]], Awaitable[None]]) -> None:
         self._history = history
         self._node = node
         self._pair = pair
@@ -124,7 +127,8 @@ class Mailboxes:
 
     async def poll(self, contact: bytes, *, hole_grace: float = HOLE_GRACE) -> int:
         """Read the contact's mailbox slots from where we stopped, and the holes skipped
-        before; returns the frames handed to ``deliver``. One poll per contact at a time."""
+        before; returns the frames handed to ``deliver``. One poll per contact at a time;
+        the lookups of a window run while the frames of the window before are delivered."""
         pair, node = self._pair(contact), self._node()
         if pair is None or node is None:
             return 0
@@ -133,35 +137,75 @@ class Mailboxes:
             owner = pair.channel_signer(Purpose.MAILBOX, contact, MAILBOX_EPOCH).public_key
             reader = self._reader(contact)
             reader.poll(time.time(), hole_grace=hole_grace)
-            for _ in range(POLL_ACTION_BOUND):
-                match reader.next_action():
-                    case Fetch(slots):
-                        contents = await asyncio.gather(
-                            *(self._fetch(pair, node, contact, owner, slot) for slot in slots))
-                        for slot, content in zip(slots, contents, strict=True):
-                            reader.fetched(slot, content)
-                    case Deliver(frame, slot, recovered):
-                        if recovered:
-                            log.info("mailbox slot %d of %s was filled after it was skipped",
-                                     slot, contact.hex()[:12])
-                        await self._deliver(contact, frame)
-                    case SaveHoles(holes, skipped):
-                        if skipped is not None:
-                            log.info("skipping mailbox slot %d of %s: still empty %.0f s later "
-                                     "while later slots are filled", skipped,
-                                     contact.hex()[:12], hole_grace)
-                        with self._history.transaction() as db:
-                            self._history.set_meta(db, _holes_meta(contact),
-                                                   encode_holes(holes))
-                    case SaveIndex(index):
-                        with self._history.transaction() as db:
-                            self._history.update_conversation(db, contact,
-                                                              mailbox_in_index=index)
-                    case PollDone(handled, empty):
-                        if empty is not None:
-                            log.debug("mailbox of %s: %d frames read, slot %d empty",
-                                      contact.hex()[:12], handled, empty)
-                        return handled
+            # The slot lookups asked for, running while the frames before them are delivered;
+            # answers are reported when the reader cannot go on without them.
+            lookups: dict[int, asyncio.Future[SlotContent]] = {}
+            try:
+                return await self._run_poll(reader, contact, lookups, hole_grace, lambda slot:
+                                            self._fetch(pair, node, contact, owner, slot))
+            finally:
+                for task in lookups.values():  # the poll failed: nobody waits for them
+                    if not task.done():
+                        task.cancel()
+                    elif not task.cancelled():
+                        task.exception()  # retrieved: no "never retrieved" warning
+
+    async def _run_poll(self, reader: MailboxReader, contact: bytes,
+                        lookups: dict[int, asyncio.Future[SlotContent]], hole_grace: float,
+                        fetch: Callable[[int], Awaitable[SlotContent]]) -> int:
+        # Frames handed out in a row are delivered together, and the read index they move is
+        # saved after them (never before a frame it passes was delivered), before the poll
+        # waits for a lookup, saves holes or ends.
+        frames: list[bytes] = []
+        index: int | None = None
+
+        async def deliver() -> None:
+            nonlocal index
+            if frames:
+                await self._deliver(contact, frames.copy())
+                frames.clear()
+            if index is not None:
+                with self._history.transaction() as db:
+                    self._history.update_conversation(db, contact, mailbox_in_index=index)
+                index = None
+
+        for _ in range(POLL_STEP_BOUND):
+            if reader.needs_answers():
+                await deliver()
+                if not lookups:
+                    raise LocalProtocolError("the mailbox reader waits for no lookup")
+                await asyncio.wait(lookups.values(), return_when=asyncio.FIRST_COMPLETED)
+                for slot in [s for s, task in lookups.items() if task.done()]:
+                    reader.fetched(slot, lookups.pop(slot).result())
+                continue
+            match reader.next_action():
+                case Fetch(slots):
+                    for slot in slots:
+                        lookups[slot] = asyncio.ensure_future(fetch(slot))
+                case Deliver(frame, slot, recovered):
+                    if recovered:
+                        log.info("mailbox slot %d of %s was filled after it was skipped",
+                                 slot, contact.hex()[:12])
+                    frames.append(frame)
+                    if len(frames) >= DELIVER_BATCH:
+                        await deliver()
+                case SaveHoles(holes, skipped):
+                    await deliver()
+                    if skipped is not None:
+                        log.info("skipping mailbox slot %d of %s: still empty %.0f s later "
+                                 "while later slots are filled", skipped,
+                                 contact.hex()[:12], hole_grace)
+                    with self._history.transaction() as db:
+                        self._history.set_meta(db, _holes_meta(contact),
+                                               encode_holes(holes))
+                case SaveIndex(after):
+                    index = after
+                case PollDone(handled, empty):
+                    await deliver()
+                    if empty is not None:
+                        log.debug("mailbox of %s: %d frames read, slot %d empty",
+                                  contact.hex()[:12], handled, empty)
+                    return handled
         raise LocalProtocolError("a mailbox poll did not finish")  # the machine's bound
 
     async def _fetch(self, pair: Pair, node: UdpDhtNode, contact: bytes, owner: bytes,

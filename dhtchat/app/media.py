@@ -33,17 +33,19 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Final, Literal
+from typing import TYPE_CHECKING, ClassVar, Final, Literal
 
 import av
 import av.container
-import numpy as np
-import numpy.typing as npt
 from aiortc import MediaStreamTrack, RTCRtpSender
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 
 from dhtchat.core.errors import DhtChatError, ErrorCode
+
+if TYPE_CHECKING:  # numpy loads when audio is generated or analysed, not with the daemon
+    import numpy as np
+    import numpy.typing as npt
 
 SAMPLE_RATE: Final = 48_000
 """Opus runs at 48 kHz; generated audio and recordings use it too."""
@@ -187,6 +189,7 @@ class ToneTrack(MediaStreamTrack):
 
     async def recv(self) -> av.AudioFrame:
         """The next 20 ms frame, no earlier than its due time."""
+        import numpy as np  # noqa: PLC0415 - see the imports above
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
@@ -444,10 +447,12 @@ class AudioSink:
 
 
 def _mono(frame: av.AudioFrame) -> npt.NDArray[np.float32]:
+    import numpy as np  # noqa: PLC0415 - see the imports above
     return np.asarray(frame.to_ndarray(), dtype=np.float32).reshape(-1)
 
 
 def _read_mono(path: str | Path) -> tuple[npt.NDArray[np.float32], int]:
+    import numpy as np  # noqa: PLC0415 - see the imports above
     try:
         container = av.open(str(path), mode="r")
     except (av.FFmpegError, OSError, ValueError) as exc:
@@ -477,6 +482,7 @@ def audio_duration(path: str | Path) -> float:
 
 def dominant_frequency(path: str | Path) -> float:
     """The strongest frequency in a recording, in Hz (Hann-windowed FFT, interpolated peak)."""
+    import numpy as np  # noqa: PLC0415 - see the imports above
     samples, rate = _read_mono(path)
     if len(samples) < 64:
         raise MediaError(f"{path} holds too little audio for a spectrum")

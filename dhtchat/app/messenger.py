@@ -121,7 +121,7 @@ class Messenger:
         self._delivered = asyncio.Condition()
         self.undecryptable = 0
         self.dropped_frames = 0
-        self.mailbox = Mailboxes(history, lambda: daemon.node, self._pair, self.on_frame)
+        self.mailbox = Mailboxes(history, lambda: daemon.node, self._pair, self._on_frames)
 
     # ------------------------------------------------------------------ plumbing
 

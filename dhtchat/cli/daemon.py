@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import signal
 from typing import TYPE_CHECKING
 
-from dhtchat.app.keystore import is_encrypted, load_identity_document
+from dhtchat.app.keystore import is_encrypted, load_identity_document, open_identity
 from dhtchat.cli.errors import EXIT_OK, UsageError
-from dhtchat.cli.identity import load_identity
+from dhtchat.cli.identity import read_passphrase
 from dhtchat.cli.options import open_profile, parse_bootstrap
 
 if TYPE_CHECKING:
@@ -35,16 +36,25 @@ def _parse_turn(args: argparse.Namespace) -> TurnServer | None:
 
 
 async def _run_daemon(args: argparse.Namespace) -> int:
-    # Imported here: aiortc takes a while to load and only the daemon needs it.
-    from dhtchat.app.daemon import Daemon, DaemonAlreadyRunning, DaemonOptions  # noqa: PLC0415
-
     profile, _ = open_profile(args)
     if not profile.has_identity():
         raise UsageError(f"no identity in {profile.root}; create one with `dhtchat id new`")
-    if not is_encrypted(load_identity_document(profile.identity_path)):
+    document = load_identity_document(profile.identity_path)
+    if is_encrypted(document):
+        passphrase: str | None = read_passphrase(confirm=False)
+    else:
+        passphrase = None
         log.warning("this identity has no passphrase: the message history and contact list "
                     "in %s are readable by anyone who can read its files", profile.root)
-    identity = load_identity(profile)
+    # The passphrase's Argon2id (a second of a core) runs in a thread while this one imports
+    # the app and aiortc (as long again; libsodium does not hold the GIL): a restart is ready
+    # in the longer of the two, not their sum.
+    unlocking = asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(open_identity, document, passphrase))
+    # Imported here: aiortc takes a while to load and only the daemon needs it.
+    from dhtchat.app.daemon import Daemon, DaemonAlreadyRunning, DaemonOptions  # noqa: PLC0415
+
+    identity = await unlocking  # a wrong passphrase fails here, as before
     options = DaemonOptions(
         port=args.port, host=args.host, bootstrap=parse_bootstrap(args.bootstrap),
         stun=parse_bootstrap(args.stun), turn=_parse_turn(args), relay_only=args.relay_only,

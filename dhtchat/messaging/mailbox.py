@@ -14,12 +14,17 @@ frame on every storer.
 The reader (:class:`MailboxReader`) remembers the first slot it has not consumed (the
 *index*) and, per poll, reads a small window of slots at once (most polls find nothing), each
 full window twice as wide as the one before (up to :data:`MAILBOX_WINDOW`), and consumes them
-in order up to the first empty slot. A slot that reads empty while later ones are filled is
-usually a lookup that missed: it is read once more. If it stays empty for
-:data:`HOLE_GRACE` seconds (a put that keeps failing), the reader skips it so later frames are
-not held up, and remembers the frame's first slot as a *hole* (at most :data:`MAX_HOLES`, the
-oldest forgotten first). Every poll first reads the holes again: a hole filled late is
-delivered, one still empty after :data:`HOLE_MEMORY` seconds is forgotten. Frames may thus be
+in order up to the first empty slot: a filled slot as soon as it is reported (the slots before
+it were), an empty one only once the whole window is in (what follows it decides). A window
+found full is followed by the next one for sure, so that one is asked for at once, before the
+full one's last frames are handed out: its lookups run while the driver delivers, and the
+frames of a backlog come out while the lookups of the empty slots that end it still run. A
+slot that reads empty while later ones are filled is usually a lookup that missed: it is read
+once more. If it stays empty for :data:`HOLE_GRACE` seconds (a put that keeps failing), the
+reader skips it so later frames are not held up, and remembers the frame's first slot as a
+*hole* (at most :data:`MAX_HOLES`, the oldest forgotten first). Every poll first reads the
+holes again: a hole filled late is delivered, one still empty after :data:`HOLE_MEMORY`
+seconds is forgotten. Frames may thus be
 delivered out of order or twice; the messenger above orders and deduplicates by sequence
 number. A poll whose first window is all empty ends there (idle polls stay cheap), so a run
 of that many slots never stored holds later frames up until the sender stores them (it
@@ -28,7 +33,9 @@ retries every frame not yet stored).
 In the manner of h11 the machines do no I/O and read no clock: ``now`` is passed in and the
 reader returns actions (:class:`Fetch`, :class:`Deliver`, :class:`SaveHoles`,
 :class:`SaveIndex`, :class:`PollDone`) that the driver (:mod:`dhtchat.app.mailbox`) performs
-in order, reporting each fetched slot back with :meth:`MailboxReader.fetched`. The persisted
+in order, reporting each fetched slot back with :meth:`MailboxReader.fetched` -- at once, or
+later while it performs the next actions, until :meth:`MailboxReader.needs_answers` says the
+poll cannot go on without them. The persisted
 state is the index and the holes; the reader counts a value as committed when it hands out
 the action that saves it, and emits those actions only after the frames they move past were
 delivered (and a hole before the index that skips it), so a reader rebuilt from the persisted
@@ -64,6 +71,9 @@ MAX_HOLES: Final = 16  # skipped frames remembered per contact (the oldest is fo
 # per scanned slot a window share, a second read, a delivery and two saves; a final save and
 # PollDone. The driver's loop is bounded by it.
 POLL_ACTION_BOUND: Final = MAX_HOLES * (MAX_PARTS + 1) + 5 * MAILBOX_SCAN_LIMIT + 2
+# A driver that reports answers only when :meth:`MailboxReader.needs_answers` asks for them
+# waits at most once per slot fetched, and every fetched slot came with one of those actions.
+POLL_STEP_BOUND: Final = 2 * POLL_ACTION_BOUND
 
 TOMBSTONE: Final = b""
 
@@ -184,7 +194,8 @@ SlotContent = bytes | Slot  # the opened value of the slot's record, or why ther
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """Read these slots (concurrently) and report each with :meth:`MailboxReader.fetched`."""
+    """Read these slots (concurrently) and report each with :meth:`MailboxReader.fetched`,
+    at the latest when :meth:`MailboxReader.needs_answers` is true."""
 
     slots: tuple[int, ...]
 
@@ -254,8 +265,10 @@ class _Poll:
     scanning: bool = False
     scanned: int = 0
     width: int = MAILBOX_FIRST_WINDOW
-    window: list[SlotContent] | None = None  # the current window's contents, once read
+    window_open: bool = False  # window_slots are being read and consumed
     window_slots: tuple[int, ...] = ()
+    complete: bool = False  # ... and all of them were reported (``filled`` is set)
+    next_slots: tuple[int, ...] | None = None  # the window after it, asked for in advance
     filled: list[bool] = field(default_factory=list)
     asked_again: bool = False
     parts: list[bytes] = field(default_factory=list)
@@ -309,10 +322,9 @@ class MailboxReader:
         poll = self._poll
         if poll is None:
             raise LocalProtocolError("no mailbox poll is under way")
-        while not poll.out:
-            if poll.waiting:
-                raise LocalProtocolError(f"mailbox slots {sorted(poll.waiting)} not reported")
-            self._advance(poll)
+        self._settle(poll)
+        if not poll.out:
+            raise LocalProtocolError(f"mailbox slots {sorted(poll.waiting)} not reported")
         action = poll.out.popleft()
         if isinstance(action, SaveIndex):
             self._index = action.index
@@ -324,7 +336,41 @@ class MailboxReader:
                                  if k >= self._index}
         return action
 
+    def needs_answers(self) -> bool:
+        """Whether the poll cannot go on until more of the slots asked for are reported
+        (then report at least one before calling :meth:`next_action`)."""
+        poll = self._poll
+        if poll is None:
+            return False
+        self._settle(poll)
+        return not poll.out
+
     # ------------------------------------------------------------------ the steps
+
+    def _settle(self, poll: _Poll) -> None:
+        """Advance until there is an action to hand out or a step lacks an answer."""
+        while not poll.out and not self._lacks_answer(poll):
+            self._advance(poll)
+
+    def _lacks_answer(self, poll: _Poll) -> bool:
+        """Whether the next step needs a slot that was asked for and not reported yet."""
+        if not poll.scanning:
+            return poll.hole is not None and poll.hole + len(poll.hole_parts) in poll.waiting
+        if not poll.window_open or poll.index - poll.window_slots[0] >= len(poll.window_slots):
+            return False
+        if poll.index in poll.waiting:
+            return True
+        # An empty slot is judged by the slots after it: all of the window must be in.
+        return poll.results[poll.index] is Slot.EMPTY and \
+            any(s in poll.waiting for s in poll.window_slots)
+
+    def _open_window(self, poll: _Poll, start: int) -> tuple[int, ...]:
+        """Ask for the next window of slots from ``start``."""
+        slots = tuple(range(start, start + poll.width))
+        self._fetch(poll, slots)
+        poll.scanned += poll.width
+        poll.width = min(2 * poll.width, MAILBOX_WINDOW)
+        return slots
 
     def _fetch(self, poll: _Poll, slots: tuple[int, ...]) -> None:
         poll.waiting.update(slots)
@@ -373,43 +419,40 @@ class MailboxReader:
         poll.scanning = True
 
     def _advance_scan(self, poll: _Poll) -> None:
-        """Ask for the next window, or consume the current one up to the next action."""
-        if poll.window is None:
+        """Ask for the next window, or consume the current one up to the next action: its
+        filled slots as they are reported, in slot order; an empty one once all are in."""
+        if not poll.window_open:
             if poll.scanned >= MAILBOX_SCAN_LIMIT:
                 poll.out.append(PollDone(poll.handled, None))
                 return
-            poll.window_slots = tuple(range(poll.index, poll.index + poll.width))
-            self._fetch(poll, poll.window_slots)
-            poll.scanned += poll.width
-            poll.width = min(2 * poll.width, MAILBOX_WINDOW)
-            poll.window = []
+            self._start_window(poll, self._open_window(poll, poll.index))
             return
-        if not poll.window:  # the window's slots were all reported
-            poll.window = [poll.results.pop(s) for s in poll.window_slots]
-            poll.filled = [c is not Slot.EMPTY for c in poll.window]
-            poll.asked_again = False
-            # Every empty slot followed by a filled one starts its grace now, so a frame of
-            # several slots that never came is skipped after one grace, not one per slot.
-            last_filled = max((j for j, f in enumerate(poll.filled) if f), default=-1)
-            for j in range(last_filled):
-                if not poll.filled[j]:
-                    self._empty_since.setdefault(poll.window_slots[j], poll.now)
+        if not poll.complete and not any(s in poll.waiting for s in poll.window_slots):
+            self._window_complete(poll)
         while True:
             position = poll.index - poll.window_slots[0]
-            if position >= len(poll.window):
-                poll.window = None  # the next window starts at the index
+            if position >= len(poll.window_slots):
+                for s in poll.window_slots:
+                    poll.results.pop(s, None)
+                if poll.next_slots is not None:  # asked for in advance: it starts here
+                    self._start_window(poll, poll.next_slots)
+                    poll.next_slots = None
+                else:
+                    poll.window_open = False  # the next window starts at the index
                 return
             slot = poll.index
-            if poll.asked_again:
-                poll.window[position] = poll.results.pop(slot)
-            content = poll.window[position]
-            later_filled = any(poll.filled[position + 1:])
-            if content is Slot.EMPTY and later_filled and not poll.asked_again:
-                poll.asked_again = True  # likely a lookup that missed: ask again
-                self._fetch(poll, (slot,))
-                return
-            poll.asked_again = False
+            if slot in poll.waiting:
+                return  # not reported yet
+            content = poll.results[slot]
             if content is Slot.EMPTY:
+                if not poll.complete:
+                    return  # judged once the slots after it are in
+                later_filled = any(poll.filled[position + 1:])
+                if later_filled and not poll.asked_again:
+                    poll.asked_again = True  # likely a lookup that missed: ask again
+                    self._fetch(poll, (slot,))
+                    return
+                poll.asked_again = False
                 if not later_filled or not self._hole_expired(poll, slot):
                     poll.out.append(PollDone(poll.handled, slot))
                     return
@@ -423,6 +466,7 @@ class MailboxReader:
                 poll.out.extend((SaveHoles(dict(poll.holes), skipped=start),
                                  SaveIndex(poll.index)))
                 return
+            poll.asked_again = False
             poll.index += 1
             part = _decode(content)
             if part is None or part.index != len(poll.parts) or part.count > MAX_PARTS:
@@ -438,6 +482,25 @@ class MailboxReader:
             poll.out.extend((Deliver(frame, first), SaveIndex(poll.index)))
             poll.handled += 1
             return
+
+    def _start_window(self, poll: _Poll, slots: tuple[int, ...]) -> None:
+        poll.window_open, poll.window_slots, poll.complete = True, slots, False
+        poll.asked_again = False
+
+    def _window_complete(self, poll: _Poll) -> None:
+        """Every slot of the current window was reported (before any was asked again)."""
+        poll.complete = True
+        poll.filled = [poll.results[s] is not Slot.EMPTY for s in poll.window_slots]
+        # Every empty slot followed by a filled one starts its grace now, so a frame of
+        # several slots that never came is skipped after one grace, not one per slot.
+        last_filled = max((j for j, f in enumerate(poll.filled) if f), default=-1)
+        for j in range(last_filled):
+            if not poll.filled[j]:
+                self._empty_since.setdefault(poll.window_slots[j], poll.now)
+        if all(poll.filled) and poll.scanned < MAILBOX_SCAN_LIMIT:
+            # Every slot of it will be consumed (only an empty slot stops a poll), so the
+            # next window starts right after it: ask for it now.
+            poll.next_slots = self._open_window(poll, poll.window_slots[-1] + 1)
 
     def _hole_expired(self, poll: _Poll, slot: int) -> bool:
         seen = self._empty_since.setdefault(slot, poll.now)
