@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from dhtchat.app.history import History
 from dhtchat.app.mailbox import Mailboxes
 from dhtchat.core.contacts import Pair
 from dhtchat.core.events import PutCompleted
@@ -19,6 +18,7 @@ from dhtchat.core.identity import SigningIdentity
 from dhtchat.core.records import Record
 from dhtchat.messaging.mailbox import MAILBOX_FIRST_WINDOW
 from dhtchat.net.udp import UdpDhtNode
+from dhtchat.store.history import History
 
 
 @dataclass
