@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dhtchat.app.lifecycle import DaemonAlreadyRunning, ProfileLock, TaskSet, every
+from dhtchat.app.lifecycle import DaemonAlreadyRunning, ProfileLock, TaskSet, every, join
 from dhtchat.app.rpc import NOT_READY, RpcError
 
 
@@ -64,3 +64,47 @@ def test_every_survives_network_errors_and_ends_when_stopping() -> None:
         await asyncio.wait_for(every(0.001, stopping, job), 5.0)
         return rounds
     assert asyncio.run(scenario()) == 3
+
+
+class _Table:
+    def __init__(self) -> None:
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class _Core:
+    def __init__(self) -> None:
+        self.table = _Table()
+        self.config = type("Config", (), {"k": 8})()
+
+
+class _SlowBootstrapNode:
+    """A node whose self-lookup waits out a dead peer while its table is already full."""
+
+    def __init__(self) -> None:
+        self.core = _Core()
+        self.release = asyncio.Event()
+        self.finished = False
+
+    async def bootstrap(self, addresses: list[tuple[str, int]]) -> int:
+        self.core.table.size = 8  # the first answers came in ...
+        await self.release.wait()  # ... and a dead node's timeout is still running
+        self.finished = True
+        return 8
+
+
+def test_join_returns_once_the_table_holds_k_contacts_and_the_lookup_finishes_later() -> None:
+    async def main() -> None:
+        node = _SlowBootstrapNode()
+        await asyncio.wait_for(join(node, [("127.0.0.1", 1)], asyncio.Event()),  # type: ignore[arg-type]
+                               5)
+        assert not node.finished  # joined while the self-lookup still runs
+        node.release.set()
+        for _ in range(100):
+            if node.finished:
+                break
+            await asyncio.sleep(0.01)
+        assert node.finished  # it was not cancelled
+    asyncio.run(main())

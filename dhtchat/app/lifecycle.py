@@ -172,12 +172,32 @@ async def open_node(profile: Profile, options: DaemonOptions) -> UdpDhtNode:
     return node
 
 
+JOIN_POLL: Final = 0.05  # how often join() looks at the routing table while bootstrapping
+_background_bootstraps: set[asyncio.Future[int]] = set()  # self-lookups that outlived join()
+
+
+def _bootstrap_done(attempt: asyncio.Future[int]) -> None:
+    _background_bootstraps.discard(attempt)
+    if not attempt.cancelled() and attempt.exception() is not None:
+        log.debug("the bootstrap's self-lookup ended: %r", attempt.exception())
+
+
 async def join(node: UdpDhtNode, bootstrap: list[Address], stopping: asyncio.Event) -> None:
     """Join the DHT through ``bootstrap`` (none: wait to be found), retrying every
     JOIN_RETRY seconds until a node answers or ``stopping``."""
     while bootstrap and not stopping.is_set():
-        with contextlib.suppress(TimeoutError):
-            await node.bootstrap(bootstrap)
+        # Joined once the bootstrap ends, or as soon as the routing table holds k contacts
+        # that answered: the self-lookup then finishes in the background rather than hold
+        # everything up while it waits out a node that went away (a restart's usual case).
+        attempt = asyncio.ensure_future(node.bootstrap(bootstrap))
+        while not attempt.done() and len(node.core.table) < node.core.config.k:
+            await asyncio.wait({attempt}, timeout=JOIN_POLL)
+        if attempt.done():
+            with contextlib.suppress(TimeoutError):
+                attempt.result()
+        else:
+            _background_bootstraps.add(attempt)
+            attempt.add_done_callback(_bootstrap_done)
         if len(node.core.table):
             break
         log.warning("no DHT node answered; retrying in %g s", JOIN_RETRY)
