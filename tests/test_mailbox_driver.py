@@ -69,7 +69,7 @@ def test_frames_are_delivered_in_batches_while_the_next_window_is_looked_up(
             reader = Mailboxes(bob_history, lambda: node,
                                lambda _c: Pair.derive(bob, alice.public_key), deliver)
             assert await reader.poll(alice.public_key) == len(frames)
-            assert bob_history.conversation(alice.public_key)["mailbox_in_index"] == 10
+            assert bob_history.conversation(alice.public_key).mailbox_in_index == 10
         finally:
             alice_history.close()
             bob_history.close()
