@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -213,30 +214,56 @@ async def run_conversation_demo(*, nodes: int = 16, keep_running: bool = False,
     step checked out; 1: the step that failed is printed)."""
     from dhtchat.app.demobot import DemoError  # noqa: PLC0415 - loads aiortc
     from dhtchat.app.demoscript import run_conversation  # noqa: PLC0415
+    from dhtchat.app.media import MediaError  # noqa: PLC0415
+    from dhtchat.app.rpc import DaemonNotRunning, RpcError  # noqa: PLC0415
 
     started = time.monotonic()
     say("dhtchat demo: you and a demo contact on a local DHT (loopback only; nothing leaves "
         "this machine)")
     failure = ""
+    finished = 0.0
+    bound = asyncio.timeout(timeout)
     with tempfile.TemporaryDirectory(prefix="dhtchat-demo-") as tmp:
         try:
-            async with asyncio.timeout(timeout):
-                async with demo_network(Path(tmp), nodes=nodes, say=say) as demo:
-                    await run_conversation(demo, say=say)
-                    if keep_running:
-                        _keep_running_help(demo, say)
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await asyncio.Event().wait()
+            async with bound, demo_network(Path(tmp), nodes=nodes, say=say) as demo:
+                await run_conversation(demo, say=say)
+                finished = time.monotonic()
+                if keep_running:
+                    bound.reschedule(None)
+                    _keep_running_help(demo, say)
+                    await _until_stopped()
         except TimeoutError:
-            failure = f"the demo did not finish within {timeout:.0f} s"
+            failure = f"the demo did not finish within {timeout:.0f} s" if bound.expired() \
+                else "a daemon did not answer an API call in time"
         except DemoError as exc:
             failure = str(exc)
-    elapsed = time.monotonic() - started
+        except RpcError as exc:
+            failure = f"a daemon refused a request: {exc.message}"
+        except MediaError as exc:
+            failure = f"a call recording: {exc}"
+        except (DaemonNotRunning, ConnectionError) as exc:
+            failure = f"lost the connection to a daemon ({exc})"
+        except OSError as exc:  # e.g. 127.0.N.1 cannot be bound (loopback is 127.0.0.1 only)
+            failure = f"cannot set up the local network: {exc}"
+    elapsed = (finished or time.monotonic()) - started
     if failure:
         say(f"demo FAILED after {elapsed:.1f} s: {failure}")
         return 1
     say(f"demo OK in {elapsed:.1f} s: request, messages, file and call checked on both sides")
     return 0
+
+
+async def _until_stopped() -> None:
+    """Wait for Ctrl-C or SIGTERM (then the demo cleans up: daemons, DHT, temporary files)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def _keep_running_help(demo: DemoNetwork, say: Say) -> None:

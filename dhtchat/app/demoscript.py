@@ -38,7 +38,7 @@ STEP: Final = 30.0  # seconds any one step may take
 USER_TONE_HZ: Final = 440.0
 TONE_TOLERANCE_HZ: Final = 15.0
 CALL_AUDIO_S: Final = 3.0  # seconds of the bot's tone to hear before hanging up
-SHOWN_CHARS: Final = 96  # a message's text in the transcript (the history has it whole)
+SHOWN_CHARS: Final = 64  # a message's text in the transcript (the history has it whole)
 
 Say = Callable[[str], None]
 
