@@ -141,6 +141,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     bot; ``--dht``: the DHT put/get)."""
     from dhtchat.app.demo import run_demo  # noqa: PLC0415 - the conversation loads aiortc
 
+    if not args.timeout > 0:
+        raise UsageError("--timeout must be a positive number of seconds")
     if not args.verbose and not args.dht:  # the transcript says what the daemons log
         logging.getLogger("dhtchat").setLevel(logging.ERROR)
         logging.getLogger("dhtchat.demobot").setLevel(logging.WARNING)
