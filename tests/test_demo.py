@@ -5,7 +5,6 @@ opened by a real ``dhtchat daemon`` process, as the desktop UI will."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
@@ -15,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from dhtchat.app.demo import BOT_NAME, demo_network, has_terminal
-from dhtchat.app.demobot import SKIP_ENV, as_list, as_object, text_of
-from dhtchat.app.rpc import DaemonNotRunning, RpcError, call
-from tests.daemons import REPO
+from dhtchat.app.demo import BOT_NAME, DemoInBackground, DemoSetup, has_terminal
+from dhtchat.app.demobot import SKIP_ENV, DemoBot
+from tests.daemons import REPO, DaemonProcess, cli
 
 TONE_TOLERANCE = 15.0
 TIME_LIMIT = 90.0  # seconds the whole headless demo may take (it takes ~6 s on loopback)
@@ -121,60 +119,32 @@ def test_headless_without_a_terminal_or_in_ci(monkeypatch: pytest.MonkeyPatch) -
     assert has_terminal()
 
 
-async def _until_answer(sock: Path, method: str, params: dict[str, object],
-                        done: object, timeout: float = 30.0) -> object:
-    """Call ``method`` until ``done(result)`` holds (a daemon process starting up)."""
-    assert callable(done)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = await call(sock, method, params, 10)
-            if done(result):
-                return result
-        except (DaemonNotRunning, ConnectionError, RpcError):
-            pass
-        assert time.monotonic() < deadline, f"{method} never answered as expected"
-        await asyncio.sleep(0.2)
-
-
 def test_a_daemon_process_opens_the_seams_profile_and_talks_to_the_bot(tmp_path: Path) -> None:
-    """What the desktop UI does on a terminal: :func:`demo_network` sets up the DHT and the
-    bot, then ``dhtchat --profile USER_PROFILE daemon DAEMON_ARGS`` (no passphrase asked)
-    requests the bot, which accepts and answers a message."""
-    async def main() -> None:
-        async with demo_network(tmp_path, nodes=8, say=lambda _: None) as demo:
-            setup = demo.setup
-            env = {k: v for k, v in os.environ.items() if not k.startswith("DHTCHAT_")}
-            env["PYTHONPATH"] = str(REPO)
-            daemon = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "dhtchat", "--profile", str(setup.user_profile),
-                "daemon", *setup.daemon_args, env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            sock = setup.user_profile / "daemon.sock"
-            try:
-                status = await _until_answer(sock, "status", {},
-                                             lambda s: isinstance(s, dict) and s["joined"])
-                assert isinstance(status, dict) and status["id"] == setup.user_id
-                await _until_answer(sock, "contact.request",
-                                    {"id": setup.bot_id, "message": "hi"}, bool)
-                await _until_answer(
-                    sock, "contact.list", {},
-                    lambda rows: isinstance(rows, list) and rows[0]["state"] == "accepted")
-                sent = as_object(await call(sock, "message.send", {
-                    "to": setup.bot_name, "text": "hi from a daemon process", "wait": True,
-                    "timeout": 30}, 40), "message.send")
-                assert sent["delivered"]
-                texts: list[str] = []
-                deadline = time.monotonic() + 30
-                while not any("hi from a daemon process" in t for t in texts):
-                    assert time.monotonic() < deadline, texts
-                    received = as_list(await call(sock, "message.receive", {"wait": 5}, 20),
-                                       "message.receive")
-                    texts += [text_of(m, "text") for m in received]
-                assert demo.bot.log.accepted == [setup.user_id]
-                assert demo.bot.log.replies == 1
-            finally:
-                daemon.terminate()
-                await asyncio.wait_for(daemon.wait(), 20)
-
-    asyncio.run(main())
+    """What the desktop UI does on a terminal: :class:`DemoInBackground` runs the DHT and
+    the bot on a thread of their own, then ``dhtchat --profile USER_PROFILE daemon
+    DAEMON_ARGS`` (a process; no passphrase asked) requests the bot, which accepts and
+    answers a message."""
+    background = DemoInBackground(tmp_path, nodes=8)
+    with background as setup:
+        assert isinstance(setup, DemoSetup) and background.network is not None
+        bot: DemoBot = background.network.bot
+        daemon = DaemonProcess(setup.user_profile, list(setup.daemon_args))
+        try:
+            daemon.wait_ready()
+            status = daemon.status()
+            assert status is not None and status["id"] == setup.user_id
+            cli(setup.user_profile, "contact", "request", setup.bot_id, "--message", "hi")
+            daemon.wait_contact(setup.bot_id, lambda row: row["state"] == "accepted")
+            cli(setup.user_profile, "send", setup.bot_name, "hi from a daemon process",
+                "--wait", "--timeout", "30")
+            deadline = time.monotonic() + 30
+            history = ""
+            while '"hi from a daemon process"' not in history:
+                assert time.monotonic() < deadline, history
+                history = cli(setup.user_profile, "history", setup.bot_name).stdout
+                time.sleep(0.2)
+            print(f"\n{history}")
+            assert "hi from a daemon process ✓✓" in history  # read by the bot
+            assert bot.log.accepted == [setup.user_id] and bot.log.replies == 1
+        finally:
+            daemon.stop()

@@ -8,8 +8,10 @@ network):
   a real daemon with its own profile in a temporary directory driven by
   :class:`dhtchat.app.demobot.DemoBot` through its JSON-RPC API. With no terminal it then runs
   the user's side headless (:mod:`dhtchat.app.demoscript`) and prints the transcript.
-  :func:`demo_network` is the seam a front end uses: it returns the user's (empty) profile,
-  the bootstrap addresses and the ``dhtchat daemon`` flags to open that profile on;
+  :func:`demo_network` (or, for a front end with an event loop of its own such as the
+  Textual UI, :class:`DemoInBackground`) is the seam a front end uses: it returns the user's
+  profile (an identity, no daemon yet), the bootstrap addresses and the ``dhtchat daemon``
+  flags to open that profile with;
 * the **DHT** demo (``dhtchat demo --dht``): a signed put/get and a ``listen`` push.
 """
 
@@ -22,6 +24,7 @@ import secrets
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -208,6 +211,61 @@ async def demo_network(workdir: Path, *, nodes: int = 16,
                 await node.close()
 
 
+class DemoInBackground:
+    """:func:`demo_network` on an event loop of its own in a background thread, for a front
+    end that runs its own loop (a Textual app) or none::
+
+        with DemoInBackground(workdir) as setup:
+            ...  # start `dhtchat --profile setup.user_profile daemon *setup.daemon_args`
+
+    Entering waits until the bot's daemon has joined (re-raising what went wrong); leaving
+    stops everything. :attr:`network` is the running :class:`DemoNetwork` (its bot's log
+    can be read from the calling thread)."""
+
+    def __init__(self, workdir: Path, *, nodes: int = 16, timeout: float = 60.0) -> None:
+        self.workdir = workdir
+        self.nodes = nodes
+        self.timeout = timeout
+        self.network: DemoNetwork | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="dhtchat-demo", daemon=True)
+
+    def __enter__(self) -> DemoSetup:
+        self._thread.start()
+        if not self._ready.wait(self.timeout):
+            self.__exit__(None, None, None)
+            raise TimeoutError(f"the demo network was not up within {self.timeout:.0f} s")
+        if self._error is not None:
+            self._thread.join(self.timeout)
+            raise self._error
+        assert self.network is not None
+        return self.network.setup
+
+    def __exit__(self, *_: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(self.timeout)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # handed to the thread that entered
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with demo_network(self.workdir, nodes=self.nodes, say=lambda _: None) as demo:
+            self.network = demo
+            self._ready.set()
+            await self._stop.wait()
+
+
 async def run_conversation_demo(*, nodes: int = 16, keep_running: bool = False,
                                 timeout: float = DEFAULT_TIMEOUT, say: Say = _say) -> int:
     """The conversation with the demo bot, headless, as a transcript; the exit code (0: every
@@ -279,9 +337,11 @@ async def run_demo(*, dht: bool = False, nodes: int = 16, keep_running: bool = F
                    timeout: float = DEFAULT_TIMEOUT) -> int:
     """``dhtchat demo``: the conversation (``dht``: the DHT put/get demo); the exit code.
 
-    On a terminal this is where the desktop UI opens on :func:`demo_network`'s
-    :class:`DemoSetup`; until it is part of dhtchat, a terminal gets the same transcript
-    as a headless run (:func:`has_terminal`)."""
+    On a terminal the desktop UI is to open instead, from the command line (the UI sits above
+    this layer): ``with DemoInBackground(workdir) as setup:`` then the UI on
+    ``setup.user_profile`` with its daemon started as ``setup.daemon_args`` say. Until the UI
+    is part of dhtchat a terminal gets the same transcript as a headless run
+    (:func:`has_terminal`)."""
     nodes = max(4, min(nodes, 250))
     if dht:
         return await run_dht_demo(nodes=nodes, keep_running=keep_running)
