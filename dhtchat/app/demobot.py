@@ -36,7 +36,7 @@ from typing import Final
 
 from dhtchat.app.jsontypes import JsonObject, JsonValue
 from dhtchat.app.media import MediaError, audio_duration, dominant_frequency
-from dhtchat.app.rpc import DaemonStopped, RpcClient, RpcError
+from dhtchat.app.rpc import DaemonNotRunning, DaemonStopped, RpcClient, RpcError
 
 log = logging.getLogger("dhtchat.demobot")
 
@@ -217,17 +217,30 @@ class DemoBot:
         self._session: ApiSession | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._ready = asyncio.Event()
+        self._failed: Exception | None = None
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait until the bot listens to its daemon's events."""
-        async with asyncio.timeout(timeout):
-            await self._ready.wait()
+        """Wait until the bot listens to its daemon's events (:class:`DemoError` if it
+        cannot)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        except TimeoutError:
+            raise DemoError(f"{self.name} did not connect to its daemon within "
+                            f"{timeout:.0f} s") from None
+        if self._failed is not None:
+            raise DemoError(f"{self.name} cannot reach its daemon: {self._failed}")
 
     async def run(self) -> None:
         """Handle the daemon's events until the connection closes or the task is
         cancelled."""
-        self._session = session = await ApiSession.open(self.socket, self.name)
-        self._ready.set()
+        try:
+            self._session = session = await ApiSession.open(self.socket, self.name)
+        except (OSError, DaemonNotRunning, RpcError) as exc:
+            self._failed = exc
+            raise
+        finally:
+            self._ready.set()
         try:
             index = 0
             while True:

@@ -59,6 +59,11 @@ async def run_conversation(demo: DemoNetwork, *, say: Say) -> None:
     session = await ApiSession.open(daemon.socket_path, "your")
     try:
         await _Script(session, demo, say).run()
+    except DemoError as exc:
+        errors = demo.bot.log.errors
+        if errors:  # what went wrong on the bot's side, if it knows
+            raise DemoError(f"{exc} ({demo.setup.bot_name}: {errors[-1]})") from None
+        raise
     finally:
         await session.close()
 
