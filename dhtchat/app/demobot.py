@@ -292,7 +292,7 @@ class DemoBot:
         self.log.accepted.append(contact)
         greeting = (f"Hi {name or 'there'}! I'm {self.name}, a bot on this demo network. "
                     "Write to me and I answer; write 'file' and I send you a small file; "
-                    f"call me and I answer with a {self.tone_hz:.0f} Hz tone.")
+                    f"call me and I answer with a tone of {self.tone_hz:.0f} Hz.")
         await self.session.call("message.send", to=contact, text=greeting)
 
     async def _answer_messages(self) -> None:
