@@ -174,6 +174,11 @@ class LanDiscovery:
             self._next_at = min(self._next_at, now + self.config.reply_delay)
 
     @property
+    def known(self) -> int:
+        """How many (node, address, run, role) the repeat filter remembers."""
+        return len(self._known)
+
+    @property
     def deadline(self) -> float:
         """When :meth:`announce` next has a datagram to send."""
         return self._next_at
