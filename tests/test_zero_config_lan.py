@@ -77,6 +77,10 @@ class Lan:
             self._run("ip", "-n", ns, "link", "set", "eth0", "multicast", "on")
             self._run("ip", "-n", ns, "link", "set", "eth0", "up")
 
+    def add_address(self, host: str, cidr: str) -> None:
+        """Give ``host``'s eth0 a second address."""
+        self._run("ip", "-n", self.hosts[host], "addr", "add", cidr, "dev", "eth0")
+
     def wrap(self, host: str) -> Callable[[list[str]], list[str]]:
         """Run a command line in ``host``'s namespace."""
         return lambda argv: ["ip", "netns", "exec", self.hosts[host], *argv]
@@ -270,3 +274,45 @@ def test_without_lan_discovery_the_two_hosts_never_meet(pair: Pair) -> None:
         status = _status(daemon)
         assert status["dht_contacts"] == 0
         assert status["lan_discovery"]["enabled"] is False
+
+
+_SENDER = """
+import socket, sys
+source, *payloads = sys.argv[1:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((source, 0))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(source))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+for payload in payloads:
+    s.sendto(bytes.fromhex(payload), ("239.192.68.67", 6767))
+"""
+
+
+def test_junk_and_foreign_announces_on_the_link_are_refused_without_a_traceback(
+        pair: Pair) -> None:
+    from dhtchat.core.lan import LAN_MAGIC, Announce, encode_announce  # noqa: PLC0415
+
+    pair.start()
+    pair.meet()
+    _wait("Bob heard Alice", lambda: _status(pair.bob)["lan_discovery"]["heard"] >= 1, 10,
+          list(pair.daemons.values()))
+    before = _status(pair.bob)["lan_discovery"]
+    junk = [b"", b"\xff" * 40, LAN_MAGIC + b"\xc1", b"dL\x07" + b"\x00" * 20,
+            b"x" * 1200]
+    subprocess.run([*pair.lan.wrap("a")(["python3", "-c", _SENDER, f"{SUBNET}.2"]),
+                    *(j.hex() for j in junk)], check=True, timeout=30)
+    # well-formed announces on the same wire from a public address, and from a private one
+    # that is not on Bob's network (10.77.0.0/24): neither is a local source
+    valid = encode_announce(Announce(b"\x09" * 32, 4000, b"stranger", 1))
+    for cidr in ("203.0.113.9/24", "192.168.50.9/24"):
+        pair.lan.add_address("a", cidr)
+        subprocess.run([*pair.lan.wrap("a")(["python3", "-c", _SENDER, cidr.split("/")[0]]),
+                        valid.hex()], check=True, timeout=30)
+    _wait("Bob refused the seven datagrams",
+          lambda: _status(pair.bob)["lan_discovery"]["refused"] - before["refused"] >= 7, 10,
+          list(pair.daemons.values()))
+    after = _status(pair.bob)
+    assert after["lan_discovery"]["heard"] == before["heard"]  # the stranger was not reported
+    assert after["dht_contacts"] == 1  # and not contacted
+    assert pair.bob.proc.poll() is None
+    assert "Traceback" not in pair.bob.log()

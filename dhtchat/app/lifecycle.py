@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -338,7 +339,7 @@ async def start_upkeep(profile: Profile, node: UdpDhtNode, options: DaemonOption
     if not options.lan_discovery:
         lan.error = "switched off (--no-lan-discovery)"
         return lan
-    if options.host.startswith("127.") or options.host == "::1":
+    if _is_loopback(options.host):
         lan.error = f"the DHT node listens on {options.host} only"
         return lan
     try:
@@ -353,6 +354,13 @@ async def start_upkeep(profile: Profile, node: UdpDhtNode, options: DaemonOption
     spawn(_announce(announcer, stopping))
     log.info("LAN discovery on %s:%d", LAN_GROUP, options.lan_port)
     return lan
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _saver(profile: Profile, node: UdpDhtNode) -> Callable[[], Awaitable[None]]:

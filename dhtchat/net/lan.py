@@ -2,14 +2,15 @@
 
 Theory of operation: one socket, bound to the group and port with ``SO_REUSEADDR`` and
 ``SO_REUSEPORT`` (several daemons on one host all hear every announce), joins the group on
-every IPv4 interface that is up and multicast-capable; a second, unbound socket sends each
-announce once per such interface (``IP_MULTICAST_IF``), with TTL 1 and loopback on, so that
-daemons on the same host hear each other too. The interface list (name, index, address and
-netmask, read with the Linux ``SIOCGIF*`` ioctls) is read again before each announce, so an
-interface that comes up later is joined then; the networks of the interfaces are the "links"
-the core checks a source against. Elsewhere than Linux the kernel's default interface is used
-and only the address ranges are checked. The core decides what to send and when, and what a
-received datagram means; this module only moves bytes and reads the clock (monotonic).
+every IPv4 interface that is up, multicast-capable and has a private address; a second,
+unbound socket sends each announce once per such interface (``IP_MULTICAST_IF``), with TTL 1
+and loopback on, so that daemons on the same host hear each other too. The interface list
+(name, index, address and netmask, read with the Linux ``SIOCGIF*`` ioctls) is read again
+before each announce, so an interface that comes up later is joined then; the networks of
+the interfaces are the "links" the core checks a source against. Elsewhere than Linux the
+kernel's default interface is used and only the address ranges are checked. The core decides
+what to send and when, and what a received datagram means; this module only moves bytes and
+reads the clock (monotonic).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from dhtchat.core.lan import (
     LanConfig,
     LanDiscovery,
     Network,
+    is_local_source,
 )
 
 log = logging.getLogger("dhtchat.lan")
@@ -65,10 +67,14 @@ def _ioctl(sock: socket.socket, request: int, name: str) -> bytes:
     return fcntl.ioctl(sock.fileno(), request, packed)
 
 
-def interfaces() -> list[Interface]:
-    """The up, multicast-capable (non-loopback) IPv4 interfaces (Linux; else empty)."""
+def interfaces() -> list[Interface] | None:
+    """The up, multicast-capable (non-loopback) IPv4 interfaces with a private, link-local or
+    shared address (Linux; None elsewhere: not known). On a link where we have a public
+    address nobody would accept our announce (:func:`~dhtchat.core.lan.is_local_source`), so
+    none is sent there: it would only tell that link's operator that a dhtchat node runs
+    here."""
     if not sys.platform.startswith("linux"):
-        return []
+        return None
     found = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         for index, name in socket.if_nameindex():
@@ -79,6 +85,8 @@ def interfaces() -> list[Interface]:
                 address = socket.inet_ntoa(_ioctl(probe, _SIOCGIFADDR, name)[20:24])
                 netmask = socket.inet_ntoa(_ioctl(probe, _SIOCGIFNETMASK, name)[20:24])
             except OSError:  # no IPv4 address, or the interface went away
+                continue
+            if not is_local_source(address):
                 continue
             network = ipaddress.IPv4Network(f"{address}/{netmask}", strict=False)
             found.append(Interface(index, name, address, network))
@@ -123,6 +131,7 @@ class LanAnnouncer:
         self._links: list[Network] | None = None
         self._joined: set[int] = set()
         self.interfaces: list[Interface] = []
+        self._targets: list[int] = []  # interface indexes to send on (0: the kernel's choice)
         self.send_errors = 0
 
     @classmethod
@@ -163,16 +172,18 @@ class LanAnnouncer:
         if self._transport is None:
             return
         sock = self._transport.get_extra_info("socket")
-        self.interfaces = interfaces()
-        wanted = {i.index for i in self.interfaces} or {0}  # 0: the kernel's choice
+        found = interfaces()
+        self.interfaces = found or []
+        self._targets = [0] if found is None else [i.index for i in found]
+        self._links = None if found is None else [i.network for i in found]
+        wanted = set(self._targets)
         for index in wanted - self._joined:
             try:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(index))
                 self._joined.add(index)
             except OSError as exc:  # EADDRINUSE: joined already; ENODEV: no route, no link
                 log.debug("joining %s on interface %d: %s", self.group, index, exc)
-        self._joined &= wanted | {0}
-        self._links = [i.network for i in self.interfaces] or None
+        self._joined &= wanted
 
     def _on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
         try:
@@ -189,8 +200,7 @@ class LanAnnouncer:
         sender = self._sender
         if sender is None:
             return
-        targets = [i.index for i in self.interfaces] or [0]
-        for index in targets:
+        for index in self._targets:
             try:
                 if index:
                     sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _mreqn(index))
