@@ -81,6 +81,16 @@ class Lan:
         """Give ``host``'s eth0 a second address."""
         self._run("ip", "-n", self.hosts[host], "addr", "add", cidr, "dev", "eth0")
 
+    def add_side_link(self, host: str, cidr: str) -> None:
+        """Give ``host`` a second interface ``side0`` (a veth whose peer ``side1`` stays in
+        the same namespace: a link that leads nowhere)."""
+        ns = self.hosts[host]
+        self._run("ip", "-n", ns, "link", "add", "side0", "type", "veth", "peer", "name",
+                  "side1")
+        self._run("ip", "-n", ns, "addr", "add", cidr, "dev", "side0")
+        for name in ("side1", "side0"):
+            self._run("ip", "-n", ns, "link", "set", name, "up")
+
     def wrap(self, host: str) -> Callable[[list[str]], list[str]]:
         """Run a command line in ``host``'s namespace."""
         return lambda argv: ["ip", "netns", "exec", self.hosts[host], *argv]
@@ -154,12 +164,13 @@ class Pair:
         self.daemons: dict[str, DaemonProcess] = {}
         self.started = 0.0
 
-    def start(self, *args: str) -> float:
-        """Start both daemons with ``args`` (no --port, no --bootstrap); the seconds until
-        both answer."""
+    def start(self, *args: str, alice: tuple[str, ...] = ()) -> float:
+        """Start both daemons with ``args`` (no --port, no --bootstrap; Alice's also with
+        ``alice``); the seconds until both answer."""
         self.started = started = time.monotonic()
-        for host, name in (("a", "Alice"), ("b", "Bob")):
-            self.daemons[host] = DaemonProcess(self.profiles[host], ["--name", name, *args],
+        for host, name, more in (("a", "Alice", alice), ("b", "Bob", ())):
+            self.daemons[host] = DaemonProcess(self.profiles[host],
+                                               ["--name", name, *args, *more],
                                                wrap=self.lan.wrap(host))
         for daemon in self.daemons.values():
             daemon.wait_ready(60)
@@ -243,6 +254,18 @@ def test_two_hosts_on_one_link_meet_and_talk_with_nothing_typed(pair: Pair) -> N
     for host, daemon in pair.daemons.items():
         assert _status(daemon)["dht_address"] == first[host]["dht_address"]
     pair.talk("2")
+
+
+def test_a_node_bound_to_one_address_announces_on_its_network_only(pair: Pair) -> None:
+    pair.lan.add_side_link("a", "192.168.9.2/24")  # a second link
+    pair.lan.add_side_link("b", "192.168.9.3/24")
+    pair.start(alice=("--host", f"{SUBNET}.2"))
+    pair.meet()
+    alice, bob = _status(pair.alice), _status(pair.bob)
+    assert alice["dht_address"].startswith(f"{SUBNET}.2:")
+    assert alice["lan_discovery"]["interfaces"] == ["eth0"]  # not side0: unreachable there
+    assert sorted(bob["lan_discovery"]["interfaces"]) == ["eth0", "side0"]
+    make_contacts(pair.alice, pair.alice_id, pair.bob, pair.bob_id, timeout=60)
 
 
 def test_restart_reuses_the_port_and_the_peers_that_answered(pair: Pair) -> None:

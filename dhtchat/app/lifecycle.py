@@ -325,7 +325,7 @@ class LanJoin:
         refused = sum(stats[k] for k in ("oversized", "non_local", "rate_limited", "malformed",
                                          "own_node_id"))
         return {"enabled": True, "group": f"{LAN_GROUP}:{announcer.port}",
-                "interfaces": [i.name for i in announcer.interfaces],
+                "interfaces": announcer.announcing,
                 "sent": stats["sent"], "heard": stats["found"], "refused": refused}
 
 
@@ -345,7 +345,7 @@ async def start_upkeep(profile: Profile, node: UdpDhtNode, options: DaemonOption
     try:
         announcer = await LanAnnouncer.open(node.node_id, node.address[1], lan.found,
                                             serving=lan.serving(), port=options.lan_port,
-                                            role=lan.serving)
+                                            role=lan.serving, bind_host=options.host)
     except OSError as exc:
         lan.error = f"cannot listen on {LAN_GROUP}:{options.lan_port}: {exc.strerror}"
         log.warning("no LAN discovery: %s", lan.error)

@@ -119,8 +119,9 @@ class LanAnnouncer:
 
     def __init__(self, core: LanDiscovery, on_found: Callable[[Found], None], *,
                  group: str = LAN_GROUP, port: int = LAN_PORT,
-                 role: Callable[[], bool] | None = None) -> None:
+                 role: Callable[[], bool] | None = None, bind_host: str = "") -> None:
         self.core = core
+        self.bind_host = bind_host
         self.group = group
         self.port = port
         self._on_found = on_found
@@ -130,7 +131,8 @@ class LanAnnouncer:
         self._sender: socket.socket | None = None
         self._links: list[Network] | None = None
         self._joined: set[int] = set()
-        self.interfaces: list[Interface] = []
+        self.interfaces: list[Interface] = []  # where the group is joined
+        self.announcing: list[str] = []  # the names of the interfaces announced on
         self._targets: list[int] = []  # interface indexes to send on (0: the kernel's choice)
         self.send_errors = 0
 
@@ -138,11 +140,14 @@ class LanAnnouncer:
     async def open(cls, node_id: bytes, dht_port: int, on_found: Callable[[Found], None], *,
                    serving: bool = True, config: LanConfig | None = None,
                    port: int = LAN_PORT, role: Callable[[], bool] | None = None,
-                   ) -> LanAnnouncer:
-        """Bind the LAN discovery sockets for the DHT node ``node_id`` on ``dht_port``."""
+                   bind_host: str = "") -> LanAnnouncer:
+        """Bind the LAN discovery sockets for the DHT node ``node_id`` on ``dht_port``;
+        ``bind_host``: the address the DHT socket is bound to, if not a wildcard (the
+        announce then goes only out of the interface that has it: elsewhere the node
+        cannot be reached at the source address)."""
         core = LanDiscovery(node_id, dht_port, secrets.token_bytes(INSTANCE_BYTES),
                             time.monotonic(), config, serving=serving)
-        announcer = cls(core, on_found, port=port, role=role)
+        announcer = cls(core, on_found, port=port, role=role, bind_host=bind_host)
         receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         try:
             receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -174,9 +179,15 @@ class LanAnnouncer:
         sock = self._transport.get_extra_info("socket")
         found = interfaces()
         self.interfaces = found or []
-        self._targets = [0] if found is None else [i.index for i in found]
         self._links = None if found is None else [i.network for i in found]
-        wanted = set(self._targets)
+        wanted = {0} if found is None else {i.index for i in found}
+        self._targets = sorted(wanted)
+        if found is not None and self.bind_host not in ("", "0.0.0.0", "::"):
+            # announce only where the DHT socket can be reached at the source address
+            with contextlib.suppress(ValueError):
+                bound = ipaddress.ip_address(self.bind_host)
+                self._targets = [i.index for i in found if bound in i.network]
+        self.announcing = [i.name for i in self.interfaces if i.index in self._targets]
         for index in wanted - self._joined:
             try:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(index))
