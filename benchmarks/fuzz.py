@@ -78,6 +78,7 @@ from dhtchat.core.contacts import (
 )
 from dhtchat.core.errors import RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity
+from dhtchat.core.lan import Announce, LanDiscovery, decode_announce, encode_announce
 from dhtchat.core.node import DhtNode
 from dhtchat.core.records import Record, make_app_record, validate_record
 from dhtchat.core.stun import answer_binding_request, binding_request, parse_binding_response
@@ -372,6 +373,21 @@ def _t_rpc(data: bytes) -> None:
 _ID_PATH: list[Path] = []
 
 
+_LAN: list[LanDiscovery] = []
+
+
+def _t_lan_announce(data: bytes) -> None:
+    """A LAN announce, parsed alone and through the discovery machine (from a local source,
+    so it gets past the address checks): a RemoteProtocolError or a verdict, nothing else."""
+    try:
+        decode_announce(data)
+    except RemoteProtocolError:
+        pass
+    if not _LAN:
+        _LAN.append(LanDiscovery(bytes(32), 4000, bytes(8), NOW))
+    _LAN[0].receive(data, ("192.168.1.20", 6767), NOW)
+
+
 def _t_identity(data: bytes) -> None:
     if not _ID_PATH:
         _ID_PATH.append(Path(tempfile.mkdtemp(prefix="dhtchat-fuzz-id-")) / "identity.json")
@@ -447,6 +463,7 @@ def _seeds() -> dict[str, list[bytes]]:
                 b'{"jsonrpc":"2.0","id":"x","method":"send","params":{"contact":"bob"}}',
                 b'{"jsonrpc":"2.0","method":"nope"}'],
         "identity": [identity_doc],
+        "lan_announce": [encode_announce(Announce(bytes(range(32)), 4001, bytes(8), 1))],
     }
 
 
@@ -455,7 +472,7 @@ _RUNNERS: dict[str, Callable[[bytes], None]] = {
     "contact_request": _t_contact_request, "presence": _t_presence, "signal": _t_signal,
     "sdp": _t_sdp, "stun": _t_stun, "mailbox": _t_mailbox, "payload": _t_payload,
     "group": _t_group, "call": _t_call, "session": _t_session, "file_chunk": _t_file_chunk,
-    "rpc": _t_rpc, "identity": _t_identity,
+    "rpc": _t_rpc, "identity": _t_identity, "lan_announce": _t_lan_announce,
 }
 
 
