@@ -1,0 +1,310 @@
+"""The onion relay and client machines over an in-memory network on a manual clock."""
+
+from __future__ import annotations
+
+import random
+import tracemalloc
+
+import pytest
+
+from dhtchat.core.addresses import pack_ip
+from dhtchat.core.errors import LocalProtocolError
+from dhtchat.core.onion import MAX_REPLY_BYTES, ExitRequest, OnionConfig, OnionRelay
+from dhtchat.core.onion_cells import (
+    BODY_BYTES,
+    CELL_BYTES,
+    ONION_MAGIC,
+    Create,
+    Relay,
+    decode_cell,
+    encode_cell,
+    pad_body,
+    x25519_public,
+)
+from dhtchat.core.onion_client import (
+    OnionReply,
+    PathFailed,
+    PathReady,
+    RelayInfo,
+    RequestFailed,
+    choose_path,
+)
+from tests.onion_support import CLIENT, OnionNet, relay_address
+
+SECRET = b"the-inbox-key-of-alice-0123456789"
+
+
+def _ready_net(relays: list[int] | None = None, **kwargs: object) -> OnionNet:
+    net = OnionNet(**kwargs)  # type: ignore[arg-type]
+    chosen = [net.info(i) for i in relays] if relays is not None else None
+    net.client.build_path(net.now, chosen)
+    net.run(2.0)
+    assert net.client_events(PathReady), net.events[CLIENT]
+    return net
+
+
+def test_request_and_reply_through_three_hops() -> None:
+    net = _ready_net([0, 1, 2])
+    ready = net.client_events(PathReady)
+    assert ready[0].relays == tuple(net.info(i).node_id for i in (0, 1, 2))
+    request_id = net.client.request(SECRET, net.now)
+    net.run(1.0)
+    replies = net.client_events(OnionReply)
+    assert [(r.request_id, r.data) for r in replies] == [
+        (request_id, b"re:" + SECRET)]
+    exits = [e for e in net.events[relay_address(2)] if isinstance(e, ExitRequest)]
+    assert [e.data for e in exits] == [SECRET]
+    assert not [e for e in net.events[relay_address(1)] if isinstance(e, ExitRequest)]
+    assert net.relay(0).stats["cells_forwarded"] >= 2  # the second Extend and the request
+    assert net.relay(1).stats["cells_forwarded"] == 1
+
+
+def test_cells_are_fixed_size() -> None:
+    net = _ready_net([0, 1, 2])
+    net.client.request(b"x", net.now)
+    net.client.request(bytes(1021), net.now)
+    net.run(1.0)
+    assert len(net.client_events(OnionReply)) == 2
+    assert {len(data) for _, _, data in net.log} == {CELL_BYTES}
+
+
+def test_what_each_hop_sees() -> None:
+    net = _ready_net([0, 1, 2])
+    net.client.request(SECRET, net.now)
+    net.run(1.0)
+    assert net.client_events(OnionReply)
+    entry, middle, exit_ = (relay_address(i) for i in range(3))
+    # each relay exchanges cells with its two neighbours only
+    assert net.peers_of(entry) == {CLIENT, middle}
+    assert net.peers_of(middle) == {entry, exit_}
+    assert net.peers_of(exit_) == {middle}
+    assert net.peers_of(CLIENT) == {entry}
+    # the exit learns the request, never the client's address; nobody else learns either
+    client_ip = pack_ip(CLIENT[0])
+    for src, dst, data in net.log:
+        assert SECRET not in data and b"re:" + SECRET not in data
+        if exit_ in (src, dst) or middle in (src, dst):
+            assert client_ip not in data and CLIENT[0].encode() not in data
+    exits = [e for e in net.events[exit_] if isinstance(e, ExitRequest)]
+    assert exits and all(CLIENT[0] not in repr(e) for e in exits)
+
+
+def test_path_is_chosen_on_distinct_slash16s_without_excluded_ids() -> None:
+    net = OnionNet(relays_count=6)
+    banned = {net.info(0).node_id, net.info(1).node_id}
+    net.client.exclude(banned)
+    net.client.request(b"q", net.now)
+    net.run(3.0)
+    ready = net.client_events(PathReady)
+    assert ready and not banned & set(ready[0].relays)
+    assert net.client_events(OnionReply)
+
+    rng = random.Random(3)
+    same16 = [RelayInfo(bytes([i]) * 32, (f"10.9.{i}.1", 1), bytes(32)) for i in range(5)]
+    assert choose_path(same16, 3, rng) is None
+    mixed = [*same16, RelayInfo(b"a" * 32, ("10.10.0.1", 1), bytes(32)),
+             RelayInfo(b"b" * 32, ("10.11.0.1", 1), bytes(32))]
+    for _ in range(20):
+        path = choose_path(mixed, 3, rng)
+        assert path is not None
+        assert len({r.address[0].split(".")[1] for r in path}) == 3
+    assert choose_path(mixed, 3, rng, exclude=[b"a" * 32]) is None
+
+
+def test_paths_rotate_on_schedule() -> None:
+    config = OnionConfig(path_lifetime=60.0)
+    net = _ready_net([0, 1, 2], config=config)
+    net.client.request(b"one", net.now)
+    net.run(1.0)
+    first = net.client.path_relays()
+    net.run(61.0)
+    assert len(net.client_events(PathReady)) == 2
+    assert net.client.stats["paths_rotated"] == 1
+    net.client.request(b"two", net.now)
+    net.run(1.0)
+    assert [r.data for r in net.client_events(OnionReply)] == [b"re:one", b"re:two"]
+    # the old path's circuits are torn down at the relays it used
+    held = sum(relay.circuit_count for relay in net.relays.values())
+    assert held == 3, (first, net.client.path_relays())
+
+
+def test_a_dead_hop_fails_the_build_and_another_path_is_used() -> None:
+    net = OnionNet(relays_count=6)
+    dead = relay_address(1)
+    net.down.add(dead)
+    net.client.build_path(net.now, [net.info(0), net.info(1), net.info(2)])
+    net.client.request(b"q", net.now)
+    net.run(30.0)
+    failed = net.client_events(PathFailed)
+    assert failed and failed[0].relay == net.info(1).node_id
+    assert failed[0].reason == "truncated:1"
+    assert [r.data for r in net.client_events(OnionReply)] == [b"re:q"]
+    assert net.info(1).node_id not in (net.client.path_relays() or ())
+
+
+def test_a_hop_dying_under_an_established_path_rotates_it() -> None:
+    config = OnionConfig(max_request_timeouts=2, request_timeout=2.0)
+    net = _ready_net([0, 1, 2], config=config)
+    net.down.add(relay_address(2))
+    net.client.request(b"a", net.now)
+    net.client.request(b"b", net.now)
+    net.run(3.0)
+    assert [r.reason for r in net.client_events(RequestFailed)] == ["timeout", "timeout"]
+    assert [f.reason for f in net.client_events(PathFailed)] == ["request_timeouts"]
+    net.client.set_relays([net.info(i) for i in (0, 1, 3, 4, 5)])
+    net.client.request(b"c", net.now)
+    net.run(3.0)
+    assert [r.data for r in net.client_events(OnionReply)] == [b"re:c"]
+
+
+def test_replayed_cells_are_dropped() -> None:
+    net = _ready_net([0, 1, 2])
+    net.client.request(b"once", net.now)
+    net.run(1.0)
+    forward = [data for src, dst, data in net.log
+               if src == CLIENT and isinstance(decode_cell(data), Relay)][-1]
+    backward = [data for src, dst, data in net.log
+                if dst == CLIENT and isinstance(decode_cell(data), Relay)][-1]
+    net.inject(forward, CLIENT, relay_address(0))
+    net.inject(backward, relay_address(0), CLIENT)
+    net.run(1.0)
+    assert net.relay(0).stats["replayed_cells"] == 1
+    assert net.client.stats["replayed_cells"] == 1
+    exits = [e for e in net.events[relay_address(2)] if isinstance(e, ExitRequest)]
+    assert len(exits) == 1 and len(net.client_events(OnionReply)) == 1
+    # a Create replayed from another address is refused by the handshake cache
+    create = next(data for src, dst, data in net.log if src == CLIENT)
+    before = net.relay(0).circuit_count
+    net.inject(create, ("172.16.0.9", 1), relay_address(0))
+    net.inject(create, CLIENT, relay_address(0))
+    net.run(0.5)
+    assert net.relay(0).stats["replayed_handshake"] == 1
+    assert net.relay(0).stats["duplicate_create"] == 1
+    assert net.relay(0).circuit_count == before
+
+
+def test_malformed_cells_are_counted_and_dropped() -> None:
+    net = _ready_net([0, 1, 2])
+    relay = net.relay(1)
+    circ_ids = {decode_cell(d).circ_id for s, dst, d in net.log if dst == relay_address(1)}
+    src = relay_address(0)
+    good_frame = encode_cell(Relay(bytes(8), bytes(8), bytes(BODY_BYTES)))
+    bad = [b"", b"junk", bytes(CELL_BYTES), b"dc\x01" + good_frame[3:],
+           ONION_MAGIC + b"\x94\x09" + good_frame[5:], good_frame[:-1], good_frame + b"\x00"]
+    for data in bad:
+        relay.receive_datagram(data, src, net.now)
+    assert relay.stats["malformed_cells"] == len(bad)
+    relay.receive_datagram(good_frame, src, net.now)
+    assert relay.stats["unknown_circuit"] == 1
+    ahead = b"\x7f" + bytes(7)  # a seq ahead of the replay window
+    for circ_id in circ_ids:  # a well-formed cell on a real circuit that fails the AEAD
+        relay.receive_datagram(encode_cell(Relay(circ_id, ahead, bytes(BODY_BYTES))), src,
+                               net.now)
+    assert relay.stats["bad_layer"] == 1
+    assert relay.stats["unknown_circuit"] == 2  # the other leg is keyed by the exit's address
+    assert net.client.receive_datagram(b"junk", src, net.now) is False
+    net.client.request(b"still works", net.now)
+    net.run(1.0)
+    assert net.client_events(OnionReply)
+
+
+def test_a_path_looping_back_is_refused() -> None:
+    net = OnionNet()
+    net.client.build_path(net.now, [net.info(0), net.info(1), net.info(0)])
+    net.run(2.0)
+    failed = net.client_events(PathFailed)
+    assert [f.reason for f in failed] == ["truncated:2"]
+    assert net.relay(1).stats["loops_refused"] == 1
+    net.client.build_path(net.now, [net.info(3), net.info(3)])
+    net.run(2.0)
+    assert net.relay(3).stats["loops_refused"] == 1
+    assert not net.client_events(PathReady)
+
+
+def test_a_relay_with_a_wrong_onion_key_fails_the_handshake() -> None:
+    net = OnionNet()
+    wrong_key = x25519_public(bytes(31) + b"\x07")
+    impostor = RelayInfo(net.info(0).node_id, net.info(0).address, wrong_key)
+    net.client.build_path(net.now, [impostor, net.info(1)])
+    net.run(2.0)
+    assert [f.reason for f in net.client_events(PathFailed)] == ["bad_handshake"]
+    assert net.client.stats["bad_handshakes"] == 1
+
+
+def test_state_stays_bounded_under_a_flood_of_creates() -> None:
+    config = OnionConfig(max_circuits=200, max_circuits_per_subnet=16,
+                         create_rate_per_subnet=1000.0, create_burst_per_subnet=1000.0,
+                         circuit_idle_timeout=30.0)
+    relay = OnionRelay(bytes(31) + b"\x01", b"n" * 32, rng=random.Random(1), now=0.0,
+                       config=config)
+    rng = random.Random(2)
+
+    def create(src: tuple[str, int], now: float) -> None:
+        cell = Create(rng.randbytes(8), bytes(8), pad_body(x25519_public(rng.randbytes(32))))
+        relay.receive_datagram(encode_cell(cell), src, now)
+
+    for i in range(100):  # one /24
+        create(("203.0.113.7", 1000 + i), 0.0)
+    assert relay.circuit_count == 16
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(2000):  # many /24s
+        create((f"10.{i // 250}.{i % 250}.1", 1), 0.0)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    assert relay.circuit_count == 200
+    assert relay.stats["creates_refused_full"] == 84 + 1816
+    relay.datagrams_to_send(0.0)
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert grown / 184 < 8192, grown / 184  # bytes per circuit (see docs/protocol.md 16.7)
+    relay.handle_timer(31.0)
+    assert relay.circuit_count == 0
+    assert relay.stats["circuits_expired"] == 200
+
+
+def test_per_subnet_budgets_limit_creates_and_cells() -> None:
+    config = OnionConfig(create_rate_per_subnet=5.0, create_burst_per_subnet=10.0,
+                         cell_rate_per_subnet=50.0, cell_burst_per_subnet=100.0)
+    relay = OnionRelay(bytes(31) + b"\x01", b"n" * 32, rng=random.Random(1), now=0.0,
+                       config=config)
+    rng = random.Random(2)
+    for i in range(40):
+        cell = Create(rng.randbytes(8), bytes(8), pad_body(x25519_public(rng.randbytes(32))))
+        relay.receive_datagram(encode_cell(cell), ("198.51.100.1", 1000 + i), 0.0)
+    assert relay.circuit_count == 10
+    assert relay.stats["creates_over_budget"] == 30
+    junk = encode_cell(Relay(bytes(8), bytes(8), bytes(BODY_BYTES)))
+    for _ in range(200):
+        relay.receive_datagram(junk, ("198.51.100.2", 1), 0.0)
+    assert relay.stats["cells_over_budget"] == 200 - (100 - 40)
+    relay.receive_datagram(junk, ("192.0.2.1", 1), 0.0)  # another /24 has its own budget
+    assert relay.stats["unknown_circuit"] == 61
+
+
+def test_respond_checks_its_circuit_and_size() -> None:
+    replies: list[ExitRequest] = []
+    net = OnionNet(on_exit=lambda relay, event, now: replies.append(event))
+    net.client.build_path(net.now, [net.info(0), net.info(1), net.info(2)])
+    net.run(2.0)
+    net.client.request(b"q", net.now)
+    net.run(1.0)
+    (event,) = replies
+    exit_relay = net.relay(2)
+    with pytest.raises(LocalProtocolError):
+        exit_relay.respond(event.circuit, event.request_id, bytes(MAX_REPLY_BYTES + 1), net.now)
+    assert exit_relay.respond(event.circuit + 99, event.request_id, b"x", net.now) is False
+    assert net.relay(1).respond(1, event.request_id, b"x", net.now) is False  # not the end
+    assert exit_relay.respond(event.circuit, event.request_id, b"late", net.now)
+    net.run(1.0)
+    assert [r.data for r in net.client_events(OnionReply)] == [b"late"]
+    with pytest.raises(LocalProtocolError):
+        net.client.request(bytes(1025), net.now)
+
+
+def test_requests_wait_for_a_path_and_fail_without_relays() -> None:
+    net = OnionNet(relays_count=2)
+    request_id = net.client.request(b"q", net.now)
+    assert [r.request_id for r in net.client_events(RequestFailed)] == []
+    net.run(0.1)
+    assert [(r.request_id, r.reason) for r in net.client_events(RequestFailed)] == [
+        (request_id, "no_path")]
