@@ -369,8 +369,9 @@ class ReplayWindow:
         if self._top < 0:
             self._top, self._bitmap = seq, 1
         elif seq > self._top:
-            shift = seq - self._top
-            self._bitmap = ((self._bitmap << shift) | 1) & ((1 << self.WIDTH) - 1)
+            shift = seq - self._top  # a jump past the width forgets the bitmap (no huge shift)
+            kept = self._bitmap << shift if shift < self.WIDTH else 0
+            self._bitmap = (kept | 1) & ((1 << self.WIDTH) - 1)
             self._top = seq
         else:
             self._bitmap |= 1 << (self._top - seq)
