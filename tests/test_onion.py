@@ -15,6 +15,7 @@ from dhtchat.core.onion_cells import (
     CELL_BYTES,
     ONION_MAGIC,
     Create,
+    Created,
     Relay,
     decode_cell,
     encode_cell,
@@ -66,6 +67,11 @@ def test_cells_are_fixed_size() -> None:
     net.run(1.0)
     assert len(net.client_events(OnionReply)) == 2
     assert {len(data) for _, _, data in net.log} == {CELL_BYTES}
+    # layered bodies look random on every leg: no zero run tells a hop's position
+    relay_bodies = [cell.body for cell in map(decode_cell, (d for _, _, d in net.log))
+                    if isinstance(cell, Relay)]
+    assert len(relay_bodies) >= 12
+    assert all(bytes(16) not in body for body in relay_bodies)
 
 
 def test_what_each_hop_sees() -> None:
@@ -202,6 +208,11 @@ def test_malformed_cells_are_counted_and_dropped() -> None:
                                net.now)
     assert relay.stats["bad_layer"] == 1
     assert relay.stats["unknown_circuit"] == 2  # the other leg is keyed by the exit's address
+    prev_leg = next(decode_cell(d).circ_id for s, dst, d in net.log
+                    if s == relay_address(0) and dst == relay_address(1))
+    relay.receive_datagram(encode_cell(Created(prev_leg, bytes(8), bytes(BODY_BYTES))), src,
+                           net.now)
+    assert relay.stats["unexpected_created"] == 1
     assert net.client.receive_datagram(b"junk", src, net.now) is False
     net.client.request(b"still works", net.now)
     net.run(1.0)
@@ -248,15 +259,18 @@ def test_state_stays_bounded_under_a_flood_of_creates() -> None:
     assert relay.circuit_count == 16
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    for i in range(2000):  # many /24s
-        create((f"10.{i // 250}.{i % 250}.1", 1), 0.0)
+    for i in range(184):  # up to the cap, each from its own /24
+        create((f"10.0.{i}.1", 1), 0.0)
+    relay.datagrams_to_send(0.0)
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
+    per_circuit = sum(stat.size_diff for stat in after.compare_to(before, "filename")) / 184
+    print(f"bytes per circuit: {per_circuit:.0f}")
+    assert per_circuit < 3072  # docs/protocol.md 16.7
+    for i in range(2000):  # a flood from many /24s finds the relay full
+        create((f"10.{1 + i // 250}.{i % 250}.1", 1), 0.0)
     assert relay.circuit_count == 200
-    assert relay.stats["creates_refused_full"] == 84 + 1816
-    relay.datagrams_to_send(0.0)
-    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-    assert grown / 184 < 8192, grown / 184  # bytes per circuit (see docs/protocol.md 16.7)
+    assert relay.stats["creates_refused_full"] == 84 + 2000
     relay.handle_timer(31.0)
     assert relay.circuit_count == 0
     assert relay.stats["circuits_expired"] == 200
