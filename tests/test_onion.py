@@ -266,7 +266,7 @@ def test_state_stays_bounded_under_a_flood_of_creates() -> None:
     tracemalloc.stop()
     per_circuit = sum(stat.size_diff for stat in after.compare_to(before, "filename")) / 184
     print(f"bytes per circuit: {per_circuit:.0f}")
-    assert per_circuit < 3072  # docs/protocol.md 16.7
+    assert per_circuit < 3072  # docs/protocol.md 42.7
     for i in range(2000):  # a flood from many /24s finds the relay full
         create((f"10.{1 + i // 250}.{i % 250}.1", 1), 0.0)
     assert relay.circuit_count == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -71,10 +72,8 @@ def test_cells_round_trip_and_mutations_never_crash(
     assert len(data) == CELL_BYTES
     assert decode_cell(data) == kind(circ_id, seq, body)
     mutated = data[:at] + bytes([byte]) + data[at + 1:]
-    try:
+    with contextlib.suppress(RemoteProtocolError):
         decode_cell(mutated)
-    except RemoteProtocolError:
-        pass
     with pytest.raises(RemoteProtocolError):
         decode_cell(data[:at])
 
@@ -83,10 +82,8 @@ def test_cells_round_trip_and_mutations_never_crash(
 @given(st.binary(max_size=BODY_BYTES))
 def test_the_command_parsers_only_raise_remote_errors(payload: bytes) -> None:
     for parse in (parse_forward, parse_backward):
-        try:
+        with contextlib.suppress(RemoteProtocolError):
             parse(payload)
-        except RemoteProtocolError:
-            pass
 
 
 def test_commands_round_trip() -> None:

@@ -82,7 +82,7 @@ RequestId = Annotated[int, msgspec.Meta(ge=0, lt=2**32)]
 Data = Annotated[bytes, msgspec.Meta(max_length=MAX_REQUEST_BYTES)]
 
 
-# --- commands inside the layers (docs/protocol.md section 16.5) ------------------------------
+# --- commands inside the layers (docs/protocol.md section 42.5) ------------------------------
 
 
 class Extend(msgspec.Struct, array_like=True, frozen=True, tag=1):
@@ -186,7 +186,7 @@ class ExitRequest(Event):
 
 @dataclass(frozen=True, slots=True)
 class OnionConfig:
-    """Limits of the onion relay and client (docs/protocol.md section 16.7)."""
+    """Limits of the onion relay and client (docs/protocol.md section 42.7)."""
 
     hops: int = 3
     max_circuits: int = 1024
@@ -412,7 +412,10 @@ class OnionRelay:
 
     def _on_backward(self, circuit: _Circuit, cell: Relay, now: float) -> None:
         seq = seq_value(cell.seq)
-        if circuit.extend_deadline is not None or not circuit.next_window.check(seq):
+        if circuit.extend_deadline is not None:
+            self.stats["cells_while_extending"] += 1
+            return
+        if not circuit.next_window.check(seq):
             self.stats["replayed_cells"] += 1
             return
         circuit.next_window.record(seq)

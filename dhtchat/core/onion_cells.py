@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-This module holds everything of the onion protocol (docs/protocol.md section 16) that is pure
+This module holds everything of the onion protocol (docs/protocol.md section 42) that is pure
 function: the cell codec, the circuit-extension handshake and the per-hop layers.
 :mod:`dhtchat.core.onion` builds the relay and client state machines on top of it.
 
