@@ -6,6 +6,8 @@ import random
 import tracemalloc
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dhtchat.core.addresses import pack_ip
 from dhtchat.core.errors import LocalProtocolError
@@ -16,6 +18,7 @@ from dhtchat.core.onion_cells import (
     ONION_MAGIC,
     Create,
     Created,
+    Destroy,
     Relay,
     decode_cell,
     encode_cell,
@@ -322,3 +325,56 @@ def test_requests_wait_for_a_path_and_fail_without_relays() -> None:
     net.run(0.1)
     assert [(r.request_id, r.reason) for r in net.client_events(RequestFailed)] == [
         (request_id, "no_path")]
+
+
+def test_a_stream_request_receives_every_push_until_its_path_rotates() -> None:
+    pushes: list[ExitRequest] = []
+    config = OnionConfig(path_lifetime=60.0)
+    net = OnionNet(config=config, on_exit=lambda relay, event, now: pushes.append(event))
+    net.client.build_path(net.now, [net.info(0), net.info(1), net.info(2)])
+    net.run(2.0)
+    stream = net.client.request(b"listen", net.now, stream=True)
+    single = net.client.request(b"get", net.now)
+    net.run(1.0)
+    exit_relay = net.relay(2)
+    by_id = {event.request_id: event for event in pushes}
+    for n in range(3):
+        assert exit_relay.respond(by_id[stream].circuit, stream, b"push %d" % n, net.now)
+        assert exit_relay.respond(by_id[single].circuit, single, b"answer %d" % n, net.now)
+        net.run(1.0)
+    replies = [(r.request_id, r.data) for r in net.client_events(OnionReply)]
+    assert replies == [(stream, b"push 0"), (single, b"answer 0"), (stream, b"push 1"),
+                       (stream, b"push 2")]
+    assert net.client.stats["unexpected_messages"] == 2  # a plain request is answered once
+    net.run(20.0)  # an answered stream has no deadline
+    assert not net.client_events(RequestFailed)
+    net.run(45.0)  # rotation ends the stream: the caller listens again on the new path
+    assert [(f.request_id, f.reason) for f in net.client_events(RequestFailed)] == [
+        (stream, "rotated")]
+    net.client.cancel(stream)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from([Create, Created, Relay, Destroy]),
+                          st.integers(min_value=0, max_value=5), st.booleans(),
+                          st.binary(min_size=8, max_size=8),
+                          st.binary(min_size=BODY_BYTES, max_size=BODY_BYTES)),
+                min_size=1, max_size=25))
+def test_random_cells_from_neighbours_never_raise_nor_break_the_path(
+        cells: list[tuple[type[Relay], int, bool, bytes, bytes]]) -> None:
+    net = _ready_net([0, 1, 2])
+    legs = sorted({(src, dst, decode_cell(data).circ_id) for src, dst, data in net.log})
+    for kind, leg, known, seq, body in cells:
+        src, dst, circ_id = legs[leg % len(legs)]
+        if not known:
+            circ_id = bytes(8)
+        elif kind is Destroy:  # a Destroy from a neighbour is honoured (docs 42.6)
+            continue
+        # as from either end of a real leg, with a real or an unknown circuit id
+        net.inject(encode_cell(kind(circ_id, seq, body)), src, dst)
+        net.inject(encode_cell(kind(circ_id, seq, body)), dst, src)
+    net.run(1.0)
+    before = len(net.client_events(OnionReply))
+    net.client.request(b"still there", net.now)
+    net.run(1.0)
+    assert len(net.client_events(OnionReply)) == before + 1

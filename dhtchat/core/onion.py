@@ -121,7 +121,6 @@ class TruncateReason:
     TIMEOUT = 1  # the next hop did not answer Create
     LOOP = 2  # the extension would loop back
     DESTROYED = 3  # the next hop tore its leg down
-    BUSY = 4  # an extension is already under way or this relay is full
 
 
 class Truncated(msgspec.Struct, array_like=True, frozen=True, tag=13):
@@ -222,7 +221,6 @@ class _Circuit:
     back_seq: int = 0
     next: Address | None = None
     next_id: bytes = b""
-    next_window: ReplayWindow = field(default_factory=ReplayWindow)
     extend_deadline: float | None = None  # set while a Create to ``next`` is unanswered
 
 
@@ -415,10 +413,9 @@ class OnionRelay:
         if circuit.extend_deadline is not None:
             self.stats["cells_while_extending"] += 1
             return
-        if not circuit.next_window.check(seq):
-            self.stats["replayed_cells"] += 1
-            return
-        circuit.next_window.record(seq)
+        # no replay window here: a relay cannot authenticate backward cells, so a window
+        # would let anyone who spoofs the next hop with a high seq block the circuit; the
+        # client drops replays after each seal opens (docs/protocol.md section 42.6)
         circuit.active = now
         out_seq = self._take_back_seq(circuit)
         self.stats["cells_returned"] += 1
@@ -468,7 +465,6 @@ class OnionRelay:
             self._send(Destroy(circuit.next_id, bytes(8), pad_body(b"")), circuit.next)
         self._legs.pop((circuit.next, circuit.next_id), None)
         circuit.next, circuit.next_id, circuit.extend_deadline = None, b"", None
-        circuit.next_window = ReplayWindow()
 
     def _destroy(self, circuit: _Circuit, notify_prev: bool) -> None:
         self._drop_next(circuit)

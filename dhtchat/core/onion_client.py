@@ -24,6 +24,7 @@ in, randomness is the injected ``rng``.
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
@@ -163,7 +164,8 @@ class _Path:
     ready: bool = False
     retiring: bool = False
     timeouts: int = 0
-    pending: dict[int, float] = field(default_factory=dict)  # request id -> deadline
+    # request id -> (deadline, stream); an answered stream has no deadline (math.inf)
+    pending: dict[int, tuple[float, bool]] = field(default_factory=dict)
 
 
 class OnionClient:
@@ -184,7 +186,7 @@ class OnionClient:
         self._current: int | None = None  # the path new requests go to
         self._next_path_id = 1
         self._next_request = rng.getrandbits(31)
-        self._queued: deque[tuple[int, bytes, float]] = deque()  # (id, data, deadline)
+        self._queued: deque[tuple[int, bytes, float, bool]] = deque()  # id, data, deadline, stream
         self._build_attempts = 0
 
     # ------------------------------------------------------------------ configuration
@@ -215,12 +217,12 @@ class OnionClient:
 
     def get_timer(self) -> float | None:
         """The next deadline (build step, request, path rotation), or None."""
-        deadlines = [deadline for _, _, deadline in self._queued]
+        deadlines = [entry[2] for entry in self._queued]
         for path in self._paths.values():
             if not path.ready:
                 deadlines.append(path.deadline)
             else:
-                deadlines.extend(path.pending.values())
+                deadlines.extend(d for d, _ in path.pending.values() if d < math.inf)
                 if not path.retiring:
                     deadlines.append(path.created + self.config.path_lifetime)
         return min(deadlines) if deadlines else None
@@ -253,9 +255,14 @@ class OnionClient:
                    chosen[0].address)
         return path.path_id
 
-    def request(self, data: bytes, now: float) -> int:
+    def request(self, data: bytes, now: float, stream: bool = False) -> int:
         """Send opaque ``data`` to the exit of the current path (building one if needed);
-        the answer is an :class:`OnionReply` or a :class:`RequestFailed` with the returned id."""
+        the answer is an :class:`OnionReply` or a :class:`RequestFailed` with the returned id.
+
+        A ``stream`` request (later: a listen) stays open after its first reply: every
+        further reply the exit sends for it is an :class:`OnionReply` too, until
+        :meth:`cancel`, or a :class:`RequestFailed` (``rotated``, ``path_failed``) when its
+        path goes; the caller then asks again on the new path."""
         if len(data) > MAX_REQUEST_BYTES:
             raise LocalProtocolError(f"onion request of {len(data)} bytes > {MAX_REQUEST_BYTES}")
         if len(self._queued) + self._in_flight() >= self.config.max_pending_requests:
@@ -265,17 +272,23 @@ class OnionClient:
         deadline = now + self.config.request_timeout
         path = self._paths.get(self._current) if self._current is not None else None
         if path is not None and path.ready:
-            self._send_request(path, request_id, data, deadline)
+            self._send_request(path, request_id, data, deadline, stream)
         else:
-            self._queued.append((request_id, data, deadline))
+            self._queued.append((request_id, data, deadline, stream))
             if path is None:
                 self._try_build(now)
         return request_id
 
+    def cancel(self, request_id: int) -> None:
+        """Forget a request or stream: later replies to it are dropped."""
+        self._queued = deque(entry for entry in self._queued if entry[0] != request_id)
+        for path in self._paths.values():
+            path.pending.pop(request_id, None)
+
     def handle_timer(self, now: float) -> None:
         """Fail build steps and requests past their deadline; rotate old paths."""
         while self._queued and self._queued[0][2] <= now:
-            request_id, _, _ = self._queued.popleft()
+            request_id = self._queued.popleft()[0]
             self._events.append(RequestFailed(request_id=request_id, reason="timeout"))
         for path in list(self._paths.values()):
             if not path.ready:
@@ -283,7 +296,7 @@ class OnionClient:
                     building = path.relays[len(path.hops)]
                     self._fail(path, "timeout", building.node_id, now)
                 continue
-            for request_id, deadline in list(path.pending.items()):
+            for request_id, (deadline, _) in list(path.pending.items()):
                 if deadline <= now:
                     del path.pending[request_id]
                     path.timeouts += 1
@@ -345,8 +358,8 @@ class OnionClient:
                                           relays=tuple(r.node_id for r in path.relays)))
             if path.path_id == self._current:
                 while self._queued:
-                    request_id, data, deadline = self._queued.popleft()
-                    self._send_request(path, request_id, data, deadline)
+                    request_id, data, deadline, stream = self._queued.popleft()
+                    self._send_request(path, request_id, data, deadline, stream)
             return
         nxt = path.relays[len(path.hops)]
         path.secret = self._rng.randbytes(32)
@@ -390,7 +403,11 @@ class OnionClient:
         elif isinstance(message, Extended) and last and not path.ready:
             self._add_hop(path, message.reply, now)
         elif isinstance(message, Reply) and last and message.request_id in path.pending:
-            del path.pending[message.request_id]
+            _, stream = path.pending[message.request_id]
+            if stream:
+                path.pending[message.request_id] = (math.inf, True)
+            else:
+                del path.pending[message.request_id]
             path.timeouts = 0
             self.stats["replies"] += 1
             self._events.append(OnionReply(request_id=message.request_id, data=message.data))
@@ -404,8 +421,9 @@ class OnionClient:
     def _in_flight(self) -> int:
         return sum(len(path.pending) for path in self._paths.values())
 
-    def _send_request(self, path: _Path, request_id: int, data: bytes, deadline: float) -> None:
-        path.pending[request_id] = deadline
+    def _send_request(self, path: _Path, request_id: int, data: bytes, deadline: float,
+                      stream: bool) -> None:
+        path.pending[request_id] = (deadline, stream)
         self.stats["requests_sent"] += 1
         self._send_forward(path, frame(Request(request_id, data)))
 
@@ -430,7 +448,7 @@ class OnionClient:
 
     def _fail_queued(self, reason: str) -> None:
         while self._queued:
-            request_id, _, _ = self._queued.popleft()
+            request_id = self._queued.popleft()[0]
             self._events.append(RequestFailed(request_id=request_id, reason=reason))
 
     def _fail(self, path: _Path, reason: str, relay: bytes | None, now: float) -> None:
@@ -448,6 +466,10 @@ class OnionClient:
 
     def _retire(self, path: _Path) -> None:
         path.retiring = True
+        for request_id, (deadline, _) in list(path.pending.items()):
+            if deadline == math.inf:  # an open stream ends with its path
+                del path.pending[request_id]
+                self._events.append(RequestFailed(request_id=request_id, reason="rotated"))
         if not path.ready or not path.pending:
             self._close(path, notify=True)
 
