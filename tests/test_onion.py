@@ -49,10 +49,12 @@ def _ready_net(relays: list[int] | None = None, **kwargs: object) -> OnionNet:
 
 def test_request_and_reply_through_three_hops() -> None:
     net = _ready_net([0, 1, 2])
+    assert len(net.log) == 12  # building 3 hops: 12 cells of 1200 bytes (docs 42.7)
     ready = net.client_events(PathReady)
     assert ready[0].relays == tuple(net.info(i).node_id for i in (0, 1, 2))
     request_id = net.client.request(SECRET, net.now)
     net.run(1.0)
+    assert len(net.log) == 12 + 6  # a round trip: one cell per leg each way
     replies = net.client_events(OnionReply)
     assert [(r.request_id, r.data) for r in replies] == [
         (request_id, b"re:" + SECRET)]

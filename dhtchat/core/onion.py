@@ -225,7 +225,13 @@ class _Circuit:
 
 
 class OnionRelay:
-    """The relay machine (see the module docstring)."""
+    """The relay machine (see the module docstring).
+
+    ``rng`` draws the relay's X25519 ephemeral secrets: in production it MUST be
+    ``random.SystemRandom()``, never the Mersenne Twister the DHT node uses for tids (its
+    state can be recovered from the circuit ids it puts on the wire). Tests pass a seeded
+    ``random.Random``.
+    """
 
     def __init__(self, onion_secret: bytes, node_id: bytes, *, rng: random.Random, now: float,
                  config: OnionConfig | None = None) -> None:

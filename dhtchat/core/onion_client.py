@@ -169,7 +169,11 @@ class _Path:
 
 
 class OnionClient:
-    """The client machine (see the module docstring)."""
+    """The client machine (see the module docstring).
+
+    ``rng`` draws the client's X25519 secrets and chooses relays: in production it MUST be
+    ``random.SystemRandom()`` (see :class:`~dhtchat.core.onion.OnionRelay`).
+    """
 
     def __init__(self, *, rng: random.Random, now: float,
                  config: OnionConfig | None = None) -> None:
