@@ -380,3 +380,29 @@ def test_random_cells_from_neighbours_never_raise_nor_break_the_path(
     net.client.request(b"still there", net.now)
     net.run(1.0)
     assert len(net.client_events(OnionReply)) == before + 1
+
+
+def test_the_old_path_serves_while_its_replacement_is_built_and_when_that_fails() -> None:
+    config = OnionConfig(path_lifetime=60.0)
+    net = _ready_net([0, 1, 2], config=config)
+    first = net.client.path_relays()
+    net.client.set_relays([net.info(i) for i in (3, 4, 5)])
+    net.down.add(relay_address(4))  # the replacement cannot be built
+    net.run(60.0)
+    assert net.client.stats["paths_started"] == 2
+    net.client.request(b"during", net.now)  # goes over the old path meanwhile
+    net.run(1.0)
+    assert [r.data for r in net.client_events(OnionReply)] == [b"re:during"]
+    net.run(5.0)
+    failed = net.client_events(PathFailed)
+    assert [f.relay for f in failed] == [net.info(4).node_id]
+    assert net.client.path_relays() == first  # still serving, replaced a little later
+    net.down.clear()  # relay 4 is avoided now: the next try picks among the others
+    net.client.set_relays([net.info(i) for i in (2, 3, 4, 5)])
+    net.run(10.0)
+    ids = {net.info(i).node_id for i in (2, 3, 5)}
+    assert set(net.client.path_relays() or ()) == ids
+    net.client.request(b"after", net.now)
+    net.run(1.0)
+    assert [r.data for r in net.client_events(OnionReply)] == [b"re:during", b"re:after"]
+    assert net.relay(0).circuit_count == net.relay(1).circuit_count == 0  # the old path is gone

@@ -293,14 +293,14 @@ class OnionRelay:
     def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
         """Process one cell. Invalid input never raises: it is counted in :attr:`stats`."""
         self.stats["cells_received"] += 1
+        subnet = subnet_of(address[0])
+        if not self._cell_budget.allow(subnet, now):  # before any work on the cell
+            self.stats["cells_over_budget"] += 1
+            return
         try:
             cell = decode_cell(data)
         except RemoteProtocolError:
             self.stats["malformed_cells"] += 1
-            return
-        subnet = subnet_of(address[0])
-        if not self._cell_budget.allow(subnet, now):
-            self.stats["cells_over_budget"] += 1
             return
         if isinstance(cell, Create):
             self._on_create(cell, address, subnet, now)

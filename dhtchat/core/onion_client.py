@@ -187,7 +187,8 @@ class OnionClient:
         self._avoid: dict[bytes, float] = {}  # node id -> avoided until
         self._paths: dict[int, _Path] = {}
         self._legs: dict[tuple[Address, bytes], int] = {}
-        self._current: int | None = None  # the path new requests go to
+        self._current: int | None = None  # the newest path (new requests go to it when ready)
+        self._previous: int | None = None  # the path it replaces, serving until it is ready
         self._next_path_id = 1
         self._next_request = rng.getrandbits(31)
         self._queued: deque[tuple[int, bytes, float, bool]] = deque()  # id, data, deadline, stream
@@ -204,9 +205,16 @@ class OnionClient:
         self._excluded = set(node_ids)
 
     def path_relays(self) -> tuple[bytes, ...] | None:
-        """Node ids of the path requests go to now, when it is ready."""
-        path = self._paths.get(self._current) if self._current is not None else None
-        return tuple(r.node_id for r in path.relays) if path and path.ready else None
+        """Node ids of the path requests go to now (None: no path is ready)."""
+        path = self._serving()
+        return tuple(r.node_id for r in path.relays) if path else None
+
+    def _serving(self) -> _Path | None:
+        for path_id in (self._current, self._previous):
+            path = self._paths.get(path_id) if path_id is not None else None
+            if path is not None and path.ready and not path.retiring:
+                return path
+        return None
 
     # ------------------------------------------------------------------ sans-IO verbs
 
@@ -227,13 +235,15 @@ class OnionClient:
                 deadlines.append(path.deadline)
             else:
                 deadlines.extend(d for d, _ in path.pending.values() if d < math.inf)
-                if not path.retiring:
+                if path.path_id == self._current:
                     deadlines.append(path.created + self.config.path_lifetime)
         return min(deadlines) if deadlines else None
 
     def build_path(self, now: float, relays: Sequence[RelayInfo] | None = None) -> int:
-        """Start building a path (through ``relays``, or chosen from the candidates); new
-        requests go to it. Raises :class:`LocalProtocolError` when no path can be chosen."""
+        """Start building a path (through ``relays``, or chosen from the candidates); once
+        it is ready new requests go to it and the path it replaces is retired (until then
+        that one still serves). Raises :class:`LocalProtocolError` when no path can be
+        chosen."""
         cfg = self.config
         if relays is None:
             avoided = {node for node, until in self._avoid.items() if until > now}
@@ -251,8 +261,13 @@ class OnionClient:
         self._paths[path.path_id] = path
         self._legs[(chosen[0].address, path.circ_id)] = path.path_id
         old = self._paths.get(self._current) if self._current is not None else None
-        if old is not None:
-            self._retire(old)
+        if old is not None and old.ready:
+            previous = self._paths.get(self._previous) if self._previous is not None else None
+            if previous is not None:
+                self._retire(previous)
+            self._previous = old.path_id
+        elif old is not None:
+            self._close(old, notify=True)
         self._current = path.path_id
         self.stats["paths_started"] += 1
         self._send(Create(path.circ_id, bytes(8), pad_body(x25519_public(path.secret))),
@@ -274,12 +289,12 @@ class OnionClient:
         request_id = self._next_request
         self._next_request = (self._next_request + 1) % (1 << 32)
         deadline = now + self.config.request_timeout
-        path = self._paths.get(self._current) if self._current is not None else None
-        if path is not None and path.ready:
+        path = self._serving()
+        if path is not None:
             self._send_request(path, request_id, data, deadline, stream)
         else:
             self._queued.append((request_id, data, deadline, stream))
-            if path is None:
+            if self._current is None:
                 self._try_build(now)
         return request_id
 
@@ -309,7 +324,8 @@ class OnionClient:
                 self._close(path, notify=True)
             elif path.timeouts >= self.config.max_request_timeouts:
                 self._fail(path, "request_timeouts", None, now)
-            elif not path.retiring and now >= path.created + self.config.path_lifetime:
+            elif (path.path_id == self._current
+                  and now >= path.created + self.config.path_lifetime):
                 try:
                     self.build_path(now)
                     self.stats["paths_rotated"] += 1
@@ -361,6 +377,10 @@ class OnionClient:
             self._events.append(PathReady(path_id=path.path_id,
                                           relays=tuple(r.node_id for r in path.relays)))
             if path.path_id == self._current:
+                previous = self._paths.get(self._previous) if self._previous is not None else None
+                self._previous = None
+                if previous is not None:
+                    self._retire(previous)
                 while self._queued:
                     request_id, data, deadline, stream = self._queued.popleft()
                     self._send_request(path, request_id, data, deadline, stream)
@@ -461,6 +481,12 @@ class OnionClient:
             self._avoid[relay] = now + self.config.relay_avoid_time
         self._events.append(PathFailed(path_id=path.path_id, reason=reason, relay=relay))
         was_current = path.path_id == self._current
+        if was_current and self._previous is not None:  # the path it was to replace serves on
+            self._current, self._previous = self._previous, None
+            was_current = False
+            restored = self._paths.get(self._current)
+            if restored is not None:  # and is replaced a little later
+                restored.created = now - self.config.path_lifetime + self.config.build_timeout
         for request_id in path.pending:  # requests in flight on it are lost with it
             self._events.append(RequestFailed(request_id=request_id, reason="path_failed"))
         path.pending.clear()
@@ -486,6 +512,8 @@ class OnionClient:
         self._legs.pop((path.relays[0].address, path.circ_id), None)
         if self._current == path.path_id:
             self._current = None
+        if self._previous == path.path_id:
+            self._previous = None
 
     def _send(self, cell: Create | Created | Relay | Destroy, address: Address) -> None:
         self._outbox.append((encode_cell(cell), address))
