@@ -12,8 +12,10 @@ client chose fails the build. Requests queue until a path is ready; each is wrap
 forward layer per hop and its reply peeled off layer by layer (the seal tells the client which
 hop spoke, so a ``Truncated`` names the failing link).
 
-Paths rotate: after :attr:`OnionConfig.path_lifetime` a fresh path is built, new requests go
-to it, and the old one is destroyed once its requests are answered or timed out. A failed
+Paths rotate: after :attr:`OnionConfig.path_lifetime` a fresh path is built while the old one
+keeps serving; once the new one is ready, new requests go to it and the old one is destroyed
+when its requests are answered or timed out (if the new build fails, the old path serves on
+and is replaced a little later). A failed
 build step, a ``Truncated``, or :attr:`OnionConfig.max_request_timeouts` unanswered requests
 in a row fail the path: the suspected relay is avoided for
 :attr:`OnionConfig.relay_avoid_time` and a new path is built while requests wait (Tox's
