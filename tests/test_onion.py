@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from dhtchat.core.addresses import pack_ip
 from dhtchat.core.errors import LocalProtocolError
-from dhtchat.core.onion import MAX_REPLY_BYTES, ExitRequest, OnionConfig, OnionRelay
+from dhtchat.core.onion import (
+    MAX_REPLY_BYTES,
+    CircuitClosed,
+    ExitRequest,
+    OnionConfig,
+    OnionRelay,
+)
 from dhtchat.core.onion_cells import (
     BODY_BYTES,
     CELL_BYTES,
@@ -134,9 +140,14 @@ def test_paths_rotate_on_schedule() -> None:
     net.client.request(b"two", net.now)
     net.run(1.0)
     assert [r.data for r in net.client_events(OnionReply)] == [b"re:one", b"re:two"]
-    # the old path's circuits are torn down at the relays it used
+    # the old path's circuits are torn down at the relays it used; its exit is told
     held = sum(relay.circuit_count for relay in net.relays.values())
     assert held == 3, (first, net.client.path_relays())
+    exit_events = net.events[relay_address(2)]
+    (used,) = [e.circuit for e in exit_events if isinstance(e, ExitRequest) and e.data == b"one"]
+    assert [e.circuit for e in exit_events if isinstance(e, CircuitClosed)] == [used]
+    assert not [e for a in (relay_address(0), relay_address(1)) for e in net.events[a]
+                if isinstance(e, CircuitClosed)]  # only an exit hears of it
 
 
 def test_a_dead_hop_fails_the_build_and_another_path_is_used() -> None:

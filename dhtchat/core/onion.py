@@ -68,6 +68,7 @@ from dhtchat.core.wire import IpBytes, Port
 __all__ = [
     "MAX_REPLY_BYTES",
     "MAX_REQUEST_BYTES",
+    "CircuitClosed",
     "ExitRequest",
     "OnionConfig",
     "OnionRelay",
@@ -183,6 +184,14 @@ class ExitRequest(Event):
     data: bytes
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitClosed(Event):
+    """A circuit that carried an :class:`ExitRequest` is gone (destroyed, idle or past its
+    lifetime): the node drops what it keeps for it (e.g. a listen's subscription)."""
+
+    circuit: int
+
+
 @dataclass(frozen=True, slots=True)
 class OnionConfig:
     """Limits of the onion relay and client (docs/protocol.md section 42.7)."""
@@ -222,6 +231,7 @@ class _Circuit:
     next: Address | None = None
     next_id: bytes = b""
     extend_deadline: float | None = None  # set while a Create to ``next`` is unanswered
+    exit_used: bool = False  # an ExitRequest was reported: report CircuitClosed too
 
 
 class OnionRelay:
@@ -411,6 +421,7 @@ class OnionRelay:
             self._extend(circuit, command, now)
         else:
             self.stats["exit_requests"] += 1
+            circuit.exit_used = True
             self._events.append(ExitRequest(circuit=circuit.handle,
                                             request_id=command.request_id, data=command.data))
 
@@ -478,6 +489,8 @@ class OnionRelay:
             self._send(Destroy(circuit.prev_id, bytes(8), pad_body(b"")), circuit.prev)
         self._legs.pop((circuit.prev, circuit.prev_id), None)
         del self._circuits[circuit.handle]
+        if circuit.exit_used:
+            self._events.append(CircuitClosed(circuit=circuit.handle))
         subnet = subnet_of(circuit.prev[0])
         self._per_subnet[subnet] -= 1
         if self._per_subnet[subnet] <= 0:
