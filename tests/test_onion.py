@@ -417,3 +417,20 @@ def test_the_old_path_serves_while_its_replacement_is_built_and_when_that_fails(
     net.run(1.0)
     assert [r.data for r in net.client_events(OnionReply)] == [b"re:during", b"re:after"]
     assert net.relay(0).circuit_count == net.relay(1).circuit_count == 0  # the old path is gone
+
+
+def test_an_idle_path_is_not_reused_after_relays_may_have_dropped_it() -> None:
+    config = OnionConfig(circuit_idle_timeout=100.0, path_lifetime=1000.0)
+    net = _ready_net([0, 1, 2], config=config)
+    net.client.request(b"a", net.now)
+    net.run(1.0)
+    net.run(95.0)  # past 0.9 x the relays' idle timeout, not yet past it
+    assert net.relay(0).circuit_count == 1
+    net.client.request(b"b", net.now)  # goes over a fresh path
+    net.run(3.0)
+    assert net.client.stats["paths_idle"] == 1
+    assert len(net.client_events(PathReady)) == 2
+    assert [r.data for r in net.client_events(OnionReply)] == [b"re:a", b"re:b"]
+    net.run(200.0)  # relays expire the fresh path too: a Destroy blames nobody
+    failed = net.client_events(PathFailed)
+    assert failed and all(f.reason == "destroyed" and f.relay is None for f in failed)

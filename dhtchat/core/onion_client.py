@@ -166,6 +166,7 @@ class _Path:
     ready: bool = False
     retiring: bool = False
     timeouts: int = 0
+    active: float = 0.0  # last cell sent or received on it
     # request id -> (deadline, stream); an answered stream has no deadline (math.inf)
     pending: dict[int, tuple[float, bool]] = field(default_factory=dict)
 
@@ -208,14 +209,26 @@ class OnionClient:
 
     def path_relays(self) -> tuple[bytes, ...] | None:
         """Node ids of the path requests go to now (None: no path is ready)."""
-        path = self._serving()
-        return tuple(r.node_id for r in path.relays) if path else None
-
-    def _serving(self) -> _Path | None:
         for path_id in (self._current, self._previous):
             path = self._paths.get(path_id) if path_id is not None else None
             if path is not None and path.ready and not path.retiring:
+                return tuple(r.node_id for r in path.relays)
+        return None
+
+    def _serving(self, now: float) -> _Path | None:
+        # relays drop a circuit idle for circuit_idle_timeout: do not start on one close to it
+        stale = now - 0.9 * self.config.circuit_idle_timeout
+        for path_id in (self._current, self._previous):
+            path = self._paths.get(path_id) if path_id is not None else None
+            if path is None or not path.ready or path.retiring:
+                continue
+            if path.active >= stale:
                 return path
+            self.stats["paths_idle"] += 1
+            for request_id in path.pending:
+                self._events.append(RequestFailed(request_id=request_id, reason="path_failed"))
+            path.pending.clear()
+            self._close(path, notify=True)
         return None
 
     # ------------------------------------------------------------------ sans-IO verbs
@@ -291,9 +304,9 @@ class OnionClient:
         request_id = self._next_request
         self._next_request = (self._next_request + 1) % (1 << 32)
         deadline = now + self.config.request_timeout
-        path = self._serving()
+        path = self._serving(now)
         if path is not None:
-            self._send_request(path, request_id, data, deadline, stream)
+            self._send_request(path, request_id, data, deadline, stream, now)
         else:
             self._queued.append((request_id, data, deadline, stream))
             if self._current is None:
@@ -347,8 +360,9 @@ class OnionClient:
         if path is None or isinstance(cell, Create):
             return False
         self.stats["cells_received"] += 1
-        if isinstance(cell, Destroy):
-            self._fail(path, "destroyed", path.relays[0].node_id, now)
+        path.active = now
+        if isinstance(cell, Destroy):  # unauthenticated, and relays expire idle circuits
+            self._fail(path, "destroyed", None, now)
         elif isinstance(cell, Created):
             self._on_created(path, cell, now)
         else:
@@ -385,7 +399,7 @@ class OnionClient:
                     self._retire(previous)
                 while self._queued:
                     request_id, data, deadline, stream = self._queued.popleft()
-                    self._send_request(path, request_id, data, deadline, stream)
+                    self._send_request(path, request_id, data, deadline, stream, now)
             return
         nxt = path.relays[len(path.hops)]
         path.secret = self._rng.randbytes(32)
@@ -448,8 +462,9 @@ class OnionClient:
         return sum(len(path.pending) for path in self._paths.values())
 
     def _send_request(self, path: _Path, request_id: int, data: bytes, deadline: float,
-                      stream: bool) -> None:
+                      stream: bool, now: float) -> None:
         path.pending[request_id] = (deadline, stream)
+        path.active = now
         self.stats["requests_sent"] += 1
         self._send_forward(path, frame(Request(request_id, data)))
 
