@@ -43,6 +43,9 @@ log = logging.getLogger("dhtchat.ui.client")
 
 RETRY_FIRST: Final = 0.2  # seconds before the first reconnection attempt
 RETRY_MAX: Final = 2.0
+# Reply lines can be longer than the daemon's 1 MiB request limit: message.history pages by
+# count from the newest message, so a deep page (thousands of messages) is several MiB.
+READ_LIMIT: Final = 64 << 20
 
 T = TypeVar("T")
 
@@ -92,7 +95,9 @@ class UiClient:
     async def _open(self) -> bool:
         """Open the connection and subscribe from the last event seen; whether the daemon
         had already deleted some of the events since then."""
-        rpc = await RpcClient.open(self.socket)
+        reader, writer = await asyncio.open_unix_connection(str(self.socket),
+                                                            limit=READ_LIMIT)
+        rpc = RpcClient(reader, writer)
         try:
             reply = await rpc.call("events.subscribe", {"since": self._last_event}, 10.0)
         except BaseException:

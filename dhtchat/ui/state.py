@@ -25,6 +25,7 @@ from dhtchat.ui.events import (
     ConnectionEvent,
     ContactAcceptedEvent,
     ContactRequestEvent,
+    Disconnected,
     GroupChangedEvent,
     MessageEvent,
     PresenceEvent,
@@ -67,12 +68,14 @@ class ChatState:
     unread: dict[str, int] = field(default_factory=dict)
     typing_until: dict[str, float] = field(default_factory=dict)
     open_conversation: str | None = None
+    connected: bool = False  # the client's connection to the daemon is up
 
     async def load(self, client: UiClient) -> None:
         """Everything from the API (at start, and after events were missed)."""
         status, contacts, groups = await asyncio.gather(client.status(), client.contacts(),
                                                         client.groups())
         self.me = status.id
+        self.connected = True
         self.contacts = {c.id: c for c in contacts}
         self.groups = {g.id: g for g in groups}
         keys = [c.id for c in contacts if c.state == "accepted"] + list(self.groups)
@@ -135,7 +138,10 @@ class ChatState:
             case (PresenceEvent() | ConnectionEvent() | ContactRequestEvent()
                   | ContactAcceptedEvent()):
                 self.contacts = {c.id: c for c in await client.contacts()}
+            case Disconnected():
+                self.connected = False
             case Reconnected(missed=missed):
+                self.connected = True
                 if missed:
                     await self.load(client)
                 else:

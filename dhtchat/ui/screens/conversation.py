@@ -135,8 +135,12 @@ class ConversationScreen(ApiScreen):
                 await view.mount_all(items)
             self.timer = fmt.timer_of(self.messages)
             self.redraw_head()
-            view.scroll_end(animate=False)
+            self._to_end(view)
         await self.mark_read()
+
+    def _to_end(self, view: HistoryView) -> None:
+        """Scroll to the newest message once the new ones are laid out."""
+        self.call_after_refresh(view.scroll_end, animate=False, immediate=True)
 
     def _item(self, message: Message) -> MessageItem:
         item = MessageItem(message, self.ui.state.me)
@@ -216,7 +220,7 @@ class ConversationScreen(ApiScreen):
                 self.timer = timer
                 self.redraw_head()
             if at_end:
-                view.scroll_end(animate=False)
+                self._to_end(view)
         if any(not m.outgoing(self.ui.state.me) for m in fresh):
             await self.mark_read()
 
@@ -264,7 +268,7 @@ class ConversationScreen(ApiScreen):
                 view = self.query_one(HistoryView)
                 await view.mount(self._item(sent))
                 self.messages.append(sent)
-                view.scroll_end(animate=False)
+                self._to_end(view)
 
     @on(TextArea.Changed, "#compose")
     async def _typed(self) -> None:

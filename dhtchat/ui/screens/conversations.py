@@ -66,7 +66,7 @@ class ConversationsScreen(ApiScreen):
     """The main screen."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "open", "Open", show=True),
+        Binding("enter", "open", "Open", priority=True),
         Binding("r", "requests", "Requests"),
         Binding("a", "add_contact", "Add contact"),
         Binding("i", "my_id", "My id"),
@@ -99,7 +99,7 @@ class ConversationsScreen(ApiScreen):
     def top_text(self, state: ChatState) -> Text:
         """My name/id, the daemon connection and the requests waiting."""
         top = Text(f"dhtchat · me {state.me[:12]}")
-        if not self.ui.client.connected:
+        if not state.connected:
             top.append(" · daemon: reconnecting…", style="bold")
         waiting = len(state.incoming())
         if waiting:
