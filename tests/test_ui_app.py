@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from textual.events import Paste
 
 from dhtchat.app.rpc import call
 from dhtchat.ui.app import DhtchatApp
@@ -237,3 +238,54 @@ def test_accept_a_request_then_messages_both_ways_with_their_marks(
     finally:
         alice.stop()
         bob.stop()
+
+
+def test_add_a_contact_by_pasting_an_id_checked_as_typed(tmp_path: Path,
+                                                         dht: DhtProcess) -> None:
+    frank, frank_id = start_daemon(tmp_path, "frank", dht)
+    grace, grace_id = start_daemon(tmp_path, "grace", dht)
+    app = DhtchatApp(frank.profile)
+    typo = grace_id[:-1] + ("a" if grace_id[-1] != "a" else "b")
+
+    async def scenario() -> None:
+        async with app.run_test() as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ConversationsScreen), 30,
+                        "conversations")
+            await pilot.press("a")
+            await until(pilot, lambda: "Add a contact" in screen_text(app), 5, "add screen")
+            await pilot.press(*grace_id[:20])
+            await until(pilot, lambda: "✗ a user id has 58 characters, this one has 20"
+                        in screen_text(app), 5, "length error")
+            id_input = app.screen.query_one("#user_id")
+            id_input.value = typo  # type: ignore[attr-defined]
+            await until(pilot, lambda: "✗ user id checksum mismatch" in screen_text(app), 5,
+                        "checksum error")
+            await pilot.press("ctrl+s")  # refused here, nothing sent
+            await until(pilot, lambda: "✗ user id checksum mismatch" in screen_text(app), 5,
+                        "still refused")
+            # The daemon's own errors are messages: asking myself.
+            id_input.value = frank_id  # type: ignore[attr-defined]
+            await until(pilot, lambda: "✓ checksum ok" in screen_text(app), 5, "ok")
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: any("your own id" in n.message
+                                           for n in app._notifications), 30, "the error")
+            # Pasted in groups with line breaks, as the id card shows it.
+            id_input.value = ""  # type: ignore[attr-defined]
+            await pilot.pause()
+            id_input.post_message(Paste(f"{grace_id[:29]}\n{grace_id[29:]}\n".upper()))
+            await until(pilot, lambda: "✓ checksum ok" in screen_text(app), 5, "ok again")
+            await pilot.press("enter")  # to the note
+            await pilot.press(*"from Frank", "enter")
+            await until(pilot, lambda: isinstance(app.screen, ConversationsScreen), 60,
+                        "request sent")
+            assert app.state.contacts[grace_id].state == "outgoing"
+            await pilot.press("ctrl+q")
+            await until(pilot, lambda: not app.is_running, 10, "exit")
+
+    try:
+        asyncio.run(scenario())
+        row = grace.wait_contact(frank_id, lambda r: r["state"] == "incoming", 60)
+        assert row["message"] == "from Frank" and row["name"] == "Frank"
+    finally:
+        frank.stop()
+        grace.stop()

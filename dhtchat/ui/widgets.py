@@ -8,7 +8,7 @@ from textual import events
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.message import Message as TextualMessage
-from textual.widgets import Static, TextArea
+from textual.widgets import Input, Static, TextArea
 
 from dhtchat.ui import format as fmt
 from dhtchat.ui.models import Message
@@ -35,8 +35,7 @@ class ComposeArea(TextArea):
             text = self.text
             if text.strip():
                 self.post_message(self.Submitted(text))
-            return
-        await super()._on_key(event)
+        # (other keys: Textual calls TextArea's own handler next, along the MRO)
 
     def action_newline(self) -> None:
         """Insert a line break at the cursor."""
@@ -67,3 +66,14 @@ class HistoryView(VerticalScroll):
         super().watch_scroll_y(old, new)
         if new <= 0 and old > 0:
             self.post_message(self.AtTop())
+
+
+class IdInput(Input):
+    """A one-line input for a user id: a paste spanning lines (an id copied from an id card,
+    in groups) is joined with spaces instead of cut at its first line."""
+
+    def _on_paste(self, event: events.Paste) -> None:
+        if event.text:
+            self.insert_text_at_cursor(" ".join(event.text.split()))
+        event.stop()
+        event.prevent_default()  # (not Input's handler too: it keeps the first line only)

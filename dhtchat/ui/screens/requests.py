@@ -22,6 +22,7 @@ from dhtchat.ui.identity import id_fingerprint, qr_code
 from dhtchat.ui.models import Contact
 from dhtchat.ui.screens.base import ApiScreen, guarded, host
 from dhtchat.ui.screens.firstrun import grouped
+from dhtchat.ui.widgets import IdInput
 
 
 def request_text(contact: Contact) -> Text:
@@ -133,7 +134,7 @@ class AddContactScreen(ModalScreen[None]):
         with Vertical():
             yield Static("Add a contact: paste their user id (58 characters; spaces and line "
                          "breaks are ignored)", markup=False)
-            yield Input(placeholder="user id", id="user_id")
+            yield IdInput(placeholder="user id", id="user_id")
             yield Static("", id="check", markup=False)
             yield Input(placeholder="a short note they will see (optional)", id="note",
                         max_length=280)
