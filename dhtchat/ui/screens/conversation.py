@@ -37,6 +37,7 @@ from dhtchat.ui.widgets import ComposeArea, HistoryView, MessageItem
 
 PAGE: Final = 100  # messages per page of history
 TAIL: Final = 20  # newest messages re-read after a message or receipt event
+LAYOUT_WAITS: Final = 100  # x 10 ms: how long a prepended page may take to be laid out
 TYPING_EVERY: Final = 3.0  # seconds between my typing notices while I type (api.md §3.14)
 
 
@@ -72,7 +73,8 @@ class ConversationScreen(ApiScreen):
         yield Static("", id="head", markup=False)
         yield HistoryView(id="history")
         yield Static("", id="typing", markup=False)
-        yield ComposeArea(id="compose", soft_wrap=True, show_line_numbers=False)
+        yield ComposeArea(id="compose", soft_wrap=True, show_line_numbers=False,
+                          placeholder="message (Enter sends, Ctrl+N new line)")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -180,18 +182,21 @@ class ConversationScreen(ApiScreen):
             if not older:
                 return
             view = self.query_one(HistoryView)
-            height, y = view.virtual_size.height, view.scroll_y
+            was_first = self.items[first]
             items = [self._item(m) for m in older]
             await view.mount_all(items, before=0)
             self.messages = older + self.messages
             if self.timer is None:
                 self.timer = fmt.timer_of(self.messages)
                 self.redraw_head()
-
-            def keep_place() -> None:
-                view.scroll_to(y=y + view.virtual_size.height - height, animate=False)
-
-            self.call_after_refresh(keep_place)
+            # Keep the place: the message that was at the top stays there, the older page
+            # is above it, out of view (scroll up to read it). Its new position is known once
+            # the view has been laid out again (a few frames; bounded).
+            for _ in range(LAYOUT_WAITS):
+                if was_first.virtual_region.y > 0:
+                    break
+                await asyncio.sleep(0.01)
+            view.scroll_to_widget(was_first, animate=False, top=True, immediate=True)
 
     @work(group="tail")
     async def refresh_tail(self) -> None:

@@ -122,6 +122,7 @@ class ConversationsScreen(ApiScreen):
         view.index = index
         empty = self.query_one("#empty", Static)
         empty.display = not rows
+        view.display = bool(rows)
         empty.update("No conversations yet. Press a to add a contact by their user id, "
                      "i to see yours (give it to others), r for requests you received.")
 
