@@ -11,6 +11,7 @@ after which ``message.receive`` marks them read (the sender sees ✓✓).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import ClassVar, Final
 
@@ -21,6 +22,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Static, TextArea
 
 from dhtchat.ui import format as fmt
+from dhtchat.ui.client import ApiError
 from dhtchat.ui.events import (
     ApiEvent,
     ConnectionEvent,
