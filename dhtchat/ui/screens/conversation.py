@@ -200,7 +200,7 @@ class ConversationScreen(ApiScreen):
                 await asyncio.sleep(0.01)
             view.scroll_to_widget(was_first, animate=False, top=True, immediate=True)
 
-    @work(group="tail")
+    @work(group="tail", exclusive=True)
     async def refresh_tail(self) -> None:
         """Append new messages and update the marks of the newest ones."""
         async with self._lock:
@@ -284,10 +284,8 @@ class ConversationScreen(ApiScreen):
                 or not self.query_one(ComposeArea).text:
             return
         self._typing_sent = now
-        try:
+        with contextlib.suppress(ApiError):  # a typing notice is best effort
             await self.ui.client.typing(self.key)
-        except Exception:
-            return
 
     def action_back(self) -> None:
         """Back to the conversations."""

@@ -93,8 +93,8 @@ class ConversationsScreen(ApiScreen):
         self.ui.state.opened(None)
         self.redraw()
 
-    def api_event(self, event: ApiEvent) -> None:
-        self.redraw()
+    def api_events(self, events: list[ApiEvent]) -> None:
+        self.redraw()  # (once per batch)
 
     def top_text(self, state: ChatState) -> Text:
         """My name/id, the daemon connection and the requests waiting."""

@@ -78,8 +78,8 @@ class RequestsScreen(ApiScreen):
         self.redraw()
         self.query_one(ListView).focus()
 
-    def api_event(self, event: ApiEvent) -> None:
-        self.redraw()
+    def api_events(self, events: list[ApiEvent]) -> None:
+        self.redraw()  # (once per batch)
 
     def redraw(self) -> None:
         """Rebuild the list from the state."""
