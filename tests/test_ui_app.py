@@ -273,7 +273,7 @@ def test_add_a_contact_by_pasting_an_id_checked_as_typed(tmp_path: Path,
             # Pasted in groups with line breaks, as the id card shows it.
             id_input.value = ""  # type: ignore[attr-defined]
             await pilot.pause()
-            id_input.post_message(Paste(f"{grace_id[:29]}\n{grace_id[29:]}\n".upper()))
+            app.post_message(Paste(f"{grace_id[:29]}\n{grace_id[29:]}\n".upper()))
             await until(pilot, lambda: "✓ checksum ok" in screen_text(app), 5, "ok again")
             await pilot.press("enter")  # to the note
             await pilot.press(*"from Frank", "enter")

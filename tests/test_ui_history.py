@@ -89,3 +89,38 @@ def test_ten_thousand_messages_open_in_a_second_and_page_in(tmp_path: Path) -> N
         alice.stop()
         bob.stop()
         dht.stop()
+
+
+BURST = 2_000
+
+
+def test_a_burst_of_messages_while_the_client_runs(tmp_path: Path) -> None:
+    """Messages arriving by the thousand are counted one by one, in a few redraws."""
+    dht = DhtProcess(16)
+    alice, alice_id = start_daemon(tmp_path, "alice", dht)
+    bob, bob_id = start_daemon(tmp_path, "bob", dht)
+    try:
+        make_contacts(alice, alice_id, bob, bob_id)
+        app = DhtchatApp(bob.profile)
+
+        async def scenario() -> None:
+            async with app.run_test() as pilot:
+                await until(pilot, lambda: isinstance(app.screen, ConversationsScreen), 30,
+                            "conversations")
+                started = time.monotonic()
+                await _send_many(alice.profile, bob_id, BURST)
+                await until(pilot, lambda: f"[{BURST} unread]" in screen_text(app)
+                            and f"message {BURST - 1}" in screen_text(app), 180, "the burst")
+                print(f"{BURST} messages sent and shown in "
+                      f"{time.monotonic() - started:.1f} s")
+                await pilot.press("enter")
+                await until(pilot, lambda: isinstance(app.screen, ConversationScreen)
+                            and f"message {BURST - 1}" in screen_text(app), 10, "opened")
+                await pilot.press("ctrl+q")
+                await until(pilot, lambda: not app.is_running, 10, "exit")
+
+        asyncio.run(scenario())
+    finally:
+        alice.stop()
+        bob.stop()
+        dht.stop()
