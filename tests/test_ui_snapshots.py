@@ -26,7 +26,7 @@ def _id(seed: int) -> str:
     return SigningIdentity.from_seed(bytes([seed]) * 32).user_id
 
 
-ME, ALICE, BOB, CAROL, MALLORY = _id(1), _id(2), _id(3), _id(4), _id(5)
+ME, ALICE, BOB, CAROL, MALLORY, DAN = _id(1), _id(2), _id(3), _id(4), _id(5), _id(6)
 GROUP = "ab" * 16
 
 
@@ -40,7 +40,8 @@ def _message(n: int, author: str, to: str, text: str, at: float, *, delivered: b
 
 
 def fixed_state() -> ChatState:
-    """Three contacts, one group and one request, as the API would report them."""
+    """Three contacts, one group, a request received and one sent, as the API would report
+    them."""
     state = ChatState(me=ME, connected=True)
     state.contacts = {
         ALICE: Contact(ALICE, "Alice", "accepted", status="connected", verified=T0 - 86400,
@@ -50,6 +51,7 @@ def fixed_state() -> ChatState:
         MALLORY: Contact(MALLORY, "Alice", "incoming", message="it's me, new phone",
                          since=T0, warning="uses the name of your verified contact 'Alice' "
                          "but is a different identity"),
+        DAN: Contact(DAN, DAN[:12], "outgoing", message="hi Dan", since=T0 - 60),
     }
     state.groups = {GROUP: Group(GROUP, "Newsroom", ME, (ME, ALICE, BOB), True, True, 2)}
     state.last = {

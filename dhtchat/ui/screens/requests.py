@@ -65,6 +65,7 @@ class RequestsScreen(ApiScreen):
     RequestsScreen ListView { height: 1fr; }
     RequestsScreen ListItem { height: auto; padding: 0 1; margin-bottom: 1; }
     RequestsScreen #empty { height: auto; padding: 1 2; }
+    RequestsScreen #sent { height: auto; max-height: 3; padding: 0 1; color: $text-muted; }
     """
 
     def compose(self) -> ComposeResult:
@@ -72,6 +73,7 @@ class RequestsScreen(ApiScreen):
                      "accepting", id="top", markup=False)
         yield ListView(id="requests")
         yield Static("No requests are waiting.", id="empty", markup=False)
+        yield Static("", id="sent", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -90,6 +92,11 @@ class RequestsScreen(ApiScreen):
         view.extend(RequestItem(c) for c in requests)
         view.index = min(index, len(requests) - 1) if requests else None
         self.query_one("#empty", Static).display = not requests
+        sent = sorted((c for c in self.ui.state.contacts.values() if c.state == "outgoing"),
+                      key=lambda c: c.since)
+        self.query_one("#sent", Static).update(
+            "Sent, waiting for their answer: " + ", ".join(
+                _sent_label(c) for c in sent) if sent else "")
 
     async def action_answer(self, how: str) -> None:
         """Accept, refuse or block the highlighted request."""
@@ -107,6 +114,13 @@ class RequestsScreen(ApiScreen):
         done = {"accept": "accepted", "refuse": "refused", "block": "blocked"}[how]
         self.notify(f"{fmt.name(result.label)}: {done}")
         self.redraw()
+
+
+def _sent_label(contact: Contact) -> str:
+    """A request I sent: the name, and the start of the id (the name until they answer)."""
+    if not contact.name or contact.name == contact.id[:12]:
+        return f"{contact.id[:12]}…"
+    return f"{fmt.name(contact.name)} ({contact.id[:12]}…)"
 
 
 def check_id(text: str) -> str | None:
