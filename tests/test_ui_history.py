@@ -24,12 +24,12 @@ COUNT = 10_000
 OPEN_BUDGET = 1.0  # seconds (issue 13)
 
 
-async def _send_many(profile: Path, to: str, count: int) -> None:
+async def _send_many(profile: Path, to: str, count: int, first: int = 0) -> None:
     client = await RpcClient.open(profile / "daemon.sock")
     try:
-        for start in range(0, count, 1000):
+        for start in range(first, first + count, 1000):
             batch = [{"to": to, "text": f"message {n}"}
-                     for n in range(start, min(count, start + 1000))]
+                     for n in range(start, min(first + count, start + 1000))]
             await client.call("message.send_batch", {"messages": batch})
     finally:
         await client.close()
@@ -121,6 +121,18 @@ def test_a_burst_of_messages_while_the_client_runs(tmp_path: Path) -> None:
                 await pilot.press("enter")
                 await until(pilot, lambda: isinstance(app.screen, ConversationScreen)
                             and f"message {BURST - 1}" in screen_text(app), 10, "opened")
+                # A second burst while the conversation is open: every message is shown,
+                # in order, with no gap.
+                screen = app.screen
+                assert isinstance(screen, ConversationScreen)
+                await _send_many(alice.profile, bob_id, 300, first=BURST)
+                await until(pilot, lambda: bool(screen.messages)
+                            and screen.messages[-1].text == f"message {BURST + 299}", 120,
+                            "the second burst")
+                texts = [m.text for m in screen.messages]
+                start = texts.index(f"message {BURST - PAGE}")
+                assert texts[start:] == [f"message {n}"
+                                         for n in range(BURST - PAGE, BURST + 300)]
                 await pilot.press("ctrl+q")
                 await until(pilot, lambda: not app.is_running, 10, "exit")
 

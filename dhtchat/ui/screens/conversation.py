@@ -42,6 +42,7 @@ log = logging.getLogger("dhtchat.ui")
 
 PAGE: Final = 50  # messages per page of history (a 24-line screen shows about 17)
 TAIL: Final = 20  # newest messages re-read after a message or receipt event
+TAIL_WIDENINGS: Final = 8  # 20, 80, ... 100,000: how far back a burst is looked for
 LAYOUT_WAITS: Final = 100  # x 10 ms: how long a prepended page may take to be laid out
 TYPING_EVERY: Final = 3.0  # seconds between my typing notices while I type (api.md §3.14)
 
@@ -217,7 +218,7 @@ class ConversationScreen(ApiScreen):
     async def refresh_tail(self) -> None:
         """Append new messages and update the marks of the newest ones."""
         async with self._lock:
-            page = await guarded(self.app, self.ui.client.history(self.key, TAIL))
+            page = await self._tail_page()
             if page is None:
                 return
             fresh = []
@@ -243,6 +244,18 @@ class ConversationScreen(ApiScreen):
                 self._to_end(view)
         if any(not m.outgoing(self.ui.state.me) for m in fresh):
             await self.mark_read()
+
+    async def _tail_page(self) -> list[Message] | None:
+        """The newest messages, reaching back to one already shown (a burst of new ones
+        leaves no gap): TAIL, then four times more, a bounded number of times."""
+        limit = TAIL
+        for _ in range(TAIL_WIDENINGS):
+            page = await guarded(self.app, self.ui.client.history(self.key, limit))
+            if page is None or len(page) < limit or not self.items \
+                    or any(m.id in self.items for m in page) or limit >= 100_000:
+                return page
+            limit = min(limit * 4, 100_000)
+        return page
 
     async def mark_read(self) -> None:
         """Tell the daemon the messages were shown (``message.receive``: read receipts)."""
