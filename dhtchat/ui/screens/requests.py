@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -98,12 +98,21 @@ class RequestsScreen(ApiScreen):
             "Sent, waiting for their answer: " + ", ".join(
                 _sent_label(c) for c in sent) if sent else "")
 
+    @work(group="answer", exclusive=True)
     async def action_answer(self, how: str) -> None:
         """Accept, refuse or block the highlighted request."""
         item = self.query_one(ListView).highlighted_child
         if not isinstance(item, RequestItem):
             self.notify("No request selected.", severity="warning")
             return
+        if how == "accept" and item.contact.warning:
+            sure = await self.app.push_screen_wait(ConfirmScreen(
+                f"⚠ {fmt.name(item.contact.label)} {item.contact.warning}.\n\nSomeone may "
+                "be pretending to be your contact. Accept only if you checked the fingerprint "
+                "with them in person or on a call.\n\n  y  accept anyway    n / Esc  do not "
+                "accept"))
+            if not sure:
+                return
         client = self.ui.client
         target = item.contact.id
         call = {"accept": client.accept, "refuse": client.refuse, "block": client.block}[how]
@@ -114,6 +123,30 @@ class RequestsScreen(ApiScreen):
         done = {"accept": "accepted", "refuse": "refused", "block": "blocked"}[how]
         self.notify(f"{fmt.name(result.label)}: {done}")
         self.redraw()
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question (dismissed with True for yes)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("y", "answer(True)", "Yes"),
+                                             Binding("n,escape", "answer(False)", "No")]
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    ConfirmScreen Static { width: 70; height: auto; padding: 1 2; border: thick $error;
+                           background: $surface; }
+    """
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.question, markup=False)
+        yield Footer()
+
+    def action_answer(self, yes: bool) -> None:
+        """Close with the answer."""
+        self.dismiss(yes)
 
 
 def _sent_label(contact: Contact) -> str:
