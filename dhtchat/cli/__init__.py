@@ -5,7 +5,8 @@ bad user id, wrong passphrase, missing identity). Errors are one clear line on s
 traceback.
 
 One module per command group (``identity``, ``node``, ``dht``, ``daemon``, ``contacts``,
-``messages``, ``files``, ``groups``, ``calls``, ``simulate``); :mod:`dhtchat.cli.parser`
+``messages``, ``files``, ``groups``, ``calls``, ``simulate``; ``ui`` runs the desktop
+client of :mod:`dhtchat.ui`); :mod:`dhtchat.cli.parser`
 defines every subcommand, :mod:`dhtchat.cli.rpcclient` talks to the daemon and
 :mod:`dhtchat.cli.printing` prints what other people chose. This package is the top layer:
 it may import the app, net, messaging, core and the simulator; nothing imports it.
@@ -49,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simulate_sweep(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # `dhtchat` alone (global options only): the desktop client
+        args = parser.parse_args([*argv, "ui"])
     # Names, messages and file names come from other people: nothing they choose may reach
     # the terminal as a control sequence (dhtchat/app/terminal.py).
     stdout, stderr = sys.stdout, sys.stderr

@@ -15,6 +15,7 @@ from dhtchat.cli.identity import cmd_id_new, cmd_id_passphrase, cmd_id_show
 from dhtchat.cli.messages import cmd_history, cmd_receive, cmd_send, cmd_timer
 from dhtchat.cli.node import cmd_demo, cmd_node
 from dhtchat.cli.simulate import cmd_simulate
+from dhtchat.ui import cmd_ui
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", metavar="DIR",
                         help="profile directory (default: $DHTCHAT_HOME or the user data dir)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # No subcommand: the desktop client (`dhtchat ui`), see main().
+    sub = parser.add_subparsers(dest="command")
+
+    ui = sub.add_parser("ui", help="the desktop client (also: dhtchat with no command)")
+    ui.add_argument("--bootstrap", metavar="HOST:PORT", nargs="+", action="extend",
+                    help="known DHT node(s), for a daemon the client starts")
+    ui.add_argument("--port", type=int, help="UDP port of a daemon the client starts "
+                    "(default: the one it used last, else a free one)")
+    ui.add_argument("--host", help="address a daemon the client starts binds to")
+    ui.set_defaults(func=cmd_ui)
 
     id_parser = sub.add_parser("id", help="manage your identity")
     id_sub = id_parser.add_subparsers(dest="id_command", required=True)
