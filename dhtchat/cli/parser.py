@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dhtchat import __version__
+from dhtchat.cli.backup import cmd_backup, cmd_restore
 from dhtchat.cli.calls import cmd_answer, cmd_call
 from dhtchat.cli.contacts import cmd_connect, cmd_contact
 from dhtchat.cli.daemon import cmd_daemon
@@ -42,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     show = id_sub.add_parser("show", help="print your user id")
     show.add_argument("--qr", action="store_true", help="also print a terminal QR code")
     show.set_defaults(func=cmd_id_show)
+
+    backup = sub.add_parser("backup", help="write an encrypted backup of the profile "
+                            "(daemon stopped; passphrase from $DHTCHAT_BACKUP_PASSPHRASE or "
+                            "the terminal)")
+    backup.add_argument("file", metavar="FILE")
+    backup.add_argument("--history", action="store_true",
+                        help="also the message history, call log and received files")
+    backup.set_defaults(func=cmd_backup)
+    restore = sub.add_parser("restore", help="build a new profile (--profile DIR) from a "
+                             "backup; contacts reconnect without new requests")
+    restore.add_argument("file", metavar="FILE")
+    restore.add_argument("--no-passphrase", action="store_true",
+                         help="store the restored identity key unencrypted (not recommended)")
+    restore.set_defaults(func=cmd_restore)
 
     node = sub.add_parser("node", help="run a headless DHT node until SIGINT/SIGTERM")
     node.add_argument("--port", type=int, required=True, help="UDP port (0: any free port)")
