@@ -40,6 +40,8 @@ from dhtchat.app.params import (
     ConnectParams,
     ContactAcceptParams,
     ContactParams,
+    ContactRemoveParams,
+    ContactRenameParams,
     ContactRequestParams,
     EventsSubscribeParams,
     FileGetParams,
@@ -123,6 +125,8 @@ class Api:
             "contact.block": _method(ContactParams, self.contact_block),
             "contact.unblock": _method(ContactParams, self.contact_unblock),
             "contact.list": _method(Params, self.contact_list),
+            "contact.rename": _method(ContactRenameParams, self.contact_rename),
+            "contact.remove": _method(ContactRemoveParams, self.contact_remove),
             "connect": _method(ConnectParams, self.connect),
             "message.send": _method(MessageSendParams, self.message_send),
             "message.send_batch": _method(MessageBatchParams, self.message_send_batch),
@@ -193,7 +197,7 @@ class Api:
             if len(matches) > 1:
                 raise RpcError(INVALID_PARAMS, f"several contacts are named {text!r}; "
                                "use the user id") from None
-            if len(text) >= 50:
+            if len(text) >= 50 or "fingerprint" in str(exc):
                 raise RpcError(INVALID_PARAMS, str(exc)) from None
             raise RpcError(NOT_FOUND, f"no contact named {text!r}") from None
         entry = contacts.get(key)
@@ -341,7 +345,8 @@ class Api:
         record = await asyncio.to_thread(
             make_contact_request, daemon.identity, recipient, kind="request", name=my_name,
             message=message, now=time.time(), random_bytes=secrets.token_bytes)
-        label = (entry.name if entry else "") or encode_user_id(recipient)[:12]
+        label = p.contact_name or (entry.name if entry else "") \
+            or encode_user_id(recipient)[:12]
         entry = daemon.contacts.put(recipient, name=label, state="outgoing", message=message)
         stored = await daemon.inbox.put(record)
         if not stored:
@@ -397,6 +402,38 @@ class Api:
     async def contact_list(self, p: Params) -> list[JsonObject]:
         """Every contact with its state and, for accepted ones, the connection status."""
         return [self.contact_json(e) for e in self.daemon.contacts.all()]
+
+    # contact.rename / contact.remove (issue 16)
+
+    async def contact_rename(self, p: ContactRenameParams) -> JsonObject:
+        """Change the local name of a contact (any state); nothing is sent."""
+        found = self._resolve(p.id)
+        if not isinstance(found, ContactEntry):
+            raise RpcError(NOT_FOUND, "that id is not in your contact list")
+        name = p.name.strip()
+        if not name or any(ord(c) < 32 for c in name):
+            raise RpcError(INVALID_PARAMS, "name must be 1-64 printable characters")
+        entry = self.daemon.contacts.put(found.public_key, name=name, state=found.state,
+                                         message=found.message)
+        return self.contact_json(entry)
+
+    async def contact_remove(self, p: ContactRemoveParams) -> JsonObject:
+        """Forget a contact: the connection, presence and rendezvous stop, the pair's
+        ratchet session is deleted; the history stays unless ``delete_history``."""
+        daemon = self.daemon
+        found = self._resolve(p.id)
+        if not isinstance(found, ContactEntry) or found.state == "blocked":
+            raise RpcError(NOT_FOUND, "that id is not in your contact list" if not
+                           isinstance(found, ContactEntry) else
+                           "that id is blocked; `dhtchat contact unblock ID` forgets it")
+        key = found.public_key
+        await daemon.connections.drop(key, "removed")
+        daemon.contacts.delete(key)
+        daemon.contacts.unverify(key)
+        deleted = daemon.history.forget_contact(key, history=p.delete_history)
+        self._messenger.stream.states.pop(key, None)
+        return {"id": encode_user_id(key), "name": found.name, "state": "removed",
+                "history_deleted": p.delete_history, "messages_deleted": deleted}
 
     async def connect(self, p: ConnectParams) -> JsonObject:
         """Connect to an accepted contact."""
@@ -690,6 +727,9 @@ class Api:
     async def call_list(self, p: CallListParams) -> list[JsonObject]:
         """The call log, newest first."""
         rows: list[JsonObject] = self._calls.log(p.limit)
+        suspicious = {call_id.hex() for call_id in self._calls.store.suspicious()}
+        for row in rows:
+            row["suspicious"] = row["id"] in suspicious
         return rows
 
     async def call_verify(self, p: CallVerifyParams) -> JsonObject:
@@ -704,15 +744,22 @@ class Api:
         last = max(calls, key=lambda c: c.machine.started)
         shown = last.sas
         assert shown is not None  # (the calls above all have one)
+        if p.differ:  # the user compared the words and they differ: never a typo
+            log.warning("WARNING: the SAS of the call with %s differed: someone may be in the "
+                        "middle", entry.name)
+            self._calls.store.mark_suspicious(last.call_id, time.time())
+            self.daemon.contacts.unverify(entry.public_key)
+            return {"contact": encode_user_id(entry.public_key), "name": entry.name,
+                    "verified": False, "suspicious": True, "sas": shown.text}
         if p.sas is not None:
             spoken = str(p.sas)
             heard = sas_from_number(spoken) if spoken.replace(" ", "").isdigit() \
                 else sas_from_words(spoken)
-            if heard != shown:
-                log.warning("WARNING: the SAS %s does not match %s shown for the call with "
-                            "%s: someone may be in the middle", heard, shown, entry.name)
-                raise RpcError(INVALID_PARAMS, f"the words do not match ({shown.text} here): "
-                               "someone may be in the middle; the contact stays unverified")
+            if heard != shown:  # a typo as likely as an attacker: nothing is marked yet
+                raise RpcError(INVALID_PARAMS, f"the words do not match the ones shown here "
+                               f"({shown.text}): check them for a typo and try again; if the "
+                               "words your contact reads really differ, say so with "
+                               "differ (`call verify NAME --differ`)")
         self.daemon.contacts.mark_verified(entry.public_key, entry.name, time.time(),
                                            last.remote_fingerprint)
         return {"contact": encode_user_id(entry.public_key), "name": entry.name,

@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     contact_sub = contact.add_subparsers(dest="contact_command", required=True)
     c_request = contact_sub.add_parser("request", help="ask ID to become a contact")
     c_request.add_argument("id", metavar="ID")
-    c_request.add_argument("--name", help="the display name they will see")
+    c_request.add_argument("--name", help="YOUR display name, the one they will see")
+    c_request.add_argument("--as", dest="contact_name", metavar="NAME",
+                           help="what to call THEM in your contact list")
     c_request.add_argument("--message", default="", help="a short note (280 characters)")
     c_pending = contact_sub.add_parser("pending", help="requests waiting for an answer")
     c_pending.add_argument("--json", action="store_true")
@@ -146,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
         c_other.add_argument("id", metavar="ID")
     c_list = contact_sub.add_parser("list", help="contacts and their status")
     c_list.add_argument("--json", action="store_true")
+    c_rename = contact_sub.add_parser("rename", help="change what you call a contact")
+    c_rename.add_argument("id", metavar="NAME_OR_ID")
+    c_rename.add_argument("name", metavar="NEW_NAME")
+    c_remove = contact_sub.add_parser("remove", help="remove a contact: connection, presence "
+                                      "and session stop (the history is kept)")
+    c_remove.add_argument("id", metavar="NAME_OR_ID")
+    c_remove.add_argument("--delete-history", action="store_true",
+                          help="also delete the conversation's messages")
     contact.set_defaults(func=cmd_contact)
 
     connect = sub.add_parser("connect", help="open an encrypted connection to a contact")
@@ -156,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     send = sub.add_parser("send", help="send a message (queued; delivered when possible)")
     send.add_argument("contact", metavar="NAME_OR_ID")
-    send.add_argument("text", metavar="TEXT")
+    send.add_argument("text", metavar="TEXT", nargs="?",
+                      help="the message; `-` or none: read it from standard input")
     send.add_argument("--wait", action="store_true",
                       help="return once the delivery receipt arrived")
     send.add_argument("--timeout", type=float, default=60.0)
@@ -190,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     timer = sub.add_parser("timer", help="disappearing messages for a conversation")
     timer.add_argument("contact", metavar="NAME_OR_ID")
-    timer.add_argument("seconds", type=int, metavar="SECONDS",
-                       help="delete messages this long after they are read (0: off)")
+    timer.add_argument("seconds", metavar="DURATION",
+                       help="delete messages this long after they are read: 90s, 30m, 1h, "
+                       "7d, 2w or seconds (0 or off: never)")
     timer.set_defaults(func=cmd_timer)
 
     files = sub.add_parser("file", help="send and receive files")
@@ -229,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         call.add_argument(flag, dest=flag[2:].replace("-", "_"), help=what)
     call.add_argument("--duration", type=float, help="hang up after S seconds of media")
     call.add_argument("--sas", help="with verify: the words the contact read to you")
+    call.add_argument("--differ", action="store_true",
+                      help="with verify: the words the contact read are NOT yours (marks the "
+                      "call suspicious: someone may be in the middle)")
     call.add_argument("--limit", type=int, default=50, help="with list: how many")
     call.add_argument("--json", action="store_true")
     call.set_defaults(func=cmd_call)

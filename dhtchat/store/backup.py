@@ -22,7 +22,7 @@ ACCOUNT_TABLES: Final = ("meta", "conversations", "outbox", "group_copies", "gro
                          "call_certificates")
 """Tables of ``messages.db`` in every backup: positions of the message streams, messages not
 yet delivered, groups and the DTLS certificates of calls."""
-HISTORY_TABLES: Final = ("messages", "files", "calls")
+HISTORY_TABLES: Final = ("messages", "files", "calls", "suspicious_calls")
 """Tables of ``messages.db`` only in a backup with the history."""
 NOT_BACKED_UP_META: Final = frozenset({"prekeys"})
 """Meta entries that never travel (one-time prekeys: restoring them would let an old
