@@ -511,7 +511,17 @@ class Api:
     async def message_history(self, p: MessageHistoryParams) -> list[JsonObject]:
         """The conversation with a contact or a group."""
         history = self._messenger.history
-        target = self._contact_or_group(p.contact)
+        try:
+            target: ContactEntry | Group = self._contact_or_group(p.contact)
+        except RpcError as not_found:
+            # A removed contact's kept history, by user id (contact.remove).
+            try:
+                key = decode_user_id(p.contact)
+            except InvalidUserId:
+                raise not_found from None
+            if not history.history(key, 1):
+                raise
+            return [self.message_json(m) for m in history.history(key, p.limit)]
         if isinstance(target, Group):
             return [self.message_json(m) for m in history.group_history(target.id, p.limit)]
         return [self.message_json(m) for m in history.history(target.public_key, p.limit)]

@@ -140,8 +140,8 @@ def _verify(args: argparse.Namespace, contact: str, spoken: str | None) -> int:
         try:
             result = rpc(args, "call.verify", params)
         except RpcError as exc:
-            if exc.code != INVALID_PARAMS or not ("do not match" in exc.message or "SAS" in exc.message) \
-                    or not sys.stdin.isatty():
+            typo = "do not match" in exc.message or "SAS" in exc.message
+            if exc.code != INVALID_PARAMS or not typo or not sys.stdin.isatty():
                 raise
             print(f"error: {exc.message.split(': check')[0]}", file=sys.stderr)
             answer = input("Retype the words your contact reads (or type `differ` if they "
