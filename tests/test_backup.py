@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from dhtchat.app.keystore import load_identity_document, open_identity
+from dhtchat.core.identity import decode_user_id
+from dhtchat.store.history import History, history_key
 from tests.daemons import (
+    PASSPHRASE,
     DaemonProcess,
     DhtProcess,
     _env,
@@ -71,6 +75,21 @@ def _wait_texts(profile: Path, contact: str, incoming_from: str, want: list[str]
     raise AssertionError(f"{want} never all arrived; got {got}")
 
 
+def _check_no_session_travelled(profile: Path, contact: bytes) -> None:
+    """The replay rule: the restored history has the conversation's counters but no ratchet
+    session and no prekeys (the daemon starts both afresh)."""
+    identity = open_identity(load_identity_document(profile / "identity.json"), PASSPHRASE)
+    history = History(profile / "messages.db", history_key(identity.seed))
+    try:
+        row = history.conversation(contact)
+        assert row.next_out_seq > 1 and row.next_in_seq > 1  # the streams' positions came
+        assert row.session is None
+        assert history.get_meta("prekeys") is None
+        assert all(entry.frame is None for entry in history.outbox(contact))
+    finally:
+        history.close()
+
+
 @pytest.mark.slow
 def test_restored_profile_talks_with_the_old_contact(tmp_path: Path, dht: DhtProcess) -> None:
     alice_id = new_identity(tmp_path / "alice")
@@ -109,6 +128,7 @@ def test_restored_profile_talks_with_the_old_contact(tmp_path: Path, dht: DhtPro
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == alice_id
         assert cli(new_profile, "id", "show").stdout.strip() == alice_id
+        _check_no_session_travelled(new_profile, decode_user_id(bob_id))
         restored = DaemonProcess(new_profile, _args(dht, "Alice"))
         restored.wait_ready()
         row = restored.wait_contact(bob_id, lambda r: r["state"] == "accepted")

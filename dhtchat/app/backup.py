@@ -89,6 +89,7 @@ class BackupSummary:
     files: int
     file_bytes: int
     history: bool
+    created: float  # when the backup was written (UNIX time)
 
 
 def _derive(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:
@@ -210,7 +211,8 @@ def write_backup(profile: Profile, identity: SigningIdentity, dest: Path, passph
 def _write(profile: Profile, identity: SigningIdentity, handle: IO[bytes], passphrase: str,
            with_history: bool) -> BackupSummary:
     writer = _Writer(handle, passphrase)
-    writer.record(["header", {"version": VERSION, "created": time.time(),
+    created = time.time()
+    writer.record(["header", {"version": VERSION, "created": created,
                               "user_id": identity.user_id, "history": with_history,
                               "root": str(profile.root.resolve())}])
     writer.record(["identity", identity.seed])
@@ -251,7 +253,7 @@ def _write(profile: Profile, identity: SigningIdentity, handle: IO[bytes], passp
             file_bytes += size
     writer.record(["end", {"rows": rows, "files": files, "bytes": file_bytes}], final=True)
     return BackupSummary(identity.user_id, contact_count, rows, files, file_bytes,
-                         with_history)
+                         with_history, created)
 
 
 # ---------------------------------------------------------------------- reading
@@ -355,6 +357,8 @@ def _restore(handle: IO[bytes], staging: Profile, final_root: Path, passphrase: 
     identity = SigningIdentity.from_seed(seed)
     if meta.get("user_id") != identity.user_id:
         raise BackupError("the backup's identity does not match its header")
+    stamp = meta.get("created")
+    created = float(stamp) if isinstance(stamp, (int, float)) else 0.0
     save_identity_file(staging.identity_path, identity, identity_passphrase)
     key = contacts_key(identity.seed)
     contacts = ContactStore(staging.root / "contacts.sqlite", key)
@@ -390,7 +394,7 @@ def _restore(handle: IO[bytes], staging: Profile, final_root: Path, passphrase: 
                     raise BackupError("the backup's end record does not match its contents")
                 summary = BackupSummary(identity.user_id, len(contacts.all("accepted")),
                                         restorer.rows, files, file_bytes,
-                                        bool(meta.get("history")))
+                                        bool(meta.get("history")), created)
             else:
                 raise BackupError(f"the backup holds an unknown record {kind[:20]!r}")
         if summary is None:

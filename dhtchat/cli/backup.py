@@ -10,6 +10,7 @@ import argparse
 import getpass
 import os
 import sys
+import time
 from pathlib import Path
 
 from dhtchat.app.backup import ensure_stopped, restore_backup, write_backup
@@ -71,8 +72,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
                                               prompt="Passphrase for the restored profile: ")
     summary = restore_backup(Path(args.file), profile.root, passphrase, identity_passphrase)
     what = f"history and {summary.files} received files" if summary.history else "no history"
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.created))
     print(f"restored {summary.user_id} into {profile.root}: {summary.contacts} contacts, "
           f"{what}. Start the daemon: it opens new sessions with your contacts (no new "
           "contact requests needed).", file=sys.stderr)
+    print(f"note: this backup was written {when}; if the profile exchanged messages after "
+          "that, restore a newer backup (with an older one those conversations can stall)",
+          file=sys.stderr)
     print(summary.user_id)
     return EXIT_OK
