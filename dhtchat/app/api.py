@@ -340,7 +340,8 @@ class Api:
         if entry is not None and entry.state == "accepted":
             return self.contact_json(entry)
         if entry is not None and entry.state == "incoming":
-            return await self.contact_accept(ContactAcceptParams(id=p.id))
+            return await self.contact_accept(ContactAcceptParams(id=p.id,
+                                                                 name=p.contact_name))
         # sealing checks the sizes, before anything is recorded
         record = await asyncio.to_thread(
             make_contact_request, daemon.identity, recipient, kind="request", name=my_name,
@@ -420,19 +421,14 @@ class Api:
     async def contact_remove(self, p: ContactRemoveParams) -> JsonObject:
         """Forget a contact: the connection, presence and rendezvous stop, the pair's
         ratchet session is deleted; the history stays unless ``delete_history``."""
-        daemon = self.daemon
         found = self._resolve(p.id)
         if not isinstance(found, ContactEntry) or found.state == "blocked":
-            raise RpcError(NOT_FOUND, "that id is not in your contact list" if not
-                           isinstance(found, ContactEntry) else
-                           "that id is blocked; `dhtchat contact unblock ID` forgets it")
-        key = found.public_key
-        await daemon.connections.drop(key, "removed")
-        daemon.contacts.delete(key)
-        daemon.contacts.unverify(key)
-        deleted = daemon.history.forget_contact(key, history=p.delete_history)
-        self._messenger.stream.states.pop(key, None)
-        return {"id": encode_user_id(key), "name": found.name, "state": "removed",
+            raise RpcError(NOT_FOUND, "that id is blocked; `dhtchat contact unblock ID` "
+                           "forgets it" if isinstance(found, ContactEntry)
+                           else "that id is not in your contact list")
+        deleted = await self.daemon.remove_contact(found.public_key,
+                                                   delete_history=p.delete_history)
+        return {"id": encode_user_id(found.public_key), "name": found.name, "state": "removed",
                 "history_deleted": p.delete_history, "messages_deleted": deleted}
 
     async def connect(self, p: ConnectParams) -> JsonObject:
@@ -513,13 +509,9 @@ class Api:
         history = self._messenger.history
         try:
             target: ContactEntry | Group = self._contact_or_group(p.contact)
-        except RpcError as not_found:
-            # A removed contact's kept history, by user id (contact.remove).
-            try:
-                key = decode_user_id(p.contact)
-            except InvalidUserId:
-                raise not_found from None
-            if not history.history(key, 1):
+        except RpcError:  # a removed contact's kept history, by user id (contact.remove)
+            key = self._resolve(p.contact) if len(p.contact) >= 50 else None
+            if not isinstance(key, bytes) or not history.history(key, 1):
                 raise
             return [self.message_json(m) for m in history.history(key, p.limit)]
         if isinstance(target, Group):
@@ -755,8 +747,7 @@ class Api:
         shown = last.sas
         assert shown is not None  # (the calls above all have one)
         if p.differ:  # the user compared the words and they differ: never a typo
-            log.warning("WARNING: the SAS of the call with %s differed: someone may be in the "
-                        "middle", entry.name)
+            log.warning("WARNING: the SAS of the call with %s differed", entry.name)
             self._calls.store.mark_suspicious(last.call_id, time.time())
             self.daemon.contacts.unverify(entry.public_key)
             return {"contact": encode_user_id(entry.public_key), "name": entry.name,
