@@ -83,7 +83,7 @@ def test_name_rename_list_and_remove(tmp_path: Path, dht: DhtProcess) -> None:
         # Asked again, named again; then removed with its history.
         cli(alice.profile, "contact", "request", bob_id, "--as", "Bob again")
         again = cli(alice.profile, "contact", "remove", "Bob again", "--delete-history")
-        assert "1 messages deleted" in again.stdout, again.stdout
+        assert "1 message deleted" in again.stdout, again.stdout
         wiped = cli(alice.profile, "history", bob_id, check=False)
         assert wiped.returncode == 2 and "before the removal" not in wiped.stdout
         assert json.loads(cli(alice.profile, "contact", "list", "--json").stdout) == []

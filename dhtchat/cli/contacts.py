@@ -40,8 +40,10 @@ def cmd_contact(args: argparse.Namespace) -> int:
     elif action == "remove":
         result = rpc(args, "contact.remove", {"id": args.id,
                                               "delete_history": args.delete_history})
-        kept = f"{result['messages_deleted']} messages deleted" if result["history_deleted"] \
-            else "history kept (`--delete-history` deletes it)"
+        count = result["messages_deleted"]
+        kept = f"{count} message{'' if count == 1 else 's'} deleted" \
+            if result["history_deleted"] else \
+            f"history kept (`dhtchat history {result['id']}`; `--delete-history` deletes it)"
         print(f"removed {result['name']} ({result['id']}); {kept}")
     else:
         print_contacts(rpc(args, "contact.list", {}), args.json)
