@@ -65,6 +65,7 @@ if str(ROOT) not in sys.path:
 import libtmux  # noqa: E402
 
 from dhtchat.app.rpc import RpcClient, call  # noqa: E402
+from dhtchat.ui.client import UiClient, socket_path  # noqa: E402
 from tests.daemons import (  # noqa: E402
     PASSPHRASE,
     DaemonProcess,
@@ -229,10 +230,12 @@ async def send_many(profile: Path, to: str, count: int) -> None:
 
 
 async def history_count(profile: Path, contact: str, limit: int) -> int:
-    client = await RpcClient.open(profile / "daemon.sock")
+    """How many messages of the conversation are stored (the client's connection: its
+    reply lines may be long)."""
+    client = UiClient(socket_path(profile))
+    await client.connect()
     try:
-        rows = await client.call("message.history", {"contact": contact, "limit": limit})
-        return len(rows) if isinstance(rows, list) else 0
+        return len(await client.history(contact, limit))
     finally:
         await client.close()
 
@@ -246,6 +249,18 @@ def ui_argv(profile: Path, *extra: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- measurements
+
+
+def import_time(samples: int = 3) -> float:
+    """Median wall time of a Python process that only imports the CLI and the client (the
+    part of a start before anything is drawn or asked of the daemon)."""
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import dhtchat.cli, dhtchat.ui.app"],
+                       check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def tmux_costs(term: Terminal, samples: int = 20) -> dict[str, float]:
@@ -374,11 +389,12 @@ def run(options: argparse.Namespace, root: Path) -> dict[str, Any]:
     results: dict[str, Any] = {
         "config": {k: str(v) for k, v in vars(options).items()},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(), "load_average": os.getloadavg()},
         "start_running": [], "open": [], "start_by_ui_unlock_screen": [],
         "start_by_ui_after_passphrase": [],
     }
     compileall.compile_dir(str(ROOT / "dhtchat"), quiet=1)  # as an installed package is
+    results["import_ui"] = import_time()
     log(f"starting a {options.dht_nodes}-node DHT and two daemons")
     setup = Setup(root, options.dht_nodes)
     try:
@@ -423,6 +439,9 @@ def report(results: dict[str, Any], options: argparse.Namespace) -> None:
     tmux = results.get("tmux", {})
     print(f"tmux: one capture-pane {ms(tmux.get('capture_pane_p50', 0))}, one client call "
           f"{ms(tmux.get('client_call_p50', 0))} (p50; part of every time below)")
+    if "import_ui" in results:
+        print(f"python -c 'import dhtchat.cli, dhtchat.ui.app': {ms(results['import_ui'])} "
+              "(median of 3; part of every start)")
     for key, label in (("start_running", "start to the conversations list, daemon running"),
                        ("start_by_ui_unlock_screen", "start to the unlock screen, no daemon"),
                        ("start_by_ui_after_passphrase",
@@ -593,7 +612,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     results["wall_s"] = time.monotonic() - started
     report(results, options)
-    print(f"total wall time {results['wall_s']:.0f} s on {os.cpu_count()} CPUs")
+    load = results["machine"]["load_average"]
+    print(f"total wall time {results['wall_s']:.0f} s on {os.cpu_count()} CPUs (load average "
+          f"{load[0]:.2f} at the start)")
     if options.json:
         options.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
