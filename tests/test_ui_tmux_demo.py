@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
+from dhtchat.cli.demoui import daemon_options
+from dhtchat.cli.parser import build_parser
+from dhtchat.ui.daemonctl import DaemonControl
 from tests.daemons import REPO, cli
 
 libtmux = pytest.importorskip("libtmux")
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
 
 WIDTH, HEIGHT = 80, 24
 TEXT = "hello from the tmux test"
@@ -62,6 +63,9 @@ def _bot_history(bot: Path, user: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+@pytest.mark.timeout(240)
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 def test_the_demo_on_a_terminal_opens_the_client_and_enter_sends(tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"  # the demo's TemporaryDirectory goes here (TMPDIR)
     tmp.mkdir()
@@ -115,3 +119,18 @@ def test_the_demo_on_a_terminal_opens_the_client_and_enter_sends(tmp_path: Path)
         assert left.stdout.strip() == "", "a process of the demo is still running"
     finally:
         server.kill()
+
+
+def test_the_demos_daemon_flags_reach_the_daemon_the_client_starts(tmp_path: Path) -> None:
+    """The client's command line for the demo's profile parses to the same ``dhtchat
+    daemon`` options as the demo's own flags (nothing lost, nothing doubled)."""
+    flags = ["--port", "0", "--host", "127.0.202.1", "--ice-address", "127.0.0.1", "--name",
+             "Demo User", "--bootstrap", "127.0.1.1:4000", "--bootstrap", "127.0.2.1:4001"]
+    argv = DaemonControl(tmp_path, daemon_options(flags)).command("")
+    assert argv[1:3] == ["-m", "dhtchat"]
+    parser = build_parser()
+    theirs = vars(parser.parse_args(["--profile", str(tmp_path), "daemon", *flags]))
+    ours = vars(parser.parse_args(argv[3:]))
+    assert ours == theirs
+    assert ours["ice_address"] == ["127.0.0.1"] and ours["host"] == "127.0.202.1"
+    assert ours["bootstrap"] == ["127.0.1.1:4000", "127.0.2.1:4001"]
