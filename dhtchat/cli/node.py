@@ -145,7 +145,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
-    if not args.dht and has_terminal():
+    # On a terminal the desktop client (--keep-running: the transcript, then the commands to
+    # go on with from another terminal).
+    if not args.dht and not args.keep_running and has_terminal():
         from dhtchat.cli.demoui import run_demo_ui  # noqa: PLC0415 - loads Textual
 
         return run_demo_ui(nodes=max(4, min(args.nodes, 250)), timeout=args.timeout,
