@@ -319,6 +319,7 @@ class Api:
             "dropped_signals": daemon.dropped_signals,
             "outbox": len(outbox),
             "outbox_in_mailbox": sum(e.mailbox_stored for e in outbox),
+            "lan_discovery": daemon.running.lan.status(),
         }
 
     async def contact_request(self, p: ContactRequestParams) -> JsonObject:
