@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,9 +67,10 @@ def _bot_history(bot: Path, user: str) -> list[dict[str, Any]]:
 @pytest.mark.timeout(240)
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
-def test_the_demo_on_a_terminal_opens_the_client_and_enter_sends(tmp_path: Path) -> None:
-    tmp = tmp_path / "tmp"  # the demo's TemporaryDirectory goes here (TMPDIR)
-    tmp.mkdir()
+def test_the_demo_on_a_terminal_opens_the_client_and_enter_sends() -> None:
+    # The demo's TemporaryDirectory goes here (TMPDIR). Not under tmp_path: under xdist that
+    # is long enough to push the daemon's socket path past AF_UNIX's 108 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="dtt-"))
     demo = " ".join(shlex.quote(a) for a in [
         "env", "-u", "CI", "-u", "DHTCHAT_HOME", "-u", "DHTCHAT_PASSPHRASE",
         f"TMPDIR={tmp}", f"PYTHONPATH={REPO}", "TERM=xterm-256color",
@@ -119,6 +121,7 @@ def test_the_demo_on_a_terminal_opens_the_client_and_enter_sends(tmp_path: Path)
         assert left.stdout.strip() == "", "a process of the demo is still running"
     finally:
         server.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_the_demos_daemon_flags_reach_the_daemon_the_client_starts(tmp_path: Path) -> None:
