@@ -66,7 +66,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -205,22 +205,30 @@ async def drain(daemon: DaemonProcess) -> int:
 
 
 async def bench_latency(pair: Pair, samples: int, size: int) -> dict[str, Any]:
+    """Send RPC -> Bob's long-poll returns, over one API connection per daemon (as a client
+    that stays connected, e.g. the desktop client, talks to it)."""
     assert pair.alice is not None and pair.bob is not None
-    alice, bob = pair.alice, pair.bob
+    alice = await RpcClient.open(pair.alice.profile / "daemon.sock")
+    bob = await RpcClient.open(pair.bob.profile / "daemon.sock")
     times: list[float] = []
     wrong = 0
-    for i in range(samples):
-        text = text_of(i, size)
-        receive = asyncio.ensure_future(rpc(bob, "message.receive",
-                                            {"wait": 30, "limit": 10}, timeout=60))
-        await asyncio.sleep(0.01)  # the long-poll is waiting in Bob's daemon
-        started = time.perf_counter()
-        await rpc(alice, "message.send", {"to": pair.bob_id, "text": text})
-        got = await receive
-        while not got:  # a wake-up without the message (should not happen)
-            got = await rpc(bob, "message.receive", {"wait": 30, "limit": 10}, timeout=60)
-        times.append(time.perf_counter() - started)
-        wrong += [m["text"] for m in got] != [text]
+    try:
+        for i in range(samples):
+            text = text_of(i, size)
+            receive = asyncio.ensure_future(bob.call("message.receive",
+                                                     {"wait": 30, "limit": 10}, timeout=60))
+            await asyncio.sleep(0.01)  # the long-poll is waiting in Bob's daemon
+            started = time.perf_counter()
+            await alice.call("message.send", {"to": pair.bob_id, "text": text})
+            got = cast(list[dict[str, Any]], await receive)
+            while not got:  # a wake-up without the message (should not happen)
+                got = cast(list[dict[str, Any]], await bob.call(
+                    "message.receive", {"wait": 30, "limit": 10}, timeout=60))
+            times.append(time.perf_counter() - started)
+            wrong += [m["text"] for m in got] != [text]
+    finally:
+        await alice.close()
+        await bob.close()
     return {"samples": samples, "size": size, "p50_ms": percentile(times, 0.5) * 1000,
             "p95_ms": percentile(times, 0.95) * 1000, "mean_ms": sum(times) / len(times) * 1000,
             "max_ms": max(times) * 1000, "wrong": wrong}

@@ -125,8 +125,9 @@ class DaemonProcess:
                              f"{self.log()}")
 
     def log(self) -> str:
-        """The daemon's output so far (tail)."""
-        self._log.flush()
+        """The daemon's output so far (tail); also after stop()."""
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-6000:]
 
     def stop(self) -> None:

@@ -35,6 +35,13 @@ CASES: list[tuple[str, bool, list[str]]] = [
         r"^Bob received 'hello Bob'; Alice has the delivery receipt: True",
         r"^OK: end-to-end encrypted message delivered exactly once, with a receipt$",
     ]),
+    ("demo_conversation.py", True, [
+        r"^DemoBot is [a-z2-7]{58}; your profile is you$",
+        r"^DemoBot accepted the request$",
+        r"^'how are you\?' delivered: True$",
+        r"^DemoBot answered: 'You said \"how are you\?\"",
+        r"^OK: the demo contact accepted and answered, through the daemon's API$",
+    ]),
     ("identity_and_fingerprint.py", False, [
         r"^Alice's user id: [a-z2-7]{58}$",
         r"^typo detected: +user id checksum mismatch",

@@ -328,23 +328,30 @@ class Messenger:
             state.inbound_task = self.daemon.spawn(self._drain(contact, state.inbound))
 
     async def _drain(self, contact: bytes, queue: asyncio.Queue[bytes]) -> None:
+        # The frames that came after a quiet spell (this task was just started for them)
+        # are handled at once: a message typed by a person waits for nothing. Frames that
+        # keep coming meanwhile are handled (and their messages committed) in batches:
+        # while a commit blocks the loop the next frames wait in the socket, and the
+        # transport hands them over one per turn of the loop, so a batch is collected until
+        # none arrived for COLLECT_TURNS turns.
+        collect = 0
         while not queue.empty():
-            # Frames that keep coming are handled (and their messages committed) as one
-            # batch: while a commit blocks the loop the next frames wait in the socket, and
-            # the transport hands them over one per turn of the loop.
             batch: list[bytes] = []
             idle = 0
-            while len(batch) < RECEIVE_BATCH and idle < COLLECT_TURNS:
-                if queue.empty():
-                    idle += 1
-                    await asyncio.sleep(0)
+            while len(batch) < RECEIVE_BATCH:
+                if not queue.empty():
+                    idle = 0
+                    batch.append(queue.get_nowait())
                     continue
-                idle = 0
-                batch.append(queue.get_nowait())
+                if idle >= collect:
+                    break
+                idle += 1
+                await asyncio.sleep(0)
             try:
                 await self._on_frames(contact, batch)
             except Exception:  # bad frames must not stop the contact's others
                 log.exception("error handling frames from %s", contact.hex()[:12])
+            collect = COLLECT_TURNS
 
     def attach(self, link: Link, channel: RTCDataChannel) -> None:
         """The connection is up: resend the outbox and resume incoming files."""

@@ -9,7 +9,6 @@ import logging
 import signal
 import time
 
-from dhtchat.app.demo import run_demo
 from dhtchat.app.profile import NodeState, Profile, resolve_profile_dir
 from dhtchat.cli.errors import EXIT_OK, UsageError
 from dhtchat.cli.options import parse_bootstrap
@@ -138,5 +137,14 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run a local network on loopback and show it working."""
-    return asyncio.run(run_demo(nodes=args.nodes, keep_running=args.keep_running))
+    """Run a local network on loopback and show it working (the conversation with the demo
+    bot; ``--dht``: the DHT put/get)."""
+    from dhtchat.app.demo import run_demo  # noqa: PLC0415 - the conversation loads aiortc
+
+    if not args.timeout > 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    if not args.verbose and not args.dht:  # the transcript says what the daemons log
+        logging.getLogger("dhtchat").setLevel(logging.ERROR)
+        logging.getLogger("dhtchat.demobot").setLevel(logging.WARNING)
+    return asyncio.run(run_demo(dht=args.dht, nodes=args.nodes, keep_running=args.keep_running,
+                                timeout=args.timeout))

@@ -237,9 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait this long for a call to ring")
     answer.set_defaults(func=cmd_answer)
 
-    demo = sub.add_parser("demo", help="run a local network on loopback and show it working")
+    demo = sub.add_parser("demo", help="chat, send a file and call a demo contact on a local "
+                          "DHT on loopback (the transcript without a terminal)")
+    demo.add_argument("--dht", action="store_true",
+                      help="only the DHT: a signed put/get and a listen push")
     demo.add_argument("--nodes", type=int, default=16)
+    demo.add_argument("--timeout", type=float, default=180.0,
+                      help="fail if the conversation is not done within this many seconds")
     demo.add_argument("--keep-running", action="store_true",
-                      help="keep the network up until Ctrl-C")
+                      help="keep the network (and the demo contact) up until Ctrl-C")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -14,14 +14,15 @@ a lookup run forever.
 
 When a lookup ends depends on what it is for:
 
-* *Patient* (``quorum=None``: FIND_NODE, PUT, LISTEN, bootstrap): when the ``k`` closest
+* *Patient* (``quorum=None``: FIND_NODE, PUT, LISTEN): when the ``k`` closest
   candidates that have not failed have all answered. A slow one among them is waited for
   until it answers or hits the hard timeout: the caller needs the true ``k`` closest (a PUT
   stores on them, a LISTEN subscribes on them), and skipping a slow one would name a farther
   node instead.
-* *Quorum* (``quorum=q``, a GET): a value lookup only needs *some* replicas, not the exact
-  replica set. It ends when (a) the ``k`` closest candidates that are neither failed nor slow
-  have all answered, and (b) of the ``k`` closest candidates that have not failed (slow ones
+* *Quorum* (``quorum=q``: a GET, and the bootstrap's self-lookup, which only fills the
+  routing table): a value lookup only needs *some* replicas, not the exact replica set.
+  It ends when (a) the ``k`` closest candidates that are neither failed nor slow have all
+  answered, and (b) of the ``k`` closest candidates that have not failed (slow ones
   included), at least the fraction ``q`` has answered. A dead node among the closest -- a
   peer that just went offline, still in everyone's table -- then costs one soft timeout
   (one RTO; the node does not stretch it by the address's backoff), not the hard timeout.

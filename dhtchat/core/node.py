@@ -312,6 +312,8 @@ class DhtNode(NodeQueries):
             return
         self._forget_transaction(txn)
         self.stats["responses_received"] += 1
+        if self._suspects:
+            self._suspects.pop(address, None)  # it answers again
         peer = self._peer(address, now)
         if txn.attempts == 1:
             sample = max(0.0, now - txn.sent_at)

@@ -65,6 +65,7 @@ from dhtchat.core.wire import (
 )
 
 _MAX_REJOINS: Final = 4
+_QUORUM_KINDS: Final = frozenset({_Kind.GET, _Kind.BOOTSTRAP})
 _REJOIN_DELAY: Final = 5.0
 
 
@@ -192,8 +193,9 @@ class NodeQueries(NodeState):
         if query.target != self.node_id:
             self.table.touch_bucket(self.table.bucket_index(query.target), now)
         lookup: Lookup | DisjointLookup
-        # a GET needs some replicas, not the exact k closest: it need not wait for slow ones
-        quorum = self.config.get_quorum if query.kind is _Kind.GET else None
+        # a GET needs some replicas, not the exact k closest, and a bootstrap a filled table:
+        # neither need wait for slow candidates (FIND_NODE, PUT and LISTEN need the true k)
+        quorum = self.config.get_quorum if query.kind in _QUORUM_KINDS else None
         if self.config.disjoint_paths > 1:
             lookup = DisjointLookup(query.target, k=self.config.k, alpha=self.config.alpha,
                                     paths=self.config.disjoint_paths,
@@ -215,14 +217,25 @@ class NodeQueries(NodeState):
         lookup = query.lookup
         if lookup is None:
             return
-        for cand in lookup.next_queries():
-            body: RequestBody
-            if query.kind is _Kind.GET:
-                body = GetValues(query.target, query.owner or b"")
-            else:
-                body = FindNode(query.target)
-            self._send_request(cand.address, body, now, purpose=_Purpose.LOOKUP,
-                               query_id=query.query_id, expected_id=cand.node_id)
+        # A suspect candidate (it left a request unanswered lately) is asked, but its query
+        # starts slow: its slot goes to the next candidate at once. Every pass sends at least
+        # one new query, so max_lookup_queries bounds the loop.
+        started_slow = True
+        while started_slow:
+            started_slow = False
+            for cand in lookup.next_queries():
+                body: RequestBody
+                if query.kind is _Kind.GET:
+                    body = GetValues(query.target, query.owner or b"")
+                else:
+                    body = FindNode(query.target)
+                tid = self._send_request(cand.address, body, now, purpose=_Purpose.LOOKUP,
+                                         query_id=query.query_id, expected_id=cand.node_id)
+                if self._suspects and self.is_suspect(cand.address, now) and \
+                        self._go_slow(self._transactions[tid], now):
+                    self.stats["suspects_started_slow"] += 1
+                    lookup.on_slow(cand.node_id)
+                    started_slow = True
         if lookup.finished and query.pending == 0:
             query.lookup = None
             self._lookup_done(query, lookup, now)
@@ -312,29 +325,17 @@ class NodeQueries(NodeState):
     # ------------------------------------------------------------------ failures
 
     def _on_timeout(self, txn: _Transaction, now: float) -> None:
-        if txn.purpose is _Purpose.LOOKUP and not txn.slow:
+        self._note_unanswered(txn.address, now)
+        if txn.purpose is _Purpose.LOOKUP and not txn.slow and self._go_slow(txn, now):
             # Soft timeout (Jimenez et al. 2011): give the slot to the next candidate now but
             # keep listening for this answer until the hard limit.
-            txn.slow = True
-            # hard limit: three RTOs (a dead node must not hold a lookup for max_rto), and
-            # never under RFC 6298's initial 1 s for a path we have not measured yet (the
-            # prior from other peers says nothing about this one)
-            cfg = self.config
-            wait = 3 * txn.rto
-            measured = self._peers.get(txn.address)
-            if measured is None or measured.srtt is None:
-                wait = max(wait, cfg.initial_rto)
-            hard = txn.sent_at + min(cfg.max_rto, wait)
-            if hard > now:
-                txn.deadline = hard
-                heapq.heappush(self._deadlines, (hard, txn.tid))
-                self.stats["soft_timeouts"] += 1
-                query = self._queries.get(txn.query_id) if txn.query_id is not None else None
-                if query is not None and query.lookup is not None and \
-                        txn.expected_id is not None:
-                    query.lookup.on_slow(txn.expected_id)
-                    self._pump(query, now)
-                return
+            self.stats["soft_timeouts"] += 1
+            query = self._queries.get(txn.query_id) if txn.query_id is not None else None
+            if query is not None and query.lookup is not None and \
+                    txn.expected_id is not None:
+                query.lookup.on_slow(txn.expected_id)
+                self._pump(query, now)
+            return
         est = self._peer(txn.address, now)
         est.backoff = min(8.0, est.backoff * 2)
         retries = self.config.store_retries if txn.purpose in (
@@ -351,6 +352,24 @@ class NodeQueries(NodeState):
         self._forget_transaction(txn)
         self.stats["timeouts"] += 1
         self._fail(txn, now)
+
+    def _go_slow(self, txn: _Transaction, now: float) -> bool:
+        """Mark a lookup request slow: it waits on until its hard limit (False: none left)."""
+        # hard limit: three RTOs (a dead node must not hold a lookup for max_rto), and never
+        # under RFC 6298's initial 1 s for a path we have not measured yet (the prior from
+        # other peers says nothing about this one)
+        cfg = self.config
+        wait = 3 * txn.rto
+        measured = self._peers.get(txn.address)
+        if measured is None or measured.srtt is None:
+            wait = max(wait, cfg.initial_rto)
+        hard = txn.sent_at + min(cfg.max_rto, wait)
+        if hard <= now:
+            return False
+        txn.slow = True
+        txn.deadline = hard
+        heapq.heappush(self._deadlines, (hard, txn.tid))
+        return True
 
     def _fail(self, txn: _Transaction, now: float) -> None:
         if txn.expected_id is not None:

@@ -80,6 +80,7 @@ _ZERO_SIGNATURE: Final = bytes(64)
 
 
 _MAX_TRACKED_ADDRESSES: Final = 8192
+_MAX_SUSPECTS: Final = 256  # suspect addresses remembered at most (the oldest forgotten)
 
 
 
@@ -107,6 +108,11 @@ class DhtConfig:
     # Whether a lookup query's soft timeout (when its slot goes to the next candidate) grows
     # with the address's RFC 6298 backoff; the hard timeout always does.
     soft_timeout_backoff: bool = False
+    # An address that left a request unanswered past its RTO stays *suspect* this long (until
+    # it answers anything): a new lookup still asks it, but counts it as slow from the start,
+    # so a node that just went away costs one soft timeout per node, not one per lookup.
+    # 0 disables it.
+    suspect_memory: float = 30.0
     disjoint_paths: int = 1
     refresh_on_join: bool = True
     # How a node id follows from a node public key. Only the simulator changes it, to model
@@ -324,6 +330,9 @@ class NodeState:
         # per-address state, at most _MAX_TRACKED_ADDRESSES records (see _Peer)
         self._peers: dict[Address, _Peer] = {}
         self._overall_rtt = _Rtt()  # over every peer: the prior for addresses never measured
+        # address -> when a request to it first went unanswered past its RTO (see
+        # NodeConfig.suspect_memory); empty while every peer answers
+        self._suspects: dict[Address, float] = {}
         self._ip_limiter = TokenBuckets(self.config.rate_per_ip, self.config.burst_per_ip)
         self._subnet_limiter = TokenBuckets(
             self.config.rate_per_subnet, self.config.burst_per_subnet
@@ -435,6 +444,26 @@ class NodeState:
         ranked = sorted(peers.items(), key=lambda item: item[1].used)  # stable
         for address, _ in ranked[: len(peers) // 8]:
             del peers[address]
+
+    def _note_unanswered(self, address: Address, now: float) -> None:
+        """A request to ``address`` passed its RTO: the address is suspect until it answers."""
+        suspects = self._suspects
+        if address in suspects or self.config.suspect_memory <= 0:
+            return
+        if len(suspects) >= _MAX_SUSPECTS:
+            del suspects[next(iter(suspects))]  # insertion order: the oldest suspicion
+        suspects[address] = now
+
+    def is_suspect(self, address: Address, now: float) -> bool:
+        """Whether ``address`` left a request unanswered within ``suspect_memory`` (and has
+        not answered since)."""
+        since = self._suspects.get(address)
+        if since is None:
+            return False
+        if now - since < self.config.suspect_memory:
+            return True
+        del self._suspects[address]
+        return False
 
     def _rto(self, address: Address, *, backoff: bool = True) -> float:
         est = self._peers.get(address)
