@@ -321,9 +321,10 @@ class UiClient:
         return await self._typed(parse_group, "group.remove",
                                  {"group": group, "member": member})
 
-    async def group_leave(self, group: str) -> None:
+    async def group_leave(self, group: str) -> bool:
         """Leave a group (members only)."""
-        await self.call("group.leave", {"group": group})
+        reply = await self.call("group.leave", {"group": group})
+        return isinstance(reply, dict) and reply.get("left") is True
 
     async def call_start(self, to: str | list[str], media: dict[str, str],
                          video: bool = False) -> list[CallInfo]:
@@ -359,9 +360,10 @@ class UiClient:
                 params[key] = value
         return await self._typed(parse_call, "call.control", params)
 
-    async def call_verify(self, contact: str) -> None:
+    async def call_verify(self, contact: str) -> bool:
         """Mark the contact verified after the SAS words were compared and matched."""
-        await self.call("call.verify", {"contact": contact})
+        reply = await self.call("call.verify", {"contact": contact})
+        return isinstance(reply, dict) and reply.get("verified") is True
 
     async def settings_get(self) -> DaemonSettings:
         """The daemon settings saved in the profile and in effect."""

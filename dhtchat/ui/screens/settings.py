@@ -1,0 +1,268 @@
+"""Settings: what each one is, where it is kept and when it takes effect.
+
+* daemon settings (``settings.get`` / ``settings.set``, kept in ``PROFILE/settings.json``):
+  display name (at once), relay-only, TURN server, ICE addresses (at the next start of the
+  daemon: the screen says which saved values are waiting for it);
+* file auto-accept size (``file.limits``, at once);
+* this client's own (``PROFILE/ui-prefs.json``): microphone, speaker, camera of the calls it
+  places and answers; notifications and whether they may show message text;
+* the passphrase of the identity file (the keystore, as ``dhtchat id passphrase``: used at
+  the next unlock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Checkbox, Footer, Input, Label, Static
+
+from dhtchat.app.keystore import KeystoreError, rewrap_identity_file
+from dhtchat.app.profile import Profile
+from dhtchat.ui.client import ApiError
+from dhtchat.ui.daemonctl import Settings as StartSettings
+from dhtchat.ui.identity import MIN_PASSPHRASE, strength
+from dhtchat.ui.prefs import UiPrefs
+from dhtchat.ui.records import DaemonSettings
+from dhtchat.ui.screens.base import ApiScreen, guarded
+from dhtchat.ui.screens.deskhost import desk
+
+MIB = 1 << 20
+NOW = "takes effect at once"
+NEXT = "takes effect at the next start of your daemon"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What the screen edits, as read."""
+
+    daemon: DaemonSettings
+    auto_accept: int  # bytes
+    prefs: UiPrefs
+
+
+def _row(label: str, widget: Input | Checkbox, when: str, note_id: str) -> Horizontal:
+    return Horizontal(Label(label, classes="label"), widget,
+                      Static(when, id=note_id, classes="when", markup=False), classes="row")
+
+
+class SettingsScreen(ApiScreen):
+    """Edit the settings; Ctrl+S saves them."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("ctrl+p", "passphrase", "Change passphrase", priority=True),
+        Binding("escape", "back", "Back"),
+    ]
+    DEFAULT_CSS = """
+    SettingsScreen #head { height: 1; background: $boost; padding: 0 1; }
+    SettingsScreen .row { height: 3; }
+    SettingsScreen .label { width: 22; padding: 1 1 0 1; }
+    SettingsScreen Input { width: 30; }
+    SettingsScreen Checkbox { width: 30; }
+    SettingsScreen .when { width: 1fr; padding: 1 0 0 1; color: $text-muted; }
+    SettingsScreen .section { height: 1; padding: 0 1; text-style: bold; }
+    SettingsScreen #status { height: auto; padding: 0 1; }
+    """
+
+    def __init__(self, loaded: Loaded | None = None) -> None:
+        super().__init__()
+        self.loaded = loaded
+
+    def compose(self) -> ComposeResult:
+        yield Static("Settings", id="head", markup=False)
+        with VerticalScroll():
+            yield Static("Your node (saved in the profile, used by your daemon)",
+                         classes="section", markup=False)
+            yield _row("Display name", Input(id="name", max_length=64), NOW, "w-name")
+            yield _row("Relay only", Checkbox("hide my IP (TURN)", id="relay_only"), NEXT,
+                       "w-relay")
+            yield _row("TURN server", Input(id="turn", placeholder="turn:HOST:3478"), NEXT,
+                       "w-turn")
+            yield _row("TURN user", Input(id="turn_user"), NEXT, "w-turn_user")
+            yield _row("TURN password", Input(id="turn_pass", password=True), NEXT,
+                       "w-turn_pass")
+            yield _row("ICE addresses", Input(id="ice", placeholder="all (or IP, IP)"), NEXT,
+                       "w-ice")
+            yield _row("Auto-accept files", Input(id="auto_accept", type="number"),
+                       "MiB; larger ones wait for you · " + NOW, "w-auto")
+            yield Static("This client (calls placed and answered here; notifications)",
+                         classes="section", markup=False)
+            yield _row("Microphone", Input(id="audio_in"), "e.g. alsa:default, pulse:NAME",
+                       "w-in")
+            yield _row("Speaker", Input(id="audio_out"), "e.g. alsa:default, or a .wav file",
+                       "w-out")
+            yield _row("Camera", Input(id="video_in"), "e.g. v4l2:/dev/video0", "w-cam")
+            yield _row("Notifications", Checkbox("on", id="notifications"),
+                       "desktop, else the terminal bell", "w-notify")
+            yield _row("Message text", Checkbox("show it", id="notify_text"),
+                       "in notifications (off: withheld)", "w-text")
+            yield Static("", id="status", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self.loaded is not None:
+            self.fill(self.loaded)
+        else:
+            self.load()
+        self.query_one("#name", Input).focus()
+
+    @work(exclusive=True, group="settings")
+    async def load(self) -> None:
+        """Read the settings from the daemon and the profile."""
+        try:
+            daemon, limits = await asyncio.gather(self.ui.client.settings_get(),
+                                                  self.ui.client.file_limits())
+        except ApiError as exc:
+            self.query_one("#status", Static).update(f"could not read the settings: "
+                                                     f"{exc.message}")
+            return
+        self.loaded = Loaded(daemon, limits.get("auto_accept", MIB), desk(self.app).prefs)
+        self.fill(self.loaded)
+
+    def fill(self, loaded: Loaded) -> None:
+        """Put the values in the fields."""
+        d, prefs = loaded.daemon, loaded.prefs
+        self.query_one("#name", Input).value = d.name or str(d.running.get("name") or "")
+        self.query_one("#relay_only", Checkbox).value = d.relay_only
+        self.query_one("#turn", Input).value = d.turn
+        self.query_one("#turn_user", Input).value = d.turn_user
+        self.query_one("#turn_pass", Input).placeholder = \
+            "(saved; type to change)" if d.turn_pass_set else ""
+        self.query_one("#ice", Input).value = ", ".join(d.ice_addresses)
+        self.query_one("#auto_accept", Input).value = f"{loaded.auto_accept / MIB:g}"
+        self.query_one("#audio_in", Input).value = prefs.audio_in
+        self.query_one("#audio_out", Input).value = prefs.audio_out
+        self.query_one("#video_in", Input).value = prefs.video_in
+        self.query_one("#notifications", Checkbox).value = prefs.notifications
+        self.query_one("#notify_text", Checkbox).value = prefs.notify_text
+        self.show_pending(d)
+
+    def show_pending(self, d: DaemonSettings) -> None:
+        """Say which saved values wait for the next start."""
+        words = {"relay_only": "relay only", "turn": "TURN server",
+                 "ice_addresses": "ICE addresses"}
+        waiting = [words.get(k, k) for k in d.next_start]
+        self.query_one("#status", Static).update(
+            "Saved, waiting for the next start of your daemon: " + ", ".join(waiting)
+            if waiting else "Ctrl+S: save · Ctrl+P: change passphrase")
+
+    def _text(self, widget_id: str) -> str:
+        return self.query_one(f"#{widget_id}", Input).value.strip()
+
+    async def action_save(self) -> None:
+        """Save every setting where it belongs."""
+        status = self.query_one("#status", Static)
+        try:
+            auto = round(float(self._text("auto_accept") or "0") * MIB)
+        except ValueError:
+            status.update("✗ auto-accept: a number of MiB")
+            return
+        if auto < 0:
+            status.update("✗ auto-accept: a number of MiB")
+            return
+        ice = [a.strip() for a in self._text("ice").replace(",", " ").split() if a.strip()]
+        changes: dict[str, str | bool | list[str]] = {
+            "name": self._text("name"),
+            "relay_only": self.query_one("#relay_only", Checkbox).value,
+            "turn": self._text("turn"), "turn_user": self._text("turn_user"),
+            "ice_addresses": ice,
+        }
+        if self._text("turn_pass"):
+            changes["turn_pass"] = self._text("turn_pass")
+        saved = await guarded(self.app, self.ui.client.settings_set(**changes))
+        if saved is None:
+            status.update("✗ not saved (see the message); nothing was changed")
+            return
+        if await guarded(self.app, self.ui.client.file_limits(auto)) is None:
+            return
+        host = desk(self.app)
+        prefs = replace(host.prefs, audio_in=self._text("audio_in") or "silence",
+                        audio_out=self._text("audio_out") or "null",
+                        video_in=self._text("video_in") or "lavfi:testsrc",
+                        notifications=self.query_one("#notifications", Checkbox).value,
+                        notify_text=self.query_one("#notify_text", Checkbox).value)
+        host.set_prefs(prefs)
+        start = StartSettings.load(host.profile)  # the name the client starts daemons with
+        if start.name != saved.name:
+            start.name = saved.name
+            start.save(host.profile)
+        self.loaded = Loaded(saved, auto, prefs)
+        self.show_pending(saved)
+        self.notify("settings saved", title="settings")
+
+    def action_passphrase(self) -> None:
+        """Change the identity's passphrase."""
+        self.app.push_screen(PassphraseScreen())
+
+    def action_back(self) -> None:
+        """Back."""
+        self.app.pop_screen()
+
+
+class PassphraseScreen(ModalScreen[None]):
+    """Current passphrase, the new one twice, with strength feedback."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss", "Cancel")]
+    DEFAULT_CSS = """
+    PassphraseScreen { align: center middle; }
+    PassphraseScreen Vertical { width: 70; height: auto; padding: 1 2; border: thick $accent;
+                                background: $surface; }
+    PassphraseScreen Static { height: auto; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static("Change the passphrase of your identity (used at the next unlock)",
+                         markup=False)
+            yield Input(placeholder="current passphrase", password=True, id="old")
+            yield Input(placeholder="new passphrase", password=True, id="new1")
+            yield Input(placeholder="new passphrase again", password=True, id="new2")
+            yield Static("", id="feedback", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#old", Input).focus()
+
+    @on(Input.Changed, "#new1")
+    def _strength(self, event: Input.Changed) -> None:
+        if not event.value:
+            self.query_one("#feedback", Static).update("")
+            return
+        score, guesses = strength(event.value)
+        words = ["very weak", "weak", "fair", "strong", "very strong"][score]
+        self.query_one("#feedback", Static).update(f"strength: {words} ({guesses})")
+
+    @on(Input.Submitted)
+    async def _submitted(self, event: Input.Submitted) -> None:
+        order = ["old", "new1", "new2"]
+        if event.input.id != "new2":
+            self.query_one(f"#{order[order.index(event.input.id or 'old') + 1]}",
+                           Input).focus()
+            return
+        feedback = self.query_one("#feedback", Static)
+        old, new = self.query_one("#old", Input).value, self.query_one("#new1", Input).value
+        if new != self.query_one("#new2", Input).value:
+            feedback.update("✗ the new passphrases differ")
+            return
+        if len(new) < MIN_PASSPHRASE:
+            feedback.update(f"✗ at least {MIN_PASSPHRASE} characters")
+            return
+        feedback.update("changing the passphrase…")
+        path = Profile(desk(self.app).profile).identity_path
+        try:
+            await asyncio.to_thread(rewrap_identity_file, path, old or None, new)
+        except KeystoreError as exc:
+            feedback.update(f"✗ {exc}")
+            return
+        except OSError as exc:
+            feedback.update(f"✗ cannot write {path}: {exc.strerror}")
+            return
+        self.notify("passphrase changed; it opens your identity from now on", title="settings")
+        self.dismiss(None)
