@@ -58,6 +58,12 @@ class DeskApp(App[int]):
         prefs.save(self.profile)
         self._prefs = prefs
 
+    @property
+    def desk_ready(self) -> bool:
+        """Whether the conversations are up (the shell's ``ready``), so these screens can
+        open."""
+        return getattr(self, "ready", True) is True
+
     def current_call(self) -> list[CallInfo]:
         """The legs of the call in progress (empty: none)."""
         live = [c for c in self.calls.values() if not c.ended]
@@ -101,12 +107,16 @@ class DeskApp(App[int]):
 
     async def action_desk_call(self) -> None:
         """Call the conversation on screen, or show the call in progress."""
+        if not self.desk_ready:
+            return
         from dhtchat.ui.screens.calls import place_call  # noqa: PLC0415
 
         await place_call(cast(App[object], self))
 
     async def action_desk_files(self) -> None:
         """The files of the conversation on screen (all files when none)."""
+        if not self.desk_ready:
+            return
         from dhtchat.ui.screens.files import FilesScreen  # noqa: PLC0415
 
         if not isinstance(self.screen, FilesScreen):
@@ -115,6 +125,8 @@ class DeskApp(App[int]):
 
     async def action_desk_groups(self) -> None:
         """The groups: create, invite, remove, leave, members."""
+        if not self.desk_ready:
+            return
         from dhtchat.ui.screens.groups import GroupsScreen  # noqa: PLC0415
 
         if not isinstance(self.screen, GroupsScreen):
@@ -122,6 +134,8 @@ class DeskApp(App[int]):
 
     async def action_desk_settings(self) -> None:
         """The settings."""
+        if not self.desk_ready:
+            return
         from dhtchat.ui.screens.settings import SettingsScreen  # noqa: PLC0415
 
         if not isinstance(self.screen, SettingsScreen):

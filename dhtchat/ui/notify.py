@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -106,7 +107,7 @@ class Notifier:
         self.channel: Channel = channel(os.environ if env is None else env,
                                         sys.platform if platform is None else platform)
         self._desktop = desktop
-        self.shown: list[tuple[Channel, Note]] = []  # what was shown, newest last
+        self.shown: deque[tuple[Channel, Note]] = deque(maxlen=50)  # the latest shown
 
     def _sender(self) -> Send:
         if self._desktop is None:
