@@ -81,17 +81,10 @@ class ProfileSettings(msgspec.Struct, kw_only=True):
 
 
 def settings_reply(saved: ProfileSettings, running: JsonObject) -> JsonObject:
-    """``settings.get``'s result: saved, running and which saved ones wait for a restart."""
+    """``settings.get``'s result: saved, running and which saved ones wait for a restart (a
+    value not set, empty or false, leaves the flag or default: it is not listed)."""
     public = saved.public()
     pending = [key for key in ("relay_only", "turn", "ice_addresses")
-               if _differs(public[key], running.get(key))]
+               if public[key] and public[key] != running.get(key)]
     return {"saved": public, "running": running, "next_start": pending}
-
-
-def _differs(saved: object, running: object) -> bool:
-    if isinstance(saved, str):
-        return saved != (running or "")
-    if isinstance(saved, list):
-        return saved != (running or [])
-    return saved != running
 

@@ -47,6 +47,21 @@ class Loaded:
     prefs: UiPrefs
 
 
+class Toggle(Checkbox):
+    """A checkbox whose label says its state in words ("yes" / "no"), not by colour only."""
+
+    def __init__(self, text: str, **kwargs: str) -> None:
+        self.text = text
+        super().__init__(self.words(False), **kwargs)  # type: ignore[arg-type]
+
+    def words(self, value: bool) -> str:
+        """The label for a state."""
+        return f"{'yes' if value else 'no'}: {self.text}"
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        self.label = self.words(event.value)
+
+
 def _row(label: str, widget: Input | Checkbox, when: str, note_id: str) -> Horizontal:
     return Horizontal(Label(label, classes="label"), widget,
                       Static(when, id=note_id, classes="when", markup=False), classes="row")
@@ -68,7 +83,8 @@ class SettingsScreen(ApiScreen):
     SettingsScreen Checkbox { width: 30; }
     SettingsScreen .when { width: 1fr; padding: 1 0 0 1; color: $text-muted; }
     SettingsScreen .section { height: 1; padding: 0 1; text-style: bold; }
-    SettingsScreen #status { height: auto; padding: 0 1; }
+    SettingsScreen VerticalScroll { height: 1fr; }
+    SettingsScreen #status { height: auto; padding: 0 1; background: $boost; }
     """
 
     def __init__(self, loaded: Loaded | None = None) -> None:
@@ -81,7 +97,7 @@ class SettingsScreen(ApiScreen):
             yield Static("Your node (saved in the profile, used by your daemon)",
                          classes="section", markup=False)
             yield _row("Display name", Input(id="name", max_length=64), NOW, "w-name")
-            yield _row("Relay only", Checkbox("hide my IP (TURN)", id="relay_only"), NEXT,
+            yield _row("Relay only", Toggle("hide my IP (TURN)", id="relay_only"), NEXT,
                        "w-relay")
             yield _row("TURN server", Input(id="turn", placeholder="turn:HOST:3478"), NEXT,
                        "w-turn")
@@ -99,11 +115,11 @@ class SettingsScreen(ApiScreen):
             yield _row("Speaker", Input(id="audio_out"), "e.g. alsa:default, or a .wav file",
                        "w-out")
             yield _row("Camera", Input(id="video_in"), "e.g. v4l2:/dev/video0", "w-cam")
-            yield _row("Notifications", Checkbox("on", id="notifications"),
+            yield _row("Notifications", Toggle("notify", id="notifications"),
                        "desktop, else the terminal bell", "w-notify")
-            yield _row("Message text", Checkbox("show it", id="notify_text"),
+            yield _row("Message text", Toggle("show it", id="notify_text"),
                        "in notifications (off: withheld)", "w-text")
-            yield Static("", id="status", markup=False)
+        yield Static("", id="status", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
