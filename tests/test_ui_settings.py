@@ -67,7 +67,7 @@ def test_settings_are_saved_in_the_profile_and_used_at_the_next_start(
         daemon.stop()
     # Started again without those flags: the saved values are in effect.
     again = DaemonProcess(profile, ["--port", "0", "--host", next_host(),
-                                    *sum((["--bootstrap", a] for a in dht.bootstrap), [])])
+                                    *[arg for a in dht.bootstrap for arg in ("--bootstrap", a)]])
     try:
         again.wait_ready()
         status = _api(profile, "status")
@@ -110,7 +110,7 @@ def test_the_settings_screen_saves_each_setting_where_it_belongs(
             await until(pilot, lambda: screen.query_one("#name", Input).value == "Erin", 10,
                         "the running name")
             assert screen.query_one("#auto_accept", Input).value == "1"  # MiB
-            assert "next start of your daemon" in screen_text(app)
+            assert "at the next daemon start" in screen_text(app)
             screen.query_one("#name", Input).value = "Erin R"
             screen.query_one("#auto_accept", Input).value = "5"
             screen.query_one("#audio_in", Input).value = "tone:300"

@@ -170,7 +170,7 @@ class PlaceCallScreen(ModalScreen[str]):
         with Vertical():
             yield Static(f"Call {fmt.name(self.who)}\n\n  a  voice call\n  v  video call\n"
                          "  Esc  cancel", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def action_choose(self, choice: str) -> None:
         """Close with ``audio``, ``video`` or ``cancel``."""
@@ -202,7 +202,7 @@ class IncomingCallScreen(ModalScreen[str]):
             yield Static(Text.assemble(("☎ Incoming " + kind, "bold"), f"\n\n{who} is calling"
                                        f"\n{self.call.contact}\n\n  a  answer (voice)\n"
                                        "  v  answer with video\n  d  decline"))
-        yield Footer()
+        yield Footer(compact=True)
 
     def action_choose(self, choice: str) -> None:
         """Close with ``audio``, ``video`` or ``decline``."""
@@ -229,7 +229,7 @@ class DifferScreen(ModalScreen[None]):
                          f"call with {fmt.name(self.who)}, listening or speaking for them. The "
                          "call was ended and the contact stays unverified.\n\nCompare the words "
                          "again on another call, or meet in person.", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
 
 class CallScreen(ApiScreen):
@@ -244,6 +244,11 @@ class CallScreen(ApiScreen):
         Binding("x", "hangup", "Hang up"),
         Binding("tab", "next_leg", "Next person", show=False),
         Binding("escape", "back", "Back"),
+        # (the app's files, groups and settings keys work here too; the footer keeps room
+        # for the call's own)
+        Binding("f3", "app.desk_files", "Files", show=False),
+        Binding("f4", "app.desk_groups", "Groups", show=False),
+        Binding("f5", "app.desk_settings", "Settings", show=False),
     ]
     DEFAULT_CSS = """
     CallScreen { align: center top; }
@@ -270,7 +275,15 @@ class CallScreen(ApiScreen):
         yield Static("", id="controls", markup=False)
         yield Static("", id="stats", markup=False)
         yield Static("", id="verdict", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The camera key only in video calls, Tab only in group calls."""
+        if action == "camera":
+            return self.leg.video
+        if action == "next_leg":
+            return len(self.order) > 1
+        return True
 
     def on_mount(self) -> None:
         self.redraw()

@@ -121,7 +121,7 @@ class PathScreen(ModalScreen[str]):
             yield Static(self.title_text, markup=False)
             yield PathInput(self.value, id="path")
             yield Static(self.hint, markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one(PathInput).focus()
@@ -203,7 +203,7 @@ class FilesScreen(ApiScreen):
         yield Static("", id="head", markup=False)
         yield ListView(id="files")
         yield Static("", id="empty", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         state = self.ui.state

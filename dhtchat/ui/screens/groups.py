@@ -95,7 +95,7 @@ class PickScreen(ModalScreen[list[str]]):
             yield SelectionList[str](*[(fmt.name(label), key) for key, label in self.people],
                                      id="people")
             yield Static("Space: mark · Ctrl+S: done · Esc: cancel", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         (self.query_one("#name", Input) if self.ask_name
@@ -147,7 +147,7 @@ class LeaveScreen(ModalScreen[bool]):
         with Vertical():
             yield Static(f"Leave {fmt.name(self.group_name)}? You will get none of its "
                          "messages afterwards.\n\n  y  leave\n  n  stay", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def action_answer(self, leave: bool) -> None:
         """Close with the answer."""
@@ -178,7 +178,7 @@ class GroupsScreen(ApiScreen):
         with Horizontal():
             yield ListView(id="groups")
             yield Static("", id="members", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.redraw()

@@ -34,8 +34,8 @@ from dhtchat.ui.screens.base import ApiScreen, guarded
 from dhtchat.ui.screens.deskhost import desk
 
 MIB = 1 << 20
-NOW = "takes effect at once"
-NEXT = "takes effect at the next start of your daemon"
+NOW = "at once"
+NEXT = "at the next daemon start"
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ class Loaded:
 class Toggle(Checkbox):
     """A checkbox whose label says its state in words ("yes" / "no"), not by colour only."""
 
-    def __init__(self, text: str, **kwargs: str) -> None:
+    def __init__(self, text: str, id: str) -> None:
         self.text = text
-        super().__init__(self.words(False), **kwargs)  # type: ignore[arg-type]
+        super().__init__(self.words(False), id=id, compact=True)
 
     def words(self, value: bool) -> str:
         """The label for a state."""
@@ -60,6 +60,10 @@ class Toggle(Checkbox):
 
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         self.label = self.words(event.value)
+
+
+def _field(widget_id: str, **options: str | bool | int) -> Input:
+    return Input(id=widget_id, compact=True, **options)  # type: ignore[arg-type]
 
 
 def _row(label: str, widget: Input | Checkbox, when: str, note_id: str) -> Horizontal:
@@ -77,12 +81,12 @@ class SettingsScreen(ApiScreen):
     ]
     DEFAULT_CSS = """
     SettingsScreen #head { height: 1; background: $boost; padding: 0 1; }
-    SettingsScreen .row { height: 3; }
-    SettingsScreen .label { width: 22; padding: 1 1 0 1; }
-    SettingsScreen Input { width: 30; }
-    SettingsScreen Checkbox { width: 30; }
-    SettingsScreen .when { width: 1fr; padding: 1 0 0 1; color: $text-muted; }
-    SettingsScreen .section { height: 1; padding: 0 1; text-style: bold; }
+    SettingsScreen .row { height: 1; }
+    SettingsScreen .label { width: 20; padding: 0 1; }
+    SettingsScreen .row Input { width: 28; }
+    SettingsScreen .row Checkbox { width: 28; }
+    SettingsScreen .when { width: 1fr; padding: 0 1; color: $text-muted; }
+    SettingsScreen .section { height: 1; padding: 0 1; text-style: bold underline; }
     SettingsScreen VerticalScroll { height: 1fr; }
     SettingsScreen #status { height: auto; padding: 0 1; background: $boost; }
     """
@@ -96,31 +100,31 @@ class SettingsScreen(ApiScreen):
         with VerticalScroll():
             yield Static("Your node (saved in the profile, used by your daemon)",
                          classes="section", markup=False)
-            yield _row("Display name", Input(id="name", max_length=64), NOW, "w-name")
-            yield _row("Relay only", Toggle("hide my IP (TURN)", id="relay_only"), NEXT,
+            yield _row("Display name", _field("name", max_length=64), NOW, "w-name")
+            yield _row("Relay only", Toggle("hide my IP", id="relay_only"), NEXT,
                        "w-relay")
-            yield _row("TURN server", Input(id="turn", placeholder="turn:HOST:3478"), NEXT,
+            yield _row("TURN server", _field("turn", placeholder="turn:HOST:3478"), NEXT,
                        "w-turn")
-            yield _row("TURN user", Input(id="turn_user"), NEXT, "w-turn_user")
-            yield _row("TURN password", Input(id="turn_pass", password=True), NEXT,
+            yield _row("TURN user", _field("turn_user"), NEXT, "w-turn_user")
+            yield _row("TURN password", _field("turn_pass", password=True), NEXT,
                        "w-turn_pass")
-            yield _row("ICE addresses", Input(id="ice", placeholder="all (or IP, IP)"), NEXT,
+            yield _row("ICE addresses", _field("ice", placeholder="all, or IP IP"), NEXT,
                        "w-ice")
-            yield _row("Auto-accept files", Input(id="auto_accept", type="number"),
-                       "MiB; larger ones wait for you · " + NOW, "w-auto")
-            yield Static("This client (calls placed and answered here; notifications)",
-                         classes="section", markup=False)
-            yield _row("Microphone", Input(id="audio_in"), "e.g. alsa:default, pulse:NAME",
+            yield _row("Auto-accept files", _field("auto_accept", type="number"),
+                       "MiB (larger: ask) " + NOW, "w-auto")
+            yield Static("This client (its calls and notifications)", classes="section",
+                         markup=False)
+            yield _row("Microphone", _field("audio_in"), "alsa:default, pulse:NAME…",
                        "w-in")
-            yield _row("Speaker", Input(id="audio_out"), "e.g. alsa:default, or a .wav file",
+            yield _row("Speaker", _field("audio_out"), "alsa:default, a .wav file…",
                        "w-out")
-            yield _row("Camera", Input(id="video_in"), "e.g. v4l2:/dev/video0", "w-cam")
+            yield _row("Camera", _field("video_in"), "v4l2:/dev/video0…", "w-cam")
             yield _row("Notifications", Toggle("notify", id="notifications"),
-                       "desktop, else the terminal bell", "w-notify")
+                       "desktop, else the bell", "w-notify")
             yield _row("Message text", Toggle("show it", id="notify_text"),
-                       "in notifications (off: withheld)", "w-text")
+                       "in notifications", "w-text")
         yield Static("", id="status", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         if self.loaded is not None:
