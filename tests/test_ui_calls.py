@@ -1,6 +1,7 @@
 """Calls in the desktop client against real daemons on a loopback DHT, with tone sources: an
 incoming call answered in the dialog, the same SAS words on both sides, live numbers, "they
-match" verifies the contact; a call placed with F2, "they differ" hangs up and warns."""
+match" verifies the contact; a call placed with F2, "they differ" hangs up and warns; a group
+call from a group's conversation, each leg's words equal to that person's, Tab to pick."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from dhtchat.ui.screens.calls import (
     big,
 )
 from dhtchat.ui.screens.conversations import ConversationsScreen
-from tests.daemons import DhtProcess, make_contacts
+from tests.daemons import DaemonProcess, DhtProcess, cli, make_contacts
 from tests.test_ui_support import screen_text, start_daemon, until
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -125,3 +126,65 @@ def test_answer_a_call_and_place_one_with_equal_sas_words(tmp_path: Path,
     finally:
         alice.stop()
         bob.stop()
+
+
+def _befriend(asker: DaemonProcess, asker_id: str, asker_name: str, other: DaemonProcess,
+              other_id: str) -> None:
+    cli(asker.profile, "contact", "request", other_id, "--name", asker_name)
+    other.wait_contact(asker_id, lambda r: r["state"] == "incoming", 60)
+    cli(other.profile, "contact", "accept", asker_id, "--name", asker_name)
+    asker.wait_contact(other_id, lambda r: r["state"] == "accepted", 60)
+
+
+def test_a_group_call_from_the_group_conversation(tmp_path: Path, dht: DhtProcess) -> None:
+    alice, alice_id = start_daemon(tmp_path, "alice", dht)
+    bob, bob_id = start_daemon(tmp_path, "bob", dht)
+    carol, carol_id = start_daemon(tmp_path, "carol", dht)
+    _befriend(alice, alice_id, "Alice", bob, bob_id)
+    _befriend(carol, carol_id, "Carol", bob, bob_id)
+    _befriend(carol, carol_id, "Carol", alice, alice_id)
+    UiPrefs(audio_in="tone:300", audio_out=str(tmp_path / "bob.wav")).save(bob.profile)
+    app = DhtchatApp(bob.profile)
+
+    async def scenario() -> None:
+        group = await _api(bob.profile, "group.create", {"name": "Desk",
+                                                         "members": [alice_id, carol_id]})
+        for who, tone in ((alice, 500), (carol, 700)):
+            await _api(who.profile, "call.auto_answer", {
+                "audio_in": f"tone:{tone}", "audio_out": str(tmp_path / f"{tone}.wav")})
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ConversationsScreen), 30,
+                        "conversations")
+            await until(pilot, lambda: group["id"] in app.state.groups, 10, "the group")
+            await pilot.press("f4", "enter")  # the groups, then the group's conversation
+            await until(pilot, lambda: "# Desk" in screen_text(app), 10, "the conversation")
+            await pilot.press("f2")
+            await until(pilot, lambda: isinstance(app.screen, CallScreen), 90, "the panel")
+            screen = app.screen
+            assert isinstance(screen, CallScreen) and len(screen.order) == 2
+            await until(pilot, lambda: all(screen.legs[k].sas_words for k in screen.order),
+                        90, "both legs' words")
+            for key in screen.order:
+                leg = screen.legs[key]
+                peer = alice if leg.contact == alice_id else carol
+                assert leg.sas_words == await _alice_sas(peer.profile, key, 30)
+                assert leg.sas_words in screen_text(app)  # each person's line
+            await pilot.press("tab")
+            chosen = screen.leg
+            assert chosen.id == screen.order[1]  # Tab picked the second person
+            await pilot.press("y")
+            await until(pilot, lambda: app.state.contacts[chosen.contact].verified is not None,
+                        20, "that person verified")
+            other = next(k for k in screen.order if k != chosen.id)
+            assert app.state.contacts[screen.legs[other].contact].verified is None
+            await pilot.press("x")  # leave the group call: every leg ends
+            await until(pilot, lambda: all(screen.legs[k].ended for k in screen.order), 30,
+                        "all legs ended")
+            await pilot.press("ctrl+q")
+            await until(pilot, lambda: not app.is_running, 10, "exit")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for daemon in (alice, bob, carol):
+            daemon.stop()
