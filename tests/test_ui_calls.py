@@ -73,6 +73,9 @@ def test_answer_a_call_and_place_one_with_equal_sas_words(tmp_path: Path,
             await until(pilot, lambda: isinstance(app.screen, IncomingCallScreen), 60,
                         "the incoming-call dialog")
             assert "is calling" in screen_text(app) and "d  decline" in screen_text(app)
+            # notified too (the desktop with a session bus, else the bell), no text asked
+            assert any(note.kind == "call" and note.title == "alice is calling"
+                       for _, note in app.notifier.shown), list(app.notifier.shown)
             await pilot.press("a")
             await until(pilot, lambda: (p := panel()) is not None and bool(p.leg.sas_words),
                         60, "the SAS words on the panel")

@@ -81,6 +81,8 @@ def test_accept_a_file_watch_its_progress_save_it_and_send_one(tmp_path: Path,
             await until(pilot, lambda: any(r.info.waiting for r in rows()), 60, "the offer")
             await until(pilot, lambda: "offered: accept or decline" in screen_text(app)
                         and "report.bin (12.0 MiB)" in screen_text(app), 5, "the offer shown")
+            assert any(note.kind == "message" and note.body == "sent a file"
+                       for _, note in app.notifier.shown), list(app.notifier.shown)
             await pilot.press("a")
             deadline = time.monotonic() + 120
             while not (rows() and rows()[0].info.complete):
