@@ -66,6 +66,17 @@ def test_answer_a_call_and_place_one_with_equal_sas_words(tmp_path: Path,
         async with app.run_test(size=(100, 30)) as pilot:
             await until(pilot, lambda: isinstance(app.screen, ConversationsScreen), 30,
                         "conversations")
+            # 0. Alice calls; Bob declines in the dialog.
+            refused = await _api(alice.profile, "call.start", {"to": bob_id})
+            await until(pilot, lambda: isinstance(app.screen, IncomingCallScreen), 60,
+                        "the first incoming-call dialog")
+            await pilot.press("d")
+            deadline = time.monotonic() + 30
+            while (await _api(alice.profile, "call.status", {"id": refused["id"]}))[
+                    "reason"] != "declined":
+                assert time.monotonic() < deadline, "Alice never saw the call declined"
+                await asyncio.sleep(0.2)
+            assert isinstance(app.screen, ConversationsScreen)
             # 1. Alice calls; Bob answers in the dialog.
             placed = await _api(alice.profile, "call.start", {
                 "to": bob_id, "audio_in": "tone:440",
