@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import ClassVar
 
 from textual import on, work
@@ -36,6 +37,35 @@ from dhtchat.ui.screens.deskhost import desk
 MIB = 1 << 20
 NOW = "at once"
 NEXT = "at the next daemon start"
+
+
+def sound_devices(pcm: str) -> list[str]:
+    """The ALSA devices of ``/proc/asound/pcm`` as media specs with what they do, e.g.
+    ``alsa:hw:0,0 (HDA Intel: playback, capture)``."""
+    out = []
+    for line in pcm.splitlines():
+        parts = [p.strip() for p in line.split(":")]
+        if len(parts) < 3 or "-" not in parts[0]:
+            continue
+        card, _, device = parts[0].partition("-")
+        if not (card.isdigit() and device.isdigit()):
+            continue
+        roles = [p.split()[0] for p in parts[2:] if p.split() and p.split()[0] in
+                 ("playback", "capture")]
+        out.append(f"alsa:hw:{int(card)},{int(device)} ({parts[1]}: {', '.join(roles)})")
+    return out
+
+
+def devices_here() -> str:
+    """The sound devices and cameras of this machine, in one line for the settings."""
+    try:
+        with open("/proc/asound/pcm", encoding="utf-8") as pcm:
+            sound = sound_devices(pcm.read())
+    except OSError:
+        sound = []
+    cameras = sorted(str(p) for p in Path("/dev").glob("video*"))
+    return ("Sound devices here: " + ("; ".join(sound) if sound else "none found (ALSA)")
+            + " · cameras: " + (", ".join(f"v4l2:{c}" for c in cameras) or "none found"))
 
 
 @dataclass(frozen=True)
@@ -88,12 +118,14 @@ class SettingsScreen(ApiScreen):
     SettingsScreen .when { width: 1fr; padding: 0 1; color: $text-muted; }
     SettingsScreen .section { height: 1; padding: 0 1; text-style: bold underline; }
     SettingsScreen VerticalScroll { height: 1fr; }
+    SettingsScreen #devices { height: auto; padding: 0 1; color: $text-muted; }
     SettingsScreen #status { height: auto; padding: 0 1; background: $boost; }
     """
 
-    def __init__(self, loaded: Loaded | None = None) -> None:
+    def __init__(self, loaded: Loaded | None = None, devices: str | None = None) -> None:
         super().__init__()
         self.loaded = loaded
+        self.devices = devices_here() if devices is None else devices
 
     def compose(self) -> ComposeResult:
         yield Static("Settings", id="head", markup=False)
@@ -114,6 +146,7 @@ class SettingsScreen(ApiScreen):
                        "MiB (larger: ask) " + NOW, "w-auto")
             yield Static("This client (its calls and notifications)", classes="section",
                          markup=False)
+            yield Static(self.devices, id="devices", markup=False)
             yield _row("Microphone", _field("audio_in"), "alsa:default, pulse:NAME…",
                        "w-in")
             yield _row("Speaker", _field("audio_out"), "alsa:default, a .wav file…",
