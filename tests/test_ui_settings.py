@@ -21,7 +21,7 @@ from dhtchat.ui.identity import KeystoreError, unlock
 from dhtchat.ui.prefs import UiPrefs
 from dhtchat.ui.screens.conversations import ConversationsScreen
 from dhtchat.ui.screens.settings import PassphraseScreen, SettingsScreen
-from tests.daemons import PASSPHRASE, DaemonProcess, DhtProcess, next_host
+from tests.daemons import PASSPHRASE, DaemonProcess, DhtProcess, cli, new_identity, next_host
 from tests.test_ui_support import screen_text, start_daemon, until
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -157,3 +157,17 @@ def test_the_settings_screen_saves_each_setting_where_it_belongs(
             unlock(profile, PASSPHRASE)
     finally:
         daemon.stop()
+
+
+def test_a_daemon_refuses_to_start_on_broken_saved_settings(tmp_path: Path) -> None:
+    profile = tmp_path / "fay"
+    new_identity(profile)
+    (profile / "settings.json").write_text('{"relay_only": true}', "utf-8")
+    result = cli(profile, "daemon", "--port", "0", "--host", next_host(), check=False,
+                 timeout=60)
+    assert result.returncode == 2
+    assert "profile settings: relay_only needs a TURN server" in result.stderr
+    (profile / "settings.json").write_text('{"name": 5', "utf-8")
+    result = cli(profile, "daemon", "--port", "0", "--host", next_host(), check=False,
+                 timeout=60)
+    assert result.returncode == 2 and "settings.json is not valid" in result.stderr
