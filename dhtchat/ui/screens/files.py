@@ -184,9 +184,12 @@ class FilesScreen(ApiScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("a", "accept", "Accept"),
         Binding("d", "decline", "Decline"),
-        Binding("s", "save", "Save as"),
-        Binding("o", "send", "Send a file"),
+        Binding("s", "save", "Save"),
+        Binding("o", "send", "Send file"),
         Binding("escape", "back", "Back"),
+        # (room in an 80-column footer: F3 is this screen, F2 works here too)
+        Binding("f2", "app.desk_call", "Call", show=False),
+        Binding("f3", "app.desk_files", "Files", show=False),
     ]
     DEFAULT_CSS = """
     FilesScreen #head { height: 1; background: $boost; padding: 0 1; }

@@ -159,11 +159,12 @@ class GroupsScreen(ApiScreen):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "Open", priority=True),
-        Binding("n", "new", "New group"),
+        Binding("n", "new", "New"),
         Binding("i", "invite", "Invite"),
-        Binding("r", "remove", "Remove member"),
+        Binding("r", "remove", "Remove"),
         Binding("l", "leave", "Leave"),
         Binding("escape", "back", "Back"),
+        Binding("f4", "app.desk_groups", "Groups", show=False),  # (here already)
     ]
     DEFAULT_CSS = """
     GroupsScreen #head { height: 1; background: $boost; padding: 0 1; }

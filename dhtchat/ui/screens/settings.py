@@ -106,8 +106,9 @@ class SettingsScreen(ApiScreen):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "save", "Save", priority=True),
-        Binding("ctrl+p", "passphrase", "Change passphrase", priority=True),
+        Binding("ctrl+p", "passphrase", "Passphrase", priority=True),
         Binding("escape", "back", "Back"),
+        Binding("f5", "app.desk_settings", "Settings", show=False),  # (here already)
     ]
     DEFAULT_CSS = """
     SettingsScreen #head { height: 1; background: $boost; padding: 0 1; }
