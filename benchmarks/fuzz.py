@@ -52,6 +52,9 @@ if os.environ.get("DHTCHAT_FUZZ_INSTRUMENT") == "1":  # the atheris child: instr
         import dhtchat.core.calls
         import dhtchat.core.contacts
         import dhtchat.core.node
+        import dhtchat.core.onion
+        import dhtchat.core.onion_cells
+        import dhtchat.core.onion_client
         import dhtchat.core.records
         import dhtchat.core.stun
         import dhtchat.core.wire
@@ -78,7 +81,20 @@ from dhtchat.core.contacts import (
 )
 from dhtchat.core.errors import RemoteProtocolError
 from dhtchat.core.identity import SigningIdentity
+from dhtchat.core.lan import Announce, LanDiscovery, decode_announce, encode_announce
 from dhtchat.core.node import DhtNode
+from dhtchat.core.onion import (
+    ExitRequest,
+    Extend,
+    OnionConfig,
+    OnionRelay,
+    Request,
+    parse_backward,
+    parse_forward,
+)
+from dhtchat.core.onion import frame as onion_frame
+from dhtchat.core.onion_cells import decode_cell, onion_secret_key, x25519_public
+from dhtchat.core.onion_client import OnionClient, RelayInfo
 from dhtchat.core.records import Record, make_app_record, validate_record
 from dhtchat.core.stun import answer_binding_request, binding_request, parse_binding_response
 from dhtchat.core.wire import FindNode, GetValues, Ping, Store, decode, encode_request
@@ -372,6 +388,72 @@ def _t_rpc(data: bytes) -> None:
 _ID_PATH: list[Path] = []
 
 
+_LAN: list[LanDiscovery] = []
+
+
+def _t_lan_announce(data: bytes) -> None:
+    """A LAN announce, parsed alone and through the discovery machine (from a local source,
+    so it gets past the address checks): a RemoteProtocolError or a verdict, nothing else."""
+    try:
+        decode_announce(data)
+    except RemoteProtocolError:
+        pass
+    if not _LAN:
+        _LAN.append(LanDiscovery(bytes(32), 4000, bytes(8), NOW))
+    _LAN[0].receive(data, ("192.168.1.20", 6767), NOW)
+
+
+_ONION: list[tuple[OnionRelay, OnionClient, list[bytes]]] = []
+_ONION_CLIENT, _ONION_RELAY = ("100.64.0.7", 5000), ("100.65.0.1", 4000)
+
+
+def _onion() -> tuple[OnionRelay, OnionClient, list[bytes]]:
+    """A relay and a client with a one-hop path through it, and real cells of both ways."""
+    if not _ONION:
+        config = OnionConfig(cell_rate_per_subnet=1e9, cell_burst_per_subnet=1e12,
+                             create_rate_per_subnet=1e9, create_burst_per_subnet=1e12)
+        secret = onion_secret_key(bytes([7]) * 32)
+        relay = OnionRelay(secret, b"r" * 32, rng=random.Random(1), now=NOW, config=config)
+        client = OnionClient(rng=random.Random(2), now=NOW, config=config)
+        cells: list[bytes] = []
+
+        def pump() -> None:
+            for data, _ in client.datagrams_to_send(NOW):
+                cells.append(data)
+                relay.receive_datagram(data, _ONION_CLIENT, NOW)
+            while (event := relay.next_event()) is not None:
+                if isinstance(event, ExitRequest):
+                    relay.respond(event.circuit, event.request_id, b"reply", NOW)
+            for data, _ in relay.datagrams_to_send(NOW):
+                cells.append(data)
+                client.receive_datagram(data, _ONION_RELAY, NOW)
+
+        client.build_path(NOW, [RelayInfo(b"r" * 32, _ONION_RELAY, x25519_public(secret))])
+        pump()
+        client.request(b"get", NOW)
+        pump()
+        _ONION.append((relay, client, cells))
+    return _ONION[0]
+
+
+def _t_onion(data: bytes) -> None:
+    """An onion cell: parsed alone, then through a relay holding a circuit (from the client's
+    leg) and through a client holding a path (from the relay): never raises. The commands
+    inside the layers (behind an AEAD tag the fuzzer cannot forge) are parsed directly."""
+    for parse in (decode_cell, parse_forward, parse_backward):
+        try:
+            parse(data)
+        except RemoteProtocolError:
+            pass
+    relay, client, _ = _onion()
+    relay.receive_datagram(data, _ONION_CLIENT, NOW)
+    client.receive_datagram(data, _ONION_RELAY, NOW)
+    for machine in (relay, client):
+        machine.datagrams_to_send(NOW)
+        while machine.next_event() is not None:
+            pass
+
+
 def _t_identity(data: bytes) -> None:
     if not _ID_PATH:
         _ID_PATH.append(Path(tempfile.mkdtemp(prefix="dhtchat-fuzz-id-")) / "identity.json")
@@ -447,6 +529,9 @@ def _seeds() -> dict[str, list[bytes]]:
                 b'{"jsonrpc":"2.0","id":"x","method":"send","params":{"contact":"bob"}}',
                 b'{"jsonrpc":"2.0","method":"nope"}'],
         "identity": [identity_doc],
+        "lan_announce": [encode_announce(Announce(bytes(range(32)), 4001, bytes(8), 1))],
+        "onion": [*_onion()[2], onion_frame(Request(1, b"get")),
+                  onion_frame(Extend(bytes(32), bytes(4), 1, bytes(32), bytes(32)))],
     }
 
 
@@ -455,7 +540,8 @@ _RUNNERS: dict[str, Callable[[bytes], None]] = {
     "contact_request": _t_contact_request, "presence": _t_presence, "signal": _t_signal,
     "sdp": _t_sdp, "stun": _t_stun, "mailbox": _t_mailbox, "payload": _t_payload,
     "group": _t_group, "call": _t_call, "session": _t_session, "file_chunk": _t_file_chunk,
-    "rpc": _t_rpc, "identity": _t_identity,
+    "rpc": _t_rpc, "identity": _t_identity, "lan_announce": _t_lan_announce,
+    "onion": _t_onion,
 }
 
 

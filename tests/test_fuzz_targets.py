@@ -28,10 +28,10 @@ TARGETS = fuzz.targets()
 
 EVERY_PARSER = {"datagram", "node", "record", "contact_request", "presence", "signal", "sdp",
                 "stun", "mailbox", "payload", "group", "call", "session", "file_chunk", "rpc",
-                "identity"}
+                "identity", "lan_announce", "onion"}
 
 
-def test_ci_runs_every_one_of_the_16_targets_each_with_seeds() -> None:
+def test_ci_runs_every_one_of_the_18_targets_each_with_seeds() -> None:
     assert set(TARGETS) == EVERY_PARSER
     assert all(target.seeds for target in TARGETS.values())
 

@@ -13,19 +13,20 @@ from pathlib import Path
 
 import pytest
 from textual.events import Paste
+from textual.widgets import ListView
 
 from dhtchat.app.rpc import call
 from dhtchat.ui.app import DhtchatApp
 from dhtchat.ui.client import UiClient, socket_path
 from dhtchat.ui.daemonctl import DaemonOptions, Settings, daemon_answers
 from dhtchat.ui.screens.conversation import ConversationScreen
-from dhtchat.ui.screens.conversations import ConversationsScreen
+from dhtchat.ui.screens.conversations import ConversationItem, ConversationsScreen
 from dhtchat.ui.screens.firstrun import FirstRunScreen
 from dhtchat.ui.screens.requests import RequestsScreen
 from dhtchat.ui.screens.start import QuitScreen
 from dhtchat.ui.screens.unlock import UnlockScreen
 from dhtchat.ui.widgets import MessageItem
-from tests.daemons import PASSPHRASE, DhtProcess, cli, new_identity, next_host
+from tests.daemons import PASSPHRASE, DhtProcess, cli, make_contacts, new_identity, next_host
 from tests.test_ui_support import screen_text, start_daemon, until
 
 pytestmark = pytest.mark.timeout(240)
@@ -272,7 +273,7 @@ def test_add_a_contact_by_pasting_an_id_checked_as_typed(tmp_path: Path,
             # Pasted in groups with line breaks, as the id card shows it.
             id_input.value = ""  # type: ignore[attr-defined]
             await pilot.pause()
-            id_input.post_message(Paste(f"{grace_id[:29]}\n{grace_id[29:]}\n".upper()))
+            app.post_message(Paste(f"{grace_id[:29]}\n{grace_id[29:]}\n".upper()))
             await until(pilot, lambda: "✓ checksum ok" in screen_text(app), 5, "ok again")
             await pilot.press("enter")  # to the note
             await pilot.press(*"from Frank", "enter")
@@ -289,3 +290,48 @@ def test_add_a_contact_by_pasting_an_id_checked_as_typed(tmp_path: Path,
     finally:
         frank.stop()
         grace.stop()
+
+
+def test_a_group_message_with_its_author_and_the_disappearing_timer(
+        tmp_path: Path, dht: DhtProcess) -> None:
+    alice, alice_id = start_daemon(tmp_path, "alice", dht)
+    bob, bob_id = start_daemon(tmp_path, "bob", dht)
+    make_contacts(alice, alice_id, bob, bob_id)  # Bob calls her "alice"
+    app = DhtchatApp(bob.profile)
+
+    async def scenario() -> None:
+        async with app.run_test() as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ConversationsScreen), 30,
+                        "conversations")
+            await asyncio.to_thread(cli, alice.profile, "timer", bob_id, "3600")
+            await asyncio.to_thread(cli, alice.profile, "group", "create", "Newsroom",
+                                    "--member", bob_id)
+            await until(pilot, lambda: "# Newsroom" in screen_text(app), 90, "the group")
+            await asyncio.to_thread(cli, alice.profile, "send", "Newsroom", "group hello")
+            await until(pilot, lambda: "alice: group hello" in screen_text(app)
+                        and "[1 unread]" in screen_text(app), 90, "the group message")
+            view = app.screen.query_one(ListView)
+            rows = [item.row.title for item in view.query(ConversationItem)]
+            view.index = rows.index("Newsroom")
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, ConversationScreen)
+                        and "alice: group hello" in screen_text(app), 10, "group history")
+            assert "# Newsroom · group, 2 members" in screen_text(app)
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, ConversationsScreen), 5, "back")
+            view = app.screen.query_one(ListView)
+            rows = [item.row.title for item in view.query(ConversationItem)]
+            view.index = rows.index("alice")
+            await pilot.press("enter")
+            await until(pilot, lambda: "⏱ 1 h disappearing" in screen_text(app), 30,
+                        "the timer in the header")
+            assert "⚑ [timer] messages disappear 3600 s after they are read" \
+                in screen_text(app)
+            await pilot.press("ctrl+q")
+            await until(pilot, lambda: not app.is_running, 10, "exit")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        alice.stop()
+        bob.stop()

@@ -133,3 +133,13 @@ def test_calls_errors_and_events_across_a_daemon_restart(tmp_path: Path) -> None
         bob.stop()
         dht.stop()
 
+
+
+def test_dhtchat_alone_opens_the_client_which_needs_a_terminal(tmp_path: Path) -> None:
+    for argv in ([], ["ui"]):
+        result = cli(tmp_path / "p", *argv, check=False)
+        assert result.returncode == 2
+        assert "the desktop client needs a terminal" in result.stderr
+        assert "Traceback" not in result.stderr
+    result = cli(tmp_path / "p", "ui", "--bootstrap", "nonsense", check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: ")

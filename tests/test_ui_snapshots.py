@@ -4,6 +4,7 @@ marks, a group. Update after a deliberate change with ``pytest --snapshot-update
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from dhtchat.ui.models import Contact, Group, Message
 from dhtchat.ui.screens.conversations import ConversationsScreen
 from dhtchat.ui.screens.requests import RequestsScreen
 from dhtchat.ui.state import ChatState
+from tests.test_ui_support import screen_text
 
 T0 = 1_764_000_000.0  # 2025-11-24 16:00 UTC
 
@@ -26,7 +28,7 @@ def _id(seed: int) -> str:
     return SigningIdentity.from_seed(bytes([seed]) * 32).user_id
 
 
-ME, ALICE, BOB, CAROL, MALLORY = _id(1), _id(2), _id(3), _id(4), _id(5)
+ME, ALICE, BOB, CAROL, MALLORY, DAN = _id(1), _id(2), _id(3), _id(4), _id(5), _id(6)
 GROUP = "ab" * 16
 
 
@@ -40,7 +42,8 @@ def _message(n: int, author: str, to: str, text: str, at: float, *, delivered: b
 
 
 def fixed_state() -> ChatState:
-    """Three contacts, one group and one request, as the API would report them."""
+    """Three contacts, one group, a request received and one sent, as the API would report
+    them."""
     state = ChatState(me=ME, connected=True)
     state.contacts = {
         ALICE: Contact(ALICE, "Alice", "accepted", status="connected", verified=T0 - 86400,
@@ -50,6 +53,7 @@ def fixed_state() -> ChatState:
         MALLORY: Contact(MALLORY, "Alice", "incoming", message="it's me, new phone",
                          since=T0, warning="uses the name of your verified contact 'Alice' "
                          "but is a different identity"),
+        DAN: Contact(DAN, DAN[:12], "outgoing", message="hi Dan", since=T0 - 60),
     }
     state.groups = {GROUP: Group(GROUP, "Newsroom", ME, (ME, ALICE, BOB), True, True, 2)}
     state.last = {
@@ -100,3 +104,29 @@ def test_conversations_screen(snap_compare: Callable[..., bool], utc: None) -> N
 def test_requests_screen_shows_the_impersonation_warning(
         snap_compare: Callable[..., bool], utc: None) -> None:
     assert snap_compare(SnapshotApp(RequestsScreen), terminal_size=(80, 24))
+
+
+def test_accepting_a_flagged_request_asks_first() -> None:
+    """A request the API flags as impersonating a verified contact is accepted only after a
+    second, explicit yes (no daemon here: the accept call then fails with a message)."""
+    async def scenario() -> None:
+        app = SnapshotApp(RequestsScreen)
+        async with app.run_test() as pilot:
+            await pilot.pause()
+            await pilot.press("a")
+            await pilot.pause()
+            assert "Someone may be pretending" in screen_text(app)
+            await pilot.press("escape")
+            await pilot.pause()
+            assert not app._notifications  # nothing was asked of the daemon
+            assert "Someone may be pretending" not in screen_text(app)
+            await pilot.press("a")
+            await pilot.pause()
+            await pilot.press("y")
+            for _ in range(100):
+                if app._notifications:
+                    break
+                await pilot.pause(0.02)
+            assert any("not connected to the daemon" in n.message for n in app._notifications)
+
+    asyncio.run(scenario())

@@ -80,7 +80,7 @@ from dhtchat.core.errors import DhtChatError, InvalidUserId
 from dhtchat.core.identity import decode_user_id, encode_user_id
 from dhtchat.core.sas import sas_from_number, sas_from_words
 from dhtchat.store.contacts import ContactEntry
-from dhtchat.store.history import StoredMessage
+from dhtchat.store.history import ConversationRef, StoredMessage
 
 if TYPE_CHECKING:
     from dhtchat.app.daemon import Daemon
@@ -323,6 +323,7 @@ class Api:
             "dropped_signals": daemon.dropped_signals,
             "outbox": len(outbox),
             "outbox_in_mailbox": sum(e.mailbox_stored for e in outbox),
+            "lan_discovery": daemon.running.lan.status(),
         }
 
     async def contact_request(self, p: ContactRequestParams) -> JsonObject:
@@ -470,7 +471,12 @@ class Api:
         """Messages not returned before, in order; marked as shown only once the reply is
         written."""
         messenger = self._messenger
-        messages = await messenger.receive(p.wait, p.limit)
+        only: ConversationRef | None = None
+        if p.contact is not None:
+            target = self._contact_or_group(p.contact)
+            only = ConversationRef(group=target.id) if isinstance(target, Group) \
+                else ConversationRef(contact=target.public_key)
+        messages = await messenger.receive(p.wait, p.limit, only)
         return Reply([self.message_json(m) for m in messages],
                      on_sent=lambda: messenger.shown(messages),
                      on_lost=lambda: messenger.release(messages))
@@ -479,9 +485,20 @@ class Api:
         """The conversation with a contact or a group."""
         history = self._messenger.history
         target = self._contact_or_group(p.contact)
+        before = None
+        if p.before is not None:
+            anchor = history.message(bytes.fromhex(p.before))
+            in_it = anchor is not None and (
+                anchor.group_id == target.id if isinstance(target, Group)
+                else anchor.group_id is None and anchor.contact == target.public_key)
+            if anchor is None or not in_it:
+                raise RpcError(INVALID_PARAMS, "before: no such message in this conversation")
+            before = anchor.id
         if isinstance(target, Group):
-            return [self.message_json(m) for m in history.group_history(target.id, p.limit)]
-        return [self.message_json(m) for m in history.history(target.public_key, p.limit)]
+            return [self.message_json(m)
+                    for m in history.group_history(target.id, p.limit, before=before)]
+        return [self.message_json(m)
+                for m in history.history(target.public_key, p.limit, before=before)]
 
     async def message_typing(self, p: MessageTypingParams) -> JsonObject:
         """Tell a connected contact that we are typing."""

@@ -18,7 +18,6 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -33,11 +32,13 @@ from dhtchat.app.lifecycle import (
     DaemonAlreadyRunning,
     DaemonOptions,
     ProfileLock,
+    Running,
     TaskSet,
     close_node,
     every,
     join,
     open_node,
+    start_upkeep,
 )
 from dhtchat.app.links import Link, Links
 from dhtchat.app.messenger import Messenger
@@ -59,19 +60,6 @@ log = logging.getLogger("dhtchat.daemon")
 _T = TypeVar("_T")
 
 MAINTENANCE_PERIOD: Final = 5.0
-
-
-@dataclass
-class Running:
-    """What a started daemon runs on, built whole by :meth:`Daemon.start` before the API
-    socket opens: the profile lock, the history, the DHT node and the services over them."""
-
-    lock: ProfileLock
-    history: History
-    node: UdpDhtNode
-    messenger: Messenger
-    calls: CallManager
-    rpc: RpcServer
 
 
 class Daemon:
@@ -177,6 +165,7 @@ class Daemon:
             raise LocalProtocolError(str(exc)) from None
         try:
             node = await open_node(self.profile, self.options)
+            lan = await start_upkeep(self.profile, node, self.options, self.spawn, self._stopping)
         except BaseException:
             history.close()
             lock.release()
@@ -186,7 +175,7 @@ class Daemon:
         self.connections.channel_user = messenger
         calls = CallManager(CallStore(history), self, messenger, tasks=self.tasks,
                             names=self.name_of, events=self.events)
-        return Running(lock, history, node, messenger, calls,
+        return Running(lock, history, node, lan, messenger, calls,
                        RpcServer(self.socket_path, self.api.handlers()))
 
     async def _join_and_run(self) -> None:
@@ -223,7 +212,7 @@ class Daemon:
         await self.tasks.cancel_all()
         if running is not None:
             await running.rpc.close()
-            await close_node(self.profile, running.node)
+            await close_node(self.profile, running.node, running.lan)
             running.messenger.files.close()
         self.contacts.close()
         await self.events.close()

@@ -75,7 +75,7 @@ from dhtchat.messaging.session import (
     is_initial_message,
 )
 from dhtchat.store.files import FileEntry
-from dhtchat.store.history import History, StoredMessage, Transaction
+from dhtchat.store.history import ConversationRef, History, StoredMessage, Transaction
 
 if TYPE_CHECKING:
     from dhtchat.app.daemon import Daemon
@@ -678,9 +678,11 @@ class Messenger:
 
     # ------------------------------------------------------------------ API helpers
 
-    async def receive(self, wait: float, limit: int) -> list[StoredMessage]:
-        """Messages not yet shown, reserved for this caller (:meth:`Reader.receive`)."""
-        return await self.reader.receive(wait, limit)
+    async def receive(self, wait: float, limit: int,
+                      only: ConversationRef | None = None) -> list[StoredMessage]:
+        """Messages not yet shown (of the conversation ``only``, else of all), reserved for
+        this caller (:meth:`Reader.receive`)."""
+        return await self.reader.receive(wait, limit, only)
 
     def release(self, messages: list[StoredMessage]) -> None:
         """The reply with these messages did not reach the client: offer them again."""

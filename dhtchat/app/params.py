@@ -100,11 +100,13 @@ class MessageBatchParams(Params, kw_only=True):
 class MessageReceiveParams(Params, kw_only=True):
     wait: Annotated[float, _meta("wait must be 0-3600 seconds", ge=0, le=3600)] = 0
     limit: Annotated[int, _meta("limit must be 1-10000", ge=1, le=10000)] = 1000
+    contact: ContactName | None = None  # only this conversation (a contact or a group)
 
 
 class MessageHistoryParams(Params, kw_only=True):
     contact: ContactName
     limit: Annotated[int, _meta("limit must be 1-100000", ge=1, le=100000)] = 50
+    before: HexId | None = None  # only messages older than this one (the next page up)
 
 
 class MessageTypingParams(Params, kw_only=True):

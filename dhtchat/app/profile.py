@@ -4,8 +4,9 @@ Resolution order: ``--profile DIR``, then ``$DHTCHAT_HOME``, then the platform's
 directory (``platformdirs.user_data_dir("dhtchat")``, e.g. ``~/.local/share/dhtchat``).
 
 Node state (``node.sqlite``, :class:`dhtchat.store.node.NodeState`) holds the node key
-(separate from the identity key, so the DHT never links an IP address to a person) and the
-contacts last known, so a restarted node rejoins the network without a bootstrap address.
+(separate from the identity key, so the DHT never links an IP address to a person), the UDP
+port the daemon used last (reused when ``dhtchat daemon`` gets no ``--port``) and the DHT
+peers that answered, so a restarted node rejoins the network without a bootstrap address.
 ``dhtchat node`` keeps node state only when a profile is given explicitly (``--profile`` or
 ``$DHTCHAT_HOME``); otherwise it runs with an ephemeral node key, as a throwaway bootstrap
 node would.
@@ -75,7 +76,7 @@ class Profile:
 
     @property
     def node_db_path(self) -> Path:
-        """SQLite database with the node key and known contacts."""
+        """SQLite database with the node key, its port and the DHT peers that answered."""
         return self.root / "node.sqlite"
 
     def has_identity(self) -> bool:

@@ -17,7 +17,7 @@ from typing import Final
 
 from dhtchat.app.jsontypes import JsonObject
 from dhtchat.core.identity import encode_user_id
-from dhtchat.store.history import History, StoredMessage
+from dhtchat.store.history import ConversationRef, History, StoredMessage
 
 MAX_RECEIVE_BYTES: Final = 512 * 1024  # per message.receive reply (the client asks again)
 
@@ -38,14 +38,15 @@ class Reader:
         async with self._arrived:
             self._arrived.notify_all()
 
-    async def receive(self, wait: float, limit: int) -> list[StoredMessage]:
+    async def receive(self, wait: float, limit: int,
+                      only: ConversationRef | None = None) -> list[StoredMessage]:
         """Messages not yet shown, in order; waits up to ``wait`` s for the first one. They
         are reserved for this caller until :meth:`shown` (the reply reached the client) or
         :meth:`release` (it did not): a lost reply loses nothing, and two concurrent callers
         never get the same message."""
         deadline = time.monotonic() + wait
         while True:
-            messages = [m for m in self.history.unfetched(limit + len(self._in_flight))
+            messages = [m for m in self.history.unfetched(limit + len(self._in_flight), only)
                         if m.id not in self._in_flight][:limit]
             messages = _cap_bytes(messages)
             if messages or time.monotonic() >= deadline:

@@ -53,6 +53,8 @@ def _saved_settings(root: Path, args: argparse.Namespace) -> ProfileSettings:
 
 async def _run_daemon(args: argparse.Namespace) -> int:
     profile, _ = open_profile(args)
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not a UDP port (0-65535; 0: any free port)")
     if not profile.has_identity():
         raise UsageError(f"no identity in {profile.root}; create one with `dhtchat id new`")
     document = load_identity_document(profile.identity_path)
@@ -79,6 +81,7 @@ async def _run_daemon(args: argparse.Namespace) -> int:
         ice_addresses=args.ice_address or saved.ice_addresses or None,
         connect_timeout=args.connect_timeout, display_name=args.name or saved.name,
         dht_mode="client" if args.dht_client else args.dht_mode,
+        lan_discovery=not args.no_lan_discovery,
     )
     daemon = Daemon(profile, identity, options)
     try:

@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     daemon = sub.add_parser("daemon", help="run your node: DHT, contacts, connections")
-    daemon.add_argument("--port", type=int, required=True, help="UDP port of the DHT node")
+    daemon.add_argument("--port", type=int,
+                        help="UDP port of the DHT node (default: the profile's port of the "
+                        "last run, else a free one, kept for the next run)")
     daemon.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     daemon.add_argument("--bootstrap", metavar="HOST:PORT", nargs="+", action="extend",
                         help="known DHT node(s) to join through")
@@ -121,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "a client until peers see this node at its own address)")
     daemon.add_argument("--dht-client", action="store_true",
                         help="the same as --dht-mode client")
+    daemon.add_argument("--no-lan-discovery", action="store_true",
+                        help="neither announce this node on the local network nor listen for "
+                        "other dhtchat nodes there (LAN discovery is on by default)")
     daemon.add_argument("--connect-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     daemon.set_defaults(func=cmd_daemon)
 

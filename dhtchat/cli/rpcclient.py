@@ -32,7 +32,7 @@ def run_with_daemon(args: argparse.Namespace,
     except DaemonNotRunning:
         raise DaemonUnavailable(
             f"no daemon is running for profile {profile.root}; start one with "
-            "`dhtchat daemon --port PORT`") from None
+            "`dhtchat daemon`") from None
 
 
 def contact_names(args: argparse.Namespace) -> dict[str, str]:

@@ -481,32 +481,56 @@ class History:
             "SELECT 1 FROM messages WHERE contact = ? AND outgoing = 0 AND seq = ?",
             (contact, seq)).fetchone() is not None
 
-    def history(self, contact: bytes, limit: int) -> list[StoredMessage]:
+    def history(self, contact: bytes, limit: int,
+                before: bytes | None = None) -> list[StoredMessage]:
         """The last ``limit`` messages with a contact, oldest first (incoming ones only once
-        they are in order)."""
+        they are in order); with ``before`` (a message id), the last ones older than it."""
+        older, args = self._older_than(before)
         rows = self._db.execute(
             _SELECT + " WHERE contact = ? AND (outgoing = 1 OR seq < (SELECT next_in_seq FROM "
             "conversations WHERE contact = ?)) AND (expire_at IS NULL OR expire_at > ?) "
-            "AND text != '' AND group_id IS NULL "
-            "ORDER BY coalesce(received_at, sent_at) DESC, seq DESC LIMIT ?",
-            (contact, contact, time.time(), limit)).fetchall()
+            "AND text != '' AND group_id IS NULL" + older +
+            " ORDER BY coalesce(received_at, sent_at) DESC, seq DESC LIMIT ?",
+            (contact, contact, time.time(), *args, limit)).fetchall()
         return [_message(r) for r in reversed(rows)]
 
-    def group_history(self, group_id: bytes, limit: int) -> list[StoredMessage]:
-        """The last ``limit`` messages of a group, oldest first."""
+    def _older_than(self, before: bytes | None) -> tuple[str, tuple[float, int] | tuple[()]]:
+        """The SQL condition (and its arguments) for "shown above message ``before``" in
+        the history's order (local time, then seq); none without ``before``."""
+        if before is None:
+            return "", ()
+        row = self._db.execute("SELECT coalesce(received_at, sent_at), seq FROM messages "
+                               "WHERE id = ?", (before,)).fetchone()
+        if row is None:
+            return "", ()
+        return " AND (coalesce(received_at, sent_at), seq) < (?, ?)", (row[0], row[1])
+
+    def group_history(self, group_id: bytes, limit: int,
+                      before: bytes | None = None) -> list[StoredMessage]:
+        """The last ``limit`` messages of a group, oldest first (with ``before``, the last
+        ones older than that message)."""
+        older, args = self._older_than(before)
         rows = self._db.execute(
             _SELECT + " WHERE group_id = ? AND text != '' AND (outgoing = 1 OR seq < "
-            "(SELECT next_in_seq FROM conversations c WHERE c.contact = m.contact)) "
-            "ORDER BY coalesce(received_at, sent_at) DESC LIMIT ?",
-            (group_id, limit)).fetchall()
+            "(SELECT next_in_seq FROM conversations c WHERE c.contact = m.contact))" + older +
+            " ORDER BY coalesce(received_at, sent_at) DESC, seq DESC LIMIT ?",
+            (group_id, *args, limit)).fetchall()
         return [_message(r) for r in reversed(rows)]
 
-    def unfetched(self, limit: int = 1000) -> list[StoredMessage]:
-        """Incoming messages in order that ``receive`` has not returned yet."""
+    def unfetched(self, limit: int = 1000,
+                  only: ConversationRef | None = None) -> list[StoredMessage]:
+        """Incoming messages in order that ``receive`` has not returned yet (of the
+        conversation ``only``, else of every one)."""
+        where = ""
+        args: tuple[bytes | None, ...] = ()
+        if only is not None and only.group is not None:
+            where, args = " AND m.group_id = ?", (only.group,)
+        elif only is not None:
+            where, args = " AND m.contact = ? AND m.group_id IS NULL", (only.contact,)
         rows = self._db.execute(
             _SELECT + " JOIN conversations c ON c.contact = m.contact WHERE m.outgoing = 0 "
-            "AND m.fetched = 0 AND m.seq < c.next_in_seq ORDER BY m.contact, m.seq "
-            "LIMIT ?", (limit,)).fetchall()
+            "AND m.fetched = 0 AND m.seq < c.next_in_seq" + where +
+            " ORDER BY m.contact, m.seq LIMIT ?", (*args, limit)).fetchall()
         return [_message(r) for r in rows]
 
     def mark_fetched(self, ids: list[bytes]) -> None:
@@ -551,6 +575,14 @@ class History:
         if self._log_fd is not None:
             os.close(self._log_fd)
             self._log_fd = None
+
+
+@dataclass(frozen=True)
+class ConversationRef:
+    """One conversation: with a contact (1:1 messages only) or of a group."""
+
+    contact: bytes | None = None
+    group: bytes | None = None
 
 
 _SELECT = ("SELECT m.id, m.contact, m.outgoing, m.seq, m.sent_at, m.received_at, m.text, "

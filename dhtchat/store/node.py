@@ -1,5 +1,6 @@
-"""The node's own database (``node.sqlite``, clear): its DHT key and the peers of the last
-run, so a restarted node keeps its id and rejoins the network without the bootstrap nodes."""
+"""The node's own database (``node.sqlite``, clear): its DHT key, its UDP port and the peers of
+the last run, so a restarted node keeps its id and port and rejoins the network without the
+bootstrap nodes."""
 
 from __future__ import annotations
 
@@ -38,6 +39,22 @@ class NodeState:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('node_key', ?)", (seed,))
         return SigningIdentity.from_seed(seed)
+
+    def port(self) -> int | None:
+        """The UDP port the node used last (None before the first run)."""
+        row = self._db.execute("SELECT value FROM meta WHERE name='port'").fetchone()
+        if row is None:
+            return None
+        try:
+            port = int(row[0])
+        except (TypeError, ValueError):
+            return None
+        return port if 0 < port < 65536 else None
+
+    def save_port(self, port: int) -> None:
+        """Keep ``port`` for the next run."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('port', ?)", (port,))
 
     def peers(self, limit: int = 200) -> list[tuple[bytes, Address]]:
         """The DHT peers of the last run, most recently seen first."""

@@ -93,22 +93,26 @@ class DhtchatApp(DeskApp):
 
     @work(group="events")
     async def follow_events(self) -> None:
-        """Apply every event to the state, then hand it to the screens."""
-        async for event in self.client.events():
+        """Apply the events to the state (those that came together as one batch), then hand
+        them to the screens."""
+        async for first in self.client.events():
+            batch = [first, *self.client.drain()]
             try:
-                await self.state.apply(self.client, event)
+                await self.state.apply(self.client, batch)
             except ApiError as exc:
                 self.notify(exc.message, title="error", severity="warning")
-            if isinstance(event, Disconnected):
-                self.notify(event.reason, title="daemon", severity="warning")
-            elif isinstance(event, Reconnected):
-                self.notify("connected to the daemon again", title="daemon")
-            elif isinstance(event, ErrorEvent):
-                self.notify(event.message, title="daemon", severity="warning")
+            for event in batch:
+                if isinstance(event, Disconnected):
+                    self.notify(event.reason, title="daemon", severity="warning")
+                elif isinstance(event, Reconnected):
+                    self.notify("connected to the daemon again", title="daemon")
+                elif isinstance(event, ErrorEvent):
+                    self.notify(event.message, title="daemon", severity="warning")
             for screen in self.screen_stack:
                 if isinstance(screen, ApiScreen):
-                    screen.api_event(event)
-            await self.desk_event(event)  # calls, notifications
+                    screen.api_events(batch)
+            for event in batch:
+                await self.desk_event(event)  # calls, notifications
 
     async def action_quit(self) -> None:
         """Quit; when this window started the daemon, ask whether to keep it running."""

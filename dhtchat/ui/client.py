@@ -163,6 +163,13 @@ class UiClient:
         while not self._closed:
             yield await self._queue.get()
 
+    def drain(self, limit: int = 10_000) -> list[ApiEvent]:
+        """The events already queued (at most ``limit``), without waiting."""
+        out: list[ApiEvent] = []
+        while len(out) < limit and not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        return out
+
     async def next_event(self, timeout: float) -> ApiEvent | None:
         """The next event within ``timeout`` seconds, else None."""
         try:

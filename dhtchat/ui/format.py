@@ -121,7 +121,7 @@ def message_line(message: Message, me: str) -> Text:
         return line
     line.append(who, style="bold")
     line.append(": ")
-    text = safe(message.text)
+    text = safe(message.text).replace("\n", "\n    ")  # continuation lines indented
     if message.kind == "file":
         text = "⚑ " + text
     line.append(text)

@@ -117,35 +117,47 @@ class ChatState:
         contact = self.contacts.get(user_id)
         return contact.label if contact is not None else user_id[:12]
 
-    async def apply(self, client: UiClient, event: ApiEvent) -> None:
-        """Bring the state up to date with one event (calls the API as needed)."""
-        match event:
-            case MessageEvent(contact=contact, kind=kind):
-                self.typing_until.pop(contact, None)
-                if kind == "group_text":
-                    await self._refresh_groups(client, count_unread=True)
-                else:
-                    await self._refresh_last(client, contact)
-                    if contact != self.open_conversation and kind in ("text", "file"):
-                        self.unread[contact] = self.unread.get(contact, 0) + 1
-            case GroupChangedEvent():
-                self.groups = {g.id: g for g in await client.groups()}
-                await self._refresh_groups(client, count_unread=False)
-            case ReceiptEvent(contact=contact):
-                await self._refresh_last(client, contact)
-            case TypingEvent(contact=contact):
-                self.typing_until[contact] = time.time() + TYPING_FOR
-            case (PresenceEvent() | ConnectionEvent() | ContactRequestEvent()
-                  | ContactAcceptedEvent()):
-                self.contacts = {c.id: c for c in await client.contacts()}
-            case Disconnected():
-                self.connected = False
-            case Reconnected(missed=missed):
-                self.connected = True
-                if missed:
-                    await self.load(client)
-                else:
-                    self.contacts = {c.id: c for c in await client.contacts()}
+    async def apply(self, client: UiClient, events: list[ApiEvent]) -> None:
+        """Bring the state up to date with a batch of events (the ones that came together:
+        a burst of 1,000 messages costs a handful of API calls, not 1,000)."""
+        last: set[str] = set()
+        contacts = groups = reload = False
+        group_texts = 0
+        for event in events:
+            match event:
+                case MessageEvent(contact=contact, kind=kind):
+                    self.typing_until.pop(contact, None)
+                    if kind == "group_text":
+                        group_texts += 1
+                    else:
+                        last.add(contact)
+                        if contact != self.open_conversation and kind in ("text", "file"):
+                            self.unread[contact] = self.unread.get(contact, 0) + 1
+                case GroupChangedEvent():
+                    groups = True
+                case ReceiptEvent(contact=contact):
+                    last.add(contact)
+                case TypingEvent(contact=contact):
+                    self.typing_until[contact] = time.time() + TYPING_FOR
+                case (PresenceEvent() | ConnectionEvent() | ContactRequestEvent()
+                      | ContactAcceptedEvent()):
+                    contacts = True
+                case Disconnected():
+                    self.connected = False
+                case Reconnected(missed=missed):
+                    self.connected = True
+                    contacts = True
+                    reload = reload or missed
+        if reload:
+            await self.load(client)
+            return
+        if contacts:
+            self.contacts = {c.id: c for c in await client.contacts()}
+        if groups:
+            self.groups = {g.id: g for g in await client.groups()}
+        await asyncio.gather(*(self._refresh_last(client, key) for key in last))
+        if groups or group_texts:
+            await self._refresh_groups(client, group_texts)
 
     async def _refresh_last(self, client: UiClient, key: str) -> None:
         try:
@@ -155,16 +167,27 @@ class ChatState:
         if page:
             self.last[key] = page[-1]
 
-    async def _refresh_groups(self, client: UiClient, count_unread: bool) -> None:
-        """Re-read each group's newest message; a new one from someone else is unread."""
-        for key in list(self.groups):
+    async def _refresh_groups(self, client: UiClient, new_texts: int) -> None:
+        """Re-read each group's newest messages; the new ones from others are unread (the
+        events do not say which group a message is in: up to ``new_texts`` per group)."""
+        keys = list(self.groups)
+        pages = await asyncio.gather(
+            *(client.history(key, max(1, min(new_texts, UNREAD_PAGE))) for key in keys),
+            return_exceptions=True)
+        for key, page in zip(keys, pages, strict=True):
+            if isinstance(page, BaseException):
+                if not isinstance(page, ApiError):
+                    raise page
+                continue
+            if not page:
+                continue
             before = self.last.get(key)
-            await self._refresh_last(client, key)
-            after = self.last.get(key)
-            if count_unread and after is not None and after != before \
-                    and (before is None or after.id != before.id) \
-                    and not after.outgoing(self.me) and key != self.open_conversation:
-                self.unread[key] = self.unread.get(key, 0) + 1
+            self.last[key] = page[-1]
+            if not new_texts or key == self.open_conversation:
+                continue
+            fresh = [m for m in page if before is None or m.shown_at > before.shown_at]
+            self.unread[key] = self.unread.get(key, 0) + sum(
+                1 for m in fresh if not m.outgoing(self.me) and m.kind == "text")
 
     def opened(self, key: str | None) -> None:
         """The conversation now on screen (its unread count is cleared)."""

@@ -18,7 +18,8 @@ class ComposeArea(TextArea):
     """Multi-line input: Enter sends, Ctrl+N (or Alt+Enter, Ctrl+J) starts a new line; a
     paste is inserted as it is, newlines included (it never sends)."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "newline", "New line"),
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "send", "Send"),
+                                             Binding("ctrl+n", "newline", "New line"),
                 Binding("alt+enter,ctrl+j", "newline", "New line", show=False)]
 
     class Submitted(TextualMessage):
@@ -29,13 +30,16 @@ class ComposeArea(TextArea):
             self.text = text
 
     async def _on_key(self, event: events.Key) -> None:
-        if event.key == "enter":
+        if event.key == "enter":  # (else TextArea's own handler inserts a newline)
             event.stop()
             event.prevent_default()
-            text = self.text
-            if text.strip():
-                self.post_message(self.Submitted(text))
+            self.action_send()
         # (other keys: Textual calls TextArea's own handler next, along the MRO)
+
+    def action_send(self) -> None:
+        """Send what was typed (nothing when it is blank)."""
+        if self.text.strip():
+            self.post_message(self.Submitted(self.text))
 
     def action_newline(self) -> None:
         """Insert a line break at the cursor."""

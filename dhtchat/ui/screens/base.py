@@ -47,6 +47,11 @@ class ApiScreen(Screen[None]):
         """The host app's client and state."""
         return host(self.app)
 
+    def api_events(self, events: list[ApiEvent]) -> None:
+        """Called with each batch of events once :attr:`ui` ``.state`` is up to date."""
+        for event in events:
+            self.api_event(event)
+
     def api_event(self, event: ApiEvent) -> None:
-        """Called for every event once :attr:`ui.state` is up to date; redraw here."""
+        """Called for every event (by :meth:`api_events`); redraw here."""
         del event

@@ -11,6 +11,8 @@ after which ``message.receive`` marks them read (the sender sees ✓✓).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from typing import ClassVar, Final
 
@@ -21,6 +23,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Static, TextArea
 
 from dhtchat.ui import format as fmt
+from dhtchat.ui.client import ApiError
 from dhtchat.ui.events import (
     ApiEvent,
     ConnectionEvent,
@@ -35,8 +38,12 @@ from dhtchat.ui.models import Message
 from dhtchat.ui.screens.base import ApiScreen, guarded
 from dhtchat.ui.widgets import ComposeArea, HistoryView, MessageItem
 
-PAGE: Final = 100  # messages per page of history
+log = logging.getLogger("dhtchat.ui")
+
+PAGE: Final = 50  # messages per page of history (a 24-line screen shows about 17)
 TAIL: Final = 20  # newest messages re-read after a message or receipt event
+TAIL_WIDENINGS: Final = 8  # 20, 80, ... 100,000: how far back a burst is looked for
+LAYOUT_WAITS: Final = 100  # x 10 ms: how long a prepended page may take to be laid out
 TYPING_EVERY: Final = 3.0  # seconds between my typing notices while I type (api.md §3.14)
 
 
@@ -66,13 +73,15 @@ class ConversationScreen(ApiScreen):
         self.timer: int | None = None
         self._lock = asyncio.Lock()
         self._typing_sent = 0.0
-        self._typing_timer: object = None
+        self._created = time.monotonic()
+        self.timings: dict[str, float] = {}  # how long the first page took (ms)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="head", markup=False)
         yield HistoryView(id="history")
         yield Static("", id="typing", markup=False)
-        yield ComposeArea(id="compose", soft_wrap=True, show_line_numbers=False)
+        yield ComposeArea(id="compose", soft_wrap=True, show_line_numbers=False,
+                          placeholder="message (Enter sends, Ctrl+N new line)")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -127,6 +136,7 @@ class ConversationScreen(ApiScreen):
             page = await guarded(self.app, self.ui.client.history(self.key, PAGE))
             if page is None:
                 return
+            fetched = time.monotonic()
             self.more = len(page) >= PAGE
             view = self.query_one(HistoryView)
             items = [self._item(m) for m in page]
@@ -136,6 +146,14 @@ class ConversationScreen(ApiScreen):
             self.timer = fmt.timer_of(self.messages)
             self.redraw_head()
             self._to_end(view)
+            self.timings = {"history_ms": (fetched - self._created) * 1000,
+                            "shown_ms": (time.monotonic() - self._created) * 1000}
+
+            def painted() -> None:
+                self.timings["painted_ms"] = (time.monotonic() - self._created) * 1000
+                log.debug("conversation opened: %s", self.timings)
+
+            self.call_after_refresh(painted)
         await self.mark_read()
 
     def _to_end(self, view: HistoryView) -> None:
@@ -180,24 +198,27 @@ class ConversationScreen(ApiScreen):
             if not older:
                 return
             view = self.query_one(HistoryView)
-            height, y = view.virtual_size.height, view.scroll_y
+            was_first = self.items[first]
             items = [self._item(m) for m in older]
             await view.mount_all(items, before=0)
             self.messages = older + self.messages
             if self.timer is None:
                 self.timer = fmt.timer_of(self.messages)
                 self.redraw_head()
+            # Keep the place: the message that was at the top stays there, the older page
+            # is above it, out of view (scroll up to read it). Its new position is known once
+            # the view has been laid out again (a few frames; bounded).
+            for _ in range(LAYOUT_WAITS):
+                if was_first.virtual_region.y > 0:
+                    break
+                await asyncio.sleep(0.01)
+            view.scroll_to_widget(was_first, animate=False, top=True, immediate=True)
 
-            def keep_place() -> None:
-                view.scroll_to(y=y + view.virtual_size.height - height, animate=False)
-
-            self.call_after_refresh(keep_place)
-
-    @work(group="tail")
+    @work(group="tail", exclusive=True)
     async def refresh_tail(self) -> None:
         """Append new messages and update the marks of the newest ones."""
         async with self._lock:
-            page = await guarded(self.app, self.ui.client.history(self.key, TAIL))
+            page = await self._tail_page()
             if page is None:
                 return
             fresh = []
@@ -223,6 +244,18 @@ class ConversationScreen(ApiScreen):
                 self._to_end(view)
         if any(not m.outgoing(self.ui.state.me) for m in fresh):
             await self.mark_read()
+
+    async def _tail_page(self) -> list[Message] | None:
+        """The newest messages, reaching back to one already shown (a burst of new ones
+        leaves no gap): TAIL, then four times more, a bounded number of times."""
+        limit = TAIL
+        for _ in range(TAIL_WIDENINGS):
+            page = await guarded(self.app, self.ui.client.history(self.key, limit))
+            if page is None or len(page) < limit or not self.items \
+                    or any(m.id in self.items for m in page) or limit >= 100_000:
+                return page
+            limit = min(limit * 4, 100_000)
+        return page
 
     async def mark_read(self) -> None:
         """Tell the daemon the messages were shown (``message.receive``: read receipts)."""
@@ -277,10 +310,8 @@ class ConversationScreen(ApiScreen):
                 or not self.query_one(ComposeArea).text:
             return
         self._typing_sent = now
-        try:
+        with contextlib.suppress(ApiError):  # a typing notice is best effort
             await self.ui.client.typing(self.key)
-        except Exception:
-            return
 
     def action_back(self) -> None:
         """Back to the conversations."""

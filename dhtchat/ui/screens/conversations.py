@@ -93,8 +93,8 @@ class ConversationsScreen(ApiScreen):
         self.ui.state.opened(None)
         self.redraw()
 
-    def api_event(self, event: ApiEvent) -> None:
-        self.redraw()
+    def api_events(self, events: list[ApiEvent]) -> None:
+        self.redraw()  # (once per batch)
 
     def top_text(self, state: ChatState) -> Text:
         """My name/id, the daemon connection and the requests waiting."""
@@ -122,6 +122,7 @@ class ConversationsScreen(ApiScreen):
         view.index = index
         empty = self.query_one("#empty", Static)
         empty.display = not rows
+        view.display = bool(rows)
         empty.update("No conversations yet. Press a to add a contact by their user id, "
                      "i to see yours (give it to others), r for requests you received.")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -65,6 +65,7 @@ class RequestsScreen(ApiScreen):
     RequestsScreen ListView { height: 1fr; }
     RequestsScreen ListItem { height: auto; padding: 0 1; margin-bottom: 1; }
     RequestsScreen #empty { height: auto; padding: 1 2; }
+    RequestsScreen #sent { height: auto; max-height: 3; padding: 0 1; color: $text-muted; }
     """
 
     def compose(self) -> ComposeResult:
@@ -72,14 +73,15 @@ class RequestsScreen(ApiScreen):
                      "accepting", id="top", markup=False)
         yield ListView(id="requests")
         yield Static("No requests are waiting.", id="empty", markup=False)
+        yield Static("", id="sent", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
         self.redraw()
         self.query_one(ListView).focus()
 
-    def api_event(self, event: ApiEvent) -> None:
-        self.redraw()
+    def api_events(self, events: list[ApiEvent]) -> None:
+        self.redraw()  # (once per batch)
 
     def redraw(self) -> None:
         """Rebuild the list from the state."""
@@ -90,13 +92,27 @@ class RequestsScreen(ApiScreen):
         view.extend(RequestItem(c) for c in requests)
         view.index = min(index, len(requests) - 1) if requests else None
         self.query_one("#empty", Static).display = not requests
+        sent = sorted((c for c in self.ui.state.contacts.values() if c.state == "outgoing"),
+                      key=lambda c: c.since)
+        self.query_one("#sent", Static).update(
+            "Sent, waiting for their answer: " + ", ".join(
+                _sent_label(c) for c in sent) if sent else "")
 
+    @work(group="answer", exclusive=True)
     async def action_answer(self, how: str) -> None:
         """Accept, refuse or block the highlighted request."""
         item = self.query_one(ListView).highlighted_child
         if not isinstance(item, RequestItem):
             self.notify("No request selected.", severity="warning")
             return
+        if how == "accept" and item.contact.warning:
+            sure = await self.app.push_screen_wait(ConfirmScreen(
+                f"⚠ {fmt.name(item.contact.label)} {item.contact.warning}.\n\nSomeone may "
+                "be pretending to be your contact. Accept only if you checked the fingerprint "
+                "with them in person or on a call.\n\n  y  accept anyway    n / Esc  do not "
+                "accept"))
+            if not sure:
+                return
         client = self.ui.client
         target = item.contact.id
         call = {"accept": client.accept, "refuse": client.refuse, "block": client.block}[how]
@@ -107,6 +123,37 @@ class RequestsScreen(ApiScreen):
         done = {"accept": "accepted", "refuse": "refused", "block": "blocked"}[how]
         self.notify(f"{fmt.name(result.label)}: {done}")
         self.redraw()
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question (dismissed with True for yes)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("y", "answer(True)", "Yes"),
+                                             Binding("n,escape", "answer(False)", "No")]
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    ConfirmScreen Static { width: 70; height: auto; padding: 1 2; border: thick $error;
+                           background: $surface; }
+    """
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.question, markup=False)
+        yield Footer()
+
+    def action_answer(self, yes: bool) -> None:
+        """Close with the answer."""
+        self.dismiss(yes)
+
+
+def _sent_label(contact: Contact) -> str:
+    """A request I sent: the name, and the start of the id (the name until they answer)."""
+    if not contact.name or contact.name == contact.id[:12]:
+        return f"{contact.id[:12]}…"
+    return f"{fmt.name(contact.name)} ({contact.id[:12]}…)"
 
 
 def check_id(text: str) -> str | None:
