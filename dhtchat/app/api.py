@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import msgspec
 
-from dhtchat.app.calls import Call, CallManager, CallMedia
+from dhtchat.app.api_calls import CallApi
+from dhtchat.app.calls import CallManager
 from dhtchat.app.files import file_json
 from dhtchat.app.groups import Group
 from dhtchat.app.jsontypes import JsonObject
@@ -40,6 +41,8 @@ from dhtchat.app.params import (
     ConnectParams,
     ContactAcceptParams,
     ContactParams,
+    ContactRemoveParams,
+    ContactRenameParams,
     ContactRequestParams,
     EventsSubscribeParams,
     FileGetParams,
@@ -50,7 +53,6 @@ from dhtchat.app.params import (
     GroupInviteParams,
     GroupParams,
     GroupRemoveParams,
-    MediaParams,
     MessageBatchParams,
     MessageHistoryParams,
     MessageReceiveParams,
@@ -78,7 +80,6 @@ from dhtchat.core.addresses import format_address
 from dhtchat.core.contacts import make_contact_request
 from dhtchat.core.errors import DhtChatError, InvalidUserId
 from dhtchat.core.identity import decode_user_id, encode_user_id
-from dhtchat.core.sas import sas_from_number, sas_from_words
 from dhtchat.store.contacts import ContactEntry
 from dhtchat.store.history import ConversationRef, StoredMessage
 
@@ -112,6 +113,7 @@ class Api:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        self.call_api = CallApi(daemon, self._accepted_contact)
         self._methods = self.methods()
 
     def methods(self) -> dict[str, Method]:
@@ -125,6 +127,8 @@ class Api:
             "contact.block": _method(ContactParams, self.contact_block),
             "contact.unblock": _method(ContactParams, self.contact_unblock),
             "contact.list": _method(Params, self.contact_list),
+            "contact.rename": _method(ContactRenameParams, self.contact_rename),
+            "contact.remove": _method(ContactRemoveParams, self.contact_remove),
             "connect": _method(ConnectParams, self.connect),
             "message.send": _method(MessageSendParams, self.message_send),
             "message.send_batch": _method(MessageBatchParams, self.message_send_batch),
@@ -144,16 +148,16 @@ class Api:
             "file.decline": _method(FileIdParams, self.file_decline),
             "file.cancel": _method(FileIdParams, self.file_cancel),
             "file.limits": _method(FileLimitsParams, self.file_limits),
-            "call.start": _method(CallStartParams, self.call_start),
-            "call.answer": _method(CallAnswerParams, self.call_answer),
-            "call.decline": _method(CallIdParams, self.call_decline),
-            "call.hangup": _method(CallIdParams, self.call_hangup),
-            "call.status": _method(CallIdParams, self.call_status),
-            "call.wait": _method(CallWaitParams, self.call_wait),
-            "call.list": _method(CallListParams, self.call_list),
-            "call.auto_answer": _method(CallAutoAnswerParams, self.call_auto_answer),
-            "call.verify": _method(CallVerifyParams, self.call_verify),
-            "call.control": _method(CallControlParams, self.call_control),
+            "call.start": _method(CallStartParams, self.call_api.call_start),
+            "call.answer": _method(CallAnswerParams, self.call_api.call_answer),
+            "call.decline": _method(CallIdParams, self.call_api.call_decline),
+            "call.hangup": _method(CallIdParams, self.call_api.call_hangup),
+            "call.status": _method(CallIdParams, self.call_api.call_status),
+            "call.wait": _method(CallWaitParams, self.call_api.call_wait),
+            "call.list": _method(CallListParams, self.call_api.call_list),
+            "call.auto_answer": _method(CallAutoAnswerParams, self.call_api.call_auto_answer),
+            "call.verify": _method(CallVerifyParams, self.call_api.call_verify),
+            "call.control": _method(CallControlParams, self.call_api.call_control),
             "events.subscribe": _method(EventsSubscribeParams, self.events_subscribe),
             "settings.get": _method(Params, self.settings_get),
             "settings.set": _method(SettingsSetParams, self.settings_set),
@@ -197,7 +201,7 @@ class Api:
             if len(matches) > 1:
                 raise RpcError(INVALID_PARAMS, f"several contacts are named {text!r}; "
                                "use the user id") from None
-            if len(text) >= 50:
+            if len(text) >= 50 or "fingerprint" in str(exc):
                 raise RpcError(INVALID_PARAMS, str(exc)) from None
             raise RpcError(NOT_FOUND, f"no contact named {text!r}") from None
         entry = contacts.get(key)
@@ -341,12 +345,14 @@ class Api:
         if entry is not None and entry.state == "accepted":
             return self.contact_json(entry)
         if entry is not None and entry.state == "incoming":
-            return await self.contact_accept(ContactAcceptParams(id=p.id))
+            return await self.contact_accept(ContactAcceptParams(id=p.id,
+                                                                 name=p.contact_name))
         # sealing checks the sizes, before anything is recorded
         record = await asyncio.to_thread(
             make_contact_request, daemon.identity, recipient, kind="request", name=my_name,
             message=message, now=time.time(), random_bytes=secrets.token_bytes)
-        label = (entry.name if entry else "") or encode_user_id(recipient)[:12]
+        label = p.contact_name or (entry.name if entry else "") \
+            or encode_user_id(recipient)[:12]
         entry = daemon.contacts.put(recipient, name=label, state="outgoing", message=message)
         stored = await daemon.inbox.put(record)
         if not stored:
@@ -402,6 +408,33 @@ class Api:
     async def contact_list(self, p: Params) -> list[JsonObject]:
         """Every contact with its state and, for accepted ones, the connection status."""
         return [self.contact_json(e) for e in self.daemon.contacts.all()]
+
+    # contact.rename / contact.remove (issue 16)
+
+    async def contact_rename(self, p: ContactRenameParams) -> JsonObject:
+        """Change the local name of a contact (any state); nothing is sent."""
+        found = self._resolve(p.id)
+        if not isinstance(found, ContactEntry):
+            raise RpcError(NOT_FOUND, "that id is not in your contact list")
+        name = p.name.strip()
+        if not name or any(ord(c) < 32 for c in name):
+            raise RpcError(INVALID_PARAMS, "name must be 1-64 printable characters")
+        entry = self.daemon.contacts.put(found.public_key, name=name, state=found.state,
+                                         message=found.message)
+        return self.contact_json(entry)
+
+    async def contact_remove(self, p: ContactRemoveParams) -> JsonObject:
+        """Forget a contact: the connection, presence and rendezvous stop, the pair's
+        ratchet session is deleted; the history stays unless ``delete_history``."""
+        found = self._resolve(p.id)
+        if not isinstance(found, ContactEntry) or found.state == "blocked":
+            raise RpcError(NOT_FOUND, "that id is blocked; `dhtchat contact unblock ID` "
+                           "forgets it" if isinstance(found, ContactEntry)
+                           else "that id is not in your contact list")
+        deleted = await self.daemon.remove_contact(found.public_key,
+                                                   delete_history=p.delete_history)
+        return {"id": encode_user_id(found.public_key), "name": found.name, "state": "removed",
+                "history_deleted": p.delete_history, "messages_deleted": deleted}
 
     async def connect(self, p: ConnectParams) -> JsonObject:
         """Connect to an accepted contact."""
@@ -484,7 +517,13 @@ class Api:
     async def message_history(self, p: MessageHistoryParams) -> list[JsonObject]:
         """The conversation with a contact or a group."""
         history = self._messenger.history
-        target = self._contact_or_group(p.contact)
+        try:
+            target: ContactEntry | Group = self._contact_or_group(p.contact)
+        except RpcError:  # a removed contact's kept history, by user id (contact.remove)
+            key = self._resolve(p.contact) if len(p.contact) >= 50 else None
+            if not isinstance(key, bytes) or not history.history(key, 1):
+                raise
+            return [self.message_json(m) for m in history.history(key, p.limit)]
         before = None
         if p.before is not None:
             anchor = history.message(bytes.fromhex(p.before))
@@ -636,129 +675,6 @@ class Api:
         changes = {k: v for k, v in msgspec.structs.asdict(p).items() if v is not None}
         return dict(files.set_limits(**changes) if changes else files.limits())
 
-    # -------------------------------------------------------------- calls
-
-    def _call(self, call_id: str | None) -> Call:
-        found: Call = self._calls.find(bytes.fromhex(call_id) if call_id else None)
-        return found
-
-    async def call_start(self, p: CallStartParams) -> JsonObject:
-        """Call a contact, or 2-4 contacts as a group call; returns once the invites are
-        sent."""
-        calls = self._calls
-        media = _media(p)
-        try:
-            if isinstance(p.to, list):  # a group call
-                if not 2 <= len(p.to) <= 4:
-                    raise RpcError(INVALID_PARAMS, "a group call takes 2 to 4 contacts")
-                keys = [self._accepted_contact(t).public_key for t in p.to]
-                legs = await calls.place_group(keys, media)
-                return {"conference": legs[0].conference.hex(),
-                        "calls": [calls.as_json(leg) for leg in legs]}
-            entry = self._accepted_contact(p.to)
-            call = await calls.place(entry.public_key, media, video=p.video)
-        except (ConnectionError, TimeoutError) as exc:  # the contact cannot be reached
-            raise RpcError(CONNECTION_FAILED, f"call failed: {exc}") from None
-        out: JsonObject = calls.as_json(call)
-        return out
-
-    async def call_answer(self, p: CallAnswerParams) -> JsonObject:
-        """Answer the ringing call."""
-        call = self._call(p.id)
-        await self._calls.answer(call, _media(p))
-        out: JsonObject = self._calls.as_json(call)
-        return out
-
-    async def call_decline(self, p: CallIdParams) -> JsonObject:
-        """Decline the ringing call."""
-        call = self._call(p.id)
-        await self._calls.decline(call)
-        out: JsonObject = self._calls.as_json(call)
-        return out
-
-    async def call_hangup(self, p: CallIdParams) -> JsonObject:
-        """Hang up."""
-        call = self._call(p.id)
-        await self._calls.hangup(call)
-        out: JsonObject = self._calls.as_json(call)
-        return out
-
-    async def call_status(self, p: CallIdParams) -> JsonObject:
-        """A call with its SAS and media statistics."""
-        call = self._call(p.id)
-        out: JsonObject = self._calls.as_json(call)
-        out["stats"] = await self._calls.stats(call)
-        return out
-
-    async def call_wait(self, p: CallWaitParams) -> JsonObject | None:
-        """Wait until a call changes, or, without id, until one rings; returns the call
-        (None on timeout)."""
-        calls = self._calls
-        if p.id is None:
-            ringing = calls.current
-            if ringing is None or ringing.machine.state != "ringing" \
-                    or ringing.machine.direction != "incoming":
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(calls.incoming.wait(), p.timeout)
-                ringing = calls.current
-            return calls.as_json(ringing) if ringing is not None else None
-        call = self._call(p.id)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(call.changed.wait(), p.timeout)
-        out: JsonObject = calls.as_json(call)
-        return out
-
-    async def call_list(self, p: CallListParams) -> list[JsonObject]:
-        """The call log, newest first."""
-        rows: list[JsonObject] = self._calls.log(p.limit)
-        return rows
-
-    async def call_verify(self, p: CallVerifyParams) -> JsonObject:
-        """Mark a contact verified after comparing the SAS of a call (``sas``: the words or
-        digits the contact read out, checked against our last call)."""
-        entry = self._accepted_contact(p.contact)
-        calls = [c for c in self._calls.calls.values()
-                 if c.contact == entry.public_key and c.sas is not None]
-        if not calls:
-            raise RpcError(INVALID_PARAMS, "no call with this contact showed a SAS since the "
-                           "daemon started; call first and compare the words")
-        last = max(calls, key=lambda c: c.machine.started)
-        shown = last.sas
-        assert shown is not None  # (the calls above all have one)
-        if p.sas is not None:
-            spoken = str(p.sas)
-            heard = sas_from_number(spoken) if spoken.replace(" ", "").isdigit() \
-                else sas_from_words(spoken)
-            if heard != shown:
-                log.warning("WARNING: the SAS %s does not match %s shown for the call with "
-                            "%s: someone may be in the middle", heard, shown, entry.name)
-                raise RpcError(INVALID_PARAMS, f"the words do not match ({shown.text} here): "
-                               "someone may be in the middle; the contact stays unverified")
-        self.daemon.contacts.mark_verified(entry.public_key, entry.name, time.time(),
-                                           last.remote_fingerprint)
-        return {"contact": encode_user_id(entry.public_key), "name": entry.name,
-                "verified": True, "sas": shown.text}
-
-    async def call_control(self, p: CallControlParams) -> JsonObject:
-        """Mute, hold or camera during a call (for a group call every leg)."""
-        calls = self._calls
-        call = self._call(p.id)
-        for leg in calls.legs(call.conference) if call.conference else [call]:
-            if p.mute is not None:
-                await calls.set_mute(leg, p.mute)
-            if p.hold is not None:
-                await calls.set_hold(leg, p.hold)
-            if p.camera is not None:
-                await calls.set_camera(leg, p.camera)
-        out: JsonObject = calls.as_json(call)
-        return out
-
-    async def call_auto_answer(self, p: CallAutoAnswerParams) -> JsonObject:
-        """Answer every incoming call with these media (headless use)."""
-        calls = self._calls
-        calls.auto_answer = _media(p) if p.enabled else None
-        return {"auto_answer": calls.auto_answer is not None}
-
     # -------------------------------------------------------------- events
 
     async def events_subscribe(self, p: EventsSubscribeParams) -> Reply:
@@ -792,7 +708,3 @@ class Api:
         if "name" in changes:
             self.daemon.set_display_name(updated.name)
         return settings_reply(updated, self._running_settings())
-
-
-def _media(p: MediaParams) -> CallMedia:
-    return CallMedia(p.audio_in or "silence", p.audio_out or "null", p.video_in)

@@ -240,6 +240,17 @@ class Daemon:
         entry = self.contacts.get(public_key)
         return entry is not None and entry.state == "accepted"
 
+    async def remove_contact(self, public_key: bytes, *, delete_history: bool) -> int:
+        """Forget a contact (``contact.remove``): its connection, presence and listens stop,
+        its entry and verified mark go, and so does the pair's ratchet session; returns the
+        messages deleted (only with ``delete_history``)."""
+        await self.connections.drop(public_key, "removed")
+        self.contacts.delete(public_key)
+        self.contacts.unverify(public_key)
+        deleted = self.history.forget_contact(public_key, history=delete_history)
+        self.messenger.stream.states.pop(public_key, None)  # rebuilt from the history
+        return deleted
+
     def link_contact(self, public_key: bytes) -> Link:
         """The link of an accepted contact, started (presence, rendezvous, prekeys) if new."""
         link = self.links.get(public_key)

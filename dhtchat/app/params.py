@@ -59,6 +59,19 @@ class ContactRequestParams(Params, kw_only=True):
     id: Annotated[str, _meta("a user id is required")]
     name: Annotated[str, _text("name", 64)] | None = None
     message: Annotated[str, _text("message", 280)] | None = None
+    contact_name: Annotated[str, _text("contact_name", 64)] | None = None
+
+
+# contact.rename / contact.remove (issue 16)
+class ContactRenameParams(Params, kw_only=True):
+    id: ContactName
+    name: Annotated[str, _meta("name must be 1-64 characters", "name must be a string",
+                               min_length=1, max_length=64)]
+
+
+class ContactRemoveParams(Params, kw_only=True):
+    id: ContactName
+    delete_history: bool = False
 
 
 class ContactParams(Params, kw_only=True):
@@ -205,6 +218,7 @@ class CallListParams(Params, kw_only=True):
 class CallVerifyParams(Params, kw_only=True):
     contact: ContactName
     sas: str | int | None = None
+    differ: bool = False
 
 
 class CallAutoAnswerParams(MediaParams, kw_only=True):

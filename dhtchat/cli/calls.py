@@ -9,8 +9,9 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Final
 
+from dhtchat.app.rpc import INVALID_PARAMS, RpcError
 from dhtchat.cli.errors import EXIT_FAILED, EXIT_OK, UsageError
 from dhtchat.cli.rpcclient import rpc
 
@@ -113,6 +114,58 @@ def _follow_group(args: argparse.Namespace, legs: list[dict[str, Any]],
     return EXIT_OK if any(leg["answered"] for leg in legs) else EXIT_FAILED
 
 
+def call_outcome(row: dict[str, Any]) -> str:
+    """How a logged call ended, saying "missed" once (and a SAS that differed)."""
+    reason = str(row["reason"])
+    text = (reason if reason.startswith("missed") else f"missed ({reason})") \
+        if row.get("missed") else reason
+    if row.get("suspicious"):
+        text += "  SUSPICIOUS: the SAS words differed"
+    return text
+
+
+RETRIES: Final = 3  # retyped SAS words before `call verify` gives up
+
+
+def _verify(args: argparse.Namespace, contact: str, spoken: str | None) -> int:
+    """``call verify``: mark the contact verified (checking the words it read out, if given).
+    Words that do not match are first taken for a typo: in a terminal they can be retyped;
+    only ``--differ`` (or answering "differ") marks the call suspicious."""
+    if args.differ:
+        return _differ(args, contact)
+    for _ in range(RETRIES):
+        params: dict[str, Any] = {"contact": contact}
+        if spoken is not None:
+            params["sas"] = spoken
+        try:
+            result = rpc(args, "call.verify", params)
+        except RpcError as exc:
+            typo = "do not match" in exc.message or "SAS" in exc.message
+            if exc.code != INVALID_PARAMS or not typo or not sys.stdin.isatty():
+                raise
+            print(f"error: {exc.message.split(': check')[0]}", file=sys.stderr)
+            answer = input("Retype the words your contact reads (or type `differ` if they "
+                           "really are different words; Enter to stop): ").strip()
+            if not answer:
+                return EXIT_FAILED
+            if answer.lower() == "differ":
+                return _differ(args, contact)
+            spoken = answer
+            continue
+        print(f"{result['name']} is verified (SAS {result['sas']})", file=sys.stderr)
+        return EXIT_OK
+    print("error: the words still do not match; nothing was marked", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _differ(args: argparse.Namespace, contact: str) -> int:
+    result = rpc(args, "call.verify", {"contact": contact, "differ": True})
+    print(f"WARNING: the SAS words of your call with {result['name']} differed: someone may "
+          "be in the middle of it. The call is marked suspicious and the contact is not "
+          "verified; hang up and check the contact's id another way.", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     """Start a call (or group call), or list, stats, verify, hangup and controls."""
     words = args.target
@@ -125,8 +178,7 @@ def cmd_call(args: argparse.Namespace) -> int:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started"]))
             length = (f"{row['ended'] - row['answered']:.0f} s"
                       if row["answered"] and row["ended"] else "")
-            mark = "MISSED " if row["missed"] else ""
-            print(f"{when}  {row['direction']:<8} {row['name']:<16} {mark}{row['reason']} "
+            print(f"{when}  {row['direction']:<8} {row['name']:<16} {call_outcome(row)} "
                   f"{length}".rstrip())
         return EXIT_OK
     if words[0] == "stats" and len(words) == 1:
@@ -138,12 +190,8 @@ def cmd_call(args: argparse.Namespace) -> int:
             _print_call_stats(status["stats"])
         return EXIT_OK
     if words[0] == "verify" and len(words) in (2, 3):
-        params: dict[str, Any] = {"contact": words[1]}
-        if len(words) == 3 or args.sas:
-            params["sas"] = args.sas or words[2]
-        result = rpc(args, "call.verify", params)
-        print(f"{result['name']} is verified (SAS {result['sas']})", file=sys.stderr)
-        return EXIT_OK
+        spoken = args.sas or (words[2] if len(words) == 3 else None)
+        return _verify(args, words[1], spoken)
     if words[0] == "hangup" and len(words) == 1:
         rpc(args, "call.hangup", {})
         return EXIT_OK

@@ -14,8 +14,10 @@ def cmd_contact(args: argparse.Namespace) -> int:
     """Requests, answers, blocks and the contact list."""
     action = args.contact_command
     if action == "request":
-        result = rpc(args, "contact.request",
-                      {"id": args.id, "name": args.name, "message": args.message})
+        params = {"id": args.id, "name": args.name, "message": args.message}
+        if args.contact_name:
+            params["contact_name"] = args.contact_name
+        result = rpc(args, "contact.request", params)
         print(f"request sent to {result['id']} (stored on {result.get('stored_on', 0)} nodes)"
               if result["state"] == "outgoing" else f"{result['name']}: {result['state']}")
     elif action == "pending":
@@ -32,6 +34,17 @@ def cmd_contact(args: argparse.Namespace) -> int:
     elif action == "unblock":
         result = rpc(args, "contact.unblock", {"id": args.id})
         print(f"unblocked {result['id']}")
+    elif action == "rename":
+        result = rpc(args, "contact.rename", {"id": args.id, "name": args.name})
+        print(f"renamed {result['id']} to {result['name']}")
+    elif action == "remove":
+        result = rpc(args, "contact.remove", {"id": args.id,
+                                              "delete_history": args.delete_history})
+        count = result["messages_deleted"]
+        kept = f"{count} message{'' if count == 1 else 's'} deleted" \
+            if result["history_deleted"] else \
+            f"history kept (`dhtchat history {result['id']}`; `--delete-history` deletes it)"
+        print(f"removed {result['name']} ({result['id']}); {kept}")
     else:
         print_contacts(rpc(args, "contact.list", {}), args.json)
     return EXIT_OK

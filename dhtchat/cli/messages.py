@@ -8,14 +8,56 @@ from pathlib import Path
 from typing import Any
 
 from dhtchat.app.rpc import DaemonStopped, RpcClient
-from dhtchat.cli.errors import EXIT_OK
+from dhtchat.cli.errors import EXIT_OK, UsageError
 from dhtchat.cli.printing import print_message
 from dhtchat.cli.rpcclient import contact_names, rpc, run_with_daemon
+from dhtchat.messaging.payload import MAX_TEXT_BYTES
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def message_text(text: str | None) -> str:
+    """The text to send: the argument, or standard input for ``-`` or no argument (a
+    trailing newline dropped); over :data:`MAX_TEXT_BYTES` is a usage error naming the
+    limit."""
+    if text is None or text == "-":
+        if text is None and sys.stdin.isatty():
+            raise UsageError("no message: give the TEXT, or pipe it in (`echo hi | dhtchat "
+                             "send NAME`, or `dhtchat send NAME -`)")
+        data = sys.stdin.buffer.read(MAX_TEXT_BYTES + 2)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError("the text on standard input is not UTF-8") from None
+        if text.endswith("\n"):
+            text = text[:-1]
+    size = len(text.encode("utf-8"))
+    if size > MAX_TEXT_BYTES:
+        shown = f"{size}" if size <= MAX_TEXT_BYTES + 1 else f"more than {MAX_TEXT_BYTES}"
+        raise UsageError(f"the message is {shown} bytes; a message holds at most "
+                         f"{MAX_TEXT_BYTES} bytes (64 KiB): split it, or send it as a file "
+                         "(`dhtchat file send NAME PATH`)")
+    if not text:
+        raise UsageError("the message is empty")
+    return text
+
+
+def parse_duration(text: str) -> int:
+    """Seconds from ``90``, ``90s``, ``30m``, ``1h``, ``7d``, ``2w`` or ``off``/``0``."""
+    value = text.strip().lower()
+    if value in ("off", "0"):
+        return 0
+    unit = _UNITS.get(value[-1:], 0)
+    number = value[:-1] if unit else value
+    if not number.isdigit():
+        raise UsageError(f"cannot read {text!r} as a duration: use e.g. 30m, 1h, 7d, 90s or "
+                         "off")
+    return int(number) * (unit or 1)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Queue a message (with ``--wait``: until its delivery receipt)."""
-    params: dict[str, Any] = {"to": args.contact, "text": args.text}
+    params: dict[str, Any] = {"to": args.contact, "text": message_text(args.text)}
     if args.wait:
         params.update(wait=True, timeout=args.timeout)
     result = rpc(args, "message.send", params, timeout=args.timeout + 30)
@@ -72,6 +114,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_timer(args: argparse.Namespace) -> int:
     """Set a conversation's disappearing-message timer."""
-    result = rpc(args, "message.timer", {"contact": args.contact, "seconds": args.seconds})
+    seconds = parse_duration(args.seconds)
+    result = rpc(args, "message.timer", {"contact": args.contact, "seconds": seconds})
     print(result["text"])
     return EXIT_OK

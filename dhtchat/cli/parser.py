@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dhtchat import __version__
+from dhtchat.cli.backup import cmd_backup, cmd_restore
 from dhtchat.cli.calls import cmd_answer, cmd_call
 from dhtchat.cli.contacts import cmd_connect, cmd_contact
 from dhtchat.cli.daemon import cmd_daemon
@@ -52,6 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     show = id_sub.add_parser("show", help="print your user id")
     show.add_argument("--qr", action="store_true", help="also print a terminal QR code")
     show.set_defaults(func=cmd_id_show)
+
+    backup = sub.add_parser("backup", help="write an encrypted backup of the profile "
+                            "(daemon stopped; passphrase from $DHTCHAT_BACKUP_PASSPHRASE or "
+                            "the terminal)")
+    backup.add_argument("file", metavar="FILE")
+    backup.add_argument("--history", action="store_true",
+                        help="also the message history, call log and received files")
+    backup.set_defaults(func=cmd_backup)
+    restore = sub.add_parser("restore", help="build a new profile (--profile DIR) from a "
+                             "backup; contacts reconnect without new requests")
+    restore.add_argument("file", metavar="FILE")
+    restore.add_argument("--no-passphrase", action="store_true",
+                         help="store the restored identity key unencrypted (not recommended)")
+    restore.set_defaults(func=cmd_restore)
 
     node = sub.add_parser("node", help="run a headless DHT node until SIGINT/SIGTERM")
     node.add_argument("--port", type=int, required=True, help="UDP port (0: any free port)")
@@ -133,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     contact_sub = contact.add_subparsers(dest="contact_command", required=True)
     c_request = contact_sub.add_parser("request", help="ask ID to become a contact")
     c_request.add_argument("id", metavar="ID")
-    c_request.add_argument("--name", help="the display name they will see")
+    c_request.add_argument("--name", help="YOUR display name, the one they will see")
+    c_request.add_argument("--as", dest="contact_name", metavar="NAME",
+                           help="what to call THEM in your contact list")
     c_request.add_argument("--message", default="", help="a short note (280 characters)")
     c_pending = contact_sub.add_parser("pending", help="requests waiting for an answer")
     c_pending.add_argument("--json", action="store_true")
@@ -146,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
         c_other.add_argument("id", metavar="ID")
     c_list = contact_sub.add_parser("list", help="contacts and their status")
     c_list.add_argument("--json", action="store_true")
+    c_rename = contact_sub.add_parser("rename", help="change what you call a contact")
+    c_rename.add_argument("id", metavar="NAME_OR_ID")
+    c_rename.add_argument("name", metavar="NEW_NAME")
+    c_remove = contact_sub.add_parser("remove", help="remove a contact: connection, presence "
+                                      "and session stop (the history is kept)")
+    c_remove.add_argument("id", metavar="NAME_OR_ID")
+    c_remove.add_argument("--delete-history", action="store_true",
+                          help="also delete the conversation's messages")
     contact.set_defaults(func=cmd_contact)
 
     connect = sub.add_parser("connect", help="open an encrypted connection to a contact")
@@ -156,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     send = sub.add_parser("send", help="send a message (queued; delivered when possible)")
     send.add_argument("contact", metavar="NAME_OR_ID")
-    send.add_argument("text", metavar="TEXT")
+    send.add_argument("text", metavar="TEXT", nargs="?",
+                      help="the message; `-` or none: read it from standard input")
     send.add_argument("--wait", action="store_true",
                       help="return once the delivery receipt arrived")
     send.add_argument("--timeout", type=float, default=60.0)
@@ -190,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     timer = sub.add_parser("timer", help="disappearing messages for a conversation")
     timer.add_argument("contact", metavar="NAME_OR_ID")
-    timer.add_argument("seconds", type=int, metavar="SECONDS",
-                       help="delete messages this long after they are read (0: off)")
+    timer.add_argument("seconds", metavar="DURATION",
+                       help="delete messages this long after they are read: 90s, 30m, 1h, "
+                       "7d, 2w or seconds (0 or off: never)")
     timer.set_defaults(func=cmd_timer)
 
     files = sub.add_parser("file", help="send and receive files")
@@ -229,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
         call.add_argument(flag, dest=flag[2:].replace("-", "_"), help=what)
     call.add_argument("--duration", type=float, help="hang up after S seconds of media")
     call.add_argument("--sas", help="with verify: the words the contact read to you")
+    call.add_argument("--differ", action="store_true",
+                      help="with verify: the words the contact read are NOT yours (marks the "
+                      "call suspicious: someone may be in the middle)")
     call.add_argument("--limit", type=int, default=50, help="with list: how many")
     call.add_argument("--json", action="store_true")
     call.set_defaults(func=cmd_call)

@@ -47,17 +47,28 @@ def print_message(message: dict[str, Any], as_json: bool, names: dict[str, str])
 
 
 def print_contacts(rows: list[dict[str, Any]], as_json: bool) -> None:
-    """Contact rows (``contact.list``, ``contact.pending``), as JSON or one line each."""
+    """Contact rows (``contact.list``, ``contact.pending``), as JSON or a table with a
+    header: name, state, verified (a word), id, then the status (last, so however long it
+    is it never runs into the id)."""
     if as_json:
         print(json.dumps(rows, indent=2))
         return
+    if not rows:
+        print("no contacts")
+        return
+    print(f"{'NAME':<20} {'STATE':<9} {'VERIFIED':<8} {'ID':<58} STATUS")
     for row in rows:
         status = row.get("status", "")
         if row.get("path"):
             status += f" ({row['path']})"
         if row.get("reason") and row.get("status") != "connected":
             status += f" - {row['reason']}"
-        extra = f" \"{one_line(row['message'])}\"" if row.get("message") else ""
-        print(f"{one_line(row['name']):<20} {row['state']:<9} {status:<24} {row['id']}{extra}")
+        if row.get("message"):
+            status += f" \"{one_line(row['message'])}\""
+        name = one_line(row["name"]) or "-"
+        if len(name) > 20:
+            name = name[:19] + "~"
+        verified = "yes" if row.get("verified") else "no"
+        print(f"{name:<20} {row['state']:<9} {verified:<8} {row['id']:<58} {status}".rstrip())
         if row.get("warning"):
             print(f"  WARNING: {one_line(row['name'])} {row['warning']}")

@@ -100,6 +100,11 @@ def decode_user_id(text: str) -> bytes:
     copied in groups.
     """
     cleaned = "".join(text.split()).replace("-", "").upper()
+    if cleaned.isdigit() and len(cleaned) >= 25:  # 60 digits: a fingerprint, 70: a safety number
+        raise InvalidUserId(
+            "that is a fingerprint (digits, for comparing keys), not a user id: ask for the "
+            f"{USER_ID_LENGTH}-character id that `dhtchat id show` prints"
+        )
     if len(cleaned) != USER_ID_LENGTH:
         raise InvalidUserId(
             f"a user id has {USER_ID_LENGTH} characters, this one has {len(cleaned)}"

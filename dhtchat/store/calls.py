@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS calls (
     reason TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS call_certificates (
     contact BLOB PRIMARY KEY, key_pem BLOB NOT NULL, cert_pem BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS suspicious_calls (id BLOB PRIMARY KEY, marked REAL NOT NULL);
 """
 
 
@@ -67,6 +68,17 @@ class CallStore:
             "ORDER BY started DESC LIMIT ?", (limit,)).fetchall()
         return [CallRecord(bytes(r[0]), bytes(r[1]), r[2], bool(r[3]), r[4], r[5], r[6], r[7])
                 for r in rows]
+
+    def mark_suspicious(self, call_id: bytes, now: float) -> None:
+        """The user said the SAS words of this call differed (a possible attacker)."""
+        with self._history.transaction() as db:
+            db.connection.execute("INSERT OR IGNORE INTO suspicious_calls VALUES (?, ?)",
+                                  (call_id, now))
+
+    def suspicious(self) -> set[bytes]:
+        """The ids of the calls marked suspicious."""
+        return {bytes(row[0]) for row in
+                self._history.connection.execute("SELECT id FROM suspicious_calls")}
 
     def certificate(self, contact: bytes) -> tuple[bytes, bytes] | None:
         """Our stored (private key PEM, certificate PEM) for calls with ``contact``."""

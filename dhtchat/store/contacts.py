@@ -128,6 +128,11 @@ class ContactStore:
                 self._db.execute("ALTER TABLE verified ADD COLUMN fingerprint TEXT NOT NULL "
                                  "DEFAULT ''")
 
+    @property
+    def connection(self) -> Connection:
+        """The connection, for a backup (:mod:`dhtchat.store.backup`) while no daemon runs."""
+        return self._db
+
     def get(self, public_key: bytes) -> ContactEntry | None:
         """The entry for a key, if any."""
         if public_key in self._entries:

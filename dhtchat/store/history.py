@@ -468,6 +468,19 @@ class History:
             "SELECT seq FROM messages WHERE contact = ? AND outgoing = 0 AND seq >= ?",
             (contact, next_in_seq))]
 
+    def forget_contact(self, contact: bytes, *, history: bool) -> int:
+        """A removed contact: forget the pair's ratchet session and the frames encrypted
+        under it (queued messages stay, to go out on a new session should they be added
+        again); with ``history`` also the conversation's messages. Returns how many messages
+        were deleted."""
+        with self.transaction() as db:
+            db.clear_session(contact)
+            db.forget_frames(contact)
+            if not history:
+                return 0
+            cursor = self._db.execute("DELETE FROM messages WHERE contact = ?", (contact,))
+            return int(cursor.rowcount)
+
     # ------------------------------------------------------------------ messages
 
     def message(self, message_id: bytes) -> StoredMessage | None:
