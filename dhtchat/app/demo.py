@@ -337,17 +337,11 @@ async def run_demo(*, dht: bool = False, nodes: int = 16, keep_running: bool = F
                    timeout: float = DEFAULT_TIMEOUT) -> int:
     """``dhtchat demo``: the conversation (``dht``: the DHT put/get demo); the exit code.
 
-    On a terminal the desktop UI is to open instead, from the command line (the UI sits above
-    this layer): ``with DemoInBackground(workdir) as setup:`` then the UI on
-    ``setup.user_profile`` with its daemon started as ``setup.daemon_args`` say. Until the UI
-    is part of dhtchat a terminal gets the same transcript as a headless run
-    (:func:`has_terminal`)."""
+    On a terminal the command line opens the desktop client instead
+    (:mod:`dhtchat.cli.demoui`: the UI sits above this layer), on :class:`DemoInBackground`."""
     nodes = max(4, min(nodes, 250))
     if dht:
         return await run_dht_demo(nodes=nodes, keep_running=keep_running)
-    if has_terminal():
-        _say("(on a terminal the desktop UI is to open here; until it is part of dhtchat, "
-             "you get the transcript of the scenario)")
     return await run_conversation_demo(nodes=nodes, keep_running=keep_running,
                                        timeout=timeout)
 

@@ -1,4 +1,5 @@
-"""``dhtchat node``: a headless DHT node until SIGINT/SIGTERM; ``dhtchat demo``."""
+"""``dhtchat node``: a headless DHT node until SIGINT/SIGTERM; ``dhtchat demo`` (on a terminal
+through :mod:`dhtchat.cli.demoui`)."""
 
 from __future__ import annotations
 
@@ -137,12 +138,20 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run a local network on loopback and show it working (the conversation with the demo
-    bot; ``--dht``: the DHT put/get)."""
-    from dhtchat.app.demo import run_demo  # noqa: PLC0415 - the conversation loads aiortc
+    """Run a local network on loopback and show it working: on a terminal the desktop client
+    with the demo contact; without one (CI) the conversation with the demo bot as a headless
+    transcript; ``--dht``: the DHT put/get."""
+    from dhtchat.app.demo import has_terminal, run_demo  # noqa: PLC0415 - loads aiortc
 
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
+    # On a terminal the desktop client (--keep-running: the transcript, then the commands to
+    # go on with from another terminal).
+    if not args.dht and not args.keep_running and has_terminal():
+        from dhtchat.cli.demoui import run_demo_ui  # noqa: PLC0415 - loads Textual
+
+        return run_demo_ui(nodes=max(4, min(args.nodes, 250)), timeout=args.timeout,
+                           verbose=args.verbose)
     if not args.verbose and not args.dht:  # the transcript says what the daemons log
         logging.getLogger("dhtchat").setLevel(logging.ERROR)
         logging.getLogger("dhtchat.demobot").setLevel(logging.WARNING)

@@ -232,14 +232,23 @@ class UiClient:
         """Every group."""
         return await self._typed(parse_groups, "group.list")
 
-    async def history(self, conversation: str, limit: int) -> list[Message]:
-        """The last ``limit`` messages of a contact or group, oldest first."""
-        return await self._typed(parse_messages, "message.history",
-                                 {"contact": conversation, "limit": limit})
+    async def history(self, conversation: str, limit: int,
+                      before: str | None = None) -> list[Message]:
+        """The last ``limit`` messages of a contact or group, oldest first; with ``before``
+        (a message id), the last ones above that message (the next page up)."""
+        params: JsonObject = {"contact": conversation, "limit": limit}
+        if before is not None:
+            params["before"] = before
+        return await self._typed(parse_messages, "message.history", params)
 
-    async def receive(self, limit: int = 1000) -> list[Message]:
-        """The messages no earlier call returned (marks them read)."""
-        return await self._typed(parse_messages, "message.receive", {"limit": limit})
+    async def receive(self, limit: int = 1000,
+                      conversation: str | None = None) -> list[Message]:
+        """The messages no earlier call returned (of ``conversation`` only, if given): marks
+        them read."""
+        params: JsonObject = {"limit": limit}
+        if conversation is not None:
+            params["contact"] = conversation
+        return await self._typed(parse_messages, "message.receive", params)
 
     async def send(self, to: str, text: str) -> Message:
         """Queue a message to a contact or group."""

@@ -6,10 +6,9 @@ kept current by :meth:`ChatState.apply` for every event. Screens render from it.
 
 Unread counts: an incoming message is unread until the client shows its conversation. At load
 they are the incoming messages of the newest page whose ``read`` is false; then every
-``message`` event of a conversation that is not open adds one. (The API's
-``message.receive``, which marks messages read, has no per-conversation filter: when a
-conversation is opened, messages of other conversations that arrived meanwhile are marked read
-by the daemon too, but keep their unread count here until opened.)
+``message`` event of a conversation that is not open adds one. Opening a conversation marks
+only its messages read (``message.receive`` with ``contact``): the others stay unread at the
+daemon too, so the counts survive a restart of the client.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 disappearing-message timer, and the compose box.
 
 The history pages in: the screen opens with the newest PAGE messages (``message.history``
-with ``limit``), and each time it is scrolled to the top it asks for PAGE more (the API pages
-by count from the newest, so the next call's limit is what is shown plus PAGE, and the older
-part is put above). Marks follow the ``receipt`` events; new messages the ``message`` events,
-after which ``message.receive`` marks them read (the sender sees ✓✓).
+with ``limit``), and each time it is scrolled to the top it asks for the PAGE above the oldest
+one shown (``before`` its id) and puts them above. Marks follow the ``receipt`` events; new
+messages the ``message`` events, after which ``message.receive`` for this conversation marks
+them read (the sender sees ✓✓; other conversations stay unread).
 """
 
 from __future__ import annotations
@@ -183,18 +183,12 @@ class ConversationScreen(ApiScreen):
         async with self._lock:
             if not self.more or not self.messages:
                 return
-            limit = min(len(self.messages) + PAGE, 100_000)
-            page = await guarded(self.app, self.ui.client.history(self.key, limit))
+            first = self.messages[0].id
+            page = await guarded(self.app, self.ui.client.history(self.key, PAGE, first))
             if page is None:
                 return
-            first = self.messages[0].id
-            cut = next((i for i, m in enumerate(page) if m.id == first), None)
-            if cut is None:  # the oldest shown expired meanwhile: take what is not shown
-                older = [m for m in page if m.id not in self.items
-                         and m.shown_at <= self.messages[0].shown_at]
-            else:
-                older = page[:cut]
-            self.more = len(page) >= limit and bool(older)
+            older = [m for m in page if m.id not in self.items]
+            self.more = len(page) >= PAGE and bool(older)
             if not older:
                 return
             view = self.query_one(HistoryView)
@@ -260,7 +254,7 @@ class ConversationScreen(ApiScreen):
     async def mark_read(self) -> None:
         """Tell the daemon the messages were shown (``message.receive``: read receipts)."""
         if self.is_current:
-            await guarded(self.app, self.ui.client.receive())
+            await guarded(self.app, self.ui.client.receive(conversation=self.key))
             self.ui.state.opened(self.key)
 
     def on_screen_resume(self) -> None:
