@@ -60,6 +60,7 @@ from dhtchat.app.params import (
     MessageTimerParams,
     MessageTypingParams,
     Params,
+    SettingsSetParams,
     decode_params,
 )
 from dhtchat.app.rpc import (
@@ -74,6 +75,7 @@ from dhtchat.app.rpc import (
     Reply,
     RpcError,
 )
+from dhtchat.app.settings import ProfileSettings, settings_reply
 from dhtchat.core.addresses import format_address
 from dhtchat.core.contacts import make_contact_request
 from dhtchat.core.errors import DhtChatError, InvalidUserId
@@ -157,6 +159,8 @@ class Api:
             "call.verify": _method(CallVerifyParams, self.call_api.call_verify),
             "call.control": _method(CallControlParams, self.call_api.call_control),
             "events.subscribe": _method(EventsSubscribeParams, self.events_subscribe),
+            "settings.get": _method(Params, self.settings_get),
+            "settings.set": _method(SettingsSetParams, self.settings_set),
             "shutdown": _method(Params, self.shutdown),
         }
 
@@ -677,3 +681,30 @@ class Api:
         """Stream events after ``since`` to this connection as notifications."""
         return await self.daemon.events.subscribe_connection(p.since)
 
+    # -------------------------------------------------------------- settings
+
+    def _running_settings(self) -> JsonObject:
+        options = self.daemon.options
+        return {"name": options.display_name, "relay_only": options.relay_only,
+                "turn": options.turn.url if options.turn is not None else None,
+                "ice_addresses": list(options.ice_addresses or [])}
+
+    async def settings_get(self, p: Params) -> JsonObject:
+        """The settings saved in the profile and the ones the running daemon uses."""
+        return settings_reply(ProfileSettings.load(self.daemon.profile.root),
+                              self._running_settings())
+
+    async def settings_set(self, p: SettingsSetParams) -> JsonObject:
+        """Save settings in the profile; the name applies at once, the rest at the next
+        start."""
+        root = self.daemon.profile.root
+        saved = ProfileSettings.load(root)
+        changes = {k: v for k, v in msgspec.structs.asdict(p).items() if v is not None}
+        updated = msgspec.structs.replace(saved, **changes)
+        if "turn" in changes and not updated.turn:  # clearing the server clears its login
+            updated = msgspec.structs.replace(updated, turn_user="", turn_pass="")
+        updated.check()
+        updated.save(root)
+        if "name" in changes:
+            self.daemon.set_display_name(updated.name)
+        return settings_reply(updated, self._running_settings())

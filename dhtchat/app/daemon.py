@@ -265,6 +265,11 @@ class Daemon:
         self._seq = max(self._seq + 1, int(time.time() * 1000))
         return self._seq
 
+    def set_display_name(self, name: str) -> None:
+        """The name sent with my next requests and acceptances (``settings.set``)."""
+        self.options.display_name = name
+        self.inbox.display_name = name
+
     def name_of(self, public_key: bytes) -> str:
         """The name to show for ``public_key``: the contact's, else the start of its user id
         (:data:`dhtchat.app.services.Names`)."""

@@ -175,6 +175,16 @@ class FileLimitsParams(Params, kw_only=True):
     total_quota: Bytes | None = None
 
 
+class SettingsSetParams(Params, kw_only=True):
+    name: Annotated[str, _text("name", 64)] | None = None
+    relay_only: bool | None = None
+    turn: Annotated[str, _text("turn", 1024)] | None = None
+    turn_user: Annotated[str, _text("turn_user", 256)] | None = None
+    turn_pass: Annotated[str, _text("turn_pass", 256)] | None = None
+    ice_addresses: Annotated[list[str], _meta("ice_addresses must be a list of IP "
+                                              "addresses")] | None = None
+
+
 class MediaParams(Params, kw_only=True):
     audio_in: MediaSpec | None = "silence"
     audio_out: MediaSpec | None = "null"

@@ -8,12 +8,15 @@ import asyncio
 import functools
 import logging
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dhtchat.app.keystore import is_encrypted, load_identity_document, open_identity
+from dhtchat.app.settings import ProfileSettings
 from dhtchat.cli.errors import EXIT_OK, UsageError
 from dhtchat.cli.identity import read_passphrase
 from dhtchat.cli.options import open_profile, parse_bootstrap
+from dhtchat.core.errors import LocalProtocolError
 
 if TYPE_CHECKING:
     from dhtchat.net.webrtc import TurnServer
@@ -33,6 +36,19 @@ def _parse_turn(args: argparse.Namespace) -> TurnServer | None:
     if not args.turn_user or args.turn_pass is None:
         raise UsageError("--turn needs --turn-user and --turn-pass")
     return TurnServer(args.turn, args.turn_user, args.turn_pass)
+
+
+def _saved_settings(root: Path, args: argparse.Namespace) -> ProfileSettings:
+    """The profile's saved settings (``settings.set``), for every flag not given; the saved
+    TURN server fills ``--turn`` and its login."""
+    try:
+        saved = ProfileSettings.load(root)
+        saved.check()
+    except LocalProtocolError as exc:
+        raise UsageError(f"profile settings: {exc}") from None
+    if not args.turn and saved.turn:
+        args.turn, args.turn_user, args.turn_pass = saved.turn, saved.turn_user, saved.turn_pass
+    return saved
 
 
 async def _run_daemon(args: argparse.Namespace) -> int:
@@ -57,11 +73,14 @@ async def _run_daemon(args: argparse.Namespace) -> int:
     from dhtchat.app.daemon import Daemon, DaemonAlreadyRunning, DaemonOptions  # noqa: PLC0415
 
     identity = await unlocking  # a wrong passphrase fails here, as before
+    saved = _saved_settings(profile.root, args)
     options = DaemonOptions(
         port=args.port, host=args.host, bootstrap=parse_bootstrap(args.bootstrap),
-        stun=parse_bootstrap(args.stun), turn=_parse_turn(args), relay_only=args.relay_only,
-        ice_addresses=args.ice_address, connect_timeout=args.connect_timeout,
-        display_name=args.name or "", dht_mode="client" if args.dht_client else args.dht_mode,
+        stun=parse_bootstrap(args.stun), turn=_parse_turn(args),
+        relay_only=args.relay_only or saved.relay_only,
+        ice_addresses=args.ice_address or saved.ice_addresses or None,
+        connect_timeout=args.connect_timeout, display_name=args.name or saved.name,
+        dht_mode="client" if args.dht_client else args.dht_mode,
         lan_discovery=not args.no_lan_discovery,
     )
     daemon = Daemon(profile, identity, options)

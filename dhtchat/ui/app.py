@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import ClassVar
 
 from textual import work
-from textual.app import App
 from textual.binding import Binding, BindingType
 
 from dhtchat.ui.client import ApiError, UiClient, socket_path
 from dhtchat.ui.daemonctl import DaemonControl, DaemonOptions, Settings, daemon_answers
+from dhtchat.ui.desk import DeskApp
 from dhtchat.ui.events import Disconnected, ErrorEvent, Reconnected
 from dhtchat.ui.identity import KeystoreError, has_identity, needs_passphrase
 from dhtchat.ui.screens.base import ApiScreen
@@ -30,7 +30,7 @@ from dhtchat.ui.screens.unlock import UnlockScreen
 from dhtchat.ui.state import ChatState
 
 
-class DhtchatApp(App[int]):
+class DhtchatApp(DeskApp):
     """The dhtchat desktop client for one profile."""
 
     TITLE = "dhtchat"
@@ -111,6 +111,8 @@ class DhtchatApp(App[int]):
             for screen in self.screen_stack:
                 if isinstance(screen, ApiScreen):
                     screen.api_events(batch)
+            for event in batch:
+                await self.desk_event(event)  # calls, notifications
 
     async def action_quit(self) -> None:
         """Quit; when this window started the daemon, ask whether to keep it running."""

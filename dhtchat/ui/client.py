@@ -33,10 +33,21 @@ from dhtchat.ui.models import (
     Status,
     parse_contact,
     parse_contacts,
+    parse_group,
     parse_groups,
     parse_message,
     parse_messages,
     parse_status,
+)
+from dhtchat.ui.records import (
+    CallInfo,
+    DaemonSettings,
+    FileInfo,
+    parse_call,
+    parse_call_start,
+    parse_file,
+    parse_files,
+    parse_settings,
 )
 
 log = logging.getLogger("dhtchat.ui.client")
@@ -276,3 +287,106 @@ class UiClient:
         """Ask the daemon to stop."""
         await self.call("shutdown", timeout=10.0)
 
+
+    # ------------------------------------------------ files, groups, calls, settings
+
+    async def files(self) -> list[FileInfo]:
+        """Every transfer, newest first."""
+        return await self._typed(parse_files, "file.list")
+
+    async def file_send(self, to: str, path: str) -> JsonValue:
+        """Offer a file (a path on the daemon's machine) to a contact or group."""
+        return await self.call("file.send", {"to": to, "path": path}, timeout=600.0)
+
+    async def file_accept(self, file_id: str) -> FileInfo:
+        """Download an offered file."""
+        return await self._typed(parse_file, "file.accept", {"id": file_id})
+
+    async def file_decline(self, file_id: str) -> FileInfo:
+        """Refuse an offered file."""
+        return await self._typed(parse_file, "file.decline", {"id": file_id})
+
+    async def file_get(self, file_id: str, dest: str) -> str:
+        """Copy a complete received file to ``dest``; the path written."""
+        reply = await self.call("file.get", {"id": file_id, "dest": dest})
+        path = reply.get("path") if isinstance(reply, dict) else None
+        if not isinstance(path, str):
+            raise ApiError("the daemon sent a malformed file.get reply")
+        return path
+
+    async def file_limits(self, auto_accept: int | None = None) -> dict[str, int]:
+        """The file limits (bytes); with ``auto_accept``, set that one first."""
+        params: JsonObject = {} if auto_accept is None else {"auto_accept": auto_accept}
+        reply = await self.call("file.limits", params)
+        if not isinstance(reply, dict):
+            raise ApiError("the daemon sent malformed file limits")
+        return {k: v for k, v in reply.items() if isinstance(v, int)}
+
+    async def group_create(self, name: str, members: list[str]) -> Group:
+        """A new group with me as admin."""
+        return await self._typed(parse_group, "group.create",
+                                 {"name": name, "members": list(members)})
+
+    async def group_invite(self, group: str, members: list[str]) -> Group:
+        """Add members (admin only)."""
+        return await self._typed(parse_group, "group.invite",
+                                 {"group": group, "members": list(members)})
+
+    async def group_remove(self, group: str, member: str) -> Group:
+        """Remove a member (admin only)."""
+        return await self._typed(parse_group, "group.remove",
+                                 {"group": group, "member": member})
+
+    async def group_leave(self, group: str) -> bool:
+        """Leave a group (members only)."""
+        reply = await self.call("group.leave", {"group": group})
+        return isinstance(reply, dict) and reply.get("left") is True
+
+    async def call_start(self, to: str | list[str], media: dict[str, str],
+                         video: bool = False) -> list[CallInfo]:
+        """Call a contact (or 2-4 contacts: a group call, one call per leg)."""
+        params: JsonObject = {"to": to if isinstance(to, str) else list(to), "video": video}
+        params.update(media)
+        return await self._typed(parse_call_start, "call.start", params, timeout=90.0)
+
+    async def call_answer(self, call_id: str, media: dict[str, str]) -> CallInfo:
+        """Answer a ringing call with these media."""
+        params: JsonObject = {"id": call_id}
+        params.update(media)
+        return await self._typed(parse_call, "call.answer", params, timeout=60.0)
+
+    async def call_decline(self, call_id: str) -> CallInfo:
+        """Refuse a ringing call."""
+        return await self._typed(parse_call, "call.decline", {"id": call_id})
+
+    async def call_hangup(self, call_id: str) -> CallInfo:
+        """End (or cancel) a call."""
+        return await self._typed(parse_call, "call.hangup", {"id": call_id})
+
+    async def call_status(self, call_id: str) -> CallInfo:
+        """The call with its live numbers."""
+        return await self._typed(parse_call, "call.status", {"id": call_id})
+
+    async def call_control(self, call_id: str, *, mute: bool | None = None,
+                           hold: bool | None = None, camera: bool | None = None) -> CallInfo:
+        """Mute, hold, camera."""
+        params: JsonObject = {"id": call_id}
+        for key, value in (("mute", mute), ("hold", hold), ("camera", camera)):
+            if value is not None:
+                params[key] = value
+        return await self._typed(parse_call, "call.control", params)
+
+    async def call_verify(self, contact: str) -> bool:
+        """Mark the contact verified after the SAS words were compared and matched."""
+        reply = await self.call("call.verify", {"contact": contact})
+        return isinstance(reply, dict) and reply.get("verified") is True
+
+    async def settings_get(self) -> DaemonSettings:
+        """The daemon settings saved in the profile and in effect."""
+        return await self._typed(parse_settings, "settings.get")
+
+    async def settings_set(self, **changes: str | bool | list[str]) -> DaemonSettings:
+        """Save daemon settings (docs/api.md §3.21)."""
+        params: JsonObject = {k: list(v) if isinstance(v, list) else v
+                              for k, v in changes.items()}
+        return await self._typed(parse_settings, "settings.set", params)
