@@ -176,7 +176,7 @@ def compose_text(screen: str) -> str | None:
 
 def listed(screen: str, name: str) -> bool:
     """The conversations list with ``name``'s row and its footer."""
-    return name in screen and "Requests" in screen and "Add contact" in screen
+    return name in screen and "Requests" in screen and "My id" in screen
 
 
 # ---------------------------------------------------------------------------- the daemons

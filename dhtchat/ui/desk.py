@@ -32,7 +32,7 @@ class DeskApp(App[int]):
         Binding("f2", "desk_call", "Call"),
         Binding("f3", "desk_files", "Files"),
         Binding("f4", "desk_groups", "Groups"),
-        Binding("f5", "desk_settings", "Settings"),
+        Binding("f5", "desk_settings", "Setup"),
     ]
 
     # (set by the subclass before mount)

@@ -8,7 +8,7 @@ from textual import events
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.message import Message as TextualMessage
-from textual.widgets import Input, Static, TextArea
+from textual.widgets import Footer, Input, Static, TextArea
 
 from dhtchat.ui import format as fmt
 from dhtchat.ui.models import Message
@@ -81,3 +81,17 @@ class IdInput(Input):
             self.insert_text_at_cursor(" ".join(event.text.split()))
         event.stop()
         event.prevent_default()  # (not Input's handler too: it keeps the first line only)
+
+
+class KeyFooter(Footer):
+    """The footer of every screen: each key and what it does, compact enough for the
+    app-wide keys to fit 80 columns, with a space (not only a colour) between entries."""
+
+    DEFAULT_CSS = """
+    KeyFooter FooterKey.-compact .footer-key--description {
+        padding: 0 1;
+    }
+    """
+
+    def __init__(self) -> None:
+        super().__init__(compact=True, show_command_palette=False)

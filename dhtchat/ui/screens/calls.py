@@ -22,7 +22,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from dhtchat.ui import format as fmt
 from dhtchat.ui.client import ApiError
@@ -31,6 +31,7 @@ from dhtchat.ui.models import BadReply
 from dhtchat.ui.records import CallInfo, parse_call
 from dhtchat.ui.screens.base import ApiScreen, guarded
 from dhtchat.ui.screens.deskhost import desk
+from dhtchat.ui.widgets import KeyFooter
 
 STATE_WORDS: dict[str, str] = {
     "inviting": "calling…", "ringing": "ringing…", "connecting": "connecting…",
@@ -170,7 +171,7 @@ class PlaceCallScreen(ModalScreen[str]):
         with Vertical():
             yield Static(f"Call {fmt.name(self.who)}\n\n  a  voice call\n  v  video call\n"
                          "  Esc  cancel", markup=False)
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def action_choose(self, choice: str) -> None:
         """Close with ``audio``, ``video`` or ``cancel``."""
@@ -202,7 +203,7 @@ class IncomingCallScreen(ModalScreen[str]):
             yield Static(Text.assemble(("☎ Incoming " + kind, "bold"), f"\n\n{who} is calling"
                                        f"\n{self.call.contact}\n\n  a  answer (voice)\n"
                                        "  v  answer with video\n  d  decline"))
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def action_choose(self, choice: str) -> None:
         """Close with ``audio``, ``video`` or ``decline``."""
@@ -229,7 +230,7 @@ class DifferScreen(ModalScreen[None]):
                          f"call with {fmt.name(self.who)}, listening or speaking for them. The "
                          "call was ended and the contact stays unverified.\n\nCompare the words "
                          "again on another call, or meet in person.", markup=False)
-        yield Footer(compact=True)
+        yield KeyFooter()
 
 
 class CallScreen(ApiScreen):
@@ -275,7 +276,7 @@ class CallScreen(ApiScreen):
         yield Static("", id="controls", markup=False)
         yield Static("", id="stats", markup=False)
         yield Static("", id="verdict", markup=False)
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The camera key only in video calls, Tab only in group calls."""

@@ -20,7 +20,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import Footer, Static, TextArea
+from textual.widgets import Static, TextArea
 
 from dhtchat.ui import format as fmt
 from dhtchat.ui.client import ApiError
@@ -36,7 +36,7 @@ from dhtchat.ui.events import (
 )
 from dhtchat.ui.models import Message
 from dhtchat.ui.screens.base import ApiScreen, guarded
-from dhtchat.ui.widgets import ComposeArea, HistoryView, MessageItem
+from dhtchat.ui.widgets import ComposeArea, HistoryView, KeyFooter, MessageItem
 
 log = logging.getLogger("dhtchat.ui")
 
@@ -82,7 +82,7 @@ class ConversationScreen(ApiScreen):
         yield Static("", id="typing", markup=False)
         yield ComposeArea(id="compose", soft_wrap=True, show_line_numbers=False,
                           placeholder="message (Enter sends, Ctrl+N new line)")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.ui.state.opened(self.key)

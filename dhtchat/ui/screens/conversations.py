@@ -9,12 +9,13 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import Footer, ListItem, ListView, Static
+from textual.widgets import ListItem, ListView, Static
 
 from dhtchat.ui import format as fmt
 from dhtchat.ui.events import ApiEvent
 from dhtchat.ui.screens.base import ApiScreen
 from dhtchat.ui.state import ChatState, ConversationRow
+from dhtchat.ui.widgets import KeyFooter
 
 ROW_WIDTH = 76
 
@@ -68,7 +69,7 @@ class ConversationsScreen(ApiScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "Open", priority=True),
         Binding("r", "requests", "Requests"),
-        Binding("a", "add_contact", "Add contact"),
+        Binding("a", "add_contact", "Add"),
         Binding("i", "my_id", "My id"),
         Binding("ctrl+q", "app.quit", "Quit"),
     ]
@@ -83,7 +84,7 @@ class ConversationsScreen(ApiScreen):
         yield Static("", id="top", markup=False)
         yield ListView(id="list")
         yield Static("", id="empty", markup=False)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.redraw()

@@ -21,12 +21,13 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.suggester import Suggester
-from textual.widgets import Footer, Input, ListItem, ListView, ProgressBar, Static
+from textual.widgets import Input, ListItem, ListView, ProgressBar, Static
 
 from dhtchat.ui import format as fmt
 from dhtchat.ui.events import ApiEvent, FileEvent
 from dhtchat.ui.records import FileInfo
 from dhtchat.ui.screens.base import ApiScreen, guarded
+from dhtchat.ui.widgets import KeyFooter
 
 MAX_MATCHES = 200  # directory entries looked at for one completion
 
@@ -121,7 +122,7 @@ class PathScreen(ModalScreen[str]):
             yield Static(self.title_text, markup=False)
             yield PathInput(self.value, id="path")
             yield Static(self.hint, markup=False)
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one(PathInput).focus()
@@ -206,7 +207,7 @@ class FilesScreen(ApiScreen):
         yield Static("", id="head", markup=False)
         yield ListView(id="files")
         yield Static("", id="empty", markup=False)
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         state = self.ui.state

@@ -15,10 +15,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from dhtchat.ui.daemonctl import Settings
 from dhtchat.ui.identity import IdentityInfo, KeystoreError, create_identity, qr_code, strength
+from dhtchat.ui.widgets import KeyFooter
 
 STRENGTH_WORDS = ("very weak", "weak", "fair", "strong", "very strong")
 GOOD_ENOUGH = 3  # zxcvbn score from which no confirmation is asked
@@ -76,7 +77,7 @@ class FirstRunScreen(Screen[tuple[str | None, str]]):
                 yield Static("", id="who", markup=False)
             yield Input(placeholder="your display name (others see it with your requests)",
                         id="name", max_length=64)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#step2").display = False

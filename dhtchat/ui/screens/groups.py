@@ -16,13 +16,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Input, ListItem, ListView, SelectionList, Static
+from textual.widgets import Input, ListItem, ListView, SelectionList, Static
 
 from dhtchat.ui import format as fmt
 from dhtchat.ui.events import ApiEvent, GroupChangedEvent, Reconnected
 from dhtchat.ui.models import Group
 from dhtchat.ui.screens.base import ApiScreen, guarded
 from dhtchat.ui.state import ChatState
+from dhtchat.ui.widgets import KeyFooter
 
 
 def group_line(group: Group, me: str) -> Text:
@@ -95,7 +96,7 @@ class PickScreen(ModalScreen[list[str]]):
             yield SelectionList[str](*[(fmt.name(label), key) for key, label in self.people],
                                      id="people")
             yield Static("Space: mark · Ctrl+S: done · Esc: cancel", markup=False)
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         (self.query_one("#name", Input) if self.ask_name
@@ -147,7 +148,7 @@ class LeaveScreen(ModalScreen[bool]):
         with Vertical():
             yield Static(f"Leave {fmt.name(self.group_name)}? You will get none of its "
                          "messages afterwards.\n\n  y  leave\n  n  stay", markup=False)
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def action_answer(self, leave: bool) -> None:
         """Close with the answer."""
@@ -179,7 +180,7 @@ class GroupsScreen(ApiScreen):
         with Horizontal():
             yield ListView(id="groups")
             yield Static("", id="members", markup=False)
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.redraw()

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Input, ListItem, ListView, Static
+from textual.widgets import Input, ListItem, ListView, Static
 
 from dhtchat.core.errors import InvalidUserId
 from dhtchat.core.identity import decode_user_id
@@ -22,7 +22,7 @@ from dhtchat.ui.identity import id_fingerprint, qr_code
 from dhtchat.ui.models import Contact
 from dhtchat.ui.screens.base import ApiScreen, guarded, host
 from dhtchat.ui.screens.firstrun import grouped
-from dhtchat.ui.widgets import IdInput
+from dhtchat.ui.widgets import IdInput, KeyFooter
 
 
 def request_text(contact: Contact) -> Text:
@@ -74,7 +74,7 @@ class RequestsScreen(ApiScreen):
         yield ListView(id="requests")
         yield Static("No requests are waiting.", id="empty", markup=False)
         yield Static("", id="sent", markup=False)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.redraw()
@@ -142,7 +142,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         yield Static(self.question, markup=False)
-        yield Footer()
+        yield KeyFooter()
 
     def action_answer(self, yes: bool) -> None:
         """Close with the answer."""
@@ -186,7 +186,7 @@ class AddContactScreen(ModalScreen[None]):
             yield Input(placeholder="a short note they will see (optional)", id="note",
                         max_length=280)
             yield Static("Enter in the note, or Ctrl+S: send the request", markup=False)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#user_id", Input).focus()
@@ -253,4 +253,4 @@ class MyIdScreen(ModalScreen[None]):
             yield Static(f"Your user id:\n\n{grouped(self.user_id, 29, 1)}\n\n"
                          f"Fingerprint:\n{grouped(id_fingerprint(self.user_id), 24, 1)}",
                          id="who", markup=False)
-        yield Footer()
+        yield KeyFooter()

@@ -22,7 +22,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Checkbox, Footer, Input, Label, Static
+from textual.widgets import Checkbox, Input, Label, Static
 
 from dhtchat.app.keystore import KeystoreError, rewrap_identity_file
 from dhtchat.app.profile import Profile
@@ -33,6 +33,7 @@ from dhtchat.ui.prefs import UiPrefs
 from dhtchat.ui.records import DaemonSettings
 from dhtchat.ui.screens.base import ApiScreen, guarded
 from dhtchat.ui.screens.deskhost import desk
+from dhtchat.ui.widgets import KeyFooter
 
 MIB = 1 << 20
 NOW = "at once"
@@ -158,7 +159,7 @@ class SettingsScreen(ApiScreen):
             yield _row("Message text", Toggle("show it", id="notify_text"),
                        "in notifications", "w-text")
         yield Static("", id="status", markup=False)
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         if self.loaded is not None:
@@ -279,7 +280,7 @@ class PassphraseScreen(ModalScreen[None]):
             yield Input(placeholder="new passphrase", password=True, id="new1")
             yield Input(placeholder="new passphrase again", password=True, id="new2")
             yield Static("", id="feedback", markup=False)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#old", Input).focus()

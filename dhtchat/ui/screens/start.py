@@ -9,7 +9,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
+
+from dhtchat.ui.widgets import KeyFooter
 
 
 class StartScreen(Screen[None]):
@@ -24,7 +26,7 @@ class StartScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static("dhtchat: starting...", id="status", markup=False)
-        yield Footer()
+        yield KeyFooter()
 
     def show(self, text: str) -> None:
         """Replace the status text."""
@@ -51,7 +53,7 @@ class QuitScreen(ModalScreen[str]):
                          "  s  stop the daemon and quit\n"
                          "  k  keep it running in the background and quit\n"
                          "  Esc  cancel", markup=False)
-        yield Footer()
+        yield KeyFooter()
 
     def action_choose(self, choice: str) -> None:
         """Close with ``stop``, ``keep`` or ``cancel``."""

@@ -14,9 +14,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from dhtchat.ui.identity import KeystoreError, read_identity, unlock
+from dhtchat.ui.widgets import KeyFooter
 
 
 class UnlockScreen(Screen[str]):
@@ -42,7 +43,7 @@ class UnlockScreen(Screen[str]):
             yield Static(f"Unlock your identity\n{who}", markup=False)
             yield Input(placeholder="passphrase", password=True, id="passphrase")
             yield Static("Enter: unlock and start your node", id="problem", markup=False)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#passphrase", Input).focus()
