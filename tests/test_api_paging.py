@@ -71,6 +71,18 @@ def test_receive_one_conversation_and_page_the_history(tmp_path: Path,
         assert [m["text"] for m in above] == ["alice 0"]
         assert rpc(alice, "message.history",
                    {"contact": bob_id, "limit": 2, "before": above[0]["id"]}) == []
+        # search: this conversation only, newest first, ASCII case folded, % literal
+        rpc(alice, "message.send", {"to": bob_id, "text": "Alice 100% sure", "wait": True})
+        found = rpc(alice, "message.search", {"contact": bob_id, "text": "ALICE"})
+        assert [m["text"] for m in found] == ["Alice 100% sure", "alice 2", "alice 1",
+                                              "alice 0"]
+        assert [m["text"] for m in rpc(alice, "message.search",
+                                       {"contact": bob_id, "text": "0% s"})] == \
+            ["Alice 100% sure"]
+        assert rpc(alice, "message.search", {"contact": bob_id, "text": "_"}) == []
+        assert rpc(bob, "message.search", {"contact": carol_id, "text": "alice"}) == []
+        with pytest.raises(RpcError, match="text must be 1-200 characters"):
+            rpc(alice, "message.search", {"contact": bob_id, "text": ""})
         # a message of another conversation is no cursor here
         carols = rpc(bob, "message.history", {"contact": carol_id, "limit": 1})
         with pytest.raises(RpcError, match="no such message in this conversation"):

@@ -56,6 +56,7 @@ from dhtchat.app.params import (
     MessageBatchParams,
     MessageHistoryParams,
     MessageReceiveParams,
+    MessageSearchParams,
     MessageSendParams,
     MessageTimerParams,
     MessageTypingParams,
@@ -135,6 +136,7 @@ class Api:
             "message.receive": _method(MessageReceiveParams, self.message_receive),
             "message.history": _method(MessageHistoryParams, self.message_history),
             "message.typing": _method(MessageTypingParams, self.message_typing),
+            "message.search": _method(MessageSearchParams, self.message_search),
             "message.timer": _method(MessageTimerParams, self.message_timer),
             "group.create": _method(GroupCreateParams, self.group_create),
             "group.invite": _method(GroupInviteParams, self.group_invite),
@@ -538,6 +540,14 @@ class Api:
                     for m in history.group_history(target.id, p.limit, before=before)]
         return [self.message_json(m)
                 for m in history.history(target.public_key, p.limit, before=before)]
+
+    async def message_search(self, p: MessageSearchParams) -> list[JsonObject]:
+        """The messages of a conversation whose text contains ``text`` (newest first)."""
+        target = self._contact_or_group(p.contact)
+        only = ConversationRef(group=target.id) if isinstance(target, Group) \
+            else ConversationRef(contact=target.public_key)
+        return [self.message_json(m)
+                for m in self._messenger.history.search(only, p.text, p.limit)]
 
     async def message_typing(self, p: MessageTypingParams) -> JsonObject:
         """Tell a connected contact that we are typing."""

@@ -122,6 +122,13 @@ class MessageHistoryParams(Params, kw_only=True):
     before: HexId | None = None  # only messages older than this one (the next page up)
 
 
+class MessageSearchParams(Params, kw_only=True):
+    contact: ContactName
+    text: Annotated[str, _meta("text must be 1-200 characters", min_length=1,
+                               max_length=200)]
+    limit: Annotated[int, _meta("limit must be 1-500", ge=1, le=500)] = 50
+
+
 class MessageTypingParams(Params, kw_only=True):
     contact: ContactName
 

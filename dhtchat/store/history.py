@@ -507,6 +507,21 @@ class History:
             (contact, contact, time.time(), *args, limit)).fetchall()
         return [_message(r) for r in reversed(rows)]
 
+    def search(self, only: ConversationRef, text: str, limit: int) -> list[StoredMessage]:
+        """The last ``limit`` messages of one conversation whose text contains ``text``
+        (case-insensitive for ASCII letters), newest first; what ``history`` would show."""
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where = "group_id = ?" if only.group is not None \
+            else "m.contact = ? AND group_id IS NULL"
+        key = only.group if only.group is not None else only.contact
+        rows = self._db.execute(
+            _SELECT + " WHERE " + where + " AND text LIKE ? ESCAPE '\\' AND text != '' "
+            "AND kind != 'notice' AND (expire_at IS NULL OR expire_at > ?) AND (outgoing = 1 OR "
+            "seq < (SELECT next_in_seq FROM conversations c WHERE c.contact = m.contact)) "
+            "ORDER BY coalesce(received_at, sent_at) DESC, seq DESC LIMIT ?",
+            (key, pattern, time.time(), limit)).fetchall()
+        return [_message(r) for r in rows]
+
     def _older_than(self, before: bytes | None) -> tuple[str, tuple[float, int] | tuple[()]]:
         """The SQL condition (and its arguments) for "shown above message ``before``" in
         the history's order (local time, then seq); none without ``before``."""

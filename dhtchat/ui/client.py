@@ -250,6 +250,11 @@ class UiClient:
             params["contact"] = conversation
         return await self._typed(parse_messages, "message.receive", params)
 
+    async def search(self, conversation: str, text: str, limit: int = 50) -> list[Message]:
+        """The messages of a contact or group containing ``text``, newest first."""
+        return await self._typed(parse_messages, "message.search",
+                                 {"contact": conversation, "text": text, "limit": limit})
+
     async def send(self, to: str, text: str) -> Message:
         """Queue a message to a contact or group."""
         return await self._typed(parse_message, "message.send", {"to": to, "text": text})

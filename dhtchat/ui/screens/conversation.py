@@ -36,6 +36,7 @@ from dhtchat.ui.events import (
 )
 from dhtchat.ui.models import Message
 from dhtchat.ui.screens.base import ApiScreen, guarded
+from dhtchat.ui.screens.search import SearchScreen
 from dhtchat.ui.widgets import ComposeArea, HistoryView, KeyFooter, MessageItem
 
 log = logging.getLogger("dhtchat.ui")
@@ -52,6 +53,7 @@ class ConversationScreen(ApiScreen):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
+        Binding("ctrl+f", "search", "Find"),
         Binding("pageup", "older", "Older", show=True),
         Binding("ctrl+q", "app.quit", "Quit"),
     ]
@@ -306,6 +308,13 @@ class ConversationScreen(ApiScreen):
         self._typing_sent = now
         with contextlib.suppress(ApiError):  # a typing notice is best effort
             await self.ui.client.typing(self.key)
+
+    def action_search(self) -> None:
+        """Search this conversation (its own screen)."""
+        state = self.ui.state
+        group = state.groups.get(self.key) if self.group else None
+        title = f"# {group.name}" if group is not None else state.name_of(self.key)
+        self.app.push_screen(SearchScreen(self.key, title))
 
     def action_back(self) -> None:
         """Back to the conversations."""
