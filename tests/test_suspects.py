@@ -86,6 +86,17 @@ def test_suspicion_is_forgotten_after_suspect_memory() -> None:
     assert not node.is_suspect(dead, net.now + 5.0)
 
 
+def test_maintenance_drops_old_suspicions_without_being_asked() -> None:
+    """Memory: a node under churn must not keep a suspicion per dead address it ever met
+    (a simulated network holds thousands of nodes)."""
+    net, records, reader, _dead = _network_with_a_dead_storer(DhtConfig(suspect_memory=5.0))
+    node = net.nodes[reader]
+    _timed_get(net, reader, records[0])
+    assert node.suspect_count() >= 1
+    net.run(duration=5.0 + 2 * node.config.maintenance_interval)  # nobody asks about it
+    assert node.suspect_count() == 0
+
+
 @pytest.mark.parametrize(("quorum", "patient"), [(0.5, False), (1.0, True)])
 def test_a_bootstrap_with_a_dead_node_among_the_closest_ends_at_the_soft_timeout(
         quorum: float, patient: bool) -> None:

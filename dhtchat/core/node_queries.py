@@ -474,6 +474,7 @@ class NodeQueries(NodeState):
 
     def _maintenance(self, now: float) -> None:
         self.stats["expired_records"] += self.store.expire(now)
+        self._forget_old_suspicions(now)
         for key in list(self._listeners):
             listeners = self._listeners[key]
             for address in [a for a, item in listeners.items() if item.expires <= now]:

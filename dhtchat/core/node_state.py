@@ -80,7 +80,7 @@ _ZERO_SIGNATURE: Final = bytes(64)
 
 
 _MAX_TRACKED_ADDRESSES: Final = 8192
-_MAX_SUSPECTS: Final = 256  # suspect addresses remembered at most (the oldest forgotten)
+_MAX_SUSPECTS: Final = 64  # suspect addresses remembered at most (the oldest forgotten)
 
 
 
@@ -453,6 +453,21 @@ class NodeState:
         if len(suspects) >= _MAX_SUSPECTS:
             del suspects[next(iter(suspects))]  # insertion order: the oldest suspicion
         suspects[address] = now
+
+    def suspect_count(self) -> int:
+        """How many suspect addresses are remembered now (memory: see ``_MAX_SUSPECTS``)."""
+        return len(self._suspects)
+
+    def _forget_old_suspicions(self, now: float) -> None:
+        """Drop the suspicions older than ``suspect_memory`` (maintenance: a simulated
+        network of many nodes under churn must not keep one per dead address per node)."""
+        memory = self.config.suspect_memory
+        suspects = self._suspects
+        while suspects:
+            address, since = next(iter(suspects.items()))  # insertion order: the oldest
+            if now - since < memory:
+                break
+            del suspects[address]
 
     def is_suspect(self, address: Address, now: float) -> bool:
         """Whether ``address`` left a request unanswered within ``suspect_memory`` (and has
