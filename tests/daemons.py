@@ -43,6 +43,16 @@ def next_host() -> str:
     return f"127.{n // 250}.{n % 250 + 1}.1"
 
 
+def daemon_args(dht: DhtProcess, name: str) -> list[str]:
+    """``dhtchat daemon`` flags of a test daemon called ``name`` on ``dht``: any free port,
+    its own loopback /24, ICE on loopback only."""
+    args = ["--port", "0", "--host", next_host(), "--ice-address", "127.0.0.1",
+            "--name", name]
+    for address in dht.bootstrap:
+        args += ["--bootstrap", address]
+    return args
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["DHTCHAT_PASSPHRASE"] = PASSPHRASE

@@ -24,9 +24,9 @@ from tests.daemons import (
     DhtProcess,
     _env,
     cli,
+    daemon_args,
     make_contacts,
     new_identity,
-    next_host,
 )
 
 pytestmark = pytest.mark.timeout(600)
@@ -38,14 +38,6 @@ def dht() -> Iterator[DhtProcess]:
     net = DhtProcess(24)
     yield net
     net.stop()
-
-
-def _args(dht: DhtProcess, name: str) -> list[str]:
-    args = ["--port", "0", "--host", next_host(), "--ice-address", "127.0.0.1",
-            "--name", name]
-    for address in dht.bootstrap:
-        args += ["--bootstrap", address]
-    return args
 
 
 def run(profile: Path, *args: str, backup_passphrase: str = BACKUP_PASSPHRASE,
@@ -94,8 +86,8 @@ def _check_no_session_travelled(profile: Path, contact: bytes) -> None:
 def test_restored_profile_talks_with_the_old_contact(tmp_path: Path, dht: DhtProcess) -> None:
     alice_id = new_identity(tmp_path / "alice")
     bob_id = new_identity(tmp_path / "bob")
-    alice = DaemonProcess(tmp_path / "alice", _args(dht, "Alice"))
-    bob = DaemonProcess(tmp_path / "bob", _args(dht, "Bob"))
+    alice = DaemonProcess(tmp_path / "alice", daemon_args(dht, "Alice"))
+    bob = DaemonProcess(tmp_path / "bob", daemon_args(dht, "Bob"))
     restored: DaemonProcess | None = None
     backup = tmp_path / "alice.backup"
     try:
@@ -129,7 +121,7 @@ def test_restored_profile_talks_with_the_old_contact(tmp_path: Path, dht: DhtPro
         assert done.stdout.strip() == alice_id
         assert cli(new_profile, "id", "show").stdout.strip() == alice_id
         _check_no_session_travelled(new_profile, decode_user_id(bob_id))
-        restored = DaemonProcess(new_profile, _args(dht, "Alice"))
+        restored = DaemonProcess(new_profile, daemon_args(dht, "Alice"))
         restored.wait_ready()
         row = restored.wait_contact(bob_id, lambda r: r["state"] == "accepted")
         assert row["name"] == "bob" or row["name"]  # named as before, no new request

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import DaemonProcess, DhtProcess, cli, new_identity, next_host
+from tests.daemons import DaemonProcess, DhtProcess, cli, daemon_args, new_identity
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -22,14 +22,6 @@ def dht() -> Iterator[DhtProcess]:
     net.stop()
 
 
-def _args(dht: DhtProcess, name: str) -> list[str]:
-    args = ["--port", "0", "--host", next_host(), "--ice-address", "127.0.0.1",
-            "--name", name]
-    for address in dht.bootstrap:
-        args += ["--bootstrap", address]
-    return args
-
-
 def _table(profile: Path) -> list[list[str]]:
     lines = cli(profile, "contact", "list").stdout.splitlines()
     return [line.split() for line in lines]
@@ -39,8 +31,8 @@ def test_name_rename_list_and_remove(tmp_path: Path, dht: DhtProcess) -> None:
     alice_id = new_identity(tmp_path / "alice")
     bob_id = new_identity(tmp_path / "bob")
     bob_fingerprint = cli(tmp_path / "bob", "id", "show").stderr.split("fingerprint: ")[1]
-    alice = DaemonProcess(tmp_path / "alice", _args(dht, "Alice"))
-    bob = DaemonProcess(tmp_path / "bob", _args(dht, "Bob"))
+    alice = DaemonProcess(tmp_path / "alice", daemon_args(dht, "Alice"))
+    bob = DaemonProcess(tmp_path / "bob", daemon_args(dht, "Bob"))
     try:
         alice.wait_ready()
         bob.wait_ready()

@@ -25,9 +25,9 @@ from tests.daemons import (
     DhtProcess,
     _env,
     cli,
+    daemon_args,
     make_contacts,
     new_identity,
-    next_host,
 )
 
 pytestmark = pytest.mark.timeout(400)
@@ -38,14 +38,6 @@ def dht() -> Iterator[DhtProcess]:
     net = DhtProcess(16)
     yield net
     net.stop()
-
-
-def _args(dht: DhtProcess, name: str) -> list[str]:
-    args = ["--port", "0", "--host", next_host(), "--ice-address", "127.0.0.1",
-            "--name", name]
-    for address in dht.bootstrap:
-        args += ["--bootstrap", address]
-    return args
 
 
 def piped(profile: Path, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -63,8 +55,8 @@ def _history(profile: Path, contact: str) -> list[dict[str, Any]]:
 def test_send_from_stdin_limits_and_timer_durations(tmp_path: Path, dht: DhtProcess) -> None:
     alice_id = new_identity(tmp_path / "alice")
     bob_id = new_identity(tmp_path / "bob")
-    alice = DaemonProcess(tmp_path / "alice", _args(dht, "Alice"))
-    bob = DaemonProcess(tmp_path / "bob", _args(dht, "Bob"))
+    alice = DaemonProcess(tmp_path / "alice", daemon_args(dht, "Alice"))
+    bob = DaemonProcess(tmp_path / "bob", daemon_args(dht, "Bob"))
     try:
         alice.wait_ready()
         bob.wait_ready()

@@ -21,7 +21,15 @@ from dhtchat.app.faults import ENV as CRASH_AFTER
 from dhtchat.app.faults import EXIT_STATUS
 from dhtchat.app.rpc import DaemonNotRunning, RpcError, call
 from dhtchat.store.history import History, HistoryLocked
-from tests.daemons import DaemonProcess, DhtProcess, cli, make_contacts, new_identity, next_host
+from tests.daemons import (
+    DaemonProcess,
+    DhtProcess,
+    cli,
+    daemon_args,
+    make_contacts,
+    new_identity,
+    next_host,
+)
 from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(600)
@@ -34,19 +42,11 @@ def dht() -> Iterator[DhtProcess]:
     net.stop()
 
 
-def _args(dht: DhtProcess, name: str) -> list[str]:
-    args = ["--port", "0", "--host", next_host(), "--ice-address", "127.0.0.1",
-            "--name", name]
-    for address in dht.bootstrap:
-        args += ["--bootstrap", address]
-    return args
-
-
 def _pair(tmp: Path, dht: DhtProcess) -> tuple[DaemonProcess, str, DaemonProcess, str]:
     alice_id = new_identity(tmp / "alice")
     bob_id = new_identity(tmp / "bob")
-    alice = DaemonProcess(tmp / "alice", _args(dht, "Alice"))
-    bob = DaemonProcess(tmp / "bob", _args(dht, "Bob"))
+    alice = DaemonProcess(tmp / "alice", daemon_args(dht, "Alice"))
+    bob = DaemonProcess(tmp / "bob", daemon_args(dht, "Bob"))
     alice.wait_ready()
     bob.wait_ready()
     make_contacts(alice, alice_id, bob, bob_id)
@@ -139,7 +139,7 @@ def test_offline_delivery_through_mailboxes(tmp_path: Path, dht: DhtProcess) -> 
         wait_until(lambda: rpc(alice, "status")["outbox_in_mailbox"] == 50, 60,
                    "all 50 messages stored in Bob's mailbox", interval=0.5)
         alice.stop()
-        bob = DaemonProcess(bob.profile, _args(dht, "Bob"))
+        bob = DaemonProcess(bob.profile, daemon_args(dht, "Bob"))
         bob.wait_ready()
         started = time.monotonic()
         got = _receive_all(bob, 50, 240)
@@ -177,7 +177,7 @@ def test_kill_9_during_a_500_message_send(tmp_path: Path, dht: DhtProcess) -> No
                 asyncio.run(send_and_kill(alice, i))
                 alice.proc.wait(10)
                 kills += 1
-                alice = DaemonProcess(alice.profile, _args(dht, "Alice"))
+                alice = DaemonProcess(alice.profile, daemon_args(dht, "Alice"))
                 alice.wait_ready()
                 # The client does not know whether message i was stored: it retries with
                 # the same id, which the daemon deduplicates.
@@ -207,7 +207,7 @@ def test_sender_crash_right_after_the_outbox_commit(tmp_path: Path, dht: DhtProc
     alice, _, bob, bob_id = _pair(tmp_path, dht)
     try:
         alice.stop()
-        alice = DaemonProcess(alice.profile, _args(dht, "Alice"),
+        alice = DaemonProcess(alice.profile, daemon_args(dht, "Alice"),
                               env={CRASH_AFTER: "outbox-commit"})
         alice.wait_ready()
         message_id = secrets.token_hex(16)
@@ -216,7 +216,7 @@ def test_sender_crash_right_after_the_outbox_commit(tmp_path: Path, dht: DhtProc
             rpc(alice, "message.send", {"to": bob_id, "text": "committed, then crash",
                                         "id": message_id})
         _crashed(alice)
-        alice = DaemonProcess(alice.profile, _args(dht, "Alice"))
+        alice = DaemonProcess(alice.profile, daemon_args(dht, "Alice"))
         alice.wait_ready()
         got = _receive_all(bob, 1, 120)
         assert [m["text"] for m in got] == ["committed, then crash"]
@@ -240,14 +240,14 @@ def test_receiver_crash_right_after_the_receive_commit(tmp_path: Path,
     alice, alice_id, bob, bob_id = _pair(tmp_path, dht)
     try:
         bob.stop()
-        bob = DaemonProcess(bob.profile, _args(dht, "Bob"),
+        bob = DaemonProcess(bob.profile, daemon_args(dht, "Bob"),
                             env={CRASH_AFTER: "receive-commit"})
         bob.wait_ready()
         sent = rpc(alice, "message.send", {"to": bob_id, "text": "stored, then crash"})
         _crashed(bob)
         assert [m["delivered"] for m in rpc(alice, "message.history", {"contact": bob_id})
                 if m["id"] == sent["id"]] == [False]
-        bob = DaemonProcess(bob.profile, _args(dht, "Bob"))
+        bob = DaemonProcess(bob.profile, daemon_args(dht, "Bob"))
         bob.wait_ready()
         # The receipt comes before Bob's user reads anything (a read receipt would also
         # carry the acknowledgement).
